@@ -1,0 +1,1 @@
+"""Assembly of the qdedup Beam pipeline, its options and its command line."""

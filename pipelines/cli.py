@@ -1,0 +1,129 @@
+"""`qdedup run`: checks everything it can before the pipeline starts, runs it, completes the report."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from typing import Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineState
+
+from pipelines.dedup import build_pipeline
+from pipelines.options import QdedupOptions, effective_configuration, expand_argv, validate
+from transforms.errors import QdedupError
+from transforms.metrics import STAGE_NAMESPACE
+from transforms.read import Columns, inspect_input
+from transforms.score import check_scorer_model
+from transforms.write import OUTPUT_PARTS, output_path, read_json, write_json
+
+_LOG = logging.getLogger("qdedup")
+USAGE = """usage: qdedup run --input PATTERN --output DIR [--config YAML] [options] [Beam options]
+
+Finds duplicate questions in Parquet corpora. 'qdedup run --help' lists the options."""
+
+
+def prepare_output(output: str, overwrite: bool) -> None:
+    """A run never mixes its files with an earlier run's."""
+    existing = []
+    for part in OUTPUT_PARTS:
+        path = output_path(output, part)
+        pattern = path if part.endswith(".json") else output_path(path, "*")
+        existing += [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+    if existing and not overwrite:
+        raise QdedupError(
+            f"--output {output!r} already holds a qdedup run ({len(existing)} files); "
+            "choose another directory or pass --overwrite")
+    if existing:
+        FileSystems.delete(existing)
+
+
+def stage_seconds(result) -> dict:
+    try:
+        counters = result.metrics().query(MetricsFilter().with_namespace(STAGE_NAMESPACE))["counters"]
+    except Exception:  # a runner without metrics support still gets its report
+        return {}
+    seconds: dict = {}
+    for counter in counters:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        seconds[counter.key.metric.name] = seconds.get(counter.key.metric.name, 0.0) + (value or 0) / 1_000_000
+    return {name: round(value, 3) for name, value in sorted(seconds.items())}
+
+
+def _pipeline_failure(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def run(argv: Sequence[str]) -> int:
+    started = time.monotonic()
+    pipeline_options = PipelineOptions(expand_argv(argv))
+    options = pipeline_options.view_as(QdedupOptions)
+    validate(options)
+    columns = Columns(options.id_column, options.text_column)
+    info = inspect_input(options.input, columns)
+    _LOG.info("input: %d files, %d rows, ids of type %s", len(info.files), info.rows, info.id_type)
+    check_scorer_model(options.scorer_model)
+    prepare_output(options.output, options.overwrite)
+
+    configuration = effective_configuration(pipeline_options)
+    pipeline = beam.Pipeline(options=pipeline_options)
+    build_pipeline(pipeline, options, info, configuration)
+    result = pipeline.run()
+    state = result.wait_until_finish()
+    if state != PipelineState.DONE:
+        raise RuntimeError(f"the pipeline ended in state {state}")
+
+    report_path = output_path(options.output, "report.json")
+    report = read_json(report_path)
+    report["stage_seconds"] = stage_seconds(result)
+    report["seconds_total"] = round(time.monotonic() - started, 3)
+    write_json(report_path, report)
+    print(f"qdedup: {report['rows_in']} rows in, {report['rows_rejected']} rejected, "
+          f"{report['groups']} groups (largest {report['largest_group']}), "
+          f"{report['pairs_scored']} pairs scored; wrote {options.output}")
+    if not report["accounting_ok"]:
+        print("qdedup: error: rows_in != rows_out + rows_rejected; please report this with report.json",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_help() -> None:
+    parser = beam.options.pipeline_options._BeamArgumentParser(
+        prog="qdedup run", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Any Beam pipeline option (--runner, --direct_num_workers, ...) is passed through.")
+    QdedupOptions._add_argparse_args(parser)
+    parser.print_help()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command != "run":
+        print(f"qdedup: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    if "-h" in rest or "--help" in rest:
+        _print_help()
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run(rest)
+    except QdedupError as exc:
+        print(f"qdedup: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a failure inside the pipeline: one line here, the traceback in the log
+        _LOG.debug("pipeline failure", exc_info=True)
+        print(f"qdedup: error: the pipeline failed: {_pipeline_failure(exc)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

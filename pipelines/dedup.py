@@ -1,0 +1,70 @@
+"""The qdedup pipeline: read -> normalize -> embed -> block -> score -> cluster -> write."""
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.pvalue import AsSingleton
+
+from pipelines.options import QdedupOptions
+from transforms.block import BlockCandidates
+from transforms.cluster import ClusterGroups
+from transforms.embed import EmbedLexical
+from transforms.normalize import NormalizeAndCollapse
+from transforms.read import Columns, InputInfo, ReadQuestions
+from transforms.score import PairScorer, ScorePairs
+from transforms.write import (REJECTED_SCHEMA, WriteRecords, build_report, groups_schema, output_path,
+                              pairs_schema, write_json)
+
+
+def _count(pcoll, label: str):
+    return pcoll | f"Count{label}" >> beam.combiners.Count.Globally()
+
+
+def _write_report(_, configuration: dict, path: str, **counts) -> None:
+    counts["exact_duplicates"] = counts.pop("rows_accepted") - counts.pop("representatives")
+    write_json(path, build_report(counts, configuration))
+
+
+def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, info: InputInfo,
+                   configuration: dict) -> None:
+    columns = Columns(options.id_column, options.text_column)
+    out = options.output
+
+    read = pipeline | "ReadQuestions" >> ReadQuestions(options.input, columns, options.max_text_chars)
+    collapsed = read["questions"] | "NormalizeAndCollapse" >> NormalizeAndCollapse(columns)
+    representatives = collapsed["representatives"]
+    candidates = (
+        representatives
+        | "EmbedLexical" >> EmbedLexical(options.lexical_dim)
+        | "BlockCandidates" >> BlockCandidates(options.top_k, options.min_similarity)
+    )
+    scored = candidates | "ScorePairs" >> ScorePairs(
+        PairScorer(options.scorer_model, options.batch_size, options.device))
+    groups = (representatives, collapsed["members"], scored) | "ClusterGroups" >> ClusterGroups(
+        options.threshold)
+    rejected = (read["rejected"], collapsed["rejected"]) | "AllRejected" >> beam.Flatten()
+
+    groups | "WriteGroups" >> WriteRecords(out, "groups", groups_schema(info.id_type))
+    scored | "WritePairs" >> WriteRecords(out, "pairs", pairs_schema(info.id_type))
+    rejected | "WriteRejected" >> WriteRecords(out, "rejected", REJECTED_SCHEMA)
+
+    counts = {
+        "rows_in": read["rows_in"],
+        "rows_rejected": _count(rejected, "Rejected"),
+        "rows_out": _count(groups, "GroupRows"),
+        "rows_accepted": _count(collapsed["members"], "Accepted"),
+        "representatives": _count(representatives, "Representatives"),
+        "candidate_pairs": _count(candidates, "Candidates"),
+        "pairs_scored": _count(scored, "Scored"),
+        "groups": _count(groups | "OneRowPerGroup" >> beam.Filter(lambda row: row.id == row.group_id),
+                         "Groups"),
+        "largest_group": groups
+        | "GroupSizes" >> beam.Map(lambda row: row.group_size)
+        | "LargestGroup" >> beam.CombineGlobally(lambda sizes: max(sizes, default=0)),
+    }
+    (
+        pipeline
+        | "ReportTrigger" >> beam.Create([None])
+        | "WriteReport" >> beam.Map(
+            _write_report, configuration, output_path(out, "report.json"),
+            **{name: AsSingleton(pcoll) for name, pcoll in counts.items()})
+    )

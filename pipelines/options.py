@@ -1,0 +1,125 @@
+"""qdedup's options: one definition, presets from YAML, flags on top.
+
+A YAML preset is turned into flags placed before the command line's own, so a
+flag given on the command line always wins and Beam options can sit in presets
+too (`runner: FnApiRunner`).
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Sequence
+
+import yaml
+from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+
+from transforms.errors import QdedupError
+from transforms.score import DEFAULT_SCORER
+
+EMBEDDERS = ("lexical",)
+
+
+class QdedupOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        group = parser.add_argument_group("qdedup")
+        add = group.add_argument
+        add("--input", help="Parquet file pattern, local or gs:// (e.g. 'data/*.parquet')")
+        add("--output", help="output directory: groups/, pairs/, rejected/, report.json")
+        add("--config", help="YAML preset (configs/local.yaml, ...); flags override it")
+        add("--id-column", "--id_column", dest="id_column", default="id", help="id column (integer or string)")
+        add("--text-column", "--text_column", dest="text_column", default="question", help="question text column")
+        add("--max-text-chars", "--max_text_chars", dest="max_text_chars", type=int, default=1000,
+            help="longer texts are rejected (reason text_too_long)")
+        add("--scorer-model", "--scorer_model", dest="scorer_model", default=DEFAULT_SCORER,
+            help="cross-encoder: Hugging Face id or local directory")
+        add("--threshold", type=float, default=0.5, help="pairs scoring at least this are duplicates")
+        add("--top-k", "--top_k", dest="top_k", type=int, default=10, help="candidate neighbours per question")
+        add("--min-similarity", "--min_similarity", dest="min_similarity", type=float, default=0.3,
+            help="blocking cosine below which no candidate is made")
+        add("--embedders", default="lexical", help="comma-separated candidate generators: lexical")
+        add("--lexical-dim", "--lexical_dim", dest="lexical_dim", type=int, default=512,
+            help="hashed TF-IDF dimension")
+        add("--batch-size", "--batch_size", dest="batch_size", type=int, default=64,
+            help="pairs per cross-encoder batch")
+        add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the cross-encoder runs")
+        add("--overwrite", action="store_true", default=False,
+            help="replace a previous run's outputs in --output")
+
+
+def _config_path(argv: Sequence[str]) -> str | None:
+    path = None
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+    return path
+
+
+def preset_flags(path: str) -> list[str]:
+    """The flags a YAML preset stands for: `key: value` -> `--key=value`; lists repeat the flag."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            preset = yaml.safe_load(handle) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise QdedupError(f"--config {path!r} cannot be read: {exc}") from exc
+    if not isinstance(preset, dict):
+        raise QdedupError(f"--config {path!r} must be a mapping of option: value")
+    flags: list[str] = []
+    for key, value in preset.items():
+        for item in value if isinstance(value, list) else [value]:
+            if item is True:
+                flags.append(f"--{key}")
+            elif item is not False and item is not None:
+                flags.append(f"--{key}={item}")
+    return flags
+
+
+def expand_argv(argv: Sequence[str]) -> list[str]:
+    """Preset flags first, then the command line's, and every flag known to some option class."""
+    argv = list(argv)
+    path = _config_path(argv)
+    expanded = (preset_flags(path) if path else []) + argv
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)
+    _, unknown = parser.parse_known_args(expanded)
+    if unknown:
+        known = [opt for action in parser._actions for opt in action.option_strings]
+        flag = unknown[0].split("=", 1)[0]
+        close = difflib.get_close_matches(flag, known, n=1)
+        hint = f"; did you mean {close[0]}?" if close else "; see 'qdedup run --help'"
+        raise QdedupError(f"unknown option {unknown[0]!r}{hint}")
+    return expanded
+
+
+def validate(options: QdedupOptions) -> None:
+    """Option values that would make the run meaningless are refused before it starts."""
+    if not options.input:
+        raise QdedupError("--input is required (a Parquet file pattern)")
+    if not options.output:
+        raise QdedupError("--output is required (a directory)")
+    checks = [
+        (0.0 <= options.threshold <= 1.0, "--threshold must be between 0 and 1"),
+        (-1.0 <= options.min_similarity <= 1.0, "--min-similarity must be between -1 and 1"),
+        (options.top_k >= 1, "--top-k must be at least 1"),
+        (options.batch_size >= 1, "--batch-size must be at least 1"),
+        (options.lexical_dim >= 16, "--lexical-dim must be at least 16"),
+        (options.max_text_chars >= 1, "--max-text-chars must be at least 1"),
+        (options.id_column != options.text_column, "--id-column and --text-column must differ"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise QdedupError(message)
+    embedders = [e.strip() for e in options.embedders.split(",") if e.strip()]
+    unknown = [e for e in embedders if e not in EMBEDDERS]
+    if not embedders or unknown:
+        raise QdedupError(
+            f"--embedders {options.embedders!r}: supported embedders are {', '.join(EMBEDDERS)} "
+            "(encoder embedders are not available yet)")
+
+
+def effective_configuration(options: QdedupOptions) -> dict:
+    configuration = options.view_as(QdedupOptions).get_all_options(current_only=True)
+    configuration["runner"] = options.get_all_options().get("runner")
+    return configuration

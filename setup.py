@@ -1,0 +1,28 @@
+"""qdedup: find duplicate questions in large question corpora with Apache Beam.
+
+Install torch first (`pip install torch==2.13.0` on CPU machines, a CUDA build on GPU
+workers): an unpinned torch requirement would otherwise pull a multi-GB CUDA wheel.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="qdedup",
+    version="0.1.0",
+    description="Batch deduplication of question corpora: FAISS blocking, cross-encoder scoring, groups",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*"]),
+    install_requires=[
+        "apache-beam>=2.77,<3",
+        "torch>=2.1",
+        "transformers>=4.45",
+        "pyarrow>=15",
+        "faiss-cpu>=1.8",
+        "numpy>=1.24",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        "gcp": ["apache-beam[gcp]>=2.77,<3"],
+    },
+    entry_points={"console_scripts": ["qdedup=pipelines.cli:main"]},
+)

@@ -1,0 +1,43 @@
+"""Shared fixtures: a tiny random cross-encoder and the shared labelled pairs."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+from samples.make_sample import build_rows
+from tests.model_factory import make_random_model
+
+SHARED_DATA = Path(os.environ.get("QDEDUP_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+# The in-process runner: DirectRunner would first try to download the Prism runner.
+RUNNER_ARGS = ["--runner=FnApiRunner"]
+
+
+def lcqmc_pairs(limit: int | None = None) -> list[tuple[str, str, int]]:
+    path = SHARED_DATA / "lcqmc" / "dev.tsv"
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path} (set QDEDUP_SHARED_DATA)")
+    with open(path, encoding="utf-8") as handle:
+        rows = [line.rstrip("\n").split("\t") for line in handle]
+    pairs = [(a, b, int(label)) for a, b, label in rows]
+    return pairs[:limit] if limit else pairs
+
+
+def bq_pairs(limit: int | None = None) -> list[tuple[str, str, int]]:
+    path = SHARED_DATA / "bq" / "dev.csv"
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path} (set QDEDUP_SHARED_DATA)")
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        pairs = [(r["sentence1"], r["sentence2"], int(r["label"])) for r in csv.DictReader(handle)]
+    return pairs[:limit] if limit else pairs
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A random 2-layer BERT pair classifier whose vocabulary covers the test texts."""
+    texts = [t for a, b, _ in lcqmc_pairs(400) for t in (a, b)]
+    texts += [t for _, t in build_rows() if isinstance(t, str)]
+    return make_random_model(str(tmp_path_factory.mktemp("tiny_model")), texts)

@@ -1,0 +1,34 @@
+import pytest
+
+from transforms.normalize import choose_representative, normalize_text, text_key
+from transforms.read import Question
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("ＡＢＣ１２３", "abc123"),                      # full-width Latin and digits
+    ("怎么办？", "怎么办"),                          # full-width question mark
+    ("【重要】“问题”《书名》。、", "重要问题书名"),      # CJK punctuation NFKC keeps
+    ("Hello,   World", "hello world"),               # case, punctuation, repeated spaces
+    ("你 好　世界", "你好世界"),                       # spaces (incl. ideographic) between CJK
+    ("iPhone 怎么 截屏", "iphone怎么截屏"),
+    ("what's   up\tdoc", "whats up doc"),
+    ("\u200b零宽\ufeff字符\u200b", "零宽字符"),       # zero-width and BOM characters
+    ("？？！！。。", ""),
+    ("   ", ""),
+])
+def test_normalize_text(raw, expected):
+    assert normalize_text(raw) == expected
+
+
+def test_variants_share_a_key_and_different_texts_do_not():
+    variants = ["信用卡怎么提高额度？", "  信用卡怎么提高额度?", "信用卡 怎么提高额度！", "信用卡怎么提高额度"]
+    assert len({text_key(normalize_text(v)) for v in variants}) == 1
+    assert text_key(normalize_text("信用卡怎么降低额度")) != text_key(normalize_text(variants[0]))
+
+
+def test_representative_is_lowest_id_and_lists_every_member():
+    questions = [Question(7, "问题？", "f#0"), Question(3, "问题", "f#1"), Question(5, "问题!", "f#2")]
+    rep, members = choose_representative("k", questions)
+    assert (rep.id, rep.text, rep.count) == (3, "问题", 3)
+    assert sorted(m.id for m in members) == [3, 5, 7]
+    assert {m.rep_id for m in members} == {3}

@@ -1,0 +1,57 @@
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines.options import QdedupOptions, effective_configuration, expand_argv, preset_flags, validate
+from transforms.errors import QdedupError
+
+
+def _options(argv):
+    return PipelineOptions(expand_argv(argv))
+
+
+def test_preset_values_apply_and_flags_override_them(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("runner: FnApiRunner\nthreshold: 0.7\ntop_k: 3\noverwrite: true\nexperiments: [a, b]\n")
+    options = _options(["--config", str(preset), "--input", "x", "--output", "y", "--threshold=0.9"])
+    q = options.view_as(QdedupOptions)
+    assert (q.threshold, q.top_k, q.overwrite) == (0.9, 3, True)
+    assert options.view_as(StandardOptions).runner == "FnApiRunner"
+    assert preset_flags(str(preset))[-2:] == ["--experiments=a", "--experiments=b"]
+
+
+def test_dash_and_underscore_spellings_are_the_same_option():
+    assert _options(["--id-column", "qid"]).view_as(QdedupOptions).id_column == "qid"
+    assert _options(["--id_column", "qid"]).view_as(QdedupOptions).id_column == "qid"
+
+
+def test_unknown_option_is_refused_with_a_suggestion():
+    with pytest.raises(QdedupError, match="unknown option '--treshold=0.3'; did you mean --threshold"):
+        expand_argv(["--treshold=0.3"])
+
+
+def test_unreadable_preset_is_named(tmp_path):
+    with pytest.raises(QdedupError, match="cannot be read"):
+        expand_argv(["--config", str(tmp_path / "missing.yaml")])
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(QdedupError, match="must be a mapping"):
+        expand_argv(["--config", str(bad)])
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "--input is required"),
+    (["--input", "x"], "--output is required"),
+    (["--input", "x", "--output", "y", "--threshold", "1.5"], "--threshold"),
+    (["--input", "x", "--output", "y", "--top-k", "0"], "--top-k"),
+    (["--input", "x", "--output", "y", "--embedders", "lexical,encoder:m"], "supported embedders"),
+    (["--input", "x", "--output", "y", "--id-column", "q", "--text-column", "q"], "must differ"),
+])
+def test_invalid_values_are_refused(argv, message):
+    with pytest.raises(QdedupError, match=message):
+        validate(_options(argv).view_as(QdedupOptions))
+
+
+def test_effective_configuration_lists_qdedup_options_and_runner():
+    config = effective_configuration(_options(["--input", "x", "--output", "y", "--runner=FnApiRunner"]))
+    assert config["input"] == "x" and config["runner"] == "FnApiRunner" and config["threshold"] == 0.5
+    assert "direct_num_workers" not in config

@@ -1,0 +1,198 @@
+"""End-to-end runs of `qdedup run` on the in-process Beam runner with a tiny random model."""
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.cli import main
+from samples.make_sample import build_rows
+from tests.conftest import RUNNER_ARGS, lcqmc_pairs
+from tests.test_score import reference_scores
+from transforms.normalize import normalize_text
+
+
+def read_part(out, part):
+    return pq.read_table(out / part).to_pylist()
+
+
+def run_qdedup(input_pattern, out, model, *extra):
+    argv = ["run", "--input", str(input_pattern), "--output", str(out), "--scorer-model", model,
+            *RUNNER_ARGS, *extra]
+    assert main(argv) == 0
+    return json.loads((out / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """The sample rows plus a second file whose text column is not a string column."""
+    directory = tmp_path_factory.mktemp("corpus")
+    rows = build_rows()
+    pq.write_table(pa.table({"id": pa.array([r[0] for r in rows], pa.int64()),
+                             "question": pa.array([r[1] for r in rows], pa.string())}),
+                   directory / "a.parquet")
+    pq.write_table(pa.table({"id": pa.array([3001, 3002], pa.int64()), "question": [7, 8]}),
+                   directory / "b.parquet")
+    return directory, rows + [(3001, 7), (3002, 8)]
+
+
+@pytest.fixture(scope="module")
+def in_memory_run(corpus, tiny_model, tmp_path_factory):
+    directory, _ = corpus
+    out = tmp_path_factory.mktemp("run") / "out"
+    return out, run_qdedup(directory / "*.parquet", out, tiny_model)
+
+
+def test_every_row_is_grouped_or_rejected_once(corpus, in_memory_run):
+    _, rows = corpus
+    out, report = in_memory_run
+    groups, rejected = read_part(out, "groups"), read_part(out, "rejected")
+    assert report["rows_in"] == len(rows) == report["rows_out"] + report["rows_rejected"]
+    assert report["accounting_ok"] is True
+    assert (len(groups), len(rejected)) == (report["rows_out"], report["rows_rejected"])
+    grouped_ids = [g["id"] for g in groups]
+    assert len(grouped_ids) == len(set(grouped_ids))
+    rejected_ids = [json.loads(r["row"])["id"] for r in rejected]
+    # Every input row is either grouped or rejected (an id can be both once: duplicate_id).
+    assert sorted(grouped_ids + rejected_ids, key=repr) == sorted([r[0] for r in rows], key=repr)
+
+
+def test_each_kind_of_bad_row_has_its_reason(in_memory_run):
+    out, _ = in_memory_run
+    rejected = read_part(out, "rejected")
+    reasons = Counter(r["reason"] for r in rejected)
+    assert reasons == {"null_text": 1, "empty_text": 2, "text_too_long": 1, "null_id": 1, "duplicate_id": 1,
+                       "empty_after_normalization": 1, "text_not_string": 2}
+    duplicate = next(r for r in rejected if r["reason"] == "duplicate_id")
+    assert json.loads(duplicate["row"]) == {"id": 1000, "question": "重复编号的问题"}
+    assert duplicate["source"].endswith("a.parquet#" + str(len(build_rows()) - 2))
+    assert "a.parquet#0" in duplicate["detail"]
+
+
+def test_exact_duplicates_share_a_group(corpus, in_memory_run):
+    _, rows = corpus
+    out, report = in_memory_run
+    group_of = {g["id"]: g for g in read_part(out, "groups")}
+    by_text = {}
+    for row_id, text in rows:
+        if row_id in group_of and isinstance(text, str) and text != "重复编号的问题":
+            by_text.setdefault(normalize_text(text), []).append(row_id)
+    clusters = [ids for ids in by_text.values() if len(ids) > 1]
+    assert clusters and sum(len(c) - 1 for c in clusters) == report["exact_duplicates"]
+    for ids in clusters:
+        assert len({group_of[i]["group_id"] for i in ids}) == 1
+        assert all(group_of[i]["match_kind"] in ("exact", "model") for i in ids)
+
+
+def test_group_columns_are_consistent(in_memory_run):
+    out, report = in_memory_run
+    groups = read_part(out, "groups")
+    sizes = Counter(g["group_id"] for g in groups)
+    assert report["groups"] == len(sizes) and report["largest_group"] == max(sizes.values())
+    for g in groups:
+        assert isinstance(g["group_id"], int) and g["group_size"] == sizes[g["group_id"]]
+        assert (g["match_kind"] == "single") == (g["group_size"] == 1)
+        assert g["canonical_id"] in sizes and sizes[g["canonical_id"]] == g["group_size"]
+    schema = pq.read_schema(next((out / "groups").glob("*.parquet")))
+    assert schema.field("id").type == pa.int64() and schema.field("group_id").type == pa.int64()
+
+
+def test_pairs_are_ordered_and_scored_by_the_model(corpus, in_memory_run, tiny_model):
+    _, rows = corpus
+    out, report = in_memory_run
+    pairs = read_part(out, "pairs")
+    assert len(pairs) == report["pairs_scored"] == report["candidate_pairs"] > 0
+    text = {}
+    for row_id, t in rows:  # the representative (lowest id) carries the text the model sees
+        text.setdefault(row_id, t)
+    expected = reference_scores(tiny_model, [(text[p["id_a"]], text[p["id_b"]]) for p in pairs])
+    for pair, score in zip(pairs, expected):
+        assert pair["id_a"] < pair["id_b"]
+        assert pair["score"] == pytest.approx(score, abs=1e-5)
+        assert 0.3 <= pair["similarity"] <= 1.0 + 1e-6
+
+
+def test_multi_processing_gives_the_same_groups_and_pairs(corpus, in_memory_run, tiny_model, tmp_path):
+    directory, _ = corpus
+    out, report = in_memory_run
+    other = run_qdedup(directory / "*.parquet", tmp_path / "mp", tiny_model,
+                       "--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    key = lambda r: tuple(map(repr, r.values()))
+    assert sorted(read_part(tmp_path / "mp", "groups"), key=key) == sorted(read_part(out, "groups"), key=key)
+    mine = {(p["id_a"], p["id_b"]): p for p in read_part(out, "pairs")}
+    theirs = {(p["id_a"], p["id_b"]): p for p in read_part(tmp_path / "mp", "pairs")}
+    assert mine.keys() == theirs.keys()
+    for pair in mine:
+        assert theirs[pair]["score"] == pytest.approx(mine[pair]["score"], abs=1e-5)
+    assert {k: v for k, v in other.items() if k not in ("configuration", "stage_seconds", "seconds_total")} == \
+        {k: v for k, v in report.items() if k not in ("configuration", "stage_seconds", "seconds_total")}
+
+
+@pytest.mark.parametrize("batch_size", ["1", "16"])
+def test_lcqmc_pair_scores_equal_reference(tiny_model, tmp_path, batch_size):
+    pairs = [(a, b) for a, b, _ in lcqmc_pairs(30)]
+    texts = sorted({t for pair in pairs for t in pair})
+    ids = {t: i for i, t in enumerate(texts)}
+    pq.write_table(pa.table({"id": list(range(len(texts))), "question": texts}), tmp_path / "q.parquet")
+    out = tmp_path / "out"
+    run_qdedup(tmp_path / "q.parquet", out, tiny_model, "--top-k", str(len(texts)), "--min-similarity=-1",
+               "--batch-size", batch_size)
+    scored = {(p["id_a"], p["id_b"]): p["score"] for p in read_part(out, "pairs")}
+    expected = reference_scores(tiny_model, pairs)
+    for (a, b), score in zip(pairs, expected):
+        if normalize_text(a) == normalize_text(b):
+            continue  # exact duplicates never reach the model
+        assert scored[tuple(sorted((ids[a], ids[b])))] == pytest.approx(score, abs=1e-5)
+
+
+def test_string_ids_keep_their_type(tiny_model, tmp_path):
+    pq.write_table(pa.table({"qid": ["b", "a", "c"], "text": ["怎么办？", "怎么办", "为什么"]}),
+                   tmp_path / "q.parquet")
+    run_qdedup(tmp_path / "q.parquet", tmp_path / "out", tiny_model, "--id-column=qid", "--text-column=text")
+    groups = {g["id"]: g for g in read_part(tmp_path / "out", "groups")}
+    assert groups["b"]["group_id"] == groups["a"]["group_id"] == "a"
+    assert groups["a"]["match_kind"] == "exact" and groups["c"]["match_kind"] == "single"
+
+
+def test_existing_output_is_kept_unless_overwrite(corpus, in_memory_run, tiny_model, capsys):
+    directory, _ = corpus
+    out, _ = in_memory_run
+    argv = ["run", "--input", str(directory / "*.parquet"), "--output", str(out), "--scorer-model", tiny_model,
+            *RUNNER_ARGS]
+    assert main(argv) == 2
+    assert "already holds a qdedup run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing_column", "has no column 'question'"),
+    ("no_match", "matches no files"),
+    ("corrupt", "bad.parquet is not a readable Parquet file"),
+    ("bad_model", "is not a complete model directory"),
+])
+def test_input_and_model_problems_exit_with_a_named_error(case, message, tiny_model, tmp_path, capsys):
+    model = tiny_model
+    pattern = tmp_path / "*.parquet"
+    if case == "missing_column":
+        pq.write_table(pa.table({"id": [1], "text": ["问题"]}), tmp_path / "a.parquet")
+    elif case == "no_match":
+        pattern = tmp_path / "absent" / "*.parquet"
+    elif case == "corrupt":
+        (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    else:
+        pq.write_table(pa.table({"id": [1], "question": ["问题"]}), tmp_path / "a.parquet")
+        model = str(tmp_path)  # a directory without a model in it
+    code = main(["run", "--input", str(pattern), "--output", str(tmp_path / "out"), "--scorer-model", model,
+                 *RUNNER_ARGS])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_console_script_exit_code_and_message(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--input", str(tmp_path / "*.parquet"),
+                             "--output", str(tmp_path / "out")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "matches no files" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,74 @@
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from transforms.errors import QdedupError
+from transforms.read import Columns, RejectedRow, inspect_input, row_as_json, validate_row
+
+COLUMNS = Columns("id", "question")
+
+
+@pytest.mark.parametrize("row_id, text, reason", [
+    (None, "问题", "null_id"),
+    ("  ", "问题", "empty_id"),
+    (1, None, "null_text"),
+    (1, 42, "text_not_string"),
+    (1, b"bytes", "text_not_string"),
+    (1, "", "empty_text"),
+    (1, " \t\u3000 ", "empty_text"),
+    (1, "长" * 11, "text_too_long"),
+    (1, "坏\ud800字", "invalid_unicode"),
+])
+def test_validate_row_reasons(row_id, text, reason):
+    assert validate_row(row_id, text, max_text_chars=10)[0] == reason
+
+
+def test_validate_row_accepts_good_rows():
+    assert validate_row(1, "正常的问题", 10) is None
+    assert validate_row("a-1", "长" * 10, 10) is None
+
+
+def test_rejected_row_json_keeps_cjk_readable_and_survives_lone_surrogates():
+    assert RejectedRow.of({"id": 1, "question": "问题"}, "f#0", "r", "d").row == '{"id": 1, "question": "问题"}'
+    assert "\\ud800" in row_as_json({"question": "坏\ud800"})
+
+
+def _write(path, table):
+    pq.write_table(table, path)
+    return str(path)
+
+
+def test_inspect_input_reports_files_rows_and_id_type(tmp_path):
+    _write(tmp_path / "a.parquet", pa.table({"id": [1, 2], "question": ["a", "b"]}))
+    _write(tmp_path / "b.parquet", pa.table({"id": pa.array([3], pa.int32()), "question": ["c"]}))
+    info = inspect_input(str(tmp_path / "*.parquet"), COLUMNS)
+    assert (len(info.files), info.rows, info.id_type) == (2, 3, "int64")
+
+
+def test_no_matching_files_is_an_error_naming_the_pattern(tmp_path):
+    with pytest.raises(QdedupError, match="matches no files"):
+        inspect_input(str(tmp_path / "nothing-*.parquet"), COLUMNS)
+
+
+def test_missing_column_names_column_file_and_option(tmp_path):
+    path = _write(tmp_path / "a.parquet", pa.table({"id": [1], "text": ["a"]}))
+    with pytest.raises(QdedupError, match=r"a\.parquet has no column 'question'.*--text-column"):
+        inspect_input(path, COLUMNS)
+
+
+def test_corrupt_file_is_named(tmp_path):
+    _write(tmp_path / "good.parquet", pa.table({"id": [1], "question": ["a"]}))
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(QdedupError, match=r"bad\.parquet is not a readable Parquet file"):
+        inspect_input(str(tmp_path / "*.parquet"), COLUMNS)
+
+
+def test_id_types_must_be_integer_or_string_and_agree(tmp_path):
+    path = _write(tmp_path / "f.parquet", pa.table({"id": [1.5], "question": ["a"]}))
+    with pytest.raises(QdedupError, match="ids must be integers or strings"):
+        inspect_input(path, COLUMNS)
+    (tmp_path / "f.parquet").unlink()
+    _write(tmp_path / "a.parquet", pa.table({"id": [1], "question": ["a"]}))
+    _write(tmp_path / "b.parquet", pa.table({"id": ["x"], "question": ["b"]}))
+    with pytest.raises(QdedupError, match="id column types differ"):
+        inspect_input(str(tmp_path / "*.parquet"), COLUMNS)

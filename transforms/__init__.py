@@ -1,0 +1,1 @@
+"""Pipeline stages of qdedup: one module per stage, pure logic beside its Beam glue."""

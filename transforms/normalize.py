@@ -1,0 +1,118 @@
+"""Text normalization and exact-duplicate collapsing (DESIGN.md steps 2-3).
+
+Two questions are exact duplicates when their normalized texts are equal: the
+normalization removes what carries no meaning for a question (width, case,
+punctuation, spacing between CJK characters) so that no model time is spent on
+them.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from typing import Iterable, NamedTuple
+
+import apache_beam as beam
+
+from transforms.metrics import StageTimer
+from transforms.read import Columns, Question, RejectedRow
+
+_CJK = r"\u2e80-\u2fdf\u3040-\u30ff\u3100-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_SPACES = re.compile(r"\s+")
+# A space next to a CJK character separates nothing: "你好 世界" == "你好世界".
+_SPACE_NEAR_CJK = re.compile(rf"(?<=[{_CJK}]) | (?=[{_CJK}])")
+
+
+def _is_dropped(ch: str) -> bool:
+    # P*: punctuation, including the CJK marks NFKC keeps (。、“”《》【】...);
+    # Cc/Cf: control and format characters (zero-width spaces, BOMs, ...).
+    cat = unicodedata.category(ch)
+    return cat[0] == "P" or (cat in ("Cc", "Cf") and not ch.isspace())
+
+
+def normalize_text(text: str) -> str:
+    """NFKC, lower case, punctuation and control characters removed, spaces collapsed."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = "".join(" " if ch.isspace() else ch for ch in text if not _is_dropped(ch))
+    text = _SPACES.sub(" ", text).strip()
+    return _SPACE_NEAR_CJK.sub("", text)
+
+
+def text_key(normalized: str) -> str:
+    """Stable key of a normalized text (the same in every process and run)."""
+    return hashlib.blake2b(normalized.encode("utf-8"), digest_size=16).hexdigest()
+
+
+class Representative(NamedTuple):
+    """The question that stands for all rows sharing one normalized text."""
+
+    id: object
+    text: str
+    normalized: str
+    key: str
+    count: int
+
+
+class Membership(NamedTuple):
+    """An accepted row and the representative of its exact-duplicate cluster."""
+
+    id: object
+    rep_id: object
+    key: str
+
+
+def choose_representative(key: str, questions: Iterable[Question]) -> tuple[Representative, list[Membership]]:
+    """The lowest id stands for the cluster; every member (itself included) is listed."""
+    members = sorted(questions, key=lambda q: q.id)
+    rep = members[0]
+    representative = Representative(rep.id, rep.text, rep.normalized, key, len(members))
+    return representative, [Membership(q.id, rep.id, key) for q in members]
+
+
+class _Normalize(beam.DoFn):
+    def __init__(self, columns: Columns):
+        self._columns = columns
+        self._timer = StageTimer("normalize")
+
+    def process(self, question: Question):
+        with self._timer:
+            normalized = normalize_text(question.text)
+        if not normalized:
+            yield beam.pvalue.TaggedOutput(
+                "rejected",
+                RejectedRow.of(question.row(self._columns), question.source, "empty_after_normalization",
+                               "the text has no characters left after removing punctuation and spaces"),
+            )
+            return
+        yield question._replace(normalized=normalized)
+
+
+class _Collapse(beam.DoFn):
+    def process(self, element):
+        key, questions = element
+        rep, members = choose_representative(key, questions)
+        yield rep
+        for member in members:
+            yield beam.pvalue.TaggedOutput("members", member)
+
+
+class NormalizeAndCollapse(beam.PTransform):
+    """Accepted questions -> representatives (one per normalized text), memberships, rejected rows."""
+
+    def __init__(self, columns: Columns):
+        super().__init__()
+        self._columns = columns
+
+    def expand(self, questions):
+        normalized = questions | "Normalize" >> beam.ParDo(_Normalize(self._columns)).with_outputs("rejected", main="ok")
+        collapsed = (
+            normalized.ok
+            | "KeyByNormalizedText" >> beam.Map(lambda q: (text_key(q.normalized), q))
+            | "GroupExactDuplicates" >> beam.GroupByKey()
+            | "ChooseRepresentative" >> beam.ParDo(_Collapse()).with_outputs("members", main="representatives")
+        )
+        return {
+            "representatives": collapsed.representatives,
+            "members": collapsed.members,
+            "rejected": normalized.rejected,
+        }

@@ -1,0 +1,230 @@
+"""Reading and validating the Parquet question corpus (DESIGN.md step 1).
+
+Every row read ends up either as a `Question` or as a `RejectedRow` with a
+reason: nothing is dropped silently. Problems that concern the whole input (no
+files, a missing column, a corrupt file) are found by `inspect_input` before
+the pipeline starts, so they cost seconds, not a worker start-up.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Iterable, NamedTuple, Optional
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.errors import QdedupError
+from transforms.metrics import StageTimer
+
+_LOG = logging.getLogger(__name__)
+_READ_BATCH_ROWS = 8192
+
+
+class Columns(NamedTuple):
+    id: str
+    text: str
+
+
+class Question(NamedTuple):
+    """An accepted row. `source` is 'path#row' (row counted from 0 within the file)."""
+
+    id: object
+    text: str
+    source: str
+    normalized: str = ""
+
+    def row(self, columns: Columns) -> dict:
+        return {columns.id: self.id, columns.text: self.text}
+
+
+class RejectedRow(NamedTuple):
+    row: str
+    reason: str
+    detail: str
+    source: str
+
+    @classmethod
+    def of(cls, row: dict, source: str, reason: str, detail: str) -> "RejectedRow":
+        return cls(row_as_json(row), reason, detail, source)
+
+
+def row_as_json(row: dict) -> str:
+    """JSON text of an input row, readable for CJK, and valid even with broken strings."""
+    try:
+        text = json.dumps(row, ensure_ascii=False, default=repr)
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:  # lone surrogates cannot be written as UTF-8
+        return json.dumps(row, ensure_ascii=True, default=repr)
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    files: tuple[str, ...]
+    rows: int
+    id_type: str  # "int64" or "string": the type `id` keeps in every output
+
+
+def _id_type(arrow_type: pa.DataType) -> Optional[str]:
+    if pa.types.is_integer(arrow_type):
+        return "int64"
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return "string"
+    return None
+
+
+def inspect_input(pattern: str, columns: Columns) -> InputInfo:
+    """Checks that the input exists, opens as Parquet and has the columns, before any work."""
+    try:
+        matched = FileSystems.match([pattern])[0].metadata_list
+    except Exception as exc:  # a missing bucket or directory raises instead of matching nothing
+        raise QdedupError(f"--input {pattern!r} cannot be listed: {exc}") from exc
+    files = tuple(sorted(m.path for m in matched if m.size_in_bytes > 0 or not m.path.endswith("/")))
+    if not files:
+        raise QdedupError(f"--input {pattern!r} matches no files; check the path and the glob pattern")
+    rows = 0
+    id_types: dict[str, str] = {}
+    for path in files:
+        try:
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                metadata = pq.ParquetFile(handle).metadata
+                schema = metadata.schema.to_arrow_schema()
+        except Exception as exc:
+            raise QdedupError(f"{path} is not a readable Parquet file ({exc}); fix or remove it") from exc
+        for option, name in (("--id-column", columns.id), ("--text-column", columns.text)):
+            if name not in schema.names:
+                raise QdedupError(
+                    f"{path} has no column {name!r} (its columns: {', '.join(schema.names)}); "
+                    f"set {option} to the right column")
+        id_type = _id_type(schema.field(columns.id).type)
+        if id_type is None:
+            raise QdedupError(
+                f"{path}: id column {columns.id!r} has type {schema.field(columns.id).type}; "
+                "ids must be integers or strings")
+        id_types[path] = id_type
+        rows += metadata.num_rows
+    if len(set(id_types.values())) > 1:
+        by_type = {t: [p for p, pt in id_types.items() if pt == t][0] for t in set(id_types.values())}
+        raise QdedupError(
+            "id column types differ between files: "
+            + "; ".join(f"{t} in {p}" for t, p in sorted(by_type.items()))
+            + "; make them one type")
+    return InputInfo(files, rows, next(iter(id_types.values())))
+
+
+def validate_row(row_id: object, text: object, max_text_chars: int) -> Optional[tuple[str, str]]:
+    """(reason, detail) when a row cannot be deduplicated, None when it can."""
+    if row_id is None:
+        return "null_id", "the id is null"
+    if isinstance(row_id, str) and not row_id.strip():
+        return "empty_id", "the id is an empty string"
+    if text is None:
+        return "null_text", "the text is null"
+    if not isinstance(text, str):
+        return "text_not_string", f"the text is {type(text).__name__}, not a string"
+    if not text.strip():
+        return "empty_text", "the text is empty or only whitespace"
+    if len(text) > max_text_chars:
+        return "text_too_long", f"{len(text)} characters, more than --max-text-chars={max_text_chars}"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return "invalid_unicode", f"the text is not valid Unicode ({exc.reason} at {exc.start})"
+    return None
+
+
+class _ReadParquetFile(beam.DoFn):
+    def __init__(self, columns: Columns):
+        self._columns = columns
+        self._rows = beam.metrics.Metrics.counter("qdedup", "rows_read")
+        self._timer = StageTimer("read")
+
+    def process(self, readable_file: fileio.ReadableFile) -> Iterable[tuple]:
+        path = readable_file.metadata.path
+        index = 0
+        with readable_file.open(compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            batches = pq.ParquetFile(handle).iter_batches(batch_size=_READ_BATCH_ROWS, columns=list(self._columns))
+            while True:
+                with self._timer:
+                    batch = next(batches, None)
+                    if batch is None:
+                        break
+                    ids = batch.column(self._columns.id).to_pylist()
+                    texts = batch.column(self._columns.text).to_pylist()
+                for row_id, text in zip(ids, texts):
+                    yield row_id, text, path, index
+                    index += 1
+                self._rows.inc(len(ids))
+        _LOG.info("read %d rows from %s", index, path)
+
+
+class _Validate(beam.DoFn):
+    def __init__(self, columns: Columns, max_text_chars: int):
+        self._columns = columns
+        self._max_text_chars = max_text_chars
+
+    def process(self, raw: tuple):
+        row_id, text, path, index = raw
+        source = f"{path}#{index}"
+        problem = validate_row(row_id, text, self._max_text_chars)
+        if problem is not None:
+            yield beam.pvalue.TaggedOutput(
+                "rejected", RejectedRow.of({self._columns.id: row_id, self._columns.text: text}, source, *problem))
+            return
+        yield row_id, (path, index, text)
+
+
+class _KeepFirstOccurrence(beam.DoFn):
+    """The first occurrence of an id (by file path, then row) wins; the later ones are rejected."""
+
+    def __init__(self, columns: Columns):
+        self._columns = columns
+
+    def process(self, element):
+        row_id, occurrences = element
+        ordered = sorted(occurrences)
+        path, index, text = ordered[0]
+        first = f"{path}#{index}"
+        yield Question(row_id, text, first)
+        for path, index, text in ordered[1:]:
+            yield beam.pvalue.TaggedOutput("rejected", RejectedRow.of(
+                {self._columns.id: row_id, self._columns.text: text}, f"{path}#{index}",
+                "duplicate_id", f"id already used by {first}"))
+
+
+class ReadQuestions(beam.PTransform):
+    """Parquet files -> accepted `Question`s, `RejectedRow`s, and the number of rows read."""
+
+    def __init__(self, pattern: str, columns: Columns, max_text_chars: int):
+        super().__init__()
+        self._pattern = pattern
+        self._columns = columns
+        self._max_text_chars = max_text_chars
+
+    def expand(self, pbegin):
+        rows = (
+            pbegin
+            | "MatchFiles" >> fileio.MatchFiles(self._pattern)
+            | "OpenFiles" >> fileio.ReadMatches()
+            | "ReadRows" >> beam.ParDo(_ReadParquetFile(self._columns))
+        )
+        checked = rows | "ValidateRows" >> beam.ParDo(
+            _Validate(self._columns, self._max_text_chars)).with_outputs("rejected", main="ok")
+        unique = (
+            checked.ok
+            | "GroupById" >> beam.GroupByKey()
+            | "RejectDuplicateIds" >> beam.ParDo(_KeepFirstOccurrence(self._columns)).with_outputs(
+                "rejected", main="questions")
+        )
+        rejected = (checked.rejected, unique.rejected) | "MergeRejected" >> beam.Flatten()
+        return {
+            "questions": unique.questions,
+            "rejected": rejected,
+            "rows_in": rows | "CountRows" >> beam.combiners.Count.Globally(),
+        }

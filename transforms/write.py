@@ -1,0 +1,74 @@
+"""Writers for groups/, pairs/, rejected/ and report.json (DESIGN.md step 8).
+
+Ids keep the input's type (int64 or string) in every output, so analytics can
+join on them without casts.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Any, Mapping
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.parquetio import WriteToParquet
+
+OUTPUT_PARTS = ("groups", "pairs", "rejected", "report.json")
+
+
+def _arrow_id_type(id_type: str) -> pa.DataType:
+    return {"int64": pa.int64(), "string": pa.string()}[id_type]
+
+
+def groups_schema(id_type: str) -> pa.Schema:
+    ids = _arrow_id_type(id_type)
+    return pa.schema([("id", ids), ("group_id", ids), ("canonical_id", ids),
+                      ("group_size", pa.int64()), ("match_kind", pa.string())])
+
+
+def pairs_schema(id_type: str) -> pa.Schema:
+    ids = _arrow_id_type(id_type)
+    return pa.schema([("id_a", ids), ("id_b", ids), ("score", pa.float64()), ("similarity", pa.float64())])
+
+
+REJECTED_SCHEMA = pa.schema([("row", pa.string()), ("reason", pa.string()),
+                             ("detail", pa.string()), ("source", pa.string())])
+
+
+def output_path(output: str, part: str) -> str:
+    return FileSystems.join(output, part) if "://" in output else posixpath.join(output, part)
+
+
+class WriteRecords(beam.PTransform):
+    """NamedTuples -> Parquet files `<output>/<part>/part-*.parquet` with a fixed schema."""
+
+    def __init__(self, output: str, part: str, schema: pa.Schema):
+        super().__init__()
+        self._prefix = output_path(output_path(output, part), "part")
+        self._schema = schema
+
+    def expand(self, records):
+        return (
+            records
+            | "AsDict" >> beam.Map(lambda record: record._asdict())
+            | "WriteParquet" >> WriteToParquet(self._prefix, self._schema, file_name_suffix=".parquet")
+        )
+
+
+def build_report(counts: Mapping[str, int], configuration: Mapping[str, Any]) -> dict:
+    """The report's counts, with the accounting invariant checked."""
+    report = dict(counts)
+    report["accounting_ok"] = report["rows_in"] == report["rows_out"] + report["rows_rejected"]
+    report["configuration"] = dict(configuration)
+    return report
+
+
+def write_json(path: str, content: Mapping[str, Any]) -> None:
+    with FileSystems.create(path) as handle:
+        handle.write(json.dumps(content, ensure_ascii=False, indent=2, sort_keys=True).encode("utf-8"))
+
+
+def read_json(path: str) -> dict:
+    with FileSystems.open(path) as handle:
+        return json.loads(handle.read().decode("utf-8"))
