@@ -196,3 +196,14 @@ def test_console_script_exit_code_and_message(tmp_path):
                              "--output", str(tmp_path / "out")], capture_output=True, text=True)
     assert result.returncode == 2
     assert "matches no files" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_empty_and_all_rejected_inputs_give_empty_outputs(tiny_model, tmp_path):
+    pq.write_table(pa.table({"id": pa.array([], pa.int64()), "question": pa.array([], pa.string())}),
+                   tmp_path / "empty.parquet")
+    pq.write_table(pa.table({"id": [1, 2], "question": [None, " "]}), tmp_path / "bad.parquet")
+    report = run_qdedup(tmp_path / "*.parquet", tmp_path / "out", tiny_model)
+    assert (report["rows_in"], report["rows_rejected"], report["rows_out"], report["groups"]) == (2, 2, 0, 0)
+    groups = pq.read_table(tmp_path / "out" / "groups")
+    assert groups.num_rows == 0 and groups.schema.names == ["id", "group_id", "canonical_id", "group_size",
+                                                            "match_kind"]
