@@ -11,8 +11,15 @@ from transforms.embed import EmbedLexical
 from transforms.normalize import NormalizeAndCollapse
 from transforms.read import Columns, InputInfo, ReadQuestions
 from transforms.score import PairScorer, ScorePairs
-from transforms.write import (REJECTED_SCHEMA, WriteRecords, build_report, groups_schema, output_path,
-                              pairs_schema, write_json)
+from transforms.write import (
+    REJECTED_SCHEMA,
+    WriteRecords,
+    build_report,
+    groups_schema,
+    output_path,
+    pairs_schema,
+    write_json,
+)
 
 
 def _count(pcoll, label: str):

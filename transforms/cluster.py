@@ -13,7 +13,6 @@ from typing import Hashable, Iterable, NamedTuple
 import apache_beam as beam
 
 from transforms.normalize import Representative
-from transforms.score import ScoredPair
 
 
 class GroupRow(NamedTuple):

@@ -104,7 +104,8 @@ class NormalizeAndCollapse(beam.PTransform):
         self._columns = columns
 
     def expand(self, questions):
-        normalized = questions | "Normalize" >> beam.ParDo(_Normalize(self._columns)).with_outputs("rejected", main="ok")
+        normalized = questions | "Normalize" >> beam.ParDo(_Normalize(self._columns)).with_outputs(
+            "rejected", main="ok")
         collapsed = (
             normalized.ok
             | "KeyByNormalizedText" >> beam.Map(lambda q: (text_key(q.normalized), q))

@@ -85,7 +85,7 @@ def inspect_input(pattern: str, columns: Columns) -> InputInfo:
         matched = FileSystems.match([pattern])[0].metadata_list
     except Exception as exc:  # a missing bucket or directory raises instead of matching nothing
         raise QdedupError(f"--input {pattern!r} cannot be listed: {exc}") from exc
-    files = tuple(sorted(m.path for m in matched if m.size_in_bytes > 0 or not m.path.endswith("/")))
+    files = tuple(sorted(m.path for m in matched if not m.path.endswith("/")))  # skip GCS folder markers
     if not files:
         raise QdedupError(f"--input {pattern!r} matches no files; check the path and the glob pattern")
     rows = 0

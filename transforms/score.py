@@ -16,7 +16,6 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
-from transforms.block import CandidatePair
 from transforms.errors import QdedupError
 from transforms.metrics import StageTimer
 
@@ -63,7 +62,8 @@ def check_scorer_model(name: str) -> None:
         if not any(os.path.exists(os.path.join(path, f)) for f in _WEIGHT_FILES):
             missing.append(" or ".join(_WEIGHT_FILES[::2]))
         if missing:
-            raise QdedupError(f"--scorer-model {name!r} is not a complete model directory: missing {', '.join(missing)}")
+            raise QdedupError(
+                f"--scorer-model {name!r} is not a complete model directory: missing {', '.join(missing)}")
     try:
         config = AutoConfig.from_pretrained(name)
         AutoTokenizer.from_pretrained(name)
