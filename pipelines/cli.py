@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
 from pipelines.dedup import build_pipeline
@@ -18,7 +18,7 @@ from pipelines.options import QdedupOptions, effective_configuration, expand_arg
 from transforms.errors import QdedupError
 from transforms.metrics import STAGE_NAMESPACE
 from transforms.read import Columns, inspect_input
-from transforms.score import check_scorer_model
+from transforms.score import check_scorer_model, resolve_device
 from transforms.write import OUTPUT_PARTS, output_path, read_json, write_json
 
 _LOG = logging.getLogger("qdedup")
@@ -42,16 +42,37 @@ def prepare_output(output: str, overwrite: bool) -> None:
         FileSystems.delete(existing)
 
 
-def stage_seconds(result) -> dict:
+def counter_totals(result, namespace: str) -> dict:
+    """{counter name: value summed over steps}; empty where the runner reports no metrics."""
     try:
-        counters = result.metrics().query(MetricsFilter().with_namespace(STAGE_NAMESPACE))["counters"]
-    except Exception:  # a runner without metrics support still gets its report
+        counters = result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]
+    except Exception:
         return {}
-    seconds: dict = {}
+    totals: dict = {}
     for counter in counters:
         value = counter.committed if counter.committed is not None else counter.attempted
-        seconds[counter.key.metric.name] = seconds.get(counter.key.metric.name, 0.0) + (value or 0) / 1_000_000
-    return {name: round(value, 3) for name, value in sorted(seconds.items())}
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + (value or 0)
+    return totals
+
+
+def scoring_totals(report: dict, result) -> dict:
+    """Per-stage seconds and the scoring stage's totals, from the run's Beam counters."""
+    seconds = {name: round(us / 1_000_000, 3) for name, us in sorted(counter_totals(result, STAGE_NAMESPACE).items())}
+    counts = counter_totals(result, "qdedup")
+    score_seconds = seconds.get("score", 0.0)
+    return {
+        "stage_seconds": seconds,
+        "truncated_pairs": counts.get("truncated_pairs", 0),
+        "oom_splits": counts.get("oom_splits", 0),
+        "scoring_pairs_per_second": round(report["pairs_scored"] / score_seconds, 2) if score_seconds else None,
+    }
+
+
+def check_device_here(pipeline_options: PipelineOptions, device: str) -> None:
+    """A local run with --device cuda fails now, not after reading and blocking the whole corpus."""
+    runner = pipeline_options.view_as(StandardOptions).runner
+    if device == "cuda" and (runner is None or runner in StandardOptions.LOCAL_RUNNERS):
+        resolve_device(device)
 
 
 def _pipeline_failure(exc: BaseException) -> str:
@@ -68,6 +89,7 @@ def run(argv: Sequence[str]) -> int:
     info = inspect_input(options.input, columns)
     _LOG.info("input: %d files, %d rows, ids of type %s", len(info.files), info.rows, info.id_type)
     check_scorer_model(options.scorer_model)
+    check_device_here(pipeline_options, options.device)
     prepare_output(options.output, options.overwrite)
 
     configuration = effective_configuration(pipeline_options)
@@ -80,7 +102,7 @@ def run(argv: Sequence[str]) -> int:
 
     report_path = output_path(options.output, "report.json")
     report = read_json(report_path)
-    report["stage_seconds"] = stage_seconds(result)
+    report.update(scoring_totals(report, result))
     report["seconds_total"] = round(time.monotonic() - started, 3)
     write_json(report_path, report)
     print(f"qdedup: {report['rows_in']} rows in, {report['rows_rejected']} rejected, "

@@ -4,13 +4,13 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.pvalue import AsSingleton
 
-from pipelines.options import QdedupOptions
+from pipelines.options import QdedupOptions, scorer_settings
 from transforms.block import BlockCandidates
 from transforms.cluster import ClusterGroups
 from transforms.embed import EmbedLexical
 from transforms.normalize import NormalizeAndCollapse
 from transforms.read import Columns, InputInfo, ReadQuestions
-from transforms.score import PairScorer, ScorePairs
+from transforms.score import ScorePairs
 from transforms.write import (
     REJECTED_SCHEMA,
     WriteRecords,
@@ -44,8 +44,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, info: InputI
         | "EmbedLexical" >> EmbedLexical(options.lexical_dim)
         | "BlockCandidates" >> BlockCandidates(options.top_k, options.min_similarity)
     )
-    scored = candidates | "ScorePairs" >> ScorePairs(
-        PairScorer(options.scorer_model, options.batch_size, options.device))
+    scored = candidates | "ScorePairs" >> ScorePairs(scorer_settings(options))
     groups = (representatives, collapsed["members"], scored) | "ClusterGroups" >> ClusterGroups(
         options.threshold)
     rejected = (read["rejected"], collapsed["rejected"]) | "AllRejected" >> beam.Flatten()

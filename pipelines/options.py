@@ -13,9 +13,10 @@ import yaml
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
 from transforms.errors import QdedupError
-from transforms.score import DEFAULT_SCORER
+from transforms.score import AUTO_TOKEN_BUDGET, ScorerSettings
 
 EMBEDDERS = ("lexical",)
+_SCORER = ScorerSettings()
 
 
 class QdedupOptions(PipelineOptions):
@@ -30,7 +31,7 @@ class QdedupOptions(PipelineOptions):
         add("--text-column", "--text_column", dest="text_column", default="question", help="question text column")
         add("--max-text-chars", "--max_text_chars", dest="max_text_chars", type=int, default=1000,
             help="longer texts are rejected (reason text_too_long)")
-        add("--scorer-model", "--scorer_model", dest="scorer_model", default=DEFAULT_SCORER,
+        add("--scorer-model", "--scorer_model", dest="scorer_model", default=_SCORER.model,
             help="cross-encoder: Hugging Face id or local directory")
         add("--threshold", type=float, default=0.5, help="pairs scoring at least this are duplicates")
         add("--top-k", "--top_k", dest="top_k", type=int, default=10, help="candidate neighbours per question")
@@ -39,9 +40,22 @@ class QdedupOptions(PipelineOptions):
         add("--embedders", default="lexical", help="comma-separated candidate generators: lexical")
         add("--lexical-dim", "--lexical_dim", dest="lexical_dim", type=int, default=512,
             help="hashed TF-IDF dimension")
-        add("--batch-size", "--batch_size", dest="batch_size", type=int, default=64,
-            help="pairs per cross-encoder batch")
-        add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where the cross-encoder runs")
+        add("--device", choices=("auto", "cpu", "cuda"), default=_SCORER.device,
+            help="where the cross-encoder runs; cuda without a GPU is an error")
+        add("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=_SCORER.precision,
+            help="auto: bf16 (fp16 where unsupported) on CUDA, fp32 on CPU")
+        add("--token-budget", "--token_budget", dest="token_budget", type=int, default=_SCORER.token_budget,
+            help=f"padded tokens per cross-encoder batch; 0 = {AUTO_TOKEN_BUDGET}")
+        add("--sort-window", "--sort_window", dest="sort_window", type=int, default=_SCORER.sort_window,
+            help="pairs sorted together by token length before packing batches")
+        add("--max-length", "--max_length", dest="max_length", type=int, default=_SCORER.max_length,
+            help="tokens per pair; longer pairs are truncated and counted")
+        add("--symmetric", action="store_true", default=_SCORER.symmetric,
+            help="score (a, b) and (b, a) and average them: twice the scoring cost")
+        add("--model-copies", "--model_copies", dest="model_copies", type=int, default=_SCORER.model_copies,
+            help="0: one model per SDK process; N: N copies shared by all processes of a worker")
+        add("--torch-threads", "--torch_threads", dest="torch_threads", type=int, default=_SCORER.torch_threads,
+            help="CPU threads per model; 0 = the cores the process may use")
         add("--overwrite", action="store_true", default=False,
             help="replace a previous run's outputs in --output")
 
@@ -103,7 +117,11 @@ def validate(options: QdedupOptions) -> None:
         (0.0 <= options.threshold <= 1.0, "--threshold must be between 0 and 1"),
         (-1.0 <= options.min_similarity <= 1.0, "--min-similarity must be between -1 and 1"),
         (options.top_k >= 1, "--top-k must be at least 1"),
-        (options.batch_size >= 1, "--batch-size must be at least 1"),
+        (options.token_budget >= 0, "--token-budget must be 0 (automatic) or positive"),
+        (options.sort_window >= 1, "--sort-window must be at least 1"),
+        (8 <= options.max_length <= 512, "--max-length must be between 8 and 512"),
+        (options.model_copies >= 0, "--model-copies must be 0 or more"),
+        (options.torch_threads >= 0, "--torch-threads must be 0 or more"),
         (options.lexical_dim >= 16, "--lexical-dim must be at least 16"),
         (options.max_text_chars >= 1, "--max-text-chars must be at least 1"),
         (options.id_column != options.text_column, "--id-column and --text-column must differ"),
@@ -123,3 +141,10 @@ def effective_configuration(options: QdedupOptions) -> dict:
     configuration = options.view_as(QdedupOptions).get_all_options(current_only=True)
     configuration["runner"] = options.get_all_options().get("runner")
     return configuration
+
+
+def scorer_settings(options: QdedupOptions) -> ScorerSettings:
+    return ScorerSettings(
+        model=options.scorer_model, device=options.device, precision=options.precision,
+        token_budget=options.token_budget, sort_window=options.sort_window, max_length=options.max_length,
+        symmetric=options.symmetric, model_copies=options.model_copies, torch_threads=options.torch_threads)

@@ -1,4 +1,5 @@
 import random
+from types import SimpleNamespace
 
 import apache_beam as beam
 import numpy as np
@@ -11,7 +12,20 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 from tests.conftest import RUNNER_ARGS, lcqmc_pairs
 from transforms.block import CandidatePair
 from transforms.errors import QdedupError
-from transforms.score import PairScorer, ScorePairs, check_scorer_model, load_scorer, score_pairs
+from transforms.score import (
+    PairClassifier,
+    ScorePairs,
+    ScorerSettings,
+    check_scorer_model,
+    collate,
+    load_classifier,
+    load_tokenizer,
+    pack_batches,
+    resolve_device,
+    tokenize_pairs,
+)
+
+CPU = ScorerSettings(device="cpu")
 
 
 def reference_scores(model_dir, pairs):
@@ -28,21 +42,112 @@ def thirty_pairs():
     return [(a, b) for a, b, _ in lcqmc_pairs(30)]
 
 
-def test_scores_equal_reference_for_any_batching(tiny_model, thirty_pairs):
+def _score_packed(classifier, encodings, budget, order):
+    scores = np.empty(len(encodings))
+    shuffled = [encodings[i] for i in order]
+    for batch in pack_batches([len(ids) for ids, _ in shuffled], budget):
+        scores[[order[i] for i in batch]] = classifier.score([shuffled[i] for i in batch])[0]
+    return scores
+
+
+@pytest.mark.parametrize("budget", [1, 100, 400, 100_000])
+def test_scores_equal_reference_for_any_batching(tiny_model, thirty_pairs, budget):
     expected = np.array(reference_scores(tiny_model, thirty_pairs))
-    scorer = load_scorer(tiny_model, "cpu")
+    assert np.std(expected) > 0.05  # a near-constant model would prove nothing
+    classifier = load_classifier(ScorerSettings(model=tiny_model, device="cpu"))
+    encodings = [enc for enc, _ in tokenize_pairs(load_tokenizer(tiny_model), thirty_pairs, 512)]
     order = list(range(30))
-    random.Random(0).shuffle(order)
-    for batch_size in (1, 7, 30):
-        got = np.empty(30)
-        for start in range(0, 30, batch_size):
-            chunk = order[start:start + batch_size]
-            got[chunk] = score_pairs(scorer, [thirty_pairs[i] for i in chunk])
-        np.testing.assert_allclose(got, expected, atol=1e-5)
-    assert len(set(np.round(expected, 6))) > 1  # a constant model would prove nothing
+    random.Random(budget).shuffle(order)
+    np.testing.assert_allclose(_score_packed(classifier, encodings, budget, order), expected, atol=1e-5)
 
 
-def test_score_pairs_transform_keeps_ids_and_similarity(tiny_model, thirty_pairs):
+def test_tokenize_pairs_matches_the_pair_encoding_and_counts_truncation(tiny_model, thirty_pairs):
+    tokenizer = load_tokenizer(tiny_model)
+    long_pair = ("长" * 40, "短问题")
+    encoded = tokenize_pairs(tokenizer, thirty_pairs[:3] + [long_pair], max_length=16)
+    for (a, b), ((ids, types), truncated) in zip(thirty_pairs[:3], encoded):
+        reference = tokenizer(a, b)
+        assert (ids, types) == (reference["input_ids"], reference["token_type_ids"]) or truncated
+    (ids, types), truncated = encoded[-1]
+    assert truncated and len(ids) == 16 and types[-1] == 1
+    assert tokenize_pairs(tokenizer, [], 16) == []
+
+
+def test_pack_batches_respects_the_budget_and_keeps_every_element():
+    rng = random.Random(3)
+    costs = [rng.randint(5, 120) for _ in range(500)] + [300]
+    batches = pack_batches(costs, budget=256)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(costs)))
+    for batch in batches:
+        assert len(batch) * max(costs[i] for i in batch) <= 256 or len(batch) == 1
+    flat = [costs[i] for batch in batches for i in batch]
+    assert flat == sorted(flat)  # length-sorted: padding only to similar lengths
+    padded = sum(len(b) * max(costs[i] for i in b) for b in batches)
+    assert padded < 1.2 * sum(costs)
+
+
+def test_collate_pads_right_with_a_mask():
+    batch = collate([([2, 7, 3], [0, 0, 0]), ([2, 5, 3, 9, 3], [0, 0, 0, 1, 1])], pad_id=0)
+    assert batch["input_ids"].tolist() == [[2, 7, 3, 0, 0], [2, 5, 3, 9, 3]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert batch["token_type_ids"].tolist() == [[0, 0, 0, 0, 0], [0, 0, 0, 1, 1]]
+
+
+class _FakeModel:
+    """Raises CUDA-style out-of-memory above `limit` rows; otherwise logit 1 = first token id."""
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.calls = []
+
+    def __call__(self, input_ids, token_type_ids, attention_mask):
+        self.calls.append(len(input_ids))
+        if len(input_ids) > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        logits = torch.stack([torch.zeros(len(input_ids)), input_ids[:, 0].float() / 10], dim=1)
+        return SimpleNamespace(logits=logits)
+
+
+def test_out_of_memory_splits_the_batch_and_loses_no_pair():
+    model = _FakeModel(limit=3)
+    encodings = [([i, 1], [0, 0]) for i in range(10)]
+    scores, splits = PairClassifier(model, "cpu", 0).score(encodings)
+    expected = torch.softmax(torch.stack([torch.zeros(10), torch.arange(10) / 10], dim=1), dim=-1)[:, 1]
+    np.testing.assert_allclose(scores, expected.numpy(), atol=1e-6)
+    assert splits == 3 and max(c for c in model.calls if c <= 3) <= 3
+
+
+def test_out_of_memory_on_a_single_pair_is_raised():
+    with pytest.raises(torch.OutOfMemoryError):
+        PairClassifier(_FakeModel(limit=0), "cpu", 0).score([([1, 2], [0, 0])])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(QdedupError, match="--device cuda, but no usable GPU"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_half_precision_scores_close_to_fp32(tiny_model, thirty_pairs):
+    expected = np.array(reference_scores(tiny_model, thirty_pairs))
+    encodings = [enc for enc, _ in tokenize_pairs(load_tokenizer(tiny_model), thirty_pairs, 512)]
+    for precision in ("fp32", "bf16", "fp16"):
+        classifier = load_classifier(ScorerSettings(model=tiny_model, device="cuda", precision=precision))
+        assert classifier.device == "cuda"
+        got = _score_packed(classifier, encodings, 4096, list(range(30)))
+        np.testing.assert_allclose(got, expected, atol=1e-4 if precision == "fp32" else 2e-2)
+
+
+def _run_score_pairs(candidates, settings, check):
+    """Runs ScorePairs; `check` sees the scored pairs inside the pipeline (where assert_that runs)."""
+    with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
+        assert_that(pipeline | beam.Create(candidates) | ScorePairs(settings), check)
+
+
+@pytest.mark.parametrize("extra", [{"token_budget": 64, "sort_window": 7}, {"model_copies": 1}])
+def test_score_pairs_transform_keeps_ids_and_similarity(tiny_model, thirty_pairs, extra):
     expected = reference_scores(tiny_model, thirty_pairs)
     candidates = [CandidatePair(i, 100 + i, a, b, 0.5 + i / 100) for i, (a, b) in enumerate(thirty_pairs)]
 
@@ -53,10 +158,21 @@ def test_score_pairs_transform_keeps_ids_and_similarity(tiny_model, thirty_pairs
             assert pair.similarity == pytest.approx(0.5 + pair.id_a / 100)
             assert pair.score == pytest.approx(expected[pair.id_a], abs=1e-5)
 
-    with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
-        scored = (pipeline | beam.Create(candidates)
-                  | ScorePairs(PairScorer(tiny_model, batch_size=4, device="cpu")))
-        assert_that(scored, check)
+    _run_score_pairs(candidates, ScorerSettings(model=tiny_model, device="cpu", **extra), check)
+
+
+def test_symmetric_scoring_averages_both_orders(tiny_model, thirty_pairs):
+    forward = reference_scores(tiny_model, thirty_pairs[:10])
+    backward = reference_scores(tiny_model, [(b, a) for a, b in thirty_pairs[:10]])
+    candidates = [CandidatePair(i, 100 + i, a, b, 0.5) for i, (a, b) in enumerate(thirty_pairs[:10])]
+
+    def check(scored):
+        assert len(scored) == 10
+        for pair in scored:
+            assert pair.score == pytest.approx((forward[pair.id_a] + backward[pair.id_a]) / 2, abs=1e-5)
+
+    _run_score_pairs(candidates, ScorerSettings(model=tiny_model, device="cpu", symmetric=True), check)
+    assert max(abs(f - b) for f, b in zip(forward, backward)) > 0.01  # the orders do differ
 
 
 def test_check_scorer_model_accepts_a_complete_model(tiny_model):
