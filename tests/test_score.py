@@ -161,6 +161,15 @@ def test_score_pairs_transform_keeps_ids_and_similarity(tiny_model, thirty_pairs
     _run_score_pairs(candidates, ScorerSettings(model=tiny_model, device="cpu", **extra), check)
 
 
+def test_progress_is_logged_with_counts_and_rate(tiny_model, thirty_pairs, caplog):
+    candidates = [CandidatePair(i, 100 + i, a, b, 0.5) for i, (a, b) in enumerate(thirty_pairs)]
+    settings = ScorerSettings(model=tiny_model, device="cpu", progress_seconds=0.0)
+    with caplog.at_level("INFO", logger="transforms.score"):
+        _run_score_pairs(candidates, settings, lambda scored: None)
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("scoring:")]
+    assert progress and "of 30 pairs" in progress[-1] and "pairs/s" in progress[-1]
+
+
 def test_symmetric_scoring_averages_both_orders(tiny_model, thirty_pairs):
     forward = reference_scores(tiny_model, thirty_pairs[:10])
     backward = reference_scores(tiny_model, [(b, a) for a, b in thirty_pairs[:10]])

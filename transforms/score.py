@@ -317,7 +317,7 @@ class _LogProgress(beam.DoFn):
         if self._started is None:
             self._started = self._last = now
         self._scored += 1
-        if now - self._last >= self._interval:
+        if now - self._last >= self._interval and now > self._started:
             self._last = now
             rate = self._scored / (now - self._started)
             left = max(total - self._scored, 0) / rate
