@@ -7,6 +7,7 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from pipelines.cli import main
 from samples.make_sample import build_rows
@@ -174,6 +175,8 @@ def test_existing_output_is_kept_unless_overwrite(corpus, in_memory_run, tiny_mo
     ("no_match", "matches no files"),
     ("corrupt", "bad.parquet is not a readable Parquet file"),
     ("bad_model", "is not a complete model directory"),
+    pytest.param("cuda_without_gpu", "--device cuda, but no usable GPU",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")),
 ])
 def test_input_and_model_problems_exit_with_a_named_error(case, message, tiny_model, tmp_path, capsys):
     model = tiny_model
@@ -186,9 +189,11 @@ def test_input_and_model_problems_exit_with_a_named_error(case, message, tiny_mo
         (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
     else:
         pq.write_table(pa.table({"id": [1], "question": ["问题"]}), tmp_path / "a.parquet")
+    if case == "bad_model":
         model = str(tmp_path)  # a directory without a model in it
+    extra = ["--device", "cuda"] if case == "cuda_without_gpu" else []
     code = main(["run", "--input", str(pattern), "--output", str(tmp_path / "out"), "--scorer-model", model,
-                 *RUNNER_ARGS])
+                 *RUNNER_ARGS, *extra])
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
@@ -210,3 +215,14 @@ def test_empty_and_all_rejected_inputs_give_empty_outputs(tiny_model, tmp_path):
     groups = pq.read_table(tmp_path / "out" / "groups")
     assert groups.num_rows == 0 and groups.schema.names == ["id", "group_id", "canonical_id", "group_size",
                                                             "match_kind"]
+
+
+def test_truncated_pairs_are_counted(tiny_model, tmp_path):
+    texts = ["怎么开初婚未育证明", "初婚未育证明怎么开", "开初婚未育证明", "今天天气怎么样"]
+    pq.write_table(pa.table({"id": [1, 2, 3, 4], "question": texts}), tmp_path / "q.parquet")
+    report = run_qdedup(tmp_path / "q.parquet", tmp_path / "out", tiny_model, "--max-length=20",
+                        "--min-similarity=-1")
+    pairs = read_part(tmp_path / "out", "pairs")
+    longer = [p for p in pairs if len(texts[p["id_a"] - 1]) + len(texts[p["id_b"] - 1]) + 3 > 20]
+    assert report["pairs_scored"] == len(pairs) == 6
+    assert report["truncated_pairs"] == len(longer) == 1  # only the two 9-character questions overflow
