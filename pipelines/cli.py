@@ -55,13 +55,25 @@ def counter_totals(result, namespace: str) -> dict:
     return totals
 
 
-def scoring_totals(report: dict, result) -> dict:
-    """Per-stage seconds and the scoring stage's totals, from the run's Beam counters."""
+def _work_item_sizes(result):
+    try:
+        found = result.metrics().query(MetricsFilter().with_name("blocking_work_item_size"))["distributions"]
+    except Exception:
+        return None
+    values = [d.committed if d.committed is not None else d.attempted for d in found]
+    return [v for v in values if v is not None and v.count]
+
+
+def run_totals(report: dict, result) -> dict:
+    """Per-stage seconds, blocking and scoring totals, from the run's Beam metrics."""
     seconds = {name: round(us / 1_000_000, 3) for name, us in sorted(counter_totals(result, STAGE_NAMESPACE).items())}
     counts = counter_totals(result, "qdedup")
     score_seconds = seconds.get("score", 0.0)
+    sizes = _work_item_sizes(result) or []
     return {
         "stage_seconds": seconds,
+        "blocking_work_items": sum(d.count for d in sizes),
+        "largest_blocking_work_item": max((d.max for d in sizes), default=0),
         "truncated_pairs": counts.get("truncated_pairs", 0),
         "oom_splits": counts.get("oom_splits", 0),
         "scoring_pairs_per_second": round(report["pairs_scored"] / score_seconds, 2) if score_seconds else None,
@@ -102,7 +114,7 @@ def run(argv: Sequence[str]) -> int:
 
     report_path = output_path(options.output, "report.json")
     report = read_json(report_path)
-    report.update(scoring_totals(report, result))
+    report.update(run_totals(report, result))
     report["seconds_total"] = round(time.monotonic() - started, 3)
     write_json(report_path, report)
     print(f"qdedup: {report['rows_in']} rows in, {report['rows_rejected']} rejected, "

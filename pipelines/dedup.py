@@ -4,7 +4,7 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.pvalue import AsSingleton
 
-from pipelines.options import QdedupOptions, scorer_settings
+from pipelines.options import QdedupOptions, blocking_settings, scorer_settings
 from transforms.block import BlockCandidates
 from transforms.cluster import ClusterGroups
 from transforms.embed import EmbedLexical
@@ -42,7 +42,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, info: InputI
     candidates = (
         representatives
         | "EmbedLexical" >> EmbedLexical(options.lexical_dim)
-        | "BlockCandidates" >> BlockCandidates(options.top_k, options.min_similarity)
+        | "BlockCandidates" >> BlockCandidates(blocking_settings(options), "lexical")
     )
     scored = candidates | "ScorePairs" >> ScorePairs(scorer_settings(options))
     groups = (representatives, collapsed["members"], scored) | "ClusterGroups" >> ClusterGroups(

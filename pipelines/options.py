@@ -12,11 +12,13 @@ from typing import Sequence
 import yaml
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
+from transforms.block import BlockingSettings
 from transforms.errors import QdedupError
 from transforms.score import AUTO_TOKEN_BUDGET, ScorerSettings
 
 EMBEDDERS = ("lexical",)
 _SCORER = ScorerSettings()
+_BLOCKING = BlockingSettings()
 
 
 class QdedupOptions(PipelineOptions):
@@ -34,9 +36,17 @@ class QdedupOptions(PipelineOptions):
         add("--scorer-model", "--scorer_model", dest="scorer_model", default=_SCORER.model,
             help="cross-encoder: Hugging Face id or local directory")
         add("--threshold", type=float, default=0.5, help="pairs scoring at least this are duplicates")
-        add("--top-k", "--top_k", dest="top_k", type=int, default=10, help="candidate neighbours per question")
-        add("--min-similarity", "--min_similarity", dest="min_similarity", type=float, default=0.3,
-            help="blocking cosine below which no candidate is made")
+        add("--top-k", "--top_k", dest="top_k", type=int, default=_BLOCKING.top_k,
+            help="candidate neighbours per question")
+        add("--min-similarity", "--min_similarity", dest="min_similarity", type=float,
+            default=_BLOCKING.min_similarity, help="blocking cosine below which no candidate is made")
+        add("--partitions", type=int, default=_BLOCKING.partitions,
+            help="kNN partitions; 0 = probes x questions / --partition-size")
+        add("--partition-size", "--partition_size", dest="partition_size", type=int,
+            default=_BLOCKING.partition_size, help="mean questions per partition when --partitions is 0")
+        add("--probes", type=int, default=_BLOCKING.probes, help="partitions each question is placed in")
+        add("--max-block", "--max_block", dest="max_block", type=int, default=_BLOCKING.max_block,
+            help="a larger partition is searched block by block (bounds a worker's memory)")
         add("--embedders", default="lexical", help="comma-separated candidate generators: lexical")
         add("--lexical-dim", "--lexical_dim", dest="lexical_dim", type=int, default=512,
             help="hashed TF-IDF dimension")
@@ -117,6 +127,10 @@ def validate(options: QdedupOptions) -> None:
         (0.0 <= options.threshold <= 1.0, "--threshold must be between 0 and 1"),
         (-1.0 <= options.min_similarity <= 1.0, "--min-similarity must be between -1 and 1"),
         (options.top_k >= 1, "--top-k must be at least 1"),
+        (options.partitions >= 0, "--partitions must be 0 (automatic) or positive"),
+        (options.partition_size >= 1, "--partition-size must be at least 1"),
+        (options.probes >= 1, "--probes must be at least 1"),
+        (options.max_block >= 1, "--max-block must be at least 1"),
         (options.token_budget >= 0, "--token-budget must be 0 (automatic) or positive"),
         (options.sort_window >= 1, "--sort-window must be at least 1"),
         (8 <= options.max_length <= 512, "--max-length must be between 8 and 512"),
@@ -148,3 +162,9 @@ def scorer_settings(options: QdedupOptions) -> ScorerSettings:
         model=options.scorer_model, device=options.device, precision=options.precision,
         token_budget=options.token_budget, sort_window=options.sort_window, max_length=options.max_length,
         symmetric=options.symmetric, model_copies=options.model_copies, torch_threads=options.torch_threads)
+
+
+def blocking_settings(options: QdedupOptions) -> BlockingSettings:
+    return BlockingSettings(
+        top_k=options.top_k, min_similarity=options.min_similarity, partitions=options.partitions,
+        partition_size=options.partition_size, probes=options.probes, max_block=options.max_block)

@@ -1,7 +1,26 @@
+import pickle
+
+import apache_beam as beam
 import numpy as np
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.util import assert_that
 
-from transforms.block import knn_pairs
+from tests.conftest import RUNNER_ARGS
+from transforms.block import (
+    BlockCandidates,
+    BlockingSettings,
+    CandidatePair,
+    UnionCandidates,
+    best_neighbours,
+    block_count,
+    knn_lists,
+    knn_pairs,
+    nearest_partitions,
+    partition_count,
+)
+from transforms.normalize import Representative
 
 
 def _brute_force(ids, vectors, k, floor):
@@ -21,6 +40,12 @@ def _unit(rng, n, d):
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+def _clustered(rng, n, d, clusters, noise):
+    centers = _unit(rng, clusters, d)
+    v = centers[rng.integers(0, clusters, n)] + noise * rng.normal(size=(n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
 @pytest.mark.parametrize("k, floor", [(1, -1.0), (3, 0.0), (5, 0.2), (50, -1.0)])
 def test_knn_pairs_equal_brute_force(k, floor):
     rng = np.random.default_rng(k)
@@ -34,7 +59,108 @@ def test_knn_pairs_equal_brute_force(k, floor):
         assert sim == pytest.approx(expected[pair], abs=1e-5)
 
 
-def test_degenerate_partitions():
+def test_degenerate_inputs():
     assert knn_pairs([1], np.ones((1, 4), dtype=np.float32), 5, 0.0) == {}
     same = np.tile(np.array([[1, 0, 0, 0]], dtype=np.float32), (3, 1))
     assert set(knn_pairs([3, 1, 2], same, 5, 0.0)) == {(1, 2), (1, 3), (2, 3)}
+    assert knn_lists([], np.zeros((0, 4)), [1], same[:1], 3, 0.0) == {}
+
+
+def test_best_neighbours_keeps_each_neighbours_best_and_breaks_ties_by_id():
+    found = [(0.5, "b"), (0.9, "c"), (0.7, "b"), (0.7, "a"), (0.1, "d")]
+    assert best_neighbours(found, 3) == [(0.9, "c"), (0.7, "a"), (0.7, "b")]
+
+
+def test_partition_and_block_counts():
+    settings = BlockingSettings(partition_size=1000, probes=2)
+    assert partition_count(100, settings) == 1
+    assert partition_count(10_000, settings) == 20
+    assert partition_count(50, BlockingSettings(partitions=8)) == 8
+    assert partition_count(5, BlockingSettings(partitions=8)) == 5
+    assert block_count(10, 20) == 1 and block_count(41, 20) == 3
+
+
+def test_nearest_partitions():
+    centroids = np.eye(4, dtype=np.float32)
+    vector = np.array([0.1, 0.9, 0.5, 0.0], dtype=np.float32)
+    assert nearest_partitions(vector, centroids, 2) == [1, 2]
+    assert nearest_partitions(vector, centroids, 9) == [0, 1, 2, 3]
+    assert nearest_partitions(vector, None, 2) == [0]
+
+
+def _items(vectors, ids=None):
+    ids = list(range(len(vectors))) if ids is None else ids
+    return [(Representative(i, f"t{i}", f"t{i}", f"k{i}", 1), v) for i, v in zip(ids, vectors)]
+
+
+def _save(pairs, path):
+    with open(path, "wb") as handle:
+        pickle.dump(pairs, handle)
+
+
+def _block(items, settings, tmp_path):
+    """Runs BlockCandidates; returns ({(a, b): similarity}, largest work item)."""
+    pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
+    path = str(tmp_path / "pairs.pickle")
+
+    def check(pairs):
+        assert len(pairs) == len({(p.id_a, p.id_b) for p in pairs})
+        assert all(p.id_a < p.id_b and p.text_a == f"t{p.id_a}" and p.source == "lexical" for p in pairs)
+
+    pairs = pipeline | beam.Create(items) | BlockCandidates(settings)
+    assert_that(pairs, check)
+    pairs | beam.Map(lambda p: ((p.id_a, p.id_b), p.similarity)) | beam.combiners.ToDict() | beam.Map(_save, path)
+    result = pipeline.run()
+    result.wait_until_finish()
+    sizes = result.metrics().query(MetricsFilter().with_name("blocking_work_item_size"))["distributions"]
+    with open(path, "rb") as handle:
+        return pickle.load(handle), max(d.committed.max for d in sizes)
+
+
+def test_partitioned_knn_equals_exact_when_every_partition_is_probed(tmp_path):
+    vectors = _clustered(np.random.default_rng(1), 400, 16, 12, 0.3)
+    settings = BlockingSettings(top_k=5, min_similarity=0.1, partitions=6, probes=6, max_block=70)
+    got, largest = _block(_items(vectors), settings, tmp_path)
+    expected = knn_pairs(list(range(400)), vectors, 5, 0.1)
+    assert got.keys() == expected.keys()
+    assert all(got[p] == pytest.approx(expected[p], abs=1e-5) for p in got)
+    assert largest <= 2 * 70 * 1.3  # partitions of 400 were cut into blocks of about 70
+
+
+def test_partitioned_recall_against_exact_with_the_defaults(tmp_path):
+    vectors = _clustered(np.random.default_rng(2), 24_000, 32, 600, 0.06)
+    settings = BlockingSettings()
+    assert partition_count(len(vectors), settings) == 5
+    got, _ = _block(_items(vectors), settings, tmp_path)
+    expected = knn_pairs(list(range(len(vectors))), vectors, settings.top_k, settings.min_similarity)
+    recall = len(got.keys() & expected.keys()) / len(expected)
+    assert recall >= 0.99, recall
+
+
+def test_a_hot_partition_is_searched_in_bounded_blocks(tmp_path):
+    # One question with tiny edits, thousands of times: every vector lands in the same partition.
+    rng = np.random.default_rng(3)
+    base = _unit(rng, 1, 24)[0]
+    vectors = base + 0.01 * rng.normal(size=(3000, 24)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    settings = BlockingSettings(top_k=5, partitions=4, probes=1, max_block=400)
+    got, largest = _block(_items(vectors), settings, tmp_path)
+    assert largest <= 2 * 400 * 1.3
+    degree = np.zeros(3000, dtype=int)
+    for a, b in got:
+        degree[a] += 1
+        degree[b] += 1
+    assert degree.min() >= 5  # every question still gets its k neighbours
+
+
+def test_union_merges_sources_and_keeps_the_best_similarity():
+    lexical = [CandidatePair(1, 2, "a", "b", 0.5, "lexical"), CandidatePair(1, 3, "a", "c", 0.4, "lexical")]
+    encoder = [CandidatePair(1, 2, "a", "b", 0.8, "encoder"), CandidatePair(2, 3, "b", "c", 0.9, "encoder")]
+
+    def check(pairs):
+        by_key = {(p.id_a, p.id_b): (p.similarity, p.source) for p in pairs}
+        assert by_key == {(1, 2): (0.8, "encoder,lexical"), (1, 3): (0.4, "lexical"), (2, 3): (0.9, "encoder")}
+
+    with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
+        sets = (pipeline | "L" >> beam.Create(lexical), pipeline | "E" >> beam.Create(encoder))
+        assert_that(sets | UnionCandidates(), check)

@@ -1,20 +1,49 @@
-"""Candidate generation by FAISS nearest neighbours (DESIGN.md step 5).
+"""Candidate generation by partitioned FAISS nearest neighbours (DESIGN.md step 5).
 
 Only pairs that blocking proposes are ever scored, so this stage bounds both the
-recall and the cost of the run. Vectors are grouped by partition and searched
-exactly within each; for now every vector is in partition 0 (a later stage
-assigns coarse-centroid partitions without changing this interface).
+recall and the cost of a run. No worker holds the whole corpus:
+
+1. coarse centroids are trained (spherical k-means, fixed seed) on a
+   deterministic sample of the vectors and passed as a side input;
+2. each vector goes to its `probes` nearest partitions;
+3. a partition larger than `max_block` is cut into b blocks by a stable hash of
+   the id, and searched as b x b (query block, index block) work items, so a
+   work item never holds more than two blocks while the search stays exact
+   within the partition;
+4. exact inner-product kNN runs inside each work item; each question keeps its
+   best k neighbours over all its partitions above the similarity floor;
+5. pairs are keyed (min id, max id) and made distinct.
 """
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple, Sequence
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Iterable, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import faiss
 import numpy as np
+from apache_beam.metrics import Metrics
 
 from transforms.metrics import StageTimer
 from transforms.normalize import Representative
+
+_SAMPLE_BUCKETS = 1_000_003
+
+
+@dataclass(frozen=True)
+class BlockingSettings:
+    """The defaults are the command line's."""
+
+    top_k: int = 10                  # neighbours kept per question
+    min_similarity: float = 0.3      # inner product below which no candidate is made
+    partitions: int = 0              # 0: probes x corpus / partition_size, at least 1
+    partition_size: int = 10_000     # mean questions per partition when `partitions` is 0
+    probes: int = 2                  # partitions each question is placed in
+    max_block: int = 20_000          # larger partitions are searched block by block
+    sample_per_partition: int = 256  # k-means training points per centroid
+    seed: int = 0
 
 
 class CandidatePair(NamedTuple):
@@ -23,72 +52,250 @@ class CandidatePair(NamedTuple):
     text_a: str
     text_b: str
     similarity: float
+    source: str = "lexical"
+
+
+def stable_hash(value: object) -> int:
+    """The same in every process and run, unlike hash()."""
+    return zlib.crc32(repr(value).encode("utf-8"))
+
+
+def partition_count(n: int, settings: BlockingSettings) -> int:
+    if settings.partitions:
+        return max(1, min(settings.partitions, n))
+    return max(1, min(n, math.ceil(settings.probes * n / settings.partition_size)))
+
+
+def in_sample(item_id: object, n: int, n_partitions: int, settings: BlockingSettings) -> bool:
+    """Deterministic sample of about sample_per_partition x partitions ids."""
+    rate = settings.sample_per_partition * n_partitions / max(n, 1)
+    return stable_hash(item_id) % _SAMPLE_BUCKETS < rate * _SAMPLE_BUCKETS
+
+
+def train_centroids(sample: np.ndarray, n_partitions: int, seed: int) -> np.ndarray:
+    """Unit-length k-means centroids of the sample (rows sorted by the caller for determinism)."""
+    n_partitions = min(n_partitions, len(sample))
+    kmeans = faiss.Kmeans(sample.shape[1], n_partitions, niter=20, seed=seed, spherical=True,
+                          min_points_per_centroid=1, max_points_per_centroid=1 << 30)
+    kmeans.train(np.ascontiguousarray(sample, dtype=np.float32))
+    return kmeans.centroids
+
+
+def nearest_partitions(vector: np.ndarray, centroids: Optional[np.ndarray], probes: int) -> list[int]:
+    if centroids is None or len(centroids) == 1:
+        return [0]
+    sims = centroids @ vector
+    probes = min(probes, len(centroids))
+    best = np.argpartition(-sims, probes - 1)[:probes]
+    return sorted(int(p) for p in best)
+
+
+def block_count(size: int, max_block: int) -> int:
+    return max(1, math.ceil(size / max_block))
+
+
+def knn_lists(query_ids: Sequence, queries: np.ndarray, index_ids: Sequence, index: np.ndarray, k: int,
+              min_similarity: float) -> dict[object, list[tuple[float, object]]]:
+    """{query id: up to k (similarity, neighbour id), best first}, never the query itself."""
+    if not len(query_ids) or not len(index_ids) or k < 1:
+        return {}
+    search = faiss.IndexFlatIP(index.shape[1])
+    search.add(np.ascontiguousarray(index, dtype=np.float32))
+    sims, found = search.search(np.ascontiguousarray(queries, dtype=np.float32), min(k + 1, len(index_ids)))
+    lists: dict[object, list[tuple[float, object]]] = {}
+    for query_id, row_sims, row_found in zip(query_ids, sims, found):
+        neighbours = [(float(s), index_ids[j]) for s, j in zip(row_sims, row_found)
+                      if j >= 0 and s >= min_similarity and index_ids[j] != query_id]
+        if neighbours:
+            lists[query_id] = neighbours[:k]
+    return lists
+
+
+def best_neighbours(candidates: Iterable[tuple[float, object]], k: int) -> list[tuple[float, object]]:
+    """The k most similar distinct neighbours; ties go to the lower id, so results are deterministic."""
+    best: dict = {}
+    for sim, neighbour in candidates:
+        if sim > best.get(neighbour, -math.inf):
+            best[neighbour] = sim
+    return sorted(((s, n) for n, s in best.items()), key=lambda item: (-item[0], item[1]))[:k]
 
 
 def knn_pairs(ids: Sequence, vectors: np.ndarray, k: int, min_similarity: float) -> dict[tuple, float]:
-    """Each vector's k nearest others with inner product >= min_similarity, as {(min id, max id): sim}."""
-    n = len(ids)
-    if n < 2 or k < 1:
-        return {}
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    sims, neighbours = index.search(np.ascontiguousarray(vectors, dtype=np.float32), min(k + 1, n))
+    """Exact kNN over one set of vectors, as {(min id, max id): similarity}: the single-partition result."""
     pairs: dict[tuple, float] = {}
-    for i in range(n):
-        kept = 0
-        for j, sim in zip(neighbours[i], sims[i]):
-            if j < 0 or j == i:
-                continue
-            if sim < min_similarity or kept == k:
-                break
-            kept += 1
-            a, b = sorted((ids[i], ids[j]))
-            pairs[(a, b)] = max(float(sim), pairs.get((a, b), -1.0))
+    for query, neighbours in knn_lists(ids, vectors, ids, vectors, k, min_similarity).items():
+        for sim, neighbour in neighbours:
+            key = (query, neighbour) if query < neighbour else (neighbour, query)
+            pairs[key] = max(sim, pairs.get(key, -math.inf))
     return pairs
 
 
-class _SearchPartition(beam.DoFn):
-    def __init__(self, k: int, min_similarity: float):
-        self._k = k
-        self._min_similarity = min_similarity
+# ---- Beam glue ----
+
+def _train(sample: list, n: int, settings: BlockingSettings) -> Optional[np.ndarray]:
+    n_partitions = partition_count(n, settings)
+    if n_partitions == 1 or not sample:
+        return None
+    sample = sorted(sample, key=lambda item: item[0])
+    return train_centroids(np.stack([vector for _, vector in sample]), n_partitions, settings.seed)
+
+
+class _AssignPartitions(beam.DoFn):
+    def __init__(self, probes: int):
+        self._probes = probes
+
+    def process(self, item, centroids):
+        rep, vector = item
+        for partition in nearest_partitions(vector, centroids, self._probes):
+            yield partition, (rep, vector)
+
+
+class _ToWorkItems(beam.DoFn):
+    """(partition, item) -> ((partition, query block, index block), (role, item))."""
+
+    def __init__(self, max_block: int):
+        self._max_block = max_block
+
+    def process(self, element, sizes: dict):
+        partition, item = element
+        blocks = block_count(sizes[partition], self._max_block)
+        mine = stable_hash(item[0].id) % blocks
+        for other in range(blocks):
+            if other == mine:
+                yield (partition, mine, mine), ("both", item)
+            else:
+                yield (partition, mine, other), ("query", item)
+                yield (partition, other, mine), ("index", item)
+
+
+class _SearchWorkItem(beam.DoFn):
+    def __init__(self, settings: BlockingSettings):
+        self._settings = settings
         self._timer = StageTimer("block")
+        self._sizes = Metrics.distribution("qdedup", "blocking_work_item_size")
 
-    def process(self, element) -> Iterable[CandidatePair]:
-        _, embedded = element
-        reps: list[Representative] = []
-        vectors = []
-        for rep, vector in embedded:
-            reps.append(rep)
-            vectors.append(vector)
-        if not reps:
+    def process(self, element):
+        _, members = element
+        queries, index, size = [], [], 0
+        for role, item in members:
+            size += 1
+            if role != "index":
+                queries.append(item)
+            if role != "query":
+                index.append(item)
+        self._sizes.update(size)
+        if not queries or not index:
             return
+        texts = {rep.id: rep.text for rep, _ in index}
         with self._timer:
-            texts = {rep.id: rep.text for rep in reps}
-            pairs = knn_pairs([rep.id for rep in reps], np.stack(vectors), self._k, self._min_similarity)
-        for (a, b), sim in sorted(pairs.items()):
-            yield CandidatePair(a, b, texts[a], texts[b], sim)
+            lists = knn_lists([rep.id for rep, _ in queries], np.stack([v for _, v in queries]),
+                              [rep.id for rep, _ in index], np.stack([v for _, v in index]),
+                              self._settings.top_k, self._settings.min_similarity)
+        query_text = {rep.id: rep.text for rep, _ in queries}
+        for query_id, neighbours in lists.items():
+            yield query_id, (query_text[query_id], [(sim, nid, texts[nid]) for sim, nid in neighbours])
 
+
+class _TopNeighbours(beam.CombineFn):
+    """Per question: its text and its best k neighbours over all work items."""
+
+    def __init__(self, k: int):
+        self._k = k
+
+    def create_accumulator(self):
+        return None, {}
+
+    def add_input(self, accumulator, found):
+        text, best = accumulator
+        query_text, neighbours = found
+        for sim, nid, ntext in neighbours:
+            if sim > best.get(nid, (-math.inf,))[0]:
+                best[nid] = (sim, ntext)
+        return query_text, self._trim(best)
+
+    def merge_accumulators(self, accumulators):
+        text, best = None, {}
+        for other_text, other in accumulators:
+            text = text or other_text
+            for nid, (sim, ntext) in other.items():
+                if sim > best.get(nid, (-math.inf,))[0]:
+                    best[nid] = (sim, ntext)
+        return text, self._trim(best)
+
+    def _trim(self, best: dict) -> dict:
+        keep = best_neighbours(((sim, nid) for nid, (sim, _) in best.items()), self._k)
+        return {nid: best[nid] for _, nid in keep}
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+def _pairs_of(element, source: str) -> Iterable[tuple[tuple, CandidatePair]]:
+    query_id, (query_text, best) = element
+    for nid, (sim, ntext) in best.items():
+        if query_id < nid:
+            pair = CandidatePair(query_id, nid, query_text, ntext, sim, source)
+        else:
+            pair = CandidatePair(nid, query_id, ntext, query_text, sim, source)
+        yield (pair.id_a, pair.id_b), pair
 
 
 def _closest(pairs: Iterable[CandidatePair]) -> CandidatePair:
     return max(pairs, key=lambda pair: pair.similarity)
 
 
-class BlockCandidates(beam.PTransform):
-    """(representative, vector) -> distinct `CandidatePair`s with id_a < id_b."""
+def _merge_sources(pairs: Iterable[CandidatePair]) -> CandidatePair:
+    pairs = list(pairs)
+    sources = sorted({source for pair in pairs for source in pair.source.split(",")})
+    return _closest(pairs)._replace(source=",".join(sources))
 
-    def __init__(self, top_k: int, min_similarity: float):
+
+class UnionCandidates(beam.PTransform):
+    """Candidates of several embedders -> one pair each, its `source` naming every embedder that found it."""
+
+    def expand(self, candidate_sets):
+        return (
+            candidate_sets
+            | "FlattenSources" >> beam.Flatten()
+            | "KeyByPair" >> beam.Map(lambda pair: ((pair.id_a, pair.id_b), pair))
+            | "MergeSources" >> beam.CombinePerKey(_merge_sources)
+            | "DropKey" >> beam.Values()
+        )
+
+
+class BlockCandidates(beam.PTransform):
+    """(representative, unit vector) -> distinct `CandidatePair`s with id_a < id_b, tagged with `source`."""
+
+    def __init__(self, settings: BlockingSettings, source: str = "lexical"):
         super().__init__()
-        self._top_k = top_k
-        self._min_similarity = min_similarity
+        self._settings = settings
+        self._source = source
 
     def expand(self, embedded):
-        return (
+        settings, source = self._settings, self._source
+        count = beam.pvalue.AsSingleton(embedded | "CountVectors" >> beam.combiners.Count.Globally())
+        centroids = (
             embedded
-            | "AssignPartition" >> beam.Map(lambda item: (0, item))
-            | "GroupPartition" >> beam.GroupByKey()
-            | "SearchPartition" >> beam.ParDo(_SearchPartition(self._top_k, self._min_similarity))
-            | "KeyByPair" >> beam.Map(lambda pair: ((pair.id_a, pair.id_b), pair))
+            | "SampleForCentroids" >> beam.Filter(
+                lambda item, n: in_sample(item[0].id, n, partition_count(n, settings), settings), n=count)
+            | "IdAndVector" >> beam.Map(lambda item: (item[0].id, item[1]))
+            | "CollectSample" >> beam.combiners.ToList()
+            | "TrainCentroids" >> beam.Map(_train, n=count, settings=settings)
+        )
+        assigned = embedded | "AssignPartitions" >> beam.ParDo(
+            _AssignPartitions(settings.probes), centroids=beam.pvalue.AsSingleton(centroids))
+        sizes = (
+            assigned
+            | "PartitionOnes" >> beam.Map(lambda element: (element[0], 1))
+            | "PartitionSizes" >> beam.CombinePerKey(sum)
+        )
+        return (
+            assigned
+            | "ToWorkItems" >> beam.ParDo(_ToWorkItems(settings.max_block), sizes=beam.pvalue.AsDict(sizes))
+            | "GroupWorkItem" >> beam.GroupByKey()
+            | "SearchWorkItem" >> beam.ParDo(_SearchWorkItem(settings))
+            | "BestNeighbours" >> beam.CombinePerKey(_TopNeighbours(settings.top_k))
+            | "ToPairs" >> beam.FlatMap(_pairs_of, source)
             | "DistinctPairs" >> beam.CombinePerKey(_closest)
             | "DropKey" >> beam.Values()
         )

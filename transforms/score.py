@@ -54,6 +54,7 @@ class ScoredPair(NamedTuple):
     id_b: object
     score: float
     similarity: float
+    source: str
 
 
 Encoding = tuple[list[int], list[int]]  # input_ids, token_type_ids
@@ -62,7 +63,7 @@ Encoding = tuple[list[int], list[int]]  # input_ids, token_type_ids
 class TokenizedPair(NamedTuple):
     """A candidate pair ready for the model: one encoding, two with --symmetric."""
 
-    key: tuple  # (id_a, id_b, similarity)
+    key: tuple  # (id_a, id_b, similarity, source)
     encodings: tuple[Encoding, ...]
     truncated: bool
 
@@ -292,7 +293,7 @@ class _TokenizeAndPack(beam.DoFn):
             if self._settings.symmetric:
                 orders.append(tokenize_pairs(self._tokenizer, [(b, a) for a, b in texts], self._settings.max_length))
             pairs = [
-                TokenizedPair((c.id_a, c.id_b, c.similarity), tuple(enc for enc, _ in encoded),
+                TokenizedPair((c.id_a, c.id_b, c.similarity, c.source), tuple(enc for enc, _ in encoded),
                               any(cut for _, cut in encoded))
                 for c, *encoded in zip(window, *orders)
             ]
@@ -341,7 +342,7 @@ class ScorePairs(beam.PTransform):
             | "TokenizeAndPack" >> beam.ParDo(_TokenizeAndPack(self._settings))
             | "RunCrossEncoder" >> RunInference(KeyedModelHandler(PairScorer(self._settings)).with_no_batching())
             | "ToScoredPair" >> beam.MapTuple(
-                lambda key, result: ScoredPair(key[0], key[1], float(result.inference), key[2]))
+                lambda key, result: ScoredPair(key[0], key[1], float(result.inference), key[2], key[3]))
             | "LogProgress" >> beam.ParDo(_LogProgress(self._settings.progress_seconds),
                                           total=beam.pvalue.AsSingleton(total))
         )

@@ -29,7 +29,8 @@ def groups_schema(id_type: str) -> pa.Schema:
 
 def pairs_schema(id_type: str) -> pa.Schema:
     ids = _arrow_id_type(id_type)
-    return pa.schema([("id_a", ids), ("id_b", ids), ("score", pa.float64()), ("similarity", pa.float64())])
+    return pa.schema([("id_a", ids), ("id_b", ids), ("score", pa.float64()), ("similarity", pa.float64()),
+                      ("source", pa.string())])
 
 
 REJECTED_SCHEMA = pa.schema([("row", pa.string()), ("reason", pa.string()),
