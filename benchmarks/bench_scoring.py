@@ -43,17 +43,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from benchmarks.bench_lexical_recall import DEFAULT_PAIRS, read_pairs
 from tests.model_factory import ERLANGSHEN_SHAPE, ERLANGSHEN_VOCAB, make_random_model
 from transforms.block import CandidatePair
-from transforms.score import (
-    PairScorer,
-    ScorePairs,
-    ScorerSettings,
-    TokenizedPair,
-    load_tokenizer,
-    resolve_device,
-    resolve_dtype,
-    tokenize_pairs,
-)
-from transforms.score import token_budget as token_budget_for
+from transforms.model import ModelSettings, TokenizedItem, load_tokenizer, resolve_device, resolve_dtype, tokenize
+from transforms.model import token_budget as token_budget_for
+from transforms.score import PairScorer, ScorePairs
 
 RUNNER = ["--runner=FnApiRunner"]
 
@@ -134,7 +126,7 @@ def beam_stock_handler(model_dir: str, pairs, device: str, batch_size: int = 64)
 
 def qdedup_stage(model_dir: str, pairs, device: str, token_budget: int, out_dir: str):
     candidates = [CandidatePair(i, len(pairs) + i, a, b, 1.0) for i, (a, b) in enumerate(pairs)]
-    settings = ScorerSettings(model=model_dir, device=device, token_budget=token_budget)
+    settings = ModelSettings(model_dir, device=device, token_budget=token_budget)
     path = os.path.join(out_dir, "scores.npy")
     start = time.perf_counter()
     with beam.Pipeline(options=PipelineOptions(RUNNER)) as pipeline:
@@ -155,8 +147,8 @@ class _TokenizeOne(beam.DoFn):
 
     def process(self, item):
         i, (a, b) = item
-        (encoding, truncated), = tokenize_pairs(self._tokenizer, [(a, b)], 512)
-        yield (i,), TokenizedPair((i,), (encoding,), truncated)
+        (encoding, truncated), = tokenize(self._tokenizer, [(a, b)], 512)
+        yield (i,), TokenizedItem((i,), (encoding,), truncated)
 
 
 class _SixtyFourPerBatch(PairScorer):
@@ -165,7 +157,7 @@ class _SixtyFourPerBatch(PairScorer):
 
 
 def beam_batching_variant(model_dir: str, pairs, device: str, token_budget: int, sort: bool):
-    settings = ScorerSettings(model=model_dir, device=device, token_budget=token_budget)
+    settings = ModelSettings(model_dir, device=device, token_budget=token_budget)
     start = time.perf_counter()
     with beam.Pipeline(options=PipelineOptions(RUNNER)) as pipeline:
         tokenized = pipeline | beam.Create(list(enumerate(pairs))) | beam.ParDo(_TokenizeOne(model_dir))
@@ -208,7 +200,7 @@ def main() -> None:
         os.path.join(work, "model"), [t for a, b, _ in rows for t in (a, b)], ERLANGSHEN_SHAPE, ERLANGSHEN_VOCAB)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokens = [len(ids) for ids in tokenizer([a for a, _ in pairs], [b for _, b in pairs])["input_ids"]]
-    budget = token_budget_for(ScorerSettings(device=args.device, token_budget=args.token_budget))
+    budget = token_budget_for(ModelSettings("", device=args.device, token_budget=args.token_budget))
     print(f"{len(pairs)} LCQMC pairs, mean {np.mean(tokens):.1f} tokens (max {max(tokens)}); device {args.device}; "
           f"token budget {budget}; torch {torch.__version__}, {torch.get_num_threads()} threads")
 

@@ -17,8 +17,9 @@ from pipelines.dedup import build_pipeline
 from pipelines.options import QdedupOptions, effective_configuration, expand_argv, validate
 from transforms.errors import QdedupError
 from transforms.metrics import STAGE_NAMESPACE
+from transforms.model import resolve_device
 from transforms.read import Columns, inspect_input
-from transforms.score import check_scorer_model, resolve_device
+from transforms.score import check_scorer_model
 from transforms.write import OUTPUT_PARTS, output_path, read_json, write_json
 
 _LOG = logging.getLogger("qdedup")
@@ -74,7 +75,7 @@ def run_totals(report: dict, result) -> dict:
         "stage_seconds": seconds,
         "blocking_work_items": sum(d.count for d in sizes),
         "largest_blocking_work_item": max((d.max for d in sizes), default=0),
-        "truncated_pairs": counts.get("truncated_pairs", 0),
+        "truncated_pairs": counts.get("score_truncated", 0),
         "oom_splits": counts.get("oom_splits", 0),
         "scoring_pairs_per_second": round(report["pairs_scored"] / score_seconds, 2) if score_seconds else None,
     }

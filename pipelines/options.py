@@ -14,10 +14,11 @@ from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentP
 
 from transforms.block import BlockingSettings
 from transforms.errors import QdedupError
-from transforms.score import AUTO_TOKEN_BUDGET, ScorerSettings
+from transforms.model import AUTO_TOKEN_BUDGET, ModelSettings
+from transforms.score import DEFAULT_SCORER
 
 EMBEDDERS = ("lexical",)
-_SCORER = ScorerSettings()
+_SCORER = ModelSettings(DEFAULT_SCORER)
 _BLOCKING = BlockingSettings()
 
 
@@ -157,8 +158,8 @@ def effective_configuration(options: QdedupOptions) -> dict:
     return configuration
 
 
-def scorer_settings(options: QdedupOptions) -> ScorerSettings:
-    return ScorerSettings(
+def scorer_settings(options: QdedupOptions) -> ModelSettings:
+    return ModelSettings(
         model=options.scorer_model, device=options.device, precision=options.precision,
         token_budget=options.token_budget, sort_window=options.sort_window, max_length=options.max_length,
         symmetric=options.symmetric, model_copies=options.model_copies, torch_threads=options.torch_threads)

@@ -12,20 +12,8 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 from tests.conftest import RUNNER_ARGS, lcqmc_pairs
 from transforms.block import CandidatePair
 from transforms.errors import QdedupError
-from transforms.score import (
-    PairClassifier,
-    ScorePairs,
-    ScorerSettings,
-    check_scorer_model,
-    collate,
-    load_classifier,
-    load_tokenizer,
-    pack_batches,
-    resolve_device,
-    tokenize_pairs,
-)
-
-CPU = ScorerSettings(device="cpu")
+from transforms.model import ModelSettings, collate, load_tokenizer, pack_batches, resolve_device, tokenize
+from transforms.score import PairClassifier, ScorePairs, check_scorer_model, load_classifier
 
 
 def reference_scores(model_dir, pairs):
@@ -54,8 +42,8 @@ def _score_packed(classifier, encodings, budget, order):
 def test_scores_equal_reference_for_any_batching(tiny_model, thirty_pairs, budget):
     expected = np.array(reference_scores(tiny_model, thirty_pairs))
     assert np.std(expected) > 0.05  # a near-constant model would prove nothing
-    classifier = load_classifier(ScorerSettings(model=tiny_model, device="cpu"))
-    encodings = [enc for enc, _ in tokenize_pairs(load_tokenizer(tiny_model), thirty_pairs, 512)]
+    classifier = load_classifier(ModelSettings(tiny_model, device="cpu"))
+    encodings = [enc for enc, _ in tokenize(load_tokenizer(tiny_model), thirty_pairs, 512)]
     order = list(range(30))
     random.Random(budget).shuffle(order)
     np.testing.assert_allclose(_score_packed(classifier, encodings, budget, order), expected, atol=1e-5)
@@ -64,13 +52,13 @@ def test_scores_equal_reference_for_any_batching(tiny_model, thirty_pairs, budge
 def test_tokenize_pairs_matches_the_pair_encoding_and_counts_truncation(tiny_model, thirty_pairs):
     tokenizer = load_tokenizer(tiny_model)
     long_pair = ("长" * 40, "短问题")
-    encoded = tokenize_pairs(tokenizer, thirty_pairs[:3] + [long_pair], max_length=16)
+    encoded = tokenize(tokenizer, thirty_pairs[:3] + [long_pair], max_length=16)
     for (a, b), ((ids, types), truncated) in zip(thirty_pairs[:3], encoded):
         reference = tokenizer(a, b)
         assert (ids, types) == (reference["input_ids"], reference["token_type_ids"]) or truncated
     (ids, types), truncated = encoded[-1]
     assert truncated and len(ids) == 16 and types[-1] == 1
-    assert tokenize_pairs(tokenizer, [], 16) == []
+    assert tokenize(tokenizer, [], 16) == []
 
 
 def test_pack_batches_respects_the_budget_and_keeps_every_element():
@@ -132,9 +120,9 @@ def test_cuda_without_a_gpu_is_a_clear_error():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_half_precision_scores_close_to_fp32(tiny_model, thirty_pairs):
     expected = np.array(reference_scores(tiny_model, thirty_pairs))
-    encodings = [enc for enc, _ in tokenize_pairs(load_tokenizer(tiny_model), thirty_pairs, 512)]
+    encodings = [enc for enc, _ in tokenize(load_tokenizer(tiny_model), thirty_pairs, 512)]
     for precision in ("fp32", "bf16", "fp16"):
-        classifier = load_classifier(ScorerSettings(model=tiny_model, device="cuda", precision=precision))
+        classifier = load_classifier(ModelSettings(tiny_model, device="cuda", precision=precision))
         assert classifier.device == "cuda"
         got = _score_packed(classifier, encodings, 4096, list(range(30)))
         np.testing.assert_allclose(got, expected, atol=1e-4 if precision == "fp32" else 2e-2)
@@ -158,12 +146,12 @@ def test_score_pairs_transform_keeps_ids_and_similarity(tiny_model, thirty_pairs
             assert pair.similarity == pytest.approx(0.5 + pair.id_a / 100)
             assert pair.score == pytest.approx(expected[pair.id_a], abs=1e-5)
 
-    _run_score_pairs(candidates, ScorerSettings(model=tiny_model, device="cpu", **extra), check)
+    _run_score_pairs(candidates, ModelSettings(tiny_model, device="cpu", **extra), check)
 
 
 def test_progress_is_logged_with_counts_and_rate(tiny_model, thirty_pairs, caplog):
     candidates = [CandidatePair(i, 100 + i, a, b, 0.5) for i, (a, b) in enumerate(thirty_pairs)]
-    settings = ScorerSettings(model=tiny_model, device="cpu", progress_seconds=0.0)
+    settings = ModelSettings(tiny_model, device="cpu", progress_seconds=0.0)
     with caplog.at_level("INFO", logger="transforms.score"):
         _run_score_pairs(candidates, settings, lambda scored: None)
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("scoring:")]
@@ -180,7 +168,7 @@ def test_symmetric_scoring_averages_both_orders(tiny_model, thirty_pairs):
         for pair in scored:
             assert pair.score == pytest.approx((forward[pair.id_a] + backward[pair.id_a]) / 2, abs=1e-5)
 
-    _run_score_pairs(candidates, ScorerSettings(model=tiny_model, device="cpu", symmetric=True), check)
+    _run_score_pairs(candidates, ModelSettings(tiny_model, device="cpu", symmetric=True), check)
     assert max(abs(f - b) for f, b in zip(forward, backward)) > 0.01  # the orders do differ
 
 
@@ -199,7 +187,7 @@ def test_check_scorer_model_names_the_problem(tiny_model, tmp_path):
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
     (broken / "model.safetensors").write_bytes(b"")
-    with pytest.raises(QdedupError, match="cannot load scoring model"):
+    with pytest.raises(QdedupError, match=r"cannot load model .*\(--scorer-model\)"):
         check_scorer_model(str(broken))
 
 

@@ -27,7 +27,6 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from transforms.metrics import StageTimer
-from transforms.normalize import Representative
 
 _SAMPLE_BUCKETS = 1_000_003
 

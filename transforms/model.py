@@ -1,0 +1,258 @@
+"""Feeding Hugging Face models inside RunInference, shared by scoring and the encoder embedder.
+
+The hardware wants few, full, evenly long batches: texts are tokenized once per
+window, sorted by token length and packed under a token budget, padded only to
+each batch's own longest input, run under `inference_mode` with SDPA attention
+(bf16/fp16 on CUDA, fp32 on CPU), and a CUDA out-of-memory batch is split in
+half and retried rather than lost.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
+
+from transforms.errors import QdedupError
+from transforms.metrics import StageTimer
+
+_LOG = logging.getLogger(__name__)
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+# Padded tokens per batch when --token-budget is 0, chosen by benchmarks/bench_scoring.py.
+AUTO_TOKEN_BUDGET = {"cpu": 2048, "cuda": 32768}
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """How a model is loaded and fed; the defaults are the command line's."""
+
+    model: str
+    device: str = "auto"           # auto, cpu, cuda
+    precision: str = "auto"        # auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16
+    token_budget: int = 0          # padded tokens per batch; 0 = AUTO_TOKEN_BUDGET for the device
+    sort_window: int = 4096        # inputs sorted together by length before packing
+    max_length: int = 512          # longer inputs are truncated (longest_first) and counted
+    symmetric: bool = False        # pairs only: score (a, b) and (b, a) and average: twice the cost
+    model_copies: int = 0          # 0: one model per process; N: N copies shared by a worker's processes
+    torch_threads: int = 0         # CPU threads per model; 0 = the cores this process may use
+    progress_seconds: float = 30.0
+
+
+Encoding = tuple[list[int], list[int]]  # input_ids, token_type_ids
+
+
+class TokenizedItem(NamedTuple):
+    """One model input, tokenized: a text, a pair, or a pair in both orders (--symmetric)."""
+
+    key: Any
+    encodings: tuple[Encoding, ...]
+    truncated: bool
+
+    @property
+    def cost(self) -> int:
+        return len(self.encodings) * max(len(ids) for ids, _ in self.encodings)
+
+
+def resolve_device(device: str) -> str:
+    """`auto` means CUDA when usable; `cuda` without a GPU is an error, never a silent CPU fallback."""
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise QdedupError(
+            "--device cuda, but no usable GPU here (torch.cuda.is_available() is False): check the "
+            "GPU driver and that torch is a CUDA build, or run with --device cpu")
+    return device
+
+
+def resolve_dtype(precision: str, device: str):
+    import torch
+    if precision == "auto":
+        if device != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def token_budget(settings: ModelSettings) -> int:
+    return settings.token_budget or AUTO_TOKEN_BUDGET[resolve_device(settings.device)]
+
+
+def check_model(name: str, option: str):
+    """Fails fast, naming what is wrong, when a model cannot be loaded; returns its config."""
+    from transformers import AutoConfig, AutoTokenizer
+    looks_local = name.startswith((".", "/", "~")) or os.path.exists(name)
+    if looks_local:
+        path = os.path.expanduser(name)
+        if not os.path.isdir(path):
+            raise QdedupError(f"{option} {name!r}: no such directory")
+        missing = [f for f in ("config.json",) if not os.path.exists(os.path.join(path, f))]
+        if not any(os.path.exists(os.path.join(path, f)) for f in _WEIGHT_FILES):
+            missing.append(" or ".join(_WEIGHT_FILES[::2]))
+        if missing:
+            raise QdedupError(
+                f"{option} {name!r} is not a complete model directory: missing {', '.join(missing)}")
+    try:
+        config = AutoConfig.from_pretrained(name)
+        AutoTokenizer.from_pretrained(name)
+    except Exception as exc:
+        hint = "" if looks_local else (
+            "; if the model hub is unreachable, download the model elsewhere "
+            f"and pass its local directory as {option}")
+        reason = str(exc).strip().rstrip(".")
+        raise QdedupError(f"cannot load model {name!r} ({option}): {reason}{hint}") from exc
+    return config
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(name)
+
+
+def load_model(settings: ModelSettings, auto_class):
+    """(model on its device in its precision, device); sets CPU threads to the process's cores."""
+    import torch
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.precision, device)
+    if device == "cpu":
+        torch.set_num_threads(settings.torch_threads or len(os.sched_getaffinity(0)))
+    model = auto_class.from_pretrained(settings.model, attn_implementation="sdpa")
+    model = model.eval().to(device=device, dtype=dtype)
+    _LOG.info("loaded %s on %s (%s, %d threads)", settings.model, device, dtype, torch.get_num_threads())
+    return model, device
+
+
+def tokenize(tokenizer, inputs: Sequence[tuple[str, ...]], max_length: int) -> list[tuple[Encoding, bool]]:
+    """(encoding, truncated) per input: `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]`, cut longest-first."""
+    if not inputs:
+        return []
+    columns = list(zip(*inputs))
+    first, second = list(columns[0]), (list(columns[1]) if len(columns) > 1 else None)
+
+    def encode(indices, **options):
+        return tokenizer([first[i] for i in indices], [second[i] for i in indices] if second else None,
+                         return_token_type_ids=True, verbose=False, **options)
+
+    everything = list(range(len(inputs)))
+    full = encode(everything, truncation=False)
+    encoded = [((ids, types), False) for ids, types in zip(full["input_ids"], full["token_type_ids"])]
+    too_long = [i for i, (enc, _) in enumerate(encoded) if len(enc[0]) > max_length]
+    if too_long:
+        cut = encode(too_long, truncation="longest_first", max_length=max_length)
+        for j, i in enumerate(too_long):
+            encoded[i] = ((cut["input_ids"][j], cut["token_type_ids"][j]), True)
+    return encoded
+
+
+def pack_batches(costs: Sequence[int], budget: int) -> list[list[int]]:
+    """Indices sorted by cost, cut into batches whose padded size (count x largest) fits the budget.
+
+    A single element larger than the budget gets a batch of its own.
+    """
+    batches: list[list[int]] = []
+    current: list[int] = []
+    largest = 0
+    for i in sorted(range(len(costs)), key=lambda i: costs[i]):
+        if current and max(largest, costs[i]) * (len(current) + 1) > budget:
+            batches.append(current)
+            current, largest = [], 0
+        current.append(i)
+        largest = max(largest, costs[i])
+    if current:
+        batches.append(current)
+    return batches
+
+
+def collate(encodings: Sequence[Encoding], pad_id: int) -> dict[str, Any]:
+    """Right-padded tensors for a batch, padded to its longest encoding only."""
+    import torch
+    longest = max(len(ids) for ids, _ in encodings)
+    input_ids = torch.full((len(encodings), longest), pad_id, dtype=torch.long)
+    token_type_ids = torch.zeros((len(encodings), longest), dtype=torch.long)
+    attention_mask = torch.zeros((len(encodings), longest), dtype=torch.long)
+    for row, (ids, types) in enumerate(encodings):
+        input_ids[row, :len(ids)] = torch.tensor(ids)
+        token_type_ids[row, :len(types)] = torch.tensor(types)
+        attention_mask[row, :len(ids)] = 1
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def run_splitting_on_oom(forward: Callable[[dict], np.ndarray], encodings: Sequence[Encoding], pad_id: int,
+                         device: str) -> tuple[np.ndarray, int]:
+    """forward(padded batch) over the encodings; (outputs, how many out-of-memory splits it took)."""
+    import torch
+    try:
+        batch = {k: v.to(device, non_blocking=True) for k, v in collate(encodings, pad_id).items()}
+        with torch.inference_mode():
+            return forward(batch), 0
+    except Exception as exc:
+        if not _is_out_of_memory(exc) or len(encodings) == 1:
+            raise
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    half = len(encodings) // 2
+    first, splits_a = run_splitting_on_oom(forward, encodings[:half], pad_id, device)
+    second, splits_b = run_splitting_on_oom(forward, encodings[half:], pad_id, device)
+    return np.concatenate([first, second]), 1 + splits_a + splits_b
+
+
+class TokenizeAndPack(beam.DoFn):
+    """(key, inputs in one or more orders) -> batches of (key, `TokenizedItem`) under the token budget.
+
+    Inputs are buffered in windows of `sort_window`, tokenized in one call per
+    window and order, sorted by length and packed, so each batch pads to similar lengths.
+    """
+
+    def __init__(self, settings: ModelSettings, stage: str):
+        self._settings = settings
+        self._truncated = Metrics.counter("qdedup", f"{stage}_truncated")
+        self._timer = StageTimer(f"{stage}_tokenize")
+
+    def setup(self):
+        self._tokenizer = load_tokenizer(self._settings.model)
+        self._budget = token_budget(self._settings)
+
+    def start_bundle(self):
+        self._window = []
+
+    def process(self, element):
+        self._window.append(element)
+        if len(self._window) >= self._settings.sort_window:
+            yield from self._flush()
+
+    def finish_bundle(self):
+        for batch in self._flush():
+            yield GlobalWindows.windowed_value(batch)
+
+    def _flush(self) -> Iterable[list]:
+        window, self._window = self._window, []
+        if not window:
+            return
+        with self._timer:
+            orders = len(window[0][1])
+            tokenized = [tokenize(self._tokenizer, [inputs[order] for _, inputs in window], self._settings.max_length)
+                         for order in range(orders)]
+            items = [TokenizedItem(key, tuple(enc for enc, _ in encoded), any(cut for _, cut in encoded))
+                     for (key, _), *encoded in zip(window, *tokenized)]
+            batches = pack_batches([item.cost for item in items], self._budget)
+        self._truncated.inc(sum(item.truncated for item in items))
+        for indices in batches:
+            yield [(items[i].key, items[i]) for i in indices]
+
+
+def handler_sharing(handler, settings: ModelSettings) -> None:
+    """One model per process, or `model_copies` per worker shared by its processes (Beam's mechanism)."""
+    handler._share_across_processes = settings.model_copies > 0
+    handler._model_copies = max(settings.model_copies, 1)
+
