@@ -14,10 +14,10 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.runner import PipelineState
 
 from pipelines.dedup import build_pipeline
-from pipelines.options import QdedupOptions, effective_configuration, expand_argv, validate
+from pipelines.options import QdedupOptions, effective_configuration, expand_argv, parse_embedders, validate
 from transforms.errors import QdedupError
 from transforms.metrics import STAGE_NAMESPACE
-from transforms.model import resolve_device
+from transforms.model import check_model, resolve_device
 from transforms.read import Columns, inspect_input
 from transforms.score import check_scorer_model
 from transforms.write import OUTPUT_PARTS, output_path, read_json, write_json
@@ -76,6 +76,7 @@ def run_totals(report: dict, result) -> dict:
         "blocking_work_items": sum(d.count for d in sizes),
         "largest_blocking_work_item": max((d.max for d in sizes), default=0),
         "truncated_pairs": counts.get("score_truncated", 0),
+        "encoder_truncated_texts": counts.get("encoder_truncated", 0),
         "oom_splits": counts.get("oom_splits", 0),
         "scoring_pairs_per_second": round(report["pairs_scored"] / score_seconds, 2) if score_seconds else None,
     }
@@ -102,6 +103,9 @@ def run(argv: Sequence[str]) -> int:
     info = inspect_input(options.input, columns)
     _LOG.info("input: %d files, %d rows, ids of type %s", len(info.files), info.rows, info.id_type)
     check_scorer_model(options.scorer_model)
+    for kind, model in parse_embedders(options.embedders):
+        if kind == "encoder":
+            check_model(model, "--embedders encoder:")
     check_device_here(pipeline_options, options.device)
     prepare_output(options.output, options.overwrite)
 

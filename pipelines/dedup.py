@@ -4,10 +4,10 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.pvalue import AsSingleton
 
-from pipelines.options import QdedupOptions, blocking_settings, scorer_settings
-from transforms.block import BlockCandidates
+from pipelines.options import QdedupOptions, blocking_settings, encoder_settings, parse_embedders, scorer_settings
+from transforms.block import BlockCandidates, UnionCandidates
 from transforms.cluster import ClusterGroups
-from transforms.embed import EmbedLexical
+from transforms.embed import EmbedEncoder, EmbedLexical
 from transforms.normalize import NormalizeAndCollapse
 from transforms.read import Columns, InputInfo, ReadQuestions
 from transforms.score import ScorePairs
@@ -31,19 +31,33 @@ def _write_report(_, configuration: dict, path: str, **counts) -> None:
     write_json(path, build_report(counts, configuration))
 
 
+def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns: Columns) -> dict:
+    """Read, normalize, embed and block: the part of a run that `qdedup recall` measures."""
+    read = pipeline | "ReadQuestions" >> ReadQuestions(options.input, columns, options.max_text_chars)
+    collapsed = read["questions"] | "NormalizeAndCollapse" >> NormalizeAndCollapse(columns)
+    representatives = collapsed["representatives"]
+    candidate_sets = []
+    for kind, model in parse_embedders(options.embedders):
+        if kind == "lexical":
+            vectors = representatives | "EmbedLexical" >> EmbedLexical(options.lexical_dim)
+        else:
+            vectors = representatives | "EmbedEncoder" >> EmbedEncoder(
+                encoder_settings(options, model), options.encoder_pooling, options.encoder_whiten)
+        candidate_sets.append(
+            vectors | f"Block{kind.title()}" >> BlockCandidates(blocking_settings(options), kind))
+    candidates = (candidate_sets[0] if len(candidate_sets) == 1
+                  else tuple(candidate_sets) | "UnionCandidates" >> UnionCandidates())
+    return {"read": read, "collapsed": collapsed, "candidates": candidates}
+
+
 def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, info: InputInfo,
                    configuration: dict) -> None:
     columns = Columns(options.id_column, options.text_column)
     out = options.output
 
-    read = pipeline | "ReadQuestions" >> ReadQuestions(options.input, columns, options.max_text_chars)
-    collapsed = read["questions"] | "NormalizeAndCollapse" >> NormalizeAndCollapse(columns)
+    generated = generate_candidates(pipeline, options, columns)
+    read, collapsed, candidates = generated["read"], generated["collapsed"], generated["candidates"]
     representatives = collapsed["representatives"]
-    candidates = (
-        representatives
-        | "EmbedLexical" >> EmbedLexical(options.lexical_dim)
-        | "BlockCandidates" >> BlockCandidates(blocking_settings(options), "lexical")
-    )
     scored = candidates | "ScorePairs" >> ScorePairs(scorer_settings(options))
     groups = (representatives, collapsed["members"], scored) | "ClusterGroups" >> ClusterGroups(
         options.threshold)

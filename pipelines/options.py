@@ -6,6 +6,7 @@ too (`runner: FnApiRunner`).
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from typing import Sequence
 
@@ -17,7 +18,6 @@ from transforms.errors import QdedupError
 from transforms.model import AUTO_TOKEN_BUDGET, ModelSettings
 from transforms.score import DEFAULT_SCORER
 
-EMBEDDERS = ("lexical",)
 _SCORER = ModelSettings(DEFAULT_SCORER)
 _BLOCKING = BlockingSettings()
 
@@ -48,7 +48,13 @@ class QdedupOptions(PipelineOptions):
         add("--probes", type=int, default=_BLOCKING.probes, help="partitions each question is placed in")
         add("--max-block", "--max_block", dest="max_block", type=int, default=_BLOCKING.max_block,
             help="a larger partition is searched block by block (bounds a worker's memory)")
-        add("--embedders", default="lexical", help="comma-separated candidate generators: lexical")
+        add("--embedders", default="lexical",
+            help="comma-separated candidate generators, their candidates united: lexical, encoder:MODEL "
+                 "(a Hugging Face encoder id or directory)")
+        add("--encoder-pooling", "--encoder_pooling", dest="encoder_pooling", choices=("mean", "cls"),
+            default="mean", help="how the encoder's token vectors become one vector")
+        add("--encoder-whiten", "--encoder_whiten", dest="encoder_whiten", action="store_true", default=False,
+            help="whiten encoder vectors with the corpus's mean and covariance")
         add("--lexical-dim", "--lexical_dim", dest="lexical_dim", type=int, default=512,
             help="hashed TF-IDF dimension")
         add("--device", choices=("auto", "cpu", "cuda"), default=_SCORER.device,
@@ -118,6 +124,23 @@ def expand_argv(argv: Sequence[str]) -> list[str]:
     return expanded
 
 
+def parse_embedders(value: str) -> list[tuple[str, str | None]]:
+    """'lexical,encoder:MODEL' -> [("lexical", None), ("encoder", "MODEL")]; one of each kind at most."""
+    embedders: list[tuple[str, str | None]] = []
+    for part in (p.strip() for p in value.split(",") if p.strip()):
+        kind, _, model = part.partition(":")
+        if kind == "lexical" and not model:
+            embedders.append(("lexical", None))
+        elif kind == "encoder" and model:
+            embedders.append(("encoder", model))
+        else:
+            raise QdedupError(f"--embedders: {part!r} is neither 'lexical' nor 'encoder:MODEL'")
+    kinds = [kind for kind, _ in embedders]
+    if not embedders or len(set(kinds)) != len(kinds):
+        raise QdedupError(f"--embedders {value!r}: name lexical and/or one encoder:MODEL, each once")
+    return embedders
+
+
 def validate(options: QdedupOptions) -> None:
     """Option values that would make the run meaningless are refused before it starts."""
     if not options.input:
@@ -144,12 +167,7 @@ def validate(options: QdedupOptions) -> None:
     for ok, message in checks:
         if not ok:
             raise QdedupError(message)
-    embedders = [e.strip() for e in options.embedders.split(",") if e.strip()]
-    unknown = [e for e in embedders if e not in EMBEDDERS]
-    if not embedders or unknown:
-        raise QdedupError(
-            f"--embedders {options.embedders!r}: supported embedders are {', '.join(EMBEDDERS)} "
-            "(encoder embedders are not available yet)")
+    parse_embedders(options.embedders)
 
 
 def effective_configuration(options: QdedupOptions) -> dict:
@@ -169,3 +187,8 @@ def blocking_settings(options: QdedupOptions) -> BlockingSettings:
     return BlockingSettings(
         top_k=options.top_k, min_similarity=options.min_similarity, partitions=options.partitions,
         partition_size=options.partition_size, probes=options.probes, max_block=options.max_block)
+
+
+def encoder_settings(options: QdedupOptions, model: str) -> ModelSettings:
+    """The encoder runs on the same hardware, with the same batching knobs, as the scorer."""
+    return dataclasses.replace(scorer_settings(options), model=model, symmetric=False)

@@ -2,9 +2,26 @@ import subprocess
 import sys
 import zlib
 
+import apache_beam as beam
 import numpy as np
+import pytest
+import torch
+from apache_beam.options.pipeline_options import PipelineOptions
+from transformers import AutoModel, AutoTokenizer
 
-from transforms.embed import DocumentFrequency, char_ngrams, hashed_counts, idf_weights, tfidf_vector
+from tests.conftest import RUNNER_ARGS, lcqmc_pairs
+from transforms.embed import (
+    DocumentFrequency,
+    EmbedEncoder,
+    MeanCovariance,
+    char_ngrams,
+    hashed_counts,
+    idf_weights,
+    tfidf_vector,
+    whitening,
+)
+from transforms.model import ModelSettings
+from transforms.normalize import Representative
 
 
 def test_char_ngrams_are_characters_and_pairs():
@@ -53,3 +70,56 @@ def test_vectors_do_not_depend_on_the_process_hash_seed():
     outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                               env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout for seed in ("1", "2")}
     assert len(outputs) == 1
+
+
+def test_whitening_gives_identity_covariance():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 6)) @ rng.normal(size=(6, 6)) + 3.0
+    mean, matrix = whitening(x.mean(axis=0), np.cov(x, rowvar=False, bias=True))
+    white = (x - mean) @ matrix
+    np.testing.assert_allclose(np.cov(white, rowvar=False, bias=True), np.eye(6), atol=1e-3)
+
+
+def test_mean_covariance_combine_matches_numpy():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 5)).astype(np.float32)
+    fn = MeanCovariance()
+    parts = [fn.add_inputs(fn.create_accumulator(), x[:100]), fn.add_inputs(fn.create_accumulator(), x[100:]),
+             fn.create_accumulator()]
+    mean, matrix = fn.extract_output(fn.merge_accumulators(parts))
+    expected_mean, expected_matrix = whitening(x.mean(axis=0), np.cov(x.astype(np.float64), rowvar=False, bias=True))
+    np.testing.assert_allclose(mean, expected_mean, atol=1e-5)
+    np.testing.assert_allclose(np.abs(matrix), np.abs(expected_matrix), atol=1e-3)
+    assert fn.extract_output(fn.create_accumulator()) is None
+
+
+def _encoder_vectors(tiny_model, texts, pooling, whiten, tmp_path):
+    reps = [Representative(i, t, t, f"k{i}", 1) for i, t in enumerate(texts)]
+    path = tmp_path / f"vectors-{pooling}-{whiten}.npy"
+    with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
+        _ = (pipeline | beam.Create(reps)
+             | EmbedEncoder(ModelSettings(tiny_model, device="cpu", token_budget=64), pooling, whiten)
+             | beam.MapTuple(lambda rep, vector: (rep.id, vector)) | beam.combiners.ToList()
+             | beam.Map(lambda items: np.save(path, np.stack([v for _, v in sorted(items, key=lambda i: i[0])]))))
+    return np.load(path)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_encoder_vectors_are_the_models_pooled_outputs_normalized(tiny_model, tmp_path, pooling):
+    texts = ["银行卡丢了怎么办", "怎么办", "信用卡额度怎么提高呢", "你好"]
+    vectors = _encoder_vectors(tiny_model, texts, pooling, False, tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModel.from_pretrained(tiny_model).eval()
+    with torch.no_grad():
+        for text, vector in zip(texts, vectors):
+            hidden = model(**tokenizer(text, return_tensors="pt")).last_hidden_state[0]
+            expected = hidden[0] if pooling == "cls" else hidden.mean(dim=0)
+            np.testing.assert_allclose(vector, (expected / expected.norm()).numpy(), atol=1e-5)
+
+
+def test_whitened_encoder_vectors_are_unit_length_and_differ(tiny_model, tmp_path):
+    texts = [a for a, _, _ in lcqmc_pairs(60)]
+    plain = _encoder_vectors(tiny_model, texts, "mean", False, tmp_path)
+    white = _encoder_vectors(tiny_model, texts, "mean", True, tmp_path)
+    np.testing.assert_allclose(np.linalg.norm(white, axis=1), 1.0, atol=1e-5)
+    assert np.abs(white - plain).max() > 0.1

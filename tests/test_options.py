@@ -1,7 +1,14 @@
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.options import QdedupOptions, effective_configuration, expand_argv, preset_flags, validate
+from pipelines.options import (
+    QdedupOptions,
+    effective_configuration,
+    expand_argv,
+    parse_embedders,
+    preset_flags,
+    validate,
+)
 from transforms.errors import QdedupError
 
 
@@ -43,7 +50,9 @@ def test_unreadable_preset_is_named(tmp_path):
     (["--input", "x"], "--output is required"),
     (["--input", "x", "--output", "y", "--threshold", "1.5"], "--threshold"),
     (["--input", "x", "--output", "y", "--top-k", "0"], "--top-k"),
-    (["--input", "x", "--output", "y", "--embedders", "lexical,encoder:m"], "supported embedders"),
+    (["--input", "x", "--output", "y", "--embedders", "lexical,bm25"], "neither 'lexical' nor 'encoder:MODEL'"),
+    (["--input", "x", "--output", "y", "--embedders", "encoder"], "neither 'lexical' nor 'encoder:MODEL'"),
+    (["--input", "x", "--output", "y", "--embedders", "encoder:a,encoder:b"], "each once"),
     (["--input", "x", "--output", "y", "--id-column", "q", "--text-column", "q"], "must differ"),
 ])
 def test_invalid_values_are_refused(argv, message):
@@ -55,3 +64,9 @@ def test_effective_configuration_lists_qdedup_options_and_runner():
     config = effective_configuration(_options(["--input", "x", "--output", "y", "--runner=FnApiRunner"]))
     assert config["input"] == "x" and config["runner"] == "FnApiRunner" and config["threshold"] == 0.5
     assert "direct_num_workers" not in config
+
+
+def test_parse_embedders():
+    assert parse_embedders("lexical") == [("lexical", None)]
+    assert parse_embedders(" lexical , encoder:/models/m ") == [("lexical", None), ("encoder", "/models/m")]
+    assert parse_embedders("encoder:org/name") == [("encoder", "org/name")]

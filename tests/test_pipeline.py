@@ -226,3 +226,17 @@ def test_truncated_pairs_are_counted(tiny_model, tmp_path):
     longer = [p for p in pairs if len(texts[p["id_a"] - 1]) + len(texts[p["id_b"] - 1]) + 3 > 20]
     assert report["pairs_scored"] == len(pairs) == 6
     assert report["truncated_pairs"] == len(longer) == 1  # only the two 9-character questions overflow
+
+
+def test_encoder_candidates_are_united_with_lexical_and_sourced(tiny_model, tmp_path):
+    texts = sorted({t for a, b, _ in lcqmc_pairs(40) for t in (a, b)})
+    pq.write_table(pa.table({"id": list(range(len(texts))), "question": texts}), tmp_path / "q.parquet")
+    run_qdedup(tmp_path / "q.parquet", tmp_path / "lexical", tiny_model, "--top-k=3")
+    report = run_qdedup(tmp_path / "q.parquet", tmp_path / "both", tiny_model, "--top-k=3",
+                        f"--embedders=lexical,encoder:{tiny_model}")
+    lexical = {(p["id_a"], p["id_b"]) for p in read_part(tmp_path / "lexical", "pairs")}
+    both = read_part(tmp_path / "both", "pairs")
+    sources = Counter(p["source"] for p in both)
+    assert set(sources) <= {"lexical", "encoder", "encoder,lexical"} and sources["encoder"] > 0
+    assert {(p["id_a"], p["id_b"]) for p in both if "lexical" in p["source"]} == lexical
+    assert len(both) == len({(p["id_a"], p["id_b"]) for p in both}) == report["pairs_scored"]

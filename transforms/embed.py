@@ -1,17 +1,35 @@
-"""Lexical embedding: hashed character 1-2-gram TF-IDF, dense, L2-normalized (DESIGN.md step 4).
+"""Embedding representatives for blocking (DESIGN.md step 4).
 
-Character n-grams suit Chinese, where words are not separated; hashing keeps the
-dimension fixed without a vocabulary pass. Document frequencies come from a
+`lexical`: hashed character 1-2-gram TF-IDF, dense, L2-normalized. Character
+n-grams suit Chinese, where words are not separated; hashing keeps the
+dimension fixed without a vocabulary pass; document frequencies come from a
 distributed combine, so no worker ever sees the whole corpus.
+
+`encoder`: any Hugging Face encoder through RunInference (mean or CLS pooling,
+optional whitening from the corpus's own mean and covariance), for paraphrases
+that share little text, which lexical vectors cannot bring together.
 """
 from __future__ import annotations
 
 import zlib
+from typing import Iterable, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
 from transforms.metrics import StageTimer
+from transforms.model import (
+    Encoding,
+    ModelSettings,
+    TokenizeAndPack,
+    TokenizedItem,
+    handler_sharing,
+    load_model,
+    load_tokenizer,
+    run_splitting_on_oom,
+)
 from transforms.normalize import Representative
 
 
@@ -92,3 +110,131 @@ class _Embed(beam.DoFn):
         with self._timer:
             vector = tfidf_vector(rep.normalized, idf)
         yield rep, vector
+
+
+# ---- Encoder embedding: semantic vectors for paraphrases that share little text ----
+
+class TextEncoder:
+    """A loaded encoder: encodings in, pooled float32 vectors out (not yet normalized)."""
+
+    def __init__(self, model, device: str, pad_id: int, pooling: str):
+        self.model = model
+        self.device = device
+        self.pad_id = pad_id
+        self.pooling = pooling
+
+    def embed(self, encodings: Sequence[Encoding]) -> tuple[np.ndarray, int]:
+        def forward(batch: dict) -> np.ndarray:
+            hidden = self.model(**batch).last_hidden_state.float()
+            if self.pooling == "cls":
+                pooled = hidden[:, 0]
+            else:
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1)
+            return pooled.cpu().numpy()
+
+        return run_splitting_on_oom(forward, encodings, self.pad_id, self.device)
+
+
+class EncoderHandler(ModelHandler[TokenizedItem, np.ndarray, TextEncoder]):
+    """RunInference handler: pre-packed batches of tokenized texts -> pooled vectors."""
+
+    def __init__(self, settings: ModelSettings, pooling: str):
+        super().__init__()
+        self._settings = settings
+        self._pooling = pooling
+        handler_sharing(self, settings)
+        self._oom_splits = Metrics.counter("qdedup", "oom_splits")
+        self._timer = StageTimer("encode")
+
+    def load_model(self) -> TextEncoder:
+        from transformers import AutoModel
+        model, device = load_model(self._settings, AutoModel)
+        return TextEncoder(model, device, load_tokenizer(self._settings.model).pad_token_id or 0, self._pooling)
+
+    def run_inference(self, batch: Sequence[TokenizedItem], model: TextEncoder,
+                      inference_args: Optional[dict] = None) -> Iterable[PredictionResult]:
+        with self._timer:
+            vectors, splits = model.embed([item.encodings[0] for item in batch])
+        self._oom_splits.inc(splits)
+        return [PredictionResult(item, vector) for item, vector in zip(batch, vectors)]
+
+    def get_metrics_namespace(self) -> str:
+        return "qdedup.encoder"
+
+
+def unit(vector: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(vector)
+    return (vector / norm if norm > 0 else vector).astype(np.float32)
+
+
+class MeanCovariance(beam.CombineFn):
+    """(count, sum, sum of outer products) -> whitening (mean, matrix)."""
+
+    def create_accumulator(self):
+        return 0, None, None
+
+    def add_input(self, accumulator, vector):
+        count, total, outer = accumulator
+        vector = vector.astype(np.float64)
+        if total is None:
+            total, outer = np.zeros_like(vector), np.zeros((len(vector), len(vector)))
+        return count + 1, total + vector, outer + np.outer(vector, vector)
+
+    def merge_accumulators(self, accumulators):
+        count, total, outer = 0, None, None
+        for c, t, o in accumulators:
+            if t is None:
+                continue
+            count += c
+            total = t if total is None else total + t
+            outer = o if outer is None else outer + o
+        return count, total, outer
+
+    def extract_output(self, accumulator):
+        count, total, outer = accumulator
+        if not count:
+            return None
+        return whitening(total / count, outer / count - np.outer(total / count, total / count))
+
+
+def whitening(mean: np.ndarray, covariance: np.ndarray, epsilon: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, W) such that (x - mean) @ W has identity covariance (BERT-whitening, Su et al. 2021)."""
+    values, vectors = np.linalg.eigh(covariance)
+    return mean.astype(np.float32), (vectors / np.sqrt(np.maximum(values, 0) + epsilon)).astype(np.float32)
+
+
+def _whiten(item, transform):
+    rep, vector = item
+    if transform is None:
+        return rep, unit(vector)
+    mean, matrix = transform
+    return rep, unit((vector - mean) @ matrix)
+
+
+class EmbedEncoder(beam.PTransform):
+    """Representatives -> (representative, unit vector) from a Hugging Face encoder, optionally whitened."""
+
+    def __init__(self, settings: ModelSettings, pooling: str = "mean", whiten: bool = False):
+        super().__init__()
+        self._settings = settings
+        self._pooling = pooling
+        self._whiten = whiten
+
+    def expand(self, representatives):
+        pooled = (
+            representatives
+            | "EncoderInputs" >> beam.Map(lambda rep: (rep, ((rep.text,),)))
+            | "TokenizeAndPack" >> beam.ParDo(TokenizeAndPack(self._settings, "encoder"))
+            | "RunEncoder" >> RunInference(
+                KeyedModelHandler(EncoderHandler(self._settings, self._pooling)).with_no_batching())
+            | "PooledVector" >> beam.MapTuple(lambda rep, result: (rep, result.inference))
+        )
+        if not self._whiten:
+            return pooled | "Normalize" >> beam.MapTuple(lambda rep, vector: (rep, unit(vector)))
+        transform = (
+            pooled
+            | "Vectors" >> beam.Values()
+            | "MeanCovariance" >> beam.CombineGlobally(MeanCovariance())
+        )
+        return pooled | "Whiten" >> beam.Map(_whiten, transform=beam.pvalue.AsSingleton(transform))
