@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from transforms.block import knn_pairs
-from transforms.embed import hashed_counts, idf_weights, tfidf_vector
+from transforms.embed import hashed_ngrams, idf_weights, tfidf_vector
 from transforms.normalize import normalize_text
 
 DEFAULT_PAIRS = os.path.normpath(
@@ -50,7 +50,7 @@ def main() -> None:
     for dim in map(int, args.dims.split(",")):
         df = np.zeros(dim, dtype=np.int64)
         for q in questions:
-            df[hashed_counts(q, dim)[0]] += 1
+            df[hashed_ngrams(q, dim)[0]] += 1
         idf = idf_weights(df, len(questions))
         vectors = np.stack([tfidf_vector(q, idf) for q in questions])
         for k in map(int, args.ks.split(",")):

@@ -15,6 +15,7 @@ from apache_beam.runners.runner import PipelineState
 
 from pipelines.dedup import build_pipeline
 from pipelines.options import QdedupOptions, effective_configuration, expand_argv, parse_embedders, validate
+from pipelines.recall import recall
 from transforms.errors import QdedupError
 from transforms.metrics import STAGE_NAMESPACE
 from transforms.model import check_model, resolve_device
@@ -24,8 +25,11 @@ from transforms.write import OUTPUT_PARTS, output_path, read_json, write_json
 
 _LOG = logging.getLogger("qdedup")
 USAGE = """usage: qdedup run --input PATTERN --output DIR [--config YAML] [options] [Beam options]
+       qdedup recall --pairs LABELLED_FILE [--report JSON] [--config YAML] [options]
 
-Finds duplicate questions in Parquet corpora. 'qdedup run --help' lists the options."""
+run:    finds duplicate questions in Parquet corpora.
+recall: the share of labelled duplicate pairs that blocking makes candidates, with the same options.
+'qdedup run --help' lists the options."""
 
 
 def prepare_output(output: str, overwrite: bool) -> None:
@@ -146,7 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    if command != "run":
+    if command not in ("run", "recall"):
         print(f"qdedup: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         return 2
     if "-h" in rest or "--help" in rest:
@@ -154,7 +158,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return run(rest)
+        return run(rest) if command == "run" else recall(rest)
     except QdedupError as exc:
         print(f"qdedup: error: {exc}", file=sys.stderr)
         return 2

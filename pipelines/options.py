@@ -55,7 +55,7 @@ class QdedupOptions(PipelineOptions):
             default="mean", help="how the encoder's token vectors become one vector")
         add("--encoder-whiten", "--encoder_whiten", dest="encoder_whiten", action="store_true", default=False,
             help="whiten encoder vectors with the corpus's mean and covariance")
-        add("--lexical-dim", "--lexical_dim", dest="lexical_dim", type=int, default=512,
+        add("--lexical-dim", "--lexical_dim", dest="lexical_dim", type=int, default=1024,
             help="hashed TF-IDF dimension")
         add("--device", choices=("auto", "cpu", "cuda"), default=_SCORER.device,
             help="where the cross-encoder runs; cuda without a GPU is an error")

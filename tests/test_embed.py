@@ -11,11 +11,12 @@ from transformers import AutoModel, AutoTokenizer
 
 from tests.conftest import RUNNER_ARGS, lcqmc_pairs
 from transforms.embed import (
+    UNIGRAM_WEIGHT,
     DocumentFrequency,
     EmbedEncoder,
     MeanCovariance,
     char_ngrams,
-    hashed_counts,
+    hashed_ngrams,
     idf_weights,
     tfidf_vector,
     whitening,
@@ -26,16 +27,17 @@ from transforms.normalize import Representative
 
 def test_char_ngrams_are_characters_and_pairs():
     assert char_ngrams("银行卡") == ["银", "行", "卡", "银行", "行卡"]
-    assert char_ngrams("a b") == ["a", "b", "a ", " b"]
+    assert char_ngrams("a b") == ["a", "b", "ab"]
 
 
-def test_hashed_counts_use_crc32_buckets():
-    buckets, counts = hashed_counts("哈哈哈", 64)
+def test_hashed_ngrams_use_crc32_buckets_and_weigh_characters_more():
+    buckets, weights = hashed_ngrams("哈哈哈", 64)
     expected = {}
     for gram in ["哈", "哈", "哈", "哈哈", "哈哈"]:
         bucket = zlib.crc32(gram.encode()) % 64
-        expected[bucket] = expected.get(bucket, 0) + 1
-    assert dict(zip(buckets.tolist(), counts.tolist())) == expected
+        expected[bucket] = expected.get(bucket, 0) + (UNIGRAM_WEIGHT if len(gram) == 1 else 1.0)
+    assert dict(zip(buckets.tolist(), weights.tolist())) == expected
+    assert UNIGRAM_WEIGHT > 1
 
 
 def test_vectors_are_unit_length_and_rank_by_shared_ngrams():
@@ -60,7 +62,7 @@ def test_document_frequency_combine_merges_like_one_pass():
     np.testing.assert_array_equal(whole, merged)
     df = np.zeros(128, dtype=np.int64)
     for t in texts:
-        df[hashed_counts(t, 128)[0]] += 1
+        df[hashed_ngrams(t, 128)[0]] += 1
     np.testing.assert_allclose(whole, idf_weights(df, len(texts)))
 
 
