@@ -26,6 +26,7 @@ import faiss
 import numpy as np
 from apache_beam.metrics import Metrics
 
+from transforms.embed import dot_rows, to_dense
 from transforms.metrics import StageTimer
 
 _SAMPLE_BUCKETS = 1_000_003
@@ -80,10 +81,10 @@ def train_centroids(sample: np.ndarray, n_partitions: int, seed: int) -> np.ndar
     return kmeans.centroids
 
 
-def nearest_partitions(vector: np.ndarray, centroids: Optional[np.ndarray], probes: int) -> list[int]:
+def nearest_partitions(vector, centroids: Optional[np.ndarray], probes: int) -> list[int]:
     if centroids is None or len(centroids) == 1:
         return [0]
-    sims = centroids @ vector
+    sims = dot_rows(centroids, vector)
     probes = min(probes, len(centroids))
     best = np.argpartition(-sims, probes - 1)[:probes]
     return sorted(int(p) for p in best)
@@ -136,7 +137,7 @@ def _train(sample: list, n: int, settings: BlockingSettings) -> Optional[np.ndar
     if n_partitions == 1 or not sample:
         return None
     sample = sorted(sample, key=lambda item: item[0])
-    return train_centroids(np.stack([vector for _, vector in sample]), n_partitions, settings.seed)
+    return train_centroids(np.stack([to_dense(vector) for _, vector in sample]), n_partitions, settings.seed)
 
 
 class _AssignPartitions(beam.DoFn):
@@ -187,8 +188,8 @@ class _SearchWorkItem(beam.DoFn):
             return
         texts = {rep.id: rep.text for rep, _ in index}
         with self._timer:
-            lists = knn_lists([rep.id for rep, _ in queries], np.stack([v for _, v in queries]),
-                              [rep.id for rep, _ in index], np.stack([v for _, v in index]),
+            lists = knn_lists([rep.id for rep, _ in queries], np.stack([to_dense(v) for _, v in queries]),
+                              [rep.id for rep, _ in index], np.stack([to_dense(v) for _, v in index]),
                               self._settings.top_k, self._settings.min_similarity)
         query_text = {rep.id: rep.text for rep, _ in queries}
         for query_id, neighbours in lists.items():
@@ -263,7 +264,7 @@ class UnionCandidates(beam.PTransform):
 
 
 class BlockCandidates(beam.PTransform):
-    """(representative, unit vector) -> distinct `CandidatePair`s with id_a < id_b, tagged with `source`."""
+    """(representative, unit vector, dense or sparse) -> distinct `CandidatePair`s, id_a < id_b, with `source`."""
 
     def __init__(self, settings: BlockingSettings, source: str = "lexical"):
         super().__init__()
