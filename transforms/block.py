@@ -16,7 +16,9 @@ recall and the cost of a run. No worker holds the whole corpus:
 """
 from __future__ import annotations
 
+import logging
 import math
+import time
 import zlib
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple, Optional, Sequence
@@ -29,6 +31,7 @@ from apache_beam.metrics import Metrics
 from transforms.embed import dot_rows, to_dense
 from transforms.metrics import StageTimer
 
+_LOG = logging.getLogger(__name__)
 _SAMPLE_BUCKETS = 1_000_003
 
 
@@ -187,10 +190,14 @@ class _SearchWorkItem(beam.DoFn):
         if not queries or not index:
             return
         texts = {rep.id: rep.text for rep, _ in index}
+        started = time.perf_counter()
         with self._timer:
             lists = knn_lists([rep.id for rep, _ in queries], np.stack([to_dense(v) for _, v in queries]),
                               [rep.id for rep, _ in index], np.stack([to_dense(v) for _, v in index]),
                               self._settings.top_k, self._settings.min_similarity)
+        partition, query_block, index_block = element[0]
+        _LOG.info("blocking: partition %s, blocks %d x %d: %d questions searched against %d in %.1f s",
+                  partition, query_block, index_block, len(queries), len(index), time.perf_counter() - started)
         query_text = {rep.id: rep.text for rep, _ in queries}
         for query_id, neighbours in lists.items():
             yield query_id, (query_text[query_id], [(sim, nid, texts[nid]) for sim, nid in neighbours])
@@ -206,7 +213,7 @@ class _TopNeighbours(beam.CombineFn):
         return None, {}
 
     def add_input(self, accumulator, found):
-        text, best = accumulator
+        _, best = accumulator
         query_text, neighbours = found
         for sim, nid, ntext in neighbours:
             if sim > best.get(nid, (-math.inf,))[0]:
