@@ -164,3 +164,13 @@ def test_union_merges_sources_and_keeps_the_best_similarity():
     with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
         sets = (pipeline | "L" >> beam.Create(lexical), pipeline | "E" >> beam.Create(encoder))
         assert_that(sets | UnionCandidates(), check)
+
+
+def test_partitioned_blocking_is_deterministic(tmp_path):
+    vectors = _clustered(np.random.default_rng(4), 600, 16, 20, 0.1)
+    settings = BlockingSettings(top_k=4, partitions=6, probes=2, max_block=90)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, _ = _block(_items(vectors), settings, tmp_path / "a")
+    second, _ = _block(list(reversed(_items(vectors))), settings, tmp_path / "b")
+    assert first == second and len(first) > 600
