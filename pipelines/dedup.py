@@ -60,7 +60,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, info: InputI
     representatives = collapsed["representatives"]
     scored = candidates | "ScorePairs" >> ScorePairs(scorer_settings(options))
     groups = (representatives, collapsed["members"], scored) | "ClusterGroups" >> ClusterGroups(
-        options.threshold)
+        options.threshold, options.component_rounds)
     rejected = (read["rejected"], collapsed["rejected"]) | "AllRejected" >> beam.Flatten()
 
     groups | "WriteGroups" >> WriteRecords(out, "groups", groups_schema(info.id_type))

@@ -37,6 +37,8 @@ class QdedupOptions(PipelineOptions):
         add("--scorer-model", "--scorer_model", dest="scorer_model", default=_SCORER.model,
             help="cross-encoder: Hugging Face id or local directory")
         add("--threshold", type=float, default=0.5, help="pairs scoring at least this are duplicates")
+        add("--component-rounds", "--component_rounds", dest="component_rounds", type=int, default=6,
+            help="large-star/small-star rounds before unsettled components are finished by union-find")
         add("--top-k", "--top_k", dest="top_k", type=int, default=_BLOCKING.top_k,
             help="candidate neighbours per question")
         add("--min-similarity", "--min_similarity", dest="min_similarity", type=float,
@@ -151,6 +153,7 @@ def validate(options: QdedupOptions) -> None:
         (0.0 <= options.threshold <= 1.0, "--threshold must be between 0 and 1"),
         (-1.0 <= options.min_similarity <= 1.0, "--min-similarity must be between -1 and 1"),
         (options.top_k >= 1, "--top-k must be at least 1"),
+        (options.component_rounds >= 1, "--component-rounds must be at least 1"),
         (options.partitions >= 0, "--partitions must be 0 (automatic) or positive"),
         (options.partition_size >= 1, "--partition-size must be at least 1"),
         (options.probes >= 1, "--probes must be at least 1"),

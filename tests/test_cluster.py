@@ -1,6 +1,22 @@
+import pickle
 import random
 
-from transforms.cluster import GroupInfo, connected_components, match_kind, summarize_group
+import apache_beam as beam
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from tests.conftest import RUNNER_ARGS
+from transforms.cluster import (
+    ConnectedComponents,
+    GroupInfo,
+    connected_components,
+    large_star,
+    match_kind,
+    small_star,
+    star_label,
+    summarize_group,
+)
 
 
 def _components_by_search(edges):
@@ -53,3 +69,61 @@ def test_match_kind():
     assert match_kind(group, "k1", 3) == "exact"
     assert match_kind(group, "k2", 1) == "model"
     assert match_kind(GroupInfo(1, 1, "k1", 2), "k1", 1) == "model"  # canonical joined only by the model
+
+
+def _run_components(edges, rounds, tmp_path):
+    path = tmp_path / "components.pickle"
+
+    def save(found):
+        with open(path, "wb") as handle:
+            pickle.dump(dict(found), handle)
+
+    pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
+    _ = pipeline | beam.Create(edges) | ConnectedComponents(rounds) | beam.combiners.ToList() | beam.Map(save)
+    result = pipeline.run()
+    result.wait_until_finish()
+    unsettled = result.metrics().query(MetricsFilter().with_name("components_unsettled_edges"))["counters"]
+    with open(path, "rb") as handle:
+        return pickle.load(handle), sum(c.committed for c in unsettled)
+
+
+_PERMUTATION = random.Random(5).sample(range(3000), 3000)
+
+
+def _random_graphs():
+    rng = random.Random(11)
+    edges = []
+    offset = 0
+    for _ in range(30):  # many small components of random shapes, in one run
+        n = rng.randint(2, 60)
+        edges += [(offset + rng.randrange(n), offset + rng.randrange(n)) for _ in range(rng.randint(1, 2 * n))]
+        offset += n
+    return edges
+
+
+@pytest.mark.parametrize("name, edges", [
+    ("random", _random_graphs()),
+    ("chain", [(i, i + 1) for i in range(10_000)]),
+    ("shuffled chain", list(zip(_PERMUTATION, _PERMUTATION[1:]))),
+    ("stars", [(0, i) for i in range(1, 300)] + [(1000 + i, 1000) for i in range(1, 300)] + [(5000, 5001)]),
+    ("string ids", [(f"q{i}", f"q{i + 1}") for i in range(0, 200, 2)] + [("q3", "q100")]),
+])
+def test_distributed_components_equal_graph_search(name, edges, tmp_path):
+    expected = _components_by_search([e for e in edges if e[0] != e[1]])
+    for rounds in (1, 6):
+        got, unsettled = _run_components(edges, rounds, tmp_path)
+        assert got == expected, (name, rounds)
+        if name == "stars":
+            assert unsettled == 0  # stars are done after the rounds; nothing is left to finish
+        if name == "chain" and rounds == 1:
+            assert unsettled > 0  # one round cannot settle a 10,000-long chain: the finishing step did
+
+
+def test_star_steps():
+    assert sorted(large_star(5, [3, 7, 9])) == [(7, 3), (9, 3)]
+    assert large_star(5, [1, 2]) == []
+    assert sorted(small_star(5, [3, 7, 1])) == [(3, 1), (5, 1)]
+    assert small_star(1, [3, 7]) == []
+    assert star_label(5, [1]) == (1, False)       # a leaf of a star
+    assert star_label(1, [5, 7]) == (1, False)    # a star's centre
+    assert star_label(5, [1, 9]) == (1, True)     # still between two nodes

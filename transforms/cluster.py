@@ -2,13 +2,16 @@
 
 Edges with score >= threshold join representatives into connected components;
 each representative's exact duplicates follow it into its group. Components are
-computed by an in-memory union-find over the edges (the edges, not the corpus,
-meet on one worker); `connected_components` is the function a distributed
-algorithm will replace.
+computed inside Beam by alternating large-star / small-star rounds (Kiveris et
+al. 2014, "Connected Components in MapReduce and Beyond"), unrolled to a fixed
+number of rounds. A component that has become a star around its smallest node
+is done; the few nodes of components that have not (checked locally: a node
+with a smaller neighbour and more than one neighbour) are finished exactly by a
+union-find over their edges alone: only that remainder meets on one worker.
 """
 from __future__ import annotations
 
-from typing import Hashable, Iterable, NamedTuple
+from typing import Hashable, Iterable, NamedTuple, Sequence
 
 import apache_beam as beam
 
@@ -52,6 +55,28 @@ def connected_components(edges: Iterable[tuple[Hashable, Hashable]]) -> dict:
     return {node: find(node) for node in parent}
 
 
+def large_star(node, neighbours: Iterable) -> Iterable[tuple]:
+    """Links every larger neighbour to the smallest node of the neighbourhood."""
+    neighbours = list(neighbours)
+    smallest = min(min(neighbours), node)
+    return [(v, smallest) for v in neighbours if v > node]
+
+
+def small_star(node, neighbours: Iterable) -> Iterable[tuple]:
+    """Links the node and its smaller neighbours to the smallest of them."""
+    smaller = [v for v in neighbours if v < node]
+    if not smaller:
+        return []
+    smallest = min(smaller)
+    return [(node, smallest)] + [(v, smallest) for v in smaller if v != smallest]
+
+
+def star_label(node, neighbours: Sequence) -> tuple[object, bool]:
+    """(smallest node of the neighbourhood, whether the node still breaks the star shape)."""
+    smallest = min(min(neighbours), node)
+    return smallest, smallest < node and len(neighbours) > 1
+
+
 def summarize_group(members: Iterable[tuple[object, str, int]]) -> GroupInfo:
     """Members are (representative id, normalized-text key, rows with that text).
 
@@ -88,16 +113,79 @@ def _group_rows(element) -> Iterable[GroupRow]:
         yield GroupRow(member.id, info.group_id, info.canonical_id, info.size, match_kind(info, key, count))
 
 
-def _component_of(rep: Representative, components: dict) -> tuple[object, Representative]:
-    return components.get(rep.id, rep.id), rep
+def _both_ways(edge: tuple) -> list[tuple]:
+    return [(edge[0], edge[1]), (edge[1], edge[0])]
+
+
+def _neighbourhoods(edges, label: str):
+    return edges | f"{label}BothWays" >> beam.FlatMap(_both_ways) | f"{label}Neighbours" >> beam.GroupByKey()
+
+
+def _label_nodes(element) -> Iterable:
+    node, neighbours = element
+    neighbours = list(neighbours)
+    label, unsettled = star_label(node, neighbours)
+    yield node, label
+    if unsettled:
+        for v in neighbours:
+            yield beam.pvalue.TaggedOutput("unsettled", (node, v))
+
+
+def _finish(element, finished: dict):
+    node, label = element
+    return node, finished.get(node, finished.get(label, label))
+
+
+class ConnectedComponents(beam.PTransform):
+    """Edges (a, b) -> (node, smallest node of its component) for every node with an edge."""
+
+    def __init__(self, rounds: int):
+        super().__init__()
+        self._rounds = rounds
+
+    def expand(self, edges):
+        edges = edges | "NoSelfLoops" >> beam.Filter(lambda e: e[0] != e[1])
+        for i in range(self._rounds):
+            edges = (
+                _neighbourhoods(edges, f"Large{i}")
+                | f"LargeStar{i}" >> beam.FlatMapTuple(large_star)
+                | f"LargeDistinct{i}" >> beam.Distinct()
+            )
+            edges = (
+                _neighbourhoods(edges, f"Small{i}")
+                | f"SmallStar{i}" >> beam.FlatMapTuple(small_star)
+                | f"SmallDistinct{i}" >> beam.Distinct()
+            )
+        labelled = _neighbourhoods(edges, "Final") | "StarLabel" >> beam.FlatMap(_label_nodes).with_outputs(
+            "unsettled", main="labels")
+        finished = (
+            labelled.unsettled
+            | "CountUnsettled" >> beam.Map(_count_unsettled)
+            | "CollectUnsettled" >> beam.combiners.ToList()
+            | "FinishUnsettled" >> beam.Map(connected_components)
+        )
+        return labelled.labels | "Finish" >> beam.Map(_finish, finished=beam.pvalue.AsSingleton(finished))
+
+
+def _count_unsettled(edge: tuple) -> tuple:
+    beam.metrics.Metrics.counter("qdedup", "components_unsettled_edges").inc()
+    return edge
+
+
+def _component_of(element) -> Iterable[tuple[object, Representative]]:
+    rep_id, joined = element
+    components = list(joined["component"])
+    for rep in joined["rep"]:
+        yield (components[0] if components else rep_id), rep
 
 
 class ClusterGroups(beam.PTransform):
     """(representatives, memberships, scored pairs) -> one `GroupRow` per accepted row."""
 
-    def __init__(self, threshold: float):
+    def __init__(self, threshold: float, rounds: int):
         super().__init__()
         self._threshold = threshold
+        self._rounds = rounds
 
     def expand(self, inputs):
         representatives, members, scored = inputs
@@ -106,12 +194,13 @@ class ClusterGroups(beam.PTransform):
             scored
             | "KeepDuplicateEdges" >> beam.Filter(lambda pair: pair.score >= threshold)
             | "EdgeEnds" >> beam.Map(lambda pair: (pair.id_a, pair.id_b))
-            | "CollectEdges" >> beam.combiners.ToList()
-            | "UnionFind" >> beam.Map(connected_components)
+            | "ConnectedComponents" >> ConnectedComponents(self._rounds)
         )
         groups = (
-            representatives
-            | "AssignComponent" >> beam.Map(_component_of, components=beam.pvalue.AsSingleton(components))
+            {"rep": representatives | "KeyRepresentative" >> beam.Map(lambda rep: (rep.id, rep)),
+             "component": components}
+            | "JoinComponent" >> beam.CoGroupByKey()
+            | "AssignComponent" >> beam.FlatMap(_component_of)
             | "GroupComponent" >> beam.GroupByKey()
             | "SummarizeGroup" >> beam.FlatMap(_group_members)
         )
