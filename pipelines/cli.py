@@ -14,6 +14,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.runner import PipelineState
 
 from pipelines.dedup import build_pipeline
+from pipelines.evaluate import evaluate
 from pipelines.options import QdedupOptions, effective_configuration, expand_argv, parse_embedders, validate
 from pipelines.recall import recall
 from transforms.errors import QdedupError
@@ -26,9 +27,11 @@ from transforms.write import OUTPUT_PARTS, output_path, read_json, write_json
 _LOG = logging.getLogger("qdedup")
 USAGE = """usage: qdedup run --input PATTERN --output DIR [--config YAML] [options] [Beam options]
        qdedup recall --pairs LABELLED_FILE [--report JSON] [--config YAML] [options]
+       qdedup evaluate --pairs LABELLED_FILE --run OUT_DIR [--report JSON]
 
 run:    finds duplicate questions in Parquet corpora.
 recall: the share of labelled duplicate pairs that blocking makes candidates, with the same options.
+evaluate: precision, recall and F1 of a run's groups on labelled pairs, and a threshold sweep.
 'qdedup run --help' lists the options."""
 
 
@@ -151,15 +154,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    if command not in ("run", "recall"):
+    commands = {"run": run, "recall": recall, "evaluate": evaluate}
+    if command not in commands:
         print(f"qdedup: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         return 2
-    if "-h" in rest or "--help" in rest:
+    if command != "evaluate" and ("-h" in rest or "--help" in rest):
         _print_help()
         return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return run(rest) if command == "run" else recall(rest)
+        return commands[command](rest)
     except QdedupError as exc:
         print(f"qdedup: error: {exc}", file=sys.stderr)
         return 2
