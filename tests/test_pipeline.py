@@ -122,9 +122,16 @@ def test_multi_processing_gives_the_same_groups_and_pairs(corpus, in_memory_run,
     other = run_qdedup(directory / "*.parquet", tmp_path / "mp", tiny_model,
                        "--direct_running_mode=multi_processing", "--direct_num_workers=2")
     def rows(directory):
-        return sorted(read_part(directory, "groups"), key=lambda r: tuple(map(repr, r.values())))
+        return {r["id"]: r for r in read_part(directory, "groups")}
 
-    assert rows(tmp_path / "mp") == rows(out)
+    mp_rows, in_memory_rows = rows(tmp_path / "mp"), rows(out)
+    assert mp_rows.keys() == in_memory_rows.keys()
+    for row_id, row in in_memory_rows.items():
+        mp_row = mp_rows[row_id]
+        for column in ("group_id", "canonical_id", "group_size", "match_kind"):
+            assert mp_row[column] == row[column]
+        for column in ("min_edge_score", "mean_edge_score"):  # batch composition moves the 7th digit
+            assert mp_row[column] == (None if row[column] is None else pytest.approx(row[column], abs=1e-5))
     mine = {(p["id_a"], p["id_b"]): p for p in read_part(out, "pairs")}
     theirs = {(p["id_a"], p["id_b"]): p for p in read_part(tmp_path / "mp", "pairs")}
     assert mine.keys() == theirs.keys()
@@ -214,7 +221,7 @@ def test_empty_and_all_rejected_inputs_give_empty_outputs(tiny_model, tmp_path):
     assert (report["rows_in"], report["rows_rejected"], report["rows_out"], report["groups"]) == (2, 2, 0, 0)
     groups = pq.read_table(tmp_path / "out" / "groups")
     assert groups.num_rows == 0 and groups.schema.names == ["id", "group_id", "canonical_id", "group_size",
-                                                            "match_kind"]
+                                                            "match_kind", "min_edge_score", "mean_edge_score"]
 
 
 def test_truncated_pairs_are_counted(tiny_model, tmp_path):
@@ -240,3 +247,22 @@ def test_encoder_candidates_are_united_with_lexical_and_sourced(tiny_model, tmp_
     assert set(sources) <= {"lexical", "encoder", "encoder,lexical"} and sources["encoder"] > 0
     assert {(p["id_a"], p["id_b"]) for p in both if "lexical" in p["source"]} == lexical
     assert len(both) == len({(p["id_a"], p["id_b"]) for p in both}) == report["pairs_scored"]
+
+
+def test_group_edge_scores_summarize_the_pairs_that_joined_it(in_memory_run):
+    out, report = in_memory_run
+    threshold = report["configuration"]["threshold"]
+    group_of = {g["id"]: g for g in read_part(out, "groups")}
+    edges = {}
+    for pair in read_part(out, "pairs"):
+        if pair["score"] >= threshold:
+            assert group_of[pair["id_a"]]["group_id"] == group_of[pair["id_b"]]["group_id"]
+            edges.setdefault(group_of[pair["id_a"]]["group_id"], []).append(pair["score"])
+    assert edges  # the tiny model's scores do put some pairs above the threshold
+    for row in group_of.values():
+        scores = edges.get(row["group_id"])
+        if scores is None:
+            assert row["min_edge_score"] is None and row["mean_edge_score"] is None
+        else:
+            assert row["min_edge_score"] == pytest.approx(min(scores))
+            assert row["mean_edge_score"] == pytest.approx(sum(scores) / len(scores))

@@ -11,7 +11,8 @@ union-find over their edges alone: only that remainder meets on one worker.
 """
 from __future__ import annotations
 
-from typing import Hashable, Iterable, NamedTuple, Sequence
+import math
+from typing import Hashable, Iterable, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 
@@ -24,6 +25,8 @@ class GroupRow(NamedTuple):
     canonical_id: object
     group_size: int
     match_kind: str  # "single", "exact" or "model"
+    min_edge_score: Optional[float]   # over the group's scored pairs at or above the threshold;
+    mean_edge_score: Optional[float]  # None when it has none (singletons, exact duplicates only)
 
 
 class GroupInfo(NamedTuple):
@@ -98,19 +101,47 @@ def match_kind(group: GroupInfo, key: str, exact_count: int) -> str:
     return "model"
 
 
-def _group_members(element) -> Iterable[tuple[object, tuple[GroupInfo, str, int]]]:
-    _, members = element
-    members = list(members)
+class EdgeScores(beam.CombineFn):
+    """(min, mean) of a group's edge scores."""
+
+    def create_accumulator(self):
+        return math.inf, 0.0, 0
+
+    def add_input(self, accumulator, score: float):
+        low, total, count = accumulator
+        return min(low, score), total + score, count + 1
+
+    def merge_accumulators(self, accumulators):
+        lows, totals, counts = zip(*accumulators)
+        return min(lows), sum(totals), sum(counts)
+
+    def extract_output(self, accumulator):
+        low, total, count = accumulator
+        return (low, total / count) if count else (None, None)
+
+
+def _group_members(element) -> Iterable[tuple[object, tuple[GroupInfo, str, int, tuple]]]:
+    _, joined = element
+    members = list(joined["reps"])
+    scores = next(iter(joined["scores"]), (None, None))
     info = summarize_group((rep.id, rep.key, rep.count) for rep in members)
     for rep in members:
-        yield rep.id, (info, rep.key, rep.count)
+        yield rep.id, (info, rep.key, rep.count, scores)
 
 
 def _group_rows(element) -> Iterable[GroupRow]:
     _, joined = element
-    (info, key, count), = joined["group"]
+    (info, key, count, (low, mean)), = joined["group"]
     for member in joined["members"]:
-        yield GroupRow(member.id, info.group_id, info.canonical_id, info.size, match_kind(info, key, count))
+        yield GroupRow(member.id, info.group_id, info.canonical_id, info.size, match_kind(info, key, count),
+                       low, mean)
+
+
+def _component_edge_score(element) -> Iterable[tuple[object, float]]:
+    _, joined = element
+    for root in joined["component"]:
+        for score in joined["scores"]:
+            yield root, score
 
 
 def _both_ways(edge: tuple) -> list[tuple]:
@@ -190,18 +221,28 @@ class ClusterGroups(beam.PTransform):
     def expand(self, inputs):
         representatives, members, scored = inputs
         threshold = self._threshold
+        duplicates = scored | "KeepDuplicateEdges" >> beam.Filter(lambda pair: pair.score >= threshold)
         components = (
-            scored
-            | "KeepDuplicateEdges" >> beam.Filter(lambda pair: pair.score >= threshold)
+            duplicates
             | "EdgeEnds" >> beam.Map(lambda pair: (pair.id_a, pair.id_b))
             | "ConnectedComponents" >> ConnectedComponents(self._rounds)
         )
-        groups = (
+        edge_scores = (
+            {"scores": duplicates | "ScoreByEnd" >> beam.Map(lambda pair: (pair.id_a, pair.score)),
+             "component": components}
+            | "JoinEdgeComponent" >> beam.CoGroupByKey()
+            | "ScoreByComponent" >> beam.FlatMap(_component_edge_score)
+            | "EdgeScores" >> beam.CombinePerKey(EdgeScores())
+        )
+        reps_by_component = (
             {"rep": representatives | "KeyRepresentative" >> beam.Map(lambda rep: (rep.id, rep)),
              "component": components}
             | "JoinComponent" >> beam.CoGroupByKey()
             | "AssignComponent" >> beam.FlatMap(_component_of)
-            | "GroupComponent" >> beam.GroupByKey()
+        )
+        groups = (
+            {"reps": reps_by_component, "scores": edge_scores}
+            | "GroupComponent" >> beam.CoGroupByKey()
             | "SummarizeGroup" >> beam.FlatMap(_group_members)
         )
         return (

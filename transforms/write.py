@@ -24,7 +24,8 @@ def _arrow_id_type(id_type: str) -> pa.DataType:
 def groups_schema(id_type: str) -> pa.Schema:
     ids = _arrow_id_type(id_type)
     return pa.schema([("id", ids), ("group_id", ids), ("canonical_id", ids),
-                      ("group_size", pa.int64()), ("match_kind", pa.string())])
+                      ("group_size", pa.int64()), ("match_kind", pa.string()),
+                      ("min_edge_score", pa.float64()), ("mean_edge_score", pa.float64())])
 
 
 def pairs_schema(id_type: str) -> pa.Schema:
