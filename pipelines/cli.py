@@ -13,13 +13,13 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
-from pipelines.dedup import build_pipeline
+from pipelines.dedup import build_pipeline, check_embedders
 from pipelines.evaluate import evaluate
-from pipelines.options import QdedupOptions, effective_configuration, expand_argv, parse_embedders, validate
+from pipelines.options import QdedupOptions, effective_configuration, expand_argv, validate
 from pipelines.recall import recall
 from transforms.errors import QdedupError
 from transforms.metrics import STAGE_NAMESPACE
-from transforms.model import check_model, resolve_device
+from transforms.model import resolve_device
 from transforms.read import Columns, inspect_input
 from transforms.score import check_scorer_model
 from transforms.write import OUTPUT_PARTS, output_path, read_json, write_json
@@ -111,9 +111,7 @@ def run(argv: Sequence[str]) -> int:
     info = inspect_input(options.input, columns)
     _LOG.info("input: %d files, %d rows, ids of type %s", len(info.files), info.rows, info.id_type)
     check_scorer_model(options.scorer_model)
-    for kind, model in parse_embedders(options.embedders):
-        if kind == "encoder":
-            check_model(model, "--embedders encoder:")
+    check_embedders(options)
     check_device_here(pipeline_options, options.device)
     prepare_output(options.output, options.overwrite)
 

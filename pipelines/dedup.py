@@ -8,6 +8,7 @@ from pipelines.options import QdedupOptions, blocking_settings, encoder_settings
 from transforms.block import BlockCandidates, UnionCandidates
 from transforms.cluster import ClusterGroups
 from transforms.embed import EmbedEncoder, EmbedLexical
+from transforms.model import check_model
 from transforms.normalize import NormalizeAndCollapse
 from transforms.read import Columns, InputInfo, ReadQuestions
 from transforms.score import ScorePairs
@@ -29,6 +30,13 @@ def _count(pcoll, label: str):
 def _write_report(_, configuration: dict, path: str, **counts) -> None:
     counts["exact_duplicates"] = counts.pop("rows_accepted") - counts.pop("representatives")
     write_json(path, build_report(counts, configuration))
+
+
+def check_embedders(options: QdedupOptions) -> None:
+    """Encoder models named in --embedders load, before any pipeline starts."""
+    for kind, model in parse_embedders(options.embedders):
+        if kind == "encoder":
+            check_model(model, "--embedders encoder:")
 
 
 def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns: Columns) -> dict:

@@ -19,10 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.dedup import generate_candidates
-from pipelines.options import QdedupOptions, effective_configuration, expand_argv, parse_embedders, validate
+from pipelines.dedup import check_embedders, generate_candidates
+from pipelines.options import QdedupOptions, effective_configuration, expand_argv, validate
 from transforms.errors import QdedupError
-from transforms.model import check_model
 from transforms.read import Columns
 from transforms.write import WriteRecords
 
@@ -111,9 +110,7 @@ def recall(argv: Sequence[str]) -> int:
     pipeline_options = PipelineOptions(expand_argv([*rest, "--input", corpus, "--output", work]))
     options = pipeline_options.view_as(QdedupOptions)
     validate(options)
-    for kind, model in parse_embedders(options.embedders):
-        if kind == "encoder":
-            check_model(model, "--embedders encoder:")
+    check_embedders(options)
     columns = Columns("id", "question")
     with beam.Pipeline(options=pipeline_options) as pipeline:
         generated = generate_candidates(pipeline, options, columns)

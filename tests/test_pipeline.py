@@ -182,6 +182,7 @@ def test_existing_output_is_kept_unless_overwrite(corpus, in_memory_run, tiny_mo
     ("no_match", "matches no files"),
     ("corrupt", "bad.parquet is not a readable Parquet file"),
     ("bad_model", "is not a complete model directory"),
+    ("bad_encoder", "--embedders encoder: '"),
     pytest.param("cuda_without_gpu", "--device cuda, but no usable GPU",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")),
 ])
@@ -198,7 +199,8 @@ def test_input_and_model_problems_exit_with_a_named_error(case, message, tiny_mo
         pq.write_table(pa.table({"id": [1], "question": ["问题"]}), tmp_path / "a.parquet")
     if case == "bad_model":
         model = str(tmp_path)  # a directory without a model in it
-    extra = ["--device", "cuda"] if case == "cuda_without_gpu" else []
+    extra = {"cuda_without_gpu": ["--device", "cuda"],
+             "bad_encoder": [f"--embedders=lexical,encoder:{tmp_path / 'no-encoder'}"]}.get(case, [])
     code = main(["run", "--input", str(pattern), "--output", str(tmp_path / "out"), "--scorer-model", model,
                  *RUNNER_ARGS, *extra])
     err = capsys.readouterr().err
