@@ -268,3 +268,14 @@ def test_group_edge_scores_summarize_the_pairs_that_joined_it(in_memory_run):
         else:
             assert row["min_edge_score"] == pytest.approx(min(scores))
             assert row["mean_edge_score"] == pytest.approx(sum(scores) / len(scores))
+
+
+def test_overwrite_replaces_a_previous_runs_files(tiny_model, tmp_path):
+    pq.write_table(pa.table({"id": [1, 2], "question": ["怎么办", "为什么"]}), tmp_path / "q.parquet")
+    out = tmp_path / "out"
+    run_qdedup(tmp_path / "q.parquet", out, tiny_model)
+    stale = out / "groups" / "part-stale-from-an-older-run.parquet"
+    pq.write_table(pa.table({"id": [99]}), stale)
+    report = run_qdedup(tmp_path / "q.parquet", out, tiny_model, "--overwrite")
+    assert not stale.exists()
+    assert len(read_part(out, "groups")) == report["rows_out"] == 2
