@@ -191,16 +191,20 @@ class ConnectedComponents(beam.PTransform):
             "unsettled", main="labels")
         finished = (
             labelled.unsettled
-            | "CountUnsettled" >> beam.Map(_count_unsettled)
+            | "CountUnsettled" >> beam.ParDo(_CountUnsettled())
             | "CollectUnsettled" >> beam.combiners.ToList()
             | "FinishUnsettled" >> beam.Map(connected_components)
         )
         return labelled.labels | "Finish" >> beam.Map(_finish, finished=beam.pvalue.AsSingleton(finished))
 
 
-def _count_unsettled(edge: tuple) -> tuple:
-    beam.metrics.Metrics.counter("qdedup", "components_unsettled_edges").inc()
-    return edge
+class _CountUnsettled(beam.DoFn):
+    def __init__(self):
+        self._edges = beam.metrics.Metrics.counter("qdedup", "components_unsettled_edges")
+
+    def process(self, edge: tuple):
+        self._edges.inc()
+        yield edge
 
 
 def _component_of(element) -> Iterable[tuple[object, Representative]]:
