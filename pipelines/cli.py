@@ -86,6 +86,7 @@ def run_totals(report: dict, result) -> dict:
         "encoder_truncated_texts": counts.get("encoder_truncated", 0),
         "oom_splits": counts.get("oom_splits", 0),
         "components_unsettled_edges": counts.get("components_unsettled_edges", 0),
+        "components_resplit": counts.get("components_resplit", 0),
         "scoring_pairs_per_second": round(report["pairs_scored"] / score_seconds, 2) if score_seconds else None,
     }
 

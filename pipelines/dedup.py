@@ -4,7 +4,14 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.pvalue import AsSingleton
 
-from pipelines.options import QdedupOptions, blocking_settings, encoder_settings, parse_embedders, scorer_settings
+from pipelines.options import (
+    QdedupOptions,
+    blocking_settings,
+    chaining_settings,
+    encoder_settings,
+    parse_embedders,
+    scorer_settings,
+)
 from transforms.block import BlockCandidates, UnionCandidates
 from transforms.cluster import ClusterGroups
 from transforms.embed import EmbedEncoder, EmbedLexical
@@ -67,12 +74,14 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, info: InputI
     read, collapsed, candidates = generated["read"], generated["collapsed"], generated["candidates"]
     representatives = collapsed["representatives"]
     scored = candidates | "ScorePairs" >> ScorePairs(scorer_settings(options))
-    groups = (representatives, collapsed["members"], scored) | "ClusterGroups" >> ClusterGroups(
-        options.threshold, options.component_rounds)
+    clustered = (representatives, collapsed["members"], scored) | "ClusterGroups" >> ClusterGroups(
+        chaining_settings(options), options.component_rounds, ScorePairs(scorer_settings(options)))
+    groups = clustered["groups"]
+    all_scored = (scored, clustered["scored"]) | "AllScoredPairs" >> beam.Flatten()
     rejected = (read["rejected"], collapsed["rejected"]) | "AllRejected" >> beam.Flatten()
 
     groups | "WriteGroups" >> WriteRecords(out, "groups", groups_schema(info.id_type))
-    scored | "WritePairs" >> WriteRecords(out, "pairs", pairs_schema(info.id_type))
+    all_scored | "WritePairs" >> WriteRecords(out, "pairs", pairs_schema(info.id_type))
     rejected | "WriteRejected" >> WriteRecords(out, "rejected", REJECTED_SCHEMA)
 
     counts = {
@@ -83,6 +92,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, info: InputI
         "representatives": _count(representatives, "Representatives"),
         "candidate_pairs": _count(candidates, "Candidates"),
         "pairs_scored": _count(scored, "Scored"),
+        "resplit_pairs_scored": _count(clustered["scored"], "ResplitScored"),
         "groups": _count(groups | "OneRowPerGroup" >> beam.Filter(lambda row: row.id == row.group_id),
                          "Groups"),
         "largest_group": groups

@@ -14,12 +14,14 @@ import yaml
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
 from transforms.block import BlockingSettings
+from transforms.chaining import ChainingSettings
 from transforms.errors import QdedupError
 from transforms.model import AUTO_TOKEN_BUDGET, ModelSettings
 from transforms.score import DEFAULT_SCORER
 
 _SCORER = ModelSettings(DEFAULT_SCORER)
 _BLOCKING = BlockingSettings()
+_CHAINING = ChainingSettings()
 
 
 class QdedupOptions(PipelineOptions):
@@ -39,6 +41,13 @@ class QdedupOptions(PipelineOptions):
         add("--threshold", type=float, default=0.5, help="pairs scoring at least this are duplicates")
         add("--component-rounds", "--component_rounds", dest="component_rounds", type=int, default=6,
             help="large-star/small-star rounds before unsettled components are finished by union-find")
+        add("--resplit-size", "--resplit_size", dest="resplit_size", type=int, default=_CHAINING.max_size,
+            help="chaining control: a component with more distinct questions is re-split")
+        add("--resplit-density", "--resplit_density", dest="resplit_density", type=float,
+            default=_CHAINING.min_density,
+            help="chaining control: a component (3+ questions) whose edges cover less of its pairs is re-split")
+        add("--resplit-pairs", "--resplit_pairs", dest="resplit_pairs", type=int, default=_CHAINING.pair_budget,
+            help="chaining control: most missing pairs scored per re-split component")
         add("--top-k", "--top_k", dest="top_k", type=int, default=_BLOCKING.top_k,
             help="candidate neighbours per question")
         add("--min-similarity", "--min_similarity", dest="min_similarity", type=float,
@@ -154,6 +163,9 @@ def validate(options: QdedupOptions) -> None:
         (-1.0 <= options.min_similarity <= 1.0, "--min-similarity must be between -1 and 1"),
         (options.top_k >= 1, "--top-k must be at least 1"),
         (options.component_rounds >= 1, "--component-rounds must be at least 1"),
+        (options.resplit_size >= 2, "--resplit-size must be at least 2"),
+        (0.0 <= options.resplit_density <= 1.0, "--resplit-density must be between 0 and 1"),
+        (options.resplit_pairs >= 0, "--resplit-pairs must be 0 or more"),
         (options.partitions >= 0, "--partitions must be 0 (automatic) or positive"),
         (options.partition_size >= 1, "--partition-size must be at least 1"),
         (options.probes >= 1, "--probes must be at least 1"),
@@ -190,6 +202,11 @@ def blocking_settings(options: QdedupOptions) -> BlockingSettings:
     return BlockingSettings(
         top_k=options.top_k, min_similarity=options.min_similarity, partitions=options.partitions,
         partition_size=options.partition_size, probes=options.probes, max_block=options.max_block)
+
+
+def chaining_settings(options: QdedupOptions) -> ChainingSettings:
+    return ChainingSettings(threshold=options.threshold, max_size=options.resplit_size,
+                            min_density=options.resplit_density, pair_budget=options.resplit_pairs)
 
 
 def encoder_settings(options: QdedupOptions, model: str) -> ModelSettings:

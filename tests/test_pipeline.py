@@ -13,11 +13,17 @@ from pipelines.cli import main
 from samples.make_sample import build_rows
 from tests.conftest import RUNNER_ARGS, lcqmc_pairs
 from tests.test_score import reference_scores
+from transforms.cluster import connected_components
 from transforms.normalize import normalize_text
 
 
 def read_part(out, part):
     return pq.read_table(out / part).to_pylist()
+
+
+def blocking_pairs(out):
+    """pairs/ less the pairs chaining control scored on its own."""
+    return [p for p in read_part(out, "pairs") if p["source"] != "resplit"]
 
 
 def run_qdedup(input_pattern, out, model, *extra):
@@ -105,7 +111,9 @@ def test_pairs_are_ordered_and_scored_by_the_model(corpus, in_memory_run, tiny_m
     _, rows = corpus
     out, report = in_memory_run
     pairs = read_part(out, "pairs")
-    assert len(pairs) == report["pairs_scored"] == report["candidate_pairs"] > 0
+    assert report["pairs_scored"] == report["candidate_pairs"] > 0
+    assert len(pairs) == report["pairs_scored"] + report["resplit_pairs_scored"]
+    assert sum(p["source"] == "resplit" for p in pairs) == report["resplit_pairs_scored"]
     text = {}
     for row_id, t in rows:  # the representative (lowest id) carries the text the model sees
         text.setdefault(row_id, t)
@@ -113,7 +121,10 @@ def test_pairs_are_ordered_and_scored_by_the_model(corpus, in_memory_run, tiny_m
     for pair, score in zip(pairs, expected):
         assert pair["id_a"] < pair["id_b"]
         assert pair["score"] == pytest.approx(score, abs=1e-5)
-        assert 0.3 <= pair["similarity"] <= 1.0 + 1e-6
+        if pair["source"] == "resplit":  # scored by chaining control: blocking never compared them
+            assert pair["similarity"] is None
+        else:
+            assert 0.3 <= pair["similarity"] <= 1.0 + 1e-6
 
 
 def test_multi_processing_gives_the_same_groups_and_pairs(corpus, in_memory_run, tiny_model, tmp_path):
@@ -231,7 +242,7 @@ def test_truncated_pairs_are_counted(tiny_model, tmp_path):
     pq.write_table(pa.table({"id": [1, 2, 3, 4], "question": texts}), tmp_path / "q.parquet")
     report = run_qdedup(tmp_path / "q.parquet", tmp_path / "out", tiny_model, "--max-length=20",
                         "--min-similarity=-1")
-    pairs = read_part(tmp_path / "out", "pairs")
+    pairs = blocking_pairs(tmp_path / "out")
     longer = [p for p in pairs if len(texts[p["id_a"] - 1]) + len(texts[p["id_b"] - 1]) + 3 > 20]
     assert report["pairs_scored"] == len(pairs) == 6
     assert report["truncated_pairs"] == len(longer) == 1  # only the two 9-character questions overflow
@@ -243,8 +254,8 @@ def test_encoder_candidates_are_united_with_lexical_and_sourced(tiny_model, tmp_
     run_qdedup(tmp_path / "q.parquet", tmp_path / "lexical", tiny_model, "--top-k=3")
     report = run_qdedup(tmp_path / "q.parquet", tmp_path / "both", tiny_model, "--top-k=3",
                         f"--embedders=lexical,encoder:{tiny_model}")
-    lexical = {(p["id_a"], p["id_b"]) for p in read_part(tmp_path / "lexical", "pairs")}
-    both = read_part(tmp_path / "both", "pairs")
+    lexical = {(p["id_a"], p["id_b"]) for p in blocking_pairs(tmp_path / "lexical")}
+    both = blocking_pairs(tmp_path / "both")
     sources = Counter(p["source"] for p in both)
     assert set(sources) <= {"lexical", "encoder", "encoder,lexical"} and sources["encoder"] > 0
     assert {(p["id_a"], p["id_b"]) for p in both if "lexical" in p["source"]} == lexical
@@ -257,8 +268,8 @@ def test_group_edge_scores_summarize_the_pairs_that_joined_it(in_memory_run):
     group_of = {g["id"]: g for g in read_part(out, "groups")}
     edges = {}
     for pair in read_part(out, "pairs"):
-        if pair["score"] >= threshold:
-            assert group_of[pair["id_a"]]["group_id"] == group_of[pair["id_b"]]["group_id"]
+        same = group_of[pair["id_a"]]["group_id"] == group_of[pair["id_b"]]["group_id"]
+        if pair["score"] >= threshold and same:
             edges.setdefault(group_of[pair["id_a"]]["group_id"], []).append(pair["score"])
     assert edges  # the tiny model's scores do put some pairs above the threshold
     for row in group_of.values():
@@ -279,3 +290,47 @@ def test_overwrite_replaces_a_previous_runs_files(tiny_model, tmp_path):
     report = run_qdedup(tmp_path / "q.parquet", out, tiny_model, "--overwrite")
     assert not stale.exists()
     assert len(read_part(out, "groups")) == report["rows_out"] == 2
+
+
+def _components_of_edges(pairs, threshold):
+    edges = [(p["id_a"], p["id_b"]) for p in pairs if p["score"] >= threshold]
+    return connected_components(edges)
+
+
+def test_chaining_control_resplits_sparse_components(in_memory_run):
+    out, report = in_memory_run
+    threshold = report["configuration"]["threshold"]
+    pairs, groups = read_part(out, "pairs"), read_part(out, "groups")
+    # The tiny random model chains the sample: some components are sparse and get their missing pairs scored.
+    assert report["components_resplit"] > 0 and report["resplit_pairs_scored"] > 0
+    group_of = {g["id"]: g["group_id"] for g in groups}
+    # Every group is held together by its own edges at or above the threshold (average linkage never
+    # merges clusters whose pairs all score below it) ...
+    inside = [p for p in pairs if group_of[p["id_a"]] == group_of[p["id_b"]]]
+    labels = _components_of_edges(inside, threshold)
+    pieces = {}
+    for node, label in labels.items():
+        pieces.setdefault(group_of[node], set()).add(label)
+    assert pieces and all(len(labels_in_group) == 1 for labels_in_group in pieces.values())
+    # ... and the re-split made groups that plain connected components would have joined.
+    components = _components_of_edges(pairs, threshold)
+    split_apart = [p for p in pairs if p["score"] >= threshold and group_of[p["id_a"]] != group_of[p["id_b"]]]
+    assert split_apart and all(components[p["id_a"]] == components[p["id_b"]] for p in split_apart)
+
+
+def test_without_chaining_control_groups_are_connected_components(corpus, tiny_model, tmp_path):
+    directory, _ = corpus
+    out = tmp_path / "out"
+    report = run_qdedup(directory / "*.parquet", out, tiny_model, "--resplit-density=0", "--resplit-size=100000")
+    assert report["components_resplit"] == report["resplit_pairs_scored"] == 0
+    components = _components_of_edges(read_part(out, "pairs"), report["configuration"]["threshold"])
+    members = {}
+    for g in read_part(out, "groups"):
+        if g["match_kind"] == "model" or g["group_size"] > 1:
+            members.setdefault(g["group_id"], set()).add(g["id"])
+    rep_groups = {}
+    for node, root in components.items():
+        rep_groups.setdefault(root, set()).add(node)
+    for rep_group in rep_groups.values():
+        holders = [gid for gid, ids in members.items() if rep_group <= ids]
+        assert len(holders) == 1

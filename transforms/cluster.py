@@ -16,6 +16,7 @@ from typing import Hashable, Iterable, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 
+from transforms.chaining import ChainingSettings, SplitChains, pairs_within
 from transforms.normalize import Representative
 
 
@@ -137,13 +138,6 @@ def _group_rows(element) -> Iterable[GroupRow]:
                        low, mean)
 
 
-def _component_edge_score(element) -> Iterable[tuple[object, float]]:
-    _, joined = element
-    for root in joined["component"]:
-        for score in joined["scores"]:
-            yield root, score
-
-
 def _both_ways(edge: tuple) -> list[tuple]:
     return [(edge[0], edge[1]), (edge[1], edge[0])]
 
@@ -215,42 +209,49 @@ def _component_of(element) -> Iterable[tuple[object, Representative]]:
 
 
 class ClusterGroups(beam.PTransform):
-    """(representatives, memberships, scored pairs) -> one `GroupRow` per accepted row."""
+    """(representatives, memberships, scored pairs) -> one `GroupRow` per accepted row, extra scored pairs.
 
-    def __init__(self, threshold: float, rounds: int):
+    `score` scores the pairs chaining control asks for (ScorePairs in a run).
+    """
+
+    def __init__(self, chaining: ChainingSettings, rounds: int, score: beam.PTransform):
         super().__init__()
-        self._threshold = threshold
+        self._chaining = chaining
         self._rounds = rounds
+        self._score = score
 
     def expand(self, inputs):
         representatives, members, scored = inputs
-        threshold = self._threshold
-        duplicates = scored | "KeepDuplicateEdges" >> beam.Filter(lambda pair: pair.score >= threshold)
+        threshold = self._chaining.threshold
         components = (
-            duplicates
+            scored
+            | "KeepDuplicateEdges" >> beam.Filter(lambda pair: pair.score >= threshold)
             | "EdgeEnds" >> beam.Map(lambda pair: (pair.id_a, pair.id_b))
             | "ConnectedComponents" >> ConnectedComponents(self._rounds)
         )
+        chained = (components, scored, representatives) | "SplitChains" >> SplitChains(self._chaining, self._score)
+        labels = chained["labels"]
+        all_scored = (scored, chained["scored"]) | "AllScored" >> beam.Flatten()
         edge_scores = (
-            {"scores": duplicates | "ScoreByEnd" >> beam.Map(lambda pair: (pair.id_a, pair.score)),
-             "component": components}
-            | "JoinEdgeComponent" >> beam.CoGroupByKey()
-            | "ScoreByComponent" >> beam.FlatMap(_component_edge_score)
+            pairs_within(all_scored | "GroupEdges" >> beam.Filter(lambda pair: pair.score >= threshold),
+                         labels, "GroupEdge")
+            | "EdgeScoreValue" >> beam.MapTuple(lambda label, pair: (label, pair.score))
             | "EdgeScores" >> beam.CombinePerKey(EdgeScores())
         )
-        reps_by_component = (
+        reps_by_group = (
             {"rep": representatives | "KeyRepresentative" >> beam.Map(lambda rep: (rep.id, rep)),
-             "component": components}
-            | "JoinComponent" >> beam.CoGroupByKey()
-            | "AssignComponent" >> beam.FlatMap(_component_of)
+             "component": labels}
+            | "JoinGroupLabel" >> beam.CoGroupByKey()
+            | "AssignGroup" >> beam.FlatMap(_component_of)
         )
         groups = (
-            {"reps": reps_by_component, "scores": edge_scores}
-            | "GroupComponent" >> beam.CoGroupByKey()
+            {"reps": reps_by_group, "scores": edge_scores}
+            | "GatherGroup" >> beam.CoGroupByKey()
             | "SummarizeGroup" >> beam.FlatMap(_group_members)
         )
-        return (
+        rows = (
             {"group": groups, "members": members | "KeyByRepresentative" >> beam.Map(lambda m: (m.rep_id, m))}
             | "JoinMembers" >> beam.CoGroupByKey()
             | "GroupRows" >> beam.FlatMap(_group_rows)
         )
+        return {"groups": rows, "scored": chained["scored"]}

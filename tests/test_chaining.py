@@ -1,0 +1,117 @@
+import itertools
+import random
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from tests.conftest import RUNNER_ARGS
+from transforms.chaining import ChainingSettings, SplitChains, average_linkage, missing_pairs, needs_resplit
+from transforms.normalize import Representative
+from transforms.score import ScoredPair
+
+A, B, CHAIN = [1, 2, 3, 4], [5, 6, 7, 8], [9, 10]
+
+
+def _two_groups_and_a_weak_chain() -> dict:
+    """Two true groups, every pair inside scored 0.95, joined by a chain 4 - 9 - 10 - 5 of 0.6 links."""
+    scores = {pair: 0.95 for group in (A, B) for pair in itertools.combinations(group, 2)}
+    scores.update({(4, 9): 0.6, (9, 10): 0.6, (5, 10): 0.6})
+    return scores
+
+
+def _model(a, b) -> float:
+    """What a cross-encoder would say of the pairs blocking never proposed: same group or not."""
+    same = any(a in g and b in g for g in (A, B))
+    return 0.9 if same else 0.05
+
+
+def test_trigger_on_size_and_density():
+    settings = ChainingSettings(max_size=5, min_density=0.5)
+    assert not needs_resplit(2, 1, settings)
+    assert not needs_resplit(4, 3, settings)      # a 4-path covers half its pairs
+    assert needs_resplit(5, 4, settings)          # a 5-path does not
+    assert needs_resplit(6, 15, settings)         # complete, but larger than max_size
+    assert not needs_resplit(5, 10, settings)
+
+
+def test_missing_pairs_are_friends_of_friends_strongest_first_and_bounded():
+    scores = {(1, 2): 0.9, (2, 3): 0.6, (3, 4): 0.8, (1, 3): 0.2}
+    assert missing_pairs(scores, 0.5, 10, 32) == [(2, 4)]  # (1, 3) is scored already; 1-4 are 3 apart
+    scores = {(0, i): 0.5 + i / 100 for i in range(1, 6)}
+    ranked = missing_pairs(scores, 0.5, 3, 32)
+    assert ranked == [(4, 5), (3, 4), (3, 5)]  # (3, 4) and (3, 5) tie at 0.53: lower ids first
+    assert missing_pairs(scores, 0.5, 100, 2) == [(4, 5)]  # only the 2 strongest edges of the hub
+
+
+def test_average_linkage_splits_the_weak_chain():
+    scores = _two_groups_and_a_weak_chain()
+    labels = average_linkage(A + B + CHAIN, scores, 0.5)
+    groups = {frozenset(n for n in labels if labels[n] == root) for root in set(labels.values())}
+    assert frozenset(A) in groups and frozenset(B) in groups
+    # A strong chain (every pair scored high) stays one group.
+    strong = {pair: 0.9 for pair in itertools.combinations(A + B, 2)}
+    assert set(average_linkage(A + B, strong, 0.5).values()) == {1}
+
+
+def test_unscored_pairs_count_as_non_duplicates():
+    # 1-2 and 2-3 score 0.9, 1-3 never scored: the mean of {1,2} and {3} is 0.45 < 0.5.
+    labels = average_linkage([1, 2, 3], {(1, 2): 0.9, (2, 3): 0.9}, 0.5)
+    assert labels[1] == labels[2] and labels[3] == 3 or labels[2] == labels[3] and labels[1] == 1
+    assert average_linkage([1, 2, 3], {(1, 2): 0.9, (2, 3): 0.9, (1, 3): 0.3}, 0.5) == {1: 1, 2: 1, 3: 1}
+
+
+def _naive_average_linkage(nodes, scores, threshold):
+    clusters = [{n} for n in nodes]
+
+    def mean(x, y):
+        return sum(scores.get((min(a, b), max(a, b)), 0.0) for a in x for b in y) / (len(x) * len(y))
+    while len(clusters) > 1:
+        best, i, j = max((mean(x, y), i, j) for i, x in enumerate(clusters) for j, y in enumerate(clusters) if i < j)
+        if best < threshold:
+            break
+        clusters[i] |= clusters.pop(j)
+    return {frozenset(c) for c in clusters}
+
+
+def test_average_linkage_matches_a_naive_implementation():
+    rng = random.Random(3)
+    for _ in range(30):
+        nodes = list(range(rng.randint(2, 14)))
+        scores = {pair: round(rng.random(), 3) for pair in itertools.combinations(nodes, 2) if rng.random() < 0.6}
+        labels = average_linkage(nodes, scores, 0.45)
+        got = {frozenset(n for n in labels if labels[n] == r) for r in set(labels.values())}
+        assert got == _naive_average_linkage(nodes, scores, 0.45)
+
+
+class _DictScorer(beam.PTransform):
+    def expand(self, candidates):
+        return candidates | beam.Map(
+            lambda c: ScoredPair(c.id_a, c.id_b, _model(c.id_a, c.id_b), c.similarity, c.source))
+
+
+@pytest.mark.parametrize("density", [0.5, 0.0])
+def test_split_chains_in_beam_scores_missing_pairs_and_splits(tmp_path, density):
+    scores = _two_groups_and_a_weak_chain()
+    # Blocking proposed only part of group A: a sparse component that needs its missing pairs scored.
+    del scores[(1, 4)], scores[(2, 4)]
+    nodes = A + B + CHAIN
+    reps = [Representative(n, f"q{n}", f"q{n}", f"k{n}", 1) for n in nodes]
+    out = tmp_path / "labels.txt"
+    with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as p:
+        components = p | "C" >> beam.Create([(n, 1) for n in nodes])
+        scored = p | "S" >> beam.Create([ScoredPair(a, b, s, 0.5, "lexical") for (a, b), s in scores.items()])
+        result = ((components, scored, p | "R" >> beam.Create(reps))
+                  | SplitChains(ChainingSettings(min_density=density, max_size=100), _DictScorer()))
+        ((result["labels"] | beam.Map(repr)), (result["scored"] | beam.Map(lambda x: "extra " + repr(tuple(x[:3])))))\
+            | beam.Flatten() | beam.combiners.ToList() | beam.Map(lambda lines: out.write_text("\n".join(lines)))
+    lines = out.read_text().splitlines()
+    labels = dict(eval(line) for line in lines if not line.startswith("extra"))
+    extra = [eval(line[6:]) for line in lines if line.startswith("extra")]
+    if density == 0.0:  # nothing is sparse enough: the component stays whole
+        assert set(labels.values()) == {1} and extra == []
+        return
+    assert {labels[n] for n in A} == {1} and {labels[n] for n in B} == {5}
+    assert labels[9] not in (1, 5) and labels[10] not in (1, 5)
+    assert {(1, 4), (2, 4)} <= {(a, b) for a, b, _ in extra}
+    assert all(score == _model(a, b) for a, b, score in extra)
