@@ -15,12 +15,12 @@ from apache_beam.runners.runner import PipelineState
 
 from pipelines.dedup import build_pipeline, check_embedders
 from pipelines.evaluate import evaluate
-from pipelines.options import QdedupOptions, effective_configuration, expand_argv, validate
+from pipelines.options import QdedupOptions, effective_configuration, expand_argv, input_columns, validate
 from pipelines.recall import recall
 from transforms.errors import QdedupError
 from transforms.metrics import STAGE_NAMESPACE
 from transforms.model import resolve_device
-from transforms.read import Columns, inspect_input
+from transforms.read import inspect_input
 from transforms.score import check_scorer_model
 from transforms.write import OUTPUT_PARTS, output_path, read_json, write_json
 
@@ -108,8 +108,7 @@ def run(argv: Sequence[str]) -> int:
     pipeline_options = PipelineOptions(expand_argv(argv))
     options = pipeline_options.view_as(QdedupOptions)
     validate(options)
-    columns = Columns(options.id_column, options.text_column)
-    info = inspect_input(options.input, columns)
+    info = inspect_input(options.input, input_columns(options))
     _LOG.info("input: %d files, %d rows, ids of type %s", len(info.files), info.rows, info.id_type)
     check_scorer_model(options.scorer_model)
     check_embedders(options)

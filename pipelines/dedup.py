@@ -9,6 +9,7 @@ from pipelines.options import (
     blocking_settings,
     chaining_settings,
     encoder_settings,
+    input_columns,
     parse_embedders,
     scorer_settings,
 )
@@ -67,7 +68,7 @@ def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns
 
 def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, info: InputInfo,
                    configuration: dict) -> None:
-    columns = Columns(options.id_column, options.text_column)
+    columns = input_columns(options)
     out = options.output
 
     generated = generate_candidates(pipeline, options, columns)
@@ -75,7 +76,8 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, info: InputI
     representatives = collapsed["representatives"]
     scored = candidates | "ScorePairs" >> ScorePairs(scorer_settings(options))
     clustered = (representatives, collapsed["members"], scored) | "ClusterGroups" >> ClusterGroups(
-        chaining_settings(options), options.component_rounds, ScorePairs(scorer_settings(options)))
+        chaining_settings(options), options.component_rounds, ScorePairs(scorer_settings(options)),
+        options.canonical)
     groups = clustered["groups"]
     all_scored = (scored, clustered["scored"]) | "AllScoredPairs" >> beam.Flatten()
     rejected = (read["rejected"], collapsed["rejected"]) | "AllRejected" >> beam.Flatten()

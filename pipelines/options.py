@@ -17,6 +17,7 @@ from transforms.block import BlockingSettings
 from transforms.chaining import ChainingSettings
 from transforms.errors import QdedupError
 from transforms.model import AUTO_TOKEN_BUDGET, ModelSettings
+from transforms.read import Columns
 from transforms.score import DEFAULT_SCORER
 
 _SCORER = ModelSettings(DEFAULT_SCORER)
@@ -34,6 +35,11 @@ class QdedupOptions(PipelineOptions):
         add("--config", help="YAML preset (configs/local.yaml, ...); flags override it")
         add("--id-column", "--id_column", dest="id_column", default="id", help="id column (integer or string)")
         add("--text-column", "--text_column", dest="text_column", default="question", help="question text column")
+        add("--canonical", choices=("frequent", "earliest"), default="frequent",
+            help="a group's canonical member: the most frequent text (then lowest id), "
+                 "or the earliest row by --timestamp-column (then lowest id)")
+        add("--timestamp-column", "--timestamp_column", dest="timestamp_column", default=None,
+            help="timestamp, date or integer column that --canonical earliest orders rows by")
         add("--max-text-chars", "--max_text_chars", dest="max_text_chars", type=int, default=1000,
             help="longer texts are rejected (reason text_too_long)")
         add("--scorer-model", "--scorer_model", dest="scorer_model", default=_SCORER.model,
@@ -178,6 +184,10 @@ def validate(options: QdedupOptions) -> None:
         (options.lexical_dim >= 16, "--lexical-dim must be at least 16"),
         (options.max_text_chars >= 1, "--max-text-chars must be at least 1"),
         (options.id_column != options.text_column, "--id-column and --text-column must differ"),
+        (options.canonical != "earliest" or bool(options.timestamp_column),
+         "--canonical earliest needs --timestamp-column (the column that says when a row was asked)"),
+        (options.timestamp_column not in (options.id_column, options.text_column),
+         "--timestamp-column must differ from --id-column and --text-column"),
     ]
     for ok, message in checks:
         if not ok:
@@ -189,6 +199,12 @@ def effective_configuration(options: QdedupOptions) -> dict:
     configuration = options.view_as(QdedupOptions).get_all_options(current_only=True)
     configuration["runner"] = options.get_all_options().get("runner")
     return configuration
+
+
+def input_columns(options: QdedupOptions) -> Columns:
+    """The columns a run reads; the timestamp only where it decides the canonical member."""
+    timestamp = options.timestamp_column if options.canonical == "earliest" else None
+    return Columns(options.id_column, options.text_column, timestamp)
 
 
 def scorer_settings(options: QdedupOptions) -> ModelSettings:

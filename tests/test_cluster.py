@@ -17,6 +17,7 @@ from transforms.cluster import (
     star_label,
     summarize_group,
 )
+from transforms.normalize import Representative
 
 
 def _components_by_search(edges):
@@ -57,10 +58,23 @@ def test_long_chain_and_star():
     assert len(set(components.values())) == 2
 
 
+def _rep(rep_id, count, first_time=None, first_id=None):
+    return Representative(rep_id, "", "", f"k{rep_id}", count, first_time, rep_id if first_id is None else first_id)
+
+
 def test_canonical_is_most_frequent_text_then_lowest_id():
-    info = summarize_group([(9, "k9", 3), (4, "k4", 1), (7, "k7", 3)])
+    info = summarize_group([_rep(9, 3), _rep(4, 1), _rep(7, 3)])
     assert info == GroupInfo(7, 7, "k7", 7)
-    assert summarize_group([(5, "k5", 1)]) == GroupInfo(5, 5, "k5", 1)
+    assert summarize_group([_rep(5, 1)]) == GroupInfo(5, 5, "k5", 1)
+
+
+def test_canonical_can_be_the_earliest_row():
+    # Representative 9's text was first asked by row 12 (an exact duplicate), before anything in 4 or 7.
+    reps = [_rep(9, 3, 100, 12), _rep(4, 1, 200), _rep(7, 3, None)]
+    assert summarize_group(reps, "earliest") == GroupInfo(12, 12, "k9", 7)
+    # Without timestamps the earliest is the lowest id; a tie in time goes to the lowest id too.
+    assert summarize_group([_rep(9, 1), _rep(4, 1)], "earliest").canonical_id == 4
+    assert summarize_group([_rep(9, 1, 5), _rep(4, 1, 5)], "earliest").canonical_id == 4
 
 
 def test_match_kind():

@@ -334,3 +334,28 @@ def test_without_chaining_control_groups_are_connected_components(corpus, tiny_m
     for rep_group in rep_groups.values():
         holders = [gid for gid, ids in members.items() if rep_group <= ids]
         assert len(holders) == 1
+
+
+def test_canonical_earliest_by_timestamp_column(tiny_model, tmp_path, capsys):
+    import datetime
+    day = datetime.datetime(2026, 1, 1)
+    pq.write_table(pa.table({
+        "id": [1, 2, 3, 4],
+        "question": ["怎么办", "怎么办？", "为什么", "为 什 么"],
+        "asked": pa.array([day.replace(day=9), day.replace(day=2), None, day], pa.timestamp("ms")),
+    }), tmp_path / "q.parquet")
+    run_qdedup(tmp_path / "q.parquet", tmp_path / "frequent", tiny_model)
+    run_qdedup(tmp_path / "q.parquet", tmp_path / "earliest", tiny_model, "--canonical=earliest",
+               "--timestamp-column=asked")
+    frequent = {g["id"]: g["canonical_id"] for g in read_part(tmp_path / "frequent", "groups")}
+    earliest = {g["id"]: g for g in read_part(tmp_path / "earliest", "groups")}
+    assert frequent == {1: 1, 2: 1, 3: 3, 4: 3}
+    assert {i: g["canonical_id"] for i, g in earliest.items()} == {1: 2, 2: 2, 3: 4, 4: 4}  # no timestamp: last
+    assert earliest[1]["match_kind"] == earliest[2]["match_kind"] == "exact"
+    pq.write_table(pa.table({"id": [1], "question": ["x"], "asked": ["2026-01-01"]}), tmp_path / "s.parquet")
+    argv = ["run", "--input", str(tmp_path / "s.parquet"), "--output", str(tmp_path / "s"), "--scorer-model",
+            tiny_model, "--canonical=earliest", "--timestamp-column=asked", *RUNNER_ARGS]
+    assert main(argv) == 2
+    assert "timestamp column 'asked' has type string" in capsys.readouterr().err
+    assert main(argv[:-3] + ["--canonical=earliest", *RUNNER_ARGS]) == 2
+    assert "--canonical earliest needs --timestamp-column" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from typing import Hashable, Iterable, NamedTuple, Optional, Sequence
 import apache_beam as beam
 
 from transforms.chaining import ChainingSettings, SplitChains, pairs_within
-from transforms.normalize import Representative
+from transforms.normalize import Representative, earliest_key
 
 
 class GroupRow(NamedTuple):
@@ -81,16 +81,22 @@ def star_label(node, neighbours: Sequence) -> tuple[object, bool]:
     return smallest, smallest < node and len(neighbours) > 1
 
 
-def summarize_group(members: Iterable[tuple[object, str, int]]) -> GroupInfo:
-    """Members are (representative id, normalized-text key, rows with that text).
+def summarize_group(members: Iterable[Representative], canonical: str = "frequent") -> GroupInfo:
+    """The group's canonical member, and its size in rows.
 
-    The canonical member is the representative of the most frequent text, ties
-    going to the lowest id; the group takes the canonical member's id.
+    `frequent`: the representative of the most frequent text, ties going to the
+    lowest id. `earliest`: the row with the earliest timestamp (see
+    `earliest_key`). The group takes the canonical member's id.
     """
     members = list(members)
-    _, _, count = max(members, key=lambda m: m[2])
-    canonical_id, canonical_key, _ = min((m for m in members if m[2] == count), key=lambda m: m[0])
-    return GroupInfo(canonical_id, canonical_id, canonical_key, sum(m[2] for m in members))
+    if canonical == "earliest":
+        first = min(members, key=lambda rep: earliest_key(rep.first_time, rep.first_id))
+        canonical_id, canonical_key = first.first_id, first.key
+    else:
+        count = max(rep.count for rep in members)
+        first = min((rep for rep in members if rep.count == count), key=lambda rep: rep.id)
+        canonical_id, canonical_key = first.id, first.key
+    return GroupInfo(canonical_id, canonical_id, canonical_key, sum(rep.count for rep in members))
 
 
 def match_kind(group: GroupInfo, key: str, exact_count: int) -> str:
@@ -121,11 +127,11 @@ class EdgeScores(beam.CombineFn):
         return (low, total / count) if count else (None, None)
 
 
-def _group_members(element) -> Iterable[tuple[object, tuple[GroupInfo, str, int, tuple]]]:
+def _group_members(element, canonical: str) -> Iterable[tuple[object, tuple[GroupInfo, str, int, tuple]]]:
     _, joined = element
     members = list(joined["reps"])
     scores = next(iter(joined["scores"]), (None, None))
-    info = summarize_group((rep.id, rep.key, rep.count) for rep in members)
+    info = summarize_group(members, canonical)
     for rep in members:
         yield rep.id, (info, rep.key, rep.count, scores)
 
@@ -214,8 +220,9 @@ class ClusterGroups(beam.PTransform):
     `score` scores the pairs chaining control asks for (ScorePairs in a run).
     """
 
-    def __init__(self, chaining: ChainingSettings, rounds: int, score: beam.PTransform):
+    def __init__(self, chaining: ChainingSettings, rounds: int, score: beam.PTransform, canonical: str = "frequent"):
         super().__init__()
+        self._canonical = canonical
         self._chaining = chaining
         self._rounds = rounds
         self._score = score
@@ -247,7 +254,7 @@ class ClusterGroups(beam.PTransform):
         groups = (
             {"reps": reps_by_group, "scores": edge_scores}
             | "GatherGroup" >> beam.CoGroupByKey()
-            | "SummarizeGroup" >> beam.FlatMap(_group_members)
+            | "SummarizeGroup" >> beam.FlatMap(_group_members, self._canonical)
         )
         rows = (
             {"group": groups, "members": members | "KeyByRepresentative" >> beam.Map(lambda m: (m.rep_id, m))}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from typing import Iterable, NamedTuple
+from typing import Iterable, NamedTuple, Optional
 
 import apache_beam as beam
 
@@ -51,6 +51,8 @@ class Representative(NamedTuple):
     normalized: str
     key: str
     count: int
+    first_time: Optional[int] = None  # the earliest timestamp among the rows with this text,
+    first_id: object = None           # and that row's id (the lowest id on a tie or without timestamps)
 
 
 class Membership(NamedTuple):
@@ -61,11 +63,17 @@ class Membership(NamedTuple):
     key: str
 
 
+def earliest_key(time: Optional[int], row_id: object) -> tuple:
+    """Sort key of 'earliest': rows without a timestamp come last, ties go to the lowest id."""
+    return time is None, time or 0, row_id
+
+
 def choose_representative(key: str, questions: Iterable[Question]) -> tuple[Representative, list[Membership]]:
     """The lowest id stands for the cluster; every member (itself included) is listed."""
     members = sorted(questions, key=lambda q: q.id)
     rep = members[0]
-    representative = Representative(rep.id, rep.text, rep.normalized, key, len(members))
+    first = min(members, key=lambda q: earliest_key(q.timestamp, q.id))
+    representative = Representative(rep.id, rep.text, rep.normalized, key, len(members), first.timestamp, first.id)
     return representative, [Membership(q.id, rep.id, key) for q in members]
 
 

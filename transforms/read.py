@@ -29,15 +29,21 @@ _READ_BATCH_ROWS = 8192
 class Columns(NamedTuple):
     id: str
     text: str
+    timestamp: Optional[str] = None  # read only when the canonical member is the earliest row
 
 
 class Question(NamedTuple):
-    """An accepted row. `source` is 'path#row' (row counted from 0 within the file)."""
+    """An accepted row. `source` is 'path#row' (row counted from 0 within the file).
+
+    `timestamp` is microseconds since the epoch for timestamp and date columns,
+    the value itself for integer columns, None when the row has none.
+    """
 
     id: object
     text: str
     source: str
     normalized: str = ""
+    timestamp: Optional[int] = None
 
     def row(self, columns: Columns) -> dict:
         return {columns.id: self.id, columns.text: self.text}
@@ -71,6 +77,19 @@ class InputInfo:
     id_type: str  # "int64" or "string": the type `id` keeps in every output
 
 
+def _is_time(arrow_type: pa.DataType) -> bool:
+    return pa.types.is_timestamp(arrow_type) or pa.types.is_date(arrow_type) or pa.types.is_integer(arrow_type)
+
+
+def time_values(column: pa.Array) -> list:
+    """Timestamps and dates as microseconds since the epoch, integers as they are: one comparable scale."""
+    if pa.types.is_date(column.type):
+        column = column.cast(pa.timestamp("us"))
+    if pa.types.is_timestamp(column.type):
+        column = column.cast(pa.timestamp("us", tz=column.type.tz)).cast(pa.int64())
+    return column.to_pylist()
+
+
 def _id_type(arrow_type: pa.DataType) -> Optional[str]:
     if pa.types.is_integer(arrow_type):
         return "int64"
@@ -90,6 +109,7 @@ def inspect_input(pattern: str, columns: Columns) -> InputInfo:
         raise QdedupError(f"--input {pattern!r} matches no files; check the path and the glob pattern")
     rows = 0
     id_types: dict[str, str] = {}
+    time_kinds: dict[str, str] = {}
     for path in files:
         try:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
@@ -97,11 +117,20 @@ def inspect_input(pattern: str, columns: Columns) -> InputInfo:
                 schema = metadata.schema.to_arrow_schema()
         except Exception as exc:
             raise QdedupError(f"{path} is not a readable Parquet file ({exc}); fix or remove it") from exc
-        for option, name in (("--id-column", columns.id), ("--text-column", columns.text)):
+        named = [("--id-column", columns.id), ("--text-column", columns.text)]
+        if columns.timestamp:
+            named.append(("--timestamp-column", columns.timestamp))
+        for option, name in named:
             if name not in schema.names:
                 raise QdedupError(
                     f"{path} has no column {name!r} (its columns: {', '.join(schema.names)}); "
                     f"set {option} to the right column")
+        if columns.timestamp and not _is_time(schema.field(columns.timestamp).type):
+            raise QdedupError(
+                f"{path}: timestamp column {columns.timestamp!r} has type {schema.field(columns.timestamp).type}; "
+                "it must be a timestamp, date or integer column")
+        if columns.timestamp:
+            time_kinds[path] = "integer" if pa.types.is_integer(schema.field(columns.timestamp).type) else "time"
         id_type = _id_type(schema.field(columns.id).type)
         if id_type is None:
             raise QdedupError(
@@ -109,13 +138,16 @@ def inspect_input(pattern: str, columns: Columns) -> InputInfo:
                 "ids must be integers or strings")
         id_types[path] = id_type
         rows += metadata.num_rows
-    if len(set(id_types.values())) > 1:
-        by_type = {t: [p for p, pt in id_types.items() if pt == t][0] for t in set(id_types.values())}
-        raise QdedupError(
-            "id column types differ between files: "
-            + "; ".join(f"{t} in {p}" for t, p in sorted(by_type.items()))
-            + "; make them one type")
+    _one_type(id_types, "id column types")
+    _one_type(time_kinds, "timestamp columns (integers and timestamps/dates)")
     return InputInfo(files, rows, next(iter(id_types.values())))
+
+
+def _one_type(types_by_path: dict[str, str], what: str) -> None:
+    if len(set(types_by_path.values())) > 1:
+        by_type = {t: [p for p, pt in types_by_path.items() if pt == t][0] for t in set(types_by_path.values())}
+        raise QdedupError(f"{what} differ between files: "
+                          + "; ".join(f"{t} in {p}" for t, p in sorted(by_type.items())) + "; make them one type")
 
 
 def validate_row(row_id: object, text: object, max_text_chars: int) -> Optional[tuple[str, str]]:
@@ -149,7 +181,8 @@ class _ReadParquetFile(beam.DoFn):
         path = readable_file.metadata.path
         index = 0
         with readable_file.open(compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            batches = pq.ParquetFile(handle).iter_batches(batch_size=_READ_BATCH_ROWS, columns=list(self._columns))
+            names = [name for name in self._columns if name]
+            batches = pq.ParquetFile(handle).iter_batches(batch_size=_READ_BATCH_ROWS, columns=names)
             while True:
                 with self._timer:
                     batch = next(batches, None)
@@ -157,8 +190,10 @@ class _ReadParquetFile(beam.DoFn):
                         break
                     ids = batch.column(self._columns.id).to_pylist()
                     texts = batch.column(self._columns.text).to_pylist()
-                for row_id, text in zip(ids, texts):
-                    yield row_id, text, path, index
+                    times = (time_values(batch.column(self._columns.timestamp)) if self._columns.timestamp
+                             else [None] * len(ids))
+                for row_id, text, when in zip(ids, texts, times):
+                    yield row_id, text, when, path, index
                     index += 1
                 self._rows.inc(len(ids))
         _LOG.info("read %d rows from %s", index, path)
@@ -170,14 +205,14 @@ class _Validate(beam.DoFn):
         self._max_text_chars = max_text_chars
 
     def process(self, raw: tuple):
-        row_id, text, path, index = raw
+        row_id, text, when, path, index = raw
         source = f"{path}#{index}"
         problem = validate_row(row_id, text, self._max_text_chars)
         if problem is not None:
             yield beam.pvalue.TaggedOutput(
                 "rejected", RejectedRow.of({self._columns.id: row_id, self._columns.text: text}, source, *problem))
             return
-        yield row_id, (path, index, text)
+        yield row_id, (path, index, text, when)
 
 
 class _KeepFirstOccurrence(beam.DoFn):
@@ -189,10 +224,10 @@ class _KeepFirstOccurrence(beam.DoFn):
     def process(self, element):
         row_id, occurrences = element
         ordered = sorted(occurrences)
-        path, index, text = ordered[0]
+        path, index, text, when = ordered[0]
         first = f"{path}#{index}"
-        yield Question(row_id, text, first)
-        for path, index, text in ordered[1:]:
+        yield Question(row_id, text, first, timestamp=when)
+        for path, index, text, _ in ordered[1:]:
             yield beam.pvalue.TaggedOutput("rejected", RejectedRow.of(
                 {self._columns.id: row_id, self._columns.text: text}, f"{path}#{index}",
                 "duplicate_id", f"id already used by {first}"))
