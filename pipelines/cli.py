@@ -18,6 +18,7 @@ from pipelines.evaluate import evaluate
 from pipelines.options import QdedupOptions, effective_configuration, expand_argv, input_columns, validate
 from pipelines.recall import recall
 from transforms.errors import QdedupError
+from transforms.ids import check_previous_groups
 from transforms.metrics import STAGE_NAMESPACE
 from transforms.model import resolve_device
 from transforms.read import inspect_input
@@ -110,6 +111,8 @@ def run(argv: Sequence[str]) -> int:
     validate(options)
     info = inspect_input(options.input, input_columns(options))
     _LOG.info("input: %d files, %d rows, ids of type %s", len(info.files), info.rows, info.id_type)
+    if options.previous_groups:
+        check_previous_groups(options.previous_groups, info.id_type)
     check_scorer_model(options.scorer_model)
     check_embedders(options)
     check_device_here(pipeline_options, options.device)

@@ -16,6 +16,7 @@ from pipelines.options import (
 from transforms.block import BlockCandidates, UnionCandidates
 from transforms.cluster import ClusterGroups
 from transforms.embed import EmbedEncoder, EmbedLexical
+from transforms.ids import ReadPreviousGroups
 from transforms.model import check_model
 from transforms.normalize import NormalizeAndCollapse
 from transforms.read import Columns, InputInfo, ReadQuestions
@@ -25,6 +26,7 @@ from transforms.write import (
     WriteRecords,
     build_report,
     groups_schema,
+    lineage_schema,
     output_path,
     pairs_schema,
     write_json,
@@ -75,7 +77,8 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, info: InputI
     read, collapsed, candidates = generated["read"], generated["collapsed"], generated["candidates"]
     representatives = collapsed["representatives"]
     scored = candidates | "ScorePairs" >> ScorePairs(scorer_settings(options))
-    clustered = (representatives, collapsed["members"], scored) | "ClusterGroups" >> ClusterGroups(
+    previous = pipeline | "ReadPreviousGroups" >> ReadPreviousGroups(options.previous_groups)
+    clustered = (representatives, collapsed["members"], scored, previous) | "ClusterGroups" >> ClusterGroups(
         chaining_settings(options), options.component_rounds, ScorePairs(scorer_settings(options)),
         options.canonical)
     groups = clustered["groups"]
@@ -85,6 +88,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, info: InputI
     groups | "WriteGroups" >> WriteRecords(out, "groups", groups_schema(info.id_type))
     all_scored | "WritePairs" >> WriteRecords(out, "pairs", pairs_schema(info.id_type))
     rejected | "WriteRejected" >> WriteRecords(out, "rejected", REJECTED_SCHEMA)
+    clustered["lineage"] | "WriteLineage" >> WriteRecords(out, "lineage", lineage_schema(info.id_type))
 
     counts = {
         "rows_in": read["rows_in"],
@@ -95,8 +99,13 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, info: InputI
         "candidate_pairs": _count(candidates, "Candidates"),
         "pairs_scored": _count(scored, "Scored"),
         "resplit_pairs_scored": _count(clustered["scored"], "ResplitScored"),
-        "groups": _count(groups | "OneRowPerGroup" >> beam.Filter(lambda row: row.id == row.group_id),
-                         "Groups"),
+        "groups": _count(clustered["ids"], "Groups"),
+        "groups_inherited": _count(clustered["ids"] | "Inherited" >> beam.Filter(lambda kv: kv[1].inherited),
+                                   "Inherited"),
+        "lineage_merged": _count(clustered["lineage"] | "Merged" >> beam.Filter(lambda r: r.event == "merged"),
+                                 "Merged"),
+        "lineage_split": _count(clustered["lineage"] | "Split" >> beam.Filter(lambda r: r.event == "split"),
+                                "Split"),
         "largest_group": groups
         | "GroupSizes" >> beam.Map(lambda row: row.group_size)
         | "LargestGroup" >> beam.CombineGlobally(lambda sizes: max(sizes, default=0)),

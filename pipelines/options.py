@@ -90,6 +90,8 @@ class QdedupOptions(PipelineOptions):
             help="0: one model per SDK process; N: N copies shared by all processes of a worker")
         add("--torch-threads", "--torch_threads", dest="torch_threads", type=int, default=_SCORER.torch_threads,
             help="CPU threads per model; 0 = the cores the process may use")
+        add("--previous-groups", "--previous_groups", dest="previous_groups", default=None,
+            help="a previous run's groups/ directory: groups keep its ids; lineage/ records merges and splits")
         add("--overwrite", action="store_true", default=False,
             help="replace a previous run's outputs in --output")
 

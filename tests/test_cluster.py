@@ -64,25 +64,25 @@ def _rep(rep_id, count, first_time=None, first_id=None):
 
 def test_canonical_is_most_frequent_text_then_lowest_id():
     info = summarize_group([_rep(9, 3), _rep(4, 1), _rep(7, 3)])
-    assert info == GroupInfo(7, 7, "k7", 7)
-    assert summarize_group([_rep(5, 1)]) == GroupInfo(5, 5, "k5", 1)
+    assert info == GroupInfo(7, "k7", 7)
+    assert summarize_group([_rep(5, 1)]) == GroupInfo(5, "k5", 1)
 
 
 def test_canonical_can_be_the_earliest_row():
     # Representative 9's text was first asked by row 12 (an exact duplicate), before anything in 4 or 7.
     reps = [_rep(9, 3, 100, 12), _rep(4, 1, 200), _rep(7, 3, None)]
-    assert summarize_group(reps, "earliest") == GroupInfo(12, 12, "k9", 7)
+    assert summarize_group(reps, "earliest") == GroupInfo(12, "k9", 7)
     # Without timestamps the earliest is the lowest id; a tie in time goes to the lowest id too.
     assert summarize_group([_rep(9, 1), _rep(4, 1)], "earliest").canonical_id == 4
     assert summarize_group([_rep(9, 1, 5), _rep(4, 1, 5)], "earliest").canonical_id == 4
 
 
 def test_match_kind():
-    group = GroupInfo(1, 1, "k1", 4)
-    assert match_kind(GroupInfo(1, 1, "k1", 1), "k1", 1) == "single"
+    group = GroupInfo(1, "k1", 4)
+    assert match_kind(GroupInfo(1, "k1", 1), "k1", 1) == "single"
     assert match_kind(group, "k1", 3) == "exact"
     assert match_kind(group, "k2", 1) == "model"
-    assert match_kind(GroupInfo(1, 1, "k1", 2), "k1", 1) == "model"  # canonical joined only by the model
+    assert match_kind(GroupInfo(1, "k1", 2), "k1", 1) == "model"  # canonical joined only by the model
 
 
 def _run_components(edges, rounds, tmp_path):

@@ -234,7 +234,8 @@ def test_empty_and_all_rejected_inputs_give_empty_outputs(tiny_model, tmp_path):
     assert (report["rows_in"], report["rows_rejected"], report["rows_out"], report["groups"]) == (2, 2, 0, 0)
     groups = pq.read_table(tmp_path / "out" / "groups")
     assert groups.num_rows == 0 and groups.schema.names == ["id", "group_id", "canonical_id", "group_size",
-                                                            "match_kind", "min_edge_score", "mean_edge_score"]
+                                                            "match_kind", "min_edge_score", "mean_edge_score",
+                                                            "group_since_run"]
 
 
 def test_truncated_pairs_are_counted(tiny_model, tmp_path):

@@ -17,6 +17,7 @@ from typing import Hashable, Iterable, NamedTuple, Optional, Sequence
 import apache_beam as beam
 
 from transforms.chaining import ChainingSettings, SplitChains, pairs_within
+from transforms.ids import AssignGroupIds
 from transforms.normalize import Representative, earliest_key
 
 
@@ -28,10 +29,10 @@ class GroupRow(NamedTuple):
     match_kind: str  # "single", "exact" or "model"
     min_edge_score: Optional[float]   # over the group's scored pairs at or above the threshold;
     mean_edge_score: Optional[float]  # None when it has none (singletons, exact duplicates only)
+    group_since_run: int              # the run that founded the group's id (1: the first run)
 
 
 class GroupInfo(NamedTuple):
-    group_id: object
     canonical_id: object
     canonical_key: str
     size: int
@@ -86,7 +87,7 @@ def summarize_group(members: Iterable[Representative], canonical: str = "frequen
 
     `frequent`: the representative of the most frequent text, ties going to the
     lowest id. `earliest`: the row with the earliest timestamp (see
-    `earliest_key`). The group takes the canonical member's id.
+    `earliest_key`).
     """
     members = list(members)
     if canonical == "earliest":
@@ -96,7 +97,7 @@ def summarize_group(members: Iterable[Representative], canonical: str = "frequen
         count = max(rep.count for rep in members)
         first = min((rep for rep in members if rep.count == count), key=lambda rep: rep.id)
         canonical_id, canonical_key = first.id, first.key
-    return GroupInfo(canonical_id, canonical_id, canonical_key, sum(rep.count for rep in members))
+    return GroupInfo(canonical_id, canonical_key, sum(rep.count for rep in members))
 
 
 def match_kind(group: GroupInfo, key: str, exact_count: int) -> str:
@@ -127,21 +128,32 @@ class EdgeScores(beam.CombineFn):
         return (low, total / count) if count else (None, None)
 
 
-def _group_members(element, canonical: str) -> Iterable[tuple[object, tuple[GroupInfo, str, int, tuple]]]:
-    _, joined = element
+def _summarize(element, canonical: str) -> Iterable[tuple]:
+    """Per group: its summary, and each representative's tie to it."""
+    label, joined = element
     members = list(joined["reps"])
     scores = next(iter(joined["scores"]), (None, None))
     info = summarize_group(members, canonical)
+    yield label, (info, scores)
     for rep in members:
-        yield rep.id, (info, rep.key, rep.count, scores)
+        yield beam.pvalue.TaggedOutput("reps", (rep.id, (label, rep.key, rep.count)))
+
+
+def _label_rows(element) -> Iterable[tuple]:
+    """(representative id, {rep: (label, key, count), members}) -> (label, (row id, key, count))."""
+    _, joined = element
+    for label, key, count in joined["rep"]:
+        for member in joined["members"]:
+            yield label, (member.id, key, count)
 
 
 def _group_rows(element) -> Iterable[GroupRow]:
     _, joined = element
-    (info, key, count, (low, mean)), = joined["group"]
-    for member in joined["members"]:
-        yield GroupRow(member.id, info.group_id, info.canonical_id, info.size, match_kind(info, key, count),
-                       low, mean)
+    (info, (low, mean)), = joined["group"]
+    (assigned,) = joined["id"]
+    for row_id, key, count in joined["rows"]:
+        yield GroupRow(row_id, assigned.group_id, info.canonical_id, info.size, match_kind(info, key, count),
+                       low, mean, assigned.since_run)
 
 
 def _both_ways(edge: tuple) -> list[tuple]:
@@ -215,7 +227,8 @@ def _component_of(element) -> Iterable[tuple[object, Representative]]:
 
 
 class ClusterGroups(beam.PTransform):
-    """(representatives, memberships, scored pairs) -> one `GroupRow` per accepted row, extra scored pairs.
+    """(representatives, memberships, scored pairs, previous run's `PreviousRow`s) -> one `GroupRow` per
+    accepted row, the extra pairs chaining control scored, and lineage.
 
     `score` scores the pairs chaining control asks for (ScorePairs in a run).
     """
@@ -228,7 +241,7 @@ class ClusterGroups(beam.PTransform):
         self._score = score
 
     def expand(self, inputs):
-        representatives, members, scored = inputs
+        representatives, members, scored, previous = inputs
         threshold = self._chaining.threshold
         components = (
             scored
@@ -251,14 +264,25 @@ class ClusterGroups(beam.PTransform):
             | "JoinGroupLabel" >> beam.CoGroupByKey()
             | "AssignGroup" >> beam.FlatMap(_component_of)
         )
-        groups = (
+        summaries = (
             {"reps": reps_by_group, "scores": edge_scores}
             | "GatherGroup" >> beam.CoGroupByKey()
-            | "SummarizeGroup" >> beam.FlatMap(_group_members, self._canonical)
+            | "SummarizeGroup" >> beam.FlatMap(_summarize, self._canonical).with_outputs("reps", main="groups")
         )
         rows = (
-            {"group": groups, "members": members | "KeyByRepresentative" >> beam.Map(lambda m: (m.rep_id, m))}
+            {"rep": summaries.reps, "members": members | "KeyByRepresentative" >> beam.Map(lambda m: (m.rep_id, m))}
             | "JoinMembers" >> beam.CoGroupByKey()
+            | "LabelRows" >> beam.FlatMap(_label_rows)
+        )
+        assigned = (
+            rows | "RowLabel" >> beam.MapTuple(lambda label, row: (row[0], label)),
+            summaries.groups | "Canonical" >> beam.MapTuple(lambda label, group: (label, group[0].canonical_id)),
+            previous,
+        ) | "AssignGroupIds" >> AssignGroupIds()
+        group_rows = (
+            {"group": summaries.groups, "id": assigned["ids"], "rows": rows}
+            | "GatherRows" >> beam.CoGroupByKey()
             | "GroupRows" >> beam.FlatMap(_group_rows)
         )
-        return {"groups": rows, "scored": chained["scored"]}
+        return {"groups": group_rows, "scored": chained["scored"], "lineage": assigned["lineage"],
+                "ids": assigned["ids"]}

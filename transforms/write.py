@@ -14,7 +14,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquet
 
-OUTPUT_PARTS = ("groups", "pairs", "rejected", "report.json")
+OUTPUT_PARTS = ("groups", "pairs", "rejected", "lineage", "report.json")
 
 
 def _arrow_id_type(id_type: str) -> pa.DataType:
@@ -25,7 +25,14 @@ def groups_schema(id_type: str) -> pa.Schema:
     ids = _arrow_id_type(id_type)
     return pa.schema([("id", ids), ("group_id", ids), ("canonical_id", ids),
                       ("group_size", pa.int64()), ("match_kind", pa.string()),
-                      ("min_edge_score", pa.float64()), ("mean_edge_score", pa.float64())])
+                      ("min_edge_score", pa.float64()), ("mean_edge_score", pa.float64()),
+                      ("group_since_run", pa.int64())])
+
+
+def lineage_schema(id_type: str) -> pa.Schema:
+    ids = _arrow_id_type(id_type)
+    return pa.schema([("group_id", ids), ("previous_group_id", ids), ("event", pa.string()),
+                      ("rows_moved", pa.int64())])
 
 
 def pairs_schema(id_type: str) -> pa.Schema:
