@@ -83,7 +83,7 @@ def run_one(n: int, mode: str, block: bool) -> dict:
     start = time.perf_counter()
     pipeline = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
     embedded = pipeline | beam.Create(range(n), reshuffle=False) | beam.Map(_embedded, base, alphabet, idf)
-    out = embedded | BlockCandidates(settings) if block else embedded
+    out = (embedded | BlockCandidates(settings))["pairs"] if block else embedded
     _ = out | beam.combiners.Count.Globally()
     result = pipeline.run()
     result.wait_until_finish()

@@ -15,7 +15,14 @@ from apache_beam.runners.runner import PipelineState
 
 from pipelines.dedup import build_pipeline, check_embedders
 from pipelines.evaluate import evaluate
-from pipelines.options import QdedupOptions, effective_configuration, expand_argv, input_columns, validate
+from pipelines.options import (
+    QdedupOptions,
+    effective_configuration,
+    expand_argv,
+    input_columns,
+    parse_embedders,
+    validate,
+)
 from pipelines.recall import recall
 from transforms.errors import QdedupError
 from transforms.ids import check_previous_groups
@@ -23,6 +30,7 @@ from transforms.metrics import STAGE_NAMESPACE
 from transforms.model import resolve_device
 from transforms.read import inspect_input
 from transforms.score import check_scorer_model
+from transforms.state import load_existing
 from transforms.write import OUTPUT_PARTS, output_path, read_json, write_json
 
 _LOG = logging.getLogger("qdedup")
@@ -41,7 +49,7 @@ def prepare_output(output: str, overwrite: bool) -> None:
     existing = []
     for part in OUTPUT_PARTS:
         path = output_path(output, part)
-        pattern = path if part.endswith(".json") else output_path(path, "*")
+        pattern = path if part.endswith(".json") else output_path(path, "**")  # state/ has folders
         existing += [m.path for m in FileSystems.match([pattern])[0].metadata_list]
     if existing and not overwrite:
         raise QdedupError(
@@ -113,6 +121,11 @@ def run(argv: Sequence[str]) -> int:
     _LOG.info("input: %d files, %d rows, ids of type %s", len(info.files), info.rows, info.id_type)
     if options.previous_groups:
         check_previous_groups(options.previous_groups, info.id_type)
+    existing = None
+    if options.existing:
+        existing = load_existing(options.existing, options.get_all_options(), [k for k, _ in
+                                                                               parse_embedders(options.embedders)])
+        check_previous_groups(output_path(options.existing, "groups"), info.id_type)
     check_scorer_model(options.scorer_model)
     check_embedders(options)
     check_device_here(pipeline_options, options.device)
@@ -120,7 +133,7 @@ def run(argv: Sequence[str]) -> int:
 
     configuration = effective_configuration(pipeline_options)
     pipeline = beam.Pipeline(options=pipeline_options)
-    build_pipeline(pipeline, options, info, configuration)
+    build_pipeline(pipeline, options, info, configuration, existing)
     result = pipeline.run()
     state = result.wait_until_finish()
     if state != PipelineState.DONE:
@@ -132,10 +145,12 @@ def run(argv: Sequence[str]) -> int:
     report["seconds_total"] = round(time.monotonic() - started, 3)
     write_json(report_path, report)
     print(f"qdedup: {report['rows_in']} rows in, {report['rows_rejected']} rejected, "
-          f"{report['groups']} groups (largest {report['largest_group']}), "
-          f"{report['pairs_scored']} pairs scored; wrote {options.output}")
+          + (f"{report['rows_existing']} from --existing, " if options.existing else "")
+          + f"{report['groups']} groups (largest {report['largest_group']}), "
+          f"{report['pairs_scored'] + report['resplit_pairs_scored']} pairs scored; wrote {options.output}")
     if not report["accounting_ok"]:
-        print("qdedup: error: rows_in != rows_out + rows_rejected; please report this with report.json",
+        print("qdedup: error: rows_in + rows_existing != rows_out + rows_rejected; "
+              "please report this with report.json",
               file=sys.stderr)
         return 1
     return 0

@@ -1,6 +1,8 @@
 """The qdedup pipeline: read -> normalize -> embed -> block -> score -> cluster -> write."""
 from __future__ import annotations
 
+from typing import Optional
+
 import apache_beam as beam
 from apache_beam.pvalue import AsSingleton
 
@@ -21,6 +23,14 @@ from transforms.model import check_model
 from transforms.normalize import NormalizeAndCollapse
 from transforms.read import Columns, InputInfo, ReadQuestions
 from transforms.score import ScorePairs
+from transforms.state import (
+    ExistingRun,
+    ReadExisting,
+    ReadExistingVectors,
+    WriteEmbedderState,
+    WriteRunState,
+    update_top_sims,
+)
 from transforms.write import (
     REJECTED_SCHEMA,
     WriteRecords,
@@ -37,8 +47,12 @@ def _count(pcoll, label: str):
     return pcoll | f"Count{label}" >> beam.combiners.Count.Globally()
 
 
+def _zero(pipeline, label: str):
+    return pipeline | f"Zero{label}" >> beam.Create([0])
+
+
 def _write_report(_, configuration: dict, path: str, **counts) -> None:
-    counts["exact_duplicates"] = counts.pop("rows_accepted") - counts.pop("representatives")
+    counts["exact_duplicates"] = counts["rows_accepted"] - counts["representatives"]
     write_json(path, build_report(counts, configuration))
 
 
@@ -49,56 +63,98 @@ def check_embedders(options: QdedupOptions) -> None:
             check_model(model, "--embedders encoder:")
 
 
-def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns: Columns) -> dict:
-    """Read, normalize, embed and block: the part of a run that `qdedup recall` measures."""
-    read = pipeline | "ReadQuestions" >> ReadQuestions(options.input, columns, options.max_text_chars)
-    collapsed = read["questions"] | "NormalizeAndCollapse" >> NormalizeAndCollapse(columns)
-    representatives = collapsed["representatives"]
-    candidate_sets = []
+def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns: Columns,
+                        existing: Optional[ExistingRun] = None) -> dict:
+    """Read, normalize, embed and block: the part of a run that `qdedup recall` measures.
+
+    Extending an `existing` run, only its new questions are embedded and queried,
+    with the stored parameters, partitions and vectors.
+    """
+    stored = pipeline | "ReadExisting" >> ReadExisting(existing.output) if existing else None
+    read = pipeline | "ReadQuestions" >> ReadQuestions(
+        options.input, columns, options.max_text_chars,
+        stored["members"] | "ExistingIds" >> beam.Map(lambda m: m.id) if stored else None)
+    questions = read["questions"]
+    collapsed = ((questions, stored["representatives"]) if stored else questions) \
+        | "NormalizeAndCollapse" >> NormalizeAndCollapse(columns)
+    new_reps = collapsed["new_representatives"]
+    settings = blocking_settings(options)
+    candidate_sets, embedders = [], {}
     for kind, model in parse_embedders(options.embedders):
         if kind == "lexical":
-            vectors = representatives | "EmbedLexical" >> EmbedLexical(options.lexical_dim)
+            embedded = new_reps | "EmbedLexical" >> EmbedLexical(
+                options.lexical_dim, existing.params[kind]["idf"] if existing else None)
         else:
-            vectors = representatives | "EmbedEncoder" >> EmbedEncoder(
-                encoder_settings(options, model), options.encoder_pooling, options.encoder_whiten)
-        candidate_sets.append(
-            vectors | f"Block{kind.title()}" >> BlockCandidates(blocking_settings(options), kind))
+            embedded = new_reps | "EmbedEncoder" >> EmbedEncoder(
+                encoder_settings(options, model), options.encoder_pooling, options.encoder_whiten,
+                existing.whitening(kind) if existing else None)
+        vectors = embedded["vectors"]
+        if existing:
+            items = stored["representatives"] | f"Existing{kind.title()}" >> ReadExistingVectors(
+                existing.output, kind, settings)
+            blocked = (vectors, items | f"{kind.title()}Items" >> beam.Map(lambda item: item[:3])) \
+                | f"Block{kind.title()}" >> BlockCandidates(settings, kind, existing.centroids[kind])
+            old_vectors, old_sims = update_top_sims(items, blocked["top_sims"], settings.top_k, kind.title())
+            all_vectors = (vectors | f"{kind.title()}ById" >> beam.MapTuple(lambda rep, v: (rep.id, v)),
+                           old_vectors) | f"{kind.title()}AllVectors" >> beam.Flatten()
+            all_sims = (blocked["top_sims"], old_sims) | f"{kind.title()}AllSims" >> beam.Flatten()
+        else:
+            blocked = vectors | f"Block{kind.title()}" >> BlockCandidates(settings, kind)
+            all_vectors = vectors | f"{kind.title()}ById" >> beam.MapTuple(lambda rep, v: (rep.id, v))
+            all_sims = blocked["top_sims"]
+        candidate_sets.append(blocked["pairs"])
+        embedders[kind] = (all_vectors, all_sims, embedded["params"], blocked["centroids"])
     candidates = (candidate_sets[0] if len(candidate_sets) == 1
                   else tuple(candidate_sets) | "UnionCandidates" >> UnionCandidates())
-    return {"read": read, "collapsed": collapsed, "candidates": candidates}
+    return {"read": read, "collapsed": collapsed, "candidates": candidates, "embedders": embedders,
+            "stored": stored}
 
 
 def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, info: InputInfo,
-                   configuration: dict) -> None:
+                   configuration: dict, existing: Optional[ExistingRun] = None) -> None:
     columns = input_columns(options)
     out = options.output
 
-    generated = generate_candidates(pipeline, options, columns)
+    generated = generate_candidates(pipeline, options, columns, existing)
     read, collapsed, candidates = generated["read"], generated["collapsed"], generated["candidates"]
+    stored = generated["stored"]
     representatives = collapsed["representatives"]
+    members = collapsed["members"]
     scored = candidates | "ScorePairs" >> ScorePairs(scorer_settings(options))
-    previous = pipeline | "ReadPreviousGroups" >> ReadPreviousGroups(options.previous_groups)
-    clustered = (representatives, collapsed["members"], scored, previous) | "ClusterGroups" >> ClusterGroups(
+    if stored:
+        members = (stored["members"], members) | "AllMembers" >> beam.Flatten()
+        known = (stored["pairs"], scored) | "KnownPairs" >> beam.Flatten()
+    else:
+        known = scored
+    previous_groups = output_path(existing.output, "groups") if existing else options.previous_groups
+    previous = pipeline | "ReadPreviousGroups" >> ReadPreviousGroups(previous_groups)
+    clustered = (representatives, members, known, previous) | "ClusterGroups" >> ClusterGroups(
         chaining_settings(options), options.component_rounds, ScorePairs(scorer_settings(options)),
         options.canonical)
     groups = clustered["groups"]
-    all_scored = (scored, clustered["scored"]) | "AllScoredPairs" >> beam.Flatten()
+    all_scored = (known, clustered["scored"]) | "AllScoredPairs" >> beam.Flatten()
     rejected = (read["rejected"], collapsed["rejected"]) | "AllRejected" >> beam.Flatten()
 
     groups | "WriteGroups" >> WriteRecords(out, "groups", groups_schema(info.id_type))
     all_scored | "WritePairs" >> WriteRecords(out, "pairs", pairs_schema(info.id_type))
     rejected | "WriteRejected" >> WriteRecords(out, "rejected", REJECTED_SCHEMA)
     clustered["lineage"] | "WriteLineage" >> WriteRecords(out, "lineage", lineage_schema(info.id_type))
+    (representatives, members) | "WriteRunState" >> WriteRunState(out, info.id_type)
+    for kind, parts in generated["embedders"].items():
+        parts | f"Write{kind.title()}State" >> WriteEmbedderState(out, kind, info.id_type)
 
     counts = {
         "rows_in": read["rows_in"],
+        "rows_existing": _count(stored["members"], "Existing") if stored else _zero(pipeline, "Existing"),
         "rows_rejected": _count(rejected, "Rejected"),
         "rows_out": _count(groups, "GroupRows"),
-        "rows_accepted": _count(collapsed["members"], "Accepted"),
+        "rows_accepted": _count(members, "Accepted"),
         "representatives": _count(representatives, "Representatives"),
+        "new_representatives": _count(collapsed["new_representatives"], "NewRepresentatives"),
         "candidate_pairs": _count(candidates, "Candidates"),
         "pairs_scored": _count(scored, "Scored"),
         "resplit_pairs_scored": _count(clustered["scored"], "ResplitScored"),
+        "pairs_total": _count(all_scored, "AllPairs"),
         "groups": _count(clustered["ids"], "Groups"),
         "groups_inherited": _count(clustered["ids"] | "Inherited" >> beam.Filter(lambda kv: kv[1].inherited),
                                    "Inherited"),

@@ -81,10 +81,14 @@ def _run_inputs(run: str) -> tuple[dict, dict, dict, dict]:
     ids_of_text: dict = {}
     for path in inspect_input(configuration["input"], columns).files:  # the texts behind the run's ids
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            table = pq.read_table(handle, columns=list(columns))
+            table = pq.read_table(handle, columns=[columns.id, columns.text])
         for row_id, text in zip(table.column(0).to_pylist(), table.column(1).to_pylist()):
             if row_id in group_of and isinstance(text, str):
                 ids_of_text.setdefault(text, row_id)
+    representatives = os.path.join(run, "state", "representatives")
+    if os.path.isdir(representatives):  # an extended run's older questions are not in its --input
+        for rep in pq.read_table(representatives, columns=["id", "text"]).to_pylist():
+            ids_of_text.setdefault(rep["text"], rep["id"])
     return configuration, ids_of_text, group_of, score_of
 
 

@@ -90,6 +90,9 @@ class QdedupOptions(PipelineOptions):
             help="0: one model per SDK process; N: N copies shared by all processes of a worker")
         add("--torch-threads", "--torch_threads", dest="torch_threads", type=int, default=_SCORER.torch_threads,
             help="CPU threads per model; 0 = the cores the process may use")
+        add("--existing", default=None,
+            help="a previous run's --output to extend: only --input's new questions are embedded, searched and "
+                 "scored; the output holds old and new rows; ids are kept as with --previous-groups")
         add("--previous-groups", "--previous_groups", dest="previous_groups", default=None,
             help="a previous run's groups/ directory: groups keep its ids; lineage/ records merges and splits")
         add("--overwrite", action="store_true", default=False,
@@ -188,6 +191,10 @@ def validate(options: QdedupOptions) -> None:
         (options.id_column != options.text_column, "--id-column and --text-column must differ"),
         (options.canonical != "earliest" or bool(options.timestamp_column),
          "--canonical earliest needs --timestamp-column (the column that says when a row was asked)"),
+        (not (options.existing and options.previous_groups),
+         "--existing already carries its run's group ids: leave out --previous-groups"),
+        (not options.existing or options.existing.rstrip("/") != options.output.rstrip("/"),
+         "--existing and --output must be different directories (the previous run is read while this one writes)"),
         (options.timestamp_column not in (options.id_column, options.text_column),
          "--timestamp-column must differ from --id-column and --text-column"),
     ]

@@ -107,7 +107,7 @@ def _block(items, settings, tmp_path):
         assert len(pairs) == len({(p.id_a, p.id_b) for p in pairs})
         assert all(p.id_a < p.id_b and p.text_a == f"t{p.id_a}" and p.source == "lexical" for p in pairs)
 
-    pairs = pipeline | beam.Create(items) | BlockCandidates(settings)
+    pairs = (pipeline | beam.Create(items) | BlockCandidates(settings))["pairs"]
     assert_that(pairs, check)
     pairs | beam.Map(lambda p: ((p.id_a, p.id_b), p.similarity)) | beam.combiners.ToDict() | beam.Map(_save, path)
     result = pipeline.run()

@@ -115,3 +115,20 @@ def test_split_chains_in_beam_scores_missing_pairs_and_splits(tmp_path, density)
     assert labels[9] not in (1, 5) and labels[10] not in (1, 5)
     assert {(1, 4), (2, 4)} <= {(a, b) for a, b, _ in extra}
     assert all(score == _model(a, b) for a, b, score in extra)
+
+
+def test_pairs_an_earlier_run_resplit_change_neither_the_decision_nor_the_pairs_asked_for():
+    from transforms.chaining import _Plan
+
+    def plan(pairs):
+        element = (1, {"node": A + B + CHAIN, "pair": pairs})
+        out = list(_Plan(ChainingSettings(max_size=100, min_density=0.5)).process(element))
+        return ([o.value for o in out if getattr(o, "tag", None) == "missing"],
+                [o for o in out if not hasattr(o, "tag")])
+
+    blocked = [ScoredPair(a, b, s, 0.5, "lexical") for (a, b), s in _two_groups_and_a_weak_chain().items()]
+    missing, kept = plan(blocked)
+    assert missing and not kept
+    earlier = [ScoredPair(a, b, _model(a, b), None, "resplit") for (a, b), _ in missing[:3]]
+    missing_now, kept_now = plan(blocked + earlier)
+    assert not kept_now and missing_now == missing[3:]  # the same plan, less what is already scored

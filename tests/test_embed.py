@@ -99,8 +99,9 @@ def _encoder_vectors(tiny_model, texts, pooling, whiten, tmp_path):
     reps = [Representative(i, t, t, f"k{i}", 1) for i, t in enumerate(texts)]
     path = tmp_path / f"vectors-{pooling}-{whiten}.npy"
     with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
-        _ = (pipeline | beam.Create(reps)
-             | EmbedEncoder(ModelSettings(tiny_model, device="cpu", token_budget=64), pooling, whiten)
+        embedded = pipeline | beam.Create(reps) | EmbedEncoder(
+            ModelSettings(tiny_model, device="cpu", token_budget=64), pooling, whiten)
+        _ = (embedded["vectors"]
              | beam.MapTuple(lambda rep, vector: (rep.id, vector)) | beam.combiners.ToList()
              | beam.Map(lambda items: np.save(path, np.stack([v for _, v in sorted(items, key=lambda i: i[0])]))))
     return np.load(path)

@@ -58,6 +58,11 @@ class CandidatePair(NamedTuple):
     source: str = "lexical"
 
 
+def radius(top_sims: Sequence[float], settings: BlockingSettings) -> float:
+    """The similarity a newcomer must reach to enter a question's k nearest (its k-th best so far)."""
+    return top_sims[settings.top_k - 1] if len(top_sims) >= settings.top_k else settings.min_similarity
+
+
 def stable_hash(value: object) -> int:
     """The same in every process and run, unlike hash()."""
     return zlib.crc32(repr(value).encode("utf-8"))
@@ -144,27 +149,37 @@ def _train(sample: list, n: int, settings: BlockingSettings) -> Optional[np.ndar
 
 
 class _AssignPartitions(beam.DoFn):
+    """item -> (partition, item) for its nearest partitions; with `only`, for those among them."""
+
     def __init__(self, probes: int):
         self._probes = probes
 
-    def process(self, item, centroids):
-        rep, vector = item
-        for partition in nearest_partitions(vector, centroids, self._probes):
-            yield partition, (rep, vector)
+    def process(self, item, centroids, only=None):
+        for partition in nearest_partitions(item[1], centroids, self._probes):
+            if only is None or partition in only:
+                yield partition, item
 
 
 class _ToWorkItems(beam.DoFn):
-    """(partition, item) -> ((partition, query block, index block), (role, item))."""
+    """(partition, item) -> ((partition, query block, index block), (role, item)).
 
-    def __init__(self, max_block: int):
+    A new question is searched and searchable ("both", "query", "index"); a
+    question of an extended run ("existing") only searchable, and searched
+    against the new questions for the pairs in which a newcomer enters its k nearest.
+    """
+
+    def __init__(self, max_block: int, existing: bool = False):
         self._max_block = max_block
+        self._existing = existing
 
     def process(self, element, sizes: dict):
         partition, item = element
         blocks = block_count(sizes[partition], self._max_block)
         mine = stable_hash(item[0].id) % blocks
         for other in range(blocks):
-            if other == mine:
+            if self._existing:
+                yield (partition, other, mine), ("existing", item)
+            elif other == mine:
                 yield (partition, mine, mine), ("both", item)
             else:
                 yield (partition, mine, other), ("query", item)
@@ -179,28 +194,42 @@ class _SearchWorkItem(beam.DoFn):
 
     def process(self, element):
         _, members = element
-        queries, index, size = [], [], 0
+        queries, index, existing, size = [], [], [], 0
         for role, item in members:
             size += 1
-            if role != "index":
+            if role in ("both", "query"):
                 queries.append(item)
             if role != "query":
                 index.append(item)
+            if role == "existing":
+                existing.append(item)
         self._sizes.update(size)
         if not queries or not index:
             return
-        texts = {rep.id: rep.text for rep, _ in index}
+        settings = self._settings
+        texts = {item[0].id: item[0].text for item in index}
         started = time.perf_counter()
         with self._timer:
-            lists = knn_lists([rep.id for rep, _ in queries], np.stack([to_dense(v) for _, v in queries]),
-                              [rep.id for rep, _ in index], np.stack([to_dense(v) for _, v in index]),
-                              self._settings.top_k, self._settings.min_similarity)
+            lists = _search(queries, index, settings)
+            # Pairs where a newcomer enters an existing question's k nearest: the searches the full run
+            # would have made from the existing side.
+            reverse = _search(existing, queries, settings) if existing else {}
         partition, query_block, index_block = element[0]
         _LOG.info("blocking: partition %s, blocks %d x %d: %d questions searched against %d in %.1f s",
                   partition, query_block, index_block, len(queries), len(index), time.perf_counter() - started)
-        query_text = {rep.id: rep.text for rep, _ in queries}
+        query_text = {item[0].id: item[0].text for item in queries}
         for query_id, neighbours in lists.items():
             yield query_id, (query_text[query_id], [(sim, nid, texts[nid]) for sim, nid in neighbours])
+        for rep, _, bound in existing:
+            entering = [(sim, nid, query_text[nid]) for sim, nid in reverse.get(rep.id, []) if sim >= bound]
+            if entering:
+                yield rep.id, (rep.text, entering)
+
+
+def _search(queries: list, index: list, settings: BlockingSettings) -> dict:
+    return knn_lists([item[0].id for item in queries], np.stack([to_dense(item[1]) for item in queries]),
+                     [item[0].id for item in index], np.stack([to_dense(item[1]) for item in index]),
+                     settings.top_k, settings.min_similarity)
 
 
 class _TopNeighbours(beam.CombineFn):
@@ -270,39 +299,71 @@ class UnionCandidates(beam.PTransform):
         )
 
 
-class BlockCandidates(beam.PTransform):
-    """(representative, unit vector, dense or sparse) -> distinct `CandidatePair`s, id_a < id_b, with `source`."""
+def _top_sims(element) -> tuple:
+    query_id, (_, best) = element
+    return query_id, sorted((sim for sim, _ in best.values()), reverse=True)
 
-    def __init__(self, settings: BlockingSettings, source: str = "lexical"):
+
+class BlockCandidates(beam.PTransform):
+    """(representative, unit vector, dense or sparse) -> distinct `CandidatePair`s, id_a < id_b, with `source`.
+
+    Returns {"pairs", "top_sims": (id, its k best similarities), "centroids"}.
+    To extend a previous run, pass `centroids` (the previous run's, None for
+    one partition) and apply it to (new items, existing (rep, vector, radius)):
+    only partitions holding new questions are searched, and only new
+    questions are queried.
+    """
+
+    def __init__(self, settings: BlockingSettings, source: str = "lexical", centroids=False):
         super().__init__()
         self._settings = settings
         self._source = source
+        self._centroids = centroids  # False: train them; None or an array: the previous run's
 
-    def expand(self, embedded):
+    def expand(self, inputs):
         settings, source = self._settings, self._source
-        count = beam.pvalue.AsSingleton(embedded | "CountVectors" >> beam.combiners.Count.Globally())
-        centroids = (
-            embedded
-            | "SampleForCentroids" >> beam.Filter(
-                lambda item, n: in_sample(item[0].id, n, partition_count(n, settings), settings), n=count)
-            | "IdAndVector" >> beam.Map(lambda item: (item[0].id, item[1]))
-            | "CollectSample" >> beam.combiners.ToList()
-            | "TrainCentroids" >> beam.Map(_train, n=count, settings=settings)
-        )
+        embedded, existing = inputs if isinstance(inputs, tuple) else (inputs, None)
+        if self._centroids is False:
+            count = beam.pvalue.AsSingleton(embedded | "CountVectors" >> beam.combiners.Count.Globally())
+            centroids = (
+                embedded
+                | "SampleForCentroids" >> beam.Filter(
+                    lambda item, n: in_sample(item[0].id, n, partition_count(n, settings), settings), n=count)
+                | "IdAndVector" >> beam.Map(lambda item: (item[0].id, item[1]))
+                | "CollectSample" >> beam.combiners.ToList()
+                | "TrainCentroids" >> beam.Map(_train, n=count, settings=settings)
+            )
+        else:
+            centroids = embedded.pipeline | "PreviousCentroids" >> beam.Create([self._centroids])
         assigned = embedded | "AssignPartitions" >> beam.ParDo(
             _AssignPartitions(settings.probes), centroids=beam.pvalue.AsSingleton(centroids))
-        sizes = (
-            assigned
+        if existing is not None:
+            searched = beam.pvalue.AsDict(assigned | "NewPartitions" >> beam.Map(lambda e: (e[0], True))
+                                          | "DistinctPartitions" >> beam.Distinct())
+            existing = existing | "AssignExisting" >> beam.ParDo(
+                _AssignPartitions(settings.probes), centroids=beam.pvalue.AsSingleton(centroids), only=searched)
+            everything = (assigned, existing) | "AllAssigned" >> beam.Flatten()
+        else:
+            everything = assigned
+        sizes = beam.pvalue.AsDict(
+            everything
             | "PartitionOnes" >> beam.Map(lambda element: (element[0], 1))
             | "PartitionSizes" >> beam.CombinePerKey(sum)
         )
-        return (
-            assigned
-            | "ToWorkItems" >> beam.ParDo(_ToWorkItems(settings.max_block), sizes=beam.pvalue.AsDict(sizes))
+        work = assigned | "ToWorkItems" >> beam.ParDo(_ToWorkItems(settings.max_block), sizes=sizes)
+        if existing is not None:
+            work = (work, existing | "ExistingWorkItems" >> beam.ParDo(
+                _ToWorkItems(settings.max_block, existing=True), sizes=sizes)) | "AllWorkItems" >> beam.Flatten()
+        best = (
+            work
             | "GroupWorkItem" >> beam.GroupByKey()
             | "SearchWorkItem" >> beam.ParDo(_SearchWorkItem(settings))
             | "BestNeighbours" >> beam.CombinePerKey(_TopNeighbours(settings.top_k))
+        )
+        pairs = (
+            best
             | "ToPairs" >> beam.FlatMap(_pairs_of, source)
             | "DistinctPairs" >> beam.CombinePerKey(_closest)
             | "DropKey" >> beam.Values()
         )
+        return {"pairs": pairs, "top_sims": best | "TopSims" >> beam.Map(_top_sims), "centroids": centroids}

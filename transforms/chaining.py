@@ -26,6 +26,8 @@ from apache_beam.metrics import Metrics
 
 from transforms.block import CandidatePair
 
+RESPLIT = "resplit"  # the `source` of pairs that chaining control scored
+
 
 @dataclass(frozen=True)
 class ChainingSettings:
@@ -147,17 +149,23 @@ class _Plan(beam.DoFn):
     def process(self, element):
         root, joined = element
         nodes = sorted(set(joined["node"]))
-        scores = {(p.id_a, p.id_b): p.score for p in joined["pair"]}
-        edges = sum(score >= self._settings.threshold for score in scores.values())
+        pairs = list(joined["pair"])
+        scores = {(p.id_a, p.id_b): p.score for p in pairs}
+        # The decision and the friends of friends follow blocking's pairs alone, so that pairs an earlier
+        # run's chaining control scored (kept in pairs/) change neither: an extended run re-splits as a
+        # full run would, and only scores what is still missing.
+        blocked = {(p.id_a, p.id_b): p.score for p in pairs if p.source != RESPLIT}
+        edges = sum(score >= self._settings.threshold for score in blocked.values())
         if not needs_resplit(len(nodes), edges, self._settings):
             for node in nodes:
                 yield node, root
             return
         self._resplit.inc()
         yield beam.pvalue.TaggedOutput("resplit", (root, (nodes, scores)))
-        for pair in missing_pairs(scores, self._settings.threshold, self._settings.pair_budget,
+        for pair in missing_pairs(blocked, self._settings.threshold, self._settings.pair_budget,
                                   self._settings.fanout):
-            yield beam.pvalue.TaggedOutput("missing", (pair, root))
+            if pair not in scores:
+                yield beam.pvalue.TaggedOutput("missing", (pair, root))
 
 
 def _with_text(element) -> Iterable[tuple]:
@@ -170,7 +178,7 @@ def _with_text(element) -> Iterable[tuple]:
 
 def _to_candidate(element) -> CandidatePair:
     ((pair, _root), text_a), text_b = element
-    return CandidatePair(pair[0], pair[1], text_a, text_b, None, "resplit")
+    return CandidatePair(pair[0], pair[1], text_a, text_b, None, RESPLIT)
 
 
 def _resplit(element, threshold: float) -> Iterable[tuple]:

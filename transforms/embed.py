@@ -120,19 +120,28 @@ class DocumentFrequency(beam.CombineFn):
 
 
 class EmbedLexical(beam.PTransform):
-    """Representatives -> (representative, sparse unit vector)."""
+    """Representatives -> {"vectors": (representative, sparse unit vector), "params": {"idf": weights}}.
 
-    def __init__(self, dim: int):
+    `idf` given (an extended run's, from the previous run) keeps new vectors
+    comparable with the stored ones; otherwise it comes from these representatives.
+    """
+
+    def __init__(self, dim: int, idf: Optional[np.ndarray] = None):
         super().__init__()
         self._dim = dim
+        self._idf = idf
 
     def expand(self, representatives):
-        idf = (
-            representatives
-            | "NormalizedText" >> beam.Map(lambda rep: rep.normalized)
-            | "DocumentFrequency" >> beam.CombineGlobally(DocumentFrequency(self._dim))
-        )
-        return representatives | "TfIdfVector" >> beam.ParDo(_Embed(), idf=beam.pvalue.AsSingleton(idf))
+        if self._idf is not None:
+            idf = representatives.pipeline | "PreviousIdf" >> beam.Create([self._idf])
+        else:
+            idf = (
+                representatives
+                | "NormalizedText" >> beam.Map(lambda rep: rep.normalized)
+                | "DocumentFrequency" >> beam.CombineGlobally(DocumentFrequency(self._dim))
+            )
+        vectors = representatives | "TfIdfVector" >> beam.ParDo(_Embed(), idf=beam.pvalue.AsSingleton(idf))
+        return {"vectors": vectors, "params": idf | "IdfParams" >> beam.Map(lambda weights: {"idf": weights})}
 
 
 class _Embed(beam.DoFn):
@@ -246,13 +255,19 @@ def _whiten(item, transform):
 
 
 class EmbedEncoder(beam.PTransform):
-    """Representatives -> (representative, unit vector) from a Hugging Face encoder, optionally whitened."""
+    """Representatives -> {"vectors": (representative, unit vector), "params"} from a Hugging Face encoder.
 
-    def __init__(self, settings: ModelSettings, pooling: str = "mean", whiten: bool = False):
+    With `whiten`, params holds the whitening {"mean", "matrix"}, from these
+    representatives or, extending a previous run, the given `transform`.
+    """
+
+    def __init__(self, settings: ModelSettings, pooling: str = "mean", whiten: bool = False,
+                 transform: Optional[tuple] = None):
         super().__init__()
         self._settings = settings
         self._pooling = pooling
         self._whiten = whiten
+        self._transform = transform
 
     def expand(self, representatives):
         pooled = (
@@ -264,10 +279,17 @@ class EmbedEncoder(beam.PTransform):
             | "PooledVector" >> beam.MapTuple(lambda rep, result: (rep, result.inference))
         )
         if not self._whiten:
-            return pooled | "Normalize" >> beam.MapTuple(lambda rep, vector: (rep, unit(vector)))
-        transform = (
-            pooled
-            | "Vectors" >> beam.Values()
-            | "MeanCovariance" >> beam.CombineGlobally(MeanCovariance())
-        )
-        return pooled | "Whiten" >> beam.Map(_whiten, transform=beam.pvalue.AsSingleton(transform))
+            vectors = pooled | "Normalize" >> beam.MapTuple(lambda rep, vector: (rep, unit(vector)))
+            return {"vectors": vectors, "params": pooled.pipeline | "NoParams" >> beam.Create([{}])}
+        if self._transform is not None:
+            transform = pooled.pipeline | "PreviousWhitening" >> beam.Create([self._transform])
+        else:
+            transform = (
+                pooled
+                | "Vectors" >> beam.Values()
+                | "MeanCovariance" >> beam.CombineGlobally(MeanCovariance())
+            )
+        vectors = pooled | "Whiten" >> beam.Map(_whiten, transform=beam.pvalue.AsSingleton(transform))
+        params = transform | "WhiteningParams" >> beam.Map(
+            lambda t: {} if t is None else {"mean": t[0], "matrix": t[1]})
+        return {"vectors": vectors, "params": params}

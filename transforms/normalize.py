@@ -95,33 +95,62 @@ class _Normalize(beam.DoFn):
         yield question._replace(normalized=normalized)
 
 
+def join_representative(rep: Representative, questions: Iterable[Question]) -> tuple[Representative, list]:
+    """New rows whose text an existing representative already stands for: it keeps standing for them."""
+    questions = list(questions)
+    first = min([(earliest_key(rep.first_time, rep.first_id), rep.first_time, rep.first_id)]
+                + [(earliest_key(q.timestamp, q.id), q.timestamp, q.id) for q in questions])
+    updated = rep._replace(count=rep.count + len(questions), first_time=first[1], first_id=first[2])
+    return updated, [Membership(q.id, rep.id, rep.key) for q in questions]
+
+
 class _Collapse(beam.DoFn):
+    """One representative per normalized text; "new" ones are those that need embedding and blocking."""
+
     def process(self, element):
-        key, questions = element
-        rep, members = choose_representative(key, questions)
+        key, joined = element
+        questions = list(joined["new"])
+        existing = list(joined["existing"])
+        if existing:
+            rep, members = join_representative(existing[0], questions)
+        else:
+            rep, members = choose_representative(key, questions)
+            yield beam.pvalue.TaggedOutput("new", rep)
         yield rep
         for member in members:
             yield beam.pvalue.TaggedOutput("members", member)
 
 
 class NormalizeAndCollapse(beam.PTransform):
-    """Accepted questions -> representatives (one per normalized text), memberships, rejected rows."""
+    """Accepted questions -> representatives (one per normalized text), memberships, rejected rows.
+
+    Applied to (questions, an existing run's representatives), new rows with a
+    known text join its representative; "new_representatives" are the others.
+    Memberships are the new rows'.
+    """
 
     def __init__(self, columns: Columns):
         super().__init__()
         self._columns = columns
 
-    def expand(self, questions):
+    def expand(self, inputs):
+        questions, existing = inputs if isinstance(inputs, tuple) else (inputs, None)
         normalized = questions | "Normalize" >> beam.ParDo(_Normalize(self._columns)).with_outputs(
             "rejected", main="ok")
+        keyed = {"new": normalized.ok | "KeyByNormalizedText" >> beam.Map(lambda q: (text_key(q.normalized), q))}
+        if existing is not None:
+            keyed["existing"] = existing | "KeyExisting" >> beam.Map(lambda rep: (rep.key, rep))
+        else:
+            keyed["existing"] = questions.pipeline | "NoExisting" >> beam.Create([])
         collapsed = (
-            normalized.ok
-            | "KeyByNormalizedText" >> beam.Map(lambda q: (text_key(q.normalized), q))
-            | "GroupExactDuplicates" >> beam.GroupByKey()
-            | "ChooseRepresentative" >> beam.ParDo(_Collapse()).with_outputs("members", main="representatives")
+            keyed
+            | "GroupExactDuplicates" >> beam.CoGroupByKey()
+            | "ChooseRepresentative" >> beam.ParDo(_Collapse()).with_outputs(
+                "members", "new", main="representatives")
         )
         return {
             "representatives": collapsed.representatives,
+            "new_representatives": collapsed.new,
             "members": collapsed.members,
             "rejected": normalized.rejected,
         }

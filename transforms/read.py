@@ -222,25 +222,35 @@ class _KeepFirstOccurrence(beam.DoFn):
         self._columns = columns
 
     def process(self, element):
-        row_id, occurrences = element
-        ordered = sorted(occurrences)
-        path, index, text, when = ordered[0]
-        first = f"{path}#{index}"
-        yield Question(row_id, text, first, timestamp=when)
-        for path, index, text, _ in ordered[1:]:
+        row_id, joined = element
+        ordered = sorted(joined["new"])
+        if not ordered:
+            return
+        if any(True for _ in joined["existing"]):  # an extension: the id is taken by an earlier run's row
+            first = "a row of the --existing run"
+        else:
+            path, index, text, when = ordered[0]
+            first = f"{path}#{index}"
+            yield Question(row_id, text, first, timestamp=when)
+            ordered = ordered[1:]
+        for path, index, text, _ in ordered:
             yield beam.pvalue.TaggedOutput("rejected", RejectedRow.of(
                 {self._columns.id: row_id, self._columns.text: text}, f"{path}#{index}",
                 "duplicate_id", f"id already used by {first}"))
 
 
 class ReadQuestions(beam.PTransform):
-    """Parquet files -> accepted `Question`s, `RejectedRow`s, and the number of rows read."""
+    """Parquet files -> accepted `Question`s, `RejectedRow`s, and the number of rows read.
 
-    def __init__(self, pattern: str, columns: Columns, max_text_chars: int):
+    `existing_ids` (an extended run's row ids) makes a new row reusing one a duplicate_id.
+    """
+
+    def __init__(self, pattern: str, columns: Columns, max_text_chars: int, existing_ids=None):
         super().__init__()
         self._pattern = pattern
         self._columns = columns
         self._max_text_chars = max_text_chars
+        self._existing_ids = existing_ids
 
     def expand(self, pbegin):
         rows = (
@@ -251,9 +261,12 @@ class ReadQuestions(beam.PTransform):
         )
         checked = rows | "ValidateRows" >> beam.ParDo(
             _Validate(self._columns, self._max_text_chars)).with_outputs("rejected", main="ok")
+        existing = self._existing_ids
+        if existing is None:
+            existing = pbegin | "NoExistingIds" >> beam.Create([])
         unique = (
-            checked.ok
-            | "GroupById" >> beam.GroupByKey()
+            {"new": checked.ok, "existing": existing | "ExistingId" >> beam.Map(lambda row_id: (row_id, None))}
+            | "GroupById" >> beam.CoGroupByKey()
             | "RejectDuplicateIds" >> beam.ParDo(_KeepFirstOccurrence(self._columns)).with_outputs(
                 "rejected", main="questions")
         )

@@ -14,15 +14,15 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquet
 
-OUTPUT_PARTS = ("groups", "pairs", "rejected", "lineage", "report.json")
+OUTPUT_PARTS = ("groups", "pairs", "rejected", "lineage", "state", "report.json")
 
 
-def _arrow_id_type(id_type: str) -> pa.DataType:
+def arrow_id_type(id_type: str) -> pa.DataType:
     return {"int64": pa.int64(), "string": pa.string()}[id_type]
 
 
 def groups_schema(id_type: str) -> pa.Schema:
-    ids = _arrow_id_type(id_type)
+    ids = arrow_id_type(id_type)
     return pa.schema([("id", ids), ("group_id", ids), ("canonical_id", ids),
                       ("group_size", pa.int64()), ("match_kind", pa.string()),
                       ("min_edge_score", pa.float64()), ("mean_edge_score", pa.float64()),
@@ -30,13 +30,13 @@ def groups_schema(id_type: str) -> pa.Schema:
 
 
 def lineage_schema(id_type: str) -> pa.Schema:
-    ids = _arrow_id_type(id_type)
+    ids = arrow_id_type(id_type)
     return pa.schema([("group_id", ids), ("previous_group_id", ids), ("event", pa.string()),
                       ("rows_moved", pa.int64())])
 
 
 def pairs_schema(id_type: str) -> pa.Schema:
-    ids = _arrow_id_type(id_type)
+    ids = arrow_id_type(id_type)
     return pa.schema([("id_a", ids), ("id_b", ids), ("score", pa.float64()), ("similarity", pa.float64()),
                       ("source", pa.string())])
 
@@ -68,7 +68,8 @@ class WriteRecords(beam.PTransform):
 def build_report(counts: Mapping[str, int], configuration: Mapping[str, Any]) -> dict:
     """The report's counts, with the accounting invariant checked."""
     report = dict(counts)
-    report["accounting_ok"] = report["rows_in"] == report["rows_out"] + report["rows_rejected"]
+    report["accounting_ok"] = (report["rows_in"] + report.get("rows_existing", 0)
+                               == report["rows_out"] + report["rows_rejected"])
     report["configuration"] = dict(configuration)
     return report
 
