@@ -1,12 +1,10 @@
 import json
 
 import apache_beam as beam
-import pyarrow as pa
-import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from tests.conftest import RUNNER_ARGS
-from tests.test_pipeline import read_part, run_qdedup
+from tests.test_pipeline import group_members, read_part, run_qdedup, write_questions
 from transforms.ids import AssignGroupIds, Offer, PreviousRow, award, choose_inherited, derived_id, founding_id
 
 
@@ -62,31 +60,18 @@ def test_merges_splits_and_new_groups_follow_the_rules(tmp_path):
     assert lineage == [(-7, 6, "split", 1), (1, 4, "merged", 2), (16, 12, "split", 2)]
 
 
-def test_first_run_ids_are_canonical_members(tmp_path):
+def test_first_run_ids_are_canonicalgroup_members(tmp_path):
     ids, lineage = _assign([], {1: (3, [1, 3]), 5: (5, [5])}, tmp_path)
     assert ids == {1: (3, 1, False), 5: (5, 1, False)} and lineage == []
-
-
-def _write(rows, path):
-    pq.write_table(pa.table({"id": pa.array([r[0] for r in rows], pa.int64()),
-                             "question": pa.array([r[1] for r in rows], pa.string())}), path)
-
-
-def _members(out):
-    groups = {}
-    for row in read_part(out, "groups"):
-        groups.setdefault(row["group_id"], set()).add(row["id"])
-    return groups
 
 
 def test_unchanged_corpus_keeps_every_id_and_added_rows_keep_untouched_ids(tiny_model, tmp_path):
     from samples.make_sample import build_rows
     rows = [r for r in build_rows() if isinstance(r[1], str) and r[1].strip()]
     first, later = rows[:150], rows[150:]
-    (tmp_path / "old").mkdir(), (tmp_path / "all").mkdir()
-    _write(first, tmp_path / "old" / "q.parquet")
-    _write(first, tmp_path / "all" / "a.parquet")
-    _write(later, tmp_path / "all" / "b.parquet")
+    write_questions(first, tmp_path / "old" / "q.parquet")
+    write_questions(first, tmp_path / "all" / "a.parquet")
+    write_questions(later, tmp_path / "all" / "b.parquet")
     run_qdedup(tmp_path / "old" / "*.parquet", tmp_path / "run1", tiny_model)
     again = run_qdedup(tmp_path / "old" / "*.parquet", tmp_path / "run2", tiny_model,
                        f"--previous-groups={tmp_path / 'run1' / 'groups'}")
@@ -97,7 +82,7 @@ def test_unchanged_corpus_keeps_every_id_and_added_rows_keep_untouched_ids(tiny_
 
     grown = run_qdedup(tmp_path / "all" / "*.parquet", tmp_path / "run3", tiny_model,
                        f"--previous-groups={tmp_path / 'run1' / 'groups'}")
-    old_groups, new_groups = _members(tmp_path / "run1"), _members(tmp_path / "run3")
+    old_groups, new_groups = group_members(tmp_path / "run1"), group_members(tmp_path / "run3")
     untouched = {gid for gid, members in old_groups.items() if members in new_groups.values()}
     assert len(untouched) > 0.8 * len(old_groups)
     for gid in untouched:

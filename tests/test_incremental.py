@@ -2,28 +2,17 @@
 import json
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from pipelines.cli import main
 from tests.conftest import RUNNER_ARGS, lcqmc_pairs
-from tests.test_pipeline import read_part, run_qdedup
+from tests.test_pipeline import group_members, read_part, run_qdedup, write_questions
 from transforms.embed import tfidf_vector
 from transforms.normalize import normalize_text
 
 
-def _write(rows, path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"id": pa.array([r[0] for r in rows], pa.int64()),
-                             "question": pa.array([r[1] for r in rows], pa.string())}), path)
-
-
 def _partition(out):
-    groups = {}
-    for row in read_part(out, "groups"):
-        groups.setdefault(row["group_id"], set()).add(row["id"])
-    return {frozenset(members) for members in groups.values()}
+    return {frozenset(members) for members in group_members(out).values()}
 
 
 def _variants(base: str) -> list[str]:
@@ -59,15 +48,17 @@ def runs(tiny_model, tmp_path_factory):
     parts = [[r for i, r in enumerate(rows) if i % 5 in (0, 1, 3)], [r for i, r in enumerate(rows) if i % 5 == 2],
              [r for i, r in enumerate(rows) if i % 5 == 4] + [(99_001, None), (99_002, "  ")]]
     for i, part in enumerate(parts):
-        _write(part, root / "all" / f"{i}.parquet")
-        _write(part, root / f"part{i}" / "q.parquet")
+        write_questions(part, root / "all" / f"{i}.parquet")
+        write_questions(part, root / f"part{i}" / "q.parquet")
     flags = ["--min-similarity=0.5"]
     reports = {"full": run_qdedup(root / "all" / "*.parquet", root / "full", tiny_model, *flags)}
     reports["old"] = run_qdedup(root / "part0" / "*.parquet", root / "old", tiny_model, *flags)
     reports["inc1"] = run_qdedup(root / "part1" / "*.parquet", root / "inc1", tiny_model, *flags,
                                  f"--existing={root / 'old'}")
+    # The second extension runs in worker processes: what it reads from state/ must survive pickling.
     reports["inc2"] = run_qdedup(root / "part2" / "*.parquet", root / "inc2", tiny_model, *flags,
-                                 f"--existing={root / 'inc1'}")
+                                 f"--existing={root / 'inc1'}", "--direct_running_mode=multi_processing",
+                                 "--direct_num_workers=2")
     reports["full_ids"] = run_qdedup(root / "all" / "*.parquet", root / "full_ids", tiny_model, *flags,
                                      f"--previous-groups={root / 'old' / 'groups'}")
     return root, rows + [(99_001, None), (99_002, "  ")], reports
@@ -110,7 +101,7 @@ def test_extension_keeps_ids_like_a_full_run_given_the_previous_groups(runs):
 
 def test_extension_rejects_reused_ids_and_changed_options(runs, tiny_model, tmp_path, capsys):
     root, rows, _ = runs
-    _write([(rows[0][0], "一个新问题"), (999_999, "另一个新问题")], tmp_path / "new" / "q.parquet")
+    write_questions([(rows[0][0], "一个新问题"), (999_999, "另一个新问题")], tmp_path / "new" / "q.parquet")
     report = run_qdedup(tmp_path / "new" / "*.parquet", tmp_path / "out", tiny_model, "--min-similarity=0.5",
                         f"--existing={root / 'old'}")
     rejected = read_part(tmp_path / "out", "rejected")
@@ -124,3 +115,25 @@ def test_extension_rejects_reused_ids_and_changed_options(runs, tiny_model, tmp_
     assert "--top-k=10" in capsys.readouterr().err
     assert main(argv[:-2] + [f"--existing={tmp_path / 'nowhere'}", *RUNNER_ARGS]) == 2
     assert "no readable report.json" in capsys.readouterr().err
+
+
+def test_extension_with_an_encoder_embedder_and_whitening(tiny_model, tmp_path):
+    rows = cluster_corpus(12)
+    old, new = rows[: len(rows) * 3 // 4], rows[len(rows) * 3 // 4:]
+    write_questions(old, tmp_path / "old" / "q.parquet")
+    write_questions(new, tmp_path / "new" / "q.parquet")
+    flags = [f"--embedders=lexical,encoder:{tiny_model}", "--encoder-whiten", "--min-similarity=0.5"]
+    run_qdedup(tmp_path / "old" / "*.parquet", tmp_path / "run_old", tiny_model, *flags)
+    report = run_qdedup(tmp_path / "new" / "*.parquet", tmp_path / "run_new", tiny_model, *flags,
+                        f"--existing={tmp_path / 'run_old'}")
+    assert report["accounting_ok"] and report["rows_out"] == len(rows)
+    known = {normalize_text(t) for _, t in old}
+    assert report["new_representatives"] == len({normalize_text(t) for _, t in new} - known)
+    # Both embedders' state was kept and extended: every representative has a vector of each kind.
+    for kind in ("lexical", "encoder"):
+        vectors = read_part(tmp_path / "run_new" / "state" / kind, "vectors")
+        assert {v["id"] for v in vectors} == {r["id"] for r in read_part(tmp_path / "run_new" / "state",
+                                                                         "representatives")}
+    encoder_pairs = [p for p in read_part(tmp_path / "run_new", "pairs") if "encoder" in p["source"]]
+    new_ids = {i for i, _ in new}
+    assert any(p["id_a"] in new_ids or p["id_b"] in new_ids for p in encoder_pairs)

@@ -21,6 +21,21 @@ def read_part(out, part):
     return pq.read_table(out / part).to_pylist()
 
 
+def write_questions(rows, path):
+    """(id, text) rows -> a Parquet file with int64 ids, its folder made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"id": pa.array([r[0] for r in rows], pa.int64()),
+                             "question": pa.array([r[1] for r in rows], pa.string())}), path)
+
+
+def group_members(out) -> dict:
+    """{group_id: set of member ids} of a run."""
+    groups = {}
+    for row in read_part(out, "groups"):
+        groups.setdefault(row["group_id"], set()).add(row["id"])
+    return groups
+
+
 def blocking_pairs(out):
     """pairs/ less the pairs chaining control scored on its own."""
     return [p for p in read_part(out, "pairs") if p["source"] != "resplit"]
