@@ -130,7 +130,7 @@ def qdedup_stage(model_dir: str, pairs, device: str, token_budget: int, out_dir:
     path = os.path.join(out_dir, "scores.npy")
     start = time.perf_counter()
     with beam.Pipeline(options=PipelineOptions(RUNNER)) as pipeline:
-        _ = (pipeline | beam.Create(candidates) | ScorePairs(settings)
+        _ = ((pipeline | beam.Create(candidates) | ScorePairs(settings))["scored"]
              | beam.Map(lambda pair: (pair.id_a, pair.score)) | beam.combiners.ToList()
              | beam.Map(_save_scores, path, len(pairs)))
     return np.load(path), time.perf_counter() - start

@@ -79,7 +79,7 @@ def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns
         | "NormalizeAndCollapse" >> NormalizeAndCollapse(columns)
     new_reps = collapsed["new_representatives"]
     settings = blocking_settings(options)
-    candidate_sets, embedders = [], {}
+    candidate_sets, embedders, failed = [], {}, []
     for kind, model in parse_embedders(options.embedders):
         if kind == "lexical":
             embedded = new_reps | "EmbedLexical" >> EmbedLexical(
@@ -89,6 +89,7 @@ def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns
                 encoder_settings(options, model), options.encoder_pooling, options.encoder_whiten,
                 existing.whitening(kind) if existing else None)
         vectors = embedded["vectors"]
+        failed.append(embedded["failed"])
         if existing:
             items = stored["representatives"] | f"Existing{kind.title()}" >> ReadExistingVectors(
                 existing.output, kind, settings)
@@ -107,7 +108,7 @@ def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns
     candidates = (candidate_sets[0] if len(candidate_sets) == 1
                   else tuple(candidate_sets) | "UnionCandidates" >> UnionCandidates())
     return {"read": read, "collapsed": collapsed, "candidates": candidates, "embedders": embedders,
-            "stored": stored}
+            "stored": stored, "failed": failed}
 
 
 def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, info: InputInfo,
@@ -120,7 +121,8 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, info: InputI
     stored = generated["stored"]
     representatives = collapsed["representatives"]
     members = collapsed["members"]
-    scored = candidates | "ScorePairs" >> ScorePairs(scorer_settings(options))
+    scoring = candidates | "ScorePairs" >> ScorePairs(scorer_settings(options))
+    scored = scoring["scored"]
     if stored:
         members = (stored["members"], members) | "AllMembers" >> beam.Flatten()
         known = (stored["pairs"], scored) | "KnownPairs" >> beam.Flatten()
@@ -133,7 +135,11 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, info: InputI
         options.canonical)
     groups = clustered["groups"]
     all_scored = (known, clustered["scored"]) | "AllScoredPairs" >> beam.Flatten()
-    rejected = (read["rejected"], collapsed["rejected"]) | "AllRejected" >> beam.Flatten()
+    rejected = (
+        (read["rejected"], collapsed["rejected"], *generated["failed"], scoring["failed"], clustered["failed"])
+        | "AllRejected" >> beam.Flatten()
+    )
+    rejected_rows = rejected | "RejectedRows" >> beam.Filter(lambda r: r.kind == "row")
 
     groups | "WriteGroups" >> WriteRecords(out, "groups", groups_schema(info.id_type))
     all_scored | "WritePairs" >> WriteRecords(out, "pairs", pairs_schema(info.id_type))
@@ -146,7 +152,10 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, info: InputI
     counts = {
         "rows_in": read["rows_in"],
         "rows_existing": _count(stored["members"], "Existing") if stored else _zero(pipeline, "Existing"),
-        "rows_rejected": _count(rejected, "Rejected"),
+        "rows_rejected": _count(rejected_rows, "Rejected"),
+        "questions_failed": _count(rejected | "FailedQuestions" >> beam.Filter(lambda r: r.kind == "question"),
+                                   "FailedQuestions"),
+        "pairs_failed": _count(rejected | "FailedPairs" >> beam.Filter(lambda r: r.kind == "pair"), "FailedPairs"),
         "rows_out": _count(groups, "GroupRows"),
         "rows_accepted": _count(members, "Accepted"),
         "representatives": _count(representatives, "Representatives"),

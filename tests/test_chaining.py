@@ -86,8 +86,9 @@ def test_average_linkage_matches_a_naive_implementation():
 
 class _DictScorer(beam.PTransform):
     def expand(self, candidates):
-        return candidates | beam.Map(
+        scored = candidates | beam.Map(
             lambda c: ScoredPair(c.id_a, c.id_b, _model(c.id_a, c.id_b), c.similarity, c.source))
+        return {"scored": scored, "failed": candidates.pipeline | "NoFailures" >> beam.Create([])}
 
 
 @pytest.mark.parametrize("density", [0.5, 0.0])

@@ -2,8 +2,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from transforms.errors import QdedupError
-from transforms.read import Columns, RejectedRow, inspect_input, row_as_json, validate_row
+from transforms.errors import QdedupError, RejectedRow, row_as_json
+from transforms.read import Columns, inspect_input, validate_row
 
 COLUMNS = Columns("id", "question")
 

@@ -84,14 +84,17 @@ def test_collate_pads_right_with_a_mask():
 class _FakeModel:
     """Raises CUDA-style out-of-memory above `limit` rows; otherwise logit 1 = first token id."""
 
-    def __init__(self, limit):
+    def __init__(self, limit, poison=None):
         self.limit = limit
+        self.poison = poison
         self.calls = []
 
     def __call__(self, input_ids, token_type_ids, attention_mask):
         self.calls.append(len(input_ids))
         if len(input_ids) > self.limit:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if self.poison is not None and bool((input_ids[:, 0] == self.poison).any()):
+            raise ValueError(f"cannot handle token {self.poison}")
         logits = torch.stack([torch.zeros(len(input_ids)), input_ids[:, 0].float() / 10], dim=1)
         return SimpleNamespace(logits=logits)
 
@@ -99,10 +102,19 @@ class _FakeModel:
 def test_out_of_memory_splits_the_batch_and_loses_no_pair():
     model = _FakeModel(limit=3)
     encodings = [([i, 1], [0, 0]) for i in range(10)]
-    scores, splits = PairClassifier(model, "cpu", 0).score(encodings)
+    scored = PairClassifier(model, "cpu", 0).score(encodings)
     expected = torch.softmax(torch.stack([torch.zeros(10), torch.arange(10) / 10], dim=1), dim=-1)[:, 1]
-    np.testing.assert_allclose(scores, expected.numpy(), atol=1e-6)
-    assert splits == 3 and max(c for c in model.calls if c <= 3) <= 3
+    np.testing.assert_allclose(scored.outputs, expected.numpy(), atol=1e-6)
+    assert scored.oom_splits == 3 and max(c for c in model.calls if c <= 3) <= 3 and scored.errors == {}
+
+
+def test_a_pair_the_model_fails_on_is_set_aside_and_the_rest_scored():
+    encodings = [([i, 1], [0, 0]) for i in range(10)]
+    scored = PairClassifier(_FakeModel(limit=100, poison=7), "cpu", 0).score(encodings)
+    assert scored.errors == {7: "ValueError: cannot handle token 7"} and scored.outputs[7] is None
+    expected = torch.softmax(torch.stack([torch.zeros(10), torch.arange(10) / 10], dim=1), dim=-1)[:, 1]
+    np.testing.assert_allclose([s for i, s in enumerate(scored.outputs) if i != 7],
+                               np.delete(expected.numpy(), 7), atol=1e-6)
 
 
 def test_out_of_memory_on_a_single_pair_is_raised():
@@ -131,7 +143,7 @@ def test_cuda_half_precision_scores_close_to_fp32(tiny_model, thirty_pairs):
 def _run_score_pairs(candidates, settings, check):
     """Runs ScorePairs; `check` sees the scored pairs inside the pipeline (where assert_that runs)."""
     with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
-        assert_that(pipeline | beam.Create(candidates) | ScorePairs(settings), check)
+        assert_that((pipeline | beam.Create(candidates) | ScorePairs(settings))["scored"], check)
 
 
 @pytest.mark.parametrize("extra", [{"token_budget": 64, "sort_window": 7}, {"model_copies": 1}])

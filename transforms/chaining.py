@@ -192,7 +192,7 @@ def _resplit(element, threshold: float) -> Iterable[tuple]:
 class SplitChains(beam.PTransform):
     """(components, scored pairs, representatives) -> (node, group label), extra scored pairs.
 
-    `score` is the PTransform that scores `CandidatePair`s (ScorePairs in a run).
+    `score` is the PTransform that scores `CandidatePair`s into {"scored", "failed"} (ScorePairs in a run).
     """
 
     def __init__(self, settings: ChainingSettings, score: beam.PTransform):
@@ -221,7 +221,8 @@ class SplitChains(beam.PTransform):
             | "TextB" >> beam.FlatMap(_with_text)
             | "ToCandidate" >> beam.Map(_to_candidate)
         )
-        extra = candidates | "ScoreMissingPairs" >> self._score
+        scoring = candidates | "ScoreMissingPairs" >> self._score
+        extra = scoring["scored"]
         extra_by_root = (
             {"root": plan.missing, "pair": extra | "ExtraByPair" >> beam.Map(lambda p: ((p.id_a, p.id_b), p))}
             | "JoinExtraRoot" >> beam.CoGroupByKey()
@@ -233,4 +234,4 @@ class SplitChains(beam.PTransform):
             | "AverageLinkage" >> beam.FlatMap(_resplit, settings.threshold)
         )
         labels = (plan.kept, resplit) | "AllLabels" >> beam.Flatten()
-        return {"labels": labels, "scored": extra}
+        return {"labels": labels, "scored": extra, "failed": scoring["failed"]}

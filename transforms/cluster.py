@@ -284,5 +284,5 @@ class ClusterGroups(beam.PTransform):
             | "GatherRows" >> beam.CoGroupByKey()
             | "GroupRows" >> beam.FlatMap(_group_rows)
         )
-        return {"groups": group_rows, "scored": chained["scored"], "lineage": assigned["lineage"],
-                "ids": assigned["ids"]}
+        return {"groups": group_rows, "scored": chained["scored"], "failed": chained["failed"],
+                "lineage": assigned["lineage"], "ids": assigned["ids"]}

@@ -19,16 +19,19 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
+from transforms.errors import RejectedRow, failure
 from transforms.metrics import StageTimer
 from transforms.model import (
     Encoding,
+    Forwarded,
+    ModelFailure,
     ModelSettings,
     TokenizeAndPack,
     TokenizedItem,
     handler_sharing,
     load_model,
     load_tokenizer,
-    run_splitting_on_oom,
+    run_splitting_on_failure,
 )
 from transforms.normalize import Representative
 
@@ -140,8 +143,16 @@ class EmbedLexical(beam.PTransform):
                 | "NormalizedText" >> beam.Map(lambda rep: rep.normalized)
                 | "DocumentFrequency" >> beam.CombineGlobally(DocumentFrequency(self._dim))
             )
-        vectors = representatives | "TfIdfVector" >> beam.ParDo(_Embed(), idf=beam.pvalue.AsSingleton(idf))
-        return {"vectors": vectors, "params": idf | "IdfParams" >> beam.Map(lambda weights: {"idf": weights})}
+        vectors = representatives | "TfIdfVector" >> beam.ParDo(
+            _Embed(), idf=beam.pvalue.AsSingleton(idf)).with_outputs("failed", main="vectors")
+        return {"vectors": vectors.vectors, "failed": vectors.failed,
+                "params": idf | "IdfParams" >> beam.Map(lambda weights: {"idf": weights})}
+
+
+def failed_question(rep: Representative, reason: str, detail: str, stage: str) -> RejectedRow:
+    """A question no vector could be made for: it gets no candidates, its rows are still grouped."""
+    return RejectedRow.of({"id": rep.id, "text": rep.text}, f"representative of {rep.count} row(s)", reason,
+                          detail, stage, "question")
 
 
 class _Embed(beam.DoFn):
@@ -149,8 +160,12 @@ class _Embed(beam.DoFn):
         self._timer = StageTimer("embed")
 
     def process(self, rep: Representative, idf: np.ndarray):
-        with self._timer:
-            vector = tfidf_sparse(rep.normalized, idf)
+        try:
+            with self._timer:
+                vector = tfidf_sparse(rep.normalized, idf)
+        except Exception as exc:
+            yield beam.pvalue.TaggedOutput("failed", failed_question(rep, "embed_error", failure(exc), "embed"))
+            return
         yield rep, vector
 
 
@@ -165,7 +180,7 @@ class TextEncoder:
         self.pad_id = pad_id
         self.pooling = pooling
 
-    def embed(self, encodings: Sequence[Encoding]) -> tuple[np.ndarray, int]:
+    def embed(self, encodings: Sequence[Encoding]) -> Forwarded:
         def forward(batch: dict) -> np.ndarray:
             hidden = self.model(**batch).last_hidden_state.float()
             if self.pooling == "cls":
@@ -175,7 +190,7 @@ class TextEncoder:
                 pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1)
             return pooled.cpu().numpy()
 
-        return run_splitting_on_oom(forward, encodings, self.pad_id, self.device)
+        return run_splitting_on_failure(forward, encodings, self.pad_id, self.device)
 
 
 class EncoderHandler(ModelHandler[TokenizedItem, np.ndarray, TextEncoder]):
@@ -197,9 +212,10 @@ class EncoderHandler(ModelHandler[TokenizedItem, np.ndarray, TextEncoder]):
     def run_inference(self, batch: Sequence[TokenizedItem], model: TextEncoder,
                       inference_args: Optional[dict] = None) -> Iterable[PredictionResult]:
         with self._timer:
-            vectors, splits = model.embed([item.encodings[0] for item in batch])
-        self._oom_splits.inc(splits)
-        return [PredictionResult(item, vector) for item, vector in zip(batch, vectors)]
+            embedded = model.embed([item.encodings[0] for item in batch])
+        self._oom_splits.inc(embedded.oom_splits)
+        return [PredictionResult(item, ModelFailure(embedded.errors[i]) if i in embedded.errors else vector)
+                for i, (item, vector) in enumerate(zip(batch, embedded.outputs))]
 
     def get_metrics_namespace(self) -> str:
         return "qdedup.encoder"
@@ -254,6 +270,14 @@ def _whiten(item, transform):
     return rep, unit((vector - mean) @ matrix)
 
 
+def _pooled(rep: Representative, result: PredictionResult) -> Iterable:
+    if isinstance(result.inference, ModelFailure):
+        yield beam.pvalue.TaggedOutput(
+            "failed", failed_question(rep, "encode_error", result.inference.detail, "encode"))
+    else:
+        yield rep, result.inference
+
+
 class EmbedEncoder(beam.PTransform):
     """Representatives -> {"vectors": (representative, unit vector), "params"} from a Hugging Face encoder.
 
@@ -270,17 +294,28 @@ class EmbedEncoder(beam.PTransform):
         self._transform = transform
 
     def expand(self, representatives):
-        pooled = (
+        tokenized = (
             representatives
             | "EncoderInputs" >> beam.Map(lambda rep: (rep, ((rep.text,),)))
-            | "TokenizeAndPack" >> beam.ParDo(TokenizeAndPack(self._settings, "encoder"))
+            | "TokenizeAndPack" >> beam.ParDo(TokenizeAndPack(self._settings, "encoder")).with_outputs(
+                "failed", main="batches")
+        )
+        encoded = (
+            tokenized.batches
             | "RunEncoder" >> RunInference(
                 KeyedModelHandler(EncoderHandler(self._settings, self._pooling)).with_no_batching())
-            | "PooledVector" >> beam.MapTuple(lambda rep, result: (rep, result.inference))
+            | "PooledVector" >> beam.FlatMapTuple(_pooled).with_outputs("failed", main="pooled")
+        )
+        pooled = encoded.pooled
+        failed = (
+            (tokenized.failed | "TokenizeFailed" >> beam.MapTuple(
+                lambda rep, detail: failed_question(rep, "tokenize_error", detail, "encoder_tokenize")),
+             encoded.failed)
+            | "EncoderFailed" >> beam.Flatten()
         )
         if not self._whiten:
             vectors = pooled | "Normalize" >> beam.MapTuple(lambda rep, vector: (rep, unit(vector)))
-            return {"vectors": vectors, "params": pooled.pipeline | "NoParams" >> beam.Create([{}])}
+            return {"vectors": vectors, "failed": failed, "params": pooled.pipeline | "NoParams" >> beam.Create([{}])}
         if self._transform is not None:
             transform = pooled.pipeline | "PreviousWhitening" >> beam.Create([self._transform])
         else:
@@ -292,4 +327,4 @@ class EmbedEncoder(beam.PTransform):
         vectors = pooled | "Whiten" >> beam.Map(_whiten, transform=beam.pvalue.AsSingleton(transform))
         params = transform | "WhiteningParams" >> beam.Map(
             lambda t: {} if t is None else {"mean": t[0], "matrix": t[1]})
-        return {"vectors": vectors, "params": params}
+        return {"vectors": vectors, "failed": failed, "params": params}

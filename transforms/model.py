@@ -18,7 +18,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from transforms.errors import QdedupError
+from transforms.errors import QdedupError, failure
 from transforms.metrics import StageTimer
 
 _LOG = logging.getLogger(__name__)
@@ -188,23 +188,45 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def run_splitting_on_oom(forward: Callable[[dict], np.ndarray], encodings: Sequence[Encoding], pad_id: int,
-                         device: str) -> tuple[np.ndarray, int]:
-    """forward(padded batch) over the encodings; (outputs, how many out-of-memory splits it took)."""
+class ModelFailure(NamedTuple):
+    """The inference of an input the model failed on (RunInference's result stands in for a score)."""
+
+    detail: str
+
+
+class Forwarded(NamedTuple):
+    outputs: list             # one per encoding; None where the model failed on it
+    oom_splits: int           # batches halved after running out of memory
+    errors: dict              # encoding index -> what failed
+
+
+def run_splitting_on_failure(forward: Callable[[dict], np.ndarray], encodings: Sequence[Encoding], pad_id: int,
+                             device: str) -> Forwarded:
+    """forward(padded batch) over the encodings.
+
+    A batch that fails is halved and retried: out of memory, down to one input
+    (which then fails the run: it is the hardware, not the data); any other
+    error, down to the inputs that fail on their own, which are reported, not raised.
+    """
     import torch
     try:
         batch = {k: v.to(device, non_blocking=True) for k, v in collate(encodings, pad_id).items()}
         with torch.inference_mode():
-            return forward(batch), 0
+            return Forwarded(list(forward(batch)), 0, {})
     except Exception as exc:
-        if not _is_out_of_memory(exc) or len(encodings) == 1:
-            raise
-    if device == "cuda":
+        out_of_memory = _is_out_of_memory(exc)
+        if len(encodings) == 1:
+            if out_of_memory:
+                raise
+            return Forwarded([None], 0, {0: failure(exc)})
+    if out_of_memory and device == "cuda":
         torch.cuda.empty_cache()
     half = len(encodings) // 2
-    first, splits_a = run_splitting_on_oom(forward, encodings[:half], pad_id, device)
-    second, splits_b = run_splitting_on_oom(forward, encodings[half:], pad_id, device)
-    return np.concatenate([first, second]), 1 + splits_a + splits_b
+    first = run_splitting_on_failure(forward, encodings[:half], pad_id, device)
+    second = run_splitting_on_failure(forward, encodings[half:], pad_id, device)
+    errors = {**first.errors, **{half + i: error for i, error in second.errors.items()}}
+    return Forwarded(first.outputs + second.outputs, int(out_of_memory) + first.oom_splits + second.oom_splits,
+                     errors)
 
 
 class TokenizeAndPack(beam.DoFn):
@@ -232,19 +254,33 @@ class TokenizeAndPack(beam.DoFn):
             yield from self._flush()
 
     def finish_bundle(self):
-        for batch in self._flush():
-            yield GlobalWindows.windowed_value(batch)
+        for output in self._flush():
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
+            else:
+                yield GlobalWindows.windowed_value(output)
 
-    def _flush(self) -> Iterable[list]:
+    def _tokenize(self, window: list) -> list[TokenizedItem]:
+        orders = len(window[0][1])
+        tokenized = [tokenize(self._tokenizer, [inputs[order] for _, inputs in window], self._settings.max_length)
+                     for order in range(orders)]
+        return [TokenizedItem(key, tuple(enc for enc, _ in encoded), any(cut for _, cut in encoded))
+                for (key, _), *encoded in zip(window, *tokenized)]
+
+    def _flush(self) -> Iterable:
         window, self._window = self._window, []
         if not window:
             return
         with self._timer:
-            orders = len(window[0][1])
-            tokenized = [tokenize(self._tokenizer, [inputs[order] for _, inputs in window], self._settings.max_length)
-                         for order in range(orders)]
-            items = [TokenizedItem(key, tuple(enc for enc, _ in encoded), any(cut for _, cut in encoded))
-                     for (key, _), *encoded in zip(window, *tokenized)]
+            try:
+                items = self._tokenize(window)
+            except Exception:  # find the inputs the tokenizer fails on; the others go on
+                items = []
+                for element in window:
+                    try:
+                        items += self._tokenize([element])
+                    except Exception as exc:
+                        yield beam.pvalue.TaggedOutput("failed", (element[0], failure(exc)))
             batches = pack_batches([item.cost for item in items], self._budget)
         self._truncated.inc(sum(item.truncated for item in items))
         for indices in batches:

@@ -14,8 +14,9 @@ from typing import Iterable, NamedTuple, Optional
 
 import apache_beam as beam
 
+from transforms.errors import RejectedRow, failure
 from transforms.metrics import StageTimer
-from transforms.read import Columns, Question, RejectedRow
+from transforms.read import Columns, Question
 
 _CJK = r"\u2e80-\u2fdf\u3040-\u30ff\u3100-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _SPACES = re.compile(r"\s+")
@@ -83,13 +84,18 @@ class _Normalize(beam.DoFn):
         self._timer = StageTimer("normalize")
 
     def process(self, question: Question):
-        with self._timer:
-            normalized = normalize_text(question.text)
+        try:
+            with self._timer:
+                normalized = normalize_text(question.text)
+        except Exception as exc:
+            yield beam.pvalue.TaggedOutput("rejected", RejectedRow.of(
+                question.row(self._columns), question.source, "normalize_error", failure(exc), "normalize"))
+            return
         if not normalized:
             yield beam.pvalue.TaggedOutput(
                 "rejected",
                 RejectedRow.of(question.row(self._columns), question.source, "empty_after_normalization",
-                               "the text has no characters left after removing punctuation and spaces"),
+                               "the text has no characters left after removing punctuation and spaces", "normalize"),
             )
             return
         yield question._replace(normalized=normalized)

@@ -7,7 +7,6 @@ the pipeline starts, so they cost seconds, not a worker start-up.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple, Optional
@@ -19,7 +18,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.errors import QdedupError
+from transforms.errors import QdedupError, RejectedRow, failure
 from transforms.metrics import StageTimer
 
 _LOG = logging.getLogger(__name__)
@@ -47,27 +46,6 @@ class Question(NamedTuple):
 
     def row(self, columns: Columns) -> dict:
         return {columns.id: self.id, columns.text: self.text}
-
-
-class RejectedRow(NamedTuple):
-    row: str
-    reason: str
-    detail: str
-    source: str
-
-    @classmethod
-    def of(cls, row: dict, source: str, reason: str, detail: str) -> "RejectedRow":
-        return cls(row_as_json(row), reason, detail, source)
-
-
-def row_as_json(row: dict) -> str:
-    """JSON text of an input row, readable for CJK, and valid even with broken strings."""
-    try:
-        text = json.dumps(row, ensure_ascii=False, default=repr)
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:  # lone surrogates cannot be written as UTF-8
-        return json.dumps(row, ensure_ascii=True, default=repr)
 
 
 @dataclass(frozen=True)
@@ -150,14 +128,45 @@ def _one_type(types_by_path: dict[str, str], what: str) -> None:
                           + "; ".join(f"{t} in {p}" for t, p in sorted(by_type.items())) + "; make them one type")
 
 
+class Undecodable(NamedTuple):
+    """Stands for a text whose bytes are not valid UTF-8 (a writer that did not check)."""
+
+    raw: str  # the bytes, escaped
+
+
+def text_values(column: pa.Array) -> list:
+    """Python strings, with `Undecodable` where a string column holds invalid UTF-8 (instead of failing
+    the whole batch)."""
+    try:
+        return column.to_pylist()
+    except UnicodeDecodeError:
+        values = []
+        for raw in column.cast(pa.binary()).to_pylist():
+            try:
+                values.append(None if raw is None else raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                values.append(Undecodable(repr(raw)))
+        return values
+
+
+class Unreadable(NamedTuple):
+    """Stands for the id of a row that could not be decoded from its file."""
+
+    detail: str
+
+
 def validate_row(row_id: object, text: object, max_text_chars: int) -> Optional[tuple[str, str]]:
     """(reason, detail) when a row cannot be deduplicated, None when it can."""
+    if isinstance(row_id, Unreadable):
+        return "unreadable_row", row_id.detail
     if row_id is None:
         return "null_id", "the id is null"
     if isinstance(row_id, str) and not row_id.strip():
         return "empty_id", "the id is an empty string"
     if text is None:
         return "null_text", "the text is null"
+    if isinstance(text, Undecodable):
+        return "invalid_unicode", f"the text is not valid UTF-8: {text.raw[:200]}"
     if not isinstance(text, str):
         return "text_not_string", f"the text is {type(text).__name__}, not a string"
     if not text.strip():
@@ -182,14 +191,24 @@ class _ReadParquetFile(beam.DoFn):
         index = 0
         with readable_file.open(compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             names = [name for name in self._columns if name]
-            batches = pq.ParquetFile(handle).iter_batches(batch_size=_READ_BATCH_ROWS, columns=names)
+            parquet = pq.ParquetFile(handle)
+            batches = parquet.iter_batches(batch_size=_READ_BATCH_ROWS, columns=names)
             while True:
                 with self._timer:
-                    batch = next(batches, None)
+                    try:
+                        batch = next(batches, None)
+                    except Exception as exc:  # a damaged page: its rows and the rest of the file are set aside
+                        detail = f"the file could not be decoded from this row on ({failure(exc)})"
+                        for row in range(index, parquet.metadata.num_rows):
+                            yield Unreadable(detail), None, None, path, row
+                        self._rows.inc(parquet.metadata.num_rows - index)
+                        _LOG.warning("%s: rows %d to %d cannot be decoded; they go to rejected/",
+                                     path, index, parquet.metadata.num_rows - 1)
+                        return
                     if batch is None:
                         break
                     ids = batch.column(self._columns.id).to_pylist()
-                    texts = batch.column(self._columns.text).to_pylist()
+                    texts = text_values(batch.column(self._columns.text))
                     times = (time_values(batch.column(self._columns.timestamp)) if self._columns.timestamp
                              else [None] * len(ids))
                 for row_id, text, when in zip(ids, texts, times):
@@ -207,10 +226,15 @@ class _Validate(beam.DoFn):
     def process(self, raw: tuple):
         row_id, text, when, path, index = raw
         source = f"{path}#{index}"
-        problem = validate_row(row_id, text, self._max_text_chars)
+        try:
+            problem = validate_row(row_id, text, self._max_text_chars)
+        except Exception as exc:  # a value no check foresaw: set the row aside, keep the run going
+            problem = "validation_error", failure(exc)
         if problem is not None:
             yield beam.pvalue.TaggedOutput(
-                "rejected", RejectedRow.of({self._columns.id: row_id, self._columns.text: text}, source, *problem))
+                "rejected", RejectedRow.of(
+                    {} if isinstance(row_id, Unreadable) else {self._columns.id: row_id, self._columns.text: text},
+                    source, *problem))
             return
         yield row_id, (path, index, text, when)
 

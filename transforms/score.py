@@ -16,10 +16,12 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
-from transforms.errors import QdedupError
+from transforms.errors import QdedupError, RejectedRow
 from transforms.metrics import StageTimer
 from transforms.model import (
     Encoding,
+    Forwarded,
+    ModelFailure,
     ModelSettings,
     TokenizeAndPack,
     TokenizedItem,
@@ -27,7 +29,7 @@ from transforms.model import (
     handler_sharing,
     load_model,
     load_tokenizer,
-    run_splitting_on_oom,
+    run_splitting_on_failure,
 )
 
 _LOG = logging.getLogger(__name__)
@@ -58,14 +60,14 @@ class PairClassifier:
         self.device = device
         self.pad_id = pad_id
 
-    def score(self, encodings: Sequence[Encoding]) -> tuple[np.ndarray, int]:
-        """(probabilities, number of out-of-memory splits it took)."""
+    def score(self, encodings: Sequence[Encoding]) -> Forwarded:
+        """P(label 1) per encoding (None where the model failed on it), and the out-of-memory splits."""
         import torch
 
         def forward(batch: dict) -> np.ndarray:
             return torch.softmax(self.model(**batch).logits.float(), dim=-1)[:, 1].cpu().numpy()
 
-        return run_splitting_on_oom(forward, encodings, self.pad_id, self.device)
+        return run_splitting_on_failure(forward, encodings, self.pad_id, self.device)
 
 
 def load_classifier(settings: ModelSettings) -> PairClassifier:
@@ -91,12 +93,14 @@ class PairScorer(ModelHandler[TokenizedItem, float, PairClassifier]):
                       inference_args: Optional[dict] = None) -> Iterable[PredictionResult]:
         flat = [encoding for pair in batch for encoding in pair.encodings]
         with self._timer:
-            probabilities, splits = model.score(flat)
-        self._oom_splits.inc(splits)
+            scored = model.score(flat)
+        self._oom_splits.inc(scored.oom_splits)
         results, start = [], 0
         for pair in batch:  # with --symmetric a pair has two encodings: their scores are averaged
             end = start + len(pair.encodings)
-            results.append(PredictionResult(pair, float(np.mean(probabilities[start:end]))))
+            errors = [scored.errors[i] for i in range(start, end) if i in scored.errors]
+            inference = ModelFailure(errors[0]) if errors else float(np.mean(scored.outputs[start:end]))
+            results.append(PredictionResult(pair, inference))
             start = end
         return results
 
@@ -129,6 +133,18 @@ class _LogProgress(beam.DoFn):
         yield pair
 
 
+def _failed_pair(key: tuple, reason: str, detail: str, stage: str) -> RejectedRow:
+    id_a, id_b, _, source = key
+    return RejectedRow.of({"id_a": id_a, "id_b": id_b}, source, reason, detail, stage, "pair")
+
+
+def _scored_pair(key: tuple, result: PredictionResult) -> Iterable:
+    if isinstance(result.inference, ModelFailure):
+        yield beam.pvalue.TaggedOutput("failed", _failed_pair(key, "score_error", result.inference.detail, "score"))
+    else:
+        yield ScoredPair(key[0], key[1], float(result.inference), key[2], key[3])
+
+
 def _model_inputs(candidate, symmetric: bool):
     key = (candidate.id_a, candidate.id_b, candidate.similarity, candidate.source)
     forward = (candidate.text_a, candidate.text_b)
@@ -136,7 +152,11 @@ def _model_inputs(candidate, symmetric: bool):
 
 
 class ScorePairs(beam.PTransform):
-    """`CandidatePair`s -> `ScoredPair`s, through RunInference with pre-packed batches."""
+    """`CandidatePair`s -> {"scored": `ScoredPair`s, "failed": `RejectedRow`s of kind "pair"}.
+
+    Through RunInference with pre-packed batches; a pair the tokenizer or the
+    model fails on is set aside, the others are scored.
+    """
 
     def __init__(self, settings: ModelSettings):
         super().__init__()
@@ -144,13 +164,24 @@ class ScorePairs(beam.PTransform):
 
     def expand(self, candidates):
         total = candidates | "CountCandidates" >> beam.combiners.Count.Globally()
-        return (
+        tokenized = (
             candidates
             | "ModelInputs" >> beam.Map(_model_inputs, self._settings.symmetric)
-            | "TokenizeAndPack" >> beam.ParDo(TokenizeAndPack(self._settings, "score"))
-            | "RunCrossEncoder" >> RunInference(KeyedModelHandler(PairScorer(self._settings)).with_no_batching())
-            | "ToScoredPair" >> beam.MapTuple(
-                lambda key, result: ScoredPair(key[0], key[1], float(result.inference), key[2], key[3]))
-            | "LogProgress" >> beam.ParDo(_LogProgress(self._settings.progress_seconds),
-                                          total=beam.pvalue.AsSingleton(total))
+            | "TokenizeAndPack" >> beam.ParDo(TokenizeAndPack(self._settings, "score")).with_outputs(
+                "failed", main="batches")
         )
+        scored = (
+            tokenized.batches
+            | "RunCrossEncoder" >> RunInference(KeyedModelHandler(PairScorer(self._settings)).with_no_batching())
+            | "ToScoredPair" >> beam.FlatMapTuple(_scored_pair).with_outputs("failed", main="scored")
+        )
+        failed = (
+            (tokenized.failed | "TokenizeFailed" >> beam.MapTuple(lambda key, detail: _failed_pair(
+                key, "tokenize_error", detail, "score_tokenize")), scored.failed)
+            | "AllFailed" >> beam.Flatten()
+        )
+        return {
+            "scored": scored.scored | "LogProgress" >> beam.ParDo(
+                _LogProgress(self._settings.progress_seconds), total=beam.pvalue.AsSingleton(total)),
+            "failed": failed,
+        }

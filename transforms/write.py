@@ -41,8 +41,8 @@ def pairs_schema(id_type: str) -> pa.Schema:
                       ("source", pa.string())])
 
 
-REJECTED_SCHEMA = pa.schema([("row", pa.string()), ("reason", pa.string()),
-                             ("detail", pa.string()), ("source", pa.string())])
+REJECTED_SCHEMA = pa.schema([("row", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
+                             ("source", pa.string()), ("stage", pa.string()), ("kind", pa.string())])
 
 
 def output_path(output: str, part: str) -> str:
