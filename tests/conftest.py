@@ -5,6 +5,8 @@ import csv
 import os
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from samples.make_sample import build_rows
@@ -33,6 +35,19 @@ def bq_pairs(limit: int | None = None) -> list[tuple[str, str, int]]:
     with open(path, encoding="utf-8-sig", newline="") as handle:
         pairs = [(r["sentence1"], r["sentence2"], int(r["label"])) for r in csv.DictReader(handle)]
     return pairs[:limit] if limit else pairs
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """The sample rows plus a second file whose text column is not a string column."""
+    directory = tmp_path_factory.mktemp("corpus")
+    rows = build_rows()
+    pq.write_table(pa.table({"id": pa.array([r[0] for r in rows], pa.int64()),
+                             "question": pa.array([r[1] for r in rows], pa.string())}),
+                   directory / "a.parquet")
+    pq.write_table(pa.table({"id": pa.array([3001, 3002], pa.int64()), "question": [7, 8]}),
+                   directory / "b.parquet")
+    return directory, rows + [(3001, 7), (3002, 8)]
 
 
 @pytest.fixture(scope="session")

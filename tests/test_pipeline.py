@@ -49,19 +49,6 @@ def run_qdedup(input_pattern, out, model, *extra):
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """The sample rows plus a second file whose text column is not a string column."""
-    directory = tmp_path_factory.mktemp("corpus")
-    rows = build_rows()
-    pq.write_table(pa.table({"id": pa.array([r[0] for r in rows], pa.int64()),
-                             "question": pa.array([r[1] for r in rows], pa.string())}),
-                   directory / "a.parquet")
-    pq.write_table(pa.table({"id": pa.array([3001, 3002], pa.int64()), "question": [7, 8]}),
-                   directory / "b.parquet")
-    return directory, rows + [(3001, 7), (3002, 8)]
-
-
-@pytest.fixture(scope="module")
 def in_memory_run(corpus, tiny_model, tmp_path_factory):
     directory, _ = corpus
     out = tmp_path_factory.mktemp("run") / "out"

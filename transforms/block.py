@@ -227,6 +227,9 @@ class _SearchWorkItem(beam.DoFn):
 
 
 def _search(queries: list, index: list, settings: BlockingSettings) -> dict:
+    # In id order: the float sums, and so the similarities, do not depend on the order items arrived in.
+    queries = sorted(queries, key=lambda item: item[0].id)
+    index = sorted(index, key=lambda item: item[0].id)
     return knn_lists([item[0].id for item in queries], np.stack([to_dense(item[1]) for item in queries]),
                      [item[0].id for item in index], np.stack([to_dense(item[1]) for item in index]),
                      settings.top_k, settings.min_similarity)
