@@ -24,6 +24,7 @@ from pipelines.options import (
     validate,
 )
 from pipelines.recall import recall
+from pipelines.report import write_html_report
 from transforms.errors import QdedupError
 from transforms.ids import check_previous_groups
 from transforms.metrics import STAGE_NAMESPACE
@@ -49,7 +50,7 @@ def prepare_output(output: str, overwrite: bool) -> None:
     existing = []
     for part in OUTPUT_PARTS:
         path = output_path(output, part)
-        pattern = path if part.endswith(".json") else output_path(path, "**")  # state/ has folders
+        pattern = path if part.startswith("report.") else output_path(path, "**")  # state/ has folders
         existing += [m.path for m in FileSystems.match([pattern])[0].metadata_list]
     if existing and not overwrite:
         raise QdedupError(
@@ -100,6 +101,15 @@ def run_totals(report: dict, result) -> dict:
     }
 
 
+def check_placeholders(pipeline_options: PipelineOptions) -> None:
+    """A preset's YOUR_* placeholders must be filled in before anything is launched."""
+    for name, value in sorted(pipeline_options.get_all_options(drop_default=True).items()):
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and "YOUR_" in item:
+                raise QdedupError(f"--{name} is {item!r}: fill in the preset's YOUR_* placeholders "
+                                  "(or pass the option on the command line)")
+
+
 def check_device_here(pipeline_options: PipelineOptions, device: str) -> None:
     """A local run with --device cuda fails now, not after reading and blocking the whole corpus."""
     runner = pipeline_options.view_as(StandardOptions).runner
@@ -117,6 +127,7 @@ def run(argv: Sequence[str]) -> int:
     pipeline_options = PipelineOptions(expand_argv(argv))
     options = pipeline_options.view_as(QdedupOptions)
     validate(options)
+    check_placeholders(pipeline_options)
     info = inspect_input(options.input, input_columns(options))
     _LOG.info("input: %d files, %d rows, ids of type %s", len(info.files), info.rows, info.id_type)
     if options.previous_groups:
@@ -144,6 +155,7 @@ def run(argv: Sequence[str]) -> int:
     report.update(run_totals(report, result))
     report["seconds_total"] = round(time.monotonic() - started, 3)
     write_json(report_path, report)
+    write_html_report(options.output, report)
     print(f"qdedup: {report['rows_in']} rows in, {report['rows_rejected']} rejected, "
           + (f"{report['rows_existing']} from --existing, " if options.existing else "")
           + f"{report['groups']} groups (largest {report['largest_group']}), "

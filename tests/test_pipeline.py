@@ -362,3 +362,17 @@ def test_canonical_earliest_by_timestamp_column(tiny_model, tmp_path, capsys):
     assert "timestamp column 'asked' has type string" in capsys.readouterr().err
     assert main(argv[:-3] + ["--canonical=earliest", *RUNNER_ARGS]) == 2
     assert "--canonical earliest needs --timestamp-column" in capsys.readouterr().err
+
+
+def test_report_html_is_self_contained_and_shows_the_run(in_memory_run):
+    import re
+    out, report = in_memory_run
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and "</html>" in page
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", page)  # opens offline: nothing fetched
+    assert f"{report['rows_in']:,}" in page and "threshold" in page and "<svg" in page
+    bars = [int(v.replace(",", "")) for v in re.findall(r"<title>0\.\d\d: ([\d,]+)</title>", page)]
+    assert sum(bars) == len(read_part(out, "pairs"))  # the score histogram covers every scored pair
+    largest = max(read_part(out, "groups"), key=lambda g: (g["group_size"], -g["id"]))
+    assert f"{largest['group_size']:,} rows" in page
+    assert page.count("<tr>") >= 20  # counts, stages, borderline pairs, rejected reasons

@@ -193,12 +193,14 @@ def test_check_scorer_model_names_the_problem(tiny_model, tmp_path):
         check_scorer_model(str(tmp_path / "absent"))
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(QdedupError, match="missing config.json, model.safetensors or pytorch_model.bin"):
+    with pytest.raises(QdedupError, match=r"missing config.json, model.safetensors \(weights are read from "
+                                          r"safetensors only\), tokenizer.json or vocab.txt"):
         check_scorer_model(str(empty))
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
     (broken / "model.safetensors").write_bytes(b"")
+    (broken / "vocab.txt").write_text("[PAD]\n")
     with pytest.raises(QdedupError, match=r"cannot load model .*\(--scorer-model\)"):
         check_scorer_model(str(broken))
 

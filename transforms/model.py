@@ -22,8 +22,11 @@ from transforms.errors import QdedupError, failure
 from transforms.metrics import StageTimer
 
 _LOG = logging.getLogger(__name__)
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json")
+# Weights are read from safetensors only: a pickled pytorch_model.bin can run code when loaded.
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "spiece.model")
+MODELSCOPE = "modelscope:"
+_CACHE = os.environ.get("QDEDUP_MODEL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "qdedup", "models"))
 # Padded tokens per batch when --token-budget is 0, chosen by benchmarks/bench_scoring.py.
 AUTO_TOKEN_BUDGET = {"cpu": 2048, "cuda": 32768}
 
@@ -84,27 +87,111 @@ def token_budget(settings: ModelSettings) -> int:
     return settings.token_budget or AUTO_TOKEN_BUDGET[resolve_device(settings.device)]
 
 
+def is_remote(name: str) -> bool:
+    """gs://, s3:// and any other Beam filesystem; hub ids and local paths are not."""
+    return "://" in name
+
+
+def missing_files(names: Iterable[str]) -> list[str]:
+    """What a model directory with these file names lacks to be loaded."""
+    names = {os.path.basename(n) for n in names}
+    missing = [] if "config.json" in names else ["config.json"]
+    if not names & set(_WEIGHT_FILES):
+        missing.append("model.safetensors (weights are read from safetensors only)")
+    if not names & set(_TOKENIZER_FILES):
+        missing.append(" or ".join(_TOKENIZER_FILES[:2]))
+    return missing
+
+
+def _remote_files(directory: str) -> list:
+    from apache_beam.io.filesystems import FileSystems
+    prefix = directory.rstrip("/") + "/"
+    return [m for m in FileSystems.match([prefix + "**"])[0].metadata_list if not m.path.endswith("/")]
+
+
+def copy_remote_model(directory: str) -> str:
+    """A gs:// / s3:// model directory, copied once per machine into the local cache; its local path.
+
+    The copy is made in a temporary folder and renamed into place, so SDK
+    processes starting together on one worker never see half a model.
+    """
+    import hashlib
+    import shutil
+    import tempfile
+
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+    target = os.path.join(_CACHE, hashlib.sha256(directory.rstrip("/").encode()).hexdigest()[:16])
+    if os.path.exists(os.path.join(target, ".complete")):
+        return target
+    os.makedirs(_CACHE, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=_CACHE)
+    prefix = directory.rstrip("/") + "/"
+    for metadata in _remote_files(directory):
+        local = os.path.join(staging, metadata.path[len(prefix):])
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        with FileSystems.open(metadata.path, compression_type=CompressionTypes.UNCOMPRESSED) as source, \
+                open(local, "wb") as sink:
+            shutil.copyfileobj(source, sink, 1 << 22)
+    open(os.path.join(staging, ".complete"), "w").close()
+    try:
+        os.rename(staging, target)
+    except OSError:  # another process got there first
+        shutil.rmtree(staging, ignore_errors=True)
+    _LOG.info("copied model %s to %s", directory, target)
+    return target
+
+
+def model_path(name: str) -> str:
+    """What transformers loads: a hub id or local directory as given, a copy of a remote directory,
+    or a ModelScope download for `modelscope:ID`."""
+    if name.startswith(MODELSCOPE):
+        try:
+            from modelscope import snapshot_download
+        except ImportError as exc:
+            raise QdedupError(f"{name!r} needs the modelscope package: pip install modelscope") from exc
+        return snapshot_download(name[len(MODELSCOPE):])
+    return copy_remote_model(name) if is_remote(name) else name
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.path.exists(name)
+
+
 def check_model(name: str, option: str):
-    """Fails fast, naming what is wrong, when a model cannot be loaded; returns its config."""
+    """Fails fast, naming what is wrong, when a model cannot be loaded; returns its config.
+
+    A remote directory is only listed here (workers copy it); a local one must
+    hold config.json, safetensors weights and tokenizer files.
+    """
     from transformers import AutoConfig, AutoTokenizer
-    looks_local = name.startswith((".", "/", "~")) or os.path.exists(name)
-    if looks_local:
+    if is_remote(name):
+        try:
+            files = [m.path for m in _remote_files(name)]
+        except Exception as exc:
+            raise QdedupError(f"{option} {name!r} cannot be listed: {exc}") from exc
+        missing = missing_files(files)
+        if missing:
+            raise QdedupError(f"{option} {name!r} is not a complete model directory: missing {', '.join(missing)}")
+        name = copy_remote_model(name)  # the launcher checks the copy the way workers will load it
+    if _looks_local(name):
         path = os.path.expanduser(name)
         if not os.path.isdir(path):
             raise QdedupError(f"{option} {name!r}: no such directory")
-        missing = [f for f in ("config.json",) if not os.path.exists(os.path.join(path, f))]
-        if not any(os.path.exists(os.path.join(path, f)) for f in _WEIGHT_FILES):
-            missing.append(" or ".join(_WEIGHT_FILES[::2]))
+        missing = missing_files(os.listdir(path))
         if missing:
             raise QdedupError(
                 f"{option} {name!r} is not a complete model directory: missing {', '.join(missing)}")
     try:
-        config = AutoConfig.from_pretrained(name)
-        AutoTokenizer.from_pretrained(name)
+        local = model_path(name)
+        config = AutoConfig.from_pretrained(local, trust_remote_code=False)
+        AutoTokenizer.from_pretrained(local, trust_remote_code=False)
+    except QdedupError:
+        raise
     except Exception as exc:
-        hint = "" if looks_local else (
+        hint = "" if _looks_local(name) else (
             "; if the model hub is unreachable, download the model elsewhere "
-            f"and pass its local directory as {option}")
+            f"and pass its local directory (or a gs:// / s3:// copy) as {option}")
         reason = str(exc).strip().rstrip(".")
         raise QdedupError(f"cannot load model {name!r} ({option}): {reason}{hint}") from exc
     return config
@@ -112,7 +199,7 @@ def check_model(name: str, option: str):
 
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(name)
+    return AutoTokenizer.from_pretrained(model_path(name), trust_remote_code=False)
 
 
 def load_model(settings: ModelSettings, auto_class):
@@ -122,7 +209,8 @@ def load_model(settings: ModelSettings, auto_class):
     dtype = resolve_dtype(settings.precision, device)
     if device == "cpu":
         torch.set_num_threads(settings.torch_threads or len(os.sched_getaffinity(0)))
-    model = auto_class.from_pretrained(settings.model, attn_implementation="sdpa")
+    model = auto_class.from_pretrained(model_path(settings.model), attn_implementation="sdpa",
+                                       use_safetensors=True, trust_remote_code=False)
     model = model.eval().to(device=device, dtype=dtype)
     _LOG.info("loaded %s on %s (%s, %d threads)", settings.model, device, dtype, torch.get_num_threads())
     return model, device

@@ -14,7 +14,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquet
 
-OUTPUT_PARTS = ("groups", "pairs", "rejected", "lineage", "state", "report.json")
+OUTPUT_PARTS = ("groups", "pairs", "rejected", "lineage", "state", "report.json", "report.html")
 
 
 def arrow_id_type(id_type: str) -> pa.DataType:

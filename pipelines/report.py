@@ -1,0 +1,184 @@
+"""`report.html`: one self-contained page a person can read in a minute, written after a run.
+
+It reads the run's own outputs, streaming them file by file and batch by batch
+(so its memory does not grow with the corpus): counts, time per stage, the
+histogram of pair scores with the threshold marked, group sizes, the largest
+groups and the pairs nearest the threshold, as text, for review.
+"""
+from __future__ import annotations
+
+import heapq
+import html
+from collections import Counter
+from typing import Iterable, Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.write import output_path
+
+SCORE_BINS = 20
+LARGEST_GROUPS = 10
+MEMBERS_SHOWN = 5
+BORDERLINE_PAIRS = 20
+SIZE_BUCKETS = ((1, 1), (2, 2), (3, 3), (4, 5), (6, 10), (11, 20), (21, 50), (51, 100), (101, None))
+
+
+def _batches(output: str, part: str, columns: list[str]) -> Iterator[dict]:
+    """Column lists of every batch of `output/part/*.parquet`."""
+    pattern = output_path(output_path(output, part), "*.parquet")
+    for metadata in sorted(FileSystems.match([pattern])[0].metadata_list, key=lambda m: m.path):
+        with FileSystems.open(metadata.path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            for batch in pq.ParquetFile(handle).iter_batches(columns=columns):
+                yield {name: batch.column(name).to_pylist() for name in columns}
+
+
+def gather(output: str, report: dict) -> dict:
+    threshold = report["configuration"]["threshold"]
+    histogram = np.zeros(SCORE_BINS, dtype=np.int64)
+    near: list = []  # heap of (-distance, pair) holding the pairs nearest the threshold
+    for batch in _batches(output, "pairs", ["id_a", "id_b", "score", "similarity", "source"]):
+        scores = np.asarray(batch["score"], dtype=np.float64)
+        histogram += np.histogram(scores, bins=SCORE_BINS, range=(0.0, 1.0))[0]
+        for i, score in enumerate(scores):
+            item = (-abs(score - threshold), batch["id_a"][i], batch["id_b"][i], score, batch["similarity"][i],
+                    batch["source"][i])
+            if len(near) < BORDERLINE_PAIRS:
+                heapq.heappush(near, item)
+            elif item > near[0]:
+                heapq.heapreplace(near, item)
+    rows_by_size: Counter = Counter()
+    largest: dict = {}
+    for batch in _batches(output, "groups", ["group_id", "group_size", "canonical_id"]):
+        rows_by_size.update(batch["group_size"])
+        for group_id, size, canonical in zip(batch["group_id"], batch["group_size"], batch["canonical_id"]):
+            if size > 1 and group_id not in largest:
+                largest[group_id] = (size, canonical)
+                if len(largest) > 4 * LARGEST_GROUPS:
+                    largest = dict(sorted(largest.items(), key=lambda kv: (-kv[1][0], str(kv[0])))[:LARGEST_GROUPS])
+    top = dict(sorted(largest.items(), key=lambda kv: (-kv[1][0], str(kv[0])))[:LARGEST_GROUPS])
+    members: dict = {group_id: [] for group_id in top}
+    for batch in _batches(output, "groups", ["id", "group_id"]):
+        for row_id, group_id in zip(batch["id"], batch["group_id"]):
+            if group_id in members and len(members[group_id]) < MEMBERS_SHOWN:
+                members[group_id].append(row_id)
+    borderline = sorted((item for item in near), key=lambda item: item[3])
+    wanted = {i for ids in members.values() for i in ids} | {c for _, c in top.values()}
+    wanted |= {item[1] for item in borderline} | {item[2] for item in borderline}
+    texts = _texts(output, wanted)
+    rejected = Counter()
+    for batch in _batches(output, "rejected", ["reason", "kind"]):
+        rejected.update(f"{kind}: {reason}" for reason, kind in zip(batch["reason"], batch["kind"]))
+    return {
+        "threshold": threshold,
+        "histogram": histogram.tolist(),
+        "groups_by_size": {size: rows // size for size, rows in sorted(rows_by_size.items())},
+        "largest": [(group_id, size, texts.get(canonical, ""), [texts.get(m, "") for m in members[group_id]])
+                    for group_id, (size, canonical) in top.items()],
+        "borderline": [(a, b, score, similarity, source, texts.get(a, ""), texts.get(b, ""))
+                       for _, a, b, score, similarity, source in borderline],
+        "rejected": dict(rejected.most_common()),
+    }
+
+
+def _texts(output: str, ids: set) -> dict:
+    """Texts of these row ids, from the run's state (a row shows its representative's text)."""
+    rep_of = {}
+    for batch in _batches(output, "state/members", ["id", "rep_id"]):
+        rep_of.update((i, r) for i, r in zip(batch["id"], batch["rep_id"]) if i in ids)
+    reps = set(rep_of.values())
+    rep_text = {}
+    for batch in _batches(output, "state/representatives", ["id", "text"]):
+        rep_text.update((i, t) for i, t in zip(batch["id"], batch["text"]) if i in reps)
+    return {i: rep_text.get(r, "") for i, r in rep_of.items()}
+
+
+# ---- rendering ----
+
+def _bars(values: list[float], labels: list[str], marker: float | None = None, width: int = 640,
+          height: int = 160) -> str:
+    """An inline SVG bar chart; `marker` (0..1 along the x axis) draws a vertical line."""
+    top = max(values, default=0) or 1
+    step = width / max(len(values), 1)
+    parts = [f'<svg width="{width}" height="{height + 34}" role="img">']
+    for i, (value, label) in enumerate(zip(values, labels)):
+        h = height * value / top
+        x = i * step
+        parts.append(f'<rect x="{x + 1:.1f}" y="{height - h:.1f}" width="{step - 2:.1f}" height="{h:.1f}" '
+                     f'fill="#4a78b0"><title>{html.escape(label)}: {value:,}</title></rect>')
+        parts.append(f'<text x="{x + step / 2:.1f}" y="{height + 14}" font-size="9" text-anchor="middle">'
+                     f'{html.escape(label)}</text>')
+    if marker is not None:
+        x = marker * width
+        parts.append(f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{height}" stroke="#c0392b" stroke-width="2"/>'
+                     f'<text x="{x + 4:.1f}" y="12" font-size="11" fill="#c0392b">threshold</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _size_label(low: int, high: int | None) -> str:
+    return f"{low}+" if high is None else (str(low) if low == high else f"{low}-{high}")
+
+
+COUNT_KEYS = ("rows_in", "rows_existing", "rows_rejected", "rows_out", "exact_duplicates", "representatives",
+              "new_representatives", "candidate_pairs", "pairs_scored", "resplit_pairs_scored", "pairs_failed",
+              "questions_failed", "components_resplit", "groups", "groups_inherited", "lineage_merged",
+              "lineage_split", "largest_group", "truncated_pairs", "oom_splits", "seconds_total")
+
+
+def render(report: dict, figures: dict) -> str:
+    threshold = figures["threshold"]
+    counts = _table(("count", "value"), ((k, f"{report[k]:,}" if isinstance(report[k], int) else report[k])
+                                          for k in COUNT_KEYS if k in report))
+    stages = report.get("stage_seconds", {})
+    stage_rows = [(name, f"{seconds:,.1f}") for name, seconds in sorted(stages.items(), key=lambda kv: -kv[1])]
+    bins = [f"{i / SCORE_BINS:.2f}" for i in range(SCORE_BINS)]
+    sizes = figures["groups_by_size"]
+    buckets = [sum(n for s, n in sizes.items() if s >= low and (high is None or s <= high))
+               for low, high in SIZE_BUCKETS]
+    largest = "".join(
+        f"<details><summary>{html.escape(str(group_id))}: {size:,} rows — {html.escape(canonical)}</summary>"
+        f"<ul>{''.join(f'<li>{html.escape(t)}</li>' for t in members)}</ul></details>"
+        for group_id, size, canonical, members in figures["largest"])
+    borderline = _table(("score", "similarity", "source", "id_a", "text_a", "id_b", "text_b"),
+                        ((f"{score:.3f}", "" if sim is None else f"{sim:.3f}", source, a, ta, b, tb)
+                         for a, b, score, sim, source, ta, tb in figures["borderline"]))
+    accounting = "holds" if report.get("accounting_ok") else "DOES NOT HOLD"
+    config = report.get("configuration", {})
+    return f"""<!DOCTYPE html>
+<html lang="zh"><head><meta charset="utf-8"><title>qdedup report</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:.5em 0}}
+td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:13px}}h2{{margin-top:1.5em}}
+.ok{{color:#27ae60}}.bad{{color:#c0392b}}</style></head><body>
+<h1>qdedup run</h1>
+<p>input <code>{html.escape(str(config.get("input")))}</code>,
+output <code>{html.escape(str(config.get("output")))}</code>,
+scorer <code>{html.escape(str(config.get("scorer_model")))}</code>, threshold {threshold}.
+Row accounting (rows in + existing = rows out + rejected) <b class="{'ok' if report.get('accounting_ok') else 'bad'}">
+{accounting}</b>.</p>
+<h2>Counts</h2>{counts}
+<h2>Time per stage (seconds, summed over workers)</h2>{_table(("stage", "seconds"), stage_rows)}
+<h2>Pair scores</h2><p>{sum(figures["histogram"]):,} scored pairs; pairs right of the line are duplicates.</p>
+{_bars(figures["histogram"], bins, marker=threshold)}
+<h2>Group sizes (groups per size, in rows)</h2>
+{_bars(buckets, [_size_label(low, high) for low, high in SIZE_BUCKETS])}
+<h2>Largest groups</h2>{largest or "<p>No group has more than one row.</p>"}
+<h2>Pairs nearest the threshold</h2><p>For review: are these duplicates?</p>{borderline}
+<h2>Rejected</h2>{_table(("kind: reason", "count"), figures["rejected"].items())}
+</body></html>
+"""
+
+
+def write_html_report(output: str, report: dict) -> str:
+    path = output_path(output, "report.html")
+    with FileSystems.create(path) as handle:
+        handle.write(render(report, gather(output, report)).encode("utf-8"))
+    return path

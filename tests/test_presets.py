@@ -1,0 +1,101 @@
+"""The YAML presets make valid options for their runners, and the package installs and imports cleanly."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from apache_beam.options.pipeline_options import (
+    DebugOptions,
+    GoogleCloudOptions,
+    PipelineOptions,
+    SetupOptions,
+    StandardOptions,
+    WorkerOptions,
+)
+
+from pipelines.cli import main
+from pipelines.options import QdedupOptions, expand_argv, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+IO = ["--input", "gs://bucket/questions/*.parquet", "--output", "gs://bucket/qdedup/out"]
+
+
+def _options(preset: str, *extra: str) -> PipelineOptions:
+    return PipelineOptions(expand_argv(["--config", str(ROOT / "configs" / preset), *IO, *extra]))
+
+
+@pytest.mark.parametrize("preset", ["dataflow_gpu.yaml", "dataflow_cpu.yaml"])
+def test_dataflow_presets_hold_what_a_dataflow_job_needs(preset):
+    options = _options(preset)
+    assert options.view_as(StandardOptions).runner == "DataflowRunner"
+    cloud = options.view_as(GoogleCloudOptions)
+    assert cloud.project and cloud.region and cloud.job_name
+    assert cloud.temp_location.startswith("gs://") and cloud.staging_location.startswith("gs://")
+    worker = options.view_as(WorkerOptions)
+    assert worker.machine_type and worker.disk_size_gb >= 50 and worker.max_num_workers >= 1
+    setup_file = options.view_as(SetupOptions).setup_file
+    assert (ROOT / setup_file).resolve() == ROOT / "setup.py"
+    assert "use_runner_v2" in options.view_as(DebugOptions).experiments
+    qdedup = options.view_as(QdedupOptions)
+    validate(qdedup)
+    if preset == "dataflow_gpu.yaml":
+        accelerator = " ".join(cloud.dataflow_service_options)
+        assert "worker_accelerator=type:nvidia-" in accelerator and "install-nvidia-driver" in accelerator
+        assert worker.sdk_container_image and options.view_as(SetupOptions).sdk_location == "container"
+        assert (qdedup.device, qdedup.model_copies) == ("cuda", 1)
+    else:
+        assert (qdedup.device, qdedup.model_copies, qdedup.torch_threads) == ("cpu", 0, 1)
+
+
+def test_local_preset_runs_in_process():
+    options = _options("local.yaml")
+    assert options.view_as(StandardOptions).runner == "FnApiRunner"
+    assert options.view_as(QdedupOptions).device == "cpu"
+
+
+def test_unfilled_placeholders_stop_the_launch(capsys):
+    assert main(["run", "--config", str(ROOT / "configs" / "dataflow_gpu.yaml"), *IO]) == 2
+    err = capsys.readouterr().err
+    assert "--project" in err and "YOUR_PROJECT" in err and "fill in" in err
+
+
+def test_the_package_installs_in_a_clean_environment_and_imports_every_module(tmp_path):
+    """What Dataflow does with --setup_file: build the package, install it, import it on the worker."""
+    venv = tmp_path / "venv"
+    # System site-packages provide the heavy dependencies (beam, torch); the package must come from the
+    # venv's own install, not from this checkout.
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "dist"), str(ROOT)], check=True, cwd=tmp_path)
+    wheel = next((tmp_path / "dist").glob("qdedup-*.whl"))
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, cwd=tmp_path)
+    modules = sorted({f"{p.parent.name}.{p.stem}" for d in ("pipelines", "transforms")
+                      for p in (ROOT / d).glob("*.py") if p.stem != "__init__"})
+    code = ("import importlib, sys\n"
+            f"for name in {modules!r}:\n"
+            "    module = importlib.import_module(name)\n"
+            "    assert module.__file__.startswith(sys.prefix), (name, module.__file__)\n"
+            "print(len(sys.argv))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run([str(python), "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(modules) >= 15
+
+
+def test_the_worker_image_matches_the_launcher_and_copies_what_exists():
+    """Dataflow needs the worker's Python and Beam to be the launcher's; the image copies real paths."""
+    import re
+
+    import apache_beam
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    base = re.search(r"^FROM apache/beam_python(\d+\.\d+)_sdk:(\S+)", dockerfile, re.M)
+    assert base, "the image must start from an Apache Beam Python SDK image (it provides the harness boot)"
+    assert base.group(1) == f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert base.group(2) == apache_beam.__version__
+    for line in re.findall(r"^COPY (.+) \S+$", dockerfile, re.M):
+        for source in line.split():
+            assert (ROOT / source).exists(), source
+    gpu = (ROOT / "configs" / "dataflow_gpu.yaml").read_text()
+    assert "worker-gpu:0.1.0" in gpu and "version=\"0.1.0\"" in (ROOT / "setup.py").read_text()
