@@ -139,7 +139,7 @@ def render(report: dict, figures: dict) -> str:
     counts = _table(("count", "value"), ((k, f"{report[k]:,}" if isinstance(report[k], int) else report[k])
                                           for k in COUNT_KEYS if k in report))
     stages = report.get("stage_seconds", {})
-    stage_rows = [(name, f"{seconds:,.1f}") for name, seconds in sorted(stages.items(), key=lambda kv: -kv[1])]
+    stage_rows = [(name, f"{seconds:,.3f}") for name, seconds in sorted(stages.items(), key=lambda kv: -kv[1])]
     bins = [f"{i / SCORE_BINS:.2f}" for i in range(SCORE_BINS)]
     sizes = figures["groups_by_size"]
     buckets = [sum(n for s, n in sizes.items() if s >= low and (high is None or s <= high))
