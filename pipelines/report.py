@@ -42,9 +42,11 @@ def gather(output: str, report: dict) -> dict:
     for batch in _batches(output, "pairs", ["id_a", "id_b", "score", "similarity", "source"]):
         scores = np.asarray(batch["score"], dtype=np.float64)
         histogram += np.histogram(scores, bins=SCORE_BINS, range=(0.0, 1.0))[0]
-        for i, score in enumerate(scores):
-            item = (-abs(score - threshold), batch["id_a"][i], batch["id_b"][i], score, batch["similarity"][i],
-                    batch["source"][i])
+        distance = np.abs(scores - threshold)
+        nearest = np.argsort(distance, kind="stable")[:BORDERLINE_PAIRS]  # only these can enter the heap
+        for i in nearest:
+            item = (-float(distance[i]), batch["id_a"][i], batch["id_b"][i], float(scores[i]),
+                    batch["similarity"][i], batch["source"][i])
             if len(near) < BORDERLINE_PAIRS:
                 heapq.heappush(near, item)
             elif item > near[0]:
@@ -53,8 +55,10 @@ def gather(output: str, report: dict) -> dict:
     largest: dict = {}
     for batch in _batches(output, "groups", ["group_id", "group_size", "canonical_id"]):
         rows_by_size.update(batch["group_size"])
-        for group_id, size, canonical in zip(batch["group_id"], batch["group_size"], batch["canonical_id"]):
-            if size > 1 and group_id not in largest:
+        sizes = np.asarray(batch["group_size"])
+        for i in np.flatnonzero(sizes > 1):  # singletons, most rows, never make the list
+            group_id, size, canonical = batch["group_id"][i], int(sizes[i]), batch["canonical_id"][i]
+            if group_id not in largest:
                 largest[group_id] = (size, canonical)
                 if len(largest) > 4 * LARGEST_GROUPS:
                     largest = dict(sorted(largest.items(), key=lambda kv: (-kv[1][0], str(kv[0])))[:LARGEST_GROUPS])
