@@ -54,6 +54,11 @@ def test_unreadable_preset_is_named(tmp_path):
     (["--input", "x", "--output", "y", "--embedders", "encoder"], "neither 'lexical' nor 'encoder:MODEL'"),
     (["--input", "x", "--output", "y", "--embedders", "encoder:a,encoder:b"], "each once"),
     (["--input", "x", "--output", "y", "--id-column", "q", "--text-column", "q"], "must differ"),
+    (["--input", "x", "--output", "y", "--resplit-density", "1.5"], "--resplit-density"),
+    (["--input", "x", "--output", "y", "--canonical", "earliest"], "needs --timestamp-column"),
+    (["--input", "x", "--output", "y", "--existing", "p", "--previous-groups", "p/groups"],
+     "leave out --previous-groups"),
+    (["--input", "x", "--output", "y/", "--existing", "y"], "must be different directories"),
 ])
 def test_invalid_values_are_refused(argv, message):
     with pytest.raises(QdedupError, match=message):

@@ -72,3 +72,15 @@ def test_id_types_must_be_integer_or_string_and_agree(tmp_path):
     _write(tmp_path / "b.parquet", pa.table({"id": ["x"], "question": ["b"]}))
     with pytest.raises(QdedupError, match="id column types differ"):
         inspect_input(str(tmp_path / "*.parquet"), COLUMNS)
+
+
+def test_timestamp_columns_must_be_times_of_one_kind(tmp_path):
+    import datetime
+    timed = Columns("id", "question", "asked")
+    _write(tmp_path / "a.parquet", pa.table({"id": [1], "question": ["a"], "asked": [datetime.date(2026, 1, 1)]}))
+    assert inspect_input(str(tmp_path / "*.parquet"), timed).rows == 1
+    _write(tmp_path / "b.parquet", pa.table({"id": [2], "question": ["b"], "asked": [20260101]}))
+    with pytest.raises(QdedupError, match="timestamp columns .* differ between files"):
+        inspect_input(str(tmp_path / "*.parquet"), timed)
+    with pytest.raises(QdedupError, match="has no column 'asked_at'.*--timestamp-column"):
+        inspect_input(str(tmp_path / "*.parquet"), Columns("id", "question", "asked_at"))

@@ -93,7 +93,6 @@ class ExistingRun:
     """A previous run's output directory, checked and its small arrays loaded, before the pipeline starts."""
 
     output: str
-    configuration: dict
     params: dict = field(default_factory=dict)      # embedder kind -> {"idf"} or {"mean", "matrix"} or {}
     centroids: dict = field(default_factory=dict)   # embedder kind -> array or None (one partition)
 
@@ -115,7 +114,7 @@ def load_existing(output: str, options: dict, kinds: Iterable[str]) -> ExistingR
             flag = "--" + name.replace("_", "-")
             raise QdedupError(f"--existing {output!r} was made with {flag}={configuration.get(name)!r}, this run has "
                               f"{options.get(name)!r}: an extension must keep it (or run in full without --existing)")
-    existing = ExistingRun(output, configuration)
+    existing = ExistingRun(output)
     for kind in kinds:
         try:
             existing.params[kind] = _load_arrays(state_path(output, kind, "params.npz"))
