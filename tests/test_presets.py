@@ -1,5 +1,6 @@
 """The YAML presets make valid options for their runners, and the package installs and imports cleanly."""
 import os
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -63,10 +64,15 @@ def test_unfilled_placeholders_stop_the_launch(capsys):
 def test_the_package_installs_in_a_clean_environment_and_imports_every_module(tmp_path):
     """What Dataflow does with --setup_file: build the package, install it, import it on the worker."""
     venv = tmp_path / "venv"
-    # System site-packages provide the heavy dependencies (beam, torch); the package must come from the
-    # venv's own install, not from this checkout.
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
+    # This environment's site-packages provide the heavy dependencies (beam, torch), whether it is a
+    # virtual environment or not (--system-site-packages would reach only the base interpreter's). Plain
+    # directory lines: the .pth files there (this checkout's editable install) are not run, so the
+    # package must come from the venv's own install.
+    venv_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip()
+    Path(venv_site, "outer_environment.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                     "-w", str(tmp_path / "dist"), str(ROOT)], check=True, cwd=tmp_path)
     wheel = next((tmp_path / "dist").glob("qdedup-*.whl"))
