@@ -8,12 +8,11 @@ import time
 from typing import Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
-from pipelines.dedup import build_pipeline, check_embedders
+from pipelines.dedup import build_pipeline
 from pipelines.evaluate import evaluate
 from pipelines.options import (
     QdedupOptions,
@@ -24,15 +23,16 @@ from pipelines.options import (
     validate,
 )
 from pipelines.recall import recall
-from pipelines.report import write_html_report
+from pipelines.report import gather, render
+from transforms.commit import OutputRun, read_json
+from transforms.embed import check_encoder_model
 from transforms.errors import QdedupError
 from transforms.ids import check_previous_groups
 from transforms.metrics import STAGE_NAMESPACE
-from transforms.model import resolve_device
+from transforms.model import resolve_device, resolve_dtype
 from transforms.read import inspect_input
 from transforms.score import check_scorer_model
-from transforms.state import load_existing
-from transforms.write import OUTPUT_PARTS, output_path, read_json, write_json
+from transforms.state import load_prior
 
 _LOG = logging.getLogger("qdedup")
 USAGE = """usage: qdedup run --input PATTERN --output DIR [--config YAML] [options] [Beam options]
@@ -43,21 +43,6 @@ run:    finds duplicate questions in Parquet corpora.
 recall: the share of labelled duplicate pairs that blocking makes candidates, with the same options.
 evaluate: precision, recall and F1 of a run's groups on labelled pairs, and a threshold sweep.
 'qdedup run --help' lists the options."""
-
-
-def prepare_output(output: str, overwrite: bool) -> None:
-    """A run never mixes its files with an earlier run's."""
-    existing = []
-    for part in OUTPUT_PARTS:
-        path = output_path(output, part)
-        pattern = path if part.startswith("report.") else output_path(path, "**")  # state/ has folders
-        existing += [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-    if existing and not overwrite:
-        raise QdedupError(
-            f"--output {output!r} already holds a qdedup run ({len(existing)} files); "
-            "choose another directory or pass --overwrite")
-    if existing:
-        FileSystems.delete(existing)
 
 
 def counter_totals(result, namespace: str) -> dict:
@@ -110,16 +95,60 @@ def check_placeholders(pipeline_options: PipelineOptions) -> None:
                                   "(or pass the option on the command line)")
 
 
+def _is_local(pipeline_options: PipelineOptions) -> bool:
+    runner = pipeline_options.view_as(StandardOptions).runner
+    return runner is None or runner in StandardOptions.LOCAL_RUNNERS
+
+
 def check_device_here(pipeline_options: PipelineOptions, device: str) -> None:
     """A local run with --device cuda fails now, not after reading and blocking the whole corpus."""
-    runner = pipeline_options.view_as(StandardOptions).runner
-    if device == "cuda" and (runner is None or runner in StandardOptions.LOCAL_RUNNERS):
+    if device == "cuda" and _is_local(pipeline_options):
         resolve_device(device)
+
+
+def scoring_precision(options: QdedupOptions, pipeline_options: PipelineOptions) -> str:
+    """The precision scores are computed in, as far as the launcher can tell (state compares it)."""
+    if options.precision != "auto":
+        return options.precision
+    if _is_local(pipeline_options):
+        device = resolve_device(options.device)
+        return str(resolve_dtype("auto", device)).replace("torch.", "")
+    return "float32" if options.device == "cpu" else f"auto on {options.device}"
+
+
+def check_models(options: QdedupOptions) -> dict:
+    """Every model of the run loads and answers a trial input; {"scorer"/kind: fingerprint}."""
+    fingerprints = {"scorer": check_scorer_model(options.scorer_model, options.positive_label).fingerprint}
+    for kind, model in parse_embedders(options.embedders):
+        if kind == "encoder":
+            fingerprints[kind] = check_encoder_model(model).fingerprint
+    return fingerprints
+
+
+def failure_problem(report: dict, share: float) -> Optional[str]:
+    """Why a run's model failures are too many to let it replace the previous output, or None."""
+    checks = (("scorer", "pairs", report["pairs_failed"],
+               report["pairs_scored"] + report["resplit_pairs_scored"] + report["pairs_failed"]),
+              ("embedders", "questions", report["questions_failed"], report["questions_embedded"]))
+    for model, what, failed, attempted in checks:
+        if failed and (failed > share * attempted or failed == attempted):
+            first = report.get("first_failure") or {}
+            return (f"the {model} failed on {failed} of {attempted} {what} (more than --max-failed-share "
+                    f"{share}); the first: {first.get('row')}: {first.get('reason')}: {first.get('detail')}")
+    return None
 
 
 def _pipeline_failure(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[-1] if lines else type(exc).__name__
+
+
+def _files_by_folder(run: OutputRun) -> dict:
+    folders: dict = {}
+    for relative in run.written():
+        folder, _, _ = relative.rpartition("/")
+        folders.setdefault(folder, []).append(f"{run.write_root.rstrip('/')}/{relative}")
+    return folders
 
 
 def run(argv: Sequence[str]) -> int:
@@ -128,43 +157,54 @@ def run(argv: Sequence[str]) -> int:
     options = pipeline_options.view_as(QdedupOptions)
     validate(options)
     check_placeholders(pipeline_options)
-    info = inspect_input(options.input, input_columns(options))
-    _LOG.info("input: %d files, %d rows, ids of type %s", len(info.files), info.rows, info.id_type)
-    if options.previous_groups:
-        check_previous_groups(options.previous_groups, info.id_type)
-    existing = None
-    if options.existing:
-        existing = load_existing(options.existing, options.get_all_options(), [k for k, _ in
-                                                                               parse_embedders(options.embedders)])
-        check_previous_groups(output_path(options.existing, "groups"), info.id_type)
-    check_scorer_model(options.scorer_model)
-    check_embedders(options)
-    check_device_here(pipeline_options, options.device)
-    prepare_output(options.output, options.overwrite)
+    with OutputRun(options.output, options.overwrite) as out:
+        info = inspect_input(options.input, input_columns(options))
+        _LOG.info("input: %d files, %d rows, ids of type %s", len(info.files), info.rows, info.id_type)
+        previous_groups = None
+        if options.previous_groups:
+            previous_groups = check_previous_groups(options.previous_groups, info.id_type).paths("groups", ".parquet")
+        check_device_here(pipeline_options, options.device)
+        configuration = effective_configuration(pipeline_options)
+        configuration["fingerprints"] = check_models(options)
+        configuration["scoring_precision"] = scoring_precision(options, pipeline_options)
+        prior = None
+        if options.existing or options.params_from:
+            prior = load_prior(options.existing or options.params_from, bool(options.existing), configuration,
+                               [kind for kind, _ in parse_embedders(options.embedders)])
+            if options.existing:
+                check_previous_groups(options.existing, info.id_type)
 
-    configuration = effective_configuration(pipeline_options)
-    pipeline = beam.Pipeline(options=pipeline_options)
-    build_pipeline(pipeline, options, info, configuration, existing)
-    result = pipeline.run()
-    state = result.wait_until_finish()
-    if state != PipelineState.DONE:
-        raise RuntimeError(f"the pipeline ended in state {state}")
+        pipeline = beam.Pipeline(options=pipeline_options)
+        build_pipeline(pipeline, options, info, configuration, out, prior, previous_groups)
+        _LOG.info("run %s writes %s", out.run_id, out.write_root)
+        try:
+            result = pipeline.run()
+            state = result.wait_until_finish()
+            if state != PipelineState.DONE:
+                raise RuntimeError(f"the pipeline ended in state {state}")
+        except BaseException:
+            _LOG.error("the run failed; what it wrote is in %s; %s is as it was", out.keep_failed(), out.output)
+            raise
 
-    report_path = output_path(options.output, "report.json")
-    report = read_json(report_path)
-    report.update(run_totals(report, result))
-    report["seconds_total"] = round(time.monotonic() - started, 3)
-    write_json(report_path, report)
-    write_html_report(options.output, report)
+        report = read_json(out.draft_report)
+        report.update(run_totals(report, result))
+        report["run_id"] = out.run_id
+        report["seconds_total"] = round(time.monotonic() - started, 3)
+        problem = failure_problem(report, options.max_failed_share)
+        if problem is None and not report["accounting_ok"]:
+            problem = "rows_in + rows_existing != rows_out + rows_rejected; please report this with report.json"
+        if problem:
+            where = out.keep_failed()
+            print(f"qdedup: error: {problem}. Nothing replaced {options.output}; this run's rejected/ and "
+                  f"report are in {where}", file=sys.stderr)
+            return 1
+        out.commit(report, render(report, gather(_files_by_folder(out), report)))
     print(f"qdedup: {report['rows_in']} rows in, {report['rows_rejected']} rejected, "
           + (f"{report['rows_existing']} from --existing, " if options.existing else "")
           + f"{report['groups']} groups (largest {report['largest_group']}), "
-          f"{report['pairs_scored'] + report['resplit_pairs_scored']} pairs scored; wrote {options.output}")
-    if not report["accounting_ok"]:
-        print("qdedup: error: rows_in + rows_existing != rows_out + rows_rejected; "
-              "please report this with report.json",
-              file=sys.stderr)
-        return 1
+          f"{report['pairs_scored'] + report['resplit_pairs_scored']} pairs scored, "
+          f"{report['pairs_reused'] + report['resplit_pairs'] - report['resplit_pairs_scored']} reused; "
+          f"wrote {options.output}")
     return 0
 
 

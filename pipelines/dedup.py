@@ -1,7 +1,7 @@
 """The qdedup pipeline: read -> normalize -> embed -> block -> score -> cluster -> write."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.pvalue import AsSingleton
@@ -17,19 +17,20 @@ from pipelines.options import (
 )
 from transforms.block import BlockCandidates, UnionCandidates
 from transforms.cluster import ClusterGroups
+from transforms.commit import OutputRun, write_json
 from transforms.embed import EmbedEncoder, EmbedLexical
+from transforms.errors import RejectedRow
 from transforms.ids import ReadPreviousGroups
-from transforms.model import check_model
 from transforms.normalize import NormalizeAndCollapse
 from transforms.read import Columns, InputInfo, ReadQuestions
-from transforms.score import ScorePairs
+from transforms.score import ScoreCandidates
 from transforms.state import (
-    ExistingRun,
-    ReadExisting,
-    ReadExistingVectors,
+    STATE_FORMAT,
+    Prior,
+    ReadPrior,
+    SplitByStoredVector,
     WriteEmbedderState,
     WriteRunState,
-    update_top_sims,
 )
 from transforms.write import (
     REJECTED_SCHEMA,
@@ -37,10 +38,30 @@ from transforms.write import (
     build_report,
     groups_schema,
     lineage_schema,
-    output_path,
     pairs_schema,
-    write_json,
 )
+
+
+class EmbedderOutputs(NamedTuple):
+    """What a run keeps of one embedder: vectors as (id, (text key, vector)), each question's k nearest,
+    the parameters and the centroids."""
+
+    vectors: beam.PCollection
+    neighbours: beam.PCollection
+    params: beam.PCollection
+    centroids: beam.PCollection
+
+
+class Candidates(NamedTuple):
+    """Read, normalize, embed and block, as `qdedup run` and `qdedup recall` share them."""
+
+    read: dict
+    collapsed: dict
+    pairs: beam.PCollection
+    embedders: dict            # kind -> EmbedderOutputs
+    stored: Optional[dict]     # what ReadPrior read, with a prior run
+    failed: list               # RejectedRow PCollections of questions no vector was made for
+    embedded: list             # PCollections of the representatives each embedder embedded
 
 
 def _count(pcoll, label: str):
@@ -51,119 +72,140 @@ def _zero(pipeline, label: str):
     return pipeline | f"Zero{label}" >> beam.Create([0])
 
 
+def _failure_key(rejected: RejectedRow) -> tuple:
+    return rejected.kind, rejected.row, rejected.stage, rejected.reason, rejected.detail
+
+
+def _lowest(items) -> Optional[tuple]:
+    """The failure a failed run names: the lowest question or pair, whatever the order (or None)."""
+    return min((item for item in items if item is not None), default=None)
+
+
 def _write_report(_, configuration: dict, path: str, **counts) -> None:
     counts["exact_duplicates"] = counts["rows_accepted"] - counts["representatives"]
-    write_json(path, build_report(counts, configuration))
-
-
-def check_embedders(options: QdedupOptions) -> None:
-    """Encoder models named in --embedders load, before any pipeline starts."""
-    for kind, model in parse_embedders(options.embedders):
-        if kind == "encoder":
-            check_model(model, "--embedders encoder:")
+    first = counts.pop("first_failure")
+    counts["first_failure"] = None if first is None else dict(zip(("kind", "row", "stage", "reason", "detail"), first))
+    report = build_report(counts, configuration)
+    report["state_format"] = STATE_FORMAT
+    write_json(path, report)
 
 
 def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns: Columns,
-                        existing: Optional[ExistingRun] = None) -> dict:
+                        prior: Optional[Prior] = None) -> Candidates:
     """Read, normalize, embed and block: the part of a run that `qdedup recall` measures.
 
-    Extending an `existing` run, only its new questions are embedded and queried,
-    with the stored parameters, partitions and vectors.
+    With a `prior` run, questions it holds a vector for are not embedded again. Extending it
+    (`prior.extend`), only the new questions are searched, against everything, and the stored k
+    nearest of the others are updated; otherwise (`--params-from`) everything is searched with its
+    parameters and centroids.
     """
-    stored = pipeline | "ReadExisting" >> ReadExisting(existing.output) if existing else None
+    kinds = [kind for kind, _ in parse_embedders(options.embedders)]
+    stored = pipeline | "ReadPrior" >> ReadPrior(prior, kinds) if prior else None
+    extend = bool(prior and prior.extend)
     read = pipeline | "ReadQuestions" >> ReadQuestions(
         options.input, columns, options.max_text_chars,
-        stored["members"] | "ExistingIds" >> beam.Map(lambda m: m.id) if stored else None)
-    questions = read["questions"]
-    collapsed = ((questions, stored["representatives"]) if stored else questions) \
-        | "NormalizeAndCollapse" >> NormalizeAndCollapse(columns)
-    new_reps = collapsed["new_representatives"]
+        stored["members"] | "ExistingIds" >> beam.Map(lambda m: m.id) if extend else None)
+    collapsed = ((read["questions"], stored["representatives"]) if prior else read["questions"]) \
+        | "NormalizeAndCollapse" >> NormalizeAndCollapse(columns, extend)
+    representatives = collapsed["representatives"]
     settings = blocking_settings(options)
-    candidate_sets, embedders, failed = [], {}, []
+    candidate_sets, embedders, failed, embedded_reps = [], {}, [], []
     for kind, model in parse_embedders(options.embedders):
+        label = kind.title()
+        to_embed, known = representatives, None
+        if prior:
+            split = (representatives, stored["vectors"][kind]) | f"{label}Stored" >> SplitByStoredVector(extend)
+            to_embed, known = split.to_embed, split.stored
         if kind == "lexical":
-            embedded = new_reps | "EmbedLexical" >> EmbedLexical(
-                options.lexical_dim, existing.params[kind]["idf"] if existing else None)
+            embedded = to_embed | "EmbedLexical" >> EmbedLexical(
+                options.lexical_dim, prior.params[kind]["idf"] if prior else None)
         else:
-            embedded = new_reps | "EmbedEncoder" >> EmbedEncoder(
+            embedded = to_embed | "EmbedEncoder" >> EmbedEncoder(
                 encoder_settings(options, model), options.encoder_pooling, options.encoder_whiten,
-                existing.whitening(kind) if existing else None)
+                prior.whitening(kind) if prior else None)
         vectors = embedded["vectors"]
         failed.append(embedded["failed"])
-        if existing:
-            items = stored["representatives"] | f"Existing{kind.title()}" >> ReadExistingVectors(
-                existing.output, kind, settings)
-            blocked = (vectors, items | f"{kind.title()}Items" >> beam.Map(lambda item: item[:3])) \
-                | f"Block{kind.title()}" >> BlockCandidates(settings, kind, existing.centroids[kind])
-            old_vectors, old_sims = update_top_sims(items, blocked["top_sims"], settings.top_k, kind.title())
-            all_vectors = (vectors | f"{kind.title()}ById" >> beam.MapTuple(lambda rep, v: (rep.id, v)),
-                           old_vectors) | f"{kind.title()}AllVectors" >> beam.Flatten()
-            all_sims = (blocked["top_sims"], old_sims) | f"{kind.title()}AllSims" >> beam.Flatten()
+        embedded_reps.append(to_embed)
+        centroids = prior.centroids[kind] if prior else None
+        if extend:
+            blocked = (vectors, known) | f"Block{label}" >> BlockCandidates(settings, kind, centroids)
+            known_vectors = known | f"{label}StoredVector" >> beam.Map(lambda item: item[:2])
+            all_vectors = (vectors, known_vectors) | f"{label}AllVectors" >> beam.Flatten()
+        elif prior:
+            all_vectors = (vectors, known) | f"{label}AllVectors" >> beam.Flatten()
+            blocked = all_vectors | f"Block{label}" >> BlockCandidates(settings, kind, centroids)
         else:
-            blocked = vectors | f"Block{kind.title()}" >> BlockCandidates(settings, kind)
-            all_vectors = vectors | f"{kind.title()}ById" >> beam.MapTuple(lambda rep, v: (rep.id, v))
-            all_sims = blocked["top_sims"]
-        candidate_sets.append(blocked["pairs"])
-        embedders[kind] = (all_vectors, all_sims, embedded["params"], blocked["centroids"])
+            all_vectors = vectors
+            blocked = vectors | f"Block{label}" >> BlockCandidates(settings, kind)
+        candidate_sets.append(blocked.pairs)
+        embedders[kind] = EmbedderOutputs(
+            all_vectors | f"{label}ById" >> beam.MapTuple(lambda rep, vector: (rep.id, (rep.key, vector))),
+            blocked.neighbours, embedded["params"], blocked.centroids)
     candidates = (candidate_sets[0] if len(candidate_sets) == 1
                   else tuple(candidate_sets) | "UnionCandidates" >> UnionCandidates())
-    return {"read": read, "collapsed": collapsed, "candidates": candidates, "embedders": embedders,
-            "stored": stored, "failed": failed}
+    return Candidates(read, collapsed, candidates, embedders, stored, failed, embedded_reps)
 
 
-def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, info: InputInfo,
-                   configuration: dict, existing: Optional[ExistingRun] = None) -> None:
+def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, info: InputInfo, configuration: dict,
+                   out: OutputRun, prior: Optional[Prior] = None, previous_groups: Optional[list] = None) -> None:
+    """The whole run, writing under `out`. `previous_groups`: the groups/ files whose ids groups keep."""
     columns = input_columns(options)
-    out = options.output
-
-    generated = generate_candidates(pipeline, options, columns, existing)
-    read, collapsed, candidates = generated["read"], generated["collapsed"], generated["candidates"]
-    stored = generated["stored"]
-    representatives = collapsed["representatives"]
-    members = collapsed["members"]
-    scoring = candidates | "ScorePairs" >> ScorePairs(scorer_settings(options))
-    scored = scoring["scored"]
-    if stored:
-        members = (stored["members"], members) | "AllMembers" >> beam.Flatten()
-        known = (stored["pairs"], scored) | "KnownPairs" >> beam.Flatten()
-    else:
-        known = scored
-    previous_groups = output_path(existing.output, "groups") if existing else options.previous_groups
-    previous = pipeline | "ReadPreviousGroups" >> ReadPreviousGroups(previous_groups)
-    clustered = (representatives, members, known, previous) | "ClusterGroups" >> ClusterGroups(
-        chaining_settings(options), options.component_rounds, ScorePairs(scorer_settings(options)),
+    generated = generate_candidates(pipeline, options, columns, prior)
+    read, collapsed = generated.read, generated.collapsed
+    representatives, members = collapsed["representatives"], collapsed["members"]
+    known_scores = generated.stored["pairs"] if prior else None
+    texts = representatives | "RepresentativeText" >> beam.Map(lambda rep: (rep.id, rep.text))
+    scorer = scorer_settings(options)
+    scoring = generated.pairs | "ScoreCandidates" >> ScoreCandidates(scorer, known_scores, texts if prior else None)
+    if prior and prior.extend:
+        members = (generated.stored["members"], members) | "AllMembers" >> beam.Flatten()
+        previous_groups = prior.committed.paths("groups", ".parquet")
+    previous = pipeline | "ReadPreviousGroups" >> ReadPreviousGroups(previous_groups or [])
+    clustered = (representatives, members, scoring.scored, previous) | "ClusterGroups" >> ClusterGroups(
+        chaining_settings(options), options.component_rounds, ScoreCandidates(scorer, known_scores, texts),
         options.canonical)
     groups = clustered["groups"]
-    all_scored = (known, clustered["scored"]) | "AllScoredPairs" >> beam.Flatten()
+    all_pairs = (scoring.scored, clustered["scored"]) | "AllPairs" >> beam.Flatten()
     rejected = (
-        (read["rejected"], collapsed["rejected"], *generated["failed"], scoring["failed"], clustered["failed"])
+        (read["rejected"], collapsed["rejected"], *generated.failed, scoring.failed, clustered["failed"])
         | "AllRejected" >> beam.Flatten()
     )
     rejected_rows = rejected | "RejectedRows" >> beam.Filter(lambda r: r.kind == "row")
+    failures = rejected | "ModelFailures" >> beam.Filter(lambda r: r.kind in ("question", "pair"))
 
-    groups | "WriteGroups" >> WriteRecords(out, "groups", groups_schema(info.id_type))
-    all_scored | "WritePairs" >> WriteRecords(out, "pairs", pairs_schema(info.id_type))
-    rejected | "WriteRejected" >> WriteRecords(out, "rejected", REJECTED_SCHEMA)
-    clustered["lineage"] | "WriteLineage" >> WriteRecords(out, "lineage", lineage_schema(info.id_type))
-    (representatives, members) | "WriteRunState" >> WriteRunState(out, info.id_type)
-    for kind, parts in generated["embedders"].items():
-        parts | f"Write{kind.title()}State" >> WriteEmbedderState(out, kind, info.id_type)
+    groups | "WriteGroups" >> WriteRecords(out.file_prefix("groups"), groups_schema(info.id_type))
+    all_pairs | "WritePairs" >> WriteRecords(out.file_prefix("pairs"), pairs_schema(info.id_type))
+    rejected | "WriteRejected" >> WriteRecords(out.file_prefix("rejected"), REJECTED_SCHEMA)
+    clustered["lineage"] | "WriteLineage" >> WriteRecords(out.file_prefix("lineage"), lineage_schema(info.id_type))
+    (representatives, members) | "WriteRunState" >> WriteRunState(
+        out.file_prefix("state", "representatives"), out.file_prefix("state", "members"), info.id_type)
+    for kind, parts in generated.embedders.items():
+        parts | f"Write{kind.title()}State" >> WriteEmbedderState(
+            out.file_prefix("state", kind), out.file_prefix("state", kind, "vectors"), info.id_type)
 
+    stored_members = generated.stored["members"] if prior and prior.extend else None
+    embedded = (tuple(generated.embedded) | "AllEmbedded" >> beam.Flatten() if len(generated.embedded) > 1
+                else generated.embedded[0])
     counts = {
         "rows_in": read["rows_in"],
-        "rows_existing": _count(stored["members"], "Existing") if stored else _zero(pipeline, "Existing"),
+        "rows_existing": _count(stored_members, "Existing") if stored_members else _zero(pipeline, "Existing"),
         "rows_rejected": _count(rejected_rows, "Rejected"),
-        "questions_failed": _count(rejected | "FailedQuestions" >> beam.Filter(lambda r: r.kind == "question"),
+        "questions_embedded": _count(embedded, "Embedded"),
+        "questions_failed": _count(failures | "FailedQuestions" >> beam.Filter(lambda r: r.kind == "question"),
                                    "FailedQuestions"),
-        "pairs_failed": _count(rejected | "FailedPairs" >> beam.Filter(lambda r: r.kind == "pair"), "FailedPairs"),
+        "pairs_failed": _count(failures | "FailedPairs" >> beam.Filter(lambda r: r.kind == "pair"), "FailedPairs"),
+        "first_failure": failures | "FailureKey" >> beam.Map(_failure_key)
+        | "FirstFailure" >> beam.CombineGlobally(_lowest),
         "rows_out": _count(groups, "GroupRows"),
         "rows_accepted": _count(members, "Accepted"),
         "representatives": _count(representatives, "Representatives"),
         "new_representatives": _count(collapsed["new_representatives"], "NewRepresentatives"),
-        "candidate_pairs": _count(candidates, "Candidates"),
-        "pairs_scored": _count(scored, "Scored"),
-        "resplit_pairs_scored": _count(clustered["scored"], "ResplitScored"),
-        "pairs_total": _count(all_scored, "AllPairs"),
+        "candidate_pairs": _count(generated.pairs, "Candidates"),
+        "pairs_scored": _count(scoring.new, "Scored"),
+        "pairs_reused": _count(scoring.reused, "Reused"),
+        "resplit_pairs": _count(clustered["scored"], "Resplit"),
+        "resplit_pairs_scored": _count(clustered["new"], "ResplitScored"),
+        "pairs_total": _count(all_pairs, "PairsTotal"),
         "groups": _count(clustered["ids"], "Groups"),
         "groups_inherited": _count(clustered["ids"] | "Inherited" >> beam.Filter(lambda kv: kv[1].inherited),
                                    "Inherited"),
@@ -179,6 +221,6 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, info: InputI
         pipeline
         | "ReportTrigger" >> beam.Create([None])
         | "WriteReport" >> beam.Map(
-            _write_report, configuration, output_path(out, "report.json"),
+            _write_report, configuration, out.draft_report,
             **{name: AsSingleton(pcoll) for name, pcoll in counts.items()})
     )

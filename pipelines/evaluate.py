@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Optional, Sequence
 
 import pyarrow.parquet as pq
@@ -18,7 +17,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.recall import read_labelled_pairs
-from transforms.errors import QdedupError
+from transforms.commit import join, read_committed
 from transforms.normalize import normalize_text
 from transforms.read import Columns, inspect_input
 
@@ -67,16 +66,21 @@ def threshold_sweep(pairs: Sequence[tuple[str, str, int]], ids_of_text: dict, sc
     return rows
 
 
+def _table(paths: Sequence[str], columns: list[str]) -> list[dict]:
+    rows: list[dict] = []
+    for path in sorted(paths):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            rows += pq.read_table(handle, columns=columns).to_pylist()
+    return rows
+
+
 def _run_inputs(run: str) -> tuple[dict, dict, dict, dict]:
-    report_path = os.path.join(run, "report.json")
-    if not os.path.exists(report_path):
-        raise QdedupError(f"--run {run!r} has no report.json: point it at a finished qdedup run's --output")
-    with open(report_path, encoding="utf-8") as handle:
-        configuration = json.load(handle)["configuration"]
-    groups = pq.read_table(os.path.join(run, "groups")).to_pylist()
+    committed = read_committed(run, "--run")
+    configuration = committed.configuration
+    groups = _table(committed.paths("groups", ".parquet"), ["id", "group_id"])
     group_of = {row["id"]: row["group_id"] for row in groups}
     score_of = {(row["id_a"], row["id_b"]): row["score"]
-                for row in pq.read_table(os.path.join(run, "pairs")).to_pylist()}
+                for row in _table(committed.paths("pairs", ".parquet"), ["id_a", "id_b", "score"])}
     columns = Columns(configuration["id_column"], configuration["text_column"])
     ids_of_text: dict = {}
     for path in inspect_input(configuration["input"], columns).files:  # the texts behind the run's ids
@@ -85,10 +89,9 @@ def _run_inputs(run: str) -> tuple[dict, dict, dict, dict]:
         for row_id, text in zip(table.column(0).to_pylist(), table.column(1).to_pylist()):
             if row_id in group_of and isinstance(text, str):
                 ids_of_text.setdefault(text, row_id)
-    representatives = os.path.join(run, "state", "representatives")
-    if os.path.isdir(representatives):  # an extended run's older questions are not in its --input
-        for rep in pq.read_table(representatives, columns=["id", "text"]).to_pylist():
-            ids_of_text.setdefault(rep["text"], rep["id"])
+    # An extended run's older questions are not in its --input: its state/ has their texts.
+    for rep in _table(committed.paths("state/representatives", ".parquet"), ["id", "text"]):
+        ids_of_text.setdefault(rep["text"], rep["id"])
     return configuration, ids_of_text, group_of, score_of
 
 
@@ -105,9 +108,9 @@ def evaluate(argv: Sequence[str]) -> int:
     best = max(sweep, key=lambda row: (row["f1"], -abs(row["threshold"] - configuration["threshold"])))
     figures = {"groups": result, "run_threshold": configuration["threshold"], "sweep": sweep,
                "best_threshold": best["threshold"]}
-    report = args.report or os.path.join(args.run, "evaluation.json")
-    with open(report, "w", encoding="utf-8") as handle:
-        json.dump(figures, handle, indent=2)
+    report = args.report or join(args.run, "evaluation.json")
+    with FileSystems.create(report) as handle:
+        handle.write(json.dumps(figures, indent=2).encode("utf-8"))
     _print(args.pairs, figures)
     return 0
 

@@ -44,6 +44,9 @@ class QdedupOptions(PipelineOptions):
             help="longer texts are rejected (reason text_too_long)")
         add("--scorer-model", "--scorer_model", dest="scorer_model", default=_SCORER.model,
             help="cross-encoder: Hugging Face id or local directory")
+        add("--positive-label", "--positive_label", dest="positive_label", type=int, default=None,
+            help="the scorer's label that means 'duplicate' (needed when it has more than 2 labels; "
+                 "a 2-label model uses label 1)")
         add("--threshold", type=float, default=0.5, help="pairs scoring at least this are duplicates")
         add("--component-rounds", "--component_rounds", dest="component_rounds", type=int, default=6,
             help="large-star/small-star rounds before unsettled components are finished by union-find")
@@ -93,10 +96,17 @@ class QdedupOptions(PipelineOptions):
         add("--existing", default=None,
             help="a previous run's --output to extend: only --input's new questions are embedded, searched and "
                  "scored; the output holds old and new rows; ids are kept as with --previous-groups")
+        add("--params-from", "--params_from", dest="params_from", default=None,
+            help="a previous run's --output whose fitted parameters (idf, whitening, partition centroids), "
+                 "representatives, vectors and scores this full run reuses instead of fitting its own")
         add("--previous-groups", "--previous_groups", dest="previous_groups", default=None,
-            help="a previous run's groups/ directory: groups keep its ids; lineage/ records merges and splits")
+            help="a previous run's output directory (or its groups/): groups keep its ids; lineage/ records "
+                 "merges and splits")
+        add("--max-failed-share", "--max_failed_share", dest="max_failed_share", type=float, default=0.01,
+            help="a run whose scorer or encoder fails on more than this share of its pairs or questions (or on "
+                 "all of them) fails, and does not replace --output")
         add("--overwrite", action="store_true", default=False,
-            help="replace a previous run's outputs in --output")
+            help="let this run replace the run --output holds, once it has finished (nothing is deleted before)")
 
 
 def _config_path(argv: Sequence[str]) -> str | None:
@@ -193,8 +203,10 @@ def validate(options: QdedupOptions) -> None:
          "--canonical earliest needs --timestamp-column (the column that says when a row was asked)"),
         (not (options.existing and options.previous_groups),
          "--existing already carries its run's group ids: leave out --previous-groups"),
-        (not options.existing or options.existing.rstrip("/") != options.output.rstrip("/"),
-         "--existing and --output must be different directories (the previous run is read while this one writes)"),
+        (not (options.existing and options.params_from),
+         "--existing already reuses its run's parameters: leave out --params-from"),
+        (0.0 <= options.max_failed_share <= 1.0, "--max-failed-share must be between 0 and 1"),
+        (options.positive_label is None or options.positive_label >= 0, "--positive-label must be 0 or more"),
         (options.timestamp_column not in (options.id_column, options.text_column),
          "--timestamp-column must differ from --id-column and --text-column"),
     ]
@@ -220,7 +232,8 @@ def scorer_settings(options: QdedupOptions) -> ModelSettings:
     return ModelSettings(
         model=options.scorer_model, device=options.device, precision=options.precision,
         token_budget=options.token_budget, sort_window=options.sort_window, max_length=options.max_length,
-        symmetric=options.symmetric, model_copies=options.model_copies, torch_threads=options.torch_threads)
+        symmetric=options.symmetric, model_copies=options.model_copies, torch_threads=options.torch_threads,
+        positive_label=1 if options.positive_label is None else options.positive_label)
 
 
 def blocking_settings(options: QdedupOptions) -> BlockingSettings:

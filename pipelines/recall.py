@@ -19,8 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.dedup import check_embedders, generate_candidates
-from pipelines.options import QdedupOptions, effective_configuration, expand_argv, validate
+from pipelines.dedup import generate_candidates
+from pipelines.options import QdedupOptions, effective_configuration, expand_argv, parse_embedders, validate
+from transforms.embed import check_encoder_model
 from transforms.errors import QdedupError
 from transforms.read import Columns
 from transforms.write import WriteRecords
@@ -110,15 +111,18 @@ def recall(argv: Sequence[str]) -> int:
     pipeline_options = PipelineOptions(expand_argv([*rest, "--input", corpus, "--output", work]))
     options = pipeline_options.view_as(QdedupOptions)
     validate(options)
-    check_embedders(options)
+    for kind, model in parse_embedders(options.embedders):
+        if kind == "encoder":
+            check_encoder_model(model)
     columns = Columns("id", "question")
     with beam.Pipeline(options=pipeline_options) as pipeline:
         generated = generate_candidates(pipeline, options, columns)
-        generated["collapsed"]["members"] | "WriteMembers" >> WriteRecords(
-            work, "members", pa.schema([("id", pa.int64()), ("rep_id", pa.int64()), ("key", pa.string())]))
-        generated["candidates"] | "CandidateIds" >> beam.Map(
+        generated.collapsed["members"] | "WriteMembers" >> WriteRecords(
+            os.path.join(work, "members", "part"),
+            pa.schema([("id", pa.int64()), ("rep_id", pa.int64()), ("key", pa.string())]))
+        generated.pairs | "CandidateIds" >> beam.Map(
             lambda pair: _IdPair(pair.id_a, pair.id_b)) | "WriteCandidates" >> WriteRecords(
-            work, "candidates", pa.schema([("id_a", pa.int64()), ("id_b", pa.int64())]))
+            os.path.join(work, "candidates", "part"), pa.schema([("id_a", pa.int64()), ("id_b", pa.int64())]))
 
     representative = {texts[m["id"]]: m["rep_id"] for m in pq.read_table(os.path.join(work, "members")).to_pylist()}
     candidates = {(c["id_a"], c["id_b"]) for c in pq.read_table(os.path.join(work, "candidates")).to_pylist()}

@@ -17,7 +17,6 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.write import output_path
 
 SCORE_BINS = 20
 LARGEST_GROUPS = 10
@@ -26,20 +25,20 @@ BORDERLINE_PAIRS = 20
 SIZE_BUCKETS = ((1, 1), (2, 2), (3, 3), (4, 5), (6, 10), (11, 20), (21, 50), (51, 100), (101, None))
 
 
-def _batches(output: str, part: str, columns: list[str]) -> Iterator[dict]:
-    """Column lists of every batch of `output/part/*.parquet`."""
-    pattern = output_path(output_path(output, part), "*.parquet")
-    for metadata in sorted(FileSystems.match([pattern])[0].metadata_list, key=lambda m: m.path):
-        with FileSystems.open(metadata.path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+def _batches(files: dict, part: str, columns: list[str]) -> Iterator[dict]:
+    """Column lists of every batch of the run's Parquet files in folder `part`."""
+    for path in sorted(p for p in files.get(part, []) if p.endswith(".parquet")):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             for batch in pq.ParquetFile(handle).iter_batches(columns=columns):
                 yield {name: batch.column(name).to_pylist() for name in columns}
 
 
-def gather(output: str, report: dict) -> dict:
+def gather(files: dict, report: dict) -> dict:
+    """The figures of the page, from the run's files ({folder: paths}, e.g. "groups", "state/members")."""
     threshold = report["configuration"]["threshold"]
     histogram = np.zeros(SCORE_BINS, dtype=np.int64)
     near: list = []  # heap of (-distance, pair) holding the pairs nearest the threshold
-    for batch in _batches(output, "pairs", ["id_a", "id_b", "score", "similarity", "source"]):
+    for batch in _batches(files, "pairs", ["id_a", "id_b", "score", "similarity", "source"]):
         scores = np.asarray(batch["score"], dtype=np.float64)
         histogram += np.histogram(scores, bins=SCORE_BINS, range=(0.0, 1.0))[0]
         distance = np.abs(scores - threshold)
@@ -53,7 +52,7 @@ def gather(output: str, report: dict) -> dict:
                 heapq.heapreplace(near, item)
     rows_by_size: Counter = Counter()
     largest: dict = {}
-    for batch in _batches(output, "groups", ["group_id", "group_size", "canonical_id"]):
+    for batch in _batches(files, "groups", ["group_id", "group_size", "canonical_id"]):
         rows_by_size.update(batch["group_size"])
         sizes = np.asarray(batch["group_size"])
         for i in np.flatnonzero(sizes > 1):  # singletons, most rows, never make the list
@@ -64,16 +63,16 @@ def gather(output: str, report: dict) -> dict:
                     largest = dict(sorted(largest.items(), key=lambda kv: (-kv[1][0], str(kv[0])))[:LARGEST_GROUPS])
     top = dict(sorted(largest.items(), key=lambda kv: (-kv[1][0], str(kv[0])))[:LARGEST_GROUPS])
     members: dict = {group_id: [] for group_id in top}
-    for batch in _batches(output, "groups", ["id", "group_id"]):
+    for batch in _batches(files, "groups", ["id", "group_id"]):
         for row_id, group_id in zip(batch["id"], batch["group_id"]):
             if group_id in members and len(members[group_id]) < MEMBERS_SHOWN:
                 members[group_id].append(row_id)
     borderline = sorted((item for item in near), key=lambda item: item[3])
     wanted = {i for ids in members.values() for i in ids} | {c for _, c in top.values()}
     wanted |= {item[1] for item in borderline} | {item[2] for item in borderline}
-    texts = _texts(output, wanted)
+    texts = _texts(files, wanted)
     rejected = Counter()
-    for batch in _batches(output, "rejected", ["reason", "kind"]):
+    for batch in _batches(files, "rejected", ["reason", "kind"]):
         rejected.update(f"{kind}: {reason}" for reason, kind in zip(batch["reason"], batch["kind"]))
     return {
         "threshold": threshold,
@@ -87,14 +86,14 @@ def gather(output: str, report: dict) -> dict:
     }
 
 
-def _texts(output: str, ids: set) -> dict:
+def _texts(files: dict, ids: set) -> dict:
     """Texts of these row ids, from the run's state (a row shows its representative's text)."""
     rep_of = {}
-    for batch in _batches(output, "state/members", ["id", "rep_id"]):
+    for batch in _batches(files, "state/members", ["id", "rep_id"]):
         rep_of.update((i, r) for i, r in zip(batch["id"], batch["rep_id"]) if i in ids)
     reps = set(rep_of.values())
     rep_text = {}
-    for batch in _batches(output, "state/representatives", ["id", "text"]):
+    for batch in _batches(files, "state/representatives", ["id", "text"]):
         rep_text.update((i, t) for i, t in zip(batch["id"], batch["text"]) if i in reps)
     return {i: rep_text.get(r, "") for i, r in rep_of.items()}
 
@@ -179,10 +178,3 @@ Row accounting (rows in + existing = rows out + rejected) <b class="{'ok' if rep
 <h2>Rejected</h2>{_table(("kind: reason", "count"), figures["rejected"].items())}
 </body></html>
 """
-
-
-def write_html_report(output: str, report: dict) -> str:
-    path = output_path(output, "report.html")
-    with FileSystems.create(path) as handle:
-        handle.write(render(report, gather(output, report)).encode("utf-8"))
-    return path

@@ -182,7 +182,8 @@ def test_a_failure_inside_any_stage_sets_the_element_aside(tiny_model, tmp_path,
         return classifier
     monkeypatch.setattr(transforms.score, "load_classifier", fragile_classifier)
 
-    report = run_qdedup(tmp_path / "q.parquet", tmp_path / "out", tiny_model, "--min-similarity=0.1")
+    report = run_qdedup(tmp_path / "q.parquet", tmp_path / "out", tiny_model, "--min-similarity=0.1",
+                        "--max-failed-share=1")
     rejected = read_part(tmp_path / "out", "rejected")
     by_stage = {}
     for r in rejected:

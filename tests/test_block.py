@@ -12,13 +12,17 @@ from transforms.block import (
     BlockCandidates,
     BlockingSettings,
     CandidatePair,
+    Given,
     UnionCandidates,
     best_neighbours,
     block_count,
+    enters,
+    exact_similarities,
     knn_lists,
     knn_pairs,
     nearest_partitions,
     partition_count,
+    train_centroids,
 )
 from transforms.normalize import Representative
 
@@ -69,6 +73,23 @@ def test_degenerate_inputs():
 def test_best_neighbours_keeps_each_neighbours_best_and_breaks_ties_by_id():
     found = [(0.5, "b"), (0.9, "c"), (0.7, "b"), (0.7, "a"), (0.1, "d")]
     assert best_neighbours(found, 3) == [(0.9, "c"), (0.7, "a"), (0.7, "b")]
+    kept = [(0.9, 4), (0.7, 2)]
+    assert enters((0.7, 1), kept, 2) and not enters((0.7, 3), kept, 2) and enters((0.1, 9), kept, 3)
+
+
+def test_similarities_do_not_depend_on_what_else_is_searched():
+    """faiss computes inner products one way for under 20 queries and another (BLAS) above; the exact routine
+    gives every pair the same float whatever the batch, so rankings and ties cannot move with it."""
+    rng = np.random.default_rng(5)
+    vectors = _unit(rng, 300, 256)
+    ids = list(range(300))
+    reference = knn_lists(ids[:1], vectors[:1], ids, vectors, 10, -1.0)[0]
+    for queries in (2, 19, 20, 21, 150, 300):
+        assert knn_lists(ids[:queries], vectors[:queries], ids, vectors, 10, -1.0)[0] == reference
+    found = np.array([[j for _, j in reference]])
+    direct = float(np.float32(np.sum(vectors[0].astype(np.float64) * vectors[reference[0][1]].astype(np.float64))))
+    assert exact_similarities(vectors[:1], vectors, found)[0, 0] == reference[0][0] == direct
+    assert exact_similarities(vectors[:1], vectors, np.array([[-1]]))[0, 0] == -np.inf
 
 
 def test_partition_and_block_counts():
@@ -98,23 +119,34 @@ def _save(pairs, path):
         pickle.dump(pairs, handle)
 
 
-def _block(items, settings, tmp_path):
-    """Runs BlockCandidates; returns ({(a, b): similarity}, largest work item)."""
+def _block(items, settings, tmp_path, centroids=None, stored=None, lists=False):
+    """Runs BlockCandidates; returns ({(a, b): similarity}, largest work item), and the neighbour lists."""
     pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
     path = str(tmp_path / "pairs.pickle")
 
     def check(pairs):
         assert len(pairs) == len({(p.id_a, p.id_b) for p in pairs})
-        assert all(p.id_a < p.id_b and p.text_a == f"t{p.id_a}" and p.source == "lexical" for p in pairs)
+        assert all(p.id_a < p.id_b and p.source == "lexical" for p in pairs)
+        assert all(p.text_a in (f"t{p.id_a}", None) and p.text_b in (f"t{p.id_b}", None) for p in pairs)
+        if stored is None:
+            assert all(p.text_a is not None and p.text_b is not None for p in pairs)
 
-    pairs = (pipeline | beam.Create(items) | BlockCandidates(settings))["pairs"]
-    assert_that(pairs, check)
-    pairs | beam.Map(lambda p: ((p.id_a, p.id_b), p.similarity)) | beam.combiners.ToDict() | beam.Map(_save, path)
+    new = pipeline | "New" >> beam.Create(items)
+    inputs = new if stored is None else (new, pipeline | "Stored" >> beam.Create(stored))
+    blocked = inputs | BlockCandidates(settings, centroids=centroids)
+    assert_that(blocked.pairs, check)
+    pairs = blocked.pairs | beam.Map(lambda p: ((p.id_a, p.id_b), p.similarity)) | "Pairs" >> beam.combiners.ToDict()
+    neighbours = blocked.neighbours | "Lists" >> beam.combiners.ToDict()
+    (pipeline | "Once" >> beam.Create([None])
+     | beam.Map(lambda _, p, n: _save((p, n), path), p=beam.pvalue.AsSingleton(pairs),
+                n=beam.pvalue.AsSingleton(neighbours)))
     result = pipeline.run()
     result.wait_until_finish()
     sizes = result.metrics().query(MetricsFilter().with_name("blocking_work_item_size"))["distributions"]
     with open(path, "rb") as handle:
-        return pickle.load(handle), max(d.committed.max for d in sizes)
+        found_pairs, found_lists = pickle.load(handle)
+    largest = max(d.committed.max for d in sizes)
+    return (found_pairs, largest, found_lists) if lists else (found_pairs, largest)
 
 
 def test_partitioned_knn_equals_exact_when_every_partition_is_probed(tmp_path):
@@ -122,8 +154,7 @@ def test_partitioned_knn_equals_exact_when_every_partition_is_probed(tmp_path):
     settings = BlockingSettings(top_k=5, min_similarity=0.1, partitions=6, probes=6, max_block=70)
     got, largest = _block(_items(vectors), settings, tmp_path)
     expected = knn_pairs(list(range(400)), vectors, 5, 0.1)
-    assert got.keys() == expected.keys()
-    assert all(got[p] == pytest.approx(expected[p], abs=1e-5) for p in got)
+    assert got == expected  # the same pairs with the same similarities, to the last bit
     assert largest <= 2 * 70 * 1.3  # partitions of 400 were cut into blocks of about 70
 
 
@@ -174,3 +205,25 @@ def test_partitioned_blocking_is_deterministic(tmp_path):
     first, _ = _block(_items(vectors), settings, tmp_path / "a")
     second, _ = _block(list(reversed(_items(vectors))), settings, tmp_path / "b")
     assert first == second and len(first) > 600
+
+
+def test_an_extension_updates_stored_neighbours_to_exactly_what_a_full_search_finds(tmp_path):
+    """Stored questions keep their k nearest; newcomers searched against everything and entering stored
+    lists give exactly the lists and pairs of a search over everything (ties included: some vectors repeat)."""
+    rng = np.random.default_rng(6)
+    vectors = _clustered(rng, 500, 16, 15, 0.15)
+    vectors[450:] = vectors[rng.integers(0, 450, 50)]  # exact ties between old and new questions
+    old = [i for i in range(500) if i % 5 != 2]
+    new = [i for i in range(500) if i % 5 == 2]
+    centroids = Given(train_centroids(vectors[old], 4, 0))
+    settings = BlockingSettings(top_k=6, min_similarity=0.2, partitions=4, probes=2, max_block=60)
+    for name in ("full", "old", "extension"):
+        (tmp_path / name).mkdir()
+    full_pairs, _, full_lists = _block(_items(vectors), settings, tmp_path / "full", centroids, lists=True)
+    _, _, old_lists = _block(_items(vectors[old], old), settings, tmp_path / "old", centroids, lists=True)
+    stored = [(rep, vector, old_lists.get(rep.id, [])) for rep, vector in _items(vectors[old], old)]
+    ext_pairs, _, ext_lists = _block(_items(vectors[new], new), settings, tmp_path / "extension", centroids,
+                                     stored=stored, lists=True)
+    assert ext_lists == full_lists
+    assert ext_pairs == full_pairs
+    assert any(old_lists[i] != full_lists[i] for i in old)  # newcomers did enter stored lists

@@ -60,4 +60,4 @@ def test_evaluate_names_a_directory_that_is_not_a_run(tmp_path, capsys):
     labelled = tmp_path / "labels.tsv"
     labelled.write_text("甲\t乙\t1\n", encoding="utf-8")
     assert main(["evaluate", "--pairs", str(labelled), "--run", str(tmp_path)]) == 2
-    assert "has no report.json" in capsys.readouterr().err
+    assert "has no _SUCCESS" in capsys.readouterr().err

@@ -1,4 +1,12 @@
-"""`qdedup run --existing`: extending a run with new questions equals running on everything."""
+"""`qdedup run --existing`: an extension gives exactly what a full run with `--params-from` gives.
+
+Extending PREV with rows B must equal `qdedup run --input A∪B --params-from PREV --previous-groups
+PREV/groups`: the same groups (members, ids, canonical ids, match kinds), the same pairs with the
+same scores. The corpus makes that hard on purpose: groups larger than --top-k (newcomers push old
+pairs out of questions' k nearest), chaining control re-splitting components, several partitions
+searched in blocks, three successive extensions (one in worker processes), new rows repeating known
+texts with lower and higher ids.
+"""
 import json
 
 import numpy as np
@@ -6,28 +14,24 @@ import pytest
 
 from pipelines.cli import main
 from tests.conftest import RUNNER_ARGS, lcqmc_pairs
-from tests.test_pipeline import group_members, read_part, run_qdedup, write_questions
+from tests.test_pipeline import read_part, run_qdedup, write_questions
 from transforms.embed import tfidf_vector
 from transforms.normalize import normalize_text
 
-
-def _partition(out):
-    return {frozenset(members) for members in group_members(out).values()}
+# Small partitions and blocks, k below the group size, chaining control on components over 6 questions.
+FLAGS = ["--min-similarity=0.4", "--top-k=3", "--partitions=3", "--max-block=40", "--resplit-size=6"]
+MULTI = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 
 
 def _variants(base: str) -> list[str]:
-    """A question, an exact duplicate of it, and three light edits: one duplicate group per base."""
+    """Ten texts around one question: an exact duplicate and light edits of it."""
     mid = len(base) // 2
-    return [base, base + "？", base + "呢", base[:mid] + base[mid + 1:], "请问" + base]
+    return [base, base + "？", base + "呢", base[:mid] + base[mid + 1:], "请问" + base, base + "啊",
+            "我想知道" + base, base[:mid] + base[mid] + base[mid:], base + "吗", "请问一下" + base + "呢"]
 
 
-def cluster_corpus(bases: int = 40) -> list[tuple]:
-    """LCQMC questions far apart (cosine < 0.3 on plain character n-grams), each with its variants.
-
-    Within a group the lexical similarity is >= 0.71, across groups <= 0.30, under the idf of the
-    whole corpus and of any part of it: candidate generation cannot hinge on the idf, which an
-    extension keeps from the run it extends while a full run recomputes it.
-    """
+def cluster_corpus(bases: int = 16) -> list[tuple]:
+    """LCQMC questions far apart (cosine < 0.3 on plain character n-grams), each with ten variants."""
     chosen, vectors = [], []
     flat = np.ones(1024, np.float32)
     for a, b, _ in lcqmc_pairs():
@@ -36,104 +40,155 @@ def cluster_corpus(bases: int = 40) -> list[tuple]:
             if len(text) >= 8 and len(chosen) < bases and all(vector @ w < 0.3 for w in vectors):
                 chosen.append(text)
                 vectors.append(vector)
-    rows = [(10_000 + 10 * g + j, text) for g, base in enumerate(chosen) for j, text in enumerate(_variants(base))]
-    return rows
+    return [(10_000 + 10 * g + j, text) for g, base in enumerate(chosen) for j, text in enumerate(_variants(base))]
+
+
+def _parts(rows):
+    """Yesterday and three nights. Night 2 repeats texts of yesterday under a lower and a higher id."""
+    parts = [[r for i, r in enumerate(rows) if i % 10 < 4], [r for i, r in enumerate(rows) if i % 10 in (4, 5, 6)],
+             [r for i, r in enumerate(rows) if i % 10 in (7, 8)], [r for i, r in enumerate(rows) if i % 10 == 9]]
+    parts[2] += [(5, rows[0][1]), (99_999, rows[10][1]), (99_998, None)]
+    return parts
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_model, tmp_path_factory):
-    """The corpus dealt into three parts, so that groups straddle them; a full run, and a run extended twice."""
-    root = tmp_path_factory.mktemp("incremental")
-    rows = cluster_corpus()
-    parts = [[r for i, r in enumerate(rows) if i % 5 in (0, 1, 3)], [r for i, r in enumerate(rows) if i % 5 == 2],
-             [r for i, r in enumerate(rows) if i % 5 == 4] + [(99_001, None), (99_002, "  ")]]
-    for i, part in enumerate(parts):
-        write_questions(part, root / "all" / f"{i}.parquet")
-        write_questions(part, root / f"part{i}" / "q.parquet")
-    flags = ["--min-similarity=0.5"]
-    reports = {"full": run_qdedup(root / "all" / "*.parquet", root / "full", tiny_model, *flags)}
-    reports["old"] = run_qdedup(root / "part0" / "*.parquet", root / "old", tiny_model, *flags)
-    reports["inc1"] = run_qdedup(root / "part1" / "*.parquet", root / "inc1", tiny_model, *flags,
-                                 f"--existing={root / 'old'}")
-    # The second extension runs in worker processes: what it reads from state/ must survive pickling.
-    reports["inc2"] = run_qdedup(root / "part2" / "*.parquet", root / "inc2", tiny_model, *flags,
-                                 f"--existing={root / 'inc1'}", "--direct_running_mode=multi_processing",
-                                 "--direct_num_workers=2")
-    reports["full_ids"] = run_qdedup(root / "all" / "*.parquet", root / "full_ids", tiny_model, *flags,
-                                     f"--previous-groups={root / 'old' / 'groups'}")
-    return root, rows + [(99_001, None), (99_002, "  ")], reports
+def nightly(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("nightly")
+    parts = _parts(cluster_corpus())
+    for night, part in enumerate(parts):
+        write_questions(part, root / "in" / f"night{night}" / "q.parquet")
+        for later in range(night, len(parts)):
+            write_questions(part, root / "in" / f"upto{later}" / f"{night}.parquet")
+    reports = {"ext0": run_qdedup(root / "in" / "night0" / "q.parquet", root / "ext0", tiny_model, *FLAGS)}
+    for night in (1, 2, 3):
+        runner = MULTI if night == 3 else []  # what an extension reads from state/ must survive pickling
+        reports[f"ext{night}"] = run_qdedup(root / "in" / f"night{night}" / "q.parquet", root / f"ext{night}",
+                                            tiny_model, *FLAGS, *runner, f"--existing={root / f'ext{night - 1}'}")
+        previous = root / f"ext{night - 1}"
+        reports[f"full{night}"] = run_qdedup(root / "in" / f"upto{night}" / "*.parquet", root / f"full{night}",
+                                             tiny_model, *FLAGS, f"--params-from={previous}",
+                                             f"--previous-groups={previous / 'groups'}")
+    reports["fresh"] = run_qdedup(root / "in" / "upto3" / "*.parquet", root / "fresh", tiny_model, *FLAGS)
+    return root, parts, reports
 
 
-def test_extended_twice_equals_the_full_run_with_fewer_pairs_scored(runs):
-    root, rows, reports = runs
-    full, old, inc1, inc2 = (reports[k] for k in ("full", "old", "inc1", "inc2"))
-    assert _partition(root / "inc2") == _partition(root / "full")
-    assert full["groups"] == inc2["groups"] and full["rows_out"] == inc2["rows_out"]
-    extension_cost = sum(r["pairs_scored"] + r["resplit_pairs_scored"] for r in (inc1, inc2))
-    full_cost = full["pairs_scored"] + full["resplit_pairs_scored"]
-    assert 0 < extension_cost < full_cost
-    # Each extension embedded and queried only the new questions, and kept the books balanced.
-    assert inc2["new_representatives"] < inc2["representatives"]
-    for report in (inc1, inc2):
-        assert report["accounting_ok"] and report["rows_in"] + report["rows_existing"] == (
-            report["rows_out"] + report["rows_rejected"])
-    assert inc2["rows_existing"] == inc1["rows_out"]
-    assert sum(r["rows_in"] for r in (old, inc1, inc2)) == full["rows_in"] == len(rows)
+def _groups(out) -> dict:
+    return {r["id"]: (r["group_id"], r["canonical_id"], r["match_kind"], r["group_size"], r["group_since_run"])
+            for r in read_part(out, "groups")}
 
 
-def test_extension_keeps_ids_like_a_full_run_given_the_previous_groups(runs):
-    root, _, _ = runs
-    full_ids = {r["id"]: r["group_id"] for r in read_part(root / "full_ids", "groups")}
-    old_ids = {r["id"]: r["group_id"] for r in read_part(root / "old", "groups")}
-    inc1 = {r["id"]: r["group_id"] for r in read_part(root / "inc1", "groups")}
-    assert set(old_ids.values()) & set(inc1.values())
-    # Groups untouched by the first extension keep their ids.
-    untouched = {g for g in _partition(root / "old") if g in _partition(root / "inc1")}
-    assert untouched and all(inc1[min(g)] == old_ids[min(g)] for g in untouched)
-    # The second extension's ids agree with a full run handed the first run's groups wherever the
-    # first run's ids are concerned (both are inherited by the same rule).
-    inc2 = {r["id"]: r["group_id"] for r in read_part(root / "inc2", "groups")}
-    kept = {gid for gid in old_ids.values() if gid in set(inc2.values()) and gid in set(full_ids.values())}
-    assert kept
-    for gid in kept:
-        assert {i for i, g in inc2.items() if g == gid} == {i for i, g in full_ids.items() if g == gid}
+def _pairs(out) -> dict:
+    return {(p["id_a"], p["id_b"]): (p["score"], p["similarity"], p["source"]) for p in read_part(out, "pairs")}
 
 
-def test_extension_rejects_reused_ids_and_changed_options(runs, tiny_model, tmp_path, capsys):
-    root, rows, _ = runs
-    write_questions([(rows[0][0], "一个新问题"), (999_999, "另一个新问题")], tmp_path / "new" / "q.parquet")
-    report = run_qdedup(tmp_path / "new" / "*.parquet", tmp_path / "out", tiny_model, "--min-similarity=0.5",
-                        f"--existing={root / 'old'}")
+@pytest.mark.parametrize("night", [1, 2, 3])
+def test_each_extension_equals_the_full_run_with_the_parameters_it_extends(nightly, night):
+    root, _, reports = nightly
+    extension, full = root / f"ext{night}", root / f"full{night}"
+    assert _groups(extension) == _groups(full)
+    assert _pairs(extension) == _pairs(full)  # scores too: the same pairs are scored in the same batches
+    lineage = sorted((r["group_id"], r["previous_group_id"], r["event"], r["rows_moved"])
+                     for r in read_part(extension, "lineage"))
+    assert lineage == sorted((r["group_id"], r["previous_group_id"], r["event"], r["rows_moved"])
+                             for r in read_part(full, "lineage"))
+    edges = {r["id"]: (r["min_edge_score"], r["mean_edge_score"]) for r in read_part(extension, "groups")}
+    assert edges == {r["id"]: (r["min_edge_score"], r["mean_edge_score"]) for r in read_part(full, "groups")}
+    for key in ("groups", "candidate_pairs", "resplit_pairs", "components_resplit", "pairs_total"):
+        assert reports[f"ext{night}"][key] == reports[f"full{night}"][key], key
+
+
+def test_the_corpus_exercises_what_could_make_them_differ(nightly):
+    root, parts, reports = nightly
+    # Groups larger than k, and newcomers pushing known pairs out of questions' k nearest.
+    sizes = [r["group_size"] for r in read_part(root / "ext3", "groups")]
+    assert max(sizes) > 3
+
+    def blocking(out):
+        return {pair for pair, (_, _, source) in _pairs(out).items() if source != "resplit"}
+    assert any(blocking(root / f"ext{n - 1}") - blocking(root / f"ext{n}") for n in (1, 2, 3))
+    # Chaining control re-split components, reusing some scores of earlier nights and scoring the rest.
+    assert all(reports[f"ext{n}"]["components_resplit"] > 0 for n in (1, 2, 3))
+    assert any(reports[f"ext{n}"]["resplit_pairs"] > reports[f"ext{n}"]["resplit_pairs_scored"] for n in (1, 2, 3))
+    # Groups were joined and split by the newcomers.
+    assert any(reports[f"ext{n}"]["lineage_merged"] for n in (1, 2, 3))
+    assert any(reports[f"ext{n}"]["lineage_split"] for n in (1, 2, 3))
+    assert reports["ext3"]["blocking_work_items"] > 3  # several partitions, searched in blocks
+
+
+def test_new_rows_repeating_known_texts_join_the_first_seen_representative(nightly):
+    root, parts, reports = nightly
+    members = {m["id"]: m["rep_id"] for m in read_part(root / "ext2" / "state", "members")}
+    first_id = parts[0][0][0]
+    assert members[5] == members[first_id] == first_id         # a lower id does not take over
+    assert members[99_999] == 10_010                            # a higher id joins the known text too
+    full = {m["id"]: m["rep_id"] for m in read_part(root / "full2" / "state", "members")}
+    assert full[5] == first_id                                  # the full run with --params-from agrees
+    groups = _groups(root / "ext2")
+    assert groups[5][0] == groups[first_id][0] and groups[5][2] in ("exact", "model")
+    rejected = read_part(root / "ext2", "rejected")
+    assert [json.loads(r["row"])["id"] for r in rejected] == [99_998]
+
+
+def test_extensions_score_fewer_pairs_and_keep_the_books(nightly):
+    root, parts, reports = nightly
+    scored = sum(reports[f"ext{n}"]["pairs_scored"] + reports[f"ext{n}"]["resplit_pairs_scored"] for n in (1, 2, 3))
+    fresh = reports["fresh"]["pairs_scored"] + reports["fresh"]["resplit_pairs_scored"]
+    assert reports["ext3"]["pairs_scored"] + reports["ext3"]["resplit_pairs_scored"] < fresh
+    assert scored > 0
+    for night in (1, 2, 3):
+        report = reports[f"ext{night}"]
+        assert report["accounting_ok"] and report["rows_existing"] == reports[f"ext{night - 1}"]["rows_out"]
+        assert report["new_representatives"] < report["representatives"]
+        # The full run with --params-from scored exactly what the extension scored.
+        full = reports[f"full{night}"]
+        assert (report["pairs_scored"], report["resplit_pairs_scored"]) == (full["pairs_scored"],
+                                                                            full["resplit_pairs_scored"])
+    assert reports["ext3"]["rows_out"] == sum(len([r for r in part if r[1]]) for part in parts)
+
+
+def test_extension_rejects_reused_ids(nightly, tiny_model, tmp_path):
+    root, parts, _ = nightly
+    write_questions([(parts[0][0][0], "一个新问题"), (999_999, "另一个新问题")], tmp_path / "new" / "q.parquet")
+    report = run_qdedup(tmp_path / "new" / "q.parquet", tmp_path / "out", tiny_model, *FLAGS,
+                        f"--existing={root / 'ext0'}")
     rejected = read_part(tmp_path / "out", "rejected")
-    assert [(json.loads(r["row"])["id"], r["reason"]) for r in rejected] == [(rows[0][0], "duplicate_id")]
+    assert [(json.loads(r["row"])["id"], r["reason"]) for r in rejected] == [(parts[0][0][0], "duplicate_id")]
     assert "--existing run" in rejected[0]["detail"]
     assert report["rows_in"] == 2 and report["new_representatives"] == 1 and report["accounting_ok"]
-    argv = ["run", "--input", str(tmp_path / "new" / "*.parquet"), "--output", str(tmp_path / "out2"),
-            "--scorer-model", tiny_model, f"--existing={root / 'old'}", "--min-similarity=0.5", "--top-k=5",
-            *RUNNER_ARGS]
-    assert main(argv) == 2
-    assert "--top-k=10" in capsys.readouterr().err
-    assert main(argv[:-2] + [f"--existing={tmp_path / 'nowhere'}", *RUNNER_ARGS]) == 2
-    assert "no readable report.json" in capsys.readouterr().err
 
 
-def test_extension_with_an_encoder_embedder_and_whitening(tiny_model, tmp_path):
-    rows = cluster_corpus(12)
-    old, new = rows[: len(rows) * 3 // 4], rows[len(rows) * 3 // 4:]
+def test_options_that_cannot_go_together(nightly, tiny_model, tmp_path, capsys):
+    root, _, _ = nightly
+    argv = ["run", "--input", str(root / "in" / "night1" / "q.parquet"), "--output", str(tmp_path / "o"),
+            "--scorer-model", tiny_model, *RUNNER_ARGS]
+    assert main(argv + [f"--existing={root / 'ext0'}", f"--params-from={root / 'ext0'}"]) == 2
+    assert "leave out --params-from" in capsys.readouterr().err
+    assert main(argv + [f"--existing={tmp_path / 'nowhere'}"]) == 2
+    assert "has no _SUCCESS" in capsys.readouterr().err
+
+
+def test_an_extension_with_an_encoder_embedder_equals_the_full_run(tiny_model, tmp_path):
+    rows = cluster_corpus(6)
+    old, new = rows[: len(rows) * 2 // 3], rows[len(rows) * 2 // 3:]
     write_questions(old, tmp_path / "old" / "q.parquet")
     write_questions(new, tmp_path / "new" / "q.parquet")
-    flags = [f"--embedders=lexical,encoder:{tiny_model}", "--encoder-whiten", "--min-similarity=0.5"]
+    write_questions(old, tmp_path / "all" / "a.parquet")
+    write_questions(new, tmp_path / "all" / "b.parquet")
+    flags = [f"--embedders=lexical,encoder:{tiny_model}", "--encoder-whiten", "--min-similarity=0.5", "--top-k=4"]
     run_qdedup(tmp_path / "old" / "*.parquet", tmp_path / "run_old", tiny_model, *flags)
     report = run_qdedup(tmp_path / "new" / "*.parquet", tmp_path / "run_new", tiny_model, *flags,
                         f"--existing={tmp_path / 'run_old'}")
+    run_qdedup(tmp_path / "all" / "*.parquet", tmp_path / "full", tiny_model, *flags,
+               f"--params-from={tmp_path / 'run_old'}", f"--previous-groups={tmp_path / 'run_old'}")
     assert report["accounting_ok"] and report["rows_out"] == len(rows)
+    assert _groups(tmp_path / "run_new") == _groups(tmp_path / "full")
+    assert _pairs(tmp_path / "run_new") == _pairs(tmp_path / "full")
     known = {normalize_text(t) for _, t in old}
     assert report["new_representatives"] == len({normalize_text(t) for _, t in new} - known)
-    # Both embedders' state was kept and extended: every representative has a vector of each kind.
-    for kind in ("lexical", "encoder"):
+    for kind in ("lexical", "encoder"):  # both embedders' state kept and extended
         vectors = read_part(tmp_path / "run_new" / "state" / kind, "vectors")
         assert {v["id"] for v in vectors} == {r["id"] for r in read_part(tmp_path / "run_new" / "state",
                                                                          "representatives")}
-    encoder_pairs = [p for p in read_part(tmp_path / "run_new", "pairs") if "encoder" in p["source"]]
     new_ids = {i for i, _ in new}
-    assert any(p["id_a"] in new_ids or p["id_b"] in new_ids for p in encoder_pairs)
+    assert any(p[2] != "lexical" and (a in new_ids or b in new_ids)
+               for (a, b), p in _pairs(tmp_path / "run_new").items())

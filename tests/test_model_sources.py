@@ -1,41 +1,18 @@
 """Where models come from: hub ids, local directories, gs:// / s3:// directories copied to each worker,
 ModelScope; weights from safetensors only, never remote code."""
+import json
 import os
 import shutil
 
 import pytest
 from apache_beam.io.filesystem import FileMetadata
-from apache_beam.io.localfilesystem import LocalFileSystem
 
 import transforms.model
+from tests.object_store import PREFIX, ObjectStoreForTests
 from tests.test_pipeline import read_part, run_qdedup
 from transforms.errors import QdedupError
 from transforms.model import ModelSettings, model_path
 from transforms.score import check_scorer_model, load_classifier
-
-PREFIX = "qdtest://"
-
-
-class RemoteForTests(LocalFileSystem):
-    """A Beam filesystem under its own scheme, standing in for gs:// or s3:// (no bucket is reachable here)."""
-
-    @classmethod
-    def scheme(cls):
-        return "qdtest"
-
-    @staticmethod
-    def _strip(path):
-        return path[len(PREFIX):] if path.startswith(PREFIX) else path
-
-    def _list(self, dir_or_prefix):
-        for m in super()._list(self._strip(dir_or_prefix)):
-            yield FileMetadata(PREFIX + m.path, m.size_in_bytes, m.last_updated_in_seconds)
-
-    def open(self, path, *args, **kwargs):
-        return super().open(self._strip(path), *args, **kwargs)
-
-    def exists(self, path):
-        return super().exists(self._strip(path))
 
 
 @pytest.fixture
@@ -59,6 +36,35 @@ def test_a_remote_directory_is_copied_once_and_loads(remote_model, cache):
     stamp = os.stat(marker).st_mtime_ns
     assert model_path(remote_model) == local and os.stat(marker).st_mtime_ns == stamp  # not copied again
     assert load_classifier(ModelSettings(remote_model, device="cpu")).model.config.num_labels == 2
+
+
+@pytest.mark.parametrize("name", ["../../outside.txt", "sub/../../outside.txt", "/etc/cron.d/x"])
+def test_object_names_that_escape_the_model_folder_are_refused(remote_model, cache, monkeypatch, name):
+    listed = ObjectStoreForTests._list
+
+    def with_hostile_object(self, prefix):
+        yield from listed(self, prefix)
+        yield FileMetadata(remote_model + "/" + name, 3, 0.0)
+    monkeypatch.setattr(ObjectStoreForTests, "_list", with_hostile_object)
+    with pytest.raises(QdedupError, match="would be copied outside the model's folder"):
+        check_scorer_model(remote_model)
+    with pytest.raises(QdedupError, match="would be copied outside"):
+        model_path(remote_model)
+    assert not any(p.name == "outside.txt" for p in cache.parent.rglob("outside.txt"))
+
+
+def test_a_model_changed_in_the_bucket_is_fetched_again(remote_model, cache, tiny_model):
+    first = model_path(remote_model)
+    config = remote_model[len(PREFIX):] + "/config.json"
+    content = json.loads(open(config).read())
+    content["qdedup_test_marker"] = 1
+    with open(config, "w") as handle:
+        json.dump(content, handle)
+    os.utime(config, (1_900_000_000, 1_900_000_000))
+    second = model_path(remote_model)
+    assert second != first and "qdedup_test_marker" in open(os.path.join(second, "config.json")).read()
+    assert "qdedup_test_marker" not in open(os.path.join(first, "config.json")).read()
+    assert model_path(remote_model) == second  # and then kept
 
 
 def test_a_run_reads_its_scorer_from_a_remote_directory(remote_model, cache, tmp_path):

@@ -58,7 +58,9 @@ def test_unreadable_preset_is_named(tmp_path):
     (["--input", "x", "--output", "y", "--canonical", "earliest"], "needs --timestamp-column"),
     (["--input", "x", "--output", "y", "--existing", "p", "--previous-groups", "p/groups"],
      "leave out --previous-groups"),
-    (["--input", "x", "--output", "y/", "--existing", "y"], "must be different directories"),
+    (["--input", "x", "--output", "y", "--existing", "p", "--params-from", "p"], "leave out --params-from"),
+    (["--input", "x", "--output", "y", "--max-failed-share", "1.5"], "--max-failed-share"),
+    (["--input", "x", "--output", "y", "--positive-label", "-1"], "--positive-label"),
 ])
 def test_invalid_values_are_refused(argv, message):
     with pytest.raises(QdedupError, match=message):

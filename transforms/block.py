@@ -13,6 +13,15 @@ recall and the cost of a run. No worker holds the whole corpus:
 4. exact inner-product kNN runs inside each work item; each question keeps its
    best k neighbours over all its partitions above the similarity floor;
 5. pairs are keyed (min id, max id) and made distinct.
+
+Similarities never depend on the search: faiss proposes `top_k + margin`
+neighbours, and the similarity of each is then computed by one fixed routine
+(`exact_similarities`: float64 sums of the float32 products, rounded to float32),
+so a pair has the same similarity whichever work item, batch of queries or run
+finds it, and neighbours are ranked by (similarity, then the lower id) exactly.
+That is what lets an extended run (`--existing`) keep each stored question's k
+nearest as (similarity, id) lists and update them with newcomers to exactly the
+lists a full run would find.
 """
 from __future__ import annotations
 
@@ -46,21 +55,28 @@ class BlockingSettings:
     probes: int = 2                  # partitions each question is placed in
     max_block: int = 20_000          # larger partitions are searched block by block
     sample_per_partition: int = 256  # k-means training points per centroid
+    margin: int = 10                 # extra neighbours faiss proposes, re-ranked by exact similarity
     seed: int = 0
 
 
 class CandidatePair(NamedTuple):
+    """A pair to score. Texts are None where blocking did not see them (an extended run's stored lists):
+    the scoring stage fetches them for the pairs it has to score."""
+
     id_a: object
     id_b: object
-    text_a: str
-    text_b: str
-    similarity: float
+    text_a: Optional[str]
+    text_b: Optional[str]
+    similarity: Optional[float]
     source: str = "lexical"
 
 
-def radius(top_sims: Sequence[float], settings: BlockingSettings) -> float:
-    """The similarity a newcomer must reach to enter a question's k nearest (its k-th best so far)."""
-    return top_sims[settings.top_k - 1] if len(top_sims) >= settings.top_k else settings.min_similarity
+Neighbours = list  # [(similarity, id)], best first: higher similarity, then lower id; at most top_k
+
+
+def rank(entry: tuple) -> tuple:
+    """Sort key of a (similarity, id, ...) entry: best first, ties to the lower id."""
+    return -entry[0], entry[1]
 
 
 def stable_hash(value: object) -> int:
@@ -102,30 +118,66 @@ def block_count(size: int, max_block: int) -> int:
     return max(1, math.ceil(size / max_block))
 
 
+_EXACT_CHUNK = 1 << 22  # float64 products held at once while recomputing similarities
+
+
+def exact_similarities(queries: np.ndarray, index: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """sims[i, j] = queries[i] . index[found[i, j]], by one fixed routine (-inf where found is -1).
+
+    Each product of two float32 values is exact in float64 and each row is summed the same way
+    whatever else is computed with it; rounding the sum to float32 makes the result the same in
+    every work item, process and run (a float64 sum would have to fall within 1e-16 of a float32
+    rounding boundary to tell two orders of summation apart).
+    """
+    sims = np.full(found.shape, -np.inf, dtype=np.float32)
+    if not found.size:
+        return sims
+    rows = max(1, _EXACT_CHUNK // max(found.shape[1] * queries.shape[1], 1))
+    for start in range(0, len(found), rows):
+        block = found[start:start + rows]
+        valid = block >= 0
+        q = queries[start:start + rows].astype(np.float64)[:, None, :]
+        x = index[np.where(valid, block, 0)].astype(np.float64)
+        sums = (q * x).sum(axis=-1).astype(np.float32)
+        sims[start:start + rows] = np.where(valid, sums, -np.inf)
+    return sims
+
+
 def knn_lists(query_ids: Sequence, queries: np.ndarray, index_ids: Sequence, index: np.ndarray, k: int,
-              min_similarity: float) -> dict[object, list[tuple[float, object]]]:
-    """{query id: up to k (similarity, neighbour id), best first}, never the query itself."""
+              min_similarity: float, margin: int = 10) -> dict[object, Neighbours]:
+    """{query id: up to k (similarity, neighbour id), best first}, never the query itself.
+
+    faiss proposes k + 1 + margin neighbours; they are ranked by their exact similarity.
+    """
     if not len(query_ids) or not len(index_ids) or k < 1:
         return {}
+    index = np.ascontiguousarray(index, dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
     search = faiss.IndexFlatIP(index.shape[1])
-    search.add(np.ascontiguousarray(index, dtype=np.float32))
-    sims, found = search.search(np.ascontiguousarray(queries, dtype=np.float32), min(k + 1, len(index_ids)))
-    lists: dict[object, list[tuple[float, object]]] = {}
+    search.add(index)
+    _, found = search.search(queries, min(k + 1 + margin, len(index_ids)))
+    sims = exact_similarities(queries, index, found)
+    lists: dict[object, Neighbours] = {}
     for query_id, row_sims, row_found in zip(query_ids, sims, found):
-        neighbours = [(float(s), index_ids[j]) for s, j in zip(row_sims, row_found)
-                      if j >= 0 and s >= min_similarity and index_ids[j] != query_id]
+        neighbours = sorted(((float(s), index_ids[j]) for s, j in zip(row_sims, row_found)
+                             if j >= 0 and s >= min_similarity and index_ids[j] != query_id), key=rank)
         if neighbours:
             lists[query_id] = neighbours[:k]
     return lists
 
 
-def best_neighbours(candidates: Iterable[tuple[float, object]], k: int) -> list[tuple[float, object]]:
+def best_neighbours(candidates: Iterable[tuple[float, object]], k: int) -> Neighbours:
     """The k most similar distinct neighbours; ties go to the lower id, so results are deterministic."""
     best: dict = {}
     for sim, neighbour in candidates:
         if sim > best.get(neighbour, -math.inf):
             best[neighbour] = sim
-    return sorted(((s, n) for n, s in best.items()), key=lambda item: (-item[0], item[1]))[:k]
+    return sorted(((s, n) for n, s in best.items()), key=rank)[:k]
+
+
+def enters(entry: tuple, neighbours: Neighbours, k: int) -> bool:
+    """Whether (similarity, id) would be among the k best of a question whose k best are `neighbours`."""
+    return len(neighbours) < k or rank(entry) < rank(neighbours[k - 1])
 
 
 def knn_pairs(ids: Sequence, vectors: np.ndarray, k: int, min_similarity: float) -> dict[tuple, float]:
@@ -139,6 +191,15 @@ def knn_pairs(ids: Sequence, vectors: np.ndarray, k: int, min_similarity: float)
 
 
 # ---- Beam glue ----
+
+class Blocked(NamedTuple):
+    """What blocking gives: the candidate pairs; every question's k nearest as (id, `Neighbours`),
+    which an extension keeps; and the centroids the partitions came from (None: one partition)."""
+
+    pairs: beam.PCollection
+    neighbours: beam.PCollection
+    centroids: beam.PCollection
+
 
 def _train(sample: list, n: int, settings: BlockingSettings) -> Optional[np.ndarray]:
     n_partitions = partition_count(n, settings)
@@ -163,22 +224,22 @@ class _AssignPartitions(beam.DoFn):
 class _ToWorkItems(beam.DoFn):
     """(partition, item) -> ((partition, query block, index block), (role, item)).
 
-    A new question is searched and searchable ("both", "query", "index"); a
-    question of an extended run ("existing") only searchable, and searched
-    against the new questions for the pairs in which a newcomer enters its k nearest.
+    A question being searched is a query and searchable ("both", "query", "index"); a stored
+    question of an extended run ("stored") only searchable, and searched against the queries for
+    the newcomers that enter its k nearest.
     """
 
-    def __init__(self, max_block: int, existing: bool = False):
+    def __init__(self, max_block: int, stored: bool = False):
         self._max_block = max_block
-        self._existing = existing
+        self._stored = stored
 
     def process(self, element, sizes: dict):
         partition, item = element
         blocks = block_count(sizes[partition], self._max_block)
         mine = stable_hash(item[0].id) % blocks
         for other in range(blocks):
-            if self._existing:
-                yield (partition, other, mine), ("existing", item)
+            if self._stored:
+                yield (partition, other, mine), ("stored", item)
             elif other == mine:
                 yield (partition, mine, mine), ("both", item)
             else:
@@ -187,6 +248,8 @@ class _ToWorkItems(beam.DoFn):
 
 
 class _SearchWorkItem(beam.DoFn):
+    """Main output: (query id, (text, [(sim, id, text)])); "entering": (stored id, [(sim, id, text)])."""
+
     def __init__(self, settings: BlockingSettings):
         self._settings = settings
         self._timer = StageTimer("block")
@@ -194,15 +257,15 @@ class _SearchWorkItem(beam.DoFn):
 
     def process(self, element):
         _, members = element
-        queries, index, existing, size = [], [], [], 0
+        queries, index, stored, size = [], [], [], 0
         for role, item in members:
             size += 1
             if role in ("both", "query"):
                 queries.append(item)
             if role != "query":
                 index.append(item)
-            if role == "existing":
-                existing.append(item)
+            if role == "stored":
+                stored.append(item)
         self._sizes.update(size)
         if not queries or not index:
             return
@@ -211,28 +274,39 @@ class _SearchWorkItem(beam.DoFn):
         started = time.perf_counter()
         with self._timer:
             lists = _search(queries, index, settings)
-            # Pairs where a newcomer enters an existing question's k nearest: the searches the full run
-            # would have made from the existing side.
-            reverse = _search(existing, queries, settings) if existing else {}
+            # The searches a full run would make from the stored side: newcomers that enter a stored
+            # question's k nearest.
+            reverse = _search(stored, queries, settings) if stored else {}
         partition, query_block, index_block = element[0]
         _LOG.info("blocking: partition %s, blocks %d x %d: %d questions searched against %d in %.1f s",
                   partition, query_block, index_block, len(queries), len(index), time.perf_counter() - started)
         query_text = {item[0].id: item[0].text for item in queries}
         for query_id, neighbours in lists.items():
             yield query_id, (query_text[query_id], [(sim, nid, texts[nid]) for sim, nid in neighbours])
-        for rep, _, bound in existing:
-            entering = [(sim, nid, query_text[nid]) for sim, nid in reverse.get(rep.id, []) if sim >= bound]
+        k = settings.top_k
+        for rep, _, kept in stored:
+            entering = [(sim, nid, query_text[nid]) for sim, nid in reverse.get(rep.id, [])
+                        if enters((sim, nid), kept, k)]
             if entering:
-                yield rep.id, (rep.text, entering)
+                yield beam.pvalue.TaggedOutput("entering", (rep.id, entering))
 
 
 def _search(queries: list, index: list, settings: BlockingSettings) -> dict:
-    # In id order: the float sums, and so the similarities, do not depend on the order items arrived in.
+    # In id order: which rows faiss sees first does not depend on the order items arrived in.
     queries = sorted(queries, key=lambda item: item[0].id)
     index = sorted(index, key=lambda item: item[0].id)
     return knn_lists([item[0].id for item in queries], np.stack([to_dense(item[1]) for item in queries]),
                      [item[0].id for item in index], np.stack([to_dense(item[1]) for item in index]),
-                     settings.top_k, settings.min_similarity)
+                     settings.top_k, settings.min_similarity, settings.margin)
+
+
+def _keep_best(best: dict, found: Iterable[tuple], k: int) -> dict:
+    """{neighbour id: (sim, text)} with `found` (sim, id, text) entries added, cut to the k best."""
+    for sim, nid, ntext in found:
+        if nid not in best or sim > best[nid][0] or (ntext is not None and best[nid][1] is None):
+            best[nid] = (sim, ntext if ntext is not None else best.get(nid, (None, None))[1])
+    keep = sorted(((sim, nid) for nid, (sim, _) in best.items()), key=rank)[:k]
+    return {nid: best[nid] for _, nid in keep}
 
 
 class _TopNeighbours(beam.CombineFn):
@@ -247,26 +321,26 @@ class _TopNeighbours(beam.CombineFn):
     def add_input(self, accumulator, found):
         _, best = accumulator
         query_text, neighbours = found
-        for sim, nid, ntext in neighbours:
-            if sim > best.get(nid, (-math.inf,))[0]:
-                best[nid] = (sim, ntext)
-        return query_text, self._trim(best)
+        return query_text, _keep_best(best, neighbours, self._k)
 
     def merge_accumulators(self, accumulators):
         text, best = None, {}
         for other_text, other in accumulators:
             text = text or other_text
-            for nid, (sim, ntext) in other.items():
-                if sim > best.get(nid, (-math.inf,))[0]:
-                    best[nid] = (sim, ntext)
-        return text, self._trim(best)
-
-    def _trim(self, best: dict) -> dict:
-        keep = best_neighbours(((sim, nid) for nid, (sim, _) in best.items()), self._k)
-        return {nid: best[nid] for _, nid in keep}
+            best = _keep_best(best, ((sim, nid, ntext) for nid, (sim, ntext) in other.items()), self._k)
+        return text, best
 
     def extract_output(self, accumulator):
         return accumulator
+
+
+def _update_stored(element, k: int) -> Iterable[tuple]:
+    """A stored question's k nearest with the newcomers that entered them: (id, (text, best))."""
+    rep_id, joined = element
+    for rep, _, kept in joined["item"]:
+        best = _keep_best({nid: (sim, None) for sim, nid in kept},
+                          (entry for found in joined["entering"] for entry in found), k)
+        yield rep_id, (rep.text, best)
 
 
 def _pairs_of(element, source: str) -> Iterable[tuple[tuple, CandidatePair]]:
@@ -279,14 +353,19 @@ def _pairs_of(element, source: str) -> Iterable[tuple[tuple, CandidatePair]]:
         yield (pair.id_a, pair.id_b), pair
 
 
-def _closest(pairs: Iterable[CandidatePair]) -> CandidatePair:
-    return max(pairs, key=lambda pair: pair.similarity)
+def _one_pair(pairs: Iterable[CandidatePair]) -> CandidatePair:
+    """The same pair found from both ends (same similarity): one of them, with every text that is known."""
+    pairs = list(pairs)
+    first = max(pairs, key=lambda pair: (pair.similarity, pair.text_a is not None, pair.text_b is not None))
+    text_a = next((p.text_a for p in pairs if p.text_a is not None), None)
+    text_b = next((p.text_b for p in pairs if p.text_b is not None), None)
+    return first._replace(text_a=text_a, text_b=text_b)
 
 
 def _merge_sources(pairs: Iterable[CandidatePair]) -> CandidatePair:
     pairs = list(pairs)
     sources = sorted({source for pair in pairs for source in pair.source.split(",")})
-    return _closest(pairs)._replace(source=",".join(sources))
+    return _one_pair(pairs)._replace(source=",".join(sources))
 
 
 class UnionCandidates(beam.PTransform):
@@ -302,31 +381,31 @@ class UnionCandidates(beam.PTransform):
         )
 
 
-def _top_sims(element) -> tuple:
+def _neighbour_list(element) -> tuple:
     query_id, (_, best) = element
-    return query_id, sorted((sim for sim, _ in best.values()), reverse=True)
+    return query_id, sorted(((sim, nid) for nid, (sim, _) in best.items()), key=rank)
 
 
 class BlockCandidates(beam.PTransform):
-    """(representative, unit vector, dense or sparse) -> distinct `CandidatePair`s, id_a < id_b, with `source`.
+    """(representative, unit vector, dense or sparse) -> `Blocked`: distinct `CandidatePair`s, id_a < id_b.
 
-    Returns {"pairs", "top_sims": (id, its k best similarities), "centroids"}.
-    To extend a previous run, pass `centroids` (the previous run's, None for
-    one partition) and apply it to (new items, existing (rep, vector, radius)):
-    only partitions holding new questions are searched, and only new
-    questions are queried.
+    `centroids`: None to train them on these vectors, or a previous run's (`--existing`,
+    `--params-from`; an array, or None for one partition) as `Given(centroids)`.
+    Extending a run, apply it to (new items, stored items as (rep, vector, `Neighbours`)):
+    only partitions holding new questions are searched, only new questions are queried, and
+    each stored question's k nearest are updated with the newcomers that enter them.
     """
 
-    def __init__(self, settings: BlockingSettings, source: str = "lexical", centroids=False):
+    def __init__(self, settings: BlockingSettings, source: str = "lexical", centroids: Optional["Given"] = None):
         super().__init__()
         self._settings = settings
         self._source = source
-        self._centroids = centroids  # False: train them; None or an array: the previous run's
+        self._centroids = centroids
 
     def expand(self, inputs):
         settings, source = self._settings, self._source
-        embedded, existing = inputs if isinstance(inputs, tuple) else (inputs, None)
-        if self._centroids is False:
+        embedded, stored = inputs if isinstance(inputs, tuple) else (inputs, None)
+        if self._centroids is None:
             count = beam.pvalue.AsSingleton(embedded | "CountVectors" >> beam.combiners.Count.Globally())
             centroids = (
                 embedded
@@ -337,15 +416,15 @@ class BlockCandidates(beam.PTransform):
                 | "TrainCentroids" >> beam.Map(_train, n=count, settings=settings)
             )
         else:
-            centroids = embedded.pipeline | "PreviousCentroids" >> beam.Create([self._centroids])
+            centroids = embedded.pipeline | "PreviousCentroids" >> beam.Create([self._centroids.centroids])
         assigned = embedded | "AssignPartitions" >> beam.ParDo(
             _AssignPartitions(settings.probes), centroids=beam.pvalue.AsSingleton(centroids))
-        if existing is not None:
+        if stored is not None:
             searched = beam.pvalue.AsDict(assigned | "NewPartitions" >> beam.Map(lambda e: (e[0], True))
                                           | "DistinctPartitions" >> beam.Distinct())
-            existing = existing | "AssignExisting" >> beam.ParDo(
+            stored_assigned = stored | "AssignStored" >> beam.ParDo(
                 _AssignPartitions(settings.probes), centroids=beam.pvalue.AsSingleton(centroids), only=searched)
-            everything = (assigned, existing) | "AllAssigned" >> beam.Flatten()
+            everything = (assigned, stored_assigned) | "AllAssigned" >> beam.Flatten()
         else:
             everything = assigned
         sizes = beam.pvalue.AsDict(
@@ -354,19 +433,33 @@ class BlockCandidates(beam.PTransform):
             | "PartitionSizes" >> beam.CombinePerKey(sum)
         )
         work = assigned | "ToWorkItems" >> beam.ParDo(_ToWorkItems(settings.max_block), sizes=sizes)
-        if existing is not None:
-            work = (work, existing | "ExistingWorkItems" >> beam.ParDo(
-                _ToWorkItems(settings.max_block, existing=True), sizes=sizes)) | "AllWorkItems" >> beam.Flatten()
-        best = (
+        if stored is not None:
+            work = (work, stored_assigned | "StoredWorkItems" >> beam.ParDo(
+                _ToWorkItems(settings.max_block, stored=True), sizes=sizes)) | "AllWorkItems" >> beam.Flatten()
+        found = (
             work
             | "GroupWorkItem" >> beam.GroupByKey()
-            | "SearchWorkItem" >> beam.ParDo(_SearchWorkItem(settings))
-            | "BestNeighbours" >> beam.CombinePerKey(_TopNeighbours(settings.top_k))
+            | "SearchWorkItem" >> beam.ParDo(_SearchWorkItem(settings)).with_outputs("entering", main="found")
         )
+        best = found.found | "BestNeighbours" >> beam.CombinePerKey(_TopNeighbours(settings.top_k))
+        if stored is not None:
+            updated = (
+                {"item": stored | "StoredById" >> beam.Map(lambda item: (item[0].id, item)),
+                 "entering": found.entering}
+                | "JoinEntering" >> beam.CoGroupByKey()
+                | "UpdateStored" >> beam.FlatMap(_update_stored, settings.top_k)
+            )
+            best = (best, updated) | "AllNeighbours" >> beam.Flatten()
         pairs = (
             best
             | "ToPairs" >> beam.FlatMap(_pairs_of, source)
-            | "DistinctPairs" >> beam.CombinePerKey(_closest)
+            | "DistinctPairs" >> beam.CombinePerKey(_one_pair)
             | "DropKey" >> beam.Values()
         )
-        return {"pairs": pairs, "top_sims": best | "TopSims" >> beam.Map(_top_sims), "centroids": centroids}
+        return Blocked(pairs, best | "NeighbourLists" >> beam.Map(_neighbour_list), centroids)
+
+
+class Given(NamedTuple):
+    """Centroids from a previous run (None: it had one partition)."""
+
+    centroids: Optional[np.ndarray]

@@ -11,8 +11,9 @@ is re-split:
    threshold. Pairs never compared count as non-duplicates (score 0), so a
    group only survives where its members were actually found similar.
 
-A component is gathered on one worker only while it is being re-split; the
-graph as a whole never is.
+Only this run's blocking pairs decide which components are re-split and which
+pairs their re-split asks for; a pair an earlier run scored is reused only when
+that plan asks for it (through the scorer given, `ScoreCandidates`).
 """
 from __future__ import annotations
 
@@ -140,7 +141,11 @@ def pairs_within(pairs, labels, name: str):
 
 
 class _Plan(beam.DoFn):
-    """Per component: keep its label, or plan a re-split and ask for its missing pairs."""
+    """Per component: keep its label, or plan a re-split and ask for its missing pairs.
+
+    The plan follows this run's blocking pairs alone (the only scored pairs a component is made of):
+    the same graph gives the same plan, whatever earlier runs scored.
+    """
 
     def __init__(self, settings: ChainingSettings):
         self._settings = settings
@@ -149,36 +154,17 @@ class _Plan(beam.DoFn):
     def process(self, element):
         root, joined = element
         nodes = sorted(set(joined["node"]))
-        pairs = list(joined["pair"])
-        scores = {(p.id_a, p.id_b): p.score for p in pairs}
-        # The decision and the friends of friends follow blocking's pairs alone, so that pairs an earlier
-        # run's chaining control scored (kept in pairs/) change neither: an extended run re-splits as a
-        # full run would, and only scores what is still missing.
-        blocked = {(p.id_a, p.id_b): p.score for p in pairs if p.source != RESPLIT}
-        edges = sum(score >= self._settings.threshold for score in blocked.values())
+        scores = {(p.id_a, p.id_b): p.score for p in joined["pair"]}
+        edges = sum(score >= self._settings.threshold for score in scores.values())
         if not needs_resplit(len(nodes), edges, self._settings):
             for node in nodes:
                 yield node, root
             return
         self._resplit.inc()
         yield beam.pvalue.TaggedOutput("resplit", (root, (nodes, scores)))
-        for pair in missing_pairs(blocked, self._settings.threshold, self._settings.pair_budget,
+        for pair in missing_pairs(scores, self._settings.threshold, self._settings.pair_budget,
                                   self._settings.fanout):
-            if pair not in scores:
-                yield beam.pvalue.TaggedOutput("missing", (pair, root))
-
-
-def _with_text(element) -> Iterable[tuple]:
-    """(id, {"item": [...], "text": [text]}) -> (item, text) for each item."""
-    _, joined = element
-    for text in joined["text"]:
-        for item in joined["item"]:
-            yield item, text
-
-
-def _to_candidate(element) -> CandidatePair:
-    ((pair, _root), text_a), text_b = element
-    return CandidatePair(pair[0], pair[1], text_a, text_b, None, RESPLIT)
+            yield beam.pvalue.TaggedOutput("missing", (pair, root))
 
 
 def _resplit(element, threshold: float) -> Iterable[tuple]:
@@ -190,9 +176,10 @@ def _resplit(element, threshold: float) -> Iterable[tuple]:
 
 
 class SplitChains(beam.PTransform):
-    """(components, scored pairs, representatives) -> (node, group label), extra scored pairs.
+    """(components, scored pairs) -> {"labels": (node, group label), "scored", "new", "failed"}.
 
-    `score` is the PTransform that scores `CandidatePair`s into {"scored", "failed"} (ScorePairs in a run).
+    `score` is the PTransform that turns `CandidatePair`s without texts into `Scored`
+    (`ScoreCandidates` in a run, which reuses scores an earlier run made).
     """
 
     def __init__(self, settings: ChainingSettings, score: beam.PTransform):
@@ -201,7 +188,7 @@ class SplitChains(beam.PTransform):
         self._score = score
 
     def expand(self, inputs):
-        components, scored, representatives = inputs
+        components, scored = inputs
         settings = self._settings
         plan = (
             {"node": components | "NodeByComponent" >> beam.KvSwap(),
@@ -209,22 +196,14 @@ class SplitChains(beam.PTransform):
             | "GatherComponent" >> beam.CoGroupByKey()
             | "PlanResplit" >> beam.ParDo(_Plan(settings)).with_outputs("resplit", "missing", main="kept")
         )
-        texts = representatives | "RepText" >> beam.Map(lambda rep: (rep.id, rep.text))
-        with_text_a = (
-            {"item": plan.missing | "MissingByA" >> beam.Map(lambda m: (m[0][0], m)), "text": texts}
-            | "JoinTextA" >> beam.CoGroupByKey()
-            | "TextA" >> beam.FlatMap(_with_text)
+        scoring = (
+            plan.missing
+            | "ToCandidate" >> beam.MapTuple(lambda pair, _: CandidatePair(pair[0], pair[1], None, None, None, RESPLIT))
+            | "ScoreMissingPairs" >> self._score
         )
-        candidates = (
-            {"item": with_text_a | "MissingByB" >> beam.Map(lambda m: (m[0][0][1], m)), "text": texts}
-            | "JoinTextB" >> beam.CoGroupByKey()
-            | "TextB" >> beam.FlatMap(_with_text)
-            | "ToCandidate" >> beam.Map(_to_candidate)
-        )
-        scoring = candidates | "ScoreMissingPairs" >> self._score
-        extra = scoring["scored"]
         extra_by_root = (
-            {"root": plan.missing, "pair": extra | "ExtraByPair" >> beam.Map(lambda p: ((p.id_a, p.id_b), p))}
+            {"root": plan.missing,
+             "pair": scoring.scored | "ExtraByPair" >> beam.Map(lambda p: ((p.id_a, p.id_b), p))}
             | "JoinExtraRoot" >> beam.CoGroupByKey()
             | "ExtraByRoot" >> beam.FlatMap(lambda kv: [(r, p) for r in kv[1]["root"] for p in kv[1]["pair"]])
         )
@@ -234,4 +213,4 @@ class SplitChains(beam.PTransform):
             | "AverageLinkage" >> beam.FlatMap(_resplit, settings.threshold)
         )
         labels = (plan.kept, resplit) | "AllLabels" >> beam.Flatten()
-        return {"labels": labels, "scored": extra, "failed": scoring["failed"]}
+        return {"labels": labels, "scored": scoring.scored, "new": scoring.new, "failed": scoring.failed}

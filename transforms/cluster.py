@@ -228,9 +228,11 @@ def _component_of(element) -> Iterable[tuple[object, Representative]]:
 
 class ClusterGroups(beam.PTransform):
     """(representatives, memberships, scored pairs, previous run's `PreviousRow`s) -> one `GroupRow` per
-    accepted row, the extra pairs chaining control scored, and lineage.
+    accepted row, the pairs chaining control asked for, and lineage.
 
-    `score` scores the pairs chaining control asks for (ScorePairs in a run).
+    `score` turns the `CandidatePair`s chaining control asks for into `Scored` (`ScoreCandidates` in a run).
+    Returns {"groups", "scored" (every pair chaining control asked for), "new" (those scored now),
+    "failed", "lineage", "ids"}.
     """
 
     def __init__(self, chaining: ChainingSettings, rounds: int, score: beam.PTransform, canonical: str = "frequent"):
@@ -249,7 +251,7 @@ class ClusterGroups(beam.PTransform):
             | "EdgeEnds" >> beam.Map(lambda pair: (pair.id_a, pair.id_b))
             | "ConnectedComponents" >> ConnectedComponents(self._rounds)
         )
-        chained = (components, scored, representatives) | "SplitChains" >> SplitChains(self._chaining, self._score)
+        chained = (components, scored) | "SplitChains" >> SplitChains(self._chaining, self._score)
         labels = chained["labels"]
         all_scored = (scored, chained["scored"]) | "AllScored" >> beam.Flatten()
         edge_scores = (
@@ -284,5 +286,5 @@ class ClusterGroups(beam.PTransform):
             | "GatherRows" >> beam.CoGroupByKey()
             | "GroupRows" >> beam.FlatMap(_group_rows)
         )
-        return {"groups": group_rows, "scored": chained["scored"], "failed": chained["failed"],
-                "lineage": assigned["lineage"], "ids": assigned["ids"]}
+        return {"groups": group_rows, "scored": chained["scored"], "new": chained["new"],
+                "failed": chained["failed"], "lineage": assigned["lineage"], "ids": assigned["ids"]}

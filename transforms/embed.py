@@ -22,16 +22,18 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from transforms.errors import RejectedRow, failure
 from transforms.metrics import StageTimer
 from transforms.model import (
+    CheckedModel,
     Encoding,
     Forwarded,
     ModelFailure,
     ModelSettings,
     TokenizeAndPack,
     TokenizedItem,
-    handler_sharing,
+    check_model,
     load_model,
     load_tokenizer,
     run_splitting_on_failure,
+    sharing,
 )
 from transforms.normalize import Representative
 
@@ -197,10 +199,9 @@ class EncoderHandler(ModelHandler[TokenizedItem, np.ndarray, TextEncoder]):
     """RunInference handler: pre-packed batches of tokenized texts -> pooled vectors."""
 
     def __init__(self, settings: ModelSettings, pooling: str):
-        super().__init__()
+        super().__init__(**sharing(settings))
         self._settings = settings
         self._pooling = pooling
-        handler_sharing(self, settings)
         self._oom_splits = Metrics.counter("qdedup", "oom_splits")
         self._timer = StageTimer("encode")
 
@@ -219,6 +220,21 @@ class EncoderHandler(ModelHandler[TokenizedItem, np.ndarray, TextEncoder]):
 
     def get_metrics_namespace(self) -> str:
         return "qdedup.encoder"
+
+
+TRIAL_TEXT = "怎么开通网银"
+
+
+def check_encoder_model(name: str, option: str = "--embedders encoder:") -> CheckedModel:
+    """The encoder loads and turns a trial text into a finite vector."""
+    from transformers import AutoModel
+
+    def probe(model, tokenizer) -> None:
+        hidden = model(**tokenizer(TRIAL_TEXT, return_tensors="pt")).last_hidden_state
+        if not bool(hidden.float().isfinite().all()):
+            raise ValueError("the trial text's vector is not finite")
+
+    return check_model(name, option, AutoModel, probe)
 
 
 def unit(vector: np.ndarray) -> np.ndarray:
@@ -297,8 +313,7 @@ class EmbedEncoder(beam.PTransform):
         tokenized = (
             representatives
             | "EncoderInputs" >> beam.Map(lambda rep: (rep, ((rep.text,),)))
-            | "TokenizeAndPack" >> beam.ParDo(TokenizeAndPack(self._settings, "encoder")).with_outputs(
-                "failed", main="batches")
+            | "TokenizeAndPack" >> TokenizeAndPack(self._settings, "encoder")
         )
         encoded = (
             tokenized.batches

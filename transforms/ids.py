@@ -1,17 +1,24 @@
-"""Group ids that stay put from one run to the next (DESIGN.md step 7).
+"""Group ids that stay put from one run to the next, and never collide (DESIGN.md step 7).
 
 Downstream analytics join on group ids night after night, so a group keeps the
-id it had in the previous run's `groups/` (`--previous-groups`):
+id it had in the previous run's `groups/` (`--previous-groups`, `--existing`):
 
 - a previous group's id goes to the current group holding most of its rows
   (on a split, the largest part keeps it; ties go to the lower group);
 - a current group offered several previous ids (a merge) keeps the oldest,
   the one founded in the earliest run (then the larger overlap, then the lower id);
-- any other group is new and takes the id of its founding member, the
-  canonical one; should that id be held by another group (a split where the
-  founding member left its old group), the lowest member id that is free;
-  should none be, a derived id: `-(id) - 1` for integer ids, `id + "~"` for
-  strings.
+  the others are retired (`lineage/`: merged);
+- any other group is new. Its id is the first of these that is free: its
+  canonical member's id, its other member ids in ascending order, then derived
+  ids (`-(id) - 1`, then hashed negative ids, for integer ids; `id~`, `id~1`,
+  `id~2`... for strings) of its canonical id. Free means: no group of the
+  previous run had it (held now or retired now), and, for a derived id, no row
+  of this run has it as its id and no other new group with a lower label wants it.
+
+So no two groups of a run share an id, and a new group never takes an id that a
+group of the previous run had. A retired id is not reused in the run that
+retires it; a later run may give it again to a new group founded by the same
+row (ids are row ids, or derived from them).
 
 `lineage/` records each previous group whose rows moved: `merged` (its id
 retired into a group that kept an older one) and `split` (part of its rows
@@ -19,17 +26,19 @@ left for a group that did not take its id).
 """
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple, Optional
+import zlib
+from typing import Iterable, Mapping, NamedTuple, Optional
 
 import apache_beam as beam
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import ReadFromParquet
 
+from transforms.commit import committed_root, read_committed
 from transforms.errors import QdedupError
 
 PREVIOUS_COLUMNS = ("id", "group_id", "group_since_run")
+DERIVED_IDS = 8  # derived candidates per new group; all of them taken is an error (see `derived_ids`)
 
 
 class PreviousRow(NamedTuple):
@@ -67,55 +76,119 @@ def choose_inherited(offers: Iterable[Offer]) -> Optional[Offer]:
     return min(offers, key=lambda o: (o.since_run, -o.overlap, o.previous_id), default=None)
 
 
-def derived_id(row_id: object) -> object:
-    return f"{row_id}~" if isinstance(row_id, str) else -row_id - 1
+def derived_ids(row_id: object, count: int = DERIVED_IDS) -> list:
+    """Ids derived from a row id, in the order they are tried: readable first, then spread out."""
+    if isinstance(row_id, str):
+        return [f"{row_id}~"] + [f"{row_id}~{j}" for j in range(1, count)]
+    spread = [-1 - zlib.crc32(f"{row_id}/{j}".encode()) * 1_000_003 % (1 << 62) for j in range(1, count)]
+    return [-row_id - 1] + spread
 
 
-def founding_id(canonical_id: object, member_ids: Iterable, taken: set) -> object:
-    """A new group's id: its canonical member's id when free, else the lowest free member id."""
-    if canonical_id not in taken:
-        return canonical_id
-    free = sorted(set(member_ids) - taken)
-    return free[0] if free else derived_id(canonical_id)
+def candidate_ids(canonical_id: object, member_ids: Iterable) -> list[tuple[tuple, object, bool]]:
+    """(rank, id, derived) of every id a new group may take, best first."""
+    members = sorted(set(member_ids) - {canonical_id})
+    return ([((0, 0), canonical_id, False)] + [((1, i), m, False) for i, m in enumerate(members)]
+            + [((2, j), d, True) for j, d in enumerate(derived_ids(canonical_id))])
 
 
-def previous_pattern(directory: str) -> str:
-    return FileSystems.join(directory, "*.parquet")
+def new_group_ids(groups: Mapping[object, tuple[object, Iterable]], previous_ids: set, row_ids: set) -> dict:
+    """{label: id} for new groups {label: (canonical id, member ids)}: the first free candidate of each."""
+    wanted: dict = {}
+    for label, (canonical_id, members) in groups.items():
+        for rank, candidate, derived in candidate_ids(canonical_id, members):
+            if derived:
+                wanted.setdefault(candidate, []).append(label)
+    chosen = {}
+    for label, (canonical_id, members) in sorted(groups.items()):
+        for rank, candidate, derived in candidate_ids(canonical_id, members):
+            if candidate in previous_ids or (derived and (candidate in row_ids or min(wanted[candidate]) != label)):
+                continue
+            chosen[label] = candidate
+            break
+        else:
+            raise QdedupError(no_free_id(canonical_id))
+    return chosen
 
 
-def check_previous_groups(directory: str, id_type: str) -> None:
-    """A previous run's groups/ is readable and its ids have this run's type, before the pipeline starts."""
+def no_free_id(canonical_id: object) -> str:
+    return (f"no free group id for the new group of row {canonical_id!r}: its member ids and {DERIVED_IDS} ids "
+            "derived from it are all taken; please report this")
+
+
+def assign_ids(previous: Iterable[PreviousRow], groups: Mapping[object, tuple[object, Iterable]],
+               ) -> tuple[dict, list[LineageRow]]:
+    """The whole rule on one machine: {label: AssignedId} and lineage, for groups {label: (canonical, members)}.
+
+    `AssignGroupIds` applies the same rules distributed; this states them in one place (and tests hold
+    the two together).
+    """
+    previous = list(previous)
+    this_run = max((row.group_since_run for row in previous), default=0) + 1
+    label_of = {m: label for label, (_, members) in groups.items() for m in members}
+    overlap: dict = {}
+    for row in previous:
+        if row.id in label_of:
+            key = (row.group_id, row.group_since_run, label_of[row.id])
+            overlap[key] = overlap.get(key, 0) + 1
+    claims: dict = {}
+    for (previous_id, since, label), count in overlap.items():
+        claims.setdefault(previous_id, []).append((label, since, count))
+    offers: dict = {}
+    lineage = []
+    for previous_id, claimed in claims.items():
+        winner = award((label, count) for label, _, count in claimed)
+        for label, since, count in claimed:
+            if label == winner:
+                offers.setdefault(label, []).append(Offer(previous_id, since, count))
+            else:
+                lineage.append(("split", label, previous_id, count))
+    assigned = {}
+    for label, offered in offers.items():
+        kept = choose_inherited(offered)
+        assigned[label] = AssignedId(kept.previous_id, kept.since_run, True)
+        lineage += [("merged", label, o.previous_id, o.overlap) for o in offered if o is not kept]
+    new = {label: group for label, group in groups.items() if label not in assigned}
+    for label, group_id in new_group_ids(new, {row.group_id for row in previous}, set(label_of)).items():
+        assigned[label] = AssignedId(group_id, this_run, False)
+    return assigned, [LineageRow(assigned[label].group_id, previous_id, event, count)
+                      for event, label, previous_id, count in lineage]
+
+
+def check_previous_groups(path: str, id_type: str):
+    """A previous run's groups are committed, readable and of this run's id type, before the pipeline starts.
+
+    `path` is the run's output directory or its groups/ folder. Returns the committed run.
+    """
     option = "--previous-groups"
-    try:
-        files = [m.path for m in FileSystems.match([previous_pattern(directory)])[0].metadata_list]
-    except Exception as exc:
-        raise QdedupError(f"{option} {directory!r} cannot be listed: {exc}") from exc
+    committed = read_committed(committed_root(path), option)
+    files = committed.paths("groups", ".parquet")
     if not files:
-        raise QdedupError(f"{option} {directory!r} holds no Parquet files; give a previous run's groups/ directory")
-    with FileSystems.open(sorted(files)[0], compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        raise QdedupError(f"{option} {path!r} lists no groups/ files in its commit marker")
+    with FileSystems.open(files[0], compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         schema = pq.ParquetFile(handle).schema_arrow
     missing = [c for c in PREVIOUS_COLUMNS if c not in schema.names]
     if missing:
-        raise QdedupError(f"{option} {directory!r} lacks the columns {', '.join(missing)}: "
+        raise QdedupError(f"{option} {path!r} lacks the columns {', '.join(missing)}: "
                           "it is not a qdedup groups/ directory (or one from before stable ids)")
     previous_type = "string" if str(schema.field("id").type) in ("string", "large_string") else "int64"
     if previous_type != id_type:
-        raise QdedupError(f"{option} {directory!r} has {previous_type} ids but --input has {id_type} ids")
+        raise QdedupError(f"{option} {path!r} has {previous_type} ids but --input has {id_type} ids")
+    return committed
 
 
 class ReadPreviousGroups(beam.PTransform):
-    """A previous run's groups/ -> `PreviousRow`s; nothing when there is none."""
+    """A previous run's groups/ files -> `PreviousRow`s; nothing when there are none."""
 
-    def __init__(self, directory: Optional[str]):
+    def __init__(self, files: Iterable[str]):
         super().__init__()
-        self._directory = directory
+        self._files = sorted(files)
 
     def expand(self, pbegin):
-        if not self._directory:
-            return pbegin | "NoPreviousGroups" >> beam.Create([]).with_output_types(PreviousRow)
+        from apache_beam.io.parquetio import ReadAllFromParquet
         return (
             pbegin
-            | "ReadGroups" >> ReadFromParquet(previous_pattern(self._directory), columns=list(PREVIOUS_COLUMNS))
+            | "GroupFiles" >> beam.Create(self._files)
+            | "ReadGroups" >> ReadAllFromParquet(columns=list(PREVIOUS_COLUMNS))
             | "ToPreviousRow" >> beam.Map(lambda row: PreviousRow(row["id"], row["group_id"], row["group_since_run"]))
         )
 
@@ -151,24 +224,36 @@ def _inherit(element) -> Iterable:
             yield beam.pvalue.TaggedOutput("merged", (label, (offer.previous_id, offer.overlap)))
 
 
-def _taken(element) -> Iterable[tuple]:
-    """(row id, {label, holder}) -> (label, row id) when another group holds the row's id as its group id."""
-    row_id, joined = element
-    for holder in joined["holder"]:
-        for label in joined["label"]:
-            if label != holder:
-                yield label, row_id
-
-
-def _assign(element, this_run: int) -> Iterable[tuple]:
+def _offer_candidates(element) -> Iterable[tuple]:
+    """A group that inherited no id -> (candidate id, (label, rank, derived)) for each id it may take."""
     label, joined = element
-    (canonical_id,) = joined["canonical"]
-    kept = next(iter(joined["kept"]), None)
-    if kept is not None:
-        yield label, AssignedId(kept.previous_id, kept.since_run, True)
+    if any(True for _ in joined["kept"]):
         return
-    new_id = founding_id(canonical_id, joined["member"], set(joined["taken"]))
-    yield label, AssignedId(new_id, this_run, False)
+    (canonical_id,) = joined["canonical"]
+    for rank, candidate, derived in candidate_ids(canonical_id, joined["member"]):
+        yield candidate, (label, rank, derived)
+    yield beam.pvalue.TaggedOutput("new", label)
+
+
+def _free(element) -> Iterable[tuple]:
+    """(candidate id, {offer, previous, row}) -> (label, (rank, id)) for each group that may take it."""
+    candidate, joined = element
+    if any(True for _ in joined["previous"]):
+        return
+    offers = list(joined["offer"])
+    derived_by = [label for label, _, derived in offers if derived]
+    row_taken = any(True for _ in joined["row"])
+    for label, rank, derived in offers:
+        if not derived or (not row_taken and label == min(derived_by)):
+            yield label, (rank, candidate)
+
+
+def _choose_new(element, this_run: int) -> Iterable[tuple]:
+    label, joined = element
+    free = list(joined["free"])
+    if not free:
+        raise QdedupError(no_free_id(label))
+    yield label, AssignedId(min(free)[1], this_run, False)
 
 
 def _lineage(element) -> Iterable[LineageRow]:
@@ -182,8 +267,8 @@ def _lineage(element) -> Iterable[LineageRow]:
 class AssignGroupIds(beam.PTransform):
     """(rows as (row id, label), canonical ids as (label, id), `PreviousRow`s) -> ids and lineage.
 
-    Returns {"ids": (label, AssignedId), "lineage": LineageRow}. With no
-    previous rows every group is new, its id its canonical member's, in run 1.
+    Returns {"ids": (label, AssignedId), "lineage": LineageRow}, by the rules of `assign_ids`.
+    With no previous rows every group is new, its id its canonical member's, in run 1.
     """
 
     def expand(self, inputs):
@@ -207,18 +292,32 @@ class AssignGroupIds(beam.PTransform):
             | "GroupOffers" >> beam.GroupByKey()
             | "Inherit" >> beam.FlatMap(_inherit).with_outputs("merged", main="kept")
         )
-        held = inherited.kept | "HeldIds" >> beam.MapTuple(lambda label, offer: (offer.previous_id, label))
-        taken = (
-            {"label": row_labels, "holder": held}
-            | "JoinHeld" >> beam.CoGroupByKey()
-            | "Taken" >> beam.FlatMap(_taken)
-        )
-        ids = (
-            {"canonical": canonical, "kept": inherited.kept, "taken": taken,
-             "member": row_labels | "MemberByLabel" >> beam.KvSwap()}
+        kept = inherited.kept | "KeptId" >> beam.MapTuple(
+            lambda label, offer: (label, AssignedId(offer.previous_id, offer.since_run, True)))
+        candidates = (
+            {"canonical": canonical, "kept": inherited.kept, "member": row_labels | "MemberByLabel" >> beam.KvSwap()}
             | "GatherGroup" >> beam.CoGroupByKey()
-            | "AssignId" >> beam.FlatMap(_assign, this_run=this_run)
+            | "OfferCandidates" >> beam.FlatMap(_offer_candidates).with_outputs("new", main="offers")
         )
+        previous_ids = (
+            previous
+            | "PreviousGroupIds" >> beam.Map(lambda row: row.group_id)
+            | "DistinctPreviousIds" >> beam.Distinct()
+            | "PreviousIdKey" >> beam.Map(lambda group_id: (group_id, None))
+        )
+        free = (
+            {"offer": candidates.offers, "previous": previous_ids,
+             "row": row_labels | "RowIdKey" >> beam.MapTuple(lambda row_id, _: (row_id, None))}
+            | "JoinCandidates" >> beam.CoGroupByKey()
+            | "FreeCandidates" >> beam.FlatMap(_free)
+        )
+        new = (
+            {"free": free, "new": candidates.new | "NewLabel" >> beam.Map(lambda label: (label, None))}
+            | "GatherFree" >> beam.CoGroupByKey()
+            | "NewGroups" >> beam.Filter(lambda kv: any(True for _ in kv[1]["new"]))
+            | "ChooseNewId" >> beam.FlatMap(_choose_new, this_run=this_run)
+        )
+        ids = (kept, new) | "AllIds" >> beam.Flatten()
         lineage = (
             {"id": ids, "merged": inherited.merged, "split": claims.split}
             | "JoinLineage" >> beam.CoGroupByKey()

@@ -1,23 +1,30 @@
 """Feeding Hugging Face models inside RunInference, shared by scoring and the encoder embedder.
 
-The hardware wants few, full, evenly long batches: texts are tokenized once per
-window, sorted by token length and packed under a token budget, padded only to
-each batch's own longest input, run under `inference_mode` with SDPA attention
-(bf16/fp16 on CUDA, fp32 on CPU), and a CUDA out-of-memory batch is split in
-half and retried rather than lost.
+The hardware wants few, full, evenly long batches: inputs are dealt into shards
+of about `sort_window` by a hash of their key, tokenized once per shard, sorted by
+token length and packed under a token budget, padded only to each batch's own
+longest input, run under `inference_mode` with SDPA attention (bf16/fp16 on CUDA,
+fp32 on CPU), and a CUDA out-of-memory batch is split in half and retried rather
+than lost. Because a batch's make-up follows from the set of inputs alone (never
+from bundles or arrival order), an input gets the same score in every run,
+runner mode and retry that scores the same set of inputs.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import os
+import posixpath
+import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import GlobalWindows
 
+from transforms.commit import is_remote
 from transforms.errors import QdedupError, failure
 from transforms.metrics import StageTimer
 
@@ -44,6 +51,7 @@ class ModelSettings:
     symmetric: bool = False        # pairs only: score (a, b) and (b, a) and average: twice the cost
     model_copies: int = 0          # 0: one model per process; N: N copies shared by a worker's processes
     torch_threads: int = 0         # CPU threads per model; 0 = the cores this process may use
+    positive_label: int = 1        # pair classifiers: the label whose probability is the score
     progress_seconds: float = 30.0
 
 
@@ -87,11 +95,6 @@ def token_budget(settings: ModelSettings) -> int:
     return settings.token_budget or AUTO_TOKEN_BUDGET[resolve_device(settings.device)]
 
 
-def is_remote(name: str) -> bool:
-    """gs://, s3:// and any other Beam filesystem; hub ids and local paths are not."""
-    return "://" in name
-
-
 def missing_files(names: Iterable[str]) -> list[str]:
     """What a model directory with these file names lacks to be loaded."""
     names = {os.path.basename(n) for n in names}
@@ -103,32 +106,56 @@ def missing_files(names: Iterable[str]) -> list[str]:
     return missing
 
 
-def _remote_files(directory: str) -> list:
+def remote_files(directory: str) -> list[tuple[str, object]]:
+    """(name relative to the directory, FileMetadata) of a remote model directory's objects.
+
+    A name that would land outside the directory once copied (`..`, an absolute path) is refused:
+    a bucket's object names are not to be trusted with the local filesystem.
+    """
     from apache_beam.io.filesystems import FileSystems
     prefix = directory.rstrip("/") + "/"
-    return [m for m in FileSystems.match([prefix + "**"])[0].metadata_list if not m.path.endswith("/")]
+    files = []
+    for metadata in FileSystems.match([prefix + "**"])[0].metadata_list:
+        if metadata.path.endswith("/"):
+            continue
+        relative = metadata.path[len(prefix):] if metadata.path.startswith(prefix) else metadata.path
+        parts = relative.split("/")
+        if (not metadata.path.startswith(prefix) or relative.startswith("/") or ".." in parts
+                or posixpath.normpath(relative) != relative):
+            raise QdedupError(f"model directory {directory!r} holds an object named {metadata.path!r}, which "
+                              "would be copied outside the model's folder; remove it from the bucket")
+        files.append((relative, metadata))
+    return sorted(files, key=lambda item: item[0])
+
+
+def _cache_key(directory: str, files: list[tuple[str, object]]) -> str:
+    """Names, sizes and update times of the remote files: a model changed in the bucket is fetched again."""
+    digest = hashlib.sha256(directory.rstrip("/").encode())
+    for relative, metadata in files:
+        digest.update(f"\0{relative}\0{metadata.size_in_bytes}\0{metadata.last_updated_in_seconds}".encode())
+    return digest.hexdigest()[:24]
 
 
 def copy_remote_model(directory: str) -> str:
-    """A gs:// / s3:// model directory, copied once per machine into the local cache; its local path.
+    """A gs:// / s3:// model directory, copied once per machine and version into the local cache.
 
-    The copy is made in a temporary folder and renamed into place, so SDK
-    processes starting together on one worker never see half a model.
+    The cache folder is named after the remote files' names, sizes and update times, so a model
+    replaced in the bucket is copied again. The copy is made in a temporary folder and renamed into
+    place, so SDK processes starting together on one worker never see half a model.
     """
-    import hashlib
     import shutil
     import tempfile
 
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
-    target = os.path.join(_CACHE, hashlib.sha256(directory.rstrip("/").encode()).hexdigest()[:16])
+    files = remote_files(directory)
+    target = os.path.join(_CACHE, _cache_key(directory, files))
     if os.path.exists(os.path.join(target, ".complete")):
         return target
     os.makedirs(_CACHE, exist_ok=True)
     staging = tempfile.mkdtemp(dir=_CACHE)
-    prefix = directory.rstrip("/") + "/"
-    for metadata in _remote_files(directory):
-        local = os.path.join(staging, metadata.path[len(prefix):])
+    for relative, metadata in files:
+        local = os.path.join(staging, *relative.split("/"))
         os.makedirs(os.path.dirname(local), exist_ok=True)
         with FileSystems.open(metadata.path, compression_type=CompressionTypes.UNCOMPRESSED) as source, \
                 open(local, "wb") as sink:
@@ -158,23 +185,46 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or os.path.exists(name)
 
 
-def check_model(name: str, option: str):
-    """Fails fast, naming what is wrong, when a model cannot be loaded; returns its config.
+@dataclass(frozen=True)
+class CheckedModel:
+    """A model that loaded and answered a trial input on the launcher, before any pipeline started."""
 
-    A remote directory is only listed here (workers copy it); a local one must
-    hold config.json, safetensors weights and tokenizer files.
+    name: str
+    config: Any
+    fingerprint: str  # of its weights, tokenizer vocabulary and config: what its outputs depend on
+
+
+def fingerprint(model, tokenizer) -> str:
+    """A digest of what a model's outputs depend on, the same from the hub, a directory or a bucket."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(model.config.to_json_string(use_diff=False).encode())
+    digest.update(repr(sorted(tokenizer.get_vocab().items())).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_model(name: str, option: str, auto_class, probe: Callable[[Any, Any], None]) -> CheckedModel:
+    """Fails fast, naming what is wrong, when a model cannot be loaded or cannot run; returns it checked.
+
+    A remote directory is listed and copied here the way workers will copy it; a local one must
+    hold config.json, safetensors weights and tokenizer files. The tokenizer's vocabulary must fit
+    the model's embeddings, and `probe(model, tokenizer)` (one trial input on the CPU) must pass.
     """
+    import torch
     from transformers import AutoConfig, AutoTokenizer
     if is_remote(name):
         try:
-            files = [m.path for m in _remote_files(name)]
+            files = [relative for relative, _ in remote_files(name)]
+        except QdedupError:
+            raise
         except Exception as exc:
             raise QdedupError(f"{option} {name!r} cannot be listed: {exc}") from exc
         missing = missing_files(files)
         if missing:
             raise QdedupError(f"{option} {name!r} is not a complete model directory: missing {', '.join(missing)}")
-        name = copy_remote_model(name)  # the launcher checks the copy the way workers will load it
-    if _looks_local(name):
+    elif _looks_local(name):
         path = os.path.expanduser(name)
         if not os.path.isdir(path):
             raise QdedupError(f"{option} {name!r}: no such directory")
@@ -185,16 +235,28 @@ def check_model(name: str, option: str):
     try:
         local = model_path(name)
         config = AutoConfig.from_pretrained(local, trust_remote_code=False)
-        AutoTokenizer.from_pretrained(local, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=False)
     except QdedupError:
         raise
     except Exception as exc:
-        hint = "" if _looks_local(name) else (
+        hint = "" if _looks_local(name) or is_remote(name) else (
             "; if the model hub is unreachable, download the model elsewhere "
             f"and pass its local directory (or a gs:// / s3:// copy) as {option}")
         reason = str(exc).strip().rstrip(".")
         raise QdedupError(f"cannot load model {name!r} ({option}): {reason}{hint}") from exc
-    return config
+    vocabulary = getattr(config, "vocab_size", None)
+    if vocabulary is not None and len(tokenizer) > vocabulary:
+        raise QdedupError(f"{option} {name!r}: its tokenizer has {len(tokenizer)} tokens but the model embeds only "
+                          f"{vocabulary}: tokenizer and weights do not belong together")
+    try:
+        model = auto_class.from_pretrained(local, use_safetensors=True, trust_remote_code=False).eval()
+        with torch.inference_mode():
+            probe(model, tokenizer)
+    except QdedupError:
+        raise
+    except Exception as exc:
+        raise QdedupError(f"{option} {name!r} fails on a trial input: {failure(exc)}") from exc
+    return CheckedModel(name, config, fingerprint(model, tokenizer))
 
 
 def load_tokenizer(name: str):
@@ -317,11 +379,11 @@ def run_splitting_on_failure(forward: Callable[[dict], np.ndarray], encodings: S
                      errors)
 
 
-class TokenizeAndPack(beam.DoFn):
-    """(key, inputs in one or more orders) -> batches of (key, `TokenizedItem`) under the token budget.
+class _PackShard(beam.DoFn):
+    """(shard, [(key, inputs in one or more orders)]) -> batches of (key, `TokenizedItem`) under the budget.
 
-    Inputs are buffered in windows of `sort_window`, tokenized in one call per
-    window and order, sorted by length and packed, so each batch pads to similar lengths.
+    The shard is sorted by key, tokenized in one call per order, sorted by length and packed: the
+    batches follow from the shard's contents alone.
     """
 
     def __init__(self, settings: ModelSettings, stage: str):
@@ -333,20 +395,12 @@ class TokenizeAndPack(beam.DoFn):
         self._tokenizer = load_tokenizer(self._settings.model)
         self._budget = token_budget(self._settings)
 
-    def start_bundle(self):
-        self._window = []
-
     def process(self, element):
-        self._window.append(element)
-        if len(self._window) >= self._settings.sort_window:
-            yield from self._flush()
-
-    def finish_bundle(self):
-        for output in self._flush():
-            if isinstance(output, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
-            else:
-                yield GlobalWindows.windowed_value(output)
+        _, elements = element
+        elements = sorted(elements, key=lambda e: e[0])
+        window = self._settings.sort_window
+        for start in range(0, len(elements), window):
+            yield from self._pack(elements[start:start + window])
 
     def _tokenize(self, window: list) -> list[TokenizedItem]:
         orders = len(window[0][1])
@@ -355,10 +409,7 @@ class TokenizeAndPack(beam.DoFn):
         return [TokenizedItem(key, tuple(enc for enc, _ in encoded), any(cut for _, cut in encoded))
                 for (key, _), *encoded in zip(window, *tokenized)]
 
-    def _flush(self) -> Iterable:
-        window, self._window = self._window, []
-        if not window:
-            return
+    def _pack(self, window: list) -> Iterable:
         with self._timer:
             try:
                 items = self._tokenize(window)
@@ -375,8 +426,36 @@ class TokenizeAndPack(beam.DoFn):
             yield [(items[i].key, items[i]) for i in indices]
 
 
-def handler_sharing(handler, settings: ModelSettings) -> None:
-    """One model per process, or `model_copies` per worker shared by its processes (Beam's mechanism)."""
-    handler._share_across_processes = settings.model_copies > 0
-    handler._model_copies = max(settings.model_copies, 1)
+def shard_of(key: object, count: int, shard_size: int) -> int:
+    """Which of ceil(count / shard_size) shards a key goes to: by a hash stable across processes and runs."""
+    return zlib.crc32(repr(key).encode("utf-8")) % max(1, math.ceil(count / shard_size))
 
+
+class TokenizeAndPack(beam.PTransform):
+    """(key, inputs in one or more orders) -> {"batches": [(key, `TokenizedItem`)], "failed": (key, detail)}.
+
+    Inputs are dealt into shards of about `sort_window` by a hash of their key (a key must be
+    unique, sortable, and have a stable repr), so that similar lengths meet in a batch whatever the
+    bundles, and a batch's make-up, hence every float it produces, depends only on the set of inputs.
+    """
+
+    def __init__(self, settings: ModelSettings, stage: str):
+        super().__init__()
+        self._settings = settings
+        self._stage = stage
+
+    def expand(self, inputs):
+        size = self._settings.sort_window
+        count = beam.pvalue.AsSingleton(inputs | "CountInputs" >> beam.combiners.Count.Globally())
+        return (
+            inputs
+            | "DealIntoShards" >> beam.Map(lambda e, n: (shard_of(e[0], n, size), e), n=count)
+            | "GatherShard" >> beam.GroupByKey()
+            | "PackShard" >> beam.ParDo(_PackShard(self._settings, self._stage)).with_outputs(
+                "failed", main="batches")
+        )
+
+
+def sharing(settings: ModelSettings) -> dict:
+    """ModelHandler arguments: one model per process, or `model_copies` per worker shared by its processes."""
+    return {"model_copies": settings.model_copies} if settings.model_copies > 0 else {}

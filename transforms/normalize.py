@@ -69,10 +69,13 @@ def earliest_key(time: Optional[int], row_id: object) -> tuple:
     return time is None, time or 0, row_id
 
 
-def choose_representative(key: str, questions: Iterable[Question]) -> tuple[Representative, list[Membership]]:
-    """The lowest id stands for the cluster; every member (itself included) is listed."""
+def choose_representative(key: str, questions: Iterable[Question],
+                          preferred: object = None) -> tuple[Representative, list[Membership]]:
+    """The first seen stands for the cluster: `preferred` (the representative an earlier run chose
+    for this text, `--params-from`) when it is among the rows, else the lowest id. Every member,
+    itself included, is listed."""
     members = sorted(questions, key=lambda q: q.id)
-    rep = members[0]
+    rep = next((q for q in members if q.id == preferred), members[0])
     first = min(members, key=lambda q: earliest_key(q.timestamp, q.id))
     representative = Representative(rep.id, rep.text, rep.normalized, key, len(members), first.timestamp, first.id)
     return representative, [Membership(q.id, rep.id, key) for q in members]
@@ -111,17 +114,27 @@ def join_representative(rep: Representative, questions: Iterable[Question]) -> t
 
 
 class _Collapse(beam.DoFn):
-    """One representative per normalized text; "new" ones are those that need embedding and blocking."""
+    """One representative per normalized text; "new" ones are those an earlier run did not hold.
+
+    `extend`: the earlier run's representatives are this run's too, and new rows with their text
+    join them. Otherwise they only say which row was seen first (`--params-from`).
+    """
+
+    def __init__(self, extend: bool):
+        self._extend = extend
 
     def process(self, element):
         key, joined = element
         questions = list(joined["new"])
-        existing = list(joined["existing"])
-        if existing:
-            rep, members = join_representative(existing[0], questions)
+        earlier = list(joined["earlier"])
+        if earlier and self._extend:
+            rep, members = join_representative(earlier[0], questions)
+        elif questions:
+            rep, members = choose_representative(key, questions, earlier[0].id if earlier else None)
+            if not earlier:
+                yield beam.pvalue.TaggedOutput("new", rep)
         else:
-            rep, members = choose_representative(key, questions)
-            yield beam.pvalue.TaggedOutput("new", rep)
+            return
         yield rep
         for member in members:
             yield beam.pvalue.TaggedOutput("members", member)
@@ -130,28 +143,30 @@ class _Collapse(beam.DoFn):
 class NormalizeAndCollapse(beam.PTransform):
     """Accepted questions -> representatives (one per normalized text), memberships, rejected rows.
 
-    Applied to (questions, an existing run's representatives), new rows with a
-    known text join its representative; "new_representatives" are the others.
-    Memberships are the new rows'.
+    Applied to (questions, an earlier run's representatives): extending that run (`extend`), new
+    rows with a known text join its representative and its representatives are all kept; otherwise
+    a known text keeps the row that stood for it, if that row is here (first seen, not lowest id).
+    "new_representatives" are texts the earlier run did not hold. Memberships are this input's rows'.
     """
 
-    def __init__(self, columns: Columns):
+    def __init__(self, columns: Columns, extend: bool = False):
         super().__init__()
         self._columns = columns
+        self._extend = extend
 
     def expand(self, inputs):
-        questions, existing = inputs if isinstance(inputs, tuple) else (inputs, None)
+        questions, earlier = inputs if isinstance(inputs, tuple) else (inputs, None)
         normalized = questions | "Normalize" >> beam.ParDo(_Normalize(self._columns)).with_outputs(
             "rejected", main="ok")
         keyed = {"new": normalized.ok | "KeyByNormalizedText" >> beam.Map(lambda q: (text_key(q.normalized), q))}
-        if existing is not None:
-            keyed["existing"] = existing | "KeyExisting" >> beam.Map(lambda rep: (rep.key, rep))
+        if earlier is not None:
+            keyed["earlier"] = earlier | "KeyEarlier" >> beam.Map(lambda rep: (rep.key, rep))
         else:
-            keyed["existing"] = questions.pipeline | "NoExisting" >> beam.Create([])
+            keyed["earlier"] = questions.pipeline | "NoEarlier" >> beam.Create([])
         collapsed = (
             keyed
             | "GroupExactDuplicates" >> beam.CoGroupByKey()
-            | "ChooseRepresentative" >> beam.ParDo(_Collapse()).with_outputs(
+            | "ChooseRepresentative" >> beam.ParDo(_Collapse(self._extend)).with_outputs(
                 "members", "new", main="representatives")
         )
         return {

@@ -1,20 +1,16 @@
-"""Writers for groups/, pairs/, rejected/ and report.json (DESIGN.md step 8).
+"""Writers for groups/, pairs/, rejected/ and lineage/, and the report's counts (DESIGN.md step 8).
 
 Ids keep the input's type (int64 or string) in every output, so analytics can
-join on them without casts.
+join on them without casts. Every file a run writes starts with its run id
+(`transforms/commit.py` says why).
 """
 from __future__ import annotations
 
-import json
-import posixpath
 from typing import Any, Mapping
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquet
-
-OUTPUT_PARTS = ("groups", "pairs", "rejected", "lineage", "state", "report.json", "report.html")
 
 
 def arrow_id_type(id_type: str) -> pa.DataType:
@@ -45,16 +41,12 @@ REJECTED_SCHEMA = pa.schema([("row", pa.string()), ("reason", pa.string()), ("de
                              ("source", pa.string()), ("stage", pa.string()), ("kind", pa.string())])
 
 
-def output_path(output: str, part: str) -> str:
-    return FileSystems.join(output, part) if "://" in output else posixpath.join(output, part)
-
-
 class WriteRecords(beam.PTransform):
-    """NamedTuples -> Parquet files `<output>/<part>/part-*.parquet` with a fixed schema."""
+    """NamedTuples -> Parquet files `<prefix>-00000-of-000NN.parquet` with a fixed schema."""
 
-    def __init__(self, output: str, part: str, schema: pa.Schema):
+    def __init__(self, prefix: str, schema: pa.Schema):
         super().__init__()
-        self._prefix = output_path(output_path(output, part), "part")
+        self._prefix = prefix
         self._schema = schema
 
     def expand(self, records):
@@ -72,13 +64,3 @@ def build_report(counts: Mapping[str, int], configuration: Mapping[str, Any]) ->
                                == report["rows_out"] + report["rows_rejected"])
     report["configuration"] = dict(configuration)
     return report
-
-
-def write_json(path: str, content: Mapping[str, Any]) -> None:
-    with FileSystems.create(path) as handle:
-        handle.write(json.dumps(content, ensure_ascii=False, indent=2, sort_keys=True).encode("utf-8"))
-
-
-def read_json(path: str) -> dict:
-    with FileSystems.open(path) as handle:
-        return json.loads(handle.read().decode("utf-8"))

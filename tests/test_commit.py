@@ -1,0 +1,179 @@
+"""Atomic outputs: staging and exchange on local disks, a commit marker on object stores, one writer at a time."""
+import json
+import os
+import time
+
+import pytest
+
+import transforms.commit
+from tests.object_store import PREFIX
+from transforms.commit import MARKER, OutputRun, canonical, exchange, read_committed
+from transforms.errors import QdedupError
+
+
+def _commit(run: OutputRun, files: dict) -> None:
+    """Writes `files` ({relative folder: content}) as this run's, then commits."""
+    from apache_beam.io.filesystems import FileSystems
+    for folder, content in files.items():
+        with FileSystems.create(run.file_prefix(folder) + "-00000-of-00001.parquet") as handle:
+            handle.write(content.encode())
+    with FileSystems.create(run.draft_report) as handle:
+        handle.write(b"{}")
+    run.commit({"rows": len(files)}, "<html></html>")
+
+
+def _snapshot(root) -> dict:
+    """{relative path: bytes} of every file under root."""
+    found = {}
+    for directory, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            found[os.path.relpath(path, root)] = open(path, "rb").read()
+    return found
+
+
+def test_paths_are_compared_after_normalization(tmp_path):
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    spellings = [tmp_path / "real", f"{tmp_path}/real/", f"{tmp_path}/./real", f"{tmp_path}/x/../real",
+                 tmp_path / "link"]
+    assert {canonical(str(p)) for p in spellings} == {str(tmp_path / "real")}
+    assert canonical("gs://bucket/a/./b/../c//") == canonical("gs://bucket/a/c") == "gs://bucket/a/c"
+
+
+def test_exchange_swaps_two_folders(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x").write_text("a")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "x").write_text("b")
+    if not exchange(str(tmp_path / "a"), str(tmp_path / "b")):
+        pytest.skip("this filesystem cannot exchange folders (the two-rename path is tested below)")
+    assert (tmp_path / "a" / "x").read_text() == "b" and (tmp_path / "b" / "x").read_text() == "a"
+
+
+@pytest.mark.parametrize("can_exchange", [True, False], ids=["exchange", "two_renames"])
+def test_a_local_commit_replaces_the_output_whole_and_nothing_before(tmp_path, monkeypatch, can_exchange):
+    if not can_exchange:
+        monkeypatch.setattr(transforms.commit, "exchange", lambda a, b: False)
+    out = str(tmp_path / "out")
+    with OutputRun(out) as first:
+        _commit(first, {"groups": "one", "pairs": "one"})
+    before = _snapshot(out)
+    assert read_committed(out, "--x").run_id == first.run_id
+    with OutputRun(out + "/./", overwrite=True) as second:
+        _commit(second, {"groups": "two"})
+        assert second.write_root != canonical(out)
+    assert _snapshot(out) != before
+    committed = read_committed(out, "--x")
+    assert committed.run_id == second.run_id
+    assert sorted(committed.files) == sorted(f for f in _snapshot(out) if f != MARKER)
+    assert [open(p).read() for p in committed.paths("groups")] == ["two"]
+    assert committed.paths("pairs") == []
+    assert sorted(os.listdir(tmp_path)) == [".out.qdedup-lock", "out"]  # no staging left behind
+
+
+def test_a_run_that_does_not_commit_leaves_the_output_as_it_was(tmp_path):
+    out = str(tmp_path / "out")
+    with OutputRun(out) as first:
+        _commit(first, {"groups": "one"})
+    before = _snapshot(out)
+    with OutputRun(out, overwrite=True) as second:
+        from apache_beam.io.filesystems import FileSystems
+        with FileSystems.create(second.file_prefix("rejected") + "-00000-of-00001.parquet") as handle:
+            handle.write(b"why")
+        where = second.keep_failed()
+    assert _snapshot(out) == before
+    assert os.listdir(os.path.join(where, "rejected")) and where == str(tmp_path / ".out.qdedup-failed")
+
+
+def test_a_kill_between_the_two_renames_is_undone_by_the_next_run(tmp_path):
+    out = tmp_path / "out"
+    with OutputRun(str(out)) as first:
+        _commit(first, {"groups": "one"})
+    before = _snapshot(out)
+    os.rename(out, tmp_path / ".out.qdedup-previous")              # killed here, mid-replacement
+    (tmp_path / ".out.qdedup-20261130T000000-abcdef").mkdir()     # and a killed run's staging
+    with pytest.raises(QdedupError, match="already holds a qdedup run"):
+        with OutputRun(str(out)):
+            pass
+    assert _snapshot(out) == before
+    assert sorted(os.listdir(tmp_path)) == [".out.qdedup-lock", "out"]
+
+
+def test_an_output_is_refused_without_overwrite_or_with_files_qdedup_did_not_write(tmp_path):
+    out = tmp_path / "out"
+    with OutputRun(str(out)) as first:
+        _commit(first, {"groups": "one"})
+    with pytest.raises(QdedupError, match="pass --overwrite"):
+        with OutputRun(str(out)):
+            pass
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(QdedupError, match="holds 'notes.txt', which qdedup did not write"):
+        with OutputRun(str(out), overwrite=True):
+            pass
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(QdedupError, match="is a file"):
+        with OutputRun(str(tmp_path / "file")):
+            pass
+
+
+def test_a_second_writer_of_one_output_is_refused_until_the_first_ends(tmp_path):
+    os.makedirs(tmp_path / "real")
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    with OutputRun(str(tmp_path / "real" / "out")):
+        with pytest.raises(QdedupError, match="being written by another qdedup run .*pid"):
+            with OutputRun(str(tmp_path / "link" / "out/")):
+                pass
+    with OutputRun(str(tmp_path / "link" / "out")):
+        pass
+
+
+def test_readers_require_the_commit_marker(tmp_path):
+    (tmp_path / "old" / "groups").mkdir(parents=True)
+    (tmp_path / "old" / "groups" / "part-00000-of-00001.parquet").write_bytes(b"x")
+    with pytest.raises(QdedupError, match="has no _SUCCESS: it has outputs but no commit marker"):
+        read_committed(str(tmp_path / "old"), "--existing")
+    with pytest.raises(QdedupError, match="no qdedup run finished there"):
+        read_committed(str(tmp_path / "absent"), "--existing")
+    (tmp_path / "old" / MARKER).write_text(json.dumps({"format": 1, "run_id": "x", "files": []}))
+    with pytest.raises(QdedupError, match="output format 1"):
+        read_committed(str(tmp_path / "old"), "--existing")
+
+
+def test_on_an_object_store_the_marker_switches_runs_and_unlisted_files_go(tmp_path):
+    out = PREFIX + str(tmp_path / "bucket" / "out")
+    with OutputRun(out) as first:
+        _commit(first, {"groups": "one", "pairs": "one"})
+    with OutputRun(out, overwrite=True) as second:
+        assert second.write_root == out
+        from apache_beam.io.filesystems import FileSystems
+        with FileSystems.create(second.file_prefix("groups") + "-00000-of-00001.parquet") as handle:
+            handle.write(b"two")
+        # Before the commit both runs' files are there, and the marker still lists the first run's only.
+        committed = read_committed(out, "--existing")
+        assert committed.run_id == first.run_id
+        assert [open(p[len(PREFIX):]).read() for p in committed.paths("groups")] == ["one"]
+        with FileSystems.create(second.draft_report) as handle:
+            handle.write(b"{}")
+        second.commit({}, "")
+    committed = read_committed(out, "--existing")
+    assert committed.run_id == second.run_id
+    left = sorted(os.path.relpath(os.path.join(d, f), tmp_path / "bucket" / "out")
+                  for d, _, files in os.walk(tmp_path / "bucket" / "out") for f in files)
+    assert left == sorted([*committed.files, MARKER])
+
+
+def test_on_an_object_store_a_fresh_lease_refuses_and_a_stale_one_does_not(tmp_path):
+    out = PREFIX + str(tmp_path / "bucket" / "out")
+    lease = tmp_path / "bucket" / "out" / "_lease-20261130T000000-abcdef.json"
+    lease.parent.mkdir(parents=True)
+    lease.write_text("{}")
+    with pytest.raises(QdedupError, match="being written by another qdedup run"):
+        with OutputRun(out):
+            pass
+    assert os.listdir(lease.parent) == [lease.name]  # the refused run took its own lease back
+    stale = time.time() - transforms.commit.LEASE_SECONDS - 5
+    os.utime(lease, (stale, stale))
+    with OutputRun(out) as run:
+        assert any(name.startswith("_lease-" + run.run_id) for name in os.listdir(lease.parent))
+    assert os.listdir(lease.parent) == [lease.name]

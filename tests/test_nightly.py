@@ -1,0 +1,214 @@
+"""Nightly runs that never lose yesterday's output: failures, in-place reruns, failing models, one writer,
+object-store outputs read only once committed."""
+import json
+import os
+import shutil
+
+import pytest
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+import transforms.score
+from pipelines.cli import main
+from tests.conftest import RUNNER_ARGS
+from tests.object_store import PREFIX
+from tests.test_commit import _snapshot
+from tests.test_pipeline import group_members, read_part, run_qdedup, write_questions
+from transforms.commit import MARKER, OutputRun
+
+ROWS = [(1, "银行卡丢了怎么办"), (2, "银行卡丢了怎么处理"), (3, "银行卡丢了该怎么办呢"), (4, "信用卡怎么还款"),
+        (5, "信用卡如何还款"), (6, "今天天气怎么样"), (7, "银行卡丢失了怎么办")]
+NEW = [(11, "信用卡怎样还款呢"), (12, "银行卡丢了怎么补办"), (13, "明天天气怎么样")]
+
+
+@pytest.fixture
+def yesterday(tiny_model, tmp_path):
+    write_questions(ROWS, tmp_path / "in" / "a.parquet")
+    write_questions(NEW, tmp_path / "new" / "b.parquet")
+    out = tmp_path / "out"
+    run_qdedup(tmp_path / "in" / "a.parquet", out, tiny_model, "--min-similarity=0.1")
+    return out
+
+
+def _argv(tmp_path, model, *extra, input_="new/b.parquet", output="out"):
+    return ["run", "--input", str(tmp_path / input_), "--output", str(tmp_path / output), "--scorer-model", model,
+            "--min-similarity=0.1", *RUNNER_ARGS, *extra]
+
+
+def test_a_run_failing_late_leaves_the_previous_output_byte_identical(yesterday, tiny_model, tmp_path, monkeypatch,
+                                                                      capsys):
+    import pipelines.dedup
+    before = _snapshot(yesterday)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("injected failure while writing the report")
+    monkeypatch.setattr(pipelines.dedup, "build_report", fail)
+    assert main(_argv(tmp_path, tiny_model, f"--existing={yesterday}", "--overwrite", output="out")) == 1
+    assert "injected failure" in capsys.readouterr().err
+    assert _snapshot(yesterday) == before
+    assert os.path.isdir(tmp_path / ".out.qdedup-failed" / "groups")  # what it wrote is kept aside
+
+
+@pytest.mark.parametrize("spelling", ["dot", "symlink", "slash"])
+def test_an_extension_in_place_replaces_the_output_it_extends(yesterday, tiny_model, tmp_path, spelling):
+    os.symlink(tmp_path / "out", tmp_path / "link")
+    existing = {"dot": f"{tmp_path}/./out", "symlink": str(tmp_path / "link"), "slash": f"{tmp_path}/out/"}[spelling]
+    old = {r["id"]: r["group_id"] for r in read_part(yesterday, "groups")}
+    report = run_qdedup(tmp_path / "new" / "b.parquet", yesterday, tiny_model, "--min-similarity=0.1",
+                        f"--existing={existing}", "--overwrite")
+    assert report["rows_existing"] == len(ROWS) and report["rows_out"] == len(ROWS) + len(NEW)
+    groups = {r["id"]: r["group_id"] for r in read_part(yesterday, "groups")}
+    assert set(groups) == {i for i, _ in ROWS + NEW}
+    assert set(old.values()) & set(groups.values())  # yesterday's ids carried on
+    assert json.loads((yesterday / MARKER).read_text())["run_id"] == report["run_id"]
+
+
+def test_a_rerun_in_place_keeps_the_ids_of_the_groups_it_replaces(yesterday, tiny_model, tmp_path):
+    old = {r["id"]: r["group_id"] for r in read_part(yesterday, "groups")}
+    report = run_qdedup(tmp_path / "in" / "a.parquet", yesterday, tiny_model, "--min-similarity=0.1",
+                        f"--previous-groups={yesterday / 'groups'}", "--overwrite")
+    assert {r["id"]: r["group_id"] for r in read_part(yesterday, "groups")} == old
+    assert report["groups_inherited"] == report["groups"]
+
+
+def test_a_model_failing_on_every_pair_fails_the_run_and_replaces_nothing(yesterday, tiny_model, tmp_path,
+                                                                          monkeypatch, capsys):
+    before = _snapshot(yesterday)
+    load_classifier = transforms.score.load_classifier
+
+    def broken(settings):
+        classifier = load_classifier(settings)
+
+        def forward(**batch):
+            raise RuntimeError("CUDA error: device-side assert triggered")
+        classifier.model = forward
+        return classifier
+    monkeypatch.setattr(transforms.score, "load_classifier", broken)
+    assert main(_argv(tmp_path, tiny_model, f"--existing={yesterday}", "--overwrite")) == 1
+    err = capsys.readouterr().err
+    assert "the scorer failed on" in err and "device-side assert" in err and "score_error" in err
+    failed, scored = (int(x) for x in err.split("failed on ")[1].split(" pairs")[0].split(" of "))
+    assert failed == scored > 0
+    assert _snapshot(yesterday) == before
+    rejected = read_part(tmp_path / ".out.qdedup-failed", "rejected")
+    assert len(rejected) == failed and {r["reason"] for r in rejected} == {"score_error"}
+    # The error names the lowest failed pair: the same one whatever the order pairs were scored in.
+    lowest = min(r["row"] for r in rejected)
+    assert lowest in err
+
+
+def test_a_few_failed_pairs_are_let_through_up_to_the_share_allowed(yesterday, tiny_model, tmp_path, monkeypatch):
+    load_classifier = transforms.score.load_classifier
+    poison = transforms.score.load_tokenizer(tiny_model).convert_tokens_to_ids("补")
+
+    def fragile(settings):
+        classifier = load_classifier(settings)
+        model = classifier.model
+
+        def forward(**batch):
+            if bool((batch["input_ids"] == poison).any()):
+                raise RuntimeError("kernel failed")
+            return model(**batch)
+        classifier.model = forward
+        return classifier
+    monkeypatch.setattr(transforms.score, "load_classifier", fragile)
+    argv = _argv(tmp_path, tiny_model, f"--existing={yesterday}", output="next")
+    assert main(argv) == 1  # some of the few pairs fail: more than 1%
+    assert main(argv + ["--max-failed-share=0.9"]) == 0
+    report = json.loads((tmp_path / "next" / "report.json").read_text())
+    assert 0 < report["pairs_failed"] < report["pairs_scored"] + report["pairs_failed"]
+
+
+def _model_with(tmp_path, tiny_model, name, **config):
+    directory = tmp_path / name
+    BertForSequenceClassification(BertConfig.from_pretrained(tiny_model, **config)).save_pretrained(directory)
+    BertTokenizer.from_pretrained(tiny_model).save_pretrained(directory)
+    return str(directory)
+
+
+def test_a_broken_model_is_refused_before_the_pipeline(yesterday, tiny_model, tmp_path, capsys):
+    before = _snapshot(yesterday)
+    vocabulary = len(BertTokenizer.from_pretrained(tiny_model))
+    small = _model_with(tmp_path, tiny_model, "small_vocab", vocab_size=vocabulary - 100)
+    assert main(_argv(tmp_path, small, f"--existing={yesterday}", "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert f"tokenizer has {vocabulary} tokens but the model embeds only {vocabulary - 100}" in err
+    short = _model_with(tmp_path, tiny_model, "short", max_position_embeddings=4)
+    assert main(_argv(tmp_path, short, "--overwrite")) == 2
+    assert "fails on a trial input" in capsys.readouterr().err
+    assert _snapshot(yesterday) == before
+
+
+def test_a_scorer_with_more_than_two_labels_needs_positive_label(tiny_model, tmp_path, capsys):
+    write_questions(ROWS, tmp_path / "in" / "a.parquet")
+    three = _model_with(tmp_path, tiny_model, "nli", num_labels=3,
+                        id2label={0: "entailment", 1: "neutral", 2: "contradiction"})
+    assert main(_argv(tmp_path, three, input_="in/a.parquet")) == 2
+    err = capsys.readouterr().err
+    assert "not a pair classifier with 2 labels" in err and "'entailment'" in err and "--positive-label" in err
+    assert main(_argv(tmp_path, three, "--positive-label=5", input_="in/a.parquet")) == 2
+    assert "--positive-label 5 is not a label" in capsys.readouterr().err
+    report = run_qdedup(tmp_path / "in" / "a.parquet", tmp_path / "nli_out", three, "--positive-label=0",
+                        "--min-similarity=0.1")
+    assert report["pairs_scored"] > 0 and report["configuration"]["positive_label"] == 0
+
+
+def test_a_second_run_on_an_output_being_written_is_refused(yesterday, tiny_model, tmp_path, capsys):
+    before = _snapshot(yesterday)
+    with OutputRun(str(yesterday), overwrite=True):  # a run in progress on the same output
+        assert main(_argv(tmp_path, tiny_model, f"--existing={yesterday}", "--overwrite")) == 2
+    assert "being written by another qdedup run" in capsys.readouterr().err
+    assert _snapshot(yesterday) == before
+
+
+@pytest.mark.parametrize("change, message", [
+    ("--max-length=64", "--max-length=512"),
+    ("scorer", "--fingerprints="),
+    ("--top-k=3", "--top-k=10"),
+])
+def test_an_extension_with_other_result_shaping_options_is_refused(yesterday, tiny_model, tmp_path, capsys,
+                                                                   change, message):
+    model, extra = tiny_model, [change]
+    if change == "scorer":
+        from tests.model_factory import make_random_model
+        model = make_random_model(str(tmp_path / "other_scorer"), [t for _, t in ROWS + NEW], seed=1)
+        extra = []
+    assert main(_argv(tmp_path, model, f"--existing={yesterday}", *extra, output="next")) == 2
+    err = capsys.readouterr().err
+    assert message in err and "--existing" in err
+    assert not (tmp_path / "next").exists()
+
+
+def test_an_object_store_output_is_read_only_once_committed(tiny_model, tmp_path, capsys):
+    write_questions(ROWS, tmp_path / "in" / "a.parquet")
+    write_questions(NEW, tmp_path / "new" / "b.parquet")
+    bucket = tmp_path / "bucket"
+    out = PREFIX + str(bucket / "out")
+    assert main(["run", "--input", str(tmp_path / "in" / "a.parquet"), "--output", out, "--scorer-model", tiny_model,
+                 "--min-similarity=0.1", *RUNNER_ARGS]) == 0
+    marker = json.loads((bucket / "out" / MARKER).read_text())
+    assert all((bucket / "out" / f).exists() for f in marker["files"])
+    # An extension reads it, then replaces it in place: the first run's files are gone once it commits.
+    argv = ["run", "--input", str(tmp_path / "new" / "b.parquet"), "--output", out, "--scorer-model", tiny_model,
+            "--min-similarity=0.1", f"--existing={out}", "--overwrite", *RUNNER_ARGS]
+    assert main(argv) == 0
+    second = json.loads((bucket / "out" / MARKER).read_text())
+    groups = [f for f in second["files"] if f.startswith("groups/")]
+    assert second["run_id"] != marker["run_id"] and all(second["run_id"] in f for f in groups)
+    assert {os.path.relpath(os.path.join(d, f), bucket / "out") for d, _, fs in os.walk(bucket / "out")
+            for f in fs} == {*second["files"], MARKER}
+    assert second["report"]["rows_out"] == len(ROWS) + len(NEW)
+    # Without its marker the output is not a finished run: nothing reads it.
+    shutil.copytree(bucket / "out", bucket / "unfinished")
+    os.remove(bucket / "unfinished" / MARKER)
+    argv[argv.index(f"--existing={out}")] = f"--existing={PREFIX}{bucket / 'unfinished'}"
+    argv[argv.index(out)] = PREFIX + str(bucket / "next")
+    assert main(argv) == 2
+    assert "has no _SUCCESS: it has outputs but no commit marker" in capsys.readouterr().err
+
+
+def test_groups_of_an_extension_hold_every_row_once(yesterday, tiny_model, tmp_path):
+    report = run_qdedup(tmp_path / "new" / "b.parquet", tmp_path / "next", tiny_model, "--min-similarity=0.1",
+                        f"--existing={yesterday}")
+    members = group_members(tmp_path / "next")
+    assert sorted(i for g in members.values() for i in g) == sorted(i for i, _ in ROWS + NEW)
+    assert report["accounting_ok"]
