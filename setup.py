@@ -21,7 +21,7 @@ setup(
         "pyyaml>=6",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
         "gcp": ["apache-beam[gcp]>=2.77,<3"],
     },
     entry_points={"console_scripts": ["qdedup=pipelines.cli:main"]},

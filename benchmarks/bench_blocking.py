@@ -10,6 +10,10 @@ pipeline's wall time minus the same pipeline with embedding only; peak memory
 is the process's maximum resident set.
 
     python -m benchmarks.bench_blocking [--sizes 25000,50000,100000,200000] [--modes single,partitioned]
+
+`--margins 10,0 --repeat 5`: instead, blocking with each margin (neighbours faiss proposes beyond k
+before they are re-ranked by exact similarity) at the first size, partitioned, interleaved A B B A ...,
+median and min-max of wall and kNN seconds.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import os
 import random
 import resource
 import subprocess
+import statistics
 import sys
 import time
 
@@ -72,18 +77,18 @@ def _embedded(i: int, base: list[str], alphabet: str, idf: np.ndarray):
     return Representative(i, text, normalized, text_key(normalized), 1), tfidf_sparse(normalized, idf)
 
 
-def run_one(n: int, mode: str, block: bool) -> dict:
+def run_one(n: int, mode: str, block: bool, margin: int = BlockingSettings.margin) -> dict:
     base = base_questions()
     alphabet = "".join(sorted({ch for text in base for ch in text}))
     df = np.zeros(DIM, dtype=np.int64)
     for i in range(n):
         df[hashed_ngrams(normalize_text(question(i, base, alphabet)), DIM)[0]] += 1
     idf = idf_weights(df, n)
-    settings = BlockingSettings(partitions=1) if mode == "single" else BlockingSettings()
+    settings = BlockingSettings(partitions=1, margin=margin) if mode == "single" else BlockingSettings(margin=margin)
     start = time.perf_counter()
     pipeline = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
     embedded = pipeline | beam.Create(range(n), reshuffle=False) | beam.Map(_embedded, base, alphabet, idf)
-    out = (embedded | BlockCandidates(settings))["pairs"] if block else embedded
+    out = (embedded | BlockCandidates(settings)).pairs if block else embedded
     _ = out | beam.combiners.Count.Globally()
     result = pipeline.run()
     result.wait_until_finish()
@@ -102,17 +107,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="25000,50000,100000,200000")
     parser.add_argument("--modes", default="single,partitioned")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # n,mode,block: run one measurement in this process
+    parser.add_argument("--margins", help="compare these margins, interleaved (e.g. 10,0)")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # n,mode,block,margin: one measurement in this process
     args = parser.parse_args()
     if args.one:
-        n, mode, block = args.one.split(",")
-        print(json.dumps(run_one(int(n), mode, block == "1")))
+        n, mode, block, margin = args.one.split(",")
+        print(json.dumps(run_one(int(n), mode, block == "1", int(margin))))
         return
 
-    def measure(n, mode, block):
-        done = subprocess.run([sys.executable, "-m", "benchmarks.bench_blocking", "--one", f"{n},{mode},{int(block)}"],
-                              capture_output=True, text=True, check=True)
+    def measure(n, mode, block, margin=BlockingSettings.margin):
+        done = subprocess.run([sys.executable, "-m", "benchmarks.bench_blocking", "--one",
+                               f"{n},{mode},{int(block)},{margin}"], capture_output=True, text=True, check=True)
         return json.loads(done.stdout.strip().splitlines()[-1])
+
+    if args.margins:
+        n = int(args.sizes.split(",")[0])
+        a, b = (int(m) for m in args.margins.split(","))
+        order = [m for i in range(args.repeat) for m in ((a, b) if i % 2 == 0 else (b, a))]
+        found: dict = {a: [], b: []}
+        for margin in order:
+            found[margin].append(measure(n, "partitioned", True, margin))
+        print(f"{n:,} questions, partitioned, order {' '.join(map(str, order))}")
+        print("| margin | wall seconds, median (min-max) | kNN seconds, median (min-max) |\n| --- | --- | --- |")
+        for margin, runs in found.items():
+            wall, knn = [r["seconds"] for r in runs], [r["knn_seconds"] for r in runs]
+            print(f"| {margin} | {statistics.median(wall):.1f} ({min(wall):.1f}-{max(wall):.1f}) "
+                  f"| {statistics.median(knn):.1f} ({min(knn):.1f}-{max(knn):.1f}) |")
+        return
 
     print("| N | mode | partitions | blocking seconds | x previous N | kNN seconds "
           "| largest work item (MiB of vectors) | peak RSS MiB (embed only) |")

@@ -56,3 +56,23 @@ def tiny_model(tmp_path_factory) -> str:
     texts = [t for a, b, _ in lcqmc_pairs(400) for t in (a, b)]
     texts += [t for _, t in build_rows() if isinstance(t, str)]
     return make_random_model(str(tmp_path_factory.mktemp("tiny_model")), texts)
+
+
+def break_scorer(monkeypatch, model_dir: str, token: str | None = None) -> None:
+    """Makes the scorer's forward pass fail on every batch holding `token` (on every batch if None), the
+    way a kernel or a device fails, for the pipeline's workers in this process."""
+    import transforms.score
+    load_classifier = transforms.score.load_classifier
+    poison = None if token is None else transforms.score.load_tokenizer(model_dir).convert_tokens_to_ids(token)
+
+    def fragile(settings):
+        classifier = load_classifier(settings)
+        model = classifier.model
+
+        def forward(**batch):
+            if poison is None or bool((batch["input_ids"] == poison).any()):
+                raise RuntimeError("kernel failed: CUDA error: device-side assert triggered")
+            return model(**batch)
+        classifier.model = forward
+        return classifier
+    monkeypatch.setattr(transforms.score, "load_classifier", fragile)

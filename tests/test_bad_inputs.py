@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.cli import main
-from tests.conftest import RUNNER_ARGS
+from tests.conftest import RUNNER_ARGS, break_scorer
 from tests.test_pipeline import read_part, run_qdedup
 
 INVALID_UTF8 = pa.array([b"\xed\xa0\x80\xe9\x97\xae"], pa.binary()).view(pa.string())  # a lone surrogate
@@ -140,7 +140,6 @@ def test_a_failure_inside_any_stage_sets_the_element_aside(tiny_model, tmp_path,
     import transforms.embed
     import transforms.model
     import transforms.normalize
-    import transforms.score
 
     texts = {1: "银行卡丢了怎么办", 2: "银行卡丢了怎么处理", 3: "银行卡丢了该怎么办呢", 4: "规范化会失败的问题",
              5: "向量会失败的问题", 6: "银行卡丢失了怎么办", 7: "分词会失败的银行卡丢了怎么办",
@@ -167,20 +166,7 @@ def test_a_failure_inside_any_stage_sets_the_element_aside(tiny_model, tmp_path,
         tokenizer.__class__ = type("Fragile", (tokenizer.__class__,), {"__call__": tokenize})
         return tokenizer
     monkeypatch.setattr(transforms.model, "load_tokenizer", fragile_tokenizer)
-    poison = transforms.model.load_tokenizer(tiny_model).convert_tokens_to_ids("模")
-    load_classifier = transforms.score.load_classifier
-
-    def fragile_classifier(settings):
-        classifier = load_classifier(settings)
-        model = classifier.model
-
-        def forward(**batch):
-            if bool((batch["input_ids"] == poison).any()):
-                raise RuntimeError("kernel failed")
-            return model(**batch)
-        classifier.model = forward
-        return classifier
-    monkeypatch.setattr(transforms.score, "load_classifier", fragile_classifier)
+    break_scorer(monkeypatch, tiny_model, "模")
 
     report = run_qdedup(tmp_path / "q.parquet", tmp_path / "out", tiny_model, "--min-similarity=0.1",
                         "--max-failed-share=1")

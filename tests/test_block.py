@@ -159,8 +159,9 @@ def test_partitioned_knn_equals_exact_when_every_partition_is_probed(tmp_path):
 
 
 def test_partitioned_recall_against_exact_with_the_defaults(tmp_path):
-    vectors = _clustered(np.random.default_rng(2), 24_000, 32, 600, 0.06)
-    settings = BlockingSettings()
+    """The default probes, k, floor and k-means sample; partitions of half the default size (for time)."""
+    vectors = _clustered(np.random.default_rng(2), 12_000, 32, 300, 0.06)
+    settings = BlockingSettings(partition_size=5_000)
     assert partition_count(len(vectors), settings) == 5
     got, _ = _block(_items(vectors), settings, tmp_path)
     expected = knn_pairs(list(range(len(vectors))), vectors, settings.top_k, settings.min_similarity)

@@ -68,7 +68,6 @@ def nightly(tiny_model, tmp_path_factory):
         reports[f"full{night}"] = run_qdedup(root / "in" / f"upto{night}" / "*.parquet", root / f"full{night}",
                                              tiny_model, *FLAGS, f"--params-from={previous}",
                                              f"--previous-groups={previous / 'groups'}")
-    reports["fresh"] = run_qdedup(root / "in" / "upto3" / "*.parquet", root / "fresh", tiny_model, *FLAGS)
     return root, parts, reports
 
 
@@ -131,10 +130,9 @@ def test_new_rows_repeating_known_texts_join_the_first_seen_representative(night
 
 def test_extensions_score_fewer_pairs_and_keep_the_books(nightly):
     root, parts, reports = nightly
-    scored = sum(reports[f"ext{n}"]["pairs_scored"] + reports[f"ext{n}"]["resplit_pairs_scored"] for n in (1, 2, 3))
-    fresh = reports["fresh"]["pairs_scored"] + reports["fresh"]["resplit_pairs_scored"]
-    assert reports["ext3"]["pairs_scored"] + reports["ext3"]["resplit_pairs_scored"] < fresh
-    assert scored > 0
+    # A run from scratch would score every pair the last night decided on; the night scored a few.
+    every_pair = reports["full3"]["pairs_total"]
+    assert 0 < reports["ext3"]["pairs_scored"] + reports["ext3"]["resplit_pairs_scored"] < every_pair / 2
     for night in (1, 2, 3):
         report = reports[f"ext{night}"]
         assert report["accounting_ok"] and report["rows_existing"] == reports[f"ext{night - 1}"]["rows_out"]
@@ -168,7 +166,7 @@ def test_options_that_cannot_go_together(nightly, tiny_model, tmp_path, capsys):
 
 
 def test_an_extension_with_an_encoder_embedder_equals_the_full_run(tiny_model, tmp_path):
-    rows = cluster_corpus(6)
+    rows = cluster_corpus(4)
     old, new = rows[: len(rows) * 2 // 3], rows[len(rows) * 2 // 3:]
     write_questions(old, tmp_path / "old" / "q.parquet")
     write_questions(new, tmp_path / "new" / "q.parquet")

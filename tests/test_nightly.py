@@ -7,9 +7,8 @@ import shutil
 import pytest
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
-import transforms.score
 from pipelines.cli import main
-from tests.conftest import RUNNER_ARGS
+from tests.conftest import RUNNER_ARGS, break_scorer
 from tests.object_store import PREFIX
 from tests.test_commit import _snapshot
 from tests.test_pipeline import group_members, read_part, run_qdedup, write_questions
@@ -20,13 +19,21 @@ ROWS = [(1, "银行卡丢了怎么办"), (2, "银行卡丢了怎么处理"), (3,
 NEW = [(11, "信用卡怎样还款呢"), (12, "银行卡丢了怎么补办"), (13, "明天天气怎么样")]
 
 
+@pytest.fixture(scope="module")
+def first_night(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("first_night")
+    write_questions(ROWS, root / "in" / "a.parquet")
+    write_questions(NEW, root / "new" / "b.parquet")
+    run_qdedup(root / "in" / "a.parquet", root / "out", tiny_model, "--min-similarity=0.1")
+    return root
+
+
 @pytest.fixture
-def yesterday(tiny_model, tmp_path):
-    write_questions(ROWS, tmp_path / "in" / "a.parquet")
-    write_questions(NEW, tmp_path / "new" / "b.parquet")
-    out = tmp_path / "out"
-    run_qdedup(tmp_path / "in" / "a.parquet", out, tiny_model, "--min-similarity=0.1")
-    return out
+def yesterday(first_night, tmp_path):
+    """A committed run in tmp_path/out (a copy, for each test to do with as it likes), its inputs beside it."""
+    for name in ("in", "new", "out"):
+        shutil.copytree(first_night / name, tmp_path / name)
+    return tmp_path / "out"
 
 
 def _argv(tmp_path, model, *extra, input_="new/b.parquet", output="out"):
@@ -48,10 +55,11 @@ def test_a_run_failing_late_leaves_the_previous_output_byte_identical(yesterday,
     assert os.path.isdir(tmp_path / ".out.qdedup-failed" / "groups")  # what it wrote is kept aside
 
 
-@pytest.mark.parametrize("spelling", ["dot", "symlink", "slash"])
-def test_an_extension_in_place_replaces_the_output_it_extends(yesterday, tiny_model, tmp_path, spelling):
-    os.symlink(tmp_path / "out", tmp_path / "link")
-    existing = {"dot": f"{tmp_path}/./out", "symlink": str(tmp_path / "link"), "slash": f"{tmp_path}/out/"}[spelling]
+def test_an_extension_in_place_replaces_the_output_it_extends(yesterday, tiny_model, tmp_path):
+    """--existing names the output through a symlink, a `.` and a trailing slash: the same directory."""
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path, tmp_path / "elsewhere" / "link")
+    existing = f"{tmp_path}/elsewhere/link/./out/"
     old = {r["id"]: r["group_id"] for r in read_part(yesterday, "groups")}
     report = run_qdedup(tmp_path / "new" / "b.parquet", yesterday, tiny_model, "--min-similarity=0.1",
                         f"--existing={existing}", "--overwrite")
@@ -73,16 +81,7 @@ def test_a_rerun_in_place_keeps_the_ids_of_the_groups_it_replaces(yesterday, tin
 def test_a_model_failing_on_every_pair_fails_the_run_and_replaces_nothing(yesterday, tiny_model, tmp_path,
                                                                           monkeypatch, capsys):
     before = _snapshot(yesterday)
-    load_classifier = transforms.score.load_classifier
-
-    def broken(settings):
-        classifier = load_classifier(settings)
-
-        def forward(**batch):
-            raise RuntimeError("CUDA error: device-side assert triggered")
-        classifier.model = forward
-        return classifier
-    monkeypatch.setattr(transforms.score, "load_classifier", broken)
+    break_scorer(monkeypatch, tiny_model)
     assert main(_argv(tmp_path, tiny_model, f"--existing={yesterday}", "--overwrite")) == 1
     err = capsys.readouterr().err
     assert "the scorer failed on" in err and "device-side assert" in err and "score_error" in err
@@ -97,20 +96,7 @@ def test_a_model_failing_on_every_pair_fails_the_run_and_replaces_nothing(yester
 
 
 def test_a_few_failed_pairs_are_let_through_up_to_the_share_allowed(yesterday, tiny_model, tmp_path, monkeypatch):
-    load_classifier = transforms.score.load_classifier
-    poison = transforms.score.load_tokenizer(tiny_model).convert_tokens_to_ids("补")
-
-    def fragile(settings):
-        classifier = load_classifier(settings)
-        model = classifier.model
-
-        def forward(**batch):
-            if bool((batch["input_ids"] == poison).any()):
-                raise RuntimeError("kernel failed")
-            return model(**batch)
-        classifier.model = forward
-        return classifier
-    monkeypatch.setattr(transforms.score, "load_classifier", fragile)
+    break_scorer(monkeypatch, tiny_model, "补")
     argv = _argv(tmp_path, tiny_model, f"--existing={yesterday}", output="next")
     assert main(argv) == 1  # some of the few pairs fail: more than 1%
     assert main(argv + ["--max-failed-share=0.9"]) == 0
@@ -162,7 +148,7 @@ def test_a_second_run_on_an_output_being_written_is_refused(yesterday, tiny_mode
 
 @pytest.mark.parametrize("change, message", [
     ("--max-length=64", "--max-length=512"),
-    ("scorer", "--fingerprints="),
+    ("scorer", "made with another scorer model (fingerprint"),
     ("--top-k=3", "--top-k=10"),
 ])
 def test_an_extension_with_other_result_shaping_options_is_refused(yesterday, tiny_model, tmp_path, capsys,
@@ -206,9 +192,24 @@ def test_an_object_store_output_is_read_only_once_committed(tiny_model, tmp_path
     assert "has no _SUCCESS: it has outputs but no commit marker" in capsys.readouterr().err
 
 
-def test_groups_of_an_extension_hold_every_row_once(yesterday, tiny_model, tmp_path):
+def test_an_extension_may_change_the_threshold_and_holds_every_row_once(yesterday, tiny_model, tmp_path):
     report = run_qdedup(tmp_path / "new" / "b.parquet", tmp_path / "next", tiny_model, "--min-similarity=0.1",
-                        f"--existing={yesterday}")
+                        f"--existing={yesterday}", "--threshold=0.6")
     members = group_members(tmp_path / "next")
     assert sorted(i for g in members.values() for i in g) == sorted(i for i, _ in ROWS + NEW)
-    assert report["accounting_ok"]
+    assert report["accounting_ok"] and report["configuration"]["threshold"] == 0.6
+    # Decisions are remade at the new threshold from every score, stored ones included: as a full run does.
+    write_questions(ROWS + NEW, tmp_path / "all" / "q.parquet")
+    run_qdedup(tmp_path / "all" / "q.parquet", tmp_path / "full", tiny_model, "--min-similarity=0.1",
+               f"--params-from={yesterday}", f"--previous-groups={yesterday}", "--threshold=0.6")
+    def groups(out):
+        return sorted(read_part(out, "groups"), key=lambda row: row["id"])
+    assert groups(tmp_path / "next") == groups(tmp_path / "full")
+
+
+def test_a_state_of_another_format_is_refused(yesterday, tiny_model, tmp_path, capsys):
+    marker = json.loads((yesterday / MARKER).read_text())
+    marker["report"]["state_format"] = 1
+    (yesterday / MARKER).write_text(json.dumps(marker))
+    assert main(_argv(tmp_path, tiny_model, f"--existing={yesterday}", output="next")) == 2
+    assert "has state format 1, this qdedup needs 2" in capsys.readouterr().err

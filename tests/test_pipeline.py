@@ -155,8 +155,8 @@ def test_multi_processing_gives_the_same_groups_and_pairs(corpus, in_memory_run,
     assert {k: other[k] for k in counts} == {k: report[k] for k in counts}
 
 
-@pytest.mark.parametrize("token_budget", ["1", "300"])
-def test_lcqmc_pair_scores_equal_reference(tiny_model, tmp_path, token_budget):
+def test_lcqmc_pair_scores_equal_reference(tiny_model, tmp_path, token_budget="300"):
+    """Through the whole pipeline (batching itself is checked from 1 to 100,000 tokens in test_score.py)."""
     pairs = [(a, b) for a, b, _ in lcqmc_pairs(30)]
     texts = sorted({t for pair in pairs for t in pair})
     ids = {t: i for i, t in enumerate(texts)}
@@ -282,17 +282,6 @@ def test_group_edge_scores_summarize_the_pairs_that_joined_it(in_memory_run):
         else:
             assert row["min_edge_score"] == pytest.approx(min(scores))
             assert row["mean_edge_score"] == pytest.approx(sum(scores) / len(scores))
-
-
-def test_overwrite_replaces_a_previous_runs_files(tiny_model, tmp_path):
-    pq.write_table(pa.table({"id": [1, 2], "question": ["怎么办", "为什么"]}), tmp_path / "q.parquet")
-    out = tmp_path / "out"
-    run_qdedup(tmp_path / "q.parquet", out, tiny_model)
-    stale = out / "groups" / "part-stale-from-an-older-run.parquet"
-    pq.write_table(pa.table({"id": [99]}), stale)
-    report = run_qdedup(tmp_path / "q.parquet", out, tiny_model, "--overwrite")
-    assert not stale.exists()
-    assert len(read_part(out, "groups")) == report["rows_out"] == 2
 
 
 def _components_of_edges(pairs, threshold):

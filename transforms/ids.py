@@ -9,7 +9,7 @@ id it had in the previous run's `groups/` (`--previous-groups`, `--existing`):
   the one founded in the earliest run (then the larger overlap, then the lower id);
   the others are retired (`lineage/`: merged);
 - any other group is new. Its id is the first of these that is free: its
-  canonical member's id, its other member ids in ascending order, then derived
+  canonical member's id, its 16 lowest other member ids, then derived
   ids (`-(id) - 1`, then hashed negative ids, for integer ids; `id~`, `id~1`,
   `id~2`... for strings) of its canonical id. Free means: no group of the
   previous run had it (held now or retired now), and, for a derived id, no row
@@ -26,6 +26,7 @@ left for a group that did not take its id).
 """
 from __future__ import annotations
 
+import heapq
 import zlib
 from typing import Iterable, Mapping, NamedTuple, Optional
 
@@ -38,7 +39,8 @@ from transforms.commit import committed_root, read_committed
 from transforms.errors import QdedupError
 
 PREVIOUS_COLUMNS = ("id", "group_id", "group_since_run")
-DERIVED_IDS = 8  # derived candidates per new group; all of them taken is an error (see `derived_ids`)
+MEMBER_CANDIDATES = 16  # lowest member ids a new group may take besides its canonical one
+DERIVED_IDS = 8         # derived candidates per new group; all of them taken is an error (see `derived_ids`)
 
 
 class PreviousRow(NamedTuple):
@@ -85,8 +87,9 @@ def derived_ids(row_id: object, count: int = DERIVED_IDS) -> list:
 
 
 def candidate_ids(canonical_id: object, member_ids: Iterable) -> list[tuple[tuple, object, bool]]:
-    """(rank, id, derived) of every id a new group may take, best first."""
-    members = sorted(set(member_ids) - {canonical_id})
+    """(rank, id, derived) of every id a new group may take, best first (a bounded number, however big
+    the group)."""
+    members = heapq.nsmallest(MEMBER_CANDIDATES, set(member_ids) - {canonical_id})
     return ([((0, 0), canonical_id, False)] + [((1, i), m, False) for i, m in enumerate(members)]
             + [((2, j), d, True) for j, d in enumerate(derived_ids(canonical_id))])
 

@@ -122,7 +122,13 @@ class Prior:
 def differing_option(earlier: dict, now: dict, names: Iterable[str]) -> Optional[str]:
     """The first option whose value differs between two configurations, in words; None if all agree."""
     for name in names:
-        if earlier.get(name) != now.get(name):
+        if name == "fingerprints":
+            for model in sorted(set(earlier.get(name) or {}) | set(now.get(name) or {})):
+                before, after = (earlier.get(name) or {}).get(model), (now.get(name) or {}).get(model)
+                if before != after:
+                    return (f"another {model} model (fingerprint {str(before)[:12]}, this run's "
+                            f"{str(after)[:12]}: its weights, vocabulary or config differ)")
+        elif earlier.get(name) != now.get(name):
             return f"--{name.replace('_', '-')}={earlier.get(name)!r}, this run has {now.get(name)!r}"
     return None
 
