@@ -44,9 +44,11 @@ def cluster_corpus(bases: int = 16) -> list[tuple]:
 
 
 def _parts(rows):
-    """Yesterday and three nights. Night 2 repeats texts of yesterday under a lower and a higher id."""
+    """Yesterday and three nights. Night 1 reuses an id of yesterday's; night 2 repeats texts of yesterday under
+    a lower and a higher id, and has a row without text."""
     parts = [[r for i, r in enumerate(rows) if i % 10 < 4], [r for i, r in enumerate(rows) if i % 10 in (4, 5, 6)],
              [r for i, r in enumerate(rows) if i % 10 in (7, 8)], [r for i, r in enumerate(rows) if i % 10 == 9]]
+    parts[1] += [(rows[0][0], "一个新问题")]
     parts[2] += [(5, rows[0][1]), (99_999, rows[10][1]), (99_998, None)]
     return parts
 
@@ -141,18 +143,16 @@ def test_extensions_score_fewer_pairs_and_keep_the_books(nightly):
         full = reports[f"full{night}"]
         assert (report["pairs_scored"], report["resplit_pairs_scored"]) == (full["pairs_scored"],
                                                                             full["resplit_pairs_scored"])
-    assert reports["ext3"]["rows_out"] == sum(len([r for r in part if r[1]]) for part in parts)
+    assert reports["ext3"]["rows_out"] == sum(len([r for r in part if r[1]]) for part in parts) - 1  # one reused id
 
 
-def test_extension_rejects_reused_ids(nightly, tiny_model, tmp_path):
-    root, parts, _ = nightly
-    write_questions([(parts[0][0][0], "一个新问题"), (999_999, "另一个新问题")], tmp_path / "new" / "q.parquet")
-    report = run_qdedup(tmp_path / "new" / "q.parquet", tmp_path / "out", tiny_model, *FLAGS,
-                        f"--existing={root / 'ext0'}")
-    rejected = read_part(tmp_path / "out", "rejected")
-    assert [(json.loads(r["row"])["id"], r["reason"]) for r in rejected] == [(parts[0][0][0], "duplicate_id")]
-    assert "--existing run" in rejected[0]["detail"]
-    assert report["rows_in"] == 2 and report["new_representatives"] == 1 and report["accounting_ok"]
+def test_an_id_the_extended_run_holds_is_rejected_like_a_duplicate_id(nightly):
+    root, parts, reports = nightly
+    reused = parts[0][0][0]
+    rejected = [(json.loads(r["row"])["id"], r["reason"], r["detail"]) for r in read_part(root / "ext1", "rejected")]
+    assert rejected == [(reused, "duplicate_id", "id already used by a row of the --existing run")]
+    assert {r["id"]: r for r in read_part(root / "ext1", "groups")}[reused]["group_size"] >= 1
+    assert reports["ext1"]["rows_rejected"] == 1 and reports["ext1"]["accounting_ok"]
 
 
 def test_options_that_cannot_go_together(nightly, tiny_model, tmp_path, capsys):
