@@ -24,7 +24,7 @@ from pipelines.options import (
 )
 from pipelines.recall import recall
 from pipelines.report import gather, render
-from transforms.commit import OutputRun, read_json
+from transforms.commit import OutputRun, join, read_json
 from transforms.embed import check_encoder_model
 from transforms.errors import QdedupError
 from transforms.ids import check_previous_groups
@@ -118,10 +118,10 @@ def scoring_precision(options: QdedupOptions, pipeline_options: PipelineOptions)
 
 def check_models(options: QdedupOptions) -> dict:
     """Every model of the run loads and answers a trial input; {"scorer"/kind: fingerprint}."""
-    fingerprints = {"scorer": check_scorer_model(options.scorer_model, options.positive_label).fingerprint}
+    fingerprints = {"scorer": check_scorer_model(options.scorer_model, options.positive_label)}
     for kind, model in parse_embedders(options.embedders):
         if kind == "encoder":
-            fingerprints[kind] = check_encoder_model(model).fingerprint
+            fingerprints[kind] = check_encoder_model(model)
     return fingerprints
 
 
@@ -147,7 +147,7 @@ def _files_by_folder(run: OutputRun) -> dict:
     folders: dict = {}
     for relative in run.written():
         folder, _, _ = relative.rpartition("/")
-        folders.setdefault(folder, []).append(f"{run.write_root.rstrip('/')}/{relative}")
+        folders.setdefault(folder, []).append(join(run.write_root, relative))
     return folders
 
 

@@ -177,3 +177,18 @@ def test_on_an_object_store_a_fresh_lease_refuses_and_a_stale_one_does_not(tmp_p
     with OutputRun(out) as run:
         assert any(name.startswith("_lease-" + run.run_id) for name in os.listdir(lease.parent))
     assert os.listdir(lease.parent) == [lease.name]
+
+
+def test_on_an_object_store_a_killed_runs_files_neither_block_nor_outlive_the_next_commit(tmp_path):
+    out = PREFIX + str(tmp_path / "bucket" / "out")
+    killed = OutputRun(out)
+    from apache_beam.io.filesystems import FileSystems
+    for path in (killed.file_prefix("groups") + "-00000-of-00001.parquet", killed.draft_report):
+        with FileSystems.create(path) as handle:  # written, then the launcher died: no marker, no lease left
+            handle.write(b"half")
+    with OutputRun(out) as run:  # nothing committed there: no --overwrite needed
+        _commit(run, {"groups": "whole"})
+    committed = read_committed(out, "--existing")
+    left = sorted(os.path.relpath(os.path.join(d, f), tmp_path / "bucket" / "out")
+                  for d, _, files in os.walk(tmp_path / "bucket" / "out") for f in files)
+    assert left == sorted([*committed.files, MARKER]) and killed.run_id not in " ".join(left)

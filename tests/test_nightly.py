@@ -121,6 +121,8 @@ def test_a_broken_model_is_refused_before_the_pipeline(yesterday, tiny_model, tm
     short = _model_with(tmp_path, tiny_model, "short", max_position_embeddings=4)
     assert main(_argv(tmp_path, short, "--overwrite")) == 2
     assert "fails on a trial input" in capsys.readouterr().err
+    assert main(_argv(tmp_path, tiny_model, f"--embedders=lexical,encoder:{short}", "--overwrite")) == 2
+    assert "--embedders encoder:" in capsys.readouterr().err
     assert _snapshot(yesterday) == before
 
 
@@ -150,6 +152,7 @@ def test_a_second_run_on_an_output_being_written_is_refused(yesterday, tiny_mode
     ("--max-length=64", "--max-length=512"),
     ("scorer", "made with another scorer model (fingerprint"),
     ("--top-k=3", "--top-k=10"),
+    ("--precision=bf16", "--scoring-precision='float32', this run has 'bf16'"),
 ])
 def test_an_extension_with_other_result_shaping_options_is_refused(yesterday, tiny_model, tmp_path, capsys,
                                                                    change, message):
@@ -213,3 +216,23 @@ def test_a_state_of_another_format_is_refused(yesterday, tiny_model, tmp_path, c
     (yesterday / MARKER).write_text(json.dumps(marker))
     assert main(_argv(tmp_path, tiny_model, f"--existing={yesterday}", output="next")) == 2
     assert "has state format 1, this qdedup needs 2" in capsys.readouterr().err
+
+
+def test_a_pair_that_failed_on_an_earlier_night_is_scored_again(tiny_model, tmp_path, monkeypatch):
+    """Yesterday's scorer failed on the pairs holding 处; tonight they come from stored neighbour lists,
+    without their texts, and are fetched and scored, as a full run would score them."""
+    write_questions(ROWS, tmp_path / "in" / "a.parquet")
+    write_questions(NEW, tmp_path / "new" / "b.parquet")
+    with monkeypatch.context() as patch:
+        break_scorer(patch, tiny_model, "处")
+        run_qdedup(tmp_path / "in" / "a.parquet", tmp_path / "out", tiny_model, "--min-similarity=0.1",
+                   "--max-failed-share=1")
+    failed = {(r["id_a"], r["id_b"]) for r in map(json.loads, (r["row"] for r in read_part(tmp_path / "out",
+                                                                                              "rejected")))}
+    assert failed
+    report = run_qdedup(tmp_path / "new" / "b.parquet", tmp_path / "next", tiny_model, "--min-similarity=0.1",
+                        f"--existing={tmp_path / 'out'}")
+    old_ids = {i for i, _ in ROWS}
+    retried = {pair for pair in failed if set(pair) <= old_ids} & set(
+        (p["id_a"], p["id_b"]) for p in read_part(tmp_path / "next", "pairs"))
+    assert retried and report["pairs_failed"] == 0

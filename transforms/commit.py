@@ -61,8 +61,9 @@ KNOWN_ENTRIES = (*PARTS, *REPORTS, MARKER, "evaluation.json")
 LEASE_PREFIX = "_lease-"
 LEASE_SECONDS = 600          # a lease not refreshed for this long belongs to a launcher that died
 LEASE_REFRESH_SECONDS = 60
-RUN_ID = re.compile(r"^\d{8}T\d{6}-[0-9a-f]{6}$")
-_RUN_FILE = re.compile(r"^(\d{8}T\d{6}-[0-9a-f]{6})-")
+_RUN = r"\d{8}T\d{6}-[0-9a-f]{6}"      # what new_run_id makes
+RUN_ID = re.compile(f"^{_RUN}$")
+_RUN_FILE = re.compile(f"^{_RUN}-")      # a file a run wrote
 
 
 def is_remote(path: str) -> bool:
@@ -356,7 +357,8 @@ class OutputRun:
             raise QdedupError(f"--output {self.output!r} is a file, not a directory")
         listing = _listing(self.root)
         foreign = sorted({_relative(self.root, m.path).split("/")[0] for m in listing} - set(KNOWN_ENTRIES))
-        foreign = [f for f in foreign if not f.startswith(LEASE_PREFIX)]
+        # Leases, and (on an object store) the report draft a killed run left, are qdedup's own too.
+        foreign = [f for f in foreign if not f.startswith(LEASE_PREFIX) and not _RUN_FILE.match(f)]
         if foreign:
             raise QdedupError(f"--output {self.output!r} holds {foreign[0]!r}, which qdedup did not write; "
                               "give a new or empty directory (a run replaces the whole directory)")

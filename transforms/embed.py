@@ -22,7 +22,6 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, Predi
 from transforms.errors import RejectedRow, failure
 from transforms.metrics import StageTimer
 from transforms.model import (
-    CheckedModel,
     Encoding,
     Forwarded,
     ModelFailure,
@@ -225,8 +224,8 @@ class EncoderHandler(ModelHandler[TokenizedItem, np.ndarray, TextEncoder]):
 TRIAL_TEXT = "怎么开通网银"
 
 
-def check_encoder_model(name: str, option: str = "--embedders encoder:") -> CheckedModel:
-    """The encoder loads and turns a trial text into a finite vector."""
+def check_encoder_model(name: str, option: str = "--embedders encoder:") -> str:
+    """The encoder loads and turns a trial text into a finite vector; returns its fingerprint."""
     from transformers import AutoModel
 
     def probe(model, tokenizer) -> None:

@@ -185,15 +185,6 @@ def _looks_local(name: str) -> bool:
     return name.startswith((".", "/", "~")) or os.path.exists(name)
 
 
-@dataclass(frozen=True)
-class CheckedModel:
-    """A model that loaded and answered a trial input on the launcher, before any pipeline started."""
-
-    name: str
-    config: Any
-    fingerprint: str  # of its weights, tokenizer vocabulary and config: what its outputs depend on
-
-
 def fingerprint(model, tokenizer) -> str:
     """A digest of what a model's outputs depend on, the same from the hub, a directory or a bucket."""
     digest = hashlib.blake2b(digest_size=16)
@@ -205,8 +196,8 @@ def fingerprint(model, tokenizer) -> str:
     return digest.hexdigest()
 
 
-def check_model(name: str, option: str, auto_class, probe: Callable[[Any, Any], None]) -> CheckedModel:
-    """Fails fast, naming what is wrong, when a model cannot be loaded or cannot run; returns it checked.
+def check_model(name: str, option: str, auto_class, probe: Callable[[Any, Any], None]) -> str:
+    """Fails fast, naming what is wrong, when a model cannot be loaded or cannot run; returns its `fingerprint`.
 
     A remote directory is listed and copied here the way workers will copy it; a local one must
     hold config.json, safetensors weights and tokenizer files. The tokenizer's vocabulary must fit
@@ -256,7 +247,7 @@ def check_model(name: str, option: str, auto_class, probe: Callable[[Any, Any], 
         raise
     except Exception as exc:
         raise QdedupError(f"{option} {name!r} fails on a trial input: {failure(exc)}") from exc
-    return CheckedModel(name, config, fingerprint(model, tokenizer))
+    return fingerprint(model, tokenizer)
 
 
 def load_tokenizer(name: str):

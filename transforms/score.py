@@ -25,7 +25,6 @@ from transforms.block import CandidatePair
 from transforms.errors import QdedupError, RejectedRow
 from transforms.metrics import StageTimer
 from transforms.model import (
-    CheckedModel,
     Encoding,
     Forwarded,
     ModelFailure,
@@ -68,8 +67,8 @@ def positive_label(config, requested: Optional[int], option: str = "--scorer-mod
     return requested
 
 
-def check_scorer_model(name: str, requested_label: Optional[int] = None) -> CheckedModel:
-    """The scorer loads, has its positive label, and scores a trial pair to a probability."""
+def check_scorer_model(name: str, requested_label: Optional[int] = None) -> str:
+    """The scorer loads, has its positive label, and scores a trial pair to a probability; returns its fingerprint."""
     from transformers import AutoModelForSequenceClassification
 
     def probe(model, tokenizer) -> None:

@@ -219,8 +219,8 @@ def read_parquet(pbegin, label: str, paths: list[str]):
 
 
 class ReadPrior(beam.PTransform):
-    """An earlier run -> {"representatives", "members", "pairs"} as the pipeline's own types, and
-    {"vectors": {kind: stored vector records}}."""
+    """An earlier run -> {"representatives", "pairs", "vectors": {kind: stored vector records}}, and, for an
+    extension, "members", as the pipeline's own types."""
 
     def __init__(self, prior: Prior, kinds: Iterable[str]):
         super().__init__()
@@ -229,16 +229,18 @@ class ReadPrior(beam.PTransform):
 
     def expand(self, pbegin):
         prior = self._prior
-        return {
+        read = {
             "representatives": read_parquet(pbegin, "ReadRepresentatives", prior.files("state/representatives"))
             | "ToRepresentative" >> beam.Map(lambda row: Representative(**row)),
-            "members": read_parquet(pbegin, "ReadMembers", prior.files("state/members"))
-            | "ToMembership" >> beam.Map(lambda row: Membership(**row)),
             "pairs": read_parquet(pbegin, "ReadPairs", prior.files("pairs"))
             | "ToScoredPair" >> beam.Map(lambda row: ScoredPair(**row)),
             "vectors": {kind: read_parquet(pbegin, f"Read{kind.title()}Vectors", prior.files(f"state/{kind}/vectors"))
                         for kind in self._kinds},
         }
+        if prior.extend:  # a run with --params-from has all its rows in its own input
+            read["members"] = (read_parquet(pbegin, "ReadMembers", prior.files("state/members"))
+                               | "ToMembership" >> beam.Map(lambda row: Membership(**row)))
+        return read
 
 
 def _split_stored(element, extend: bool) -> Iterable:
