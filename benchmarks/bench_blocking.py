@@ -23,8 +23,8 @@ import json
 import os
 import random
 import resource
-import subprocess
 import statistics
+import subprocess
 import sys
 import time
 
@@ -35,7 +35,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from transforms.block import BlockCandidates, BlockingSettings, partition_count
 from transforms.embed import hashed_ngrams, idf_weights, tfidf_sparse
 from transforms.metrics import STAGE_NAMESPACE
-from transforms.normalize import Representative, normalize_text, text_key
+from transforms.normalize import normalize_text, text_key
+from transforms.records import Representative
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
 DIM = 1024

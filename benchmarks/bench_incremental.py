@@ -33,9 +33,10 @@ from itertools import combinations
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from benchmarks.bench_lexical_recall import DEFAULT_PAIRS
 from pipelines.cli import main as qdedup
-from tests.conftest import lcqmc_pairs
-from tests.model_factory import make_random_model
+from pipelines.random_model import make_random_model
+from pipelines.recall import read_labelled_pairs
 
 RUNNER = ["--runner=FnApiRunner"]
 
@@ -186,9 +187,9 @@ def main() -> None:
     args = parser.parse_args()
     flags = args.flags.split()
     shutil.rmtree(args.work, ignore_errors=True)
-    texts = sorted({t for a, b, _ in lcqmc_pairs() for t in (a, b)})
+    texts = sorted({t for a, b, _ in read_labelled_pairs(DEFAULT_PAIRS) for t in (a, b)})
     rows = list(enumerate(texts, start=1))
-    model = make_random_model(os.path.join(args.work, "model"), texts)
+    model = make_random_model(os.path.join(args.work, "model"))
     _write(rows, os.path.join(args.work, "in", "all", "q.parquet"))
     fresh = os.path.join(args.work, "fresh")
     fresh_report, fresh_s = _run(fresh, os.path.join(args.work, "in", "all", "q.parquet"), model, *flags)

@@ -9,26 +9,18 @@ dimension and k, recall of positive pairs and candidate pairs per question.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import time
 
 import numpy as np
 
+from pipelines.recall import read_labelled_pairs
 from transforms.block import knn_pairs
 from transforms.embed import hashed_ngrams, idf_weights, tfidf_vector
 from transforms.normalize import normalize_text
 
 DEFAULT_PAIRS = os.path.normpath(
     os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "lcqmc", "dev.tsv"))
-
-
-def read_pairs(path: str) -> list[tuple[str, str, int]]:
-    if path.endswith(".tsv"):
-        with open(path, encoding="utf-8") as handle:
-            return [(a, b, int(label)) for a, b, label in (line.rstrip("\n").split("\t") for line in handle)]
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        return [(r["sentence1"], r["sentence2"], int(r["label"])) for r in csv.DictReader(handle)]
 
 
 def main() -> None:
@@ -39,7 +31,7 @@ def main() -> None:
     parser.add_argument("--min-similarity", type=float, default=0.3)
     args = parser.parse_args()
 
-    pairs = read_pairs(args.pairs)
+    pairs = read_labelled_pairs(args.pairs)
     questions = sorted({normalize_text(t) for a, b, _ in pairs for t in (a, b)})
     index = {q: i for i, q in enumerate(questions)}
     positives = [(normalize_text(a), normalize_text(b)) for a, b, label in pairs if label == 1]

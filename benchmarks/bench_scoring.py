@@ -40,12 +40,20 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.util import SortAndBatchElements
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from benchmarks.bench_lexical_recall import DEFAULT_PAIRS, read_pairs
-from tests.model_factory import ERLANGSHEN_SHAPE, ERLANGSHEN_VOCAB, make_random_model
-from transforms.block import CandidatePair
-from transforms.model import ModelSettings, TokenizedItem, load_tokenizer, resolve_device, resolve_dtype, tokenize
-from transforms.model import token_budget as token_budget_for
-from transforms.score import PairScorer, ScorePairs
+from benchmarks.bench_lexical_recall import DEFAULT_PAIRS
+from pipelines.random_model import make_erlangshen_shaped_model
+from pipelines.recall import read_labelled_pairs
+from transforms.inference import (
+    ModelSettings,
+    TokenizedItem,
+    resolve_device,
+    resolve_dtype,
+    tokenize,
+)
+from transforms.inference import token_budget as token_budget_for
+from transforms.records import CandidatePair
+from transforms.score import ScorePairs, pair_scorer
+from transforms.sources import load_tokenizer
 
 RUNNER = ["--runner=FnApiRunner"]
 
@@ -99,7 +107,9 @@ def _import_stock_handler():
     shim.TFAutoModel = type("TFAutoModel", (), {})
     sys.modules["transformers"] = shim
     try:
-        from apache_beam.ml.inference.huggingface_inference import HuggingFaceModelHandlerKeyedTensor
+        from apache_beam.ml.inference.huggingface_inference import (
+            HuggingFaceModelHandlerKeyedTensor,
+        )
     finally:
         sys.modules["transformers"] = transformers
     return HuggingFaceModelHandlerKeyedTensor
@@ -130,7 +140,7 @@ def qdedup_stage(model_dir: str, pairs, device: str, token_budget: int, out_dir:
     path = os.path.join(out_dir, "scores.npy")
     start = time.perf_counter()
     with beam.Pipeline(options=PipelineOptions(RUNNER)) as pipeline:
-        _ = ((pipeline | beam.Create(candidates) | ScorePairs(settings))["scored"]
+        _ = ((pipeline | beam.Create(candidates) | ScorePairs(settings)).scored
              | beam.Map(lambda pair: (pair.id_a, pair.score)) | beam.combiners.ToList()
              | beam.Map(_save_scores, path, len(pairs)))
     return np.load(path), time.perf_counter() - start
@@ -151,11 +161,6 @@ class _TokenizeOne(beam.DoFn):
         yield (i,), TokenizedItem((i,), (encoding,), truncated)
 
 
-class _SixtyFourPerBatch(PairScorer):
-    def batch_elements_kwargs(self):
-        return {"min_batch_size": 64, "max_batch_size": 64}
-
-
 def beam_batching_variant(model_dir: str, pairs, device: str, token_budget: int, sort: bool):
     settings = ModelSettings(model_dir, device=device, token_budget=token_budget)
     start = time.perf_counter()
@@ -166,9 +171,11 @@ def beam_batching_variant(model_dir: str, pairs, device: str, token_budget: int,
                       | SortAndBatchElements(min_batch_size=1, max_batch_size=len(pairs),
                                              max_batch_weight=token_budget_for(settings),
                                              element_size_fn=lambda keyed: keyed[1].cost)
-                      | RunInference(KeyedModelHandler(PairScorer(settings)).with_no_batching()))
+                      | RunInference(KeyedModelHandler(pair_scorer(settings)).with_no_batching()))
         else:
-            scored = tokenized | RunInference(KeyedModelHandler(_SixtyFourPerBatch(settings)))
+            handler = pair_scorer(settings)
+            handler.batch_elements_kwargs = lambda: {"min_batch_size": 64, "max_batch_size": 64}
+            scored = tokenized | RunInference(KeyedModelHandler(handler))
         _ = scored | beam.combiners.Count.Globally()
     return None, time.perf_counter() - start
 
@@ -192,12 +199,11 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     resolve_device(args.device)
-    rows = read_pairs(args.pairs_file)
+    rows = read_labelled_pairs(args.pairs_file)
     random.Random(0).shuffle(rows)
     pairs = [(a, b) for a, b, _ in rows[:args.pairs]]
     work = tempfile.mkdtemp(prefix="bench_scoring_")
-    model_dir = args.model or make_random_model(
-        os.path.join(work, "model"), [t for a, b, _ in rows for t in (a, b)], ERLANGSHEN_SHAPE, ERLANGSHEN_VOCAB)
+    model_dir = args.model or make_erlangshen_shaped_model(os.path.join(work, "model"))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokens = [len(ids) for ids in tokenizer([a for a, _ in pairs], [b for _, b in pairs])["input_ids"]]
     budget = token_budget_for(ModelSettings("", device=args.device, token_budget=args.token_budget))

@@ -2,37 +2,27 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
 import time
 from typing import Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
 from pipelines.dedup import build_pipeline
 from pipelines.evaluate import evaluate
-from pipelines.options import (
-    QdedupOptions,
-    effective_configuration,
-    expand_argv,
-    input_columns,
-    parse_embedders,
-    validate,
-)
+from pipelines.options import QdedupOptions, expand_argv
+from pipelines.preflight import check_placeholders, check_run, validate
 from pipelines.recall import recall
-from pipelines.report import gather, render
-from transforms.commit import OutputRun, join, read_json
-from transforms.embed import check_encoder_model
+from pipelines.report import gather, render, run_totals
+from transforms import logs
+from transforms.commit import OutputRun
 from transforms.errors import QdedupError
-from transforms.ids import check_previous_groups
-from transforms.metrics import STAGE_NAMESPACE
-from transforms.model import resolve_device, resolve_dtype
-from transforms.read import inspect_input
-from transforms.score import check_scorer_model
-from transforms.state import load_prior
+from transforms.paths import join, read_json
 
 _LOG = logging.getLogger("qdedup")
 USAGE = """usage: qdedup run --input PATTERN --output DIR [--config YAML] [options] [Beam options]
@@ -43,86 +33,6 @@ run:    finds duplicate questions in Parquet corpora.
 recall: the share of labelled duplicate pairs that blocking makes candidates, with the same options.
 evaluate: precision, recall and F1 of a run's groups on labelled pairs, and a threshold sweep.
 'qdedup run --help' lists the options."""
-
-
-def counter_totals(result, namespace: str) -> dict:
-    """{counter name: value summed over steps}; empty where the runner reports no metrics."""
-    try:
-        counters = result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]
-    except Exception:
-        return {}
-    totals: dict = {}
-    for counter in counters:
-        value = counter.committed if counter.committed is not None else counter.attempted
-        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + (value or 0)
-    return totals
-
-
-def _work_item_sizes(result):
-    try:
-        found = result.metrics().query(MetricsFilter().with_name("blocking_work_item_size"))["distributions"]
-    except Exception:
-        return None
-    values = [d.committed if d.committed is not None else d.attempted for d in found]
-    return [v for v in values if v is not None and v.count]
-
-
-def run_totals(report: dict, result) -> dict:
-    """Per-stage seconds, blocking and scoring totals, from the run's Beam metrics."""
-    seconds = {name: round(us / 1_000_000, 3) for name, us in sorted(counter_totals(result, STAGE_NAMESPACE).items())}
-    counts = counter_totals(result, "qdedup")
-    score_seconds = seconds.get("score", 0.0)
-    sizes = _work_item_sizes(result) or []
-    return {
-        "stage_seconds": seconds,
-        "blocking_work_items": sum(d.count for d in sizes),
-        "largest_blocking_work_item": max((d.max for d in sizes), default=0),
-        "truncated_pairs": counts.get("score_truncated", 0),
-        "encoder_truncated_texts": counts.get("encoder_truncated", 0),
-        "oom_splits": counts.get("oom_splits", 0),
-        "components_unsettled_edges": counts.get("components_unsettled_edges", 0),
-        "components_resplit": counts.get("components_resplit", 0),
-        "scoring_pairs_per_second": round(report["pairs_scored"] / score_seconds, 2) if score_seconds else None,
-    }
-
-
-def check_placeholders(pipeline_options: PipelineOptions) -> None:
-    """A preset's YOUR_* placeholders must be filled in before anything is launched."""
-    for name, value in sorted(pipeline_options.get_all_options(drop_default=True).items()):
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str) and "YOUR_" in item:
-                raise QdedupError(f"--{name} is {item!r}: fill in the preset's YOUR_* placeholders "
-                                  "(or pass the option on the command line)")
-
-
-def _is_local(pipeline_options: PipelineOptions) -> bool:
-    runner = pipeline_options.view_as(StandardOptions).runner
-    return runner is None or runner in StandardOptions.LOCAL_RUNNERS
-
-
-def check_device_here(pipeline_options: PipelineOptions, device: str) -> None:
-    """A local run with --device cuda fails now, not after reading and blocking the whole corpus."""
-    if device == "cuda" and _is_local(pipeline_options):
-        resolve_device(device)
-
-
-def scoring_precision(options: QdedupOptions, pipeline_options: PipelineOptions) -> str:
-    """The precision scores are computed in, as far as the launcher can tell (state compares it)."""
-    if options.precision != "auto":
-        return options.precision
-    if _is_local(pipeline_options):
-        device = resolve_device(options.device)
-        return str(resolve_dtype("auto", device)).replace("torch.", "")
-    return "float32" if options.device == "cpu" else f"auto on {options.device}"
-
-
-def check_models(options: QdedupOptions) -> dict:
-    """Every model of the run loads and answers a trial input; {"scorer"/kind: fingerprint}."""
-    fingerprints = {"scorer": check_scorer_model(options.scorer_model, options.positive_label)}
-    for kind, model in parse_embedders(options.embedders):
-        if kind == "encoder":
-            fingerprints[kind] = check_encoder_model(model)
-    return fingerprints
 
 
 def failure_problem(report: dict, share: float) -> Optional[str]:
@@ -153,29 +63,16 @@ def _files_by_folder(run: OutputRun) -> dict:
 
 def run(argv: Sequence[str]) -> int:
     started = time.monotonic()
-    pipeline_options = PipelineOptions(expand_argv(argv))
+    pipeline_options = PipelineOptions(worker_log_levels(expand_argv(argv)))
     options = pipeline_options.view_as(QdedupOptions)
     validate(options)
     check_placeholders(pipeline_options)
     with OutputRun(options.output, options.overwrite) as out:
-        info = inspect_input(options.input, input_columns(options))
+        launch = check_run(options, pipeline_options)
+        info = launch.info
         _LOG.info("input: %d files, %d rows, ids of type %s", len(info.files), info.rows, info.id_type)
-        previous_groups = None
-        if options.previous_groups:
-            previous_groups = check_previous_groups(options.previous_groups, info.id_type).paths("groups", ".parquet")
-        check_device_here(pipeline_options, options.device)
-        configuration = effective_configuration(pipeline_options)
-        configuration["fingerprints"] = check_models(options)
-        configuration["scoring_precision"] = scoring_precision(options, pipeline_options)
-        prior = None
-        if options.existing or options.params_from:
-            prior = load_prior(options.existing or options.params_from, bool(options.existing), configuration,
-                               [kind for kind, _ in parse_embedders(options.embedders)])
-            if options.existing:
-                check_previous_groups(options.existing, info.id_type)
-
         pipeline = beam.Pipeline(options=pipeline_options)
-        build_pipeline(pipeline, options, info, configuration, out, prior, previous_groups)
+        build_pipeline(pipeline, options, info.id_type, launch.configuration, out, launch.prior, launch.previous_groups)
         _LOG.info("run %s writes %s", out.run_id, out.write_root)
         try:
             result = pipeline.run()
@@ -208,6 +105,24 @@ def run(argv: Sequence[str]) -> int:
     return 0
 
 
+def configure_logging(verbose: bool) -> None:
+    """qdedup's progress lines at INFO on stderr; libraries quiet unless `verbose` (then every logger at INFO)."""
+    if verbose:
+        os.environ[logs.VERBOSE] = "1"  # inherited by the worker processes a local run starts
+    logging.basicConfig(level=logging.INFO, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.quiet_libraries()
+
+
+def worker_log_levels(argv: list[str]) -> list[str]:
+    """Remote workers log qdedup's lines and only warnings of Beam and the model libraries (unless --verbose
+    or the user set the levels)."""
+    if logs.verbose() or any(a.startswith("--sdk_harness_log_level_overrides") for a in argv):
+        return argv
+    levels = {name: logging.getLevelName(level) for name, level in logs.QUIET_LOGGERS.items()}
+    return [*argv, f"--sdk_harness_log_level_overrides={json.dumps(levels)}"]
+
+
 def _print_help() -> None:
     parser = beam.options.pipeline_options._BeamArgumentParser(
         prog="qdedup run", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -229,7 +144,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if command != "evaluate" and ("-h" in rest or "--help" in rest):
         _print_help()
         return 0
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("--verbose" in rest)
     try:
         return commands[command](rest)
     except QdedupError as exc:

@@ -15,27 +15,30 @@ from pipelines.options import (
     parse_embedders,
     scorer_settings,
 )
+from pipelines.report import FAILURE_FIELDS, build_report
 from transforms.block import BlockCandidates, UnionCandidates
+from transforms.chaining import SplitChains
 from transforms.cluster import ClusterGroups
-from transforms.commit import OutputRun, write_json
+from transforms.commit import OutputRun
 from transforms.embed import EmbedEncoder, EmbedLexical
 from transforms.errors import RejectedRow
-from transforms.ids import ReadPreviousGroups
-from transforms.normalize import NormalizeAndCollapse
-from transforms.read import Columns, InputInfo, ReadQuestions
+from transforms.ids import AssignGroupIds, ReadPreviousGroups
+from transforms.normalize import Collapsed, NormalizeAndCollapse
+from transforms.paths import write_json
+from transforms.read import Read, ReadQuestions
+from transforms.records import Columns, Embedded
 from transforms.score import ScoreCandidates
 from transforms.state import (
-    STATE_FORMAT,
     Prior,
     ReadPrior,
     SplitByStoredVector,
+    Stored,
     WriteEmbedderState,
     WriteRunState,
 )
 from transforms.write import (
     REJECTED_SCHEMA,
     WriteRecords,
-    build_report,
     groups_schema,
     lineage_schema,
     pairs_schema,
@@ -55,11 +58,11 @@ class EmbedderOutputs(NamedTuple):
 class Candidates(NamedTuple):
     """Read, normalize, embed and block, as `qdedup run` and `qdedup recall` share them."""
 
-    read: dict
-    collapsed: dict
+    read: Read
+    collapsed: Collapsed
     pairs: beam.PCollection
     embedders: dict            # kind -> EmbedderOutputs
-    stored: Optional[dict]     # what ReadPrior read, with a prior run
+    stored: Optional[Stored]   # what ReadPrior read, with a prior run
     failed: list               # RejectedRow PCollections of questions no vector was made for
     embedded: list             # PCollections of the representatives each embedder embedded
 
@@ -73,21 +76,16 @@ def _zero(pipeline, label: str):
 
 
 def _failure_key(rejected: RejectedRow) -> tuple:
-    return rejected.kind, rejected.row, rejected.stage, rejected.reason, rejected.detail
+    return tuple(getattr(rejected, field) for field in FAILURE_FIELDS)
+
+
+def _write_report(_, configuration: dict, path: str, **counts) -> None:
+    write_json(path, build_report(counts, configuration))
 
 
 def _lowest(items) -> Optional[tuple]:
     """The failure a failed run names: the lowest question or pair, whatever the order (or None)."""
     return min((item for item in items if item is not None), default=None)
-
-
-def _write_report(_, configuration: dict, path: str, **counts) -> None:
-    counts["exact_duplicates"] = counts["rows_accepted"] - counts["representatives"]
-    first = counts.pop("first_failure")
-    counts["first_failure"] = None if first is None else dict(zip(("kind", "row", "stage", "reason", "detail"), first))
-    report = build_report(counts, configuration)
-    report["state_format"] = STATE_FORMAT
-    write_json(path, report)
 
 
 def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns: Columns,
@@ -104,17 +102,17 @@ def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns
     extend = bool(prior and prior.extend)
     read = pipeline | "ReadQuestions" >> ReadQuestions(
         options.input, columns, options.max_text_chars,
-        stored["members"] | "ExistingIds" >> beam.Map(lambda m: m.id) if extend else None)
-    collapsed = ((read["questions"], stored["representatives"]) if prior else read["questions"]) \
+        stored.members | "ExistingIds" >> beam.Map(lambda m: m.id) if extend else None)
+    collapsed = ((read.questions, stored.representatives) if prior else read.questions) \
         | "NormalizeAndCollapse" >> NormalizeAndCollapse(columns, extend)
-    representatives = collapsed["representatives"]
+    representatives = collapsed.representatives
     settings = blocking_settings(options)
     candidate_sets, embedders, failed, embedded_reps = [], {}, [], []
     for kind, model in parse_embedders(options.embedders):
         label = kind.title()
         to_embed, known = representatives, None
         if prior:
-            split = (representatives, stored["vectors"][kind]) | f"{label}Stored" >> SplitByStoredVector(extend)
+            split = (representatives, stored.vectors[kind]) | f"{label}Stored" >> SplitByStoredVector(extend)
             to_embed, known = split.to_embed, split.stored
         if kind == "lexical":
             embedded = to_embed | "EmbedLexical" >> EmbedLexical(
@@ -123,13 +121,13 @@ def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns
             embedded = to_embed | "EmbedEncoder" >> EmbedEncoder(
                 encoder_settings(options, model), options.encoder_pooling, options.encoder_whiten,
                 prior.whitening(kind) if prior else None)
-        vectors = embedded["vectors"]
-        failed.append(embedded["failed"])
+        vectors = embedded.vectors
+        failed.append(embedded.failed)
         embedded_reps.append(to_embed)
         centroids = prior.centroids[kind] if prior else None
         if extend:
             blocked = (vectors, known) | f"Block{label}" >> BlockCandidates(settings, kind, centroids)
-            known_vectors = known | f"{label}StoredVector" >> beam.Map(lambda item: item[:2])
+            known_vectors = known | f"{label}StoredVector" >> beam.Map(lambda item: Embedded(item.rep, item.vector))
             all_vectors = (vectors, known_vectors) | f"{label}AllVectors" >> beam.Flatten()
         elif prior:
             all_vectors = (vectors, known) | f"{label}AllVectors" >> beam.Flatten()
@@ -140,54 +138,55 @@ def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns
         candidate_sets.append(blocked.pairs)
         embedders[kind] = EmbedderOutputs(
             all_vectors | f"{label}ById" >> beam.MapTuple(lambda rep, vector: (rep.id, (rep.key, vector))),
-            blocked.neighbours, embedded["params"], blocked.centroids)
+            blocked.neighbours, embedded.params, blocked.centroids)
     candidates = (candidate_sets[0] if len(candidate_sets) == 1
                   else tuple(candidate_sets) | "UnionCandidates" >> UnionCandidates())
     return Candidates(read, collapsed, candidates, embedders, stored, failed, embedded_reps)
 
 
-def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, info: InputInfo, configuration: dict,
+def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str, configuration: dict,
                    out: OutputRun, prior: Optional[Prior] = None, previous_groups: Optional[list] = None) -> None:
     """The whole run, writing under `out`. `previous_groups`: the groups/ files whose ids groups keep."""
     columns = input_columns(options)
     generated = generate_candidates(pipeline, options, columns, prior)
     read, collapsed = generated.read, generated.collapsed
-    representatives, members = collapsed["representatives"], collapsed["members"]
-    known_scores = generated.stored["pairs"] if prior else None
+    representatives, members = collapsed.representatives, collapsed.members
+    known_scores = generated.stored.pairs if prior else None
     texts = representatives | "RepresentativeText" >> beam.Map(lambda rep: (rep.id, rep.text))
     scorer = scorer_settings(options)
     scoring = generated.pairs | "ScoreCandidates" >> ScoreCandidates(scorer, known_scores, texts if prior else None)
     if prior and prior.extend:
-        members = (generated.stored["members"], members) | "AllMembers" >> beam.Flatten()
+        members = (generated.stored.members, members) | "AllMembers" >> beam.Flatten()
         previous_groups = prior.committed.paths("groups", ".parquet")
     previous = pipeline | "ReadPreviousGroups" >> ReadPreviousGroups(previous_groups or [])
+    chaining = chaining_settings(options)
     clustered = (representatives, members, scoring.scored, previous) | "ClusterGroups" >> ClusterGroups(
-        chaining_settings(options), options.component_rounds, ScoreCandidates(scorer, known_scores, texts),
-        options.canonical)
-    groups = clustered["groups"]
-    all_pairs = (scoring.scored, clustered["scored"]) | "AllPairs" >> beam.Flatten()
+        chaining.threshold, options.component_rounds,
+        SplitChains(chaining, ScoreCandidates(scorer, known_scores, texts)), AssignGroupIds(), options.canonical)
+    groups = clustered.groups
+    all_pairs = (scoring.scored, clustered.scored) | "AllPairs" >> beam.Flatten()
     rejected = (
-        (read["rejected"], collapsed["rejected"], *generated.failed, scoring.failed, clustered["failed"])
+        (read.rejected, collapsed.rejected, *generated.failed, scoring.failed, clustered.failed)
         | "AllRejected" >> beam.Flatten()
     )
     rejected_rows = rejected | "RejectedRows" >> beam.Filter(lambda r: r.kind == "row")
     failures = rejected | "ModelFailures" >> beam.Filter(lambda r: r.kind in ("question", "pair"))
 
-    groups | "WriteGroups" >> WriteRecords(out.file_prefix("groups"), groups_schema(info.id_type))
-    all_pairs | "WritePairs" >> WriteRecords(out.file_prefix("pairs"), pairs_schema(info.id_type))
+    groups | "WriteGroups" >> WriteRecords(out.file_prefix("groups"), groups_schema(id_type))
+    all_pairs | "WritePairs" >> WriteRecords(out.file_prefix("pairs"), pairs_schema(id_type))
     rejected | "WriteRejected" >> WriteRecords(out.file_prefix("rejected"), REJECTED_SCHEMA)
-    clustered["lineage"] | "WriteLineage" >> WriteRecords(out.file_prefix("lineage"), lineage_schema(info.id_type))
+    clustered.lineage | "WriteLineage" >> WriteRecords(out.file_prefix("lineage"), lineage_schema(id_type))
     (representatives, members) | "WriteRunState" >> WriteRunState(
-        out.file_prefix("state", "representatives"), out.file_prefix("state", "members"), info.id_type)
+        out.file_prefix("state", "representatives"), out.file_prefix("state", "members"), id_type)
     for kind, parts in generated.embedders.items():
         parts | f"Write{kind.title()}State" >> WriteEmbedderState(
-            out.file_prefix("state", kind), out.file_prefix("state", kind, "vectors"), info.id_type)
+            out.file_prefix("state", kind), out.file_prefix("state", kind, "vectors"), id_type)
 
-    stored_members = generated.stored["members"] if prior and prior.extend else None
+    stored_members = generated.stored.members if prior and prior.extend else None
     embedded = (tuple(generated.embedded) | "AllEmbedded" >> beam.Flatten() if len(generated.embedded) > 1
                 else generated.embedded[0])
     counts = {
-        "rows_in": read["rows_in"],
+        "rows_in": read.rows_in,
         "rows_existing": _count(stored_members, "Existing") if stored_members else _zero(pipeline, "Existing"),
         "rows_rejected": _count(rejected_rows, "Rejected"),
         "questions_embedded": _count(embedded, "Embedded"),
@@ -199,19 +198,19 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, info: InputI
         "rows_out": _count(groups, "GroupRows"),
         "rows_accepted": _count(members, "Accepted"),
         "representatives": _count(representatives, "Representatives"),
-        "new_representatives": _count(collapsed["new_representatives"], "NewRepresentatives"),
+        "new_representatives": _count(collapsed.new_representatives, "NewRepresentatives"),
         "candidate_pairs": _count(generated.pairs, "Candidates"),
         "pairs_scored": _count(scoring.new, "Scored"),
         "pairs_reused": _count(scoring.reused, "Reused"),
-        "resplit_pairs": _count(clustered["scored"], "Resplit"),
-        "resplit_pairs_scored": _count(clustered["new"], "ResplitScored"),
+        "resplit_pairs": _count(clustered.scored, "Resplit"),
+        "resplit_pairs_scored": _count(clustered.new, "ResplitScored"),
         "pairs_total": _count(all_pairs, "PairsTotal"),
-        "groups": _count(clustered["ids"], "Groups"),
-        "groups_inherited": _count(clustered["ids"] | "Inherited" >> beam.Filter(lambda kv: kv[1].inherited),
+        "groups": _count(clustered.ids, "Groups"),
+        "groups_inherited": _count(clustered.ids | "Inherited" >> beam.Filter(lambda kv: kv[1].inherited),
                                    "Inherited"),
-        "lineage_merged": _count(clustered["lineage"] | "Merged" >> beam.Filter(lambda r: r.event == "merged"),
+        "lineage_merged": _count(clustered.lineage | "Merged" >> beam.Filter(lambda r: r.event == "merged"),
                                  "Merged"),
-        "lineage_split": _count(clustered["lineage"] | "Split" >> beam.Filter(lambda r: r.event == "split"),
+        "lineage_split": _count(clustered.lineage | "Split" >> beam.Filter(lambda r: r.event == "split"),
                                 "Split"),
         "largest_group": groups
         | "GroupSizes" >> beam.Map(lambda row: row.group_size)

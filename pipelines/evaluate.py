@@ -16,10 +16,12 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.preflight import inspect_input
 from pipelines.recall import read_labelled_pairs
-from transforms.commit import join, read_committed
+from transforms.commit import read_committed
 from transforms.normalize import normalize_text
-from transforms.read import Columns, inspect_input
+from transforms.paths import join
+from transforms.records import Columns
 
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
@@ -100,6 +102,7 @@ def evaluate(argv: Sequence[str]) -> int:
     parser.add_argument("--pairs", required=True, help="labelled pairs: TSV, CSV or Parquet of text_a, text_b, label")
     parser.add_argument("--run", required=True, help="a finished run's --output directory")
     parser.add_argument("--report", help="write the figures here as JSON (default: RUN/evaluation.json)")
+    parser.add_argument("--verbose", action="store_true", help="show every library's log lines")
     args = parser.parse_args(argv)
     pairs = read_labelled_pairs(args.pairs)
     configuration, ids_of_text, group_of, score_of = _run_inputs(args.run)

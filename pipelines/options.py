@@ -16,10 +16,10 @@ from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentP
 from transforms.block import BlockingSettings
 from transforms.chaining import ChainingSettings
 from transforms.errors import QdedupError
-from transforms.model import AUTO_TOKEN_BUDGET, ModelSettings
-from transforms.read import Columns
-from transforms.score import DEFAULT_SCORER
+from transforms.inference import AUTO_TOKEN_BUDGET, ModelSettings
+from transforms.records import Columns
 
+DEFAULT_SCORER = "IDEA-CCNL/Erlangshen-Roberta-110M-Similarity"
 _SCORER = ModelSettings(DEFAULT_SCORER)
 _BLOCKING = BlockingSettings()
 _CHAINING = ChainingSettings()
@@ -107,6 +107,8 @@ class QdedupOptions(PipelineOptions):
                  "all of them) fails, and does not replace --output")
         add("--overwrite", action="store_true", default=False,
             help="let this run replace the run --output holds, once it has finished (nothing is deleted before)")
+        add("--verbose", action="store_true", default=False,
+            help="show every library's log lines and progress bars (by default only qdedup's own)")
 
 
 def _config_path(argv: Sequence[str]) -> str | None:
@@ -171,49 +173,6 @@ def parse_embedders(value: str) -> list[tuple[str, str | None]]:
     if not embedders or len(set(kinds)) != len(kinds):
         raise QdedupError(f"--embedders {value!r}: name lexical and/or one encoder:MODEL, each once")
     return embedders
-
-
-def validate(options: QdedupOptions) -> None:
-    """Option values that would make the run meaningless are refused before it starts."""
-    if not options.input:
-        raise QdedupError("--input is required (a Parquet file pattern)")
-    if not options.output:
-        raise QdedupError("--output is required (a directory)")
-    checks = [
-        (0.0 <= options.threshold <= 1.0, "--threshold must be between 0 and 1"),
-        (-1.0 <= options.min_similarity <= 1.0, "--min-similarity must be between -1 and 1"),
-        (options.top_k >= 1, "--top-k must be at least 1"),
-        (options.component_rounds >= 1, "--component-rounds must be at least 1"),
-        (options.resplit_size >= 2, "--resplit-size must be at least 2"),
-        (0.0 <= options.resplit_density <= 1.0, "--resplit-density must be between 0 and 1"),
-        (options.resplit_pairs >= 0, "--resplit-pairs must be 0 or more"),
-        (options.partitions >= 0, "--partitions must be 0 (automatic) or positive"),
-        (options.partition_size >= 1, "--partition-size must be at least 1"),
-        (options.probes >= 1, "--probes must be at least 1"),
-        (options.max_block >= 1, "--max-block must be at least 1"),
-        (options.token_budget >= 0, "--token-budget must be 0 (automatic) or positive"),
-        (options.sort_window >= 1, "--sort-window must be at least 1"),
-        (8 <= options.max_length <= 512, "--max-length must be between 8 and 512"),
-        (options.model_copies >= 0, "--model-copies must be 0 or more"),
-        (options.torch_threads >= 0, "--torch-threads must be 0 or more"),
-        (options.lexical_dim >= 16, "--lexical-dim must be at least 16"),
-        (options.max_text_chars >= 1, "--max-text-chars must be at least 1"),
-        (options.id_column != options.text_column, "--id-column and --text-column must differ"),
-        (options.canonical != "earliest" or bool(options.timestamp_column),
-         "--canonical earliest needs --timestamp-column (the column that says when a row was asked)"),
-        (not (options.existing and options.previous_groups),
-         "--existing already carries its run's group ids: leave out --previous-groups"),
-        (not (options.existing and options.params_from),
-         "--existing already reuses its run's parameters: leave out --params-from"),
-        (0.0 <= options.max_failed_share <= 1.0, "--max-failed-share must be between 0 and 1"),
-        (options.positive_label is None or options.positive_label >= 0, "--positive-label must be 0 or more"),
-        (options.timestamp_column not in (options.id_column, options.text_column),
-         "--timestamp-column must differ from --id-column and --text-column"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise QdedupError(message)
-    parse_embedders(options.embedders)
 
 
 def effective_configuration(options: QdedupOptions) -> dict:

@@ -20,10 +20,15 @@ import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.dedup import generate_candidates
-from pipelines.options import QdedupOptions, effective_configuration, expand_argv, parse_embedders, validate
-from transforms.embed import check_encoder_model
+from pipelines.options import (
+    QdedupOptions,
+    effective_configuration,
+    expand_argv,
+    parse_embedders,
+)
+from pipelines.preflight import check_encoder_model, validate
 from transforms.errors import QdedupError
-from transforms.read import Columns
+from transforms.records import Columns
 from transforms.write import WriteRecords
 
 
@@ -117,7 +122,7 @@ def recall(argv: Sequence[str]) -> int:
     columns = Columns("id", "question")
     with beam.Pipeline(options=pipeline_options) as pipeline:
         generated = generate_candidates(pipeline, options, columns)
-        generated.collapsed["members"] | "WriteMembers" >> WriteRecords(
+        generated.collapsed.members | "WriteMembers" >> WriteRecords(
             os.path.join(work, "members", "part"),
             pa.schema([("id", pa.int64()), ("rep_id", pa.int64()), ("key", pa.string())]))
         generated.pairs | "CandidateIds" >> beam.Map(

@@ -1,6 +1,9 @@
-"""`report.html`: one self-contained page a person can read in a minute, written after a run.
+"""`report.json` and `report.html`: every key and figure of a run's report is made here.
 
-It reads the run's own outputs, streaming them file by file and batch by batch
+`build_report` turns the pipeline's counts into report.json (inside the pipeline,
+as its last step); `run_totals` adds what only the finished run's Beam metrics
+know (stage seconds, truncations, out-of-memory splits, ...). `report.html` is one
+self-contained page a person can read in a minute, written after a run: it reads the run's own outputs, streaming them file by file and batch by batch
 (so its memory does not grow with the corpus): counts, time per stage, the
 histogram of pair scores with the threshold marked, group sizes, the largest
 groups and the pairs nearest the threshold, as text, for review.
@@ -10,12 +13,75 @@ from __future__ import annotations
 import heapq
 import html
 from collections import Counter
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
+
+from transforms.metrics import STAGE_NAMESPACE
+from transforms.state import STATE_FORMAT
+
+FAILURE_FIELDS = ("kind", "row", "stage", "reason", "detail")
+
+
+def build_report(counts: Mapping[str, Any], configuration: Mapping[str, Any]) -> dict:
+    """report.json from the pipeline's counts: derived counts added, the accounting invariant checked.
+
+    `counts["first_failure"]` is the lowest failure as a tuple of `FAILURE_FIELDS`, or None.
+    """
+    report = dict(counts)
+    report["exact_duplicates"] = report["rows_accepted"] - report["representatives"]
+    first = report.pop("first_failure")
+    report["first_failure"] = None if first is None else dict(zip(FAILURE_FIELDS, first))
+    report["accounting_ok"] = (report["rows_in"] + report.get("rows_existing", 0)
+                               == report["rows_out"] + report["rows_rejected"])
+    report["configuration"] = dict(configuration)
+    report["state_format"] = STATE_FORMAT
+    return report
+
+
+def counter_totals(result, namespace: str) -> dict:
+    """{counter name: value summed over steps}; empty where the runner reports no metrics."""
+    try:
+        counters = result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]
+    except Exception:
+        return {}
+    totals: dict = {}
+    for counter in counters:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + (value or 0)
+    return totals
+
+
+def _work_item_sizes(result):
+    try:
+        found = result.metrics().query(MetricsFilter().with_name("blocking_work_item_size"))["distributions"]
+    except Exception:
+        return None
+    values = [d.committed if d.committed is not None else d.attempted for d in found]
+    return [v for v in values if v is not None and v.count]
+
+
+def run_totals(report: dict, result) -> dict:
+    """Per-stage seconds, blocking and scoring totals, from the run's Beam metrics."""
+    seconds = {name: round(us / 1_000_000, 3) for name, us in sorted(counter_totals(result, STAGE_NAMESPACE).items())}
+    counts = counter_totals(result, "qdedup")
+    score_seconds = seconds.get("score", 0.0)
+    sizes = _work_item_sizes(result) or []
+    return {
+        "stage_seconds": seconds,
+        "blocking_work_items": sum(d.count for d in sizes),
+        "largest_blocking_work_item": max((d.max for d in sizes), default=0),
+        "truncated_pairs": counts.get("score_truncated", 0),
+        "encoder_truncated_texts": counts.get("encoder_truncated", 0),
+        "oom_splits": counts.get("oom_splits", 0),
+        "components_unsettled_edges": counts.get("components_unsettled_edges", 0),
+        "components_resplit": counts.get("components_resplit", 0),
+        "scoring_pairs_per_second": round(report["pairs_scored"] / score_seconds, 2) if score_seconds else None,
+    }
 
 
 SCORE_BINS = 20

@@ -1,40 +1,24 @@
-"""Shared fixtures: a tiny random cross-encoder and the shared labelled pairs."""
+"""Shared fixtures: the sample corpus, a tiny random cross-encoder, and one reference run of qdedup."""
 from __future__ import annotations
 
-import csv
-import os
-from pathlib import Path
+import fcntl
+import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.random_model import make_random_model
 from samples.make_sample import build_rows
-from tests.model_factory import make_random_model
-
-SHARED_DATA = Path(os.environ.get("QDEDUP_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-# The in-process runner: DirectRunner would first try to download the Prism runner.
-RUNNER_ARGS = ["--runner=FnApiRunner"]
+from tests.helpers import run_qdedup
 
 
-def lcqmc_pairs(limit: int | None = None) -> list[tuple[str, str, int]]:
-    path = SHARED_DATA / "lcqmc" / "dev.tsv"
-    if not path.exists():
-        pytest.skip(f"shared data not found at {path} (set QDEDUP_SHARED_DATA)")
-    with open(path, encoding="utf-8") as handle:
-        rows = [line.rstrip("\n").split("\t") for line in handle]
-    pairs = [(a, b, int(label)) for a, b, label in rows]
-    return pairs[:limit] if limit else pairs
-
-
-def bq_pairs(limit: int | None = None) -> list[tuple[str, str, int]]:
-    path = SHARED_DATA / "bq" / "dev.csv"
-    if not path.exists():
-        pytest.skip(f"shared data not found at {path} (set QDEDUP_SHARED_DATA)")
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        pairs = [(r["sentence1"], r["sentence2"], int(r["label"])) for r in csv.DictReader(handle)]
-    return pairs[:limit] if limit else pairs
+def _shared_folder(tmp_path_factory, name: str):
+    """A folder all pytest-xdist workers of this session see (the per-worker base's parent), and its lock."""
+    root = tmp_path_factory.getbasetemp()
+    if root.name.startswith("popen-gw"):
+        root = root.parent
+    return root / name, root / f"{name}.lock"
 
 
 @pytest.fixture(scope="session")
@@ -52,27 +36,18 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
-    """A random 2-layer BERT pair classifier whose vocabulary covers the test texts."""
-    texts = [t for a, b, _ in lcqmc_pairs(400) for t in (a, b)]
-    texts += [t for _, t in build_rows() if isinstance(t, str)]
-    return make_random_model(str(tmp_path_factory.mktemp("tiny_model")), texts)
+    """A random 2-layer BERT pair classifier (its vocabulary holds every CJK ideograph)."""
+    return make_random_model(str(tmp_path_factory.mktemp("tiny_model")))
 
 
-def break_scorer(monkeypatch, model_dir: str, token: str | None = None) -> None:
-    """Makes the scorer's forward pass fail on every batch holding `token` (on every batch if None), the
-    way a kernel or a device fails, for the pipeline's workers in this process."""
-    import transforms.score
-    load_classifier = transforms.score.load_classifier
-    poison = None if token is None else transforms.score.load_tokenizer(model_dir).convert_tokens_to_ids(token)
-
-    def fragile(settings):
-        classifier = load_classifier(settings)
-        model = classifier.model
-
-        def forward(**batch):
-            if poison is None or bool((batch["input_ids"] == poison).any()):
-                raise RuntimeError("kernel failed: CUDA error: device-side assert triggered")
-            return model(**batch)
-        classifier.model = forward
-        return classifier
-    monkeypatch.setattr(transforms.score, "load_classifier", fragile)
+@pytest.fixture(scope="session")
+def reference_run(corpus, tiny_model, tmp_path_factory):
+    """(output directory, report) of one default run over `corpus`, made once per test session (whichever
+    worker asks first runs it; the others read it). Tests only read it."""
+    folder, lock = _shared_folder(tmp_path_factory, "reference_run")
+    directory, _ = corpus
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        if not (folder / "out" / "report.json").exists():
+            run_qdedup(directory / "*.parquet", folder / "out", tiny_model)
+    return folder / "out", json.loads((folder / "out" / "report.json").read_text())

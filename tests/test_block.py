@@ -7,12 +7,10 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that
 
-from tests.conftest import RUNNER_ARGS
+from tests.helpers import RUNNER_ARGS
 from transforms.block import (
     BlockCandidates,
     BlockingSettings,
-    CandidatePair,
-    Given,
     UnionCandidates,
     best_neighbours,
     block_count,
@@ -24,7 +22,13 @@ from transforms.block import (
     partition_count,
     train_centroids,
 )
-from transforms.normalize import Representative
+from transforms.records import (
+    CandidatePair,
+    Embedded,
+    GivenCentroids,
+    Representative,
+    StoredItem,
+)
 
 
 def _brute_force(ids, vectors, k, floor):
@@ -111,7 +115,7 @@ def test_nearest_partitions():
 
 def _items(vectors, ids=None):
     ids = list(range(len(vectors))) if ids is None else ids
-    return [(Representative(i, f"t{i}", f"t{i}", f"k{i}", 1), v) for i, v in zip(ids, vectors)]
+    return [Embedded(Representative(i, f"t{i}", f"t{i}", f"k{i}", 1), v) for i, v in zip(ids, vectors)]
 
 
 def _save(pairs, path):
@@ -149,6 +153,7 @@ def _block(items, settings, tmp_path, centroids=None, stored=None, lists=False):
     return (found_pairs, largest, found_lists) if lists else (found_pairs, largest)
 
 
+@pytest.mark.slow
 def test_partitioned_knn_equals_exact_when_every_partition_is_probed(tmp_path):
     vectors = _clustered(np.random.default_rng(1), 400, 16, 12, 0.3)
     settings = BlockingSettings(top_k=5, min_similarity=0.1, partitions=6, probes=6, max_block=70)
@@ -158,6 +163,7 @@ def test_partitioned_knn_equals_exact_when_every_partition_is_probed(tmp_path):
     assert largest <= 2 * 70 * 1.3  # partitions of 400 were cut into blocks of about 70
 
 
+@pytest.mark.slow
 def test_partitioned_recall_against_exact_with_the_defaults(tmp_path):
     """The default probes, k, floor and k-means sample; partitions of half the default size (for time)."""
     vectors = _clustered(np.random.default_rng(2), 12_000, 32, 300, 0.06)
@@ -169,6 +175,7 @@ def test_partitioned_recall_against_exact_with_the_defaults(tmp_path):
     assert recall >= 0.99, recall
 
 
+@pytest.mark.slow
 def test_a_hot_partition_is_searched_in_bounded_blocks(tmp_path):
     # One question with tiny edits, thousands of times: every vector lands in the same partition.
     rng = np.random.default_rng(3)
@@ -198,6 +205,7 @@ def test_union_merges_sources_and_keeps_the_best_similarity():
         assert_that(sets | UnionCandidates(), check)
 
 
+@pytest.mark.slow
 def test_partitioned_blocking_is_deterministic(tmp_path):
     vectors = _clustered(np.random.default_rng(4), 600, 16, 20, 0.1)
     settings = BlockingSettings(top_k=4, partitions=6, probes=2, max_block=90)
@@ -208,6 +216,7 @@ def test_partitioned_blocking_is_deterministic(tmp_path):
     assert first == second and len(first) > 600
 
 
+@pytest.mark.slow
 def test_an_extension_updates_stored_neighbours_to_exactly_what_a_full_search_finds(tmp_path):
     """Stored questions keep their k nearest; newcomers searched against everything and entering stored
     lists give exactly the lists and pairs of a search over everything (ties included: some vectors repeat)."""
@@ -216,13 +225,13 @@ def test_an_extension_updates_stored_neighbours_to_exactly_what_a_full_search_fi
     vectors[450:] = vectors[rng.integers(0, 450, 50)]  # exact ties between old and new questions
     old = [i for i in range(500) if i % 5 != 2]
     new = [i for i in range(500) if i % 5 == 2]
-    centroids = Given(train_centroids(vectors[old], 4, 0))
+    centroids = GivenCentroids(train_centroids(vectors[old], 4, 0))
     settings = BlockingSettings(top_k=6, min_similarity=0.2, partitions=4, probes=2, max_block=60)
     for name in ("full", "old", "extension"):
         (tmp_path / name).mkdir()
     full_pairs, _, full_lists = _block(_items(vectors), settings, tmp_path / "full", centroids, lists=True)
     _, _, old_lists = _block(_items(vectors[old], old), settings, tmp_path / "old", centroids, lists=True)
-    stored = [(rep, vector, old_lists.get(rep.id, [])) for rep, vector in _items(vectors[old], old)]
+    stored = [StoredItem(rep, vector, old_lists.get(rep.id, [])) for rep, vector in _items(vectors[old], old)]
     ext_pairs, _, ext_lists = _block(_items(vectors[new], new), settings, tmp_path / "extension", centroids,
                                      stored=stored, lists=True)
     assert ext_lists == full_lists

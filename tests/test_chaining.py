@@ -5,9 +5,16 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from tests.conftest import RUNNER_ARGS
-from transforms.chaining import ChainingSettings, SplitChains, average_linkage, missing_pairs, needs_resplit
-from transforms.score import Scored, ScoredPair
+from tests.helpers import RUNNER_ARGS
+from transforms.chaining import (
+    ChainingSettings,
+    SplitChains,
+    average_linkage,
+    missing_pairs,
+    needs_resplit,
+)
+from transforms.records import ScoredPair
+from transforms.score import Scored
 
 A, B, CHAIN = [1, 2, 3, 4], [5, 6, 7, 8], [9, 10]
 
@@ -102,10 +109,10 @@ def test_split_chains_in_beam_scores_missing_pairs_and_splits(tmp_path, density)
     out = tmp_path / "labels.txt"
     with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as p:
         components = p | "C" >> beam.Create([(n, 1) for n in nodes])
-        scored = p | "S" >> beam.Create([ScoredPair(a, b, s, 0.5, "lexical") for (a, b), s in scores.items()])
-        result = ((components, scored)
+        internal = p | "S" >> beam.Create([(1, ScoredPair(a, b, s, 0.5, "lexical")) for (a, b), s in scores.items()])
+        result = ((components, internal)
                   | SplitChains(ChainingSettings(min_density=density, max_size=100), _DictScorer()))
-        ((result["labels"] | beam.Map(repr)), (result["scored"] | beam.Map(lambda x: "extra " + repr(tuple(x[:3])))))\
+        ((result.labels | beam.Map(repr)), (result.scored | beam.Map(lambda x: "extra " + repr(tuple(x[:3])))))\
             | beam.Flatten() | beam.combiners.ToList() | beam.Map(lambda lines: out.write_text("\n".join(lines)))
     lines = out.read_text().splitlines()
     labels = dict(eval(line) for line in lines if not line.startswith("extra"))

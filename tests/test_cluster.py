@@ -6,7 +6,7 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from tests.conftest import RUNNER_ARGS
+from tests.helpers import RUNNER_ARGS
 from transforms.cluster import (
     ConnectedComponents,
     GroupInfo,
@@ -17,7 +17,7 @@ from transforms.cluster import (
     star_label,
     summarize_group,
 )
-from transforms.normalize import Representative
+from transforms.records import Representative
 
 
 def _components_by_search(edges):
@@ -122,6 +122,7 @@ def _random_graphs():
     ("stars", [(0, i) for i in range(1, 300)] + [(1000 + i, 1000) for i in range(1, 300)] + [(5000, 5001)]),
     ("string ids", [(f"q{i}", f"q{i + 1}") for i in range(0, 200, 2)] + [("q3", "q100")]),
 ])
+@pytest.mark.slow
 def test_distributed_components_equal_graph_search(name, edges, tmp_path):
     expected = _components_by_search([e for e in edges if e[0] != e[1]])
     for rounds in (1, 6):

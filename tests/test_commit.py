@@ -6,9 +6,11 @@ import time
 import pytest
 
 import transforms.commit
+from tests.helpers import snapshot
 from tests.object_store import PREFIX
-from transforms.commit import MARKER, OutputRun, canonical, exchange, read_committed
+from transforms.commit import MARKER, OutputRun, exchange, read_committed
 from transforms.errors import QdedupError
+from transforms.paths import canonical
 
 
 def _commit(run: OutputRun, files: dict) -> None:
@@ -20,16 +22,6 @@ def _commit(run: OutputRun, files: dict) -> None:
     with FileSystems.create(run.draft_report) as handle:
         handle.write(b"{}")
     run.commit({"rows": len(files)}, "<html></html>")
-
-
-def _snapshot(root) -> dict:
-    """{relative path: bytes} of every file under root."""
-    found = {}
-    for directory, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(directory, name)
-            found[os.path.relpath(path, root)] = open(path, "rb").read()
-    return found
 
 
 def test_paths_are_compared_after_normalization(tmp_path):
@@ -58,15 +50,15 @@ def test_a_local_commit_replaces_the_output_whole_and_nothing_before(tmp_path, m
     out = str(tmp_path / "out")
     with OutputRun(out) as first:
         _commit(first, {"groups": "one", "pairs": "one"})
-    before = _snapshot(out)
+    before = snapshot(out)
     assert read_committed(out, "--x").run_id == first.run_id
     with OutputRun(out + "/./", overwrite=True) as second:
         _commit(second, {"groups": "two"})
         assert second.write_root != canonical(out)
-    assert _snapshot(out) != before
+    assert snapshot(out) != before
     committed = read_committed(out, "--x")
     assert committed.run_id == second.run_id
-    assert sorted(committed.files) == sorted(f for f in _snapshot(out) if f != MARKER)
+    assert sorted(committed.files) == sorted(f for f in snapshot(out) if f != MARKER)
     assert [open(p).read() for p in committed.paths("groups")] == ["two"]
     assert committed.paths("pairs") == []
     assert sorted(os.listdir(tmp_path)) == [".out.qdedup-lock", "out"]  # no staging left behind
@@ -76,13 +68,13 @@ def test_a_run_that_does_not_commit_leaves_the_output_as_it_was(tmp_path):
     out = str(tmp_path / "out")
     with OutputRun(out) as first:
         _commit(first, {"groups": "one"})
-    before = _snapshot(out)
+    before = snapshot(out)
     with OutputRun(out, overwrite=True) as second:
         from apache_beam.io.filesystems import FileSystems
         with FileSystems.create(second.file_prefix("rejected") + "-00000-of-00001.parquet") as handle:
             handle.write(b"why")
         where = second.keep_failed()
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
     assert os.listdir(os.path.join(where, "rejected")) and where == str(tmp_path / ".out.qdedup-failed")
 
 
@@ -90,13 +82,13 @@ def test_a_kill_between_the_two_renames_is_undone_by_the_next_run(tmp_path):
     out = tmp_path / "out"
     with OutputRun(str(out)) as first:
         _commit(first, {"groups": "one"})
-    before = _snapshot(out)
+    before = snapshot(out)
     os.rename(out, tmp_path / ".out.qdedup-previous")              # killed here, mid-replacement
     (tmp_path / ".out.qdedup-20261130T000000-abcdef").mkdir()     # and a killed run's staging
     with pytest.raises(QdedupError, match="already holds a qdedup run"):
         with OutputRun(str(out)):
             pass
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
     assert sorted(os.listdir(tmp_path)) == [".out.qdedup-lock", "out"]
 
 

@@ -3,7 +3,9 @@ runner retries (batches are packed from shards of the inputs, never from bundles
 import pyarrow.parquet as pq
 import pytest
 
-from tests.test_pipeline import run_qdedup
+from tests.helpers import MULTI_PROCESSING, run_qdedup
+
+pytestmark = pytest.mark.e2e  # every test here runs qdedup end to end
 
 # Parts compared, with the columns that identify a record.
 PARTS = {
@@ -34,25 +36,18 @@ def assert_same(mine: dict, theirs: dict) -> None:
             assert a == b, (part, a, b)
 
 
-@pytest.fixture(scope="module")
-def reference(corpus, tiny_model, tmp_path_factory):
-    directory, _ = corpus
-    out = tmp_path_factory.mktemp("reference") / "out"
-    return out, run_qdedup(directory / "*.parquet", out, tiny_model)
-
-
-def test_two_runs_give_identical_outputs(reference, corpus, tiny_model, tmp_path):
-    out, report = reference
+def test_two_runs_give_identical_outputs(reference_run, corpus, tiny_model, tmp_path):
+    out, report = reference_run
     directory, _ = corpus
     again = run_qdedup(directory / "*.parquet", tmp_path / "again", tiny_model)
     assert_same(outputs(out), outputs(tmp_path / "again"), )
     assert {k: again[k] for k in COUNTS} == {k: report[k] for k in COUNTS}
 
 
-@pytest.mark.parametrize("mode", [["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+@pytest.mark.parametrize("mode", [MULTI_PROCESSING,
                                   ["--runner=BundleBasedDirectRunner"]], ids=["multi_processing", "bundle_based"])
-def test_other_runner_modes_give_the_same_outputs(reference, corpus, tiny_model, tmp_path, mode):
-    out, report = reference
+def test_other_runner_modes_give_the_same_outputs(reference_run, corpus, tiny_model, tmp_path, mode):
+    out, report = reference_run
     directory, _ = corpus
     other = run_qdedup(directory / "*.parquet", tmp_path / "other", tiny_model, *mode)
     assert_same(outputs(out), outputs(tmp_path / "other"))
@@ -70,21 +65,21 @@ def _fail_first_call(module, name, monkeypatch, failures: list):
     monkeypatch.setattr(module, name, flaky)
 
 
-def test_bundles_retried_after_a_worker_failure_lose_and_duplicate_nothing(reference, corpus, tiny_model,
+def test_bundles_retried_after_a_worker_failure_lose_and_duplicate_nothing(reference_run, corpus, tiny_model,
                                                                           tmp_path, monkeypatch):
     """The bundle-based runner retries a failed bundle, as Dataflow does; the outputs must not change."""
     import transforms.block
     import transforms.cluster
+    import transforms.inference
     import transforms.normalize
-    import transforms.score
 
-    out, report = reference
+    out, report = reference_run
     directory, _ = corpus
     failures: list = []
     _fail_first_call(transforms.normalize, "choose_representative", monkeypatch, failures)
     _fail_first_call(transforms.block, "knn_lists", monkeypatch, failures)
     _fail_first_call(transforms.cluster, "summarize_group", monkeypatch, failures)
-    _fail_first_call(transforms.score.PairScorer, "run_inference", monkeypatch, failures)
+    _fail_first_call(transforms.inference.PackedBatchHandler, "run_inference", monkeypatch, failures)
     retried = run_qdedup(directory / "*.parquet", tmp_path / "retried", tiny_model, "--runner=BundleBasedDirectRunner")
     assert sorted(failures) == ["choose_representative", "knn_lists", "run_inference", "summarize_group"]
     assert_same(outputs(out), outputs(tmp_path / "retried"))

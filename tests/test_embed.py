@@ -9,7 +9,7 @@ import torch
 from apache_beam.options.pipeline_options import PipelineOptions
 from transformers import AutoModel, AutoTokenizer
 
-from tests.conftest import RUNNER_ARGS, lcqmc_pairs
+from tests.helpers import RUNNER_ARGS, lcqmc_pairs
 from transforms.embed import (
     UNIGRAM_WEIGHT,
     DocumentFrequency,
@@ -21,8 +21,8 @@ from transforms.embed import (
     tfidf_vector,
     whitening,
 )
-from transforms.model import ModelSettings
-from transforms.normalize import Representative
+from transforms.inference import ModelSettings
+from transforms.records import Representative
 
 
 def test_char_ngrams_are_characters_and_pairs():
@@ -66,6 +66,7 @@ def test_document_frequency_combine_merges_like_one_pass():
     np.testing.assert_allclose(whole, idf_weights(df, len(texts)))
 
 
+@pytest.mark.slow
 def test_vectors_do_not_depend_on_the_process_hash_seed():
     code = ("import numpy as np; from transforms.embed import tfidf_vector;"
             "print(np.nonzero(tfidf_vector('跨进程相同的向量', np.ones(97, dtype=np.float32)))[0].tolist())")
@@ -101,7 +102,7 @@ def _encoder_vectors(tiny_model, texts, pooling, whiten, tmp_path):
     with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
         embedded = pipeline | beam.Create(reps) | EmbedEncoder(
             ModelSettings(tiny_model, device="cpu", token_budget=64), pooling, whiten)
-        _ = (embedded["vectors"]
+        _ = (embedded.vectors
              | beam.MapTuple(lambda rep, vector: (rep.id, vector)) | beam.combiners.ToList()
              | beam.Map(lambda items: np.save(path, np.stack([v for _, v in sorted(items, key=lambda i: i[0])]))))
     return np.load(path)

@@ -6,7 +6,7 @@ import pytest
 
 from pipelines.cli import main
 from pipelines.evaluate import evaluate_groups, threshold_sweep
-from tests.conftest import RUNNER_ARGS
+from tests.helpers import RUNNER_ARGS
 
 IDS = {"甲": 1, "甲？": 2, "乙": 3, "丙": 4, "丁": 5}
 GROUP = {1: 1, 2: 1, 3: 1, 4: 4, 5: 5}
@@ -38,6 +38,7 @@ def test_threshold_sweep_worked_by_hand():
     assert rows[0.5]["f1"] == 1.0
 
 
+@pytest.mark.e2e
 def test_evaluate_command_reads_a_run(tiny_model, tmp_path, capsys):
     texts = ["银行卡丢了怎么办", "银行卡丢了怎么办？", "银行卡丢了怎么处理", "今日气温如何", "明天会下雨吗"]
     pq.write_table(pa.table({"id": [10, 11, 12, 13, 14], "question": texts}), tmp_path / "q.parquet")
@@ -56,6 +57,7 @@ def test_evaluate_command_reads_a_run(tiny_model, tmp_path, capsys):
     assert "best threshold for these labels" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_evaluate_names_a_directory_that_is_not_a_run(tmp_path, capsys):
     labelled = tmp_path / "labels.tsv"
     labelled.write_text("甲\t乙\t1\n", encoding="utf-8")

@@ -5,8 +5,13 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from tests.conftest import RUNNER_ARGS
-from tests.test_pipeline import group_members, read_part, run_qdedup, write_questions
+from tests.helpers import (
+    RUNNER_ARGS,
+    group_members,
+    read_part,
+    run_qdedup,
+    write_questions,
+)
 from transforms.ids import (
     AssignedId,
     AssignGroupIds,
@@ -48,8 +53,8 @@ def _assign(previous, groups, tmp_path, name="assigned"):
             p | "Canonical" >> beam.Create([(label, canonical) for label, (canonical, _) in groups.items()]),
             p | "Previous" >> beam.Create([PreviousRow(*row) for row in previous]),
         ) | AssignGroupIds()
-        ids = result["ids"] | beam.MapTuple(lambda label, a: ["id", label, list(a)])
-        lineage = result["lineage"] | beam.Map(lambda r: ["lineage", *r])
+        ids = result.ids | beam.MapTuple(lambda label, a: ["id", label, list(a)])
+        lineage = result.lineage | beam.Map(lambda r: ["lineage", *r])
         ((ids, lineage) | beam.Flatten() | beam.combiners.ToList()
          | beam.Map(lambda items: out.write_text(json.dumps(items))))
     items = json.loads(out.read_text())
@@ -141,6 +146,7 @@ def test_group_ids_stay_unique_over_many_runs_of_merges_and_splits(kind):
                         for label, (_, members) in labelled.items() for m in members]
 
 
+@pytest.mark.slow
 def test_distributed_assignment_equals_the_rules_on_random_runs(tmp_path):
     rng = random.Random(7)
     rows = rng.sample(range(-8, 9), 15)
@@ -186,6 +192,7 @@ def test_first_run_ids_are_canonicalgroup_members(tmp_path):
                                                                5: AssignedId(5, 1, False)}, [])
 
 
+@pytest.mark.e2e
 def test_unchanged_corpus_keeps_every_id_and_added_rows_keep_untouched_ids(tiny_model, tmp_path):
     from samples.make_sample import build_rows
     rows = [r for r in build_rows() if isinstance(r[1], str) and r[1].strip()]

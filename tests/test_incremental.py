@@ -13,10 +13,17 @@ import numpy as np
 import pytest
 
 from pipelines.cli import main
-from tests.conftest import RUNNER_ARGS, lcqmc_pairs
-from tests.test_pipeline import read_part, run_qdedup, write_questions
+from tests.helpers import (
+    RUNNER_ARGS,
+    lcqmc_pairs,
+    read_part,
+    run_qdedup,
+    write_questions,
+)
 from transforms.embed import tfidf_vector
 from transforms.normalize import normalize_text
+
+pytestmark = pytest.mark.e2e  # every test here runs qdedup end to end
 
 # Small partitions and blocks, k below the group size, chaining control on components over 6 questions.
 FLAGS = ["--min-similarity=0.4", "--top-k=3", "--partitions=3", "--max-block=40", "--resplit-size=6"]

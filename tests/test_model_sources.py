@@ -7,17 +7,19 @@ import shutil
 import pytest
 from apache_beam.io.filesystem import FileMetadata
 
-import transforms.model
+import transforms.sources
+from pipelines.preflight import check_scorer_model
+from tests.helpers import read_part, run_qdedup
 from tests.object_store import PREFIX, ObjectStoreForTests
-from tests.test_pipeline import read_part, run_qdedup
 from transforms.errors import QdedupError
-from transforms.model import ModelSettings, model_path
-from transforms.score import check_scorer_model, load_classifier
+from transforms.inference import ModelSettings
+from transforms.score import pair_scorer
+from transforms.sources import model_path
 
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(transforms.model, "_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(transforms.sources, "_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 
@@ -35,7 +37,7 @@ def test_a_remote_directory_is_copied_once_and_loads(remote_model, cache):
     marker = os.path.join(local, ".complete")
     stamp = os.stat(marker).st_mtime_ns
     assert model_path(remote_model) == local and os.stat(marker).st_mtime_ns == stamp  # not copied again
-    assert load_classifier(ModelSettings(remote_model, device="cpu")).model.config.num_labels == 2
+    assert pair_scorer(ModelSettings(remote_model, device="cpu")).load_model().model.config.num_labels == 2
 
 
 @pytest.mark.parametrize("name", ["../../outside.txt", "sub/../../outside.txt", "/etc/cron.d/x"])
@@ -67,6 +69,7 @@ def test_a_model_changed_in_the_bucket_is_fetched_again(remote_model, cache, tin
     assert model_path(remote_model) == second  # and then kept
 
 
+@pytest.mark.e2e
 def test_a_run_reads_its_scorer_from_a_remote_directory(remote_model, cache, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

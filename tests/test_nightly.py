@@ -8,11 +8,19 @@ import pytest
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
 from pipelines.cli import main
-from tests.conftest import RUNNER_ARGS, break_scorer
+from tests.helpers import (
+    RUNNER_ARGS,
+    break_scorer,
+    group_members,
+    read_part,
+    run_qdedup,
+    snapshot,
+    write_questions,
+)
 from tests.object_store import PREFIX
-from tests.test_commit import _snapshot
-from tests.test_pipeline import group_members, read_part, run_qdedup, write_questions
 from transforms.commit import MARKER, OutputRun
+
+pytestmark = pytest.mark.e2e  # every test here runs qdedup end to end
 
 ROWS = [(1, "银行卡丢了怎么办"), (2, "银行卡丢了怎么处理"), (3, "银行卡丢了该怎么办呢"), (4, "信用卡怎么还款"),
         (5, "信用卡如何还款"), (6, "今天天气怎么样"), (7, "银行卡丢失了怎么办")]
@@ -44,14 +52,14 @@ def _argv(tmp_path, model, *extra, input_="new/b.parquet", output="out"):
 def test_a_run_failing_late_leaves_the_previous_output_byte_identical(yesterday, tiny_model, tmp_path, monkeypatch,
                                                                       capsys):
     import pipelines.dedup
-    before = _snapshot(yesterday)
+    before = snapshot(yesterday)
 
     def fail(*args, **kwargs):
         raise RuntimeError("injected failure while writing the report")
     monkeypatch.setattr(pipelines.dedup, "build_report", fail)
     assert main(_argv(tmp_path, tiny_model, f"--existing={yesterday}", "--overwrite", output="out")) == 1
     assert "injected failure" in capsys.readouterr().err
-    assert _snapshot(yesterday) == before
+    assert snapshot(yesterday) == before
     assert os.path.isdir(tmp_path / ".out.qdedup-failed" / "groups")  # what it wrote is kept aside
 
 
@@ -80,14 +88,14 @@ def test_a_rerun_in_place_keeps_the_ids_of_the_groups_it_replaces(yesterday, tin
 
 def test_a_model_failing_on_every_pair_fails_the_run_and_replaces_nothing(yesterday, tiny_model, tmp_path,
                                                                           monkeypatch, capsys):
-    before = _snapshot(yesterday)
+    before = snapshot(yesterday)
     break_scorer(monkeypatch, tiny_model)
     assert main(_argv(tmp_path, tiny_model, f"--existing={yesterday}", "--overwrite")) == 1
     err = capsys.readouterr().err
     assert "the scorer failed on" in err and "device-side assert" in err and "score_error" in err
     failed, scored = (int(x) for x in err.split("failed on ")[1].split(" pairs")[0].split(" of "))
     assert failed == scored > 0
-    assert _snapshot(yesterday) == before
+    assert snapshot(yesterday) == before
     rejected = read_part(tmp_path / ".out.qdedup-failed", "rejected")
     assert len(rejected) == failed and {r["reason"] for r in rejected} == {"score_error"}
     # The error names the lowest failed pair: the same one whatever the order pairs were scored in.
@@ -112,7 +120,7 @@ def _model_with(tmp_path, tiny_model, name, **config):
 
 
 def test_a_broken_model_is_refused_before_the_pipeline(yesterday, tiny_model, tmp_path, capsys):
-    before = _snapshot(yesterday)
+    before = snapshot(yesterday)
     vocabulary = len(BertTokenizer.from_pretrained(tiny_model))
     small = _model_with(tmp_path, tiny_model, "small_vocab", vocab_size=vocabulary - 100)
     assert main(_argv(tmp_path, small, f"--existing={yesterday}", "--overwrite")) == 2
@@ -123,7 +131,7 @@ def test_a_broken_model_is_refused_before_the_pipeline(yesterday, tiny_model, tm
     assert "fails on a trial input" in capsys.readouterr().err
     assert main(_argv(tmp_path, tiny_model, f"--embedders=lexical,encoder:{short}", "--overwrite")) == 2
     assert "--embedders encoder:" in capsys.readouterr().err
-    assert _snapshot(yesterday) == before
+    assert snapshot(yesterday) == before
 
 
 def test_a_scorer_with_more_than_two_labels_needs_positive_label(tiny_model, tmp_path, capsys):
@@ -141,11 +149,11 @@ def test_a_scorer_with_more_than_two_labels_needs_positive_label(tiny_model, tmp
 
 
 def test_a_second_run_on_an_output_being_written_is_refused(yesterday, tiny_model, tmp_path, capsys):
-    before = _snapshot(yesterday)
+    before = snapshot(yesterday)
     with OutputRun(str(yesterday), overwrite=True):  # a run in progress on the same output
         assert main(_argv(tmp_path, tiny_model, f"--existing={yesterday}", "--overwrite")) == 2
     assert "being written by another qdedup run" in capsys.readouterr().err
-    assert _snapshot(yesterday) == before
+    assert snapshot(yesterday) == before
 
 
 @pytest.mark.parametrize("change, message", [
@@ -158,8 +166,8 @@ def test_an_extension_with_other_result_shaping_options_is_refused(yesterday, ti
                                                                    change, message):
     model, extra = tiny_model, [change]
     if change == "scorer":
-        from tests.model_factory import make_random_model
-        model = make_random_model(str(tmp_path / "other_scorer"), [t for _, t in ROWS + NEW], seed=1)
+        from pipelines.random_model import make_random_model
+        model = make_random_model(str(tmp_path / "other_scorer"), seed=2)
         extra = []
     assert main(_argv(tmp_path, model, f"--existing={yesterday}", *extra, output="next")) == 2
     err = capsys.readouterr().err

@@ -1,7 +1,7 @@
 import pytest
 
 from transforms.normalize import choose_representative, normalize_text, text_key
-from transforms.read import Question
+from transforms.records import Question
 
 
 @pytest.mark.parametrize("raw, expected", [

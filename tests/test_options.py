@@ -7,8 +7,8 @@ from pipelines.options import (
     expand_argv,
     parse_embedders,
     preset_flags,
-    validate,
 )
+from pipelines.preflight import validate
 from transforms.errors import QdedupError
 
 

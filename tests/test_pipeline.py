@@ -11,29 +11,18 @@ import torch
 
 from pipelines.cli import main
 from samples.make_sample import build_rows
-from tests.conftest import RUNNER_ARGS, lcqmc_pairs
-from tests.test_score import reference_scores
+from tests.helpers import (
+    RUNNER_ARGS,
+    lcqmc_pairs,
+    read_part,
+    reference_scores,
+    run_qdedup,
+    write_questions,
+)
 from transforms.cluster import connected_components
 from transforms.normalize import normalize_text
 
-
-def read_part(out, part):
-    return pq.read_table(out / part).to_pylist()
-
-
-def write_questions(rows, path):
-    """(id, text) rows -> a Parquet file with int64 ids, its folder made."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"id": pa.array([r[0] for r in rows], pa.int64()),
-                             "question": pa.array([r[1] for r in rows], pa.string())}), path)
-
-
-def group_members(out) -> dict:
-    """{group_id: set of member ids} of a run."""
-    groups = {}
-    for row in read_part(out, "groups"):
-        groups.setdefault(row["group_id"], set()).add(row["id"])
-    return groups
+pytestmark = pytest.mark.e2e  # every test here runs qdedup end to end
 
 
 def blocking_pairs(out):
@@ -41,23 +30,9 @@ def blocking_pairs(out):
     return [p for p in read_part(out, "pairs") if p["source"] != "resplit"]
 
 
-def run_qdedup(input_pattern, out, model, *extra):
-    argv = ["run", "--input", str(input_pattern), "--output", str(out), "--scorer-model", model,
-            *RUNNER_ARGS, *extra]
-    assert main(argv) == 0
-    return json.loads((out / "report.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def in_memory_run(corpus, tiny_model, tmp_path_factory):
-    directory, _ = corpus
-    out = tmp_path_factory.mktemp("run") / "out"
-    return out, run_qdedup(directory / "*.parquet", out, tiny_model)
-
-
-def test_every_row_is_grouped_or_rejected_once(corpus, in_memory_run):
+def test_every_row_is_grouped_or_rejected_once(corpus, reference_run):
     _, rows = corpus
-    out, report = in_memory_run
+    out, report = reference_run
     groups, rejected = read_part(out, "groups"), read_part(out, "rejected")
     assert report["rows_in"] == len(rows) == report["rows_out"] + report["rows_rejected"]
     assert report["accounting_ok"] is True
@@ -69,8 +44,8 @@ def test_every_row_is_grouped_or_rejected_once(corpus, in_memory_run):
     assert sorted(grouped_ids + rejected_ids, key=repr) == sorted([r[0] for r in rows], key=repr)
 
 
-def test_each_kind_of_bad_row_has_its_reason(in_memory_run):
-    out, _ = in_memory_run
+def test_each_kind_of_bad_row_has_its_reason(reference_run):
+    out, _ = reference_run
     rejected = read_part(out, "rejected")
     reasons = Counter(r["reason"] for r in rejected)
     assert reasons == {"null_text": 1, "empty_text": 2, "text_too_long": 1, "null_id": 1, "duplicate_id": 1,
@@ -81,9 +56,9 @@ def test_each_kind_of_bad_row_has_its_reason(in_memory_run):
     assert "a.parquet#0" in duplicate["detail"]
 
 
-def test_exact_duplicates_share_a_group(corpus, in_memory_run):
+def test_exact_duplicates_share_a_group(corpus, reference_run):
     _, rows = corpus
-    out, report = in_memory_run
+    out, report = reference_run
     group_of = {g["id"]: g for g in read_part(out, "groups")}
     by_text = {}
     for row_id, text in rows:
@@ -96,8 +71,8 @@ def test_exact_duplicates_share_a_group(corpus, in_memory_run):
         assert all(group_of[i]["match_kind"] in ("exact", "model") for i in ids)
 
 
-def test_group_columns_are_consistent(in_memory_run):
-    out, report = in_memory_run
+def test_group_columns_are_consistent(reference_run):
+    out, report = reference_run
     groups = read_part(out, "groups")
     sizes = Counter(g["group_id"] for g in groups)
     assert report["groups"] == len(sizes) and report["largest_group"] == max(sizes.values())
@@ -109,9 +84,9 @@ def test_group_columns_are_consistent(in_memory_run):
     assert schema.field("id").type == pa.int64() and schema.field("group_id").type == pa.int64()
 
 
-def test_pairs_are_ordered_and_scored_by_the_model(corpus, in_memory_run, tiny_model):
+def test_pairs_are_ordered_and_scored_by_the_model(corpus, reference_run, tiny_model):
     _, rows = corpus
-    out, report = in_memory_run
+    out, report = reference_run
     pairs = read_part(out, "pairs")
     assert report["pairs_scored"] == report["candidate_pairs"] > 0
     assert len(pairs) == report["pairs_scored"] + report["resplit_pairs_scored"]
@@ -127,32 +102,6 @@ def test_pairs_are_ordered_and_scored_by_the_model(corpus, in_memory_run, tiny_m
             assert pair["similarity"] is None
         else:
             assert 0.3 <= pair["similarity"] <= 1.0 + 1e-6
-
-
-def test_multi_processing_gives_the_same_groups_and_pairs(corpus, in_memory_run, tiny_model, tmp_path):
-    directory, _ = corpus
-    out, report = in_memory_run
-    other = run_qdedup(directory / "*.parquet", tmp_path / "mp", tiny_model,
-                       "--direct_running_mode=multi_processing", "--direct_num_workers=2")
-    def rows(directory):
-        return {r["id"]: r for r in read_part(directory, "groups")}
-
-    mp_rows, in_memory_rows = rows(tmp_path / "mp"), rows(out)
-    assert mp_rows.keys() == in_memory_rows.keys()
-    for row_id, row in in_memory_rows.items():
-        mp_row = mp_rows[row_id]
-        for column in ("group_id", "canonical_id", "group_size", "match_kind"):
-            assert mp_row[column] == row[column]
-        for column in ("min_edge_score", "mean_edge_score"):  # batch composition moves the 7th digit
-            assert mp_row[column] == (None if row[column] is None else pytest.approx(row[column], abs=1e-5))
-    mine = {(p["id_a"], p["id_b"]): p for p in read_part(out, "pairs")}
-    theirs = {(p["id_a"], p["id_b"]): p for p in read_part(tmp_path / "mp", "pairs")}
-    assert mine.keys() == theirs.keys()
-    for pair in mine:
-        assert theirs[pair]["score"] == pytest.approx(mine[pair]["score"], abs=1e-5)
-    counts = ("rows_in", "rows_rejected", "rows_out", "exact_duplicates", "candidate_pairs", "pairs_scored",
-              "groups", "largest_group", "truncated_pairs", "oom_splits")
-    assert {k: other[k] for k in counts} == {k: report[k] for k in counts}
 
 
 def test_lcqmc_pair_scores_equal_reference(tiny_model, tmp_path, token_budget="300"):
@@ -181,9 +130,9 @@ def test_string_ids_keep_their_type(tiny_model, tmp_path):
     assert groups["a"]["match_kind"] == "exact" and groups["c"]["match_kind"] == "single"
 
 
-def test_existing_output_is_kept_unless_overwrite(corpus, in_memory_run, tiny_model, capsys):
+def test_existing_output_is_kept_unless_overwrite(corpus, reference_run, tiny_model, capsys):
     directory, _ = corpus
-    out, _ = in_memory_run
+    out, _ = reference_run
     argv = ["run", "--input", str(directory / "*.parquet"), "--output", str(out), "--scorer-model", tiny_model,
             *RUNNER_ARGS]
     assert main(argv) == 2
@@ -228,6 +177,26 @@ def test_console_script_exit_code_and_message(tmp_path):
     assert "matches no files" in result.stderr and "Traceback" not in result.stderr
 
 
+NOISE = ("apitools", "Resource module", "Loading weights", "it/s]", "Traceback")
+
+
+def _qdedup(*argv):
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *argv], capture_output=True, text=True)
+
+
+def test_a_run_says_what_it_does_and_nothing_else_unless_verbose(tiny_model, tmp_path):
+    write_questions([(1, "怎么开通网银"), (2, "网银怎么开通"), (3, "今天天气怎么样")], tmp_path / "q.parquet")
+    args = ["run", "--input", str(tmp_path / "q.parquet"), "--scorer-model", tiny_model, *RUNNER_ARGS]
+    quiet = _qdedup(*args, "--output", str(tmp_path / "quiet"))
+    assert quiet.returncode == 0, quiet.stderr
+    assert "qdedup: input: 1 files, 3 rows" in quiet.stderr and "qdedup: 3 rows in, 0 rejected" in quiet.stdout
+    assert "loaded " in quiet.stderr  # qdedup's own worker lines stay
+    assert [line for line in quiet.stderr.splitlines() if any(noise in line for noise in NOISE)] == []
+    loud = _qdedup(*args, "--output", str(tmp_path / "loud"), "--verbose")
+    assert loud.returncode == 0, loud.stderr
+    assert "Loading weights" in loud.stderr and "apache_beam" in loud.stderr
+
+
 def test_empty_and_all_rejected_inputs_give_empty_outputs(tiny_model, tmp_path):
     pq.write_table(pa.table({"id": pa.array([], pa.int64()), "question": pa.array([], pa.string())}),
                    tmp_path / "empty.parquet")
@@ -265,8 +234,8 @@ def test_encoder_candidates_are_united_with_lexical_and_sourced(tiny_model, tmp_
     assert len(both) == len({(p["id_a"], p["id_b"]) for p in both}) == report["pairs_scored"]
 
 
-def test_group_edge_scores_summarize_the_pairs_that_joined_it(in_memory_run):
-    out, report = in_memory_run
+def test_group_edge_scores_summarize_the_pairs_that_joined_it(reference_run):
+    out, report = reference_run
     threshold = report["configuration"]["threshold"]
     group_of = {g["id"]: g for g in read_part(out, "groups")}
     edges = {}
@@ -289,8 +258,8 @@ def _components_of_edges(pairs, threshold):
     return connected_components(edges)
 
 
-def test_chaining_control_resplits_sparse_components(in_memory_run):
-    out, report = in_memory_run
+def test_chaining_control_resplits_sparse_components(reference_run):
+    out, report = reference_run
     threshold = report["configuration"]["threshold"]
     pairs, groups = read_part(out, "pairs"), read_part(out, "groups")
     # The tiny random model chains the sample: some components are sparse and get their missing pairs scored.
@@ -353,9 +322,9 @@ def test_canonical_earliest_by_timestamp_column(tiny_model, tmp_path, capsys):
     assert "--canonical earliest needs --timestamp-column" in capsys.readouterr().err
 
 
-def test_report_html_is_self_contained_and_shows_the_run(in_memory_run):
+def test_report_html_is_self_contained_and_shows_the_run(reference_run):
     import re
-    out, report = in_memory_run
+    out, report = reference_run
     page = (out / "report.html").read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and "</html>" in page
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", page)  # opens offline: nothing fetched

@@ -16,7 +16,8 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipelines.cli import main
-from pipelines.options import QdedupOptions, expand_argv, validate
+from pipelines.options import QdedupOptions, expand_argv
+from pipelines.preflight import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 IO = ["--input", "gs://bucket/questions/*.parquet", "--output", "gs://bucket/qdedup/out"]
@@ -61,6 +62,7 @@ def test_unfilled_placeholders_stop_the_launch(capsys):
     assert "--project" in err and "YOUR_PROJECT" in err and "fill in" in err
 
 
+@pytest.mark.slow
 def test_the_package_installs_in_a_clean_environment_and_imports_every_module(tmp_path):
     """What Dataflow does with --setup_file: build the package, install it, import it on the worker."""
     venv = tmp_path / "venv"

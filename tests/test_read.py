@@ -2,8 +2,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.preflight import inspect_input
 from transforms.errors import QdedupError, RejectedRow, row_as_json
-from transforms.read import Columns, inspect_input, validate_row
+from transforms.read import validate_row
+from transforms.records import Columns
 
 COLUMNS = Columns("id", "question")
 

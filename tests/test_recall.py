@@ -6,7 +6,7 @@ import pytest
 
 from pipelines.cli import main
 from pipelines.recall import read_labelled_pairs, recall_figures
-from tests.conftest import RUNNER_ARGS
+from tests.helpers import RUNNER_ARGS
 from transforms.errors import QdedupError
 
 # Worked by hand. Questions sharing no character have cosine 0; the three 银行卡丢了怎么… questions share
@@ -22,6 +22,7 @@ LABELLED = [
 ]
 
 
+@pytest.mark.e2e
 def test_recall_on_a_hand_made_file(tmp_path, capsys):
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("".join(f"{a}\t{b}\t{label}\n" for a, b, label in LABELLED), encoding="utf-8")

@@ -1,3 +1,4 @@
+import functools
 import random
 from types import SimpleNamespace
 
@@ -9,20 +10,20 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
-from tests.conftest import RUNNER_ARGS, lcqmc_pairs
-from transforms.block import CandidatePair
+from pipelines.preflight import check_scorer_model
+from tests.helpers import RUNNER_ARGS, lcqmc_pairs, reference_scores
 from transforms.errors import QdedupError
-from transforms.model import ModelSettings, collate, load_tokenizer, pack_batches, resolve_device, tokenize
-from transforms.score import PairClassifier, ScorePairs, check_scorer_model, load_classifier
-
-
-def reference_scores(model_dir, pairs):
-    """The model card's usage: one pair at a time, no padding."""
-    tokenizer = BertTokenizer.from_pretrained(model_dir)
-    model = BertForSequenceClassification.from_pretrained(model_dir).eval()
-    with torch.no_grad():
-        return [float(torch.softmax(model(**tokenizer(a, b, return_tensors="pt")).logits, dim=-1)[0, 1])
-                for a, b in pairs]
+from transforms.inference import (
+    LoadedModel,
+    ModelSettings,
+    collate,
+    pack_batches,
+    resolve_device,
+    tokenize,
+)
+from transforms.records import CandidatePair
+from transforms.score import ScorePairs, pair_scorer, positive_probability
+from transforms.sources import load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def _score_packed(classifier, encodings, budget, order):
     scores = np.empty(len(encodings))
     shuffled = [encodings[i] for i in order]
     for batch in pack_batches([len(ids) for ids, _ in shuffled], budget):
-        scores[[order[i] for i in batch]] = classifier.score([shuffled[i] for i in batch])[0]
+        scores[[order[i] for i in batch]] = classifier.run([shuffled[i] for i in batch])[0]
     return scores
 
 
@@ -42,22 +43,26 @@ def _score_packed(classifier, encodings, budget, order):
 def test_scores_equal_reference_for_any_batching(tiny_model, thirty_pairs, budget):
     expected = np.array(reference_scores(tiny_model, thirty_pairs))
     assert np.std(expected) > 0.05  # a near-constant model would prove nothing
-    classifier = load_classifier(ModelSettings(tiny_model, device="cpu"))
+    classifier = pair_scorer(ModelSettings(tiny_model, device="cpu")).load_model()
     encodings = [enc for enc, _ in tokenize(load_tokenizer(tiny_model), thirty_pairs, 512)]
     order = list(range(30))
     random.Random(budget).shuffle(order)
     np.testing.assert_allclose(_score_packed(classifier, encodings, budget, order), expected, atol=1e-5)
 
 
-def test_tokenize_pairs_matches_the_pair_encoding_and_counts_truncation(tiny_model, thirty_pairs):
+def test_tokenize_pairs_matches_the_pair_encoding_and_counts_truncation(tiny_model):
     tokenizer = load_tokenizer(tiny_model)
+    short = [("怎么开通网银", "网银怎么开通"), ("iPhone多少钱", "手机价格"), ("你好", "您好！")]
     long_pair = ("长" * 40, "短问题")
-    encoded = tokenize(tokenizer, thirty_pairs[:3] + [long_pair], max_length=16)
-    for (a, b), ((ids, types), truncated) in zip(thirty_pairs[:3], encoded):
+    encoded = tokenize(tokenizer, short + [long_pair], max_length=16)
+    for (a, b), ((ids, types), truncated) in zip(short, encoded):
         reference = tokenizer(a, b)
-        assert (ids, types) == (reference["input_ids"], reference["token_type_ids"]) or truncated
+        assert len(reference["input_ids"]) <= 16 and not truncated
+        assert (ids, types) == (reference["input_ids"], reference["token_type_ids"])
+        assert tokenizer.unk_token_id not in ids
     (ids, types), truncated = encoded[-1]
     assert truncated and len(ids) == 16 and types[-1] == 1
+    assert ids[-4:] == tokenizer(long_pair[0], long_pair[1])["input_ids"][-4:]  # "短问题" [SEP] kept whole
     assert tokenize(tokenizer, [], 16) == []
 
 
@@ -99,10 +104,14 @@ class _FakeModel:
         return SimpleNamespace(logits=logits)
 
 
+def _fake_scorer(model) -> LoadedModel:
+    return LoadedModel(model, "cpu", 0, functools.partial(positive_probability, label=1))
+
+
 def test_out_of_memory_splits_the_batch_and_loses_no_pair():
     model = _FakeModel(limit=3)
     encodings = [([i, 1], [0, 0]) for i in range(10)]
-    scored = PairClassifier(model, "cpu", 0).score(encodings)
+    scored = _fake_scorer(model).run(encodings)
     expected = torch.softmax(torch.stack([torch.zeros(10), torch.arange(10) / 10], dim=1), dim=-1)[:, 1]
     np.testing.assert_allclose(scored.outputs, expected.numpy(), atol=1e-6)
     assert scored.oom_splits == 3 and max(c for c in model.calls if c <= 3) <= 3 and scored.errors == {}
@@ -110,7 +119,7 @@ def test_out_of_memory_splits_the_batch_and_loses_no_pair():
 
 def test_a_pair_the_model_fails_on_is_set_aside_and_the_rest_scored():
     encodings = [([i, 1], [0, 0]) for i in range(10)]
-    scored = PairClassifier(_FakeModel(limit=100, poison=7), "cpu", 0).score(encodings)
+    scored = _fake_scorer(_FakeModel(limit=100, poison=7)).run(encodings)
     assert scored.errors == {7: "ValueError: cannot handle token 7"} and scored.outputs[7] is None
     expected = torch.softmax(torch.stack([torch.zeros(10), torch.arange(10) / 10], dim=1), dim=-1)[:, 1]
     np.testing.assert_allclose([s for i, s in enumerate(scored.outputs) if i != 7],
@@ -119,12 +128,12 @@ def test_a_pair_the_model_fails_on_is_set_aside_and_the_rest_scored():
 
 def test_out_of_memory_on_a_single_pair_is_raised():
     with pytest.raises(torch.OutOfMemoryError):
-        PairClassifier(_FakeModel(limit=0), "cpu", 0).score([([1, 2], [0, 0])])
+        _fake_scorer(_FakeModel(limit=0)).run([([1, 2], [0, 0])])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
 def test_cuda_without_a_gpu_is_a_clear_error():
-    with pytest.raises(QdedupError, match="--device cuda, but no usable GPU"):
+    with pytest.raises(QdedupError, match="device cuda asked for, but no usable GPU"):
         resolve_device("cuda")
     assert resolve_device("auto") == "cpu"
 
@@ -134,7 +143,7 @@ def test_cuda_half_precision_scores_close_to_fp32(tiny_model, thirty_pairs):
     expected = np.array(reference_scores(tiny_model, thirty_pairs))
     encodings = [enc for enc, _ in tokenize(load_tokenizer(tiny_model), thirty_pairs, 512)]
     for precision in ("fp32", "bf16", "fp16"):
-        classifier = load_classifier(ModelSettings(tiny_model, device="cuda", precision=precision))
+        classifier = pair_scorer(ModelSettings(tiny_model, device="cuda", precision=precision)).load_model()
         assert classifier.device == "cuda"
         got = _score_packed(classifier, encodings, 4096, list(range(30)))
         np.testing.assert_allclose(got, expected, atol=1e-4 if precision == "fp32" else 2e-2)
@@ -143,7 +152,7 @@ def test_cuda_half_precision_scores_close_to_fp32(tiny_model, thirty_pairs):
 def _run_score_pairs(candidates, settings, check):
     """Runs ScorePairs; `check` sees the scored pairs inside the pipeline (where assert_that runs)."""
     with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
-        assert_that((pipeline | beam.Create(candidates) | ScorePairs(settings))["scored"], check)
+        assert_that((pipeline | beam.Create(candidates) | ScorePairs(settings)).scored, check)
 
 
 @pytest.mark.parametrize("extra", [{"token_budget": 64, "sort_window": 7}, {"model_copies": 1}])
@@ -212,3 +221,10 @@ def test_check_scorer_model_refuses_a_model_without_two_labels(tiny_model, tmp_p
     BertTokenizer.from_pretrained(tiny_model).save_pretrained(one_label)
     with pytest.raises(QdedupError, match="not a pair classifier with 2 labels"):
         check_scorer_model(str(one_label))
+
+
+def test_the_test_models_vocabulary_covers_every_lcqmc_text(tiny_model):
+    tokenizer = load_tokenizer(tiny_model)
+    texts = [t for a, b, _ in lcqmc_pairs() for t in (a, b)]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    assert [t for t, ids in zip(texts, encoded) if tokenizer.unk_token_id in ids] == []

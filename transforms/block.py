@@ -37,8 +37,9 @@ import faiss
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from transforms.embed import dot_rows, to_dense
 from transforms.metrics import StageTimer
+from transforms.records import CandidatePair, GivenCentroids, Neighbours
+from transforms.vectors import dot_rows, to_dense
 
 _LOG = logging.getLogger(__name__)
 _SAMPLE_BUCKETS = 1_000_003
@@ -57,21 +58,6 @@ class BlockingSettings:
     sample_per_partition: int = 256  # k-means training points per centroid
     margin: int = 10                 # extra neighbours faiss proposes, re-ranked by exact similarity
     seed: int = 0
-
-
-class CandidatePair(NamedTuple):
-    """A pair to score. Texts are None where blocking did not see them (an extended run's stored lists):
-    the scoring stage fetches them for the pairs it has to score."""
-
-    id_a: object
-    id_b: object
-    text_a: Optional[str]
-    text_b: Optional[str]
-    similarity: Optional[float]
-    source: str = "lexical"
-
-
-Neighbours = list  # [(similarity, id)], best first: higher similarity, then lower id; at most top_k
 
 
 def rank(entry: tuple) -> tuple:
@@ -205,7 +191,7 @@ def _train(sample: list, n: int, settings: BlockingSettings) -> Optional[np.ndar
     n_partitions = partition_count(n, settings)
     if n_partitions == 1 or not sample:
         return None
-    sample = sorted(sample, key=lambda item: item[0])
+    sample = sorted(sample, key=lambda pair: pair[0])
     return train_centroids(np.stack([to_dense(vector) for _, vector in sample]), n_partitions, settings.seed)
 
 
@@ -216,7 +202,7 @@ class _AssignPartitions(beam.DoFn):
         self._probes = probes
 
     def process(self, item, centroids, only=None):
-        for partition in nearest_partitions(item[1], centroids, self._probes):
+        for partition in nearest_partitions(item.vector, centroids, self._probes):
             if only is None or partition in only:
                 yield partition, item
 
@@ -236,7 +222,7 @@ class _ToWorkItems(beam.DoFn):
     def process(self, element, sizes: dict):
         partition, item = element
         blocks = block_count(sizes[partition], self._max_block)
-        mine = stable_hash(item[0].id) % blocks
+        mine = stable_hash(item.rep.id) % blocks
         for other in range(blocks):
             if self._stored:
                 yield (partition, other, mine), ("stored", item)
@@ -270,7 +256,7 @@ class _SearchWorkItem(beam.DoFn):
         if not queries or not index:
             return
         settings = self._settings
-        texts = {item[0].id: item[0].text for item in index}
+        texts = {item.rep.id: item.rep.text for item in index}
         started = time.perf_counter()
         with self._timer:
             lists = _search(queries, index, settings)
@@ -280,7 +266,7 @@ class _SearchWorkItem(beam.DoFn):
         partition, query_block, index_block = element[0]
         _LOG.info("blocking: partition %s, blocks %d x %d: %d questions searched against %d in %.1f s",
                   partition, query_block, index_block, len(queries), len(index), time.perf_counter() - started)
-        query_text = {item[0].id: item[0].text for item in queries}
+        query_text = {item.rep.id: item.rep.text for item in queries}
         for query_id, neighbours in lists.items():
             yield query_id, (query_text[query_id], [(sim, nid, texts[nid]) for sim, nid in neighbours])
         k = settings.top_k
@@ -293,10 +279,10 @@ class _SearchWorkItem(beam.DoFn):
 
 def _search(queries: list, index: list, settings: BlockingSettings) -> dict:
     # In id order: which rows faiss sees first does not depend on the order items arrived in.
-    queries = sorted(queries, key=lambda item: item[0].id)
-    index = sorted(index, key=lambda item: item[0].id)
-    return knn_lists([item[0].id for item in queries], np.stack([to_dense(item[1]) for item in queries]),
-                     [item[0].id for item in index], np.stack([to_dense(item[1]) for item in index]),
+    queries = sorted(queries, key=lambda item: item.rep.id)
+    index = sorted(index, key=lambda item: item.rep.id)
+    return knn_lists([item.rep.id for item in queries], np.stack([to_dense(item.vector) for item in queries]),
+                     [item.rep.id for item in index], np.stack([to_dense(item.vector) for item in index]),
                      settings.top_k, settings.min_similarity, settings.margin)
 
 
@@ -387,16 +373,16 @@ def _neighbour_list(element) -> tuple:
 
 
 class BlockCandidates(beam.PTransform):
-    """(representative, unit vector, dense or sparse) -> `Blocked`: distinct `CandidatePair`s, id_a < id_b.
+    """`Embedded` items (unit vectors, dense or sparse) -> `Blocked`: distinct `CandidatePair`s, id_a < id_b.
 
     `centroids`: None to train them on these vectors, or a previous run's (`--existing`,
-    `--params-from`; an array, or None for one partition) as `Given(centroids)`.
-    Extending a run, apply it to (new items, stored items as (rep, vector, `Neighbours`)):
+    `--params-from`; an array, or None for one partition) as `GivenCentroids(centroids)`.
+    Extending a run, apply it to (new items, `StoredItem`s):
     only partitions holding new questions are searched, only new questions are queried, and
     each stored question's k nearest are updated with the newcomers that enter them.
     """
 
-    def __init__(self, settings: BlockingSettings, source: str = "lexical", centroids: Optional["Given"] = None):
+    def __init__(self, settings: BlockingSettings, source: str = "lexical", centroids: Optional[GivenCentroids] = None):
         super().__init__()
         self._settings = settings
         self._source = source
@@ -410,8 +396,8 @@ class BlockCandidates(beam.PTransform):
             centroids = (
                 embedded
                 | "SampleForCentroids" >> beam.Filter(
-                    lambda item, n: in_sample(item[0].id, n, partition_count(n, settings), settings), n=count)
-                | "IdAndVector" >> beam.Map(lambda item: (item[0].id, item[1]))
+                    lambda item, n: in_sample(item.rep.id, n, partition_count(n, settings), settings), n=count)
+                | "IdAndVector" >> beam.Map(lambda item: (item.rep.id, item.vector))
                 | "CollectSample" >> beam.combiners.ToList()
                 | "TrainCentroids" >> beam.Map(_train, n=count, settings=settings)
             )
@@ -444,7 +430,7 @@ class BlockCandidates(beam.PTransform):
         best = found.found | "BestNeighbours" >> beam.CombinePerKey(_TopNeighbours(settings.top_k))
         if stored is not None:
             updated = (
-                {"item": stored | "StoredById" >> beam.Map(lambda item: (item[0].id, item)),
+                {"item": stored | "StoredById" >> beam.Map(lambda item: (item.rep.id, item)),
                  "entering": found.entering}
                 | "JoinEntering" >> beam.CoGroupByKey()
                 | "UpdateStored" >> beam.FlatMap(_update_stored, settings.top_k)
@@ -459,7 +445,3 @@ class BlockCandidates(beam.PTransform):
         return Blocked(pairs, best | "NeighbourLists" >> beam.Map(_neighbour_list), centroids)
 
 
-class Given(NamedTuple):
-    """Centroids from a previous run (None: it had one partition)."""
-
-    centroids: Optional[np.ndarray]

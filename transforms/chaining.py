@@ -1,4 +1,4 @@
-"""Chaining control: components that are too big or too sparse are split again (DESIGN.md step 7).
+"""Chaining control: components that are too big or too sparse are split again (docs/design.md, "cluster").
 
 Connected components over edges >= threshold let a few weak links chain
 unrelated groups together. A component with more representatives than
@@ -20,12 +20,12 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.block import CandidatePair
+from transforms.records import CandidatePair
 
 RESPLIT = "resplit"  # the `source` of pairs that chaining control scored
 
@@ -124,22 +124,6 @@ def average_linkage(nodes: Sequence, scores: Mapping[tuple, float], threshold: f
 
 # ---- Beam glue ----
 
-def pairs_within(pairs, labels, name: str):
-    """(label, pair) for every scored pair whose two ends carry the same label; pairs outside are dropped."""
-    by_a = (
-        {"pair": pairs | f"{name}ByA" >> beam.Map(lambda p: (p.id_a, p)), "label": labels}
-        | f"{name}JoinA" >> beam.CoGroupByKey()
-        | f"{name}LabelA" >> beam.FlatMap(
-            lambda kv: [(p.id_b, (label, p)) for label in kv[1]["label"] for p in kv[1]["pair"]])
-    )
-    return (
-        {"pair": by_a, "label": labels}
-        | f"{name}JoinB" >> beam.CoGroupByKey()
-        | f"{name}LabelB" >> beam.FlatMap(
-            lambda kv: [(la, p) for lb in kv[1]["label"] for la, p in kv[1]["pair"] if la == lb])
-    )
-
-
 class _Plan(beam.DoFn):
     """Per component: keep its label, or plan a re-split and ask for its missing pairs.
 
@@ -175,8 +159,18 @@ def _resplit(element, threshold: float) -> Iterable[tuple]:
     yield from average_linkage(nodes, scores, threshold).items()
 
 
+class Chained(NamedTuple):
+    """What `SplitChains` gives: (node, group label) for every node of a component; the pairs re-splits
+    asked for, scored (reused or new), and the new ones alone; and the pairs that could not be scored."""
+
+    labels: beam.PCollection
+    scored: beam.PCollection
+    new: beam.PCollection
+    failed: beam.PCollection
+
+
 class SplitChains(beam.PTransform):
-    """(components, scored pairs) -> {"labels": (node, group label), "scored", "new", "failed"}.
+    """(components as (node, label), scored pairs inside them as (label, pair)) -> `Chained`.
 
     `score` is the PTransform that turns `CandidatePair`s without texts into `Scored`
     (`ScoreCandidates` in a run, which reuses scores an earlier run made).
@@ -188,11 +182,10 @@ class SplitChains(beam.PTransform):
         self._score = score
 
     def expand(self, inputs):
-        components, scored = inputs
+        components, internal = inputs
         settings = self._settings
         plan = (
-            {"node": components | "NodeByComponent" >> beam.KvSwap(),
-             "pair": pairs_within(scored, components, "Internal")}
+            {"node": components | "NodeByComponent" >> beam.KvSwap(), "pair": internal}
             | "GatherComponent" >> beam.CoGroupByKey()
             | "PlanResplit" >> beam.ParDo(_Plan(settings)).with_outputs("resplit", "missing", main="kept")
         )
@@ -213,4 +206,4 @@ class SplitChains(beam.PTransform):
             | "AverageLinkage" >> beam.FlatMap(_resplit, settings.threshold)
         )
         labels = (plan.kept, resplit) | "AllLabels" >> beam.Flatten()
-        return {"labels": labels, "scored": scoring.scored, "new": scoring.new, "failed": scoring.failed}
+        return Chained(labels, scoring.scored, scoring.new, scoring.failed)

@@ -1,4 +1,4 @@
-"""Duplicate groups from scored pairs (DESIGN.md step 7).
+"""Duplicate groups from scored pairs (docs/design.md, "cluster").
 
 Edges with score >= threshold join representatives into connected components;
 each representative's exact duplicates follow it into its group. Components are
@@ -16,9 +16,7 @@ from typing import Hashable, Iterable, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 
-from transforms.chaining import ChainingSettings, SplitChains, pairs_within
-from transforms.ids import AssignGroupIds
-from transforms.normalize import Representative, earliest_key
+from transforms.records import Representative, earliest_key
 
 
 class GroupRow(NamedTuple):
@@ -210,6 +208,22 @@ class ConnectedComponents(beam.PTransform):
         return labelled.labels | "Finish" >> beam.Map(_finish, finished=beam.pvalue.AsSingleton(finished))
 
 
+def pairs_within(pairs, labels, name: str):
+    """(label, pair) for every scored pair whose two ends carry the same label; pairs outside are dropped."""
+    by_a = (
+        {"pair": pairs | f"{name}ByA" >> beam.Map(lambda p: (p.id_a, p)), "label": labels}
+        | f"{name}JoinA" >> beam.CoGroupByKey()
+        | f"{name}LabelA" >> beam.FlatMap(
+            lambda kv: [(p.id_b, (label, p)) for label in kv[1]["label"] for p in kv[1]["pair"]])
+    )
+    return (
+        {"pair": by_a, "label": labels}
+        | f"{name}JoinB" >> beam.CoGroupByKey()
+        | f"{name}LabelB" >> beam.FlatMap(
+            lambda kv: [(la, p) for lb in kv[1]["label"] for la, p in kv[1]["pair"] if la == lb])
+    )
+
+
 class _CountUnsettled(beam.DoFn):
     def __init__(self):
         self._edges = beam.metrics.Metrics.counter("qdedup", "components_unsettled_edges")
@@ -226,34 +240,53 @@ def _component_of(element) -> Iterable[tuple[object, Representative]]:
         yield (components[0] if components else rep_id), rep
 
 
-class ClusterGroups(beam.PTransform):
-    """(representatives, memberships, scored pairs, previous run's `PreviousRow`s) -> one `GroupRow` per
-    accepted row, the pairs chaining control asked for, and lineage.
+class Clustered(NamedTuple):
+    """What `ClusterGroups` gives: one `GroupRow` per accepted row; the pairs chaining control asked for
+    (reused or new) and the new ones alone; the pairs it could not score; lineage rows; and
+    (group label, assigned id) per group."""
 
-    `score` turns the `CandidatePair`s chaining control asks for into `Scored` (`ScoreCandidates` in a run).
-    Returns {"groups", "scored" (every pair chaining control asked for), "new" (those scored now),
-    "failed", "lineage", "ids"}.
+    groups: beam.PCollection
+    scored: beam.PCollection
+    new: beam.PCollection
+    failed: beam.PCollection
+    lineage: beam.PCollection
+    ids: beam.PCollection
+
+
+class ClusterGroups(beam.PTransform):
+    """(representatives, memberships, scored pairs, a previous run's group rows) -> `Clustered`.
+
+    Args:
+        threshold: a pair scoring at least this joins its two questions.
+        rounds: large-star / small-star rounds before the unsettled rest is finished by union-find.
+        split_chains: chaining control, (components, internal pairs) -> `Chained`-like
+            (`SplitChains` in a run).
+        assign_ids: (row labels, group canonical ids, previous rows) -> ids and lineage
+            (`AssignGroupIds` in a run).
+        canonical: `frequent` or `earliest` (see `summarize_group`).
     """
 
-    def __init__(self, chaining: ChainingSettings, rounds: int, score: beam.PTransform, canonical: str = "frequent"):
+    def __init__(self, threshold: float, rounds: int, split_chains: beam.PTransform, assign_ids: beam.PTransform,
+                 canonical: str = "frequent"):
         super().__init__()
-        self._canonical = canonical
-        self._chaining = chaining
+        self._threshold = threshold
         self._rounds = rounds
-        self._score = score
+        self._split_chains = split_chains
+        self._assign_ids = assign_ids
+        self._canonical = canonical
 
     def expand(self, inputs):
         representatives, members, scored, previous = inputs
-        threshold = self._chaining.threshold
+        threshold = self._threshold
         components = (
             scored
             | "KeepDuplicateEdges" >> beam.Filter(lambda pair: pair.score >= threshold)
             | "EdgeEnds" >> beam.Map(lambda pair: (pair.id_a, pair.id_b))
             | "ConnectedComponents" >> ConnectedComponents(self._rounds)
         )
-        chained = (components, scored) | "SplitChains" >> SplitChains(self._chaining, self._score)
-        labels = chained["labels"]
-        all_scored = (scored, chained["scored"]) | "AllScored" >> beam.Flatten()
+        chained = (components, pairs_within(scored, components, "Internal")) | "SplitChains" >> self._split_chains
+        labels = chained.labels
+        all_scored = (scored, chained.scored) | "AllScored" >> beam.Flatten()
         edge_scores = (
             pairs_within(all_scored | "GroupEdges" >> beam.Filter(lambda pair: pair.score >= threshold),
                          labels, "GroupEdge")
@@ -280,11 +313,10 @@ class ClusterGroups(beam.PTransform):
             rows | "RowLabel" >> beam.MapTuple(lambda label, row: (row[0], label)),
             summaries.groups | "Canonical" >> beam.MapTuple(lambda label, group: (label, group[0].canonical_id)),
             previous,
-        ) | "AssignGroupIds" >> AssignGroupIds()
+        ) | "AssignGroupIds" >> self._assign_ids
         group_rows = (
-            {"group": summaries.groups, "id": assigned["ids"], "rows": rows}
+            {"group": summaries.groups, "id": assigned.ids, "rows": rows}
             | "GatherRows" >> beam.CoGroupByKey()
             | "GroupRows" >> beam.FlatMap(_group_rows)
         )
-        return {"groups": group_rows, "scored": chained["scored"], "new": chained["new"],
-                "failed": chained["failed"], "lineage": assigned["lineage"], "ids": assigned["ids"]}
+        return Clustered(group_rows, chained.scored, chained.new, chained.failed, assigned.lineage, assigned.ids)

@@ -33,7 +33,6 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import json
 import logging
 import os
 import posixpath
@@ -49,6 +48,7 @@ from typing import Optional
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import QdedupError
+from transforms.paths import canonical, is_remote, join, read_json, write_json
 
 _LOG = logging.getLogger(__name__)
 
@@ -66,39 +66,8 @@ RUN_ID = re.compile(f"^{_RUN}$")
 _RUN_FILE = re.compile(f"^{_RUN}-")      # a file a run wrote
 
 
-def is_remote(path: str) -> bool:
-    """gs://, s3:// and any other Beam filesystem; local paths are not."""
-    return "://" in path
-
-
-def canonical(path: str) -> str:
-    """One spelling per location: `.`/`..`, repeated and trailing slashes, and (locally) symlinks resolved."""
-    if is_remote(path):
-        scheme, rest = path.split("://", 1)
-        lead = "/" if rest.startswith("/") else ""
-        return f"{scheme}://{lead}{posixpath.normpath('/' + rest).lstrip('/')}"
-    return os.path.realpath(os.path.abspath(os.path.expanduser(path)))
-
-
-def join(root: str, *parts: str) -> str:
-    path = root
-    for part in parts:
-        path = FileSystems.join(path, part) if is_remote(path) else posixpath.join(path, part)
-    return path
-
-
 def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
-
-
-def read_json(path: str) -> dict:
-    with FileSystems.open(path) as handle:
-        return json.loads(handle.read().decode("utf-8"))
-
-
-def write_json(path: str, content: dict) -> None:
-    with FileSystems.create(path) as handle:
-        handle.write(json.dumps(content, ensure_ascii=False, indent=2, sort_keys=True).encode("utf-8"))
 
 
 def _listing(root: str) -> list:

@@ -1,4 +1,4 @@
-"""Embedding representatives for blocking (DESIGN.md step 4).
+"""Embedding representatives for blocking (docs/design.md, "embed").
 
 `lexical`: hashed character 1-2-gram TF-IDF, dense, L2-normalized. Character
 n-grams suit Chinese, where words are not separated; hashing keeps the
@@ -11,30 +11,18 @@ that share little text, which lexical vectors cannot bring together.
 """
 from __future__ import annotations
 
+import functools
 import zlib
-from typing import Iterable, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
 from transforms.errors import RejectedRow, failure
+from transforms.inference import ModelSettings, PackedBatchHandler, RunModel
 from transforms.metrics import StageTimer
-from transforms.model import (
-    Encoding,
-    Forwarded,
-    ModelFailure,
-    ModelSettings,
-    TokenizeAndPack,
-    TokenizedItem,
-    check_model,
-    load_model,
-    load_tokenizer,
-    run_splitting_on_failure,
-    sharing,
-)
-from transforms.normalize import Representative
+from transforms.records import Embedded, Representative
+from transforms.vectors import SparseVector, to_dense, unit
 
 # A character counts 1.5x a character pair. Measured on LCQMC dev (benchmarks/README.md): recall@5 of
 # positive pairs 97.5% with equal weights, 98.0% with 1.5 (1024 dimensions).
@@ -61,36 +49,12 @@ def idf_weights(document_frequency: np.ndarray, documents: int) -> np.ndarray:
     return (np.log((1.0 + documents) / (1.0 + document_frequency)) + 1.0).astype(np.float32)
 
 
-class SparseVector(NamedTuple):
-    """A unit vector kept sparse between stages: a question has tens of n-grams in a thousand dimensions,
-    so shuffling the non-zeros moves about a tenth of the bytes of the dense vector."""
-
-    indices: np.ndarray  # int32, ascending
-    values: np.ndarray   # float32
-    dim: int
-
-
 def tfidf_sparse(text: str, idf: np.ndarray) -> SparseVector:
     """Unit-length TF-IDF vector; an all-zero text gives the zero vector."""
     buckets, weights = hashed_ngrams(text, len(idf))
     values = (weights * idf[buckets]).astype(np.float32)
     norm = np.linalg.norm(values)
     return SparseVector(buckets.astype(np.int32), values / norm if norm > 0 else values, len(idf))
-
-
-def to_dense(vector) -> np.ndarray:
-    if isinstance(vector, SparseVector):
-        dense = np.zeros(vector.dim, dtype=np.float32)
-        dense[vector.indices] = vector.values
-        return dense
-    return vector
-
-
-def dot_rows(matrix: np.ndarray, vector) -> np.ndarray:
-    """matrix @ vector for a dense or sparse vector."""
-    if isinstance(vector, SparseVector):
-        return matrix[:, vector.indices] @ vector.values
-    return matrix @ vector
 
 
 def tfidf_vector(text: str, idf: np.ndarray) -> np.ndarray:
@@ -123,8 +87,18 @@ class DocumentFrequency(beam.CombineFn):
         return idf_weights(df, documents)
 
 
+class Embeddings(NamedTuple):
+    """What an embedder gives: `Embedded` unit vectors; `RejectedRow`s (kind "question") of the questions
+    it could not embed; and one element of parameters as fitted or given ({"idf"}, the whitening
+    {"mean", "matrix"}, or {})."""
+
+    vectors: beam.PCollection
+    failed: beam.PCollection
+    params: beam.PCollection
+
+
 class EmbedLexical(beam.PTransform):
-    """Representatives -> {"vectors": (representative, sparse unit vector), "params": {"idf": weights}}.
+    """Representatives -> `Embeddings`: sparse unit vectors, params {"idf": weights}.
 
     `idf` given (an extended run's, from the previous run) keeps new vectors
     comparable with the stored ones; otherwise it comes from these representatives.
@@ -146,8 +120,8 @@ class EmbedLexical(beam.PTransform):
             )
         vectors = representatives | "TfIdfVector" >> beam.ParDo(
             _Embed(), idf=beam.pvalue.AsSingleton(idf)).with_outputs("failed", main="vectors")
-        return {"vectors": vectors.vectors, "failed": vectors.failed,
-                "params": idf | "IdfParams" >> beam.Map(lambda weights: {"idf": weights})}
+        return Embeddings(vectors.vectors, vectors.failed,
+                          idf | "IdfParams" >> beam.Map(lambda weights: {"idf": weights}))
 
 
 def failed_question(rep: Representative, reason: str, detail: str, stage: str) -> RejectedRow:
@@ -167,78 +141,26 @@ class _Embed(beam.DoFn):
         except Exception as exc:
             yield beam.pvalue.TaggedOutput("failed", failed_question(rep, "embed_error", failure(exc), "embed"))
             return
-        yield rep, vector
+        yield Embedded(rep, vector)
 
 
 # ---- Encoder embedding: semantic vectors for paraphrases that share little text ----
 
-class TextEncoder:
-    """A loaded encoder: encodings in, pooled float32 vectors out (not yet normalized)."""
-
-    def __init__(self, model, device: str, pad_id: int, pooling: str):
-        self.model = model
-        self.device = device
-        self.pad_id = pad_id
-        self.pooling = pooling
-
-    def embed(self, encodings: Sequence[Encoding]) -> Forwarded:
-        def forward(batch: dict) -> np.ndarray:
-            hidden = self.model(**batch).last_hidden_state.float()
-            if self.pooling == "cls":
-                pooled = hidden[:, 0]
-            else:
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1)
-            return pooled.cpu().numpy()
-
-        return run_splitting_on_failure(forward, encodings, self.pad_id, self.device)
+def pooled_hidden_states(model, batch: dict, pooling: str) -> np.ndarray:
+    """The encoder's forward pass: one vector per text of the padded batch (not yet normalized)."""
+    hidden = model(**batch).last_hidden_state.float()
+    if pooling == "cls":
+        pooled = hidden[:, 0]
+    else:
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1)
+    return pooled.cpu().numpy()
 
 
-class EncoderHandler(ModelHandler[TokenizedItem, np.ndarray, TextEncoder]):
-    """RunInference handler: pre-packed batches of tokenized texts -> pooled vectors."""
-
-    def __init__(self, settings: ModelSettings, pooling: str):
-        super().__init__(**sharing(settings))
-        self._settings = settings
-        self._pooling = pooling
-        self._oom_splits = Metrics.counter("qdedup", "oom_splits")
-        self._timer = StageTimer("encode")
-
-    def load_model(self) -> TextEncoder:
-        from transformers import AutoModel
-        model, device = load_model(self._settings, AutoModel)
-        return TextEncoder(model, device, load_tokenizer(self._settings.model).pad_token_id or 0, self._pooling)
-
-    def run_inference(self, batch: Sequence[TokenizedItem], model: TextEncoder,
-                      inference_args: Optional[dict] = None) -> Iterable[PredictionResult]:
-        with self._timer:
-            embedded = model.embed([item.encodings[0] for item in batch])
-        self._oom_splits.inc(embedded.oom_splits)
-        return [PredictionResult(item, ModelFailure(embedded.errors[i]) if i in embedded.errors else vector)
-                for i, (item, vector) in enumerate(zip(batch, embedded.outputs))]
-
-    def get_metrics_namespace(self) -> str:
-        return "qdedup.encoder"
-
-
-TRIAL_TEXT = "怎么开通网银"
-
-
-def check_encoder_model(name: str, option: str = "--embedders encoder:") -> str:
-    """The encoder loads and turns a trial text into a finite vector; returns its fingerprint."""
-    from transformers import AutoModel
-
-    def probe(model, tokenizer) -> None:
-        hidden = model(**tokenizer(TRIAL_TEXT, return_tensors="pt")).last_hidden_state
-        if not bool(hidden.float().isfinite().all()):
-            raise ValueError("the trial text's vector is not finite")
-
-    return check_model(name, option, AutoModel, probe)
-
-
-def unit(vector: np.ndarray) -> np.ndarray:
-    norm = np.linalg.norm(vector)
-    return (vector / norm if norm > 0 else vector).astype(np.float32)
+def text_encoder(settings: ModelSettings, pooling: str) -> PackedBatchHandler:
+    """The RunInference handler that turns tokenized texts into pooled vectors."""
+    return PackedBatchHandler(settings, "AutoModel", functools.partial(pooled_hidden_states, pooling=pooling),
+                              "encode")
 
 
 class MeanCovariance(beam.CombineFn):
@@ -280,21 +202,13 @@ def whitening(mean: np.ndarray, covariance: np.ndarray, epsilon: float = 1e-6) -
 def _whiten(item, transform):
     rep, vector = item
     if transform is None:
-        return rep, unit(vector)
+        return Embedded(rep, unit(vector))
     mean, matrix = transform
-    return rep, unit((vector - mean) @ matrix)
-
-
-def _pooled(rep: Representative, result: PredictionResult) -> Iterable:
-    if isinstance(result.inference, ModelFailure):
-        yield beam.pvalue.TaggedOutput(
-            "failed", failed_question(rep, "encode_error", result.inference.detail, "encode"))
-    else:
-        yield rep, result.inference
+    return Embedded(rep, unit((vector - mean) @ matrix))
 
 
 class EmbedEncoder(beam.PTransform):
-    """Representatives -> {"vectors": (representative, unit vector), "params"} from a Hugging Face encoder.
+    """Representatives -> `Embeddings` from a Hugging Face encoder.
 
     With `whiten`, params holds the whitening {"mean", "matrix"}, from these
     representatives or, extending a previous run, the given `transform`.
@@ -309,27 +223,16 @@ class EmbedEncoder(beam.PTransform):
         self._transform = transform
 
     def expand(self, representatives):
-        tokenized = (
+        ran = (
             representatives
             | "EncoderInputs" >> beam.Map(lambda rep: (rep, ((rep.text,),)))
-            | "TokenizeAndPack" >> TokenizeAndPack(self._settings, "encoder")
+            | "Encoder" >> RunModel(self._settings, text_encoder(self._settings, self._pooling), "encoder", "encode")
         )
-        encoded = (
-            tokenized.batches
-            | "RunEncoder" >> RunInference(
-                KeyedModelHandler(EncoderHandler(self._settings, self._pooling)).with_no_batching())
-            | "PooledVector" >> beam.FlatMapTuple(_pooled).with_outputs("failed", main="pooled")
-        )
-        pooled = encoded.pooled
-        failed = (
-            (tokenized.failed | "TokenizeFailed" >> beam.MapTuple(
-                lambda rep, detail: failed_question(rep, "tokenize_error", detail, "encoder_tokenize")),
-             encoded.failed)
-            | "EncoderFailed" >> beam.Flatten()
-        )
+        pooled = ran.outputs
+        failed = ran.failed | "FailedQuestions" >> beam.MapTuple(failed_question)
         if not self._whiten:
-            vectors = pooled | "Normalize" >> beam.MapTuple(lambda rep, vector: (rep, unit(vector)))
-            return {"vectors": vectors, "failed": failed, "params": pooled.pipeline | "NoParams" >> beam.Create([{}])}
+            vectors = pooled | "Normalize" >> beam.MapTuple(lambda rep, vector: Embedded(rep, unit(vector)))
+            return Embeddings(vectors, failed, pooled.pipeline | "NoParams" >> beam.Create([{}]))
         if self._transform is not None:
             transform = pooled.pipeline | "PreviousWhitening" >> beam.Create([self._transform])
         else:
@@ -341,4 +244,4 @@ class EmbedEncoder(beam.PTransform):
         vectors = pooled | "Whiten" >> beam.Map(_whiten, transform=beam.pvalue.AsSingleton(transform))
         params = transform | "WhiteningParams" >> beam.Map(
             lambda t: {} if t is None else {"mean": t[0], "matrix": t[1]})
-        return {"vectors": vectors, "failed": failed, "params": params}
+        return Embeddings(vectors, failed, params)

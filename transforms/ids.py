@@ -31,11 +31,7 @@ import zlib
 from typing import Iterable, Mapping, NamedTuple, Optional
 
 import apache_beam as beam
-import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
-from transforms.commit import committed_root, read_committed
 from transforms.errors import QdedupError
 
 PREVIOUS_COLUMNS = ("id", "group_id", "group_since_run")
@@ -157,28 +153,6 @@ def assign_ids(previous: Iterable[PreviousRow], groups: Mapping[object, tuple[ob
                       for event, label, previous_id, count in lineage]
 
 
-def check_previous_groups(path: str, id_type: str):
-    """A previous run's groups are committed, readable and of this run's id type, before the pipeline starts.
-
-    `path` is the run's output directory or its groups/ folder. Returns the committed run.
-    """
-    option = "--previous-groups"
-    committed = read_committed(committed_root(path), option)
-    files = committed.paths("groups", ".parquet")
-    if not files:
-        raise QdedupError(f"{option} {path!r} lists no groups/ files in its commit marker")
-    with FileSystems.open(files[0], compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        schema = pq.ParquetFile(handle).schema_arrow
-    missing = [c for c in PREVIOUS_COLUMNS if c not in schema.names]
-    if missing:
-        raise QdedupError(f"{option} {path!r} lacks the columns {', '.join(missing)}: "
-                          "it is not a qdedup groups/ directory (or one from before stable ids)")
-    previous_type = "string" if str(schema.field("id").type) in ("string", "large_string") else "int64"
-    if previous_type != id_type:
-        raise QdedupError(f"{option} {path!r} has {previous_type} ids but --input has {id_type} ids")
-    return committed
-
-
 class ReadPreviousGroups(beam.PTransform):
     """A previous run's groups/ files -> `PreviousRow`s; nothing when there are none."""
 
@@ -267,6 +241,13 @@ def _lineage(element) -> Iterable[LineageRow]:
             yield LineageRow(assigned.group_id, previous_id, event, overlap)
 
 
+class AssignedIds(NamedTuple):
+    """What `AssignGroupIds` gives: (group label, `AssignedId`) per group, and `LineageRow`s."""
+
+    ids: beam.PCollection
+    lineage: beam.PCollection
+
+
 class AssignGroupIds(beam.PTransform):
     """(rows as (row id, label), canonical ids as (label, id), `PreviousRow`s) -> ids and lineage.
 
@@ -326,4 +307,4 @@ class AssignGroupIds(beam.PTransform):
             | "JoinLineage" >> beam.CoGroupByKey()
             | "Lineage" >> beam.FlatMap(_lineage)
         )
-        return {"ids": ids, "lineage": lineage}
+        return AssignedIds(ids, lineage)

@@ -10,13 +10,19 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from typing import Iterable, NamedTuple, Optional
+from typing import Iterable, NamedTuple
 
 import apache_beam as beam
 
 from transforms.errors import RejectedRow, failure
 from transforms.metrics import StageTimer
-from transforms.read import Columns, Question
+from transforms.records import (
+    Columns,
+    Membership,
+    Question,
+    Representative,
+    earliest_key,
+)
 
 _CJK = r"\u2e80-\u2fdf\u3040-\u30ff\u3100-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _SPACES = re.compile(r"\s+")
@@ -42,31 +48,6 @@ def normalize_text(text: str) -> str:
 def text_key(normalized: str) -> str:
     """Stable key of a normalized text (the same in every process and run)."""
     return hashlib.blake2b(normalized.encode("utf-8"), digest_size=16).hexdigest()
-
-
-class Representative(NamedTuple):
-    """The question that stands for all rows sharing one normalized text."""
-
-    id: object
-    text: str
-    normalized: str
-    key: str
-    count: int
-    first_time: Optional[int] = None  # the earliest timestamp among the rows with this text,
-    first_id: object = None           # and that row's id (the lowest id on a tie or without timestamps)
-
-
-class Membership(NamedTuple):
-    """An accepted row and the representative of its exact-duplicate cluster."""
-
-    id: object
-    rep_id: object
-    key: str
-
-
-def earliest_key(time: Optional[int], row_id: object) -> tuple:
-    """Sort key of 'earliest': rows without a timestamp come last, ties go to the lowest id."""
-    return time is None, time or 0, row_id
 
 
 def choose_representative(key: str, questions: Iterable[Question],
@@ -140,6 +121,16 @@ class _Collapse(beam.DoFn):
             yield beam.pvalue.TaggedOutput("members", member)
 
 
+class Collapsed(NamedTuple):
+    """What `NormalizeAndCollapse` gives: one `Representative` per distinct normalized text; those an
+    extended run did not hold before; a `Membership` per accepted row; and rows rejected here."""
+
+    representatives: beam.PCollection
+    new_representatives: beam.PCollection
+    members: beam.PCollection
+    rejected: beam.PCollection
+
+
 class NormalizeAndCollapse(beam.PTransform):
     """Accepted questions -> representatives (one per normalized text), memberships, rejected rows.
 
@@ -169,9 +160,4 @@ class NormalizeAndCollapse(beam.PTransform):
             | "ChooseRepresentative" >> beam.ParDo(_Collapse(self._extend)).with_outputs(
                 "members", "new", main="representatives")
         )
-        return {
-            "representatives": collapsed.representatives,
-            "new_representatives": collapsed.new,
-            "members": collapsed.members,
-            "rejected": normalized.rejected,
-        }
+        return Collapsed(collapsed.representatives, collapsed.new, collapsed.members, normalized.rejected)

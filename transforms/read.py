@@ -8,7 +8,6 @@ the pipeline starts, so they cost seconds, not a worker start-up.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Iterable, NamedTuple, Optional
 
 import apache_beam as beam
@@ -16,47 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
-from transforms.errors import QdedupError, RejectedRow, failure
+from transforms.errors import RejectedRow, failure
 from transforms.metrics import StageTimer
+from transforms.records import Columns, Question
 
 _LOG = logging.getLogger(__name__)
 _READ_BATCH_ROWS = 8192
-
-
-class Columns(NamedTuple):
-    id: str
-    text: str
-    timestamp: Optional[str] = None  # read only when the canonical member is the earliest row
-
-
-class Question(NamedTuple):
-    """An accepted row. `source` is 'path#row' (row counted from 0 within the file).
-
-    `timestamp` is microseconds since the epoch for timestamp and date columns,
-    the value itself for integer columns, None when the row has none.
-    """
-
-    id: object
-    text: str
-    source: str
-    normalized: str = ""
-    timestamp: Optional[int] = None
-
-    def row(self, columns: Columns) -> dict:
-        return {columns.id: self.id, columns.text: self.text}
-
-
-@dataclass(frozen=True)
-class InputInfo:
-    files: tuple[str, ...]
-    rows: int
-    id_type: str  # "int64" or "string": the type `id` keeps in every output
-
-
-def _is_time(arrow_type: pa.DataType) -> bool:
-    return pa.types.is_timestamp(arrow_type) or pa.types.is_date(arrow_type) or pa.types.is_integer(arrow_type)
 
 
 def time_values(column: pa.Array) -> list:
@@ -66,66 +31,6 @@ def time_values(column: pa.Array) -> list:
     if pa.types.is_timestamp(column.type):
         column = column.cast(pa.timestamp("us", tz=column.type.tz)).cast(pa.int64())
     return column.to_pylist()
-
-
-def _id_type(arrow_type: pa.DataType) -> Optional[str]:
-    if pa.types.is_integer(arrow_type):
-        return "int64"
-    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
-        return "string"
-    return None
-
-
-def inspect_input(pattern: str, columns: Columns) -> InputInfo:
-    """Checks that the input exists, opens as Parquet and has the columns, before any work."""
-    try:
-        matched = FileSystems.match([pattern])[0].metadata_list
-    except Exception as exc:  # a missing bucket or directory raises instead of matching nothing
-        raise QdedupError(f"--input {pattern!r} cannot be listed: {exc}") from exc
-    files = tuple(sorted(m.path for m in matched if not m.path.endswith("/")))  # skip GCS folder markers
-    if not files:
-        raise QdedupError(f"--input {pattern!r} matches no files; check the path and the glob pattern")
-    rows = 0
-    id_types: dict[str, str] = {}
-    time_kinds: dict[str, str] = {}
-    for path in files:
-        try:
-            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-                metadata = pq.ParquetFile(handle).metadata
-                schema = metadata.schema.to_arrow_schema()
-        except Exception as exc:
-            raise QdedupError(f"{path} is not a readable Parquet file ({exc}); fix or remove it") from exc
-        named = [("--id-column", columns.id), ("--text-column", columns.text)]
-        if columns.timestamp:
-            named.append(("--timestamp-column", columns.timestamp))
-        for option, name in named:
-            if name not in schema.names:
-                raise QdedupError(
-                    f"{path} has no column {name!r} (its columns: {', '.join(schema.names)}); "
-                    f"set {option} to the right column")
-        if columns.timestamp and not _is_time(schema.field(columns.timestamp).type):
-            raise QdedupError(
-                f"{path}: timestamp column {columns.timestamp!r} has type {schema.field(columns.timestamp).type}; "
-                "it must be a timestamp, date or integer column")
-        if columns.timestamp:
-            time_kinds[path] = "integer" if pa.types.is_integer(schema.field(columns.timestamp).type) else "time"
-        id_type = _id_type(schema.field(columns.id).type)
-        if id_type is None:
-            raise QdedupError(
-                f"{path}: id column {columns.id!r} has type {schema.field(columns.id).type}; "
-                "ids must be integers or strings")
-        id_types[path] = id_type
-        rows += metadata.num_rows
-    _one_type(id_types, "id column types")
-    _one_type(time_kinds, "timestamp columns (integers and timestamps/dates)")
-    return InputInfo(files, rows, next(iter(id_types.values())))
-
-
-def _one_type(types_by_path: dict[str, str], what: str) -> None:
-    if len(set(types_by_path.values())) > 1:
-        by_type = {t: [p for p, pt in types_by_path.items() if pt == t][0] for t in set(types_by_path.values())}
-        raise QdedupError(f"{what} differ between files: "
-                          + "; ".join(f"{t} in {p}" for t, p in sorted(by_type.items())) + "; make them one type")
 
 
 class Undecodable(NamedTuple):
@@ -263,6 +168,14 @@ class _KeepFirstOccurrence(beam.DoFn):
                 "duplicate_id", f"id already used by {first}"))
 
 
+class Read(NamedTuple):
+    """What `ReadQuestions` gives: accepted `Question`s, `RejectedRow`s, and the count of rows read."""
+
+    questions: beam.PCollection
+    rejected: beam.PCollection
+    rows_in: beam.PCollection
+
+
 class ReadQuestions(beam.PTransform):
     """Parquet files -> accepted `Question`s, `RejectedRow`s, and the number of rows read.
 
@@ -295,8 +208,4 @@ class ReadQuestions(beam.PTransform):
                 "rejected", main="questions")
         )
         rejected = (checked.rejected, unique.rejected) | "MergeRejected" >> beam.Flatten()
-        return {
-            "questions": unique.questions,
-            "rejected": rejected,
-            "rows_in": rows | "CountRows" >> beam.combiners.Count.Globally(),
-        }
+        return Read(unique.questions, rejected, rows | "CountRows" >> beam.combiners.Count.Globally())

@@ -1,10 +1,9 @@
-"""Cross-encoder scoring of candidate pairs inside RunInference (DESIGN.md step 6).
+"""Cross-encoder scoring of candidate pairs inside RunInference (docs/design.md, "score").
 
-Scoring is where a run spends its time; `transforms/model.py` feeds the model
-the way the hardware wants it. `PairScorer` is a small ModelHandler in the
-style of Beam's own: pre-packed batches of tokenized pairs in, per pair the
-probability of the positive label ("same meaning": label 1 of
-Erlangshen-Roberta-Similarity) out.
+Scoring is where a run spends its time; `transforms/inference.py` feeds the
+model the way the hardware wants it. The forward pass given to its handler turns
+each pair into the probability of the positive label ("same meaning": label 1 of
+Erlangshen-Roberta-Similarity).
 
 A pair scored by an earlier run (`--existing`, `--params-from`) is never scored
 again: `ScoreCandidates` takes its score from that run's `pairs/`, so a score,
@@ -12,130 +11,31 @@ once made, is the score every later run decides on.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from typing import Iterable, NamedTuple, Optional, Sequence
+from typing import Iterable, NamedTuple
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
-from transforms.block import CandidatePair
-from transforms.errors import QdedupError, RejectedRow
-from transforms.metrics import StageTimer
-from transforms.model import (
-    Encoding,
-    Forwarded,
-    ModelFailure,
-    ModelSettings,
-    TokenizeAndPack,
-    TokenizedItem,
-    check_model,
-    load_model,
-    load_tokenizer,
-    run_splitting_on_failure,
-    sharing,
-)
+from transforms.errors import RejectedRow
+from transforms.inference import ModelSettings, PackedBatchHandler, RunModel
+from transforms.records import CandidatePair, ScoredPair
 
 _LOG = logging.getLogger(__name__)
-DEFAULT_SCORER = "IDEA-CCNL/Erlangshen-Roberta-110M-Similarity"
-TRIAL_PAIR = ("怎么开通网银", "网上银行怎么开通")
 
 
-class ScoredPair(NamedTuple):
-    id_a: object
-    id_b: object
-    score: float
-    similarity: Optional[float]
-    source: str
+def positive_probability(model, batch: dict, label: int) -> np.ndarray:
+    """The cross-encoder's forward pass: P(label) per pair of the padded batch."""
+    import torch
+    return torch.softmax(model(**batch).logits.float(), dim=-1)[:, label].cpu().numpy()
 
 
-def positive_label(config, requested: Optional[int], option: str = "--scorer-model") -> int:
-    """The label whose probability is a pair's score: label 1 of a 2-label model, or the one asked for."""
-    labels = getattr(config, "num_labels", 0)
-    names = getattr(config, "id2label", None) or {}
-    if requested is None:
-        if labels != 2:
-            raise QdedupError(
-                f"{option} is not a pair classifier with 2 labels (num_labels={labels}, id2label={dict(names)}); "
-                "pass --positive-label N to say which label means 'duplicate'")
-        return 1
-    if not 0 <= requested < labels:
-        raise QdedupError(f"--positive-label {requested} is not a label of {option} "
-                          f"(num_labels={labels}, id2label={dict(names)})")
-    return requested
-
-
-def check_scorer_model(name: str, requested_label: Optional[int] = None) -> str:
-    """The scorer loads, has its positive label, and scores a trial pair to a probability; returns its fingerprint."""
-    from transformers import AutoModelForSequenceClassification
-
-    def probe(model, tokenizer) -> None:
-        import torch
-        label = positive_label(model.config, requested_label)
-        logits = model(**tokenizer(*TRIAL_PAIR, return_tensors="pt")).logits
-        score = float(torch.softmax(logits.float(), dim=-1)[0, label])
-        if not 0.0 <= score <= 1.0:
-            raise ValueError(f"the trial pair scored {score}")
-
-    return check_model(name, "--scorer-model", AutoModelForSequenceClassification, probe)
-
-
-class PairClassifier:
-    """A loaded cross-encoder: encodings in, P(positive label) out. One per process, or shared via a proxy."""
-
-    def __init__(self, model, device: str, pad_id: int, label: int = 1):
-        self.model = model
-        self.device = device
-        self.pad_id = pad_id
-        self.label = label
-
-    def score(self, encodings: Sequence[Encoding]) -> Forwarded:
-        """P(positive label) per encoding (None where the model failed on it), and the out-of-memory splits."""
-        import torch
-
-        def forward(batch: dict) -> np.ndarray:
-            return torch.softmax(self.model(**batch).logits.float(), dim=-1)[:, self.label].cpu().numpy()
-
-        return run_splitting_on_failure(forward, encodings, self.pad_id, self.device)
-
-
-def load_classifier(settings: ModelSettings) -> PairClassifier:
-    from transformers import AutoModelForSequenceClassification
-    model, device = load_model(settings, AutoModelForSequenceClassification)
-    return PairClassifier(model, device, load_tokenizer(settings.model).pad_token_id or 0, settings.positive_label)
-
-
-class PairScorer(ModelHandler[TokenizedItem, float, PairClassifier]):
-    """RunInference handler: pre-packed batches of tokenized pairs -> P(same meaning)."""
-
-    def __init__(self, settings: ModelSettings):
-        super().__init__(**sharing(settings))
-        self._settings = settings
-        self._oom_splits = Metrics.counter("qdedup", "oom_splits")
-        self._timer = StageTimer("score")
-
-    def load_model(self) -> PairClassifier:
-        return load_classifier(self._settings)
-
-    def run_inference(self, batch: Sequence[TokenizedItem], model: PairClassifier,
-                      inference_args: Optional[dict] = None) -> Iterable[PredictionResult]:
-        flat = [encoding for pair in batch for encoding in pair.encodings]
-        with self._timer:
-            scored = model.score(flat)
-        self._oom_splits.inc(scored.oom_splits)
-        results, start = [], 0
-        for pair in batch:  # with --symmetric a pair has two encodings: their scores are averaged
-            end = start + len(pair.encodings)
-            errors = [scored.errors[i] for i in range(start, end) if i in scored.errors]
-            inference = ModelFailure(errors[0]) if errors else float(np.mean(scored.outputs[start:end]))
-            results.append(PredictionResult(pair, inference))
-            start = end
-        return results
-
-    def get_metrics_namespace(self) -> str:
-        return "qdedup.scoring"
+def pair_scorer(settings: ModelSettings) -> PackedBatchHandler:
+    """The RunInference handler that scores tokenized pairs with the cross-encoder of `settings`."""
+    return PackedBatchHandler(settings, "AutoModelForSequenceClassification",
+                              functools.partial(positive_probability, label=settings.positive_label), "score")
 
 
 class _LogProgress(beam.DoFn):
@@ -168,17 +68,17 @@ def _failed_pair(key: tuple, reason: str, detail: str, stage: str) -> RejectedRo
     return RejectedRow.of({"id_a": id_a, "id_b": id_b}, source, reason, detail, stage, "pair")
 
 
-def _scored_pair(key: tuple, result: PredictionResult) -> Iterable:
-    if isinstance(result.inference, ModelFailure):
-        yield beam.pvalue.TaggedOutput("failed", _failed_pair(key, "score_error", result.inference.detail, "score"))
-    else:
-        yield ScoredPair(key[0], key[1], float(result.inference), key[2], key[3])
-
-
 def _model_inputs(candidate: CandidatePair, symmetric: bool):
     key = (candidate.id_a, candidate.id_b, candidate.similarity, candidate.source)
     forward = (candidate.text_a, candidate.text_b)
     return key, (forward, forward[::-1]) if symmetric else (forward,)
+
+
+class PairScores(NamedTuple):
+    """What `ScorePairs` gives: `ScoredPair`s, and `RejectedRow`s (kind "pair") of the pairs it could not score."""
+
+    scored: beam.PCollection
+    failed: beam.PCollection
 
 
 class ScorePairs(beam.PTransform):
@@ -194,26 +94,18 @@ class ScorePairs(beam.PTransform):
 
     def expand(self, candidates):
         total = candidates | "CountCandidates" >> beam.combiners.Count.Globally()
-        tokenized = (
+        ran = (
             candidates
             | "ModelInputs" >> beam.Map(_model_inputs, self._settings.symmetric)
-            | "TokenizeAndPack" >> TokenizeAndPack(self._settings, "score")
+            | "CrossEncoder" >> RunModel(self._settings, pair_scorer(self._settings), "score", "score")
         )
         scored = (
-            tokenized.batches
-            | "RunCrossEncoder" >> RunInference(KeyedModelHandler(PairScorer(self._settings)).with_no_batching())
-            | "ToScoredPair" >> beam.FlatMapTuple(_scored_pair).with_outputs("failed", main="scored")
+            ran.outputs
+            | "ToScoredPair" >> beam.MapTuple(lambda key, score: ScoredPair(key[0], key[1], float(score), key[2], key[3]))
+            | "LogProgress" >> beam.ParDo(_LogProgress(self._settings.progress_seconds),
+                                          total=beam.pvalue.AsSingleton(total))
         )
-        failed = (
-            (tokenized.failed | "TokenizeFailed" >> beam.MapTuple(lambda key, detail: _failed_pair(
-                key, "tokenize_error", detail, "score_tokenize")), scored.failed)
-            | "AllFailed" >> beam.Flatten()
-        )
-        return {
-            "scored": scored.scored | "LogProgress" >> beam.ParDo(
-                _LogProgress(self._settings.progress_seconds), total=beam.pvalue.AsSingleton(total)),
-            "failed": failed,
-        }
+        return PairScores(scored, ran.failed | "FailedPairs" >> beam.MapTuple(_failed_pair))
 
 
 class Scored(NamedTuple):
@@ -301,5 +193,5 @@ class ScoreCandidates(beam.PTransform):
         scoring = candidates | "ScorePairs" >> ScorePairs(self._settings)
         if reused is None:
             reused = candidates.pipeline | "NothingReused" >> beam.Create([]).with_output_types(ScoredPair)
-        scored = (scoring["scored"], reused) | "ReusedAndNew" >> beam.Flatten()
-        return Scored(scored, scoring["scored"], reused, scoring["failed"])
+        scored = (scoring.scored, reused) | "ReusedAndNew" >> beam.Flatten()
+        return Scored(scored, scoring.scored, reused, scoring.failed)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Iterable, NamedTuple, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -27,24 +27,18 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquet
 
-from transforms.block import Given
-from transforms.commit import Committed, read_committed
-from transforms.embed import SparseVector
-from transforms.errors import QdedupError
-from transforms.normalize import Membership, Representative
-from transforms.score import ScoredPair
+from transforms.commit import Committed
+from transforms.records import (
+    Embedded,
+    Membership,
+    Representative,
+    ScoredPair,
+    StoredItem,
+)
+from transforms.vectors import SparseVector
 from transforms.write import WriteRecords, arrow_id_type
 
 STATE_FORMAT = 2  # 1: k nearest stored as similarities only; 2: as (id, similarity), vectors carry their text key
-
-# Options whose values the reused parts of an earlier run depend on (its parameters, vectors and scores);
-# `fingerprints` and `scoring_precision` are filled in at launch.
-REUSED_OPTIONS = ("lexical_dim", "encoder_pooling", "encoder_whiten", "max_length", "symmetric",
-                  "positive_label", "scoring_precision", "fingerprints")
-# ... and, for an extension, the options that shaped its stored k nearest and representatives too.
-EXTENSION_OPTIONS = REUSED_OPTIONS + ("top_k", "min_similarity", "probes", "id_column", "text_column",
-                                      "canonical", "timestamp_column")
-
 
 def representatives_schema(id_type: str) -> pa.Schema:
     ids = arrow_id_type(id_type)
@@ -92,7 +86,7 @@ def _save_arrays(path: str, **arrays) -> None:
         handle.write(buffer.getvalue())
 
 
-def _load_arrays(path: str) -> dict:
+def load_arrays(path: str) -> dict:
     with FileSystems.open(path) as handle:
         loaded = np.load(io.BytesIO(handle.read()))
         return {name: loaded[name] for name in loaded.files}
@@ -109,7 +103,7 @@ class Prior:
     committed: Committed
     extend: bool
     params: dict = field(default_factory=dict)      # embedder kind -> {"idf"} or {"mean", "matrix"} or {}
-    centroids: dict = field(default_factory=dict)   # embedder kind -> Given
+    centroids: dict = field(default_factory=dict)   # embedder kind -> GivenCentroids
 
     def whitening(self, kind: str) -> Optional[tuple]:
         params = self.params.get(kind, {})
@@ -117,47 +111,6 @@ class Prior:
 
     def files(self, folder: str) -> list[str]:
         return self.committed.paths(folder, ".parquet")
-
-
-def differing_option(earlier: dict, now: dict, names: Iterable[str]) -> Optional[str]:
-    """The first option whose value differs between two configurations, in words; None if all agree."""
-    for name in names:
-        if name == "fingerprints":
-            for model in sorted(set(earlier.get(name) or {}) | set(now.get(name) or {})):
-                before, after = (earlier.get(name) or {}).get(model), (now.get(name) or {}).get(model)
-                if before != after:
-                    return (f"another {model} model (fingerprint {str(before)[:12]}, this run's "
-                            f"{str(after)[:12]}: its weights, vocabulary or config differ)")
-        elif earlier.get(name) != now.get(name):
-            return f"--{name.replace('_', '-')}={earlier.get(name)!r}, this run has {now.get(name)!r}"
-    return None
-
-
-def load_prior(path: str, extend: bool, configuration: dict, kinds: Iterable[str]) -> Prior:
-    """Checks that `path` is a committed run whose state this run can use with its options; loads its arrays."""
-    option = "--existing" if extend else "--params-from"
-    committed = read_committed(path, option)
-    state_format = committed.report.get("state_format")
-    if state_format != STATE_FORMAT:
-        raise QdedupError(f"{option} {path!r} has state format {state_format!r}, this qdedup needs "
-                          f"{STATE_FORMAT}: run once in full (it can keep ids with --previous-groups)")
-    earlier = committed.configuration
-    differs = differing_option(earlier, configuration, EXTENSION_OPTIONS if extend else REUSED_OPTIONS)
-    if differs:
-        raise QdedupError(f"{option} {path!r} was made with {differs}: its "
-                          + ("state and scores are only valid with the same options; keep them, or run in full "
-                             "without --existing" if extend else
-                             "parameters, vectors and scores are only valid with the same options"))
-    prior = Prior(committed, extend)
-    for kind in kinds:
-        try:
-            prior.params[kind] = _load_arrays(committed.path(f"state/{kind}", "-params.npz"))
-            centroids = _load_arrays(committed.path(f"state/{kind}", "-centroids.npz"))["centroids"]
-        except Exception as exc:
-            raise QdedupError(f"{option} {path!r}: state/{kind}/ is missing or unreadable ({exc}); "
-                              f"it was made without the {kind} embedder") from exc
-        prior.centroids[kind] = Given(centroids if centroids.size else None)
-    return prior
 
 
 # ---- Beam glue ----
@@ -218,9 +171,18 @@ def read_parquet(pbegin, label: str, paths: list[str]):
             | f"{label}Rows" >> ReadAllFromParquet())
 
 
+class Stored(NamedTuple):
+    """What `ReadPrior` gives, as the pipeline's own types: representatives, pairs (`ScoredPair`s), stored
+    vector records per embedder kind, and (extending it; else None) the memberships of its rows."""
+
+    representatives: beam.PCollection
+    pairs: beam.PCollection
+    vectors: dict
+    members: Optional[beam.PCollection]
+
+
 class ReadPrior(beam.PTransform):
-    """An earlier run -> {"representatives", "pairs", "vectors": {kind: stored vector records}}, and, for an
-    extension, "members", as the pipeline's own types."""
+    """An earlier run -> `Stored`."""
 
     def __init__(self, prior: Prior, kinds: Iterable[str]):
         super().__init__()
@@ -229,23 +191,23 @@ class ReadPrior(beam.PTransform):
 
     def expand(self, pbegin):
         prior = self._prior
-        read = {
-            "representatives": read_parquet(pbegin, "ReadRepresentatives", prior.files("state/representatives"))
-            | "ToRepresentative" >> beam.Map(lambda row: Representative(**row)),
-            "pairs": read_parquet(pbegin, "ReadPairs", prior.files("pairs"))
-            | "ToScoredPair" >> beam.Map(lambda row: ScoredPair(**row)),
-            "vectors": {kind: read_parquet(pbegin, f"Read{kind.title()}Vectors", prior.files(f"state/{kind}/vectors"))
-                        for kind in self._kinds},
-        }
+        members = None
         if prior.extend:  # a run with --params-from has all its rows in its own input
-            read["members"] = (read_parquet(pbegin, "ReadMembers", prior.files("state/members"))
-                               | "ToMembership" >> beam.Map(lambda row: Membership(**row)))
-        return read
+            members = (read_parquet(pbegin, "ReadMembers", prior.files("state/members"))
+                       | "ToMembership" >> beam.Map(lambda row: Membership(**row)))
+        return Stored(
+            read_parquet(pbegin, "ReadRepresentatives", prior.files("state/representatives"))
+            | "ToRepresentative" >> beam.Map(lambda row: Representative(**row)),
+            read_parquet(pbegin, "ReadPairs", prior.files("pairs")) | "ToScoredPair" >> beam.Map(
+                lambda row: ScoredPair(**row)),
+            {kind: read_parquet(pbegin, f"Read{kind.title()}Vectors", prior.files(f"state/{kind}/vectors"))
+             for kind in self._kinds},
+            members)
 
 
 def _split_stored(element, extend: bool) -> Iterable:
-    """(id, {rep, record}) -> (rep, vector[, neighbours]) when the stored vector is this text's, else the rep
-    (to embed)."""
+    """(id, {rep, record}) -> `StoredItem` (extending) or `Embedded` when the stored vector is this text's,
+    else the rep (to embed)."""
     _, joined = element
     records = list(joined["record"])
     for rep in joined["rep"]:
@@ -253,14 +215,14 @@ def _split_stored(element, extend: bool) -> Iterable:
         if record is None:
             yield beam.pvalue.TaggedOutput("to_embed", rep)
         elif extend:
-            yield rep, vector_of(record), neighbours_of(record)
+            yield StoredItem(rep, vector_of(record), neighbours_of(record))
         else:
-            yield rep, vector_of(record)
+            yield Embedded(rep, vector_of(record))
 
 
 class SplitByStoredVector(beam.PTransform):
-    """(representatives, stored vector records) -> {"stored": items with their stored vector (and, extending,
-    their k nearest), "to_embed": representatives without one}."""
+    """(representatives, stored vector records) -> {"stored": `Embedded` with the stored vector (extending:
+    `StoredItem`s, with their k nearest too), "to_embed": representatives without one}."""
 
     def __init__(self, extend: bool):
         super().__init__()

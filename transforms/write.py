@@ -6,8 +6,6 @@ join on them without casts. Every file a run writes starts with its run id
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.parquetio import WriteToParquet
@@ -57,10 +55,3 @@ class WriteRecords(beam.PTransform):
         )
 
 
-def build_report(counts: Mapping[str, int], configuration: Mapping[str, Any]) -> dict:
-    """The report's counts, with the accounting invariant checked."""
-    report = dict(counts)
-    report["accounting_ok"] = (report["rows_in"] + report.get("rows_existing", 0)
-                               == report["rows_out"] + report["rows_rejected"])
-    report["configuration"] = dict(configuration)
-    return report

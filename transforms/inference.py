@@ -8,32 +8,38 @@ fp32 on CPU), and a CUDA out-of-memory batch is split in half and retried rather
 than lost. Because a batch's make-up follows from the set of inputs alone (never
 from bundles or arrival order), an input gets the same score in every run,
 runner mode and retry that scores the same set of inputs.
+
+One ModelHandler, `PackedBatchHandler`, runs every model qdedup uses, in the way
+of Beam's `PytorchModelHandlerTensor`: which Hugging Face class is loaded and what
+its forward pass computes are given to its constructor, and so is sharing a model
+between a worker's processes (Beam's own `model_copies` / `large_model`).
+`RunModel` is the whole stage: tokenize, pack, run, and set aside what fails.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
-import posixpath
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import (
+    KeyedModelHandler,
+    ModelHandler,
+    PredictionResult,
+    RunInference,
+)
 
-from transforms.commit import is_remote
 from transforms.errors import QdedupError, failure
+from transforms.logs import quiet_libraries
 from transforms.metrics import StageTimer
+from transforms.sources import load_tokenizer, model_path
 
 _LOG = logging.getLogger(__name__)
-# Weights are read from safetensors only: a pickled pytorch_model.bin can run code when loaded.
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "spiece.model")
-MODELSCOPE = "modelscope:"
-_CACHE = os.environ.get("QDEDUP_MODEL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "qdedup", "models"))
 # Padded tokens per batch when --token-budget is 0, chosen by benchmarks/bench_scoring.py.
 AUTO_TOKEN_BUDGET = {"cpu": 2048, "cuda": 32768}
 
@@ -77,8 +83,8 @@ def resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise QdedupError(
-            "--device cuda, but no usable GPU here (torch.cuda.is_available() is False): check the "
-            "GPU driver and that torch is a CUDA build, or run with --device cpu")
+            "device cuda asked for, but no usable GPU here (torch.cuda.is_available() is False): check the "
+            "GPU driver and that torch is a CUDA build, or run on the CPU")
     return device
 
 
@@ -95,167 +101,7 @@ def token_budget(settings: ModelSettings) -> int:
     return settings.token_budget or AUTO_TOKEN_BUDGET[resolve_device(settings.device)]
 
 
-def missing_files(names: Iterable[str]) -> list[str]:
-    """What a model directory with these file names lacks to be loaded."""
-    names = {os.path.basename(n) for n in names}
-    missing = [] if "config.json" in names else ["config.json"]
-    if not names & set(_WEIGHT_FILES):
-        missing.append("model.safetensors (weights are read from safetensors only)")
-    if not names & set(_TOKENIZER_FILES):
-        missing.append(" or ".join(_TOKENIZER_FILES[:2]))
-    return missing
-
-
-def remote_files(directory: str) -> list[tuple[str, object]]:
-    """(name relative to the directory, FileMetadata) of a remote model directory's objects.
-
-    A name that would land outside the directory once copied (`..`, an absolute path) is refused:
-    a bucket's object names are not to be trusted with the local filesystem.
-    """
-    from apache_beam.io.filesystems import FileSystems
-    prefix = directory.rstrip("/") + "/"
-    files = []
-    for metadata in FileSystems.match([prefix + "**"])[0].metadata_list:
-        if metadata.path.endswith("/"):
-            continue
-        relative = metadata.path[len(prefix):] if metadata.path.startswith(prefix) else metadata.path
-        parts = relative.split("/")
-        if (not metadata.path.startswith(prefix) or relative.startswith("/") or ".." in parts
-                or posixpath.normpath(relative) != relative):
-            raise QdedupError(f"model directory {directory!r} holds an object named {metadata.path!r}, which "
-                              "would be copied outside the model's folder; remove it from the bucket")
-        files.append((relative, metadata))
-    return sorted(files, key=lambda item: item[0])
-
-
-def _cache_key(directory: str, files: list[tuple[str, object]]) -> str:
-    """Names, sizes and update times of the remote files: a model changed in the bucket is fetched again."""
-    digest = hashlib.sha256(directory.rstrip("/").encode())
-    for relative, metadata in files:
-        digest.update(f"\0{relative}\0{metadata.size_in_bytes}\0{metadata.last_updated_in_seconds}".encode())
-    return digest.hexdigest()[:24]
-
-
-def copy_remote_model(directory: str) -> str:
-    """A gs:// / s3:// model directory, copied once per machine and version into the local cache.
-
-    The cache folder is named after the remote files' names, sizes and update times, so a model
-    replaced in the bucket is copied again. The copy is made in a temporary folder and renamed into
-    place, so SDK processes starting together on one worker never see half a model.
-    """
-    import shutil
-    import tempfile
-
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-    files = remote_files(directory)
-    target = os.path.join(_CACHE, _cache_key(directory, files))
-    if os.path.exists(os.path.join(target, ".complete")):
-        return target
-    os.makedirs(_CACHE, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=_CACHE)
-    for relative, metadata in files:
-        local = os.path.join(staging, *relative.split("/"))
-        os.makedirs(os.path.dirname(local), exist_ok=True)
-        with FileSystems.open(metadata.path, compression_type=CompressionTypes.UNCOMPRESSED) as source, \
-                open(local, "wb") as sink:
-            shutil.copyfileobj(source, sink, 1 << 22)
-    open(os.path.join(staging, ".complete"), "w").close()
-    try:
-        os.rename(staging, target)
-    except OSError:  # another process got there first
-        shutil.rmtree(staging, ignore_errors=True)
-    _LOG.info("copied model %s to %s", directory, target)
-    return target
-
-
-def model_path(name: str) -> str:
-    """What transformers loads: a hub id or local directory as given, a copy of a remote directory,
-    or a ModelScope download for `modelscope:ID`."""
-    if name.startswith(MODELSCOPE):
-        try:
-            from modelscope import snapshot_download
-        except ImportError as exc:
-            raise QdedupError(f"{name!r} needs the modelscope package: pip install modelscope") from exc
-        return snapshot_download(name[len(MODELSCOPE):])
-    return copy_remote_model(name) if is_remote(name) else name
-
-
-def _looks_local(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or os.path.exists(name)
-
-
-def fingerprint(model, tokenizer) -> str:
-    """A digest of what a model's outputs depend on, the same from the hub, a directory or a bucket."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(model.config.to_json_string(use_diff=False).encode())
-    digest.update(repr(sorted(tokenizer.get_vocab().items())).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def check_model(name: str, option: str, auto_class, probe: Callable[[Any, Any], None]) -> str:
-    """Fails fast, naming what is wrong, when a model cannot be loaded or cannot run; returns its `fingerprint`.
-
-    A remote directory is listed and copied here the way workers will copy it; a local one must
-    hold config.json, safetensors weights and tokenizer files. The tokenizer's vocabulary must fit
-    the model's embeddings, and `probe(model, tokenizer)` (one trial input on the CPU) must pass.
-    """
-    import torch
-    from transformers import AutoConfig, AutoTokenizer
-    if is_remote(name):
-        try:
-            files = [relative for relative, _ in remote_files(name)]
-        except QdedupError:
-            raise
-        except Exception as exc:
-            raise QdedupError(f"{option} {name!r} cannot be listed: {exc}") from exc
-        missing = missing_files(files)
-        if missing:
-            raise QdedupError(f"{option} {name!r} is not a complete model directory: missing {', '.join(missing)}")
-    elif _looks_local(name):
-        path = os.path.expanduser(name)
-        if not os.path.isdir(path):
-            raise QdedupError(f"{option} {name!r}: no such directory")
-        missing = missing_files(os.listdir(path))
-        if missing:
-            raise QdedupError(
-                f"{option} {name!r} is not a complete model directory: missing {', '.join(missing)}")
-    try:
-        local = model_path(name)
-        config = AutoConfig.from_pretrained(local, trust_remote_code=False)
-        tokenizer = AutoTokenizer.from_pretrained(local, trust_remote_code=False)
-    except QdedupError:
-        raise
-    except Exception as exc:
-        hint = "" if _looks_local(name) or is_remote(name) else (
-            "; if the model hub is unreachable, download the model elsewhere "
-            f"and pass its local directory (or a gs:// / s3:// copy) as {option}")
-        reason = str(exc).strip().rstrip(".")
-        raise QdedupError(f"cannot load model {name!r} ({option}): {reason}{hint}") from exc
-    vocabulary = getattr(config, "vocab_size", None)
-    if vocabulary is not None and len(tokenizer) > vocabulary:
-        raise QdedupError(f"{option} {name!r}: its tokenizer has {len(tokenizer)} tokens but the model embeds only "
-                          f"{vocabulary}: tokenizer and weights do not belong together")
-    try:
-        model = auto_class.from_pretrained(local, use_safetensors=True, trust_remote_code=False).eval()
-        with torch.inference_mode():
-            probe(model, tokenizer)
-    except QdedupError:
-        raise
-    except Exception as exc:
-        raise QdedupError(f"{option} {name!r} fails on a trial input: {failure(exc)}") from exc
-    return fingerprint(model, tokenizer)
-
-
-def load_tokenizer(name: str):
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(model_path(name), trust_remote_code=False)
-
-
-def load_model(settings: ModelSettings, auto_class):
+def load_pretrained(settings: ModelSettings, auto_class):
     """(model on its device in its precision, device); sets CPU threads to the process's cores."""
     import torch
     device = resolve_device(settings.device)
@@ -447,6 +293,117 @@ class TokenizeAndPack(beam.PTransform):
         )
 
 
-def sharing(settings: ModelSettings) -> dict:
-    """ModelHandler arguments: one model per process, or `model_copies` per worker shared by its processes."""
-    return {"model_copies": settings.model_copies} if settings.model_copies > 0 else {}
+class LoadedModel:
+    """A model on its device with its forward pass: encodings in, one output per encoding.
+
+    `forward(model, padded batch)` -> one row per encoding (a probability, a pooled vector, ...).
+    """
+
+    def __init__(self, model, device: str, pad_id: int, forward: Callable[[Any, dict], np.ndarray]):
+        self.model = model
+        self.device = device
+        self.pad_id = pad_id
+        self.forward = forward
+
+    def run(self, encodings: Sequence[Encoding]) -> Forwarded:
+        """Outputs per encoding (None where the model failed on it), and the out-of-memory splits."""
+        return run_splitting_on_failure(lambda batch: self.forward(self.model, batch), encodings, self.pad_id,
+                                        self.device)
+
+
+def auto_class(name: str):
+    """A transformers Auto class by name (`AutoModelForSequenceClassification`, `AutoModel`)."""
+    import transformers
+    return getattr(transformers, name)
+
+
+class PackedBatchHandler(ModelHandler[TokenizedItem, Any, LoadedModel]):
+    """RunInference handler: pre-packed batches of `TokenizedItem`s in, one output per item out.
+
+    Args:
+        settings: how the model is loaded and shared (`model_copies` > 0: that many copies per
+            worker, shared by its processes, through Beam's `large_model` / `model_copies`).
+        model_class: the transformers Auto class that loads it, by name.
+        forward: `forward(model, padded batch)` -> one output row per encoding; an item with
+            several encodings (a pair in both orders) gets their mean.
+        stage: the name its time is counted under in report.json's `stage_seconds`.
+    """
+
+    def __init__(self, settings: ModelSettings, model_class: str, forward: Callable[[Any, dict], np.ndarray],
+                 stage: str):
+        copies = settings.model_copies
+        super().__init__(large_model=copies > 0, model_copies=copies or None)
+        self._settings = settings
+        self._model_class = model_class
+        self._forward = forward
+        self._stage = stage
+        self._oom_splits = Metrics.counter("qdedup", "oom_splits")
+        self._timer = StageTimer(stage)
+
+    def load_model(self) -> LoadedModel:
+        quiet_libraries()  # in a worker process: before transformers speaks
+        model, device = load_pretrained(self._settings, auto_class(self._model_class))
+        return LoadedModel(model, device, load_tokenizer(self._settings.model).pad_token_id or 0, self._forward)
+
+    def run_inference(self, batch: Sequence[TokenizedItem], model: LoadedModel,
+                      inference_args: Optional[dict] = None) -> Iterable[PredictionResult]:
+        flat = [encoding for item in batch for encoding in item.encodings]
+        with self._timer:
+            forwarded = model.run(flat)
+        self._oom_splits.inc(forwarded.oom_splits)
+        results, start = [], 0
+        for item in batch:
+            end = start + len(item.encodings)
+            errors = [forwarded.errors[i] for i in range(start, end) if i in forwarded.errors]
+            output = ModelFailure(errors[0]) if errors else np.mean(forwarded.outputs[start:end], axis=0)
+            results.append(PredictionResult(item, output))
+            start = end
+        return results
+
+    def get_metrics_namespace(self) -> str:
+        return f"qdedup.{self._stage}"
+
+
+class ModelOutputs(NamedTuple):
+    """What `RunModel` gives: (key, output) per input, and (key, reason, detail, stage) per input set aside."""
+
+    outputs: beam.PCollection
+    failed: beam.PCollection
+
+
+def _outcome(element: tuple, stage: str) -> Iterable:
+    key, result = element
+    if isinstance(result.inference, ModelFailure):
+        yield beam.pvalue.TaggedOutput("failed", (key, f"{stage}_error", result.inference.detail, stage))
+    else:
+        yield key, result.inference
+
+
+class RunModel(beam.PTransform):
+    """(key, inputs in one or more orders) -> `ModelOutputs`: tokenized, packed and run through RunInference.
+
+    An input the tokenizer or the model fails on is set aside with its reason (`tokenize_error` at
+    stage `<counter>_tokenize`, `<stage>_error` at `stage`); the others go on.
+    """
+
+    def __init__(self, settings: ModelSettings, handler: PackedBatchHandler, counter: str, stage: str):
+        super().__init__()
+        self._settings = settings
+        self._handler = handler
+        self._counter = counter
+        self._stage = stage
+
+    def expand(self, inputs):
+        tokenized = inputs | "TokenizeAndPack" >> TokenizeAndPack(self._settings, self._counter)
+        ran = (
+            tokenized.batches
+            | "RunInference" >> RunInference(KeyedModelHandler(self._handler).with_no_batching())
+            | "Outcome" >> beam.FlatMap(_outcome, self._stage).with_outputs("failed", main="outputs")
+        )
+        tokenize_stage = f"{self._counter}_tokenize"
+        failed = (
+            (tokenized.failed | "TokenizeFailed" >> beam.MapTuple(
+                lambda key, detail: (key, "tokenize_error", detail, tokenize_stage)), ran.failed)
+            | "AllFailed" >> beam.Flatten()
+        )
+        return ModelOutputs(ran.outputs, failed)

@@ -1,0 +1,102 @@
+"""What several test modules share: the shared labelled data, running qdedup, reading its outputs."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.cli import main
+from pipelines.recall import read_labelled_pairs
+
+SHARED_DATA = Path(os.environ.get("QDEDUP_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+# The in-process runner: DirectRunner would first try to download the Prism runner.
+RUNNER_ARGS = ["--runner=FnApiRunner"]
+MULTI_PROCESSING = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+
+
+def shared_data(relative: str) -> Path:
+    """A file of the shared labelled data; its absence fails the test, naming the setting, unless
+    QDEDUP_ALLOW_MISSING_DATA=1 (then the test is skipped, and says so)."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        message = (f"shared data not found at {path}: set QDEDUP_SHARED_DATA to the folder holding "
+                   "lcqmc/dev.tsv (or QDEDUP_ALLOW_MISSING_DATA=1 to skip the tests that need it)")
+        if os.environ.get("QDEDUP_ALLOW_MISSING_DATA") == "1":
+            pytest.skip(message)
+        pytest.fail(message, pytrace=False)
+    return path
+
+
+def lcqmc_pairs(limit: int | None = None) -> list[tuple[str, str, int]]:
+    """LCQMC's dev pairs (text_a, text_b, label), the first `limit` of them."""
+    pairs = read_labelled_pairs(str(shared_data("lcqmc/dev.tsv")))
+    return pairs[:limit] if limit else pairs
+
+
+def read_part(out, part):
+    return pq.read_table(out / part).to_pylist()
+
+
+def write_questions(rows, path):
+    """(id, text) rows -> a Parquet file with int64 ids, its folder made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"id": pa.array([r[0] for r in rows], pa.int64()),
+                             "question": pa.array([r[1] for r in rows], pa.string())}), path)
+
+
+def group_members(out) -> dict:
+    """{group_id: set of member ids} of a run."""
+    groups = {}
+    for row in read_part(out, "groups"):
+        groups.setdefault(row["group_id"], set()).add(row["id"])
+    return groups
+
+
+def run_qdedup(input_pattern, out, model, *extra):
+    """`qdedup run` on the in-process runner; asserts it succeeded and returns its report."""
+    argv = ["run", "--input", str(input_pattern), "--output", str(out), "--scorer-model", model,
+            *RUNNER_ARGS, *extra]
+    assert main(argv) == 0
+    return json.loads((out / "report.json").read_text())
+
+
+def snapshot(root) -> dict:
+    """{relative path: bytes} of every file under root."""
+    found = {}
+    for directory, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as handle:
+                found[os.path.relpath(path, root)] = handle.read()
+    return found
+
+
+def reference_scores(model_dir, pairs):
+    """The model card's usage: one pair at a time, no padding."""
+    import torch
+    from transformers import BertForSequenceClassification, BertTokenizer
+    tokenizer = BertTokenizer.from_pretrained(model_dir)
+    model = BertForSequenceClassification.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        return [float(torch.softmax(model(**tokenizer(a, b, return_tensors="pt")).logits, dim=-1)[0, 1])
+                for a, b in pairs]
+
+
+def break_scorer(monkeypatch, model_dir: str, token: str | None = None) -> None:
+    """Makes the scorer's forward pass fail on every batch holding `token` (on every batch if None), the
+    way a kernel or a device fails, for the pipeline's workers in this process."""
+    import transforms.score
+    from transforms.sources import load_tokenizer
+    forward = transforms.score.positive_probability
+    poison = None if token is None else load_tokenizer(model_dir).convert_tokens_to_ids(token)
+
+    def fragile(model, batch, label):
+        if poison is None or bool((batch["input_ids"] == poison).any()):
+            raise RuntimeError("kernel failed: CUDA error: device-side assert triggered")
+        return forward(model, batch, label)
+    monkeypatch.setattr(transforms.score, "positive_probability", fragile)

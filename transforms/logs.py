@@ -1,0 +1,56 @@
+"""Quiet by default: library messages and progress bars that tell a qdedup user nothing are dropped.
+
+qdedup's own lines (rows read, pairs scored, pairs/s, time left) stay. `--verbose` (which sets
+QDEDUP_VERBOSE=1 for the launcher and the worker processes it starts) shows everything. Called by the
+launcher before anything else is imported, and by each worker as it loads a model.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+# Root-logger warnings libraries print on import or per bundle, whatever the run does.
+NOISE = ("apitools not found", "Resource module is not available")
+# Loggers whose INFO lines are the runner's and the libraries' business, not the user's.
+QUIET_LOGGERS = {"apache_beam": logging.WARNING, "transformers": logging.ERROR, "huggingface_hub": logging.ERROR,
+                 "faiss": logging.WARNING, "urllib3": logging.WARNING}
+VERBOSE = "QDEDUP_VERBOSE"
+_ENVIRONMENT = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(NOISE)
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE) == "1"
+
+
+def quiet_libraries() -> None:
+    """Drops `NOISE`, quiets `QUIET_LOGGERS` and turns off Hugging Face progress bars; verbose, undoes that."""
+    root = logging.getLogger()
+    if verbose():
+        for noise in [f for f in root.filters if isinstance(f, _DropNoise)]:
+            root.removeFilter(noise)
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)
+        for name, value in _ENVIRONMENT.items():
+            if os.environ.get(name) == value:  # ours, inherited from a quiet parent process
+                del os.environ[name]
+        if "transformers" in sys.modules:
+            from transformers.utils import logging as transformers_logging
+            transformers_logging.enable_progress_bar()
+            transformers_logging.set_verbosity_warning()
+        return
+    for name, value in _ENVIRONMENT.items():  # read when huggingface_hub and transformers are imported
+        os.environ.setdefault(name, value)
+    if not any(isinstance(f, _DropNoise) for f in root.filters):
+        root.addFilter(_DropNoise())
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
+    if "transformers" in sys.modules:  # imported before the environment was set
+        from transformers.utils import logging as transformers_logging
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()

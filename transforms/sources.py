@@ -1,0 +1,129 @@
+"""Where models come from: a Hugging Face hub id, a local directory, a gs:// / s3:// directory copied
+once per worker into a local cache, or ModelScope (`modelscope:ID`).
+
+Weights are read from safetensors only (a pickled `pytorch_model.bin` can run code when loaded) and
+remote code is never trusted. How loaded models are fed is `transforms/inference.py`'s business.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import posixpath
+from typing import Iterable
+
+from transforms.errors import QdedupError
+from transforms.paths import is_remote
+
+_LOG = logging.getLogger(__name__)
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "spiece.model")
+MODELSCOPE = "modelscope:"
+_CACHE = os.environ.get("QDEDUP_MODEL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "qdedup", "models"))
+
+
+def missing_files(names: Iterable[str]) -> list[str]:
+    """What a model directory with these file names lacks to be loaded."""
+    names = {os.path.basename(n) for n in names}
+    missing = [] if "config.json" in names else ["config.json"]
+    if not names & set(WEIGHT_FILES):
+        missing.append("model.safetensors (weights are read from safetensors only)")
+    if not names & set(TOKENIZER_FILES):
+        missing.append(" or ".join(TOKENIZER_FILES[:2]))
+    return missing
+
+
+def remote_files(directory: str) -> list[tuple[str, object]]:
+    """(name relative to the directory, FileMetadata) of a remote model directory's objects.
+
+    A name that would land outside the directory once copied (`..`, an absolute path) is refused:
+    a bucket's object names are not to be trusted with the local filesystem.
+    """
+    from apache_beam.io.filesystems import FileSystems
+    prefix = directory.rstrip("/") + "/"
+    files = []
+    for metadata in FileSystems.match([prefix + "**"])[0].metadata_list:
+        if metadata.path.endswith("/"):
+            continue
+        relative = metadata.path[len(prefix):] if metadata.path.startswith(prefix) else metadata.path
+        parts = relative.split("/")
+        if (not metadata.path.startswith(prefix) or relative.startswith("/") or ".." in parts
+                or posixpath.normpath(relative) != relative):
+            raise QdedupError(f"model directory {directory!r} holds an object named {metadata.path!r}, which "
+                              "would be copied outside the model's folder; remove it from the bucket")
+        files.append((relative, metadata))
+    return sorted(files, key=lambda item: item[0])
+
+
+def _cache_key(directory: str, files: list[tuple[str, object]]) -> str:
+    """Names, sizes and update times of the remote files: a model changed in the bucket is fetched again."""
+    digest = hashlib.sha256(directory.rstrip("/").encode())
+    for relative, metadata in files:
+        digest.update(f"\0{relative}\0{metadata.size_in_bytes}\0{metadata.last_updated_in_seconds}".encode())
+    return digest.hexdigest()[:24]
+
+
+def copy_remote_model(directory: str) -> str:
+    """A gs:// / s3:// model directory, copied once per machine and version into the local cache.
+
+    The cache folder is named after the remote files' names, sizes and update times, so a model
+    replaced in the bucket is copied again. The copy is made in a temporary folder and renamed into
+    place, so SDK processes starting together on one worker never see half a model.
+    """
+    import shutil
+    import tempfile
+
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+    files = remote_files(directory)
+    target = os.path.join(_CACHE, _cache_key(directory, files))
+    if os.path.exists(os.path.join(target, ".complete")):
+        return target
+    os.makedirs(_CACHE, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=_CACHE)
+    for relative, metadata in files:
+        local = os.path.join(staging, *relative.split("/"))
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        with FileSystems.open(metadata.path, compression_type=CompressionTypes.UNCOMPRESSED) as source, \
+                open(local, "wb") as sink:
+            shutil.copyfileobj(source, sink, 1 << 22)
+    open(os.path.join(staging, ".complete"), "w").close()
+    try:
+        os.rename(staging, target)
+    except OSError:  # another process got there first
+        shutil.rmtree(staging, ignore_errors=True)
+    _LOG.info("copied model %s to %s", directory, target)
+    return target
+
+
+def model_path(name: str) -> str:
+    """What transformers loads: a hub id or local directory as given, a copy of a remote directory,
+    or a ModelScope download for `modelscope:ID`."""
+    if name.startswith(MODELSCOPE):
+        try:
+            from modelscope import snapshot_download
+        except ImportError as exc:
+            raise QdedupError(f"{name!r} needs the modelscope package: pip install modelscope") from exc
+        return snapshot_download(name[len(MODELSCOPE):])
+    return copy_remote_model(name) if is_remote(name) else name
+
+
+def looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.path.exists(name)
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(model_path(name), trust_remote_code=False)
+
+
+
+def fingerprint(model, tokenizer) -> str:
+    """A digest of what a model's outputs depend on, the same from the hub, a directory or a bucket."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(model.config.to_json_string(use_diff=False).encode())
+    digest.update(repr(sorted(tokenizer.get_vocab().items())).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
