@@ -43,13 +43,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from benchmarks.bench_lexical_recall import DEFAULT_PAIRS
 from pipelines.random_model import make_erlangshen_shaped_model
 from pipelines.recall import read_labelled_pairs
-from transforms.inference import (
-    ModelSettings,
-    TokenizedItem,
-    resolve_device,
-    resolve_dtype,
-    tokenize,
-)
+from transforms.devices import resolve_device, resolve_dtype
+from transforms.inference import ModelSettings, TokenizedItem, tokenize
 from transforms.inference import token_budget as token_budget_for
 from transforms.records import CandidatePair
 from transforms.score import ScorePairs, pair_scorer

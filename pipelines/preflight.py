@@ -24,9 +24,9 @@ from pipelines.options import (
     parse_embedders,
 )
 from transforms.commit import committed_root, read_committed
+from transforms.devices import resolve_device, resolve_dtype
 from transforms.errors import QdedupError, failure
 from transforms.ids import PREVIOUS_COLUMNS
-from transforms.inference import resolve_device, resolve_dtype
 from transforms.paths import is_remote
 from transforms.records import Columns, GivenCentroids
 from transforms.sources import (

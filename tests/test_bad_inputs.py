@@ -139,8 +139,8 @@ def test_a_failure_inside_any_stage_sets_the_element_aside(tiny_model, tmp_path,
     """Stages that fail on one element (normalizing a row, embedding a question, tokenizing or scoring a
     pair) put it in rejected/ with the stage and the reason, and the run goes on."""
     import transforms.embed
-    import transforms.inference
     import transforms.normalize
+    import transforms.sources
 
     texts = {1: "银行卡丢了怎么办", 2: "银行卡丢了怎么处理", 3: "银行卡丢了该怎么办呢", 4: "规范化会失败的问题",
              5: "向量会失败的问题", 6: "银行卡丢失了怎么办", 7: "分词会失败的银行卡丢了怎么办",
@@ -154,7 +154,7 @@ def test_a_failure_inside_any_stage_sets_the_element_aside(tiny_model, tmp_path,
     monkeypatch.setattr(transforms.embed, "tfidf_sparse",
                         lambda t, idf: (_ for _ in ()).throw(ValueError("no vector")) if "向量" in t
                         else tfidf_sparse(t, idf))
-    load_tokenizer = transforms.inference.load_tokenizer
+    load_tokenizer = transforms.sources.load_tokenizer
 
     def fragile_tokenizer(name):
         tokenizer = load_tokenizer(name)
@@ -166,7 +166,7 @@ def test_a_failure_inside_any_stage_sets_the_element_aside(tiny_model, tmp_path,
             return call(self, first, second, **kwargs)
         tokenizer.__class__ = type("Fragile", (tokenizer.__class__,), {"__call__": tokenize})
         return tokenizer
-    monkeypatch.setattr(transforms.inference, "load_tokenizer", fragile_tokenizer)
+    monkeypatch.setattr(transforms.sources, "load_tokenizer", fragile_tokenizer)
     break_scorer(monkeypatch, tiny_model, "模")
 
     report = run_qdedup(tmp_path / "q.parquet", tmp_path / "out", tiny_model, "--min-similarity=0.1",

@@ -12,13 +12,13 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 
 from pipelines.preflight import check_scorer_model
 from tests.helpers import RUNNER_ARGS, lcqmc_pairs, reference_scores
+from transforms.devices import resolve_device
 from transforms.errors import QdedupError
 from transforms.inference import (
     LoadedModel,
     ModelSettings,
     collate,
     pack_batches,
-    resolve_device,
     tokenize,
 )
 from transforms.records import CandidatePair
@@ -133,7 +133,7 @@ def test_out_of_memory_on_a_single_pair_is_raised():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
 def test_cuda_without_a_gpu_is_a_clear_error():
-    with pytest.raises(QdedupError, match="device cuda asked for, but no usable GPU"):
+    with pytest.raises(RuntimeError, match="device cuda asked for, but no usable GPU"):
         resolve_device("cuda")
     assert resolve_device("auto") == "cpu"
 

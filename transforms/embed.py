@@ -18,6 +18,7 @@ from typing import NamedTuple, Optional
 import apache_beam as beam
 import numpy as np
 
+from transforms import sources
 from transforms.errors import RejectedRow, failure
 from transforms.inference import ModelSettings, PackedBatchHandler, RunModel
 from transforms.metrics import StageTimer
@@ -159,8 +160,8 @@ def pooled_hidden_states(model, batch: dict, pooling: str) -> np.ndarray:
 
 def text_encoder(settings: ModelSettings, pooling: str) -> PackedBatchHandler:
     """The RunInference handler that turns tokenized texts into pooled vectors."""
-    return PackedBatchHandler(settings, "AutoModel", functools.partial(pooled_hidden_states, pooling=pooling),
-                              "encode")
+    return PackedBatchHandler(settings, functools.partial(sources.load_pretrained, model_class="AutoModel"),
+                              functools.partial(pooled_hidden_states, pooling=pooling), "encode")
 
 
 class MeanCovariance(beam.CombineFn):
@@ -226,7 +227,8 @@ class EmbedEncoder(beam.PTransform):
         ran = (
             representatives
             | "EncoderInputs" >> beam.Map(lambda rep: (rep, ((rep.text,),)))
-            | "Encoder" >> RunModel(self._settings, text_encoder(self._settings, self._pooling), "encoder", "encode")
+            | "Encoder" >> RunModel(self._settings, text_encoder(self._settings, self._pooling),
+                                    sources.load_tokenizer, "encoder", "encode")
         )
         pooled = ran.outputs
         failed = ran.failed | "FailedQuestions" >> beam.MapTuple(failed_question)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
@@ -34,10 +33,10 @@ from apache_beam.ml.inference.base import (
     RunInference,
 )
 
-from transforms.errors import QdedupError, failure
+from transforms.devices import resolve_device
+from transforms.errors import failure
 from transforms.logs import quiet_libraries
 from transforms.metrics import StageTimer
-from transforms.sources import load_tokenizer, model_path
 
 _LOG = logging.getLogger(__name__)
 # Padded tokens per batch when --token-budget is 0, chosen by benchmarks/bench_scoring.py.
@@ -76,43 +75,8 @@ class TokenizedItem(NamedTuple):
         return len(self.encodings) * max(len(ids) for ids, _ in self.encodings)
 
 
-def resolve_device(device: str) -> str:
-    """`auto` means CUDA when usable; `cuda` without a GPU is an error, never a silent CPU fallback."""
-    import torch
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise QdedupError(
-            "device cuda asked for, but no usable GPU here (torch.cuda.is_available() is False): check the "
-            "GPU driver and that torch is a CUDA build, or run on the CPU")
-    return device
-
-
-def resolve_dtype(precision: str, device: str):
-    import torch
-    if precision == "auto":
-        if device != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
 def token_budget(settings: ModelSettings) -> int:
     return settings.token_budget or AUTO_TOKEN_BUDGET[resolve_device(settings.device)]
-
-
-def load_pretrained(settings: ModelSettings, auto_class):
-    """(model on its device in its precision, device); sets CPU threads to the process's cores."""
-    import torch
-    device = resolve_device(settings.device)
-    dtype = resolve_dtype(settings.precision, device)
-    if device == "cpu":
-        torch.set_num_threads(settings.torch_threads or len(os.sched_getaffinity(0)))
-    model = auto_class.from_pretrained(model_path(settings.model), attn_implementation="sdpa",
-                                       use_safetensors=True, trust_remote_code=False)
-    model = model.eval().to(device=device, dtype=dtype)
-    _LOG.info("loaded %s on %s (%s, %d threads)", settings.model, device, dtype, torch.get_num_threads())
-    return model, device
 
 
 def tokenize(tokenizer, inputs: Sequence[tuple[str, ...]], max_length: int) -> list[tuple[Encoding, bool]]:
@@ -223,13 +187,14 @@ class _PackShard(beam.DoFn):
     batches follow from the shard's contents alone.
     """
 
-    def __init__(self, settings: ModelSettings, stage: str):
+    def __init__(self, settings: ModelSettings, stage: str, load_tokenizer: Callable[[str], Any]):
         self._settings = settings
+        self._load_tokenizer = load_tokenizer
         self._truncated = Metrics.counter("qdedup", f"{stage}_truncated")
         self._timer = StageTimer(f"{stage}_tokenize")
 
     def setup(self):
-        self._tokenizer = load_tokenizer(self._settings.model)
+        self._tokenizer = self._load_tokenizer(self._settings.model)
         self._budget = token_budget(self._settings)
 
     def process(self, element):
@@ -276,10 +241,11 @@ class TokenizeAndPack(beam.PTransform):
     bundles, and a batch's make-up, hence every float it produces, depends only on the set of inputs.
     """
 
-    def __init__(self, settings: ModelSettings, stage: str):
+    def __init__(self, settings: ModelSettings, stage: str, load_tokenizer: Callable[[str], Any]):
         super().__init__()
         self._settings = settings
         self._stage = stage
+        self._load_tokenizer = load_tokenizer
 
     def expand(self, inputs):
         size = self._settings.sort_window
@@ -288,7 +254,7 @@ class TokenizeAndPack(beam.PTransform):
             inputs
             | "DealIntoShards" >> beam.Map(lambda e, n: (shard_of(e[0], n, size), e), n=count)
             | "GatherShard" >> beam.GroupByKey()
-            | "PackShard" >> beam.ParDo(_PackShard(self._settings, self._stage)).with_outputs(
+            | "PackShard" >> beam.ParDo(_PackShard(self._settings, self._stage, self._load_tokenizer)).with_outputs(
                 "failed", main="batches")
         )
 
@@ -311,30 +277,25 @@ class LoadedModel:
                                         self.device)
 
 
-def auto_class(name: str):
-    """A transformers Auto class by name (`AutoModelForSequenceClassification`, `AutoModel`)."""
-    import transformers
-    return getattr(transformers, name)
-
-
 class PackedBatchHandler(ModelHandler[TokenizedItem, Any, LoadedModel]):
     """RunInference handler: pre-packed batches of `TokenizedItem`s in, one output per item out.
 
     Args:
         settings: how the model is loaded and shared (`model_copies` > 0: that many copies per
             worker, shared by its processes, through Beam's `large_model` / `model_copies`).
-        model_class: the transformers Auto class that loads it, by name.
+        load: `load(settings)` -> (model on its device, device, pad token id): where the model comes
+            from (`transforms/sources.py`).
         forward: `forward(model, padded batch)` -> one output row per encoding; an item with
             several encodings (a pair in both orders) gets their mean.
         stage: the name its time is counted under in report.json's `stage_seconds`.
     """
 
-    def __init__(self, settings: ModelSettings, model_class: str, forward: Callable[[Any, dict], np.ndarray],
-                 stage: str):
+    def __init__(self, settings: ModelSettings, load: Callable[[ModelSettings], tuple],
+                 forward: Callable[[Any, dict], np.ndarray], stage: str):
         copies = settings.model_copies
         super().__init__(large_model=copies > 0, model_copies=copies or None)
         self._settings = settings
-        self._model_class = model_class
+        self._load = load
         self._forward = forward
         self._stage = stage
         self._oom_splits = Metrics.counter("qdedup", "oom_splits")
@@ -342,8 +303,8 @@ class PackedBatchHandler(ModelHandler[TokenizedItem, Any, LoadedModel]):
 
     def load_model(self) -> LoadedModel:
         quiet_libraries()  # in a worker process: before transformers speaks
-        model, device = load_pretrained(self._settings, auto_class(self._model_class))
-        return LoadedModel(model, device, load_tokenizer(self._settings.model).pad_token_id or 0, self._forward)
+        model, device, pad_id = self._load(self._settings)
+        return LoadedModel(model, device, pad_id, self._forward)
 
     def run_inference(self, batch: Sequence[TokenizedItem], model: LoadedModel,
                       inference_args: Optional[dict] = None) -> Iterable[PredictionResult]:
@@ -386,15 +347,17 @@ class RunModel(beam.PTransform):
     stage `<counter>_tokenize`, `<stage>_error` at `stage`); the others go on.
     """
 
-    def __init__(self, settings: ModelSettings, handler: PackedBatchHandler, counter: str, stage: str):
+    def __init__(self, settings: ModelSettings, handler: PackedBatchHandler, load_tokenizer: Callable[[str], Any],
+                 counter: str, stage: str):
         super().__init__()
+        self._load_tokenizer = load_tokenizer
         self._settings = settings
         self._handler = handler
         self._counter = counter
         self._stage = stage
 
     def expand(self, inputs):
-        tokenized = inputs | "TokenizeAndPack" >> TokenizeAndPack(self._settings, self._counter)
+        tokenized = inputs | "TokenizeAndPack" >> TokenizeAndPack(self._settings, self._counter, self._load_tokenizer)
         ran = (
             tokenized.batches
             | "RunInference" >> RunInference(KeyedModelHandler(self._handler).with_no_batching())

@@ -19,6 +19,7 @@ from typing import Iterable, NamedTuple
 import apache_beam as beam
 import numpy as np
 
+from transforms import sources
 from transforms.errors import RejectedRow
 from transforms.inference import ModelSettings, PackedBatchHandler, RunModel
 from transforms.records import CandidatePair, ScoredPair
@@ -34,8 +35,9 @@ def positive_probability(model, batch: dict, label: int) -> np.ndarray:
 
 def pair_scorer(settings: ModelSettings) -> PackedBatchHandler:
     """The RunInference handler that scores tokenized pairs with the cross-encoder of `settings`."""
-    return PackedBatchHandler(settings, "AutoModelForSequenceClassification",
-                              functools.partial(positive_probability, label=settings.positive_label), "score")
+    return PackedBatchHandler(
+        settings, functools.partial(sources.load_pretrained, model_class="AutoModelForSequenceClassification"),
+        functools.partial(positive_probability, label=settings.positive_label), "score")
 
 
 class _LogProgress(beam.DoFn):
@@ -97,7 +99,8 @@ class ScorePairs(beam.PTransform):
         ran = (
             candidates
             | "ModelInputs" >> beam.Map(_model_inputs, self._settings.symmetric)
-            | "CrossEncoder" >> RunModel(self._settings, pair_scorer(self._settings), "score", "score")
+            | "CrossEncoder" >> RunModel(self._settings, pair_scorer(self._settings), sources.load_tokenizer,
+                                       "score", "score")
         )
         scored = (
             ran.outputs

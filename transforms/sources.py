@@ -10,8 +10,9 @@ import hashlib
 import logging
 import os
 import posixpath
-from typing import Iterable
+from typing import Any, Iterable
 
+from transforms.devices import resolve_device, resolve_dtype
 from transforms.errors import QdedupError
 from transforms.paths import is_remote
 
@@ -116,6 +117,26 @@ def load_tokenizer(name: str):
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(model_path(name), trust_remote_code=False)
 
+
+
+def load_pretrained(settings, model_class: str) -> tuple[Any, str, int]:
+    """(model on its device in its precision, device, pad token id) for `settings` (`ModelSettings`).
+
+    `model_class` names the transformers Auto class (`AutoModelForSequenceClassification`,
+    `AutoModel`); CPU threads are set to the process's cores (or `settings.torch_threads`).
+    """
+    import torch
+    import transformers
+    auto_class = getattr(transformers, model_class)
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.precision, device)
+    if device == "cpu":
+        torch.set_num_threads(settings.torch_threads or len(os.sched_getaffinity(0)))
+    model = auto_class.from_pretrained(model_path(settings.model), attn_implementation="sdpa",
+                                       use_safetensors=True, trust_remote_code=False)
+    model = model.eval().to(device=device, dtype=dtype)
+    _LOG.info("loaded %s on %s (%s, %d threads)", settings.model, device, dtype, torch.get_num_threads())
+    return model, device, load_tokenizer(settings.model).pad_token_id or 0
 
 
 def fingerprint(model, tokenizer) -> str:
