@@ -9,7 +9,7 @@ setup(
     name="qdedup",
     version="0.1.0",
     description="Batch deduplication of question corpora: FAISS blocking, cross-encoder scoring, groups",
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # the version the tests run on (and the worker image has)
     packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*"]),
     install_requires=[
         "apache-beam>=2.77,<3",

@@ -75,10 +75,11 @@ def test_the_package_installs_in_a_clean_environment_and_imports_every_module(tm
     venv_site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip()
     Path(venv_site, "outer_environment.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-index", "--no-deps", "--no-build-isolation",
                     "-w", str(tmp_path / "dist"), str(ROOT)], check=True, cwd=tmp_path)
     wheel = next((tmp_path / "dist").glob("qdedup-*.whl"))
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, cwd=tmp_path)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-index", "--no-deps", str(wheel)], check=True,
+                   cwd=tmp_path)  # --no-index: nothing is downloaded
     modules = sorted({f"{p.parent.name}.{p.stem}" for d in ("pipelines", "transforms")
                       for p in (ROOT / d).glob("*.py") if p.stem != "__init__"})
     code = ("import importlib, sys\n"

@@ -1,4 +1,4 @@
-"""Candidate generation by partitioned FAISS nearest neighbours (DESIGN.md step 5).
+"""Candidate generation by partitioned FAISS nearest neighbours (docs/design.md, "block").
 
 Only pairs that blocking proposes are ever scored, so this stage bounds both the
 recall and the cost of a run. No worker holds the whole corpus:

@@ -1,4 +1,4 @@
-"""Group ids that stay put from one run to the next, and never collide (DESIGN.md step 7).
+"""Group ids that stay put from one run to the next, and never collide (docs/design.md, "Group ids").
 
 Downstream analytics join on group ids night after night, so a group keeps the
 id it had in the previous run's `groups/` (`--previous-groups`, `--existing`):

@@ -1,4 +1,4 @@
-"""Text normalization and exact-duplicate collapsing (DESIGN.md steps 2-3).
+"""Text normalization and exact-duplicate collapsing (docs/design.md, "normalize").
 
 Two questions are exact duplicates when their normalized texts are equal: the
 normalization removes what carries no meaning for a question (width, case,

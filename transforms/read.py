@@ -1,4 +1,4 @@
-"""Reading and validating the Parquet question corpus (DESIGN.md step 1).
+"""Reading and validating the Parquet question corpus (docs/design.md, "read").
 
 Every row read ends up either as a `Question` or as a `RejectedRow` with a
 reason: nothing is dropped silently. Problems that concern the whole input (no

@@ -1,4 +1,4 @@
-"""What a run keeps so that later runs can build on it (`--existing`, `--params-from`).
+"""What a run keeps so that later runs can build on it (docs/design.md, "State layout").
 
 Every run writes `state/` next to its outputs (file names carry the run id; the
 commit marker lists them, see `transforms/commit.py`):

@@ -1,4 +1,4 @@
-"""Writers for groups/, pairs/, rejected/ and lineage/, and the report's counts (DESIGN.md step 8).
+"""Writers for groups/, pairs/, rejected/ and lineage/ (docs/design.md, "write").
 
 Ids keep the input's type (int64 or string) in every output, so analytics can
 join on them without casts. Every file a run writes starts with its run id
