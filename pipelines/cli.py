@@ -16,7 +16,7 @@ from apache_beam.runners.runner import PipelineState
 from pipelines.dedup import build_pipeline
 from pipelines.evaluate import evaluate
 from pipelines.options import QdedupOptions, expand_argv
-from pipelines.preflight import check_placeholders, check_run, validate
+from pipelines.preflight import check_placeholders, check_run, output_run, validate
 from pipelines.recall import recall
 from pipelines.report import gather, render, run_totals
 from transforms import logs
@@ -67,7 +67,7 @@ def run(argv: Sequence[str]) -> int:
     options = pipeline_options.view_as(QdedupOptions)
     validate(options)
     check_placeholders(pipeline_options)
-    with OutputRun(options.output, options.overwrite) as out:
+    with output_run(options) as out:
         launch = check_run(options, pipeline_options)
         info = launch.info
         _LOG.info("input: %d files, %d rows, ids of type %s", len(info.files), info.rows, info.id_type)

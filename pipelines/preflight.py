@@ -23,7 +23,7 @@ from pipelines.options import (
     input_columns,
     parse_embedders,
 )
-from transforms.commit import committed_root, read_committed
+from transforms.commit import OutputNames, OutputRun, committed_root, read_committed
 from transforms.devices import resolve_device, resolve_dtype
 from transforms.errors import QdedupError, failure
 from transforms.ids import PREVIOUS_COLUMNS
@@ -359,6 +359,11 @@ def load_prior(path: str, extend: bool, configuration: dict, kinds: Iterable[str
                               f"it was made without the {kind} embedder") from exc
         prior.centroids[kind] = GivenCentroids(centroids if centroids.size else None)
     return prior
+
+
+def output_run(options: QdedupOptions) -> OutputRun:
+    """The run's output (`--output`, `--overwrite`); its refusals name those flags."""
+    return OutputRun(options.output, options.overwrite, names=OutputNames("--output", "--overwrite"))
 
 
 class Launch(NamedTuple):

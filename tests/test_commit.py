@@ -96,7 +96,7 @@ def test_an_output_is_refused_without_overwrite_or_with_files_qdedup_did_not_wri
     out = tmp_path / "out"
     with OutputRun(str(out)) as first:
         _commit(first, {"groups": "one"})
-    with pytest.raises(QdedupError, match="pass --overwrite"):
+    with pytest.raises(QdedupError, match="pass overwrite=True"):
         with OutputRun(str(out)):
             pass
     (out / "notes.txt").write_text("mine")

@@ -157,7 +157,7 @@ def test_an_id_the_extended_run_holds_is_rejected_like_a_duplicate_id(nightly):
     root, parts, reports = nightly
     reused = parts[0][0][0]
     rejected = [(json.loads(r["row"])["id"], r["reason"], r["detail"]) for r in read_part(root / "ext1", "rejected")]
-    assert rejected == [(reused, "duplicate_id", "id already used by a row of the --existing run")]
+    assert rejected == [(reused, "duplicate_id", "id already used by a row of the run this one extends")]
     assert {r["id"]: r for r in read_part(root / "ext1", "groups")}[reused]["group_size"] >= 1
     assert reports["ext1"]["rows_rejected"] == 1 and reports["ext1"]["accounting_ok"]
 

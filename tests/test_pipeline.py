@@ -136,7 +136,8 @@ def test_existing_output_is_kept_unless_overwrite(corpus, reference_run, tiny_mo
     argv = ["run", "--input", str(directory / "*.parquet"), "--output", str(out), "--scorer-model", tiny_model,
             *RUNNER_ARGS]
     assert main(argv) == 2
-    assert "already holds a qdedup run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--output" in err and "already holds a qdedup run; pass --overwrite" in err
 
 
 @pytest.mark.parametrize("case, message", [

@@ -43,7 +43,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -143,8 +143,9 @@ def committed_root(path: str) -> str:
 class _LocalLock:
     """flock on a file beside OUT: released by the kernel when the launcher exits, however it exits."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, name: str):
         self._root = root
+        self._name = name
         self._path = os.path.join(os.path.dirname(root), f".{os.path.basename(root)}.qdedup-lock")
         self._handle = None
 
@@ -157,7 +158,7 @@ class _LocalLock:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise QdedupError(f"--output {self._root} is being written by another qdedup run ({holder}); "
+            raise QdedupError(f"{self._name} {self._root} is being written by another qdedup run ({holder}); "
                               "wait for it to end")
         handle.seek(0)
         handle.truncate()
@@ -175,8 +176,9 @@ class _LocalLock:
 class _Lease:
     """A lease object in OUT, kept fresh by a thread of the launcher; a fresh lease of another run refuses."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, name: str):
         self._root = root
+        self._name = name
         self._path: Optional[str] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -195,7 +197,7 @@ class _Lease:
         if others:  # both refuse when two start together: never both go on
             FileSystems.delete([self._path])
             self._path = None
-            raise QdedupError(f"--output {self._root} is being written by another qdedup run "
+            raise QdedupError(f"{self._name} {self._root} is being written by another qdedup run "
                               f"({posixpath.basename(others[0].path)}); wait for it to end")
         self._thread = threading.Thread(target=self._refresh, args=(run_id,), daemon=True)
         self._thread.start()
@@ -252,11 +254,18 @@ def _fsync_directory(path: str) -> None:
 
 # ---- one run writing --output ---------------------------------------------------------------------------
 
+class OutputNames(NamedTuple):
+    """How refusals name the output and the permission to replace it (`qdedup run` gives its flags)."""
+
+    output: str = "output"
+    overwrite: str = "overwrite=True"
+
+
 @dataclass
 class OutputRun:
     """Where one run writes, and how its output takes the place of the previous one.
 
-    Use as a context manager around everything that reads or writes `--output`: entering takes the
+    Use as a context manager around everything that reads or writes the output: entering takes the
     lock and checks the directory; `commit` makes the run's output the directory's; leaving without
     a commit leaves the previous output as it was.
     """
@@ -264,16 +273,17 @@ class OutputRun:
     output: str
     overwrite: bool = False
     run_id: str = field(default_factory=new_run_id)
+    names: OutputNames = field(default_factory=lambda: OutputNames())
 
     def __post_init__(self):
         self.root = canonical(self.output)
         self.remote = is_remote(self.root)
         name = posixpath.basename(self.root)
         if not name:
-            raise QdedupError(f"--output {self.output!r} must name a directory below a root")
+            raise QdedupError(f"{self.names.output} {self.output!r} must name a directory below a root")
         self._siblings = os.path.join(os.path.dirname(self.root), f".{name}.qdedup-") if not self.remote else None
         self.write_root = self.root if self.remote else f"{self._siblings}{self.run_id}"
-        self._lock = _Lease(self.root) if self.remote else _LocalLock(self.root)
+        self._lock = (_Lease if self.remote else _LocalLock)(self.root, self.names.output)
 
     @property
     def failed_root(self) -> str:
@@ -321,23 +331,23 @@ class OutputRun:
                 shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
     def _check(self) -> None:
-        """OUT is new, empty, or a qdedup output that --overwrite lets this run replace."""
+        """OUT is new, empty, or a qdedup output that this run may replace (`overwrite`)."""
         if not self.remote and os.path.exists(self.root) and not os.path.isdir(self.root):
-            raise QdedupError(f"--output {self.output!r} is a file, not a directory")
+            raise QdedupError(f"{self.names.output} {self.output!r} is a file, not a directory")
         listing = _listing(self.root)
         foreign = sorted({_relative(self.root, m.path).split("/")[0] for m in listing} - set(KNOWN_ENTRIES))
         # Leases, and (on an object store) the report draft a killed run left, are qdedup's own too.
         foreign = [f for f in foreign if not f.startswith(LEASE_PREFIX) and not _RUN_FILE.match(f)]
         if foreign:
-            raise QdedupError(f"--output {self.output!r} holds {foreign[0]!r}, which qdedup did not write; "
+            raise QdedupError(f"{self.names.output} {self.output!r} holds {foreign[0]!r}, which qdedup did not write; "
                               "give a new or empty directory (a run replaces the whole directory)")
         held = [m for m in listing if not self.remote or not _RUN_FILE.match(posixpath.basename(m.path))
                 or posixpath.basename(m.path) == MARKER]
         held = [m for m in held if not posixpath.basename(m.path).startswith(LEASE_PREFIX)]
         if held and not self.overwrite:
-            raise QdedupError(f"--output {self.output!r} already holds a qdedup run; pass --overwrite to replace "
-                              "it once this run has finished (nothing is deleted before), or choose another "
-                              "directory")
+            raise QdedupError(f"{self.names.output} {self.output!r} already holds a qdedup run; pass "
+                              f"{self.names.overwrite} to replace it once this run has finished (nothing is "
+                              "deleted before), or choose another directory")
 
     # -- after the run
 

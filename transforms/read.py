@@ -77,7 +77,7 @@ def validate_row(row_id: object, text: object, max_text_chars: int) -> Optional[
     if not text.strip():
         return "empty_text", "the text is empty or only whitespace"
     if len(text) > max_text_chars:
-        return "text_too_long", f"{len(text)} characters, more than --max-text-chars={max_text_chars}"
+        return "text_too_long", f"{len(text)} characters, more than max_text_chars={max_text_chars}"
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -156,7 +156,7 @@ class _KeepFirstOccurrence(beam.DoFn):
         if not ordered:
             return
         if any(True for _ in joined["existing"]):  # an extension: the id is taken by an earlier run's row
-            first = "a row of the --existing run"
+            first = "a row of the run this one extends"
         else:
             path, index, text, when = ordered[0]
             first = f"{path}#{index}"
