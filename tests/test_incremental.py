@@ -25,8 +25,8 @@ from transforms.normalize import normalize_text
 
 pytestmark = pytest.mark.e2e  # every test here runs qdedup end to end
 
-# Small partitions and blocks, k below the group size, chaining control on components over 6 questions.
-FLAGS = ["--min-similarity=0.4", "--top-k=3", "--partitions=3", "--max-block=40", "--resplit-size=6"]
+# Small partitions and blocks, k below the group size, chaining control on components over 5 questions.
+FLAGS = ["--min-similarity=0.4", "--top-k=3", "--partitions=3", "--max-block=40", "--resplit-size=5"]
 MULTI = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
 
 
