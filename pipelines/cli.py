@@ -18,7 +18,7 @@ from pipelines.evaluate import evaluate
 from pipelines.options import QdedupOptions, expand_argv
 from pipelines.preflight import check_placeholders, check_run, output_run, validate
 from pipelines.recall import recall
-from pipelines.report import gather, render, run_totals
+from pipelines.report import complete_report, gather, render
 from transforms import logs
 from transforms.commit import OutputRun
 from transforms.errors import QdedupError
@@ -83,10 +83,7 @@ def run(argv: Sequence[str]) -> int:
             _LOG.error("the run failed; what it wrote is in %s; %s is as it was", out.keep_failed(), out.output)
             raise
 
-        report = read_json(out.draft_report)
-        report.update(run_totals(report, result))
-        report["run_id"] = out.run_id
-        report["seconds_total"] = round(time.monotonic() - started, 3)
+        report = complete_report(read_json(out.draft_report), result, out.run_id, time.monotonic() - started)
         problem = failure_problem(report, options.max_failed_share)
         if problem is None and not report["accounting_ok"]:
             problem = "rows_in + rows_existing != rows_out + rows_rejected; please report this with report.json"

@@ -1,7 +1,7 @@
 """`report.json` and `report.html`: every key and figure of a run's report is made here.
 
 `build_report` turns the pipeline's counts into report.json (inside the pipeline,
-as its last step); `run_totals` adds what only the finished run's Beam metrics
+as its last step); `complete_report` adds what only the finished run's Beam metrics
 know (stage seconds, truncations, out-of-memory splits, ...). `report.html` is one
 self-contained page a person can read in a minute, written after a run: it reads the run's own outputs, streaming them file by file and batch by batch
 (so its memory does not grow with the corpus): counts, time per stage, the
@@ -63,6 +63,12 @@ def _work_item_sizes(result):
         return None
     values = [d.committed if d.committed is not None else d.attempted for d in found]
     return [v for v in values if v is not None and v.count]
+
+
+def complete_report(report: dict, result, run_id: str, seconds: float) -> dict:
+    """report.json as the pipeline left it, with what only the finished run knows: Beam's metrics, the run
+    id and the wall seconds."""
+    return {**report, **run_totals(report, result), "run_id": run_id, "seconds_total": round(seconds, 3)}
 
 
 def run_totals(report: dict, result) -> dict:

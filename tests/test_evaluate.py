@@ -63,3 +63,18 @@ def test_evaluate_names_a_directory_that_is_not_a_run(tmp_path, capsys):
     labelled.write_text("甲\t乙\t1\n", encoding="utf-8")
     assert main(["evaluate", "--pairs", str(labelled), "--run", str(tmp_path)]) == 2
     assert "has no _SUCCESS" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["evaluate", "recall"])
+def test_verbose_is_taken_by_recall_and_evaluate_too(command, tmp_path):
+    """--verbose is known to every command (a subprocess: it sets the environment its workers inherit)."""
+    import subprocess
+    import sys
+    labelled = tmp_path / "labels.tsv"
+    labelled.write_text("甲\t乙\t1\n", encoding="utf-8")
+    where = ["--run", str(tmp_path)] if command == "evaluate" else ["--top-k=0"]
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", command, "--pairs", str(labelled), *where,
+                             "--verbose"], capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert ("has no _SUCCESS" if command == "evaluate" else "--top-k must be at least 1") in result.stderr
