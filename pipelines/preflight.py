@@ -46,6 +46,7 @@ REUSED_OPTIONS = ("lexical_dim", "encoder_pooling", "encoder_whiten", "max_lengt
 EXTENSION_OPTIONS = REUSED_OPTIONS + ("top_k", "min_similarity", "probes", "id_column", "text_column",
                                       "canonical", "timestamp_column")
 
+
 @dataclass(frozen=True)
 class InputInfo:
     files: tuple[str, ...]
@@ -55,6 +56,7 @@ class InputInfo:
 
 def _is_time(arrow_type: pa.DataType) -> bool:
     return pa.types.is_timestamp(arrow_type) or pa.types.is_date(arrow_type) or pa.types.is_integer(arrow_type)
+
 
 def _id_type(arrow_type: pa.DataType) -> Optional[str]:
     if pa.types.is_integer(arrow_type):
@@ -115,6 +117,7 @@ def _one_type(types_by_path: dict[str, str], what: str) -> None:
         raise QdedupError(f"{what} differ between files: "
                           + "; ".join(f"{t} in {p}" for t, p in sorted(by_type.items())) + "; make them one type")
 
+
 def validate(options: QdedupOptions) -> None:
     """Option values that would make the run meaningless are refused before it starts."""
     if not options.input:
@@ -157,6 +160,7 @@ def validate(options: QdedupOptions) -> None:
             raise QdedupError(message)
     parse_embedders(options.embedders)
 
+
 def check_placeholders(pipeline_options: PipelineOptions) -> None:
     """A preset's YOUR_* placeholders must be filled in before anything is launched."""
     for name, value in sorted(pipeline_options.get_all_options(drop_default=True).items()):
@@ -197,6 +201,7 @@ def check_models(options: QdedupOptions) -> dict:
         if kind == "encoder":
             fingerprints[kind] = check_encoder_model(model)
     return fingerprints
+
 
 def check_model(name: str, option: str, auto_class, probe: Callable[[Any, Any], None]) -> str:
     """Fails fast, naming what is wrong, when a model cannot be loaded or cannot run; returns its `fingerprint`.
@@ -251,6 +256,7 @@ def check_model(name: str, option: str, auto_class, probe: Callable[[Any, Any], 
         raise QdedupError(f"{option} {name!r} fails on a trial input: {failure(exc)}") from exc
     return fingerprint(model, tokenizer)
 
+
 def positive_label(config, requested: Optional[int], option: str = "--scorer-model") -> int:
     """The label whose probability is a pair's score: label 1 of a 2-label model, or the one asked for."""
     labels = getattr(config, "num_labels", 0)
@@ -299,6 +305,7 @@ def check_encoder_model(name: str, option: str = "--embedders encoder:") -> str:
 
     return check_model(name, option, AutoModel, probe)
 
+
 def check_previous_groups(path: str, id_type: str):
     """A previous run's groups are committed, readable and of this run's id type, before the pipeline starts.
 
@@ -319,6 +326,7 @@ def check_previous_groups(path: str, id_type: str):
     if previous_type != id_type:
         raise QdedupError(f"{option} {path!r} has {previous_type} ids but --input has {id_type} ids")
     return committed
+
 
 def differing_option(earlier: dict, now: dict, names: Iterable[str]) -> Optional[str]:
     """The first option whose value differs between two configurations, in words; None if all agree."""

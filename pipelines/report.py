@@ -3,8 +3,9 @@
 `build_report` turns the pipeline's counts into report.json (inside the pipeline,
 as its last step); `complete_report` adds what only the finished run's Beam metrics
 know (stage seconds, truncations, out-of-memory splits, ...). `report.html` is one
-self-contained page a person can read in a minute, written after a run: it reads the run's own outputs, streaming them file by file and batch by batch
-(so its memory does not grow with the corpus): counts, time per stage, the
+self-contained page a person can read in a minute, written after a run: it reads
+the run's own outputs, streaming them file by file and batch by batch (so its
+memory does not grow with the corpus): counts, time per stage, the
 histogram of pair scores with the threshold marked, group sizes, the largest
 groups and the pairs nearest the threshold, as text, for review.
 """

@@ -443,5 +443,3 @@ class BlockCandidates(beam.PTransform):
             | "DropKey" >> beam.Values()
         )
         return Blocked(pairs, best | "NeighbourLists" >> beam.Map(_neighbour_list), centroids)
-
-

@@ -417,4 +417,3 @@ class OutputRun:
         shutil.rmtree(self.failed_root, ignore_errors=True)
         os.rename(self.write_root, self.failed_root)
         return self.failed_root
-

@@ -99,12 +99,13 @@ class ScorePairs(beam.PTransform):
         ran = (
             candidates
             | "ModelInputs" >> beam.Map(_model_inputs, self._settings.symmetric)
-            | "CrossEncoder" >> RunModel(self._settings, pair_scorer(self._settings), sources.load_tokenizer,
-                                       "score", "score")
+            | "CrossEncoder" >> RunModel(
+                self._settings, pair_scorer(self._settings), sources.load_tokenizer, "score", "score")
         )
         scored = (
             ran.outputs
-            | "ToScoredPair" >> beam.MapTuple(lambda key, score: ScoredPair(key[0], key[1], float(score), key[2], key[3]))
+            | "ToScoredPair" >> beam.MapTuple(
+                lambda key, score: ScoredPair(key[0], key[1], float(score), key[2], key[3]))
             | "LogProgress" >> beam.ParDo(_LogProgress(self._settings.progress_seconds),
                                           total=beam.pvalue.AsSingleton(total))
         )

@@ -118,7 +118,6 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(model_path(name), trust_remote_code=False)
 
 
-
 def load_pretrained(settings, model_class: str) -> tuple[Any, str, int]:
     """(model on its device in its precision, device, pad token id) for `settings` (`ModelSettings`).
 

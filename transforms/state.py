@@ -40,6 +40,7 @@ from transforms.write import WriteRecords, arrow_id_type
 
 STATE_FORMAT = 2  # 1: k nearest stored as similarities only; 2: as (id, similarity), vectors carry their text key
 
+
 def representatives_schema(id_type: str) -> pa.Schema:
     ids = arrow_id_type(id_type)
     return pa.schema([("id", ids), ("text", pa.string()), ("normalized", pa.string()), ("key", pa.string()),

@@ -53,5 +53,3 @@ class WriteRecords(beam.PTransform):
             | "AsDict" >> beam.Map(lambda record: record._asdict())
             | "WriteParquet" >> WriteToParquet(self._prefix, self._schema, file_name_suffix=".parquet")
         )
-
-
