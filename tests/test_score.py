@@ -228,3 +228,11 @@ def test_the_test_models_vocabulary_covers_every_lcqmc_text(tiny_model):
     texts = [t for a, b, _ in lcqmc_pairs() for t in (a, b)]
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     assert [t for t, ids in zip(texts, encoded) if tokenizer.unk_token_id in ids] == []
+
+
+def test_sharing_a_model_goes_through_beams_public_constructor(tiny_model):
+    """--model-copies N: Beam's own large_model / model_copies, set through ModelHandler.__init__."""
+    alone = pair_scorer(ModelSettings(tiny_model, device="cpu"))
+    assert not alone.share_model_across_processes() and alone.model_copies() == 1
+    shared = pair_scorer(ModelSettings(tiny_model, device="cpu", model_copies=2))
+    assert shared.share_model_across_processes() and shared.model_copies() == 2
