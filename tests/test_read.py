@@ -1,10 +1,14 @@
+import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.preflight import inspect_input
+from tests.helpers import RUNNER_ARGS
 from transforms.errors import QdedupError, RejectedRow, row_as_json
-from transforms.read import validate_row
+from transforms.read import ReadQuestions, row_groups, validate_row
 from transforms.records import Columns
 
 COLUMNS = Columns("id", "question")
@@ -86,3 +90,34 @@ def test_timestamp_columns_must_be_times_of_one_kind(tmp_path):
         inspect_input(str(tmp_path / "*.parquet"), timed)
     with pytest.raises(QdedupError, match="has no column 'asked_at'.*--timestamp-column"):
         inspect_input(str(tmp_path / "*.parquet"), Columns("id", "question", "asked_at"))
+
+
+def test_a_file_is_read_row_group_by_row_group_with_its_row_numbers(tmp_path):
+    """Each row group is a work item of its own; rows keep their number within the file."""
+    path = tmp_path / "q.parquet"
+    pq.write_table(pa.table({"id": list(range(100, 110)), "question": [f"问题{i}" for i in range(10)]}), path,
+                   row_group_size=3)
+    pq.write_table(pa.table({"id": [200], "question": ["另一个问题"]}), tmp_path / "r.parquet")
+    groups = row_groups(str(path))
+    assert [(g.index, g.first_row, g.rows) for g in groups] == [(0, 0, 3), (1, 3, 3), (2, 6, 3), (3, 9, 1)]
+    expected = [(100 + i, f"问题{i}", f"{path}#{i}") for i in range(10)]
+    expected.append((200, "另一个问题", f"{tmp_path}/r.parquet#0"))
+    with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
+        read = pipeline | ReadQuestions(str(tmp_path / "*.parquet"), COLUMNS, 1000)
+        assert_that(read.questions | beam.Map(lambda q: (q.id, q.text, q.source)), equal_to(expected))
+        assert_that(read.rows_in, equal_to([11]), label="RowsIn")
+
+
+def test_a_damaged_row_group_sets_aside_its_rows_and_the_others_are_read(tmp_path):
+    path = tmp_path / "q.parquet"
+    pq.write_table(pa.table({"id": list(range(10)), "question": [f"问题{i}" for i in range(10)]}), path,
+                   row_group_size=5, compression="none")
+    column = pq.ParquetFile(path).metadata.row_group(0).column(1)
+    data = bytearray(path.read_bytes())
+    data[column.data_page_offset:column.data_page_offset + 8] = b"\xff" * 8
+    path.write_bytes(bytes(data))
+    with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
+        read = pipeline | ReadQuestions(str(path), COLUMNS, 1000)
+        assert_that(read.questions | beam.Map(lambda q: q.source), equal_to([f"{path}#{i}" for i in range(5, 10)]))
+        assert_that(read.rejected | beam.Map(lambda r: (r.source, r.reason)),
+                    equal_to([(f"{path}#{i}", "unreadable_row") for i in range(5)]), label="Rejected")

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import RejectedRow, failure
 from transforms.metrics import StageTimer
@@ -85,30 +86,53 @@ def validate_row(row_id: object, text: object, max_text_chars: int) -> Optional[
     return None
 
 
-class _ReadParquetFile(beam.DoFn):
+class RowGroup(NamedTuple):
+    """A work item of reading: one row group of one file, with the file's row number of its first row."""
+
+    path: str
+    index: int       # the row group's number in the file
+    first_row: int   # rows are numbered from 0 within the file, across its row groups
+    rows: int
+
+
+def row_groups(path: str) -> list[RowGroup]:
+    """The row groups of a Parquet file, from its footer alone."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        metadata = pq.ParquetFile(handle).metadata
+    groups, first = [], 0
+    for index in range(metadata.num_row_groups):
+        rows = metadata.row_group(index).num_rows
+        groups.append(RowGroup(path, index, first, rows))
+        first += rows
+    return groups
+
+
+class _ReadRowGroup(beam.DoFn):
+    """`RowGroup` -> (id, text, timestamp, path, row) per row; a damaged page sets aside the rows of its row
+    group from there on (as `Unreadable`), and the other row groups are read."""
+
     def __init__(self, columns: Columns):
         self._columns = columns
         self._rows = beam.metrics.Metrics.counter("qdedup", "rows_read")
         self._timer = StageTimer("read")
 
-    def process(self, readable_file: fileio.ReadableFile) -> Iterable[tuple]:
-        path = readable_file.metadata.path
-        index = 0
-        with readable_file.open(compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    def process(self, group: RowGroup) -> Iterable[tuple]:
+        index, end = group.first_row, group.first_row + group.rows
+        with FileSystems.open(group.path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             names = [name for name in self._columns if name]
-            parquet = pq.ParquetFile(handle)
-            batches = parquet.iter_batches(batch_size=_READ_BATCH_ROWS, columns=names)
+            batches = pq.ParquetFile(handle).iter_batches(
+                batch_size=_READ_BATCH_ROWS, row_groups=[group.index], columns=names)
             while True:
                 with self._timer:
                     try:
                         batch = next(batches, None)
-                    except Exception as exc:  # a damaged page: its rows and the rest of the file are set aside
+                    except Exception as exc:  # a damaged page: the rest of its row group is set aside
                         detail = f"the file could not be decoded from this row on ({failure(exc)})"
-                        for row in range(index, parquet.metadata.num_rows):
-                            yield Unreadable(detail), None, None, path, row
-                        self._rows.inc(parquet.metadata.num_rows - index)
+                        for row in range(index, end):
+                            yield Unreadable(detail), None, None, group.path, row
+                        self._rows.inc(end - index)
                         _LOG.warning("%s: rows %d to %d cannot be decoded; they go to rejected/",
-                                     path, index, parquet.metadata.num_rows - 1)
+                                     group.path, index, end - 1)
                         return
                     if batch is None:
                         break
@@ -117,10 +141,10 @@ class _ReadParquetFile(beam.DoFn):
                     times = (time_values(batch.column(self._columns.timestamp)) if self._columns.timestamp
                              else [None] * len(ids))
                 for row_id, text, when in zip(ids, texts, times):
-                    yield row_id, text, when, path, index
+                    yield row_id, text, when, group.path, index
                     index += 1
                 self._rows.inc(len(ids))
-        _LOG.info("read %d rows from %s", index, path)
+        _LOG.info("read rows %d to %d of %s", group.first_row, index - 1, group.path)
 
 
 class _Validate(beam.DoFn):
@@ -179,6 +203,9 @@ class Read(NamedTuple):
 class ReadQuestions(beam.PTransform):
     """Parquet files -> accepted `Question`s, `RejectedRow`s, and the number of rows read.
 
+    Each (file, row group) is a work item of its own, spread over workers by a shuffle; a row's
+    provenance (`file#row`, rows counted from 0 within the file) does not depend on how it was read.
+
     `existing_ids` (an extended run's row ids) makes a new row reusing one a duplicate_id.
     """
 
@@ -193,8 +220,10 @@ class ReadQuestions(beam.PTransform):
         rows = (
             pbegin
             | "MatchFiles" >> fileio.MatchFiles(self._pattern)
-            | "OpenFiles" >> fileio.ReadMatches()
-            | "ReadRows" >> beam.ParDo(_ReadParquetFile(self._columns))
+            | "RowGroups" >> beam.FlatMap(  # a path ending in "/" is an object store's folder marker
+                lambda metadata: [] if metadata.path.endswith("/") else row_groups(metadata.path))
+            | "SpreadRowGroups" >> beam.Reshuffle()  # else every file is read behind the one pattern element
+            | "ReadRowGroup" >> beam.ParDo(_ReadRowGroup(self._columns))
         )
         checked = rows | "ValidateRows" >> beam.ParDo(
             _Validate(self._columns, self._max_text_chars)).with_outputs("rejected", main="ok")
