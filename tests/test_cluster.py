@@ -136,9 +136,26 @@ def test_distributed_components_equal_graph_search(name, edges, tmp_path):
 
 def test_star_steps():
     assert sorted(large_star(5, [3, 7, 9])) == [(7, 3), (9, 3)]
-    assert large_star(5, [1, 2]) == []
+    assert list(large_star(5, [1, 2])) == []
     assert sorted(small_star(5, [3, 7, 1])) == [(3, 1), (5, 1)]
-    assert small_star(1, [3, 7]) == []
+    assert list(small_star(1, [3, 7])) == []
     assert star_label(5, [1]) == (1, False)       # a leaf of a star
     assert star_label(1, [5, 7]) == (1, False)    # a star's centre
     assert star_label(5, [1, 9]) == (1, True)     # still between two nodes
+
+
+def test_a_star_centre_is_streamed_not_listed():
+    """A node with a million neighbours: each step iterates them and holds none (a list alone is 8 MB)."""
+    import collections
+    import tracemalloc
+    neighbours = range(1, 1_000_001)  # re-iterable and lazy, like a grouped value on Dataflow
+    tracemalloc.start()
+    try:
+        collections.deque(large_star(0, neighbours), maxlen=0)
+        collections.deque(small_star(2_000_000, neighbours), maxlen=0)
+        assert star_label(0, neighbours) == (0, False) and star_label(500, neighbours) == (1, True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000, peak
+    assert sum(1 for _ in small_star(2_000_000, neighbours)) == 1_000_000  # (node, 1) and 999,999 others

@@ -11,8 +11,9 @@ union-find over their edges alone: only that remainder meets on one worker.
 """
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Hashable, Iterable, NamedTuple, Optional, Sequence
+from typing import Hashable, Iterable, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
 
@@ -58,26 +59,30 @@ def connected_components(edges: Iterable[tuple[Hashable, Hashable]]) -> dict:
     return {node: find(node) for node in parent}
 
 
-def large_star(node, neighbours: Iterable) -> Iterable[tuple]:
-    """Links every larger neighbour to the smallest node of the neighbourhood."""
-    neighbours = list(neighbours)
+def large_star(node, neighbours: Iterable) -> Iterator[tuple]:
+    """Links every larger neighbour to the smallest node of the neighbourhood.
+
+    Like `small_star` and `star_label`, it iterates `neighbours` (a grouped, re-iterable value) and
+    never holds it: a star's centre may have millions of neighbours.
+    """
     smallest = min(min(neighbours), node)
-    return [(v, smallest) for v in neighbours if v > node]
+    return ((v, smallest) for v in neighbours if v > node)
 
 
-def small_star(node, neighbours: Iterable) -> Iterable[tuple]:
+def small_star(node, neighbours: Iterable) -> Iterator[tuple]:
     """Links the node and its smaller neighbours to the smallest of them."""
-    smaller = [v for v in neighbours if v < node]
-    if not smaller:
-        return []
-    smallest = min(smaller)
-    return [(node, smallest)] + [(v, smallest) for v in smaller if v != smallest]
+    smallest = min((v for v in neighbours if v < node), default=None)
+    if smallest is None:
+        return iter(())
+    return itertools.chain([(node, smallest)], ((v, smallest) for v in neighbours if v < node and v != smallest))
 
 
-def star_label(node, neighbours: Sequence) -> tuple[object, bool]:
+def star_label(node, neighbours: Iterable) -> tuple[object, bool]:
     """(smallest node of the neighbourhood, whether the node still breaks the star shape)."""
-    smallest = min(min(neighbours), node)
-    return smallest, smallest < node and len(neighbours) > 1
+    smallest, count = node, 0
+    for v in neighbours:
+        smallest, count = min(smallest, v), count + 1
+    return smallest, smallest < node and count > 1
 
 
 def summarize_group(members: Iterable[Representative], canonical: str = "frequent") -> GroupInfo:
@@ -163,8 +168,7 @@ def _neighbourhoods(edges, label: str):
 
 
 def _label_nodes(element) -> Iterable:
-    node, neighbours = element
-    neighbours = list(neighbours)
+    node, neighbours = element  # iterated twice, never listed
     label, unsettled = star_label(node, neighbours)
     yield node, label
     if unsettled:
