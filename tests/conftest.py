@@ -35,7 +35,7 @@ def corpus(tmp_path_factory):
     rows = build_rows()
     with _made_once(tmp_path_factory, "corpus") as (directory, to_make):
         if to_make:
-            directory.mkdir()
+            directory.mkdir(exist_ok=True)  # a worker that failed half way may have left it
             pq.write_table(pa.table({"id": pa.array([r[0] for r in rows], pa.int64()),
                                      "question": pa.array([r[1] for r in rows], pa.string())}),
                            directory / "a.parquet")

@@ -77,3 +77,18 @@ def test_parse_embedders():
     assert parse_embedders("lexical") == [("lexical", None)]
     assert parse_embedders(" lexical , encoder:/models/m ") == [("lexical", None), ("encoder", "/models/m")]
     assert parse_embedders("encoder:org/name") == [("encoder", "org/name")]
+
+
+def test_remote_workers_log_only_warnings_of_the_libraries_unless_told_otherwise(monkeypatch):
+    import json
+
+    from pipelines.cli import worker_log_levels
+    from transforms import logs
+    monkeypatch.delenv(logs.VERBOSE, raising=False)
+    levels = json.loads(worker_log_levels(["--runner=DataflowRunner"])[-1].split("=", 1)[1])
+    assert levels == {"apache_beam": "WARNING", "transformers": "ERROR", "huggingface_hub": "ERROR",
+                      "faiss": "WARNING", "urllib3": "WARNING"}
+    own = ['--sdk_harness_log_level_overrides={"apache_beam": "INFO"}']
+    assert worker_log_levels(own) == own
+    monkeypatch.setenv(logs.VERBOSE, "1")
+    assert worker_log_levels(["--runner=DataflowRunner"]) == ["--runner=DataflowRunner"]

@@ -234,7 +234,7 @@ def shard_of(key: object, count: int, shard_size: int) -> int:
 
 
 class TokenizeAndPack(beam.PTransform):
-    """(key, inputs in one or more orders) -> {"batches": [(key, `TokenizedItem`)], "failed": (key, detail)}.
+    """(key, inputs in one or more orders) -> `.batches`: lists of (key, `TokenizedItem`); `.failed`: (key, detail).
 
     Inputs are dealt into shards of about `sort_window` by a hash of their key (a key must be
     unique, sortable, and have a stable repr), so that similar lengths meet in a batch whatever the
