@@ -18,7 +18,7 @@ from pipelines.options import (
 from pipelines.report import FAILURE_FIELDS, build_report
 from transforms.block import BlockCandidates, UnionCandidates
 from transforms.chaining import SplitChains
-from transforms.cluster import ClusterGroups
+from transforms.cluster import ClusterGroups, ConnectedComponents
 from transforms.commit import OutputRun
 from transforms.embed import EmbedEncoder, EmbedLexical
 from transforms.errors import RejectedRow
@@ -47,12 +47,13 @@ from transforms.write import (
 
 class EmbedderOutputs(NamedTuple):
     """What a run keeps of one embedder: vectors as (id, (text key, vector)), each question's k nearest,
-    the parameters and the centroids."""
+    the parameters and the centroids (first level, and second level as (partition, array))."""
 
     vectors: beam.PCollection
     neighbours: beam.PCollection
     params: beam.PCollection
     centroids: beam.PCollection
+    sub_centroids: beam.PCollection
 
 
 class Candidates(NamedTuple):
@@ -125,20 +126,21 @@ def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns
         failed.append(embedded.failed)
         embedded_reps.append(to_embed)
         centroids = prior.centroids[kind] if prior else None
+        sub_centroids = stored.sub_centroids[kind] if prior else None
         if extend:
-            blocked = (vectors, known) | f"Block{label}" >> BlockCandidates(settings, kind, centroids)
+            blocked = (vectors, known) | f"Block{label}" >> BlockCandidates(settings, kind, centroids, sub_centroids)
             known_vectors = known | f"{label}StoredVector" >> beam.Map(lambda item: Embedded(item.rep, item.vector))
             all_vectors = (vectors, known_vectors) | f"{label}AllVectors" >> beam.Flatten()
         elif prior:
             all_vectors = (vectors, known) | f"{label}AllVectors" >> beam.Flatten()
-            blocked = all_vectors | f"Block{label}" >> BlockCandidates(settings, kind, centroids)
+            blocked = all_vectors | f"Block{label}" >> BlockCandidates(settings, kind, centroids, sub_centroids)
         else:
             all_vectors = vectors
             blocked = vectors | f"Block{label}" >> BlockCandidates(settings, kind)
         candidate_sets.append(blocked.pairs)
         embedders[kind] = EmbedderOutputs(
             all_vectors | f"{label}ById" >> beam.MapTuple(lambda rep, vector: (rep.id, (rep.key, vector))),
-            blocked.neighbours, embedded.params, blocked.centroids)
+            blocked.neighbours, embedded.params, blocked.centroids, blocked.sub_centroids)
     candidates = (candidate_sets[0] if len(candidate_sets) == 1
                   else tuple(candidate_sets) | "UnionCandidates" >> UnionCandidates())
     return Candidates(read, collapsed, candidates, embedders, stored, failed, embedded_reps)
@@ -160,9 +162,10 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
         previous_groups = prior.committed.paths("groups", ".parquet")
     previous = pipeline | "ReadPreviousGroups" >> ReadPreviousGroups(previous_groups or [])
     chaining = chaining_settings(options)
+    components = ConnectedComponents(options.component_rounds, options.max_unsettled_edges)
     clustered = (representatives, members, scoring.scored, previous) | "ClusterGroups" >> ClusterGroups(
-        chaining.threshold, options.component_rounds,
-        SplitChains(chaining, ScoreCandidates(scorer, known_scores, texts)), AssignGroupIds(), options.canonical)
+        chaining.threshold, components, SplitChains(chaining, ScoreCandidates(scorer, known_scores, texts), components),
+        AssignGroupIds(), options.canonical)
     groups = clustered.groups
     all_pairs = (scoring.scored, clustered.scored) | "AllPairs" >> beam.Flatten()
     rejected = (
@@ -180,7 +183,8 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
         out.file_prefix("state", "representatives"), out.file_prefix("state", "members"), id_type)
     for kind, parts in generated.embedders.items():
         parts | f"Write{kind.title()}State" >> WriteEmbedderState(
-            out.file_prefix("state", kind), out.file_prefix("state", kind, "vectors"), id_type)
+            out.file_prefix("state", kind), out.file_prefix("state", kind, "vectors"),
+            out.file_prefix("state", kind, "subcentroids"), id_type)
 
     stored_members = generated.stored.members if prior and prior.extend else None
     embedded = (tuple(generated.embedded) | "AllEmbedded" >> beam.Flatten() if len(generated.embedded) > 1

@@ -48,8 +48,12 @@ class QdedupOptions(PipelineOptions):
             help="the scorer's label that means 'duplicate' (needed when it has more than 2 labels; "
                  "a 2-label model uses label 1)")
         add("--threshold", type=float, default=0.5, help="pairs scoring at least this are duplicates")
-        add("--component-rounds", "--component_rounds", dest="component_rounds", type=int, default=6,
-            help="large-star/small-star rounds before unsettled components are finished by union-find")
+        add("--component-rounds", "--component_rounds", dest="component_rounds", type=int, default=0,
+            help="large-star/small-star rounds before unsettled components are finished by union-find; "
+                 "0 = ceil(log2 rows) + 2, from the input's row count at launch")
+        add("--max-unsettled-edges", "--max_unsettled_edges", dest="max_unsettled_edges", type=int,
+            default=2_000_000, help="most edges left unsettled after the rounds that one worker finishes; "
+                                    "more fails the run, asking for more --component-rounds")
         add("--resplit-size", "--resplit_size", dest="resplit_size", type=int, default=_CHAINING.max_size,
             help="chaining control: a component with more distinct questions is re-split")
         add("--resplit-density", "--resplit_density", dest="resplit_density", type=float,
@@ -57,6 +61,11 @@ class QdedupOptions(PipelineOptions):
             help="chaining control: a component (3+ questions) whose edges cover less of its pairs is re-split")
         add("--resplit-pairs", "--resplit_pairs", dest="resplit_pairs", type=int, default=_CHAINING.pair_budget,
             help="chaining control: most missing pairs scored per re-split component")
+        add("--resplit-gather", "--resplit_gather", dest="resplit_gather", type=int, default=_CHAINING.max_gather,
+            help="chaining control: most questions one re-split gathers on a worker; a larger component is "
+                 "first cut by its edges at rising thresholds")
+        add("--resplit-cut-steps", "--resplit_cut_steps", dest="resplit_cut_steps", type=int,
+            default=_CHAINING.cut_steps, help="chaining control: rising thresholds a too-large component is cut at")
         add("--top-k", "--top_k", dest="top_k", type=int, default=_BLOCKING.top_k,
             help="candidate neighbours per question")
         add("--min-similarity", "--min_similarity", dest="min_similarity", type=float,
@@ -66,8 +75,15 @@ class QdedupOptions(PipelineOptions):
         add("--partition-size", "--partition_size", dest="partition_size", type=int,
             default=_BLOCKING.partition_size, help="mean questions per partition when --partitions is 0")
         add("--probes", type=int, default=_BLOCKING.probes, help="partitions each question is placed in")
+        add("--max-sample", "--max_sample", dest="max_sample", type=int, default=_BLOCKING.max_sample,
+            help="most vectors one k-means trains on (first level, and each partition's second level); "
+                 "first-level partitions are capped at this / 256")
         add("--max-block", "--max_block", dest="max_block", type=int, default=_BLOCKING.max_block,
-            help="a larger partition is searched block by block (bounds a worker's memory)")
+            help="a larger partition is split by second-level centroids, and a sub-partition still larger "
+                 "is cut into blocks of about this many (bounds a worker's memory)")
+        add("--block-fanout", "--block_fanout", dest="block_fanout", type=int, default=_BLOCKING.max_fanout,
+            help="a partition cut into at most this many blocks is searched block by block, exactly; one cut "
+                 "into more, block by block alone (approximate, counted)")
         add("--embedders", default="lexical",
             help="comma-separated candidate generators, their candidates united: lexical, encoder:MODEL "
                  "(a Hugging Face encoder id or directory)")
@@ -198,12 +214,14 @@ def scorer_settings(options: QdedupOptions) -> ModelSettings:
 def blocking_settings(options: QdedupOptions) -> BlockingSettings:
     return BlockingSettings(
         top_k=options.top_k, min_similarity=options.min_similarity, partitions=options.partitions,
-        partition_size=options.partition_size, probes=options.probes, max_block=options.max_block)
+        partition_size=options.partition_size, probes=options.probes, max_block=options.max_block,
+        max_sample=options.max_sample, max_fanout=options.block_fanout)
 
 
 def chaining_settings(options: QdedupOptions) -> ChainingSettings:
     return ChainingSettings(threshold=options.threshold, max_size=options.resplit_size,
-                            min_density=options.resplit_density, pair_budget=options.resplit_pairs)
+                            min_density=options.resplit_density, pair_budget=options.resplit_pairs,
+                            max_gather=options.resplit_gather, cut_steps=options.resplit_cut_steps)
 
 
 def encoder_settings(options: QdedupOptions, model: str) -> ModelSettings:

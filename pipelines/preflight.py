@@ -23,6 +23,7 @@ from pipelines.options import (
     input_columns,
     parse_embedders,
 )
+from transforms.cluster import rounds_for
 from transforms.commit import OutputNames, OutputRun, committed_root, read_committed
 from transforms.devices import resolve_device, resolve_dtype
 from transforms.errors import QdedupError, failure
@@ -128,7 +129,10 @@ def validate(options: QdedupOptions) -> None:
         (0.0 <= options.threshold <= 1.0, "--threshold must be between 0 and 1"),
         (-1.0 <= options.min_similarity <= 1.0, "--min-similarity must be between -1 and 1"),
         (options.top_k >= 1, "--top-k must be at least 1"),
-        (options.component_rounds >= 1, "--component-rounds must be at least 1"),
+        (options.component_rounds >= 0, "--component-rounds must be 0 (automatic) or more"),
+        (options.max_unsettled_edges >= 0, "--max-unsettled-edges must be 0 or more"),
+        (options.resplit_gather >= 3, "--resplit-gather must be at least 3"),
+        (options.resplit_cut_steps >= 0, "--resplit-cut-steps must be 0 or more"),
         (options.resplit_size >= 2, "--resplit-size must be at least 2"),
         (0.0 <= options.resplit_density <= 1.0, "--resplit-density must be between 0 and 1"),
         (options.resplit_pairs >= 0, "--resplit-pairs must be 0 or more"),
@@ -136,6 +140,8 @@ def validate(options: QdedupOptions) -> None:
         (options.partition_size >= 1, "--partition-size must be at least 1"),
         (options.probes >= 1, "--probes must be at least 1"),
         (options.max_block >= 1, "--max-block must be at least 1"),
+        (options.block_fanout >= 1, "--block-fanout must be at least 1"),
+        (options.max_sample >= 256, "--max-sample must be at least 256 (one centroid's sample)"),
         (options.token_budget >= 0, "--token-budget must be 0 (automatic) or positive"),
         (options.sort_window >= 1, "--sort-window must be at least 1"),
         (8 <= options.max_length <= 512, "--max-length must be between 8 and 512"),
@@ -393,6 +399,11 @@ def check_run(options: QdedupOptions, pipeline_options: PipelineOptions) -> Laun
     if options.previous_groups:
         previous_groups = check_previous_groups(options.previous_groups, info.id_type).paths("groups", ".parquet")
     check_device_here(pipeline_options, options.device)
+    if not options.component_rounds:
+        existing = read_committed(options.existing, "--existing").report.get("rows_out", 0) if options.existing else 0
+        # Edges are scored candidate pairs: at most k per question and embedder.
+        edges_per_node = options.top_k * len(parse_embedders(options.embedders))
+        options.component_rounds = rounds_for(info.rows + existing, edges_per_node, options.max_unsettled_edges)
     configuration = effective_configuration(pipeline_options)
     configuration["fingerprints"] = check_models(options)
     configuration["scoring_precision"] = scoring_precision(options, pipeline_options)

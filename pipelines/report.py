@@ -22,7 +22,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
-from transforms.metrics import STAGE_NAMESPACE
+from transforms.metrics import LARGEST_NAMESPACE, STAGE_NAMESPACE
 from transforms.state import STATE_FORMAT
 
 FAILURE_FIELDS = ("kind", "row", "stage", "reason", "detail")
@@ -66,6 +66,21 @@ def _work_item_sizes(result):
     return [v for v in values if v is not None and v.count]
 
 
+def largest_elements(result) -> dict:
+    """{step: the most one element of that step held (rows of one text, a work item, a sample, ...)}."""
+    try:
+        found = result.metrics().query(MetricsFilter().with_namespace(LARGEST_NAMESPACE))["distributions"]
+    except Exception:
+        return {}
+    largest: dict = {}
+    for distribution in found:
+        value = distribution.committed if distribution.committed is not None else distribution.attempted
+        if value is not None and value.count:
+            name = distribution.key.metric.name
+            largest[name] = max(largest.get(name, 0), value.max)
+    return dict(sorted(largest.items()))
+
+
 def complete_report(report: dict, result, run_id: str, seconds: float) -> dict:
     """report.json as the pipeline left it, with what only the finished run knows: Beam's metrics, the run
     id and the wall seconds."""
@@ -87,6 +102,10 @@ def run_totals(report: dict, result) -> dict:
         "oom_splits": counts.get("oom_splits", 0),
         "components_unsettled_edges": counts.get("components_unsettled_edges", 0),
         "components_resplit": counts.get("components_resplit", 0),
+        "components_cut": counts.get("components_cut", 0),
+        "components_too_large": counts.get("components_too_large", 0),
+        "blocking_items_hash_blocked": counts.get("blocking_items_hash_blocked", 0),
+        "largest_elements": largest_elements(result),
         "scoring_pairs_per_second": round(report["pairs_scored"] / score_seconds, 2) if score_seconds else None,
     }
 

@@ -100,3 +100,26 @@ def break_scorer(monkeypatch, model_dir: str, token: str | None = None) -> None:
             raise RuntimeError("kernel failed: CUDA error: device-side assert triggered")
         return forward(model, batch, label)
     monkeypatch.setattr(transforms.score, "positive_probability", fragile)
+
+
+class Lazy:
+    """A re-iterable that makes its values anew each time, holding none: a hot key's grouped values as
+    Dataflow pages them in. `make()` returns a fresh iterator."""
+
+    def __init__(self, make):
+        self._make = make
+
+    def __iter__(self):
+        return iter(self._make())
+
+
+def peak_bytes(fn):
+    """(fn(), the most bytes Python allocated at once while it ran)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        result = fn()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return result, peak

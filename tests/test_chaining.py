@@ -1,18 +1,23 @@
 import itertools
+import pickle
 import random
 
 import apache_beam as beam
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from tests.helpers import RUNNER_ARGS
+from tests.helpers import RUNNER_ARGS, peak_bytes
 from transforms.chaining import (
     ChainingSettings,
     SplitChains,
     average_linkage,
+    cut_thresholds,
     missing_pairs,
     needs_resplit,
+    verdict,
 )
+from transforms.cluster import ConnectedComponents, connected_components
 from transforms.records import ScoredPair
 from transforms.score import Scored
 
@@ -111,7 +116,8 @@ def test_split_chains_in_beam_scores_missing_pairs_and_splits(tmp_path, density)
         components = p | "C" >> beam.Create([(n, 1) for n in nodes])
         internal = p | "S" >> beam.Create([(1, ScoredPair(a, b, s, 0.5, "lexical")) for (a, b), s in scores.items()])
         result = ((components, internal)
-                  | SplitChains(ChainingSettings(min_density=density, max_size=100), _DictScorer()))
+                  | SplitChains(ChainingSettings(min_density=density, max_size=100), _DictScorer(),
+                                ConnectedComponents(3, 10**6)))
         ((result.labels | beam.Map(repr)), (result.scored | beam.Map(lambda x: "extra " + repr(tuple(x[:3])))))\
             | beam.Flatten() | beam.combiners.ToList() | beam.Map(lambda lines: out.write_text("\n".join(lines)))
     lines = out.read_text().splitlines()
@@ -131,12 +137,149 @@ def test_the_plan_follows_the_blocking_pairs_of_the_component():
 
     def plan(pairs):
         element = (1, {"node": A + B + CHAIN, "pair": pairs})
-        out = list(_Plan(ChainingSettings(max_size=100, min_density=0.5)).process(element))
-        return ([o.value for o in out if getattr(o, "tag", None) == "missing"],
-                [o for o in out if not hasattr(o, "tag")])
+        out = list(_Plan(ChainingSettings(max_size=100, min_density=0.5))(element))
+        return [o.value for o in out if o.tag == "missing"], [o.value for o in out if o.tag == "resplit"]
 
     blocked = [ScoredPair(a, b, s, 0.5, "lexical") for (a, b), s in _two_groups_and_a_weak_chain().items()]
-    missing, kept = plan(blocked)
-    assert missing and not kept
+    missing, resplit = plan(blocked)
+    assert missing and resplit == [(1, (sorted(A + B + CHAIN), _two_groups_and_a_weak_chain()))]
     assert all(pair not in _two_groups_and_a_weak_chain() for pair, _ in missing)
-    assert plan(list(reversed(blocked))) == (missing, kept)  # whatever the order pairs arrive in
+    assert plan(list(reversed(blocked))) == (missing, resplit)  # whatever the order pairs arrive in
+
+
+def test_verdicts_and_cut_thresholds():
+    settings = ChainingSettings(threshold=0.5, max_size=5, max_gather=10, cut_steps=3)
+    assert cut_thresholds(settings) == [0.625, 0.75, 0.875]
+    assert verdict(4, 6, settings, last=False) is None            # small and dense: kept
+    assert verdict(6, 15, settings, last=False) == "resplit"      # over max_size, fits on a worker
+    assert verdict(11, 55, settings, last=False) == "cut"         # over max_gather: cut further
+    assert verdict(11, 55, settings, last=True) == "too_large"    # no step left: kept as it is
+
+
+def _unbounded_missing_pairs(scores, threshold, budget, fanout):
+    """The former implementation: every candidate known before the cut."""
+    neighbours = {}
+    for (a, b), score in scores.items():
+        if score >= threshold:
+            neighbours.setdefault(a, []).append((score, b))
+            neighbours.setdefault(b, []).append((score, a))
+    strength = {}
+    for middle in sorted(neighbours):
+        strongest = sorted(neighbours[middle], key=lambda item: (-item[0], item[1]))[:fanout]
+        for i, (score_a, a) in enumerate(strongest):
+            for score_b, b in strongest[i + 1:]:
+                pair = (a, b) if a < b else (b, a)
+                if pair not in scores:
+                    strength[pair] = max(strength.get(pair, -1.0), min(score_a, score_b))
+    return [pair for pair, _ in sorted(strength.items(), key=lambda item: (-item[1], item[0]))[:budget]]
+
+
+def _random_scores(nodes: int, degree: int, seed: int) -> dict:
+    rng = random.Random(seed)
+    scores = {}
+    for a in range(nodes):
+        for _ in range(degree):
+            b = rng.randrange(nodes)
+            if a != b:
+                scores[(min(a, b), max(a, b))] = round(rng.uniform(0.3, 1.0), 2)  # ties on purpose
+    return scores
+
+
+@pytest.mark.parametrize("budget", [1, 50, 5000])
+def test_bounded_missing_pairs_equal_the_unbounded_ones(budget):
+    scores = _random_scores(300, 6, budget)
+    assert missing_pairs(scores, 0.5, budget, 32) == _unbounded_missing_pairs(scores, 0.5, budget, 32)
+
+
+def test_missing_pairs_of_a_3000_node_component_hold_about_the_budget():
+    """The former implementation held every friend-of-a-friend candidate: 320 MB here."""
+    scores = _random_scores(3000, 10, 7)
+    found, peak = peak_bytes(lambda: missing_pairs(scores, 0.5, 5000, 32))
+    assert len(found) == 5000
+    assert peak < 30_000_000, peak
+
+
+def _chained_groups(groups: int, size: int):
+    """`groups` groups of `size` nodes chained into one component by 0.6 links: most complete at 0.95,
+    every tenth a path at 0.95 (sparse: re-split)."""
+    scores = {}
+    for g in range(groups):
+        members = range(g * size, (g + 1) * size)
+        if g % 10:
+            scores.update({pair: 0.95 for pair in itertools.combinations(members, 2)})
+        else:
+            scores.update({(m, m + 1): 0.95 for m in members[:-1]})
+        if g:
+            scores[(g * size - 1, g * size)] = 0.6
+    return scores
+
+
+def _model_by_group(size: int):
+    return lambda a, b: 0.9 if a // size == b // size else 0.05
+
+
+def _reference_labels(scores: dict, settings: ChainingSettings, model) -> dict:
+    """Chaining control on one machine: cut at rising thresholds until the pieces fit, then re-split."""
+    labels = {}
+    todo = [(sorted({n for pair in scores for n in pair}), scores)]
+    for step, cut_at in enumerate([None] + cut_thresholds(settings)):
+        pieces = []
+        for nodes, pairs in todo:
+            if cut_at is None:
+                found = connected_components(p for p, s in pairs.items() if s >= settings.threshold)
+            else:
+                found = connected_components(p for p, s in pairs.items() if s >= cut_at)
+            for node in nodes:
+                found.setdefault(node, node)
+            for root in sorted(set(found.values())):
+                members = [n for n in nodes if found[n] == root]
+                inside = {p: s for p, s in pairs.items() if found[p[0]] == root and found[p[1]] == root}
+                pieces.append((members, inside))
+        todo = []
+        last = step == settings.cut_steps
+        for members, inside in pieces:
+            edges = sum(s >= settings.threshold for s in inside.values())
+            found = verdict(len(members), edges, settings, last)
+            if found in (None, "too_large"):
+                labels.update((n, min(members)) for n in members)
+            elif found == "resplit":
+                extra = {p: model(*p) for p in missing_pairs(inside, settings.threshold, settings.pair_budget,
+                                                            settings.fanout)}
+                labels.update(average_linkage(members, {**inside, **extra}, settings.threshold))
+            else:
+                todo.append((members, inside))
+    return labels
+
+
+@pytest.mark.slow
+def test_a_20k_node_component_is_cut_then_re_split_as_on_one_machine(tmp_path):
+    size = 10
+    scores = _chained_groups(2000, size)
+    settings = ChainingSettings(threshold=0.5, max_gather=1000, pair_budget=20)
+    model = _model_by_group(size)
+    expected = _reference_labels(scores, settings, model)
+    # The reference itself: the 0.6 links are cut, no group spans two true groups, dense groups stay whole
+    # (path-shaped ones are re-split on their path and friend-of-friend pairs alone, so some split).
+    assert len(expected) == 20_000
+    assert all(expected[n] // size == n // size for n in expected)
+    assert all(len({expected[n] for n in range(g * size, (g + 1) * size)}) == 1 for g in range(2000) if g % 10)
+
+    class Scorer(beam.PTransform):
+        def expand(self, candidates):
+            scored = candidates | beam.Map(lambda c: ScoredPair(c.id_a, c.id_b, model(c.id_a, c.id_b), None, c.source))
+            nothing = candidates.pipeline | "Nothing" >> beam.Create([])
+            return Scored(scored, scored, nothing, candidates.pipeline | "NoFailures" >> beam.Create([]))
+
+    out = tmp_path / "labels.pickle"
+    pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
+    components = pipeline | "C" >> beam.Create([(n, 0) for n in range(20_000)])
+    internal = pipeline | "S" >> beam.Create([(0, ScoredPair(a, b, s, 0.5, "lexical")) for (a, b), s in scores.items()])
+    chained = (components, internal) | SplitChains(settings, Scorer(), ConnectedComponents(3, 10**6))
+    _ = chained.labels | beam.combiners.ToList() | beam.Map(lambda found: out.write_bytes(pickle.dumps(dict(found))))
+    result = pipeline.run()
+    result.wait_until_finish()
+    assert pickle.loads(out.read_bytes()) == expected
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query(
+        MetricsFilter().with_namespace("qdedup"))["counters"]}
+    assert counters["components_cut"] == 1 and counters.get("components_too_large", 0) == 0
+    assert counters["components_resplit"] == 200  # the path-shaped groups

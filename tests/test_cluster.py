@@ -5,18 +5,22 @@ import apache_beam as beam
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.portability.api import beam_runner_api_pb2
 
 from tests.helpers import RUNNER_ARGS
 from transforms.cluster import (
     ConnectedComponents,
     GroupInfo,
     connected_components,
+    finish_unsettled,
     large_star,
     match_kind,
+    rounds_for,
     small_star,
     star_label,
     summarize_group,
 )
+from transforms.errors import QdedupError
 from transforms.records import Representative
 
 
@@ -85,7 +89,7 @@ def test_match_kind():
     assert match_kind(GroupInfo(1, "k1", 2), "k1", 1) == "model"  # canonical joined only by the model
 
 
-def _run_components(edges, rounds, tmp_path):
+def _run_components(edges, rounds, tmp_path, max_unsettled=10**9):
     path = tmp_path / "components.pickle"
 
     def save(found):
@@ -93,7 +97,8 @@ def _run_components(edges, rounds, tmp_path):
             pickle.dump(dict(found), handle)
 
     pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
-    _ = pipeline | beam.Create(edges) | ConnectedComponents(rounds) | beam.combiners.ToList() | beam.Map(save)
+    _ = (pipeline | beam.Create(edges) | ConnectedComponents(rounds, max_unsettled)
+         | beam.combiners.ToList() | beam.Map(save))
     result = pipeline.run()
     result.wait_until_finish()
     unsettled = result.metrics().query(MetricsFilter().with_name("components_unsettled_edges"))["counters"]
@@ -139,9 +144,9 @@ def test_star_steps():
     assert list(large_star(5, [1, 2])) == []
     assert sorted(small_star(5, [3, 7, 1])) == [(3, 1), (5, 1)]
     assert list(small_star(1, [3, 7])) == []
-    assert star_label(5, [1]) == (1, False)       # a leaf of a star
-    assert star_label(1, [5, 7]) == (1, False)    # a star's centre
-    assert star_label(5, [1, 9]) == (1, True)     # still between two nodes
+    assert star_label(5, [1]) == (1, False, 1)       # a leaf of a star
+    assert star_label(1, [5, 7]) == (1, False, 2)    # a star's centre
+    assert star_label(5, [1, 9]) == (1, True, 2)     # still between two nodes
 
 
 def test_a_star_centre_is_streamed_not_listed():
@@ -153,9 +158,67 @@ def test_a_star_centre_is_streamed_not_listed():
     try:
         collections.deque(large_star(0, neighbours), maxlen=0)
         collections.deque(small_star(2_000_000, neighbours), maxlen=0)
-        assert star_label(0, neighbours) == (0, False) and star_label(500, neighbours) == (1, True)
+        assert star_label(0, neighbours) == (0, False, 10**6) and star_label(500, neighbours) == (1, True, 10**6)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert peak < 1_000_000, peak
     assert sum(1 for _ in small_star(2_000_000, neighbours)) == 1_000_000  # (node, 1) and 999,999 others
+
+
+def test_rounds_grow_with_log_of_the_corpus():
+    assert [rounds_for(n, 10, 1000) for n in (0, 2, 1000, 10**6, 10**8)] == [2, 2, 12, 22, 29]
+    assert rounds_for(200_000, 10, 2_000_000) == 2  # every edge fits the finishing worker
+    assert rounds_for(200_001, 10, 2_000_000) == 20
+
+
+def test_a_remainder_larger_than_the_bound_fails_saying_what_to_raise():
+    edges = [(i, i + 1) for i in range(10)]
+    assert dict(finish_unsettled((None, edges), 10)) == {i: 0 for i in range(11)}
+    with pytest.raises(QdedupError, match="--component-rounds"):
+        list(finish_unsettled((None, edges), 9))
+
+
+def test_components_are_finished_without_side_inputs():
+    """Nothing the size of the graph is broadcast: no step of the component search takes a side input."""
+    pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
+    _ = pipeline | beam.Create([(1, 2)]) | "Components" >> ConnectedComponents(2, 100)
+    proto = pipeline.to_runner_api()
+    pardos = [t for t in proto.components.transforms.values()
+              if t.unique_name.startswith("Components/") and t.spec.urn == "beam:transform:pardo:v1"]
+    assert pardos
+    for transform in pardos:
+        payload = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
+        assert not payload.side_inputs, transform.unique_name
+
+
+def test_a_million_node_path_is_finished_exactly_by_the_finishing_steps():
+    """The worst case for the rounds: every edge of a 1M-node path left unsettled, finished by union-find
+    and the two joins that carry its labels to every node (the functions the pipeline runs, called
+    directly: the in-process runner takes ~150 s for this graph)."""
+    from transforms.cluster import _finish_node, _finish_star
+    from transforms.joins import Joined
+    n = 1_000_000
+    rng = random.Random(3)
+    ids = list(range(n))
+    rng.shuffle(ids)
+    edges = list(zip(ids, ids[1:]))
+    finished = dict(finish_unsettled((None, edges), len(edges)))
+    assert len(finished) == n and set(finished.values()) == {0}
+    # A node labelled by the finish takes its label; one that was settled around a star centre takes the
+    # centre's: here node n (settled, centre 5) and node n + 1 (settled, centre n + 2, not in the finish).
+    done = list(_finish_node((5, Joined([(0, 5), (1, 0)], {"label": 0, "finished": 1}))))
+    pending = list(_finish_node((n, Joined([(0, 5)], {"label": 0, "finished": 1}))))
+    assert done == [(5, 0)] and pending[0].value == (5, n)
+    star = Joined([(0, n), (1, finished[5])], {"node": 0, "finished": 1})
+    assert list(_finish_star((5, star))) == [(n, 0)]
+    assert list(_finish_star((n + 2, Joined([(0, n + 1)], {"node": 0, "finished": 1})))) == [(n + 1, n + 2)]
+
+
+@pytest.mark.slow
+def test_a_100k_path_and_a_100k_star_through_the_pipeline_are_exact(tmp_path):
+    path = [(i, i + 1) for i in range(100_000)]
+    star = [(200_000, 200_000 + i) for i in range(1, 100_001)]
+    got, unsettled = _run_components(path + star, 2, tmp_path, max_unsettled=300_000)
+    assert got == {**{i: 0 for i in range(100_001)}, **{200_000 + i: 200_000 for i in range(100_001)}}
+    assert 0 < unsettled <= 300_000  # two rounds leave most of the path to the finishing step

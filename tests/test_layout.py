@@ -5,7 +5,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = {"read", "normalize", "embed", "block", "score", "chaining", "cluster", "ids", "state"}
 SHARED = {"records", "vectors", "errors", "metrics", "logs", "devices", "paths", "write", "commit", "sources",
-          "inference"}
+          "inference", "joins"}
 
 
 def project_imports(path: Path) -> set[str]:
@@ -52,3 +52,13 @@ def test_the_package_and_benchmarks_never_import_tests():
 def test_test_modules_share_helpers_not_each_other():
     for path in (ROOT / "tests").glob("test_*.py"):
         assert not {n for n in project_imports(path) if n.startswith("tests.test_")}, path.name
+
+
+def test_no_step_joins_with_cogroupbykey():
+    """Beam Python's CoGroupByKey lists each key's values: a hot key becomes one huge element. Joins go
+    through `transforms.joins.JoinByKey`, which walks them (docs/design.md, "Bounded memory")."""
+    for folder in ("transforms", "pipelines"):
+        for path in (ROOT / folder).glob("*.py"):
+            used = {node.attr for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Attribute)}
+            used |= {node.id for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Name)}
+            assert "CoGroupByKey" not in used, path

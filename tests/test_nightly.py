@@ -19,6 +19,7 @@ from tests.helpers import (
 )
 from tests.object_store import PREFIX
 from transforms.commit import MARKER, OutputRun
+from transforms.state import STATE_FORMAT
 
 pytestmark = pytest.mark.e2e  # every test here runs qdedup end to end
 
@@ -223,7 +224,7 @@ def test_a_state_of_another_format_is_refused(yesterday, tiny_model, tmp_path, c
     marker["report"]["state_format"] = 1
     (yesterday / MARKER).write_text(json.dumps(marker))
     assert main(_argv(tmp_path, tiny_model, f"--existing={yesterday}", output="next")) == 2
-    assert "has state format 1, this qdedup needs 2" in capsys.readouterr().err
+    assert f"has state format 1, this qdedup needs {STATE_FORMAT}" in capsys.readouterr().err
 
 
 def test_a_pair_that_failed_on_an_earlier_night_is_scored_again(tiny_model, tmp_path, monkeypatch):

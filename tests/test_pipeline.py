@@ -44,6 +44,18 @@ def test_every_row_is_grouped_or_rejected_once(corpus, reference_run):
     assert sorted(grouped_ids + rejected_ids, key=repr) == sorted([r[0] for r in rows], key=repr)
 
 
+def test_the_report_gives_the_largest_element_of_each_bounded_step(reference_run):
+    out, report = reference_run
+    largest = report["largest_elements"]
+    representatives = read_part(out, "state/representatives")
+    assert largest["rows_per_text"] == max(r["count"] for r in representatives)
+    assert largest["blocking_work_item"] == report["largest_blocking_work_item"] == len(representatives)
+    assert 1 <= largest["component_node_degree"] < len(representatives)
+    assert report["components_resplit"] > 0 and 3 <= largest["resplit_gathered_nodes"] <= 5_000
+    assert (report["components_cut"], report["components_too_large"], report["blocking_items_hash_blocked"]) \
+        == (0, 0, 0)
+
+
 def test_each_kind_of_bad_row_has_its_reason(reference_run):
     out, _ = reference_run
     rejected = read_part(out, "rejected")

@@ -4,15 +4,23 @@ Only pairs that blocking proposes are ever scored, so this stage bounds both the
 recall and the cost of a run. No worker holds the whole corpus:
 
 1. coarse centroids are trained (spherical k-means, fixed seed) on a
-   deterministic sample of the vectors and passed as a side input;
+   deterministic sample of the vectors, at most `max_sample` of them, and passed
+   as a side input (at most `max_sample / sample_per_partition` centroids);
 2. each vector goes to its `probes` nearest partitions;
-3. a partition larger than `max_block` is cut into b blocks by a stable hash of
-   the id, and searched as b x b (query block, index block) work items, so a
-   work item never holds more than two blocks while the search stays exact
-   within the partition;
-4. exact inner-product kNN runs inside each work item; each question keeps its
+3. a partition larger than `max_block` (a hot topic, a template, or simply a
+   large corpus, since the first level is capped) is split by a second level:
+   centroids trained on at most `max_sample` of its own members, each member
+   placed in its `probes` nearest sub-partitions; the shuffle grows with
+   partition size x probes, never with its square;
+4. a (sub-)partition still larger than `max_block` is cut into b blocks by a
+   stable hash of the id: with b <= `max_fanout` searched as b x b (query
+   block, index block) work items, exactly; with more (near-identical questions
+   that k-means cannot tell apart) each block is searched on its own, the only
+   approximate search, counted in the report (near-identical questions are
+   each other's neighbours anyway; the loss is measured by a test);
+5. exact inner-product kNN runs inside each work item; each question keeps its
    best k neighbours over all its partitions above the similarity floor;
-5. pairs are keyed (min id, max id) and made distinct.
+6. pairs are keyed (min id, max id) and made distinct.
 
 Similarities never depend on the search: faiss proposes `top_k + margin`
 neighbours, and the similarity of each is then computed by one fixed routine
@@ -30,14 +38,15 @@ import math
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Iterable, NamedTuple, Optional, Sequence
+from typing import Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import faiss
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from transforms.metrics import StageTimer
+from transforms.joins import JoinByKey, only
+from transforms.metrics import StageTimer, largest
 from transforms.records import CandidatePair, GivenCentroids, Neighbours
 from transforms.vectors import dot_rows, to_dense
 
@@ -54,8 +63,10 @@ class BlockingSettings:
     partitions: int = 0              # 0: probes x corpus / partition_size, at least 1
     partition_size: int = 10_000     # mean questions per partition when `partitions` is 0
     probes: int = 2                  # partitions each question is placed in
-    max_block: int = 20_000          # larger partitions are searched block by block
+    max_block: int = 20_000          # larger partitions are split again, then searched block by block
+    max_fanout: int = 4              # most blocks an exact block-by-block search may cut a partition into
     sample_per_partition: int = 256  # k-means training points per centroid
+    max_sample: int = 65_536         # most vectors one k-means trains on (each level, each partition)
     margin: int = 10                 # extra neighbours faiss proposes, re-ranked by exact similarity
     seed: int = 0
 
@@ -70,16 +81,39 @@ def stable_hash(value: object) -> int:
     return zlib.crc32(repr(value).encode("utf-8"))
 
 
+def max_centroids(settings: BlockingSettings) -> int:
+    """Most centroids one k-means level trains: its sample is capped, and each centroid needs its points."""
+    return max(1, settings.max_sample // settings.sample_per_partition)
+
+
 def partition_count(n: int, settings: BlockingSettings) -> int:
+    """First-level partitions for n vectors; a larger corpus gets larger partitions, split again by
+    `sub_partition_count`."""
     if settings.partitions:
         return max(1, min(settings.partitions, n))
-    return max(1, min(n, math.ceil(settings.probes * n / settings.partition_size)))
+    wanted = math.ceil(settings.probes * n / settings.partition_size)
+    return max(1, min(n, wanted, max_centroids(settings)))
+
+
+def sub_partition_count(size: int, settings: BlockingSettings) -> int:
+    """Second-level partitions of a first-level partition of `size` members (0: it is not split): enough
+    for sub-partitions of `partition_size`, or of half `max_block` if that is smaller."""
+    if size <= settings.max_block:
+        return 0
+    target = max(1, min(settings.partition_size, settings.max_block // 2))
+    wanted = math.ceil(settings.probes * size / target)
+    return max(settings.probes + 1, min(wanted, max_centroids(settings)))
 
 
 def in_sample(item_id: object, n: int, n_partitions: int, settings: BlockingSettings) -> bool:
-    """Deterministic sample of about sample_per_partition x partitions ids."""
+    """Deterministic sample of about sample_per_partition x partitions ids (capped by `max_sample` later)."""
     rate = settings.sample_per_partition * n_partitions / max(n, 1)
-    return stable_hash(item_id) % _SAMPLE_BUCKETS < rate * _SAMPLE_BUCKETS
+    return sample_rank(item_id) < rate * _SAMPLE_BUCKETS
+
+
+def sample_rank(item_id: object) -> int:
+    """Where an id falls in the deterministic sample order: the `max_sample` lowest are kept."""
+    return stable_hash(item_id) % _SAMPLE_BUCKETS
 
 
 def train_centroids(sample: np.ndarray, n_partitions: int, seed: int) -> np.ndarray:
@@ -180,14 +214,28 @@ def knn_pairs(ids: Sequence, vectors: np.ndarray, k: int, min_similarity: float)
 
 class Blocked(NamedTuple):
     """What blocking gives: the candidate pairs; every question's k nearest as (id, `Neighbours`),
-    which an extension keeps; and the centroids the partitions came from (None: one partition)."""
+    which an extension keeps; the centroids the partitions came from (None: one partition); and the
+    second-level centroids of the partitions split again, as (partition, array)."""
 
     pairs: beam.PCollection
     neighbours: beam.PCollection
     centroids: beam.PCollection
+    sub_centroids: beam.PCollection
+
+
+def _by_sample_rank(entry: tuple) -> tuple:
+    """(rank, id): a total order, so that the sample kept does not depend on arrival order."""
+    return sample_rank(entry[0]), entry[0]
+
+
+def _lowest_ranks(settings: BlockingSettings) -> beam.CombineFn:
+    """Keeps the `max_sample` (id, vector) entries of lowest sample rank: the sample's hard bound."""
+    return beam.combiners.TopCombineFn(settings.max_sample, key=_by_sample_rank, reverse=True)
 
 
 def _train(sample: list, n: int, settings: BlockingSettings) -> Optional[np.ndarray]:
+    """First-level centroids from (id, vector) entries, at most `max_sample` of them."""
+    largest("kmeans_sample").update(len(sample))
     n_partitions = partition_count(n, settings)
     if n_partitions == 1 or not sample:
         return None
@@ -195,42 +243,85 @@ def _train(sample: list, n: int, settings: BlockingSettings) -> Optional[np.ndar
     return train_centroids(np.stack([to_dense(vector) for _, vector in sample]), n_partitions, settings.seed)
 
 
-class _AssignPartitions(beam.DoFn):
-    """item -> (partition, item) for its nearest partitions; with `only`, for those among them."""
+def _train_sub(element, sizes: dict, settings: BlockingSettings) -> Iterator[tuple]:
+    """(partition, its sampled (id, vector) entries) -> (partition, second-level centroids)."""
+    partition, sample = element
+    largest("kmeans_sample").update(len(sample))
+    count = sub_partition_count(sizes[partition], settings)
+    sample = sorted(sample, key=lambda pair: pair[0])
+    if count and len(sample) > 1:
+        yield partition, train_centroids(np.stack([to_dense(vector) for _, vector in sample]), count,
+                                         settings.seed + 1 + partition)
 
-    def __init__(self, probes: int):
+
+class _AssignPartitions(beam.DoFn):
+    """item -> (partition, (role, item)) for its nearest partitions; with `only`, for those among them.
+
+    role "both": searched and searchable; "stored": a stored question of an extended run, searchable
+    only (and searched against the queries for the newcomers that enter its k nearest).
+    """
+
+    def __init__(self, probes: int, role: str = "both"):
         self._probes = probes
+        self._role = role
 
     def process(self, item, centroids, only=None):
         for partition in nearest_partitions(item.vector, centroids, self._probes):
             if only is None or partition in only:
-                yield partition, item
+                yield partition, (self._role, item)
+
+
+class _SplitHot(beam.DoFn):
+    """(partition, entry) -> ((partition, 0), entry), or to "hot" as it is when the partition is split."""
+
+    def process(self, element, split: dict):
+        partition, entry = element
+        if partition in split:
+            yield beam.pvalue.TaggedOutput("hot", element)
+        else:
+            yield (partition, 0), entry
+
+
+def _route(element, probes: int) -> Iterator[tuple]:
+    """(partition, {entry, sub}) -> ((partition, sub-partition), entry) for the entry's nearest sub-partitions."""
+    partition, joined = element
+    sub = only(joined["sub"])
+    for role, item in joined["entry"]:
+        for part in nearest_partitions(item.vector, sub, probes):
+            yield (partition, part), (role, item)
 
 
 class _ToWorkItems(beam.DoFn):
-    """(partition, item) -> ((partition, query block, index block), (role, item)).
+    """((partition, sub-partition), entry) -> (work item key, entry).
 
-    A question being searched is a query and searchable ("both", "query", "index"); a stored
-    question of an extended run ("stored") only searchable, and searched against the queries for
-    the newcomers that enter its k nearest.
+    A (sub-)partition of at most `max_block` is one work item. A larger one is cut into b blocks by a
+    hash of the id: while b <= `fanout` it is searched exactly as b x b (query block, index block) work
+    items, each question copied into 2b - 1 of them (a partition an extension has grown, say); past
+    that (near-identical questions k-means could not split) each block is searched on its own, the one
+    approximate search, so what is shuffled stays within (2 x fanout - 1) x the partition's size.
     """
 
-    def __init__(self, max_block: int, stored: bool = False):
+    def __init__(self, max_block: int, fanout: int):
         self._max_block = max_block
-        self._stored = stored
+        self._fanout = fanout
+        self._approximate = Metrics.counter("qdedup", "blocking_items_hash_blocked")
 
     def process(self, element, sizes: dict):
-        partition, item = element
-        blocks = block_count(sizes[partition], self._max_block)
+        key, (role, item) = element
+        blocks = block_count(sizes[key], self._max_block)
         mine = stable_hash(item.rep.id) % blocks
+        if blocks > self._fanout:
+            self._approximate.inc()
+            yield (*key, mine, mine), (role, item)
+            return
         for other in range(blocks):
-            if self._stored:
-                yield (partition, other, mine), ("stored", item)
+            if role == "stored":
+                yield (*key, other, mine), (role, item)
             elif other == mine:
-                yield (partition, mine, mine), ("both", item)
+                yield (*key, mine, mine), (role, item)
             else:
-                yield (partition, mine, other), ("query", item)
-                yield (partition, other, mine), ("index", item)
+                yield (*key, mine, other), ("query", item)
+                yield (*key, other, mine), ("index", item)
 
 
 class _SearchWorkItem(beam.DoFn):
@@ -240,19 +331,21 @@ class _SearchWorkItem(beam.DoFn):
         self._settings = settings
         self._timer = StageTimer("block")
         self._sizes = Metrics.distribution("qdedup", "blocking_work_item_size")
+        self._largest = largest("blocking_work_item")
 
     def process(self, element):
         _, members = element
-        queries, index, stored, size = [], [], [], 0
+        queries, index, stored, entries = [], [], [], 0
         for role, item in members:
-            size += 1
+            entries += 1
             if role in ("both", "query"):
                 queries.append(item)
             if role != "query":
                 index.append(item)
             if role == "stored":
                 stored.append(item)
-        self._sizes.update(size)
+        self._sizes.update(entries)  # what was shuffled into this work item
+        self._largest.update(entries)
         if not queries or not index:
             return
         settings = self._settings
@@ -263,9 +356,10 @@ class _SearchWorkItem(beam.DoFn):
             # The searches a full run would make from the stored side: newcomers that enter a stored
             # question's k nearest.
             reverse = _search(stored, queries, settings) if stored else {}
-        partition, query_block, index_block = element[0]
-        _LOG.info("blocking: partition %s, blocks %d x %d: %d questions searched against %d in %.1f s",
-                  partition, query_block, index_block, len(queries), len(index), time.perf_counter() - started)
+        partition, sub, query_block, index_block = element[0]
+        _LOG.info("blocking: partition %s, sub-partition %d, blocks %d x %d: %d questions searched against %d "
+                  "in %.1f s", partition, sub, query_block, index_block, len(queries), len(index),
+                  time.perf_counter() - started)
         query_text = {item.rep.id: item.rep.text for item in queries}
         for query_id, neighbours in lists.items():
             yield query_id, (query_text[query_id], [(sim, nid, texts[nid]) for sim, nid in neighbours])
@@ -376,54 +470,72 @@ class BlockCandidates(beam.PTransform):
     """`Embedded` items (unit vectors, dense or sparse) -> `Blocked`: distinct `CandidatePair`s, id_a < id_b.
 
     `centroids`: None to train them on these vectors, or a previous run's (`--existing`,
-    `--params-from`; an array, or None for one partition) as `GivenCentroids(centroids)`.
+    `--params-from`) as `GivenCentroids`, with its second level, (partition, array), as `sub_centroids`.
     Extending a run, apply it to (new items, `StoredItem`s):
     only partitions holding new questions are searched, only new questions are queried, and
     each stored question's k nearest are updated with the newcomers that enter them.
     """
 
-    def __init__(self, settings: BlockingSettings, source: str = "lexical", centroids: Optional[GivenCentroids] = None):
+    def __init__(self, settings: BlockingSettings, source: str = "lexical", centroids: Optional[GivenCentroids] = None,
+                 sub_centroids: Optional[beam.PCollection] = None):
         super().__init__()
         self._settings = settings
         self._source = source
         self._centroids = centroids
+        self._sub_centroids = sub_centroids
 
     def expand(self, inputs):
         settings, source = self._settings, self._source
         embedded, stored = inputs if isinstance(inputs, tuple) else (inputs, None)
+        pipeline = embedded.pipeline
         if self._centroids is None:
             count = beam.pvalue.AsSingleton(embedded | "CountVectors" >> beam.combiners.Count.Globally())
-            centroids = (
+            trained = (
                 embedded
                 | "SampleForCentroids" >> beam.Filter(
                     lambda item, n: in_sample(item.rep.id, n, partition_count(n, settings), settings), n=count)
                 | "IdAndVector" >> beam.Map(lambda item: (item.rep.id, item.vector))
-                | "CollectSample" >> beam.combiners.ToList()
+                | "CapSample" >> beam.CombineGlobally(_lowest_ranks(settings))
                 | "TrainCentroids" >> beam.Map(_train, n=count, settings=settings)
             )
         else:
-            centroids = embedded.pipeline | "PreviousCentroids" >> beam.Create([self._centroids.centroids])
-        assigned = embedded | "AssignPartitions" >> beam.ParDo(
-            _AssignPartitions(settings.probes), centroids=beam.pvalue.AsSingleton(centroids))
+            trained = pipeline | "PreviousCentroids" >> beam.Create([self._centroids.centroids])
+        centroids = beam.pvalue.AsSingleton(trained)
+        assigned = embedded | "AssignPartitions" >> beam.ParDo(_AssignPartitions(settings.probes), centroids=centroids)
         if stored is not None:
             searched = beam.pvalue.AsDict(assigned | "NewPartitions" >> beam.Map(lambda e: (e[0], True))
                                           | "DistinctPartitions" >> beam.Distinct())
             stored_assigned = stored | "AssignStored" >> beam.ParDo(
-                _AssignPartitions(settings.probes), centroids=beam.pvalue.AsSingleton(centroids), only=searched)
-            everything = (assigned, stored_assigned) | "AllAssigned" >> beam.Flatten()
+                _AssignPartitions(settings.probes, "stored"), centroids=centroids, only=searched)
+            assigned = (assigned, stored_assigned) | "AllAssigned" >> beam.Flatten()
+        if self._centroids is None:
+            counts = assigned | "PartitionSizes" >> beam.combiners.Count.PerKey()
+            sizes = beam.pvalue.AsDict(counts)
+            hot = counts | "HotPartitions" >> beam.Filter(lambda kv: kv[1] > settings.max_block)
+            sub_centroids = (
+                assigned
+                | "SampleHot" >> beam.Filter(_in_sub_sample, sizes=sizes, settings=settings)
+                | "HotIdAndVector" >> beam.MapTuple(lambda partition, entry: (partition, (entry[1].rep.id,
+                                                                                          entry[1].vector)))
+                | "CapHotSample" >> beam.CombinePerKey(_lowest_ranks(settings))
+                | "TrainSubCentroids" >> beam.FlatMap(_train_sub, sizes=sizes, settings=settings)
+            )
         else:
-            everything = assigned
-        sizes = beam.pvalue.AsDict(
-            everything
-            | "PartitionOnes" >> beam.Map(lambda element: (element[0], 1))
-            | "PartitionSizes" >> beam.CombinePerKey(sum)
-        )
-        work = assigned | "ToWorkItems" >> beam.ParDo(_ToWorkItems(settings.max_block), sizes=sizes)
-        if stored is not None:
-            work = (work, stored_assigned | "StoredWorkItems" >> beam.ParDo(
-                _ToWorkItems(settings.max_block, stored=True), sizes=sizes)) | "AllWorkItems" >> beam.Flatten()
+            # An earlier run's structure is kept: the partitions it split, and only those, are split.
+            sub_centroids = self._sub_centroids or pipeline | "NoSubCentroids" >> beam.Create([])
+            hot = sub_centroids
+        split = assigned | "SplitHot" >> beam.ParDo(_SplitHot(), split=beam.pvalue.AsDict(
+            hot | "SplitPartitions" >> beam.Map(lambda kv: (kv[0], True)))).with_outputs("hot", main="whole")
+        routed = {"entry": split.hot, "sub": sub_centroids} | "RouteHot" >> JoinByKey(_route, settings.probes)
+        part_sizes = beam.pvalue.AsDict(
+            (split.whole | "WholeSizes" >> beam.combiners.Count.PerKey(),
+             routed | "SubSizes" >> beam.combiners.Count.PerKey()) | "PartSizes" >> beam.Flatten())
+        to_work_items = _ToWorkItems(settings.max_block, settings.max_fanout)
+        work = (split.whole | "WholeWorkItems" >> beam.ParDo(to_work_items, sizes=part_sizes),
+                routed | "SubWorkItems" >> beam.ParDo(to_work_items, sizes=part_sizes))
         found = (
             work
+            | "AllWorkItems" >> beam.Flatten()
             | "GroupWorkItem" >> beam.GroupByKey()
             | "SearchWorkItem" >> beam.ParDo(_SearchWorkItem(settings)).with_outputs("entering", main="found")
         )
@@ -432,8 +544,7 @@ class BlockCandidates(beam.PTransform):
             updated = (
                 {"item": stored | "StoredById" >> beam.Map(lambda item: (item.rep.id, item)),
                  "entering": found.entering}
-                | "JoinEntering" >> beam.CoGroupByKey()
-                | "UpdateStored" >> beam.FlatMap(_update_stored, settings.top_k)
+                | "UpdateStored" >> JoinByKey(_update_stored, settings.top_k)
             )
             best = (best, updated) | "AllNeighbours" >> beam.Flatten()
         pairs = (
@@ -442,4 +553,12 @@ class BlockCandidates(beam.PTransform):
             | "DistinctPairs" >> beam.CombinePerKey(_one_pair)
             | "DropKey" >> beam.Values()
         )
-        return Blocked(pairs, best | "NeighbourLists" >> beam.Map(_neighbour_list), centroids)
+        return Blocked(pairs, best | "NeighbourLists" >> beam.Map(_neighbour_list), trained, sub_centroids)
+
+
+def _in_sub_sample(element, sizes: dict, settings: BlockingSettings) -> bool:
+    """Whether an entry of a partition that is split again is in the sample its second level trains on."""
+    partition, (_, item) = element
+    size = sizes[partition]
+    count = sub_partition_count(size, settings)
+    return bool(count) and in_sample(item.rep.id, size, count, settings)

@@ -11,6 +11,12 @@ is re-split:
    threshold. Pairs never compared count as non-duplicates (score 0), so a
    group only survives where its members were actually found similar.
 
+Only components that are re-split meet on one worker, and only up to
+`max_gather` representatives: a larger one is first cut in a distributed way,
+its connected components recomputed over its edges at rising thresholds
+(`cut_thresholds`) until the pieces fit; a piece still too large after the last
+step keeps its components at that step, is not re-split, and is counted.
+
 Only this run's blocking pairs decide which components are re-split and which
 pairs their re-split asks for; a pair an earlier run scored is reused only when
 that plan asks for it (through the scorer given, `ScoreCandidates`).
@@ -20,11 +26,13 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping, NamedTuple, Sequence
+from typing import Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from transforms.joins import JoinByKey, only, pairs_within
+from transforms.metrics import largest
 from transforms.records import CandidatePair
 
 RESPLIT = "resplit"  # the `source` of pairs that chaining control scored
@@ -39,6 +47,14 @@ class ChainingSettings:
     min_density: float = 0.5     # edges / possible pairs below which a component (>= 3 nodes) is re-split
     pair_budget: int = 5000      # missing pairs scored per re-split component (all pairs of 100 nodes: 4950)
     fanout: int = 32             # strongest edges per node whose friend-of-friend pairs are considered
+    max_gather: int = 5000       # representatives a re-split may gather on one worker; larger components are cut
+    cut_steps: int = 3           # rising edge thresholds a too-large component is cut at
+
+
+def cut_thresholds(settings: ChainingSettings) -> list[float]:
+    """The edge thresholds a component larger than `max_gather` is cut at, evenly between threshold and 1."""
+    gap = 1.0 - settings.threshold
+    return [round(settings.threshold + gap * i / (settings.cut_steps + 1), 6) for i in range(1, settings.cut_steps + 1)]
 
 
 def needs_resplit(nodes: int, edges: int, settings: ChainingSettings) -> bool:
@@ -47,14 +63,32 @@ def needs_resplit(nodes: int, edges: int, settings: ChainingSettings) -> bool:
     return nodes > settings.max_size or edges < settings.min_density * nodes * (nodes - 1) / 2
 
 
+def verdict(nodes: int, edges: int, settings: ChainingSettings, last: bool) -> Optional[str]:
+    """What becomes of a component: None (kept), "resplit", "cut" (too large to gather: cut further)
+    or, at the last cut step, "too_large" (kept as it is)."""
+    if not needs_resplit(nodes, edges, settings):
+        return None
+    if nodes <= settings.max_gather:
+        return "resplit"
+    return "too_large" if last else "cut"
+
+
 def missing_pairs(scores: Mapping[tuple, float], threshold: float, budget: int, fanout: int) -> list[tuple]:
-    """Unscored (a, b) pairs, a < b, two edges apart, strongest path first (its weaker edge), then by id."""
+    """Unscored (a, b) pairs, a < b, two edges apart, strongest path first (its weaker edge), then by id.
+
+    Holds at most 2 x `budget` candidates: whenever more are known, only the best `budget` are kept
+    (a pair dropped then cannot come back above the cut, whatever other path finds it later).
+    """
     neighbours: dict = {}
     for (a, b), score in scores.items():
         if score >= threshold:
             neighbours.setdefault(a, []).append((score, b))
             neighbours.setdefault(b, []).append((score, a))
     strength: dict = {}
+
+    def best(candidates: dict) -> dict:
+        return dict(heapq.nsmallest(budget, candidates.items(), key=lambda item: (-item[1], item[0])))
+
     for middle in sorted(neighbours):
         strongest = sorted(neighbours[middle], key=lambda item: (-item[0], item[1]))[:fanout]
         for i, (score_a, a) in enumerate(strongest):
@@ -62,8 +96,9 @@ def missing_pairs(scores: Mapping[tuple, float], threshold: float, budget: int, 
                 pair = (a, b) if a < b else (b, a)
                 if pair not in scores:
                     strength[pair] = max(strength.get(pair, -math.inf), min(score_a, score_b))
-    ranked = sorted(strength.items(), key=lambda item: (-item[1], item[0]))
-    return [pair for pair, _ in ranked[:budget]]
+        if len(strength) > 2 * budget:
+            strength = best(strength)
+    return [pair for pair, _ in sorted(best(strength).items(), key=lambda item: (-item[1], item[0]))]
 
 
 def average_linkage(nodes: Sequence, scores: Mapping[tuple, float], threshold: float) -> dict:
@@ -124,8 +159,88 @@ def average_linkage(nodes: Sequence, scores: Mapping[tuple, float], threshold: f
 
 # ---- Beam glue ----
 
-class _Plan(beam.DoFn):
-    """Per component: keep its label, or plan a re-split and ask for its missing pairs.
+def _verdicts(element, settings: ChainingSettings, last: bool) -> Iterator[tuple]:
+    label, joined = element
+    found = verdict(only(joined["nodes"], 0), only(joined["edges"], 0), settings, last)
+    if found:
+        yield label, found
+
+
+def _route_nodes(element, counters: dict) -> Iterator:
+    """(label, {node, verdict}) -> (node, label) kept, or to "resplit" as (label, node), or to "cut"."""
+    label, joined = element
+    found = only(joined["verdict"])
+    if found in counters:
+        counters[found].inc()
+    for node in joined["node"]:
+        if found in (None, "too_large"):
+            yield node, label
+        elif found == "resplit":
+            yield beam.pvalue.TaggedOutput("resplit", (label, node))
+        else:
+            yield beam.pvalue.TaggedOutput("cut", (node, label))
+
+
+def _route_pairs(element) -> Iterator:
+    """(label, {pair, verdict}) -> the component's pairs to "resplit" as (label, pair), or to "cut"."""
+    label, joined = element
+    found = only(joined["verdict"])
+    if found == "resplit":
+        for pair in joined["pair"]:
+            yield beam.pvalue.TaggedOutput("resplit", (label, pair))
+    elif found == "cut":
+        for pair in joined["pair"]:
+            yield beam.pvalue.TaggedOutput("cut", pair)
+
+
+def _levels(element, levels: int) -> Iterator[tuple]:
+    """A node of a component being cut -> ((level, node), None) for every cut level."""
+    node, _ = element
+    for level in range(1, levels + 1):
+        yield (level, node), None
+
+
+def _level_edges(pair, thresholds: list) -> Iterator[tuple]:
+    """A pair of a component being cut -> its edge at every level whose threshold it reaches."""
+    for level, cut_at in enumerate(thresholds, 1):
+        if pair.score >= cut_at:
+            yield (level, pair.id_a), (level, pair.id_b)
+
+
+def _piece_of(element) -> Iterator[tuple]:
+    """((level, node), {node, piece}) -> ((level, piece root), node); a node without an edge at that level
+    is a piece of its own."""
+    (level, node), joined = element
+    piece = only(joined["piece"], (level, node))
+    for _ in joined["node"]:
+        yield piece, node
+
+
+def _sized(element) -> Iterator[tuple]:
+    """((level, root), {node, size}) -> (node, (level, root, size)) for each node of the piece."""
+    (level, root), joined = element
+    size = only(joined["size"])
+    for node in joined["node"]:
+        yield node, (level, root, size)
+
+
+def _choose_piece(element, max_gather: int, counter) -> Iterator[tuple]:
+    """(node, its piece at every level) -> (piece root, node) for the lowest level whose piece fits on one
+    worker; past the last level, the last level's piece goes to "too_large" (kept as it is)."""
+    node, pieces = element
+    pieces = sorted(pieces)  # one per level: bounded by --resplit-cut-steps
+    fitting = next((piece for piece in pieces if piece[2] <= max_gather), None)
+    if fitting is not None:
+        yield fitting[1], node
+        return
+    _, root, _ = pieces[-1]
+    if node == root:
+        counter.inc()
+    yield beam.pvalue.TaggedOutput("too_large", (node, root))
+
+
+class _Plan:
+    """Per component to re-split: its nodes and scored pairs -> the plan, and the missing pairs it asks for.
 
     The plan follows this run's blocking pairs alone (the only scored pairs a component is made of):
     the same graph gives the same plan, whatever earlier runs scored.
@@ -133,18 +248,13 @@ class _Plan(beam.DoFn):
 
     def __init__(self, settings: ChainingSettings):
         self._settings = settings
-        self._resplit = Metrics.counter("qdedup", "components_resplit")
+        self._largest = largest("resplit_gathered_nodes")
 
-    def process(self, element):
+    def __call__(self, element):
         root, joined = element
         nodes = sorted(set(joined["node"]))
+        self._largest.update(len(nodes))
         scores = {(p.id_a, p.id_b): p.score for p in joined["pair"]}
-        edges = sum(score >= self._settings.threshold for score in scores.values())
-        if not needs_resplit(len(nodes), edges, self._settings):
-            for node in nodes:
-                yield node, root
-            return
-        self._resplit.inc()
         yield beam.pvalue.TaggedOutput("resplit", (root, (nodes, scores)))
         for pair in missing_pairs(scores, self._settings.threshold, self._settings.pair_budget,
                                   self._settings.fanout):
@@ -153,10 +263,17 @@ class _Plan(beam.DoFn):
 
 def _resplit(element, threshold: float) -> Iterable[tuple]:
     _, joined = element
-    (nodes, scores), = joined["plan"]
+    nodes, scores = only(joined["plan"])
     scores = dict(scores)
     scores.update(((p.id_a, p.id_b), p.score) for p in joined["extra"])
     yield from average_linkage(nodes, scores, threshold).items()
+
+
+def _extra_by_root(element) -> Iterator[tuple]:
+    _, joined = element
+    root = only(joined["root"])
+    for pair in joined["pair"]:
+        yield root, pair
 
 
 class Chained(NamedTuple):
@@ -172,22 +289,74 @@ class Chained(NamedTuple):
 class SplitChains(beam.PTransform):
     """(components as (node, label), scored pairs inside them as (label, pair)) -> `Chained`.
 
-    `score` is the PTransform that turns `CandidatePair`s without texts into `Scored`
-    (`ScoreCandidates` in a run, which reuses scores an earlier run made).
+    Args:
+        settings: when to re-split, and how much one re-split may gather and score.
+        score: `CandidatePair`s without texts -> `Scored` (`ScoreCandidates` in a run, which reuses
+            scores an earlier run made).
+        components: edges (a, b) -> (node, component label) (`ConnectedComponents` in a run), for
+            cutting components larger than `settings.max_gather`.
     """
 
-    def __init__(self, settings: ChainingSettings, score: beam.PTransform):
+    def __init__(self, settings: ChainingSettings, score: beam.PTransform, components: beam.PTransform):
         super().__init__()
         self._settings = settings
         self._score = score
+        self._components = components
+        self._counters = {name: Metrics.counter("qdedup", f"components_{name}") for name in ("cut", "too_large")}
+        self._counters["resplit"] = Metrics.counter("qdedup", "components_resplit")
+
+    def _judge(self, name: str, nodes, internal, last: bool):
+        """(nodes as (label, node), pairs as (label, pair)) -> kept (node, label), then the nodes and pairs
+        of components to re-split, then those of components to cut."""
+        settings = self._settings
+        verdicts = (
+            {"nodes": nodes | f"{name}CountNodes" >> beam.combiners.Count.PerKey(),
+             "edges": internal | f"{name}Edges" >> beam.Filter(lambda kv: kv[1].score >= settings.threshold)
+             | f"{name}CountEdges" >> beam.combiners.Count.PerKey()}
+            | f"{name}Verdicts" >> JoinByKey(_verdicts, settings, last)
+        )
+        routed = {"node": nodes, "verdict": verdicts} | f"{name}RouteNodes" >> JoinByKey(
+            _route_nodes, self._counters, outputs=("resplit", "cut"), main="kept")
+        routed_pairs = {"pair": internal, "verdict": verdicts} | f"{name}RoutePairs" >> JoinByKey(
+            _route_pairs, outputs=("resplit", "cut"), main="none")
+        return routed.kept, routed.resplit, routed_pairs.resplit, routed.cut, routed_pairs.cut
 
     def expand(self, inputs):
         components, internal = inputs
         settings = self._settings
+        thresholds = cut_thresholds(settings)
+        kept, resplit_nodes, resplit_pairs, cut_nodes, cut_pairs = self._judge(
+            "Whole", components | "NodeByComponent" >> beam.KvSwap(), internal, last=not thresholds)
+        kept, to_resplit = [kept], [(resplit_nodes, resplit_pairs)]
+        if thresholds:
+            # Components too large to gather: their components at every cut level at once (one search over
+            # (level, node) graphs), then each node's piece at the lowest level where it fits.
+            pieces = (
+                cut_pairs
+                | "LevelEdges" >> beam.FlatMap(_level_edges, thresholds)
+                | "CutComponents" >> self._components
+            )
+            piece_of = (
+                {"node": cut_nodes | "AtEveryLevel" >> beam.FlatMap(_levels, len(thresholds)), "piece": pieces}
+                | "PieceOf" >> JoinByKey(_piece_of)
+            )
+            chosen = (
+                {"node": piece_of, "size": piece_of | "PieceSizes" >> beam.combiners.Count.PerKey()}
+                | "SizedPieces" >> JoinByKey(_sized)
+                | "PiecesOfNode" >> beam.GroupByKey()
+                | "ChoosePiece" >> beam.FlatMap(_choose_piece, settings.max_gather, self._counters["too_large"])
+                .with_outputs("too_large", main="fits")
+            )
+            kept.append(chosen.too_large)
+            labels = chosen.fits | "NodePiece" >> beam.KvSwap()
+            piece_kept, piece_nodes, piece_pairs, _, _ = self._judge(
+                "Piece", chosen.fits, pairs_within(cut_pairs, labels, "PiecePairs"), last=True)
+            kept.append(piece_kept)
+            to_resplit.append((piece_nodes, piece_pairs))
         plan = (
-            {"node": components | "NodeByComponent" >> beam.KvSwap(), "pair": internal}
-            | "GatherComponent" >> beam.CoGroupByKey()
-            | "PlanResplit" >> beam.ParDo(_Plan(settings)).with_outputs("resplit", "missing", main="kept")
+            {"node": tuple(n for n, _ in to_resplit) | "ResplitNodes" >> beam.Flatten(),
+             "pair": tuple(p for _, p in to_resplit) | "ResplitPairs" >> beam.Flatten()}
+            | "PlanResplit" >> JoinByKey(_Plan(settings), outputs=("resplit", "missing"), main="none")
         )
         scoring = (
             plan.missing
@@ -197,13 +366,11 @@ class SplitChains(beam.PTransform):
         extra_by_root = (
             {"root": plan.missing,
              "pair": scoring.scored | "ExtraByPair" >> beam.Map(lambda p: ((p.id_a, p.id_b), p))}
-            | "JoinExtraRoot" >> beam.CoGroupByKey()
-            | "ExtraByRoot" >> beam.FlatMap(lambda kv: [(r, p) for r in kv[1]["root"] for p in kv[1]["pair"]])
+            | "JoinExtraRoot" >> JoinByKey(_extra_by_root)
         )
         resplit = (
             {"plan": plan.resplit, "extra": extra_by_root}
-            | "GatherResplit" >> beam.CoGroupByKey()
-            | "AverageLinkage" >> beam.FlatMap(_resplit, settings.threshold)
+            | "AverageLinkage" >> JoinByKey(_resplit, settings.threshold)
         )
-        labels = (plan.kept, resplit) | "AllLabels" >> beam.Flatten()
+        labels = (*kept, resplit) | "AllLabels" >> beam.Flatten()
         return Chained(labels, scoring.scored, scoring.new, scoring.failed)

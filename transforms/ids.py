@@ -33,6 +33,7 @@ from typing import Iterable, Mapping, NamedTuple, Optional
 import apache_beam as beam
 
 from transforms.errors import QdedupError
+from transforms.joins import JoinByKey, only
 
 PREVIOUS_COLUMNS = ("id", "group_id", "group_since_run")
 MEMBER_CANDIDATES = 16  # lowest member ids a new group may take besides its canonical one
@@ -85,7 +86,8 @@ def derived_ids(row_id: object, count: int = DERIVED_IDS) -> list:
 def candidate_ids(canonical_id: object, member_ids: Iterable) -> list[tuple[tuple, object, bool]]:
     """(rank, id, derived) of every id a new group may take, best first (a bounded number, however big
     the group)."""
-    members = heapq.nsmallest(MEMBER_CANDIDATES, set(member_ids) - {canonical_id})
+    members = [m for m in heapq.nsmallest(MEMBER_CANDIDATES + 1, member_ids) if m != canonical_id]
+    members = members[:MEMBER_CANDIDATES]  # member ids are distinct row ids: a walk holding a few of them
     return ([((0, 0), canonical_id, False)] + [((1, i), m, False) for i, m in enumerate(members)]
             + [((2, j), d, True) for j, d in enumerate(derived_ids(canonical_id))])
 
@@ -181,8 +183,7 @@ def _overlaps(element) -> Iterable[tuple]:
 
 
 def _award(element) -> Iterable:
-    previous_id, claims = element
-    claims = list(claims)
+    previous_id, claims = element  # walked twice, never listed
     winner = award((label, overlap) for label, _, overlap in claims)
     for label, since_run, overlap in claims:
         if label == winner:
@@ -192,8 +193,7 @@ def _award(element) -> Iterable:
 
 
 def _inherit(element) -> Iterable:
-    label, offers = element
-    offers = list(offers)
+    label, offers = element  # walked twice, never listed
     kept = choose_inherited(offers)
     yield label, kept
     for offer in offers:
@@ -206,7 +206,7 @@ def _offer_candidates(element) -> Iterable[tuple]:
     label, joined = element
     if any(True for _ in joined["kept"]):
         return
-    (canonical_id,) = joined["canonical"]
+    canonical_id = only(joined["canonical"])
     for rank, candidate, derived in candidate_ids(canonical_id, joined["member"]):
         yield candidate, (label, rank, derived)
     yield beam.pvalue.TaggedOutput("new", label)
@@ -217,25 +217,27 @@ def _free(element) -> Iterable[tuple]:
     candidate, joined = element
     if any(True for _ in joined["previous"]):
         return
-    offers = list(joined["offer"])
-    derived_by = [label for label, _, derived in offers if derived]
+    offers = joined["offer"]
+    first_deriving = min((label for label, _, derived in offers if derived), default=None)
     row_taken = any(True for _ in joined["row"])
     for label, rank, derived in offers:
-        if not derived or (not row_taken and label == min(derived_by)):
+        if not derived or (not row_taken and label == first_deriving):
             yield label, (rank, candidate)
 
 
 def _choose_new(element, this_run: int) -> Iterable[tuple]:
     label, joined = element
-    free = list(joined["free"])
-    if not free:
+    if not any(True for _ in joined["new"]):
+        return
+    best = min(joined["free"], default=None)
+    if best is None:
         raise QdedupError(no_free_id(label))
-    yield label, AssignedId(min(free)[1], this_run, False)
+    yield label, AssignedId(best[1], this_run, False)
 
 
 def _lineage(element) -> Iterable[LineageRow]:
     _, joined = element
-    (assigned,) = joined["id"]
+    assigned = only(joined["id"])
     for event in ("merged", "split"):
         for previous_id, overlap in joined[event]:
             yield LineageRow(assigned.group_id, previous_id, event, overlap)
@@ -264,8 +266,7 @@ class AssignGroupIds(beam.PTransform):
             | "ThisRun" >> beam.Map(lambda last: last + 1))
         claims = (
             {"label": row_labels, "previous": previous | "PreviousById" >> beam.Map(lambda row: (row.id, row))}
-            | "JoinPrevious" >> beam.CoGroupByKey()
-            | "Overlaps" >> beam.FlatMap(_overlaps)
+            | "Overlaps" >> JoinByKey(_overlaps)
             | "CountOverlap" >> beam.CombinePerKey(sum)
             | "ByPreviousId" >> beam.MapTuple(lambda key, overlap: (key[1], (key[0], key[2], overlap)))
             | "GroupClaims" >> beam.GroupByKey()
@@ -280,8 +281,7 @@ class AssignGroupIds(beam.PTransform):
             lambda label, offer: (label, AssignedId(offer.previous_id, offer.since_run, True)))
         candidates = (
             {"canonical": canonical, "kept": inherited.kept, "member": row_labels | "MemberByLabel" >> beam.KvSwap()}
-            | "GatherGroup" >> beam.CoGroupByKey()
-            | "OfferCandidates" >> beam.FlatMap(_offer_candidates).with_outputs("new", main="offers")
+            | "OfferCandidates" >> JoinByKey(_offer_candidates, outputs=("new",), main="offers")
         )
         previous_ids = (
             previous
@@ -292,19 +292,15 @@ class AssignGroupIds(beam.PTransform):
         free = (
             {"offer": candidates.offers, "previous": previous_ids,
              "row": row_labels | "RowIdKey" >> beam.MapTuple(lambda row_id, _: (row_id, None))}
-            | "JoinCandidates" >> beam.CoGroupByKey()
-            | "FreeCandidates" >> beam.FlatMap(_free)
+            | "FreeCandidates" >> JoinByKey(_free)
         )
         new = (
             {"free": free, "new": candidates.new | "NewLabel" >> beam.Map(lambda label: (label, None))}
-            | "GatherFree" >> beam.CoGroupByKey()
-            | "NewGroups" >> beam.Filter(lambda kv: any(True for _ in kv[1]["new"]))
-            | "ChooseNewId" >> beam.FlatMap(_choose_new, this_run=this_run)
+            | "ChooseNewId" >> JoinByKey(_choose_new, this_run=this_run)
         )
         ids = (kept, new) | "AllIds" >> beam.Flatten()
         lineage = (
             {"id": ids, "merged": inherited.merged, "split": claims.split}
-            | "JoinLineage" >> beam.CoGroupByKey()
-            | "Lineage" >> beam.FlatMap(_lineage)
+            | "Lineage" >> JoinByKey(_lineage)
         )
         return AssignedIds(ids, lineage)

@@ -20,3 +20,12 @@ class StageTimer:
 
     def __exit__(self, *exc) -> None:
         self._counter.inc(int((time.perf_counter() - self._start) * 1_000_000))
+
+
+LARGEST_NAMESPACE = "qdedup.largest"
+
+
+def largest(step: str):
+    """A distribution of the sizes of what one step holds or walks at once (a group, a sample, a work item):
+    report.json's `largest_elements` gives its maximum, the figure the sizing table bounds."""
+    return Metrics.distribution(LARGEST_NAMESPACE, step)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from typing import Iterable, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 import apache_beam as beam
 
 from transforms.errors import RejectedRow, failure
-from transforms.metrics import StageTimer
+from transforms.joins import JoinByKey, only
+from transforms.metrics import StageTimer, largest
 from transforms.records import (
     Columns,
     Membership,
@@ -50,16 +51,29 @@ def text_key(normalized: str) -> str:
     return hashlib.blake2b(normalized.encode("utf-8"), digest_size=16).hexdigest()
 
 
-def choose_representative(key: str, questions: Iterable[Question],
-                          preferred: object = None) -> tuple[Representative, list[Membership]]:
+def choose_representative(key: str, questions: Iterable[Question], preferred: object = None) -> Representative:
     """The first seen stands for the cluster: `preferred` (the representative an earlier run chose
-    for this text, `--params-from`) when it is among the rows, else the lowest id. Every member,
-    itself included, is listed."""
-    members = sorted(questions, key=lambda q: q.id)
-    rep = next((q for q in members if q.id == preferred), members[0])
-    first = min(members, key=lambda q: earliest_key(q.timestamp, q.id))
-    representative = Representative(rep.id, rep.text, rep.normalized, key, len(members), first.timestamp, first.id)
-    return representative, [Membership(q.id, rep.id, key) for q in members]
+    for this text, `--params-from`) when it is among the rows, else the lowest id.
+
+    One pass over `questions`, holding none of them: a text may have millions of copies.
+    """
+    lowest = chosen = first = None
+    count = 0
+    for q in questions:
+        count += 1
+        if lowest is None or q.id < lowest.id:
+            lowest = q
+        if preferred is not None and q.id == preferred:
+            chosen = q
+        if first is None or earliest_key(q.timestamp, q.id) < earliest_key(first.timestamp, first.id):
+            first = q
+    rep = chosen or lowest
+    return Representative(rep.id, rep.text, rep.normalized, key, count, first.timestamp, first.id)
+
+
+def memberships(rep: Representative, questions: Iterable[Question]) -> Iterator[Membership]:
+    """Each row's tie to the representative of its text (the representative's own row included)."""
+    return (Membership(q.id, rep.id, rep.key) for q in questions)
 
 
 class _Normalize(beam.DoFn):
@@ -85,16 +99,18 @@ class _Normalize(beam.DoFn):
         yield question._replace(normalized=normalized)
 
 
-def join_representative(rep: Representative, questions: Iterable[Question]) -> tuple[Representative, list]:
-    """New rows whose text an existing representative already stands for: it keeps standing for them."""
-    questions = list(questions)
-    first = min([(earliest_key(rep.first_time, rep.first_id), rep.first_time, rep.first_id)]
-                + [(earliest_key(q.timestamp, q.id), q.timestamp, q.id) for q in questions])
-    updated = rep._replace(count=rep.count + len(questions), first_time=first[1], first_id=first[2])
-    return updated, [Membership(q.id, rep.id, rep.key) for q in questions]
+def join_representative(rep: Representative, questions: Iterable[Question]) -> Representative:
+    """New rows whose text an existing representative already stands for: it keeps standing for them,
+    its count and earliest row updated (one pass, holding none of the rows)."""
+    first = (earliest_key(rep.first_time, rep.first_id), rep.first_time, rep.first_id)
+    count = rep.count
+    for q in questions:
+        count += 1
+        first = min(first, (earliest_key(q.timestamp, q.id), q.timestamp, q.id))
+    return rep._replace(count=count, first_time=first[1], first_id=first[2])
 
 
-class _Collapse(beam.DoFn):
+class _Collapse:
     """One representative per normalized text; "new" ones are those an earlier run did not hold.
 
     `extend`: the earlier run's representatives are this run's too, and new rows with their text
@@ -103,21 +119,22 @@ class _Collapse(beam.DoFn):
 
     def __init__(self, extend: bool):
         self._extend = extend
+        self._largest = largest("rows_per_text")
 
-    def process(self, element):
+    def __call__(self, element):
         key, joined = element
-        questions = list(joined["new"])
-        earlier = list(joined["earlier"])
-        if earlier and self._extend:
-            rep, members = join_representative(earlier[0], questions)
-        elif questions:
-            rep, members = choose_representative(key, questions, earlier[0].id if earlier else None)
-            if not earlier:
+        questions, earlier = joined["new"], only(joined["earlier"])
+        if earlier is not None and self._extend:
+            rep = join_representative(earlier, questions)
+        elif next(iter(questions), None) is not None:
+            rep = choose_representative(key, questions, earlier.id if earlier is not None else None)
+            if earlier is None:
                 yield beam.pvalue.TaggedOutput("new", rep)
         else:
             return
+        self._largest.update(rep.count)
         yield rep
-        for member in members:
+        for member in memberships(rep, questions):
             yield beam.pvalue.TaggedOutput("members", member)
 
 
@@ -156,8 +173,7 @@ class NormalizeAndCollapse(beam.PTransform):
             keyed["earlier"] = questions.pipeline | "NoEarlier" >> beam.Create([])
         collapsed = (
             keyed
-            | "GroupExactDuplicates" >> beam.CoGroupByKey()
-            | "ChooseRepresentative" >> beam.ParDo(_Collapse(self._extend)).with_outputs(
-                "members", "new", main="representatives")
+            | "GroupExactDuplicates" >> JoinByKey(_Collapse(self._extend), outputs=("members", "new"),
+                                                  main="representatives")
         )
         return Collapsed(collapsed.representatives, collapsed.new, collapsed.members, normalized.rejected)

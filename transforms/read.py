@@ -18,6 +18,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import RejectedRow, failure
+from transforms.joins import JoinByKey
 from transforms.metrics import StageTimer
 from transforms.records import Columns, Question
 
@@ -168,25 +169,30 @@ class _Validate(beam.DoFn):
         yield row_id, (path, index, text, when)
 
 
-class _KeepFirstOccurrence(beam.DoFn):
-    """The first occurrence of an id (by file path, then row) wins; the later ones are rejected."""
+class _KeepFirstOccurrence:
+    """The first occurrence of an id (by file path, then row) wins; the later ones are rejected.
+
+    The rows of one id are walked twice, never listed or sorted: bad input may repeat an id a million times.
+    """
 
     def __init__(self, columns: Columns):
         self._columns = columns
 
-    def process(self, element):
+    def __call__(self, element):
         row_id, joined = element
-        ordered = sorted(joined["new"])
-        if not ordered:
+        rows = joined["new"]
+        earliest = min(rows, default=None)
+        if earliest is None:
             return
         if any(True for _ in joined["existing"]):  # an extension: the id is taken by an earlier run's row
-            first = "a row of the run this one extends"
+            first, kept = "a row of the run this one extends", None
         else:
-            path, index, text, when = ordered[0]
+            path, index, text, when = kept = earliest
             first = f"{path}#{index}"
             yield Question(row_id, text, first, timestamp=when)
-            ordered = ordered[1:]
-        for path, index, text, _ in ordered:
+        for path, index, text, when in rows:
+            if (path, index, text, when) == kept:
+                continue
             yield beam.pvalue.TaggedOutput("rejected", RejectedRow.of(
                 {self._columns.id: row_id, self._columns.text: text}, f"{path}#{index}",
                 "duplicate_id", f"id already used by {first}"))
@@ -232,9 +238,8 @@ class ReadQuestions(beam.PTransform):
             existing = pbegin | "NoExistingIds" >> beam.Create([])
         unique = (
             {"new": checked.ok, "existing": existing | "ExistingId" >> beam.Map(lambda row_id: (row_id, None))}
-            | "GroupById" >> beam.CoGroupByKey()
-            | "RejectDuplicateIds" >> beam.ParDo(_KeepFirstOccurrence(self._columns)).with_outputs(
-                "rejected", main="questions")
+            | "RejectDuplicateIds" >> JoinByKey(_KeepFirstOccurrence(self._columns), outputs=("rejected",),
+                                                main="questions")
         )
         rejected = (checked.rejected, unique.rejected) | "MergeRejected" >> beam.Flatten()
         return Read(unique.questions, rejected, rows | "CountRows" >> beam.combiners.Count.Globally())

@@ -22,6 +22,7 @@ import numpy as np
 from transforms import sources
 from transforms.errors import RejectedRow
 from transforms.inference import ModelSettings, PackedBatchHandler, RunModel
+from transforms.joins import JoinByKey
 from transforms.records import CandidatePair, ScoredPair
 
 _LOG = logging.getLogger(__name__)
@@ -125,10 +126,10 @@ class Scored(NamedTuple):
 def _reuse(element) -> Iterable:
     """(pair key, {candidate, known score}) -> the candidate scored from the known score, or to score."""
     _, joined = element
-    known = list(joined["known"])
+    known = next(iter(joined["known"]), None)  # the same pair stored twice carries the same score
     for candidate in joined["candidate"]:
-        if known:
-            yield beam.pvalue.TaggedOutput("reused", ScoredPair(candidate.id_a, candidate.id_b, known[0],
+        if known is not None:
+            yield beam.pvalue.TaggedOutput("reused", ScoredPair(candidate.id_a, candidate.id_b, known,
                                                                 candidate.similarity, candidate.source))
         else:
             yield candidate
@@ -153,13 +154,11 @@ class FetchTexts(beam.PTransform):
         texts = self._texts
         with_a = (
             {"pair": pairs | "ByA" >> beam.Map(lambda p: (p.id_a, p)), "text": texts}
-            | "JoinTextA" >> beam.CoGroupByKey()
-            | "TextA" >> beam.FlatMap(_with_text, 0)
+            | "TextA" >> JoinByKey(_with_text, 0)
         )
         return (
             {"pair": with_a | "ByB" >> beam.Map(lambda p: (p.id_b, p)), "text": texts}
-            | "JoinTextB" >> beam.CoGroupByKey()
-            | "TextB" >> beam.FlatMap(_with_text, 1)
+            | "TextB" >> JoinByKey(_with_text, 1)
         )
 
 
@@ -182,8 +181,7 @@ class ScoreCandidates(beam.PTransform):
             looked_up = (
                 {"candidate": candidates | "KeyCandidate" >> beam.Map(lambda p: ((p.id_a, p.id_b), p)),
                  "known": self._known | "KeyKnown" >> beam.Map(lambda p: ((p.id_a, p.id_b), p.score))}
-                | "LookUpScores" >> beam.CoGroupByKey()
-                | "ReuseScores" >> beam.FlatMap(_reuse).with_outputs("reused", main="unknown")
+                | "ReuseScores" >> JoinByKey(_reuse, outputs=("reused",), main="unknown")
             )
             candidates, reused = looked_up.unknown, looked_up.reused
         if self._texts is not None:

@@ -8,6 +8,7 @@ commit marker lists them, see `transforms/commit.py`):
     state/<embedder>/vectors/    each representative's unit vector and its k nearest as (id, similarity)
     state/<embedder>/<run>-params.npz     idf weights (lexical) or whitening (encoder), as used
     state/<embedder>/<run>-centroids.npz  the blocking partitions' centroids (empty: one partition)
+    state/<embedder>/subcentroids/        second-level centroids of the partitions split again
 
 With `pairs/` (every pair the run decided on, with its score) that is all a
 later run needs: `--existing` embeds, places and searches only new questions and
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from typing import Iterable, NamedTuple, Optional
+from typing import Iterable, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -28,6 +29,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquet
 
 from transforms.commit import Committed
+from transforms.joins import JoinByKey, only
 from transforms.records import (
     Embedded,
     Membership,
@@ -38,7 +40,8 @@ from transforms.records import (
 from transforms.vectors import SparseVector
 from transforms.write import WriteRecords, arrow_id_type
 
-STATE_FORMAT = 2  # 1: k nearest stored as similarities only; 2: as (id, similarity), vectors carry their text key
+STATE_FORMAT = 3  # 1: k nearest stored as similarities only; 2: as (id, similarity), vectors carry their text key;
+#                  3: partitions over --max-block split by second-level centroids (kept in subcentroids/)
 
 
 def representatives_schema(id_type: str) -> pa.Schema:
@@ -50,6 +53,10 @@ def representatives_schema(id_type: str) -> pa.Schema:
 def members_schema(id_type: str) -> pa.Schema:
     ids = arrow_id_type(id_type)
     return pa.schema([("id", ids), ("rep_id", ids), ("key", pa.string())])
+
+
+SUB_CENTROIDS_SCHEMA = pa.schema([("partition", pa.int64()), ("index", pa.int64()),
+                                  ("centroid", pa.list_(pa.float32()))])
 
 
 def vectors_schema(id_type: str) -> pa.Schema:
@@ -118,33 +125,60 @@ class Prior:
 
 def _vector_records(element) -> Iterable[dict]:
     rep_id, joined = element
-    neighbours = next(iter(joined["neighbours"]), [])
+    neighbours = only(joined["neighbours"], [])
     for key, vector in joined["vector"]:
         yield vector_record(rep_id, key, vector, neighbours)
 
 
-class WriteEmbedderState(beam.PTransform):
-    """(vectors as (id, (key, vector)), neighbours as (id, `Neighbours`), params, centroids) -> state/<kind>/.
+def _sub_centroids_of(element) -> tuple:
+    partition, rows = element
+    rows = sorted(rows, key=lambda row: row["index"])
+    return partition, np.asarray([row["centroid"] for row in rows], dtype=np.float32)
 
-    `prefix`: the run's file prefix in state/<kind>/ (`OutputRun.file_prefix`).
+
+def _sub_centroid_rows(element) -> Iterator[dict]:
+    """(partition, centroids) -> one record per second-level centroid, as state/<kind>/subcentroids/ keeps them."""
+    partition, centroids = element
+    for index, centroid in enumerate(centroids):
+        yield {"partition": partition, "index": index, "centroid": centroid.tolist()}
+
+
+def read_sub_centroids(pbegin, label: str, paths: list[str]):
+    """An earlier run's second-level centroid files -> (partition, centroids); nothing when there are none."""
+    return (
+        read_parquet(pbegin, label, paths)
+        | f"{label}ByPartition" >> beam.Map(lambda row: (row["partition"], row))
+        | f"{label}Gather" >> beam.GroupByKey()  # a partition's second level: at most max_centroids rows
+        | f"{label}ToArray" >> beam.Map(_sub_centroids_of)
+    )
+
+
+class WriteEmbedderState(beam.PTransform):
+    """(vectors as (id, (key, vector)), neighbours as (id, `Neighbours`), params, centroids, second-level
+    centroids as (partition, array)) -> state/<kind>/.
+
+    `prefix`: the run's file prefix in state/<kind>/ (`OutputRun.file_prefix`); the vectors and the
+    second-level centroids go to the folders of `vectors_prefix` and `sub_prefix`.
     """
 
-    def __init__(self, prefix: str, folder_prefix: str, id_type: str):
+    def __init__(self, prefix: str, vectors_prefix: str, sub_prefix: str, id_type: str):
         super().__init__()
         self._prefix = prefix
-        self._vectors_prefix = folder_prefix
+        self._vectors_prefix = vectors_prefix
+        self._sub_prefix = sub_prefix
         self._id_type = id_type
 
     def expand(self, inputs):
-        vectors, neighbours, params, centroids = inputs
+        vectors, neighbours, params, centroids, sub_centroids = inputs
+        sub_centroids | "SubCentroidRows" >> beam.FlatMap(_sub_centroid_rows) | "WriteSubCentroids" >> \
+            beam.io.WriteToParquet(self._sub_prefix, SUB_CENTROIDS_SCHEMA, file_name_suffix=".parquet")
         params | "WriteParams" >> beam.Map(lambda p, path: _save_arrays(path, **p), f"{self._prefix}-params.npz")
         centroids | "WriteCentroids" >> beam.Map(
             lambda c, path: _save_arrays(path, centroids=np.zeros((0,), np.float32) if c is None else c),
             f"{self._prefix}-centroids.npz")
         return (
             {"vector": vectors, "neighbours": neighbours}
-            | "JoinNeighbours" >> beam.CoGroupByKey()
-            | "VectorRecords" >> beam.FlatMap(_vector_records)
+            | "VectorRecords" >> JoinByKey(_vector_records)
             | "WriteVectors" >> beam.io.WriteToParquet(self._vectors_prefix, vectors_schema(self._id_type),
                                                        file_name_suffix=".parquet")
         )
@@ -174,11 +208,13 @@ def read_parquet(pbegin, label: str, paths: list[str]):
 
 class Stored(NamedTuple):
     """What `ReadPrior` gives, as the pipeline's own types: representatives, pairs (`ScoredPair`s), stored
-    vector records per embedder kind, and (extending it; else None) the memberships of its rows."""
+    vector records and second-level centroids per embedder kind, and (extending it; else None) the
+    memberships of its rows."""
 
     representatives: beam.PCollection
     pairs: beam.PCollection
     vectors: dict
+    sub_centroids: dict
     members: Optional[beam.PCollection]
 
 
@@ -203,6 +239,9 @@ class ReadPrior(beam.PTransform):
                 lambda row: ScoredPair(**row)),
             {kind: read_parquet(pbegin, f"Read{kind.title()}Vectors", prior.files(f"state/{kind}/vectors"))
              for kind in self._kinds},
+            {kind: read_sub_centroids(pbegin, f"Read{kind.title()}SubCentroids",
+                                      prior.files(f"state/{kind}/subcentroids"))
+             for kind in self._kinds},
             members)
 
 
@@ -210,9 +249,8 @@ def _split_stored(element, extend: bool) -> Iterable:
     """(id, {rep, record}) -> `StoredItem` (extending) or `Embedded` when the stored vector is this text's,
     else the rep (to embed)."""
     _, joined = element
-    records = list(joined["record"])
     for rep in joined["rep"]:
-        record = next((r for r in records if r["key"] == rep.key), None)
+        record = next((r for r in joined["record"] if r["key"] == rep.key), None)
         if record is None:
             yield beam.pvalue.TaggedOutput("to_embed", rep)
         elif extend:
@@ -234,6 +272,5 @@ class SplitByStoredVector(beam.PTransform):
         return (
             {"rep": representatives | "RepById" >> beam.Map(lambda rep: (rep.id, rep)),
              "record": records | "RecordById" >> beam.Map(lambda record: (record["id"], record))}
-            | "JoinStoredVector" >> beam.CoGroupByKey()
-            | "SplitStored" >> beam.FlatMap(_split_stored, self._extend).with_outputs("to_embed", main="stored")
+            | "SplitStored" >> JoinByKey(_split_stored, self._extend, outputs=("to_embed",), main="stored")
         )

@@ -1,0 +1,220 @@
+"""A whole `qdedup run` against corpus size: wall, CPU, CPU per pair outside the model, peak memory.
+
+Synthetic corpora are made from the unique questions of the shared LCQMC and BQ
+files (`../shared/data`), seeded by row so every size is the same corpus on
+every run, rows shuffled by a seeded permutation, written as Parquet files of
+at most 250,000 rows in row groups of 50,000:
+
+- one text with min(100,000, N/10) exact copies (a hot exact-duplicate key);
+- one hot template: 3% of the rows are near-copies of one question (one
+  character substituted or inserted), which all fall into one blocking
+  partition (30,000 at 1M rows);
+- 10% exact copies of shared questions;
+- the rest: each shared question once, then copies with 1-3 random character
+  edits (substitution, deletion or insertion of a character of the corpus).
+
+Each size runs `qdedup run --config configs/local.yaml` with the tiny random
+scorer of `pipelines.random_model` in its own process tree, from the code in
+`--repo` (default: this checkout; give an older checkout for a before/after).
+Reported: wall seconds; CPU seconds (user + sys of every process, from the
+kernel's children accounting); CPU outside the model and blocking per
+candidate pair = (CPU - `score` stage - `block` stage seconds) / candidate
+pairs; blocking CPU per question; peak RSS summed over the run's process tree
+(sampled every 0.5 s from /proc, so Linux only); the stage seconds and the
+largest element each bounded step held, from report.json.
+
+    python -m benchmarks.bench_scale [--sizes 100000,300000,1000000] [--repo DIR] [--work DIR]
+        [--max-rss-gib 16] [-- EXTRA FLAGS]
+
+A run whose processes hold more than --max-rss-gib is stopped (so that it cannot take the machine down)
+and reported as stopped, with the time it had run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from benchmarks.bench_blocking import base_questions, question
+
+FILE_ROWS = 250_000
+ROW_GROUP = 50_000
+HOT_SHARE = 0.03
+EXACT_SHARE = 0.10
+MAX_COPIES = 100_000
+
+
+def corpus_text(i: int, n: int, base: list[str], alphabet: str) -> str:
+    """Row i's text (before shuffling) of the N-row corpus."""
+    copies = min(MAX_COPIES, n // 10)
+    hot = int(n * HOT_SHARE)
+    exact = int(n * EXACT_SHARE)
+    if i < copies:
+        return base[len(base) // 2]
+    i -= copies
+    if i < hot:
+        rng = random.Random(-1 - i)
+        chars = list(base[len(base) // 3])
+        where = rng.randrange(len(chars))
+        if rng.random() < 0.5:
+            chars[where] = rng.choice(alphabet)
+        else:
+            chars.insert(where, rng.choice(alphabet))
+        return "".join(chars)
+    i -= hot
+    if i < exact:
+        return base[random.Random(10**9 + i).randrange(len(base))]
+    return question(i - exact, base, alphabet)
+
+
+def write_corpus(n: int, folder: str) -> list[str]:
+    """The N-row corpus as Parquet files (id, question) under `folder`; returns their paths."""
+    base = base_questions()
+    alphabet = "".join(sorted({ch for text in base for ch in text}))
+    order = np.random.default_rng(n).permutation(n)
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for start in range(0, n, FILE_ROWS):
+        rows = order[start:start + FILE_ROWS]
+        table = pa.table({"id": pa.array(rows, pa.int64()),
+                          "question": pa.array([corpus_text(int(i), n, base, alphabet) for i in rows], pa.string())})
+        path = os.path.join(folder, f"part-{start // FILE_ROWS:03d}.parquet")
+        pq.write_table(table, path, row_group_size=ROW_GROUP)
+        paths.append(path)
+    return paths
+
+
+def _tree_rss(root: int) -> int:
+    """Resident bytes of `root` and every process below it."""
+    children: dict = {}
+    rss: dict = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/statm") as handle:
+                rss[int(entry)] = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def _kill_tree(root: int) -> None:
+    children: dict = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    children.setdefault(int(handle.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    stack, found = [root], []
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(children.get(pid, []))
+    for pid in found:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+
+
+def run_size(n: int, repo: str, work: str, model: str, extra: list[str], max_rss_gib: float) -> dict:
+    data = os.path.join(work, f"corpus-{n}")
+    if not os.path.isdir(data):
+        write_corpus(n, data)
+    out = os.path.join(work, f"out-{n}")
+    shutil.rmtree(out, ignore_errors=True)
+    command = [sys.executable, "-c", "from pipelines.cli import main; raise SystemExit(main())", "run",
+               "--config", "configs/local.yaml", "--input", os.path.join(data, "*.parquet"), "--output", out,
+               "--scorer-model", model, *extra]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    log = open(os.path.join(work, f"run-{n}.log"), "w")
+    process = subprocess.Popen(command, cwd=repo, stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, "PYTHONPATH": repo})
+    peak = [0]
+    stopped = []
+
+    def sample():
+        while process.poll() is None:
+            peak[0] = max(peak[0], _tree_rss(process.pid))
+            if peak[0] > max_rss_gib * 2**30 and not stopped:
+                stopped.append(time.perf_counter() - started)
+                _kill_tree(process.pid)
+            time.sleep(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    code = process.wait()
+    wall = time.perf_counter() - started
+    sampler.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    log.close()
+    if stopped:
+        return {"rows": n, "stopped": f"over {max_rss_gib} GiB resident after {stopped[0]:.0f} s; see {log.name}",
+                "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 1)}
+    if code:
+        raise SystemExit(f"the run of {n:,} rows failed ({code}); see {log.name}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    with open(os.path.join(out, "report.json")) as handle:
+        report = json.load(handle)
+    stages = report.get("stage_seconds", {})
+    pairs = report["candidate_pairs"] + report.get("resplit_pairs_scored", 0)
+    outside = cpu - stages.get("score", 0.0) - stages.get("block", 0.0)
+    return {"rows": n, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "peak_rss_gib": round(peak[0] / 2**30, 2),
+            "representatives": report["representatives"], "candidate_pairs": report["candidate_pairs"],
+            "resplit_pairs_scored": report.get("resplit_pairs_scored", 0),
+            "cpu_outside_model_us_per_pair": round(outside / max(pairs, 1) * 1e6, 1),
+            "block_cpu_us_per_question": round(stages.get("block", 0.0) / max(report["representatives"], 1) * 1e6, 1),
+            "stage_seconds": stages, "largest": report.get("largest_elements",
+                                                           {"blocking_work_item":
+                                                            report.get("largest_blocking_work_item")}),
+            "groups": report["groups"], "largest_group": report["largest_group"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100000,300000,1000000")
+    parser.add_argument("--repo", default=os.getcwd(), help="the checkout whose code runs (default: this one)")
+    parser.add_argument("--work", default="/tmp/qdedup-scale", help="corpora, model, outputs and logs go here")
+    parser.add_argument("--max-rss-gib", type=float, default=16.0,
+                        help="a run whose processes hold more is stopped, and reported as stopped")
+    parser.add_argument("extra", nargs="*", help="more `qdedup run` flags, after --")
+    args = parser.parse_args()
+    os.makedirs(args.work, exist_ok=True)
+    model = os.path.join(args.work, "tiny-model")
+    if not os.path.isdir(model):
+        subprocess.run([sys.executable, "-m", "pipelines.random_model", model], check=True)
+    previous = None
+    for n in map(int, args.sizes.split(",")):
+        result = run_size(n, os.path.abspath(args.repo), args.work, model, args.extra, args.max_rss_gib)
+        if previous and "stopped" not in result:
+            result["time_growth_vs_linear"] = round(
+                (result["wall_s"] / previous["wall_s"]) / (n / previous["rows"]), 2)
+        previous = result if "stopped" not in result else None
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
