@@ -52,7 +52,7 @@ class QdedupOptions(PipelineOptions):
             help="large-star/small-star rounds before unsettled components are finished by union-find; "
                  "0 = ceil(log2 rows) + 2, from the input's row count at launch")
         add("--max-unsettled-edges", "--max_unsettled_edges", dest="max_unsettled_edges", type=int,
-            default=2_000_000, help="most edges left unsettled after the rounds that one worker finishes; "
+            default=20_000_000, help="most edges left unsettled after the rounds that one worker finishes; "
                                     "more fails the run, asking for more --component-rounds")
         add("--resplit-size", "--resplit_size", dest="resplit_size", type=int, default=_CHAINING.max_size,
             help="chaining control: a component with more distinct questions is re-split")

@@ -149,7 +149,7 @@ def test_the_plan_follows_the_blocking_pairs_of_the_component():
 
 def test_verdicts_and_cut_thresholds():
     settings = ChainingSettings(threshold=0.5, max_size=5, max_gather=10, cut_steps=3)
-    assert cut_thresholds(settings) == [0.625, 0.75, 0.875]
+    assert cut_thresholds(settings) == [0.75, 0.875, 0.9375]
     assert verdict(4, 6, settings, last=False) is None            # small and dense: kept
     assert verdict(6, 15, settings, last=False) == "resplit"      # over max_size, fits on a worker
     assert verdict(11, 55, settings, last=False) == "cut"         # over max_gather: cut further
@@ -283,3 +283,24 @@ def test_a_20k_node_component_is_cut_then_re_split_as_on_one_machine(tmp_path):
         MetricsFilter().with_namespace("qdedup"))["counters"]}
     assert counters["components_cut"] == 1 and counters.get("components_too_large", 0) == 0
     assert counters["components_resplit"] == 200  # the path-shaped groups
+
+
+def test_a_piece_still_too_large_after_the_last_cut_is_kept_whole_and_counted(tmp_path):
+    """30 questions all scoring 0.999 together, 10 more chained to them at 0.6; a worker may gather 10."""
+    core = {pair: 0.999 for pair in itertools.combinations(range(30), 2)}
+    tail = {(i, i + 1): 0.6 for i in range(29, 39)}
+    scores = {**core, **tail}
+    settings = ChainingSettings(threshold=0.5, max_size=20, max_gather=10, cut_steps=2)
+    out = tmp_path / "labels.pickle"
+    pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
+    components = pipeline | "C" >> beam.Create([(n, 0) for n in range(40)])
+    internal = pipeline | "S" >> beam.Create([(0, ScoredPair(a, b, s, 0.5, "lexical")) for (a, b), s in scores.items()])
+    chained = (components, internal) | SplitChains(settings, _DictScorer(), ConnectedComponents(2, 10**6))
+    _ = chained.labels | beam.combiners.ToList() | beam.Map(lambda found: out.write_bytes(pickle.dumps(dict(found))))
+    result = pipeline.run()
+    result.wait_until_finish()
+    labels = pickle.loads(out.read_bytes())
+    assert labels == {**{n: 0 for n in range(30)}, **{n: n for n in range(30, 40)}}  # the tail falls off alone
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query(
+        MetricsFilter().with_namespace("qdedup"))["counters"]}
+    assert counters["components_cut"] == 1 and counters["components_too_large"] == 1

@@ -48,13 +48,14 @@ class ChainingSettings:
     pair_budget: int = 5000      # missing pairs scored per re-split component (all pairs of 100 nodes: 4950)
     fanout: int = 32             # strongest edges per node whose friend-of-friend pairs are considered
     max_gather: int = 5000       # representatives a re-split may gather on one worker; larger components are cut
-    cut_steps: int = 3           # rising edge thresholds a too-large component is cut at
+    cut_steps: int = 6           # rising edge thresholds a too-large component is cut at
 
 
 def cut_thresholds(settings: ChainingSettings) -> list[float]:
-    """The edge thresholds a component larger than `max_gather` is cut at, evenly between threshold and 1."""
+    """The edge thresholds a component larger than `max_gather` is cut at: each halves the distance left
+    to 1 (0.75, 0.875, ... from 0.5), so that the last ones keep only near-certain duplicates together."""
     gap = 1.0 - settings.threshold
-    return [round(settings.threshold + gap * i / (settings.cut_steps + 1), 6) for i in range(1, settings.cut_steps + 1)]
+    return [round(1.0 - gap / 2 ** i, 6) for i in range(1, settings.cut_steps + 1)]
 
 
 def needs_resplit(nodes: int, edges: int, settings: ChainingSettings) -> bool:

@@ -12,6 +12,7 @@ union-find over their edges alone: only that remainder meets on one worker.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from typing import Hashable, Iterable, Iterator, NamedTuple, Optional
 
@@ -21,6 +22,8 @@ from transforms.errors import QdedupError
 from transforms.joins import JoinByKey, only, pairs_within
 from transforms.metrics import largest
 from transforms.records import Representative, earliest_key
+
+_LOG = logging.getLogger(__name__)
 
 
 class GroupRow(NamedTuple):
@@ -222,7 +225,10 @@ def finish_unsettled(element, max_edges: int) -> Iterator[tuple]:
                     f"if one worker can hold that many)")
             yield edge
 
-    yield from connected_components(counted()).items()
+    labels = connected_components(counted())
+    _LOG.info("components: %d edges left unsettled by the rounds finished on one worker (%d nodes)",
+              count, len(labels))
+    yield from labels.items()
 
 
 def _finish_node(element) -> Iterator:
