@@ -391,6 +391,19 @@ class Launch(NamedTuple):
     prior: Optional[Prior]
 
 
+def fit_sizes_to_input(options: QdedupOptions, rows: int) -> None:
+    """Settings that follow the corpus's size, known at launch (with --existing, its rows too): the
+    component rounds (when automatic), and no cutting of components when none can outgrow one re-split."""
+    existing = read_committed(options.existing, "--existing").report.get("rows_out", 0) if options.existing else 0
+    rows += existing
+    if not options.component_rounds:
+        # Edges are scored candidate pairs: at most k per question and embedder.
+        edges_per_node = options.top_k * len(parse_embedders(options.embedders))
+        options.component_rounds = rounds_for(rows, edges_per_node, options.max_unsettled_edges)
+    if rows <= options.resplit_gather:
+        options.resplit_cut_steps = 0  # no component can be larger than the input
+
+
 def check_run(options: QdedupOptions, pipeline_options: PipelineOptions) -> Launch:
     """Every check `qdedup run` makes once its output is locked: input, previous groups, device, models,
     and the run it builds on. Raises `QdedupError` naming the option to fix."""
@@ -399,11 +412,7 @@ def check_run(options: QdedupOptions, pipeline_options: PipelineOptions) -> Laun
     if options.previous_groups:
         previous_groups = check_previous_groups(options.previous_groups, info.id_type).paths("groups", ".parquet")
     check_device_here(pipeline_options, options.device)
-    if not options.component_rounds:
-        existing = read_committed(options.existing, "--existing").report.get("rows_out", 0) if options.existing else 0
-        # Edges are scored candidate pairs: at most k per question and embedder.
-        edges_per_node = options.top_k * len(parse_embedders(options.embedders))
-        options.component_rounds = rounds_for(info.rows + existing, edges_per_node, options.max_unsettled_edges)
+    fit_sizes_to_input(options, info.rows)
     configuration = effective_configuration(pipeline_options)
     configuration["fingerprints"] = check_models(options)
     configuration["scoring_precision"] = scoring_precision(options, pipeline_options)

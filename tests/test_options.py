@@ -92,3 +92,20 @@ def test_remote_workers_log_only_warnings_of_the_libraries_unless_told_otherwise
     assert worker_log_levels(own) == own
     monkeypatch.setenv(logs.VERBOSE, "1")
     assert worker_log_levels(["--runner=DataflowRunner"]) == ["--runner=DataflowRunner"]
+
+
+def _parsed(argv):
+    return _options(["--input", "x", "--output", "y", *argv]).view_as(QdedupOptions)
+
+
+def test_sizes_that_follow_the_input_are_fitted_at_launch():
+    from pipelines.preflight import fit_sizes_to_input
+    small = _parsed([])
+    fit_sizes_to_input(small, 1_000)
+    assert (small.component_rounds, small.resplit_cut_steps) == (2, 0)  # nothing can outgrow a re-split
+    large = _parsed([])
+    fit_sizes_to_input(large, 10_000_000)
+    assert (large.component_rounds, large.resplit_cut_steps) == (26, 6)
+    chosen = _parsed(["--component-rounds=5"])
+    fit_sizes_to_input(chosen, 10_000_000)
+    assert chosen.component_rounds == 5
