@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from pipelines.options import (
     QdedupOptions,
@@ -404,6 +404,17 @@ def fit_sizes_to_input(options: QdedupOptions, rows: int) -> None:
         options.resplit_cut_steps = 0  # no component can be larger than the input
 
 
+def divide_local_threads(options: QdedupOptions, pipeline_options: PipelineOptions) -> None:
+    """Local worker processes share this machine's cores: with --torch-threads 0 each model gets its
+    share (2 processes x 2 threads on 2 cores made scoring 22x slower, benchmarks/README.md)."""
+    direct = pipeline_options.view_as(DirectOptions)
+    runner = pipeline_options.view_as(StandardOptions).runner or ""
+    if options.torch_threads or direct.direct_running_mode != "multi_processing" or "Dataflow" in runner:
+        return
+    cores = len(os.sched_getaffinity(0))
+    options.torch_threads = max(1, cores // (direct.direct_num_workers or cores))
+
+
 def check_run(options: QdedupOptions, pipeline_options: PipelineOptions) -> Launch:
     """Every check `qdedup run` makes once its output is locked: input, previous groups, device, models,
     and the run it builds on. Raises `QdedupError` naming the option to fix."""
@@ -413,6 +424,7 @@ def check_run(options: QdedupOptions, pipeline_options: PipelineOptions) -> Laun
         previous_groups = check_previous_groups(options.previous_groups, info.id_type).paths("groups", ".parquet")
     check_device_here(pipeline_options, options.device)
     fit_sizes_to_input(options, info.rows)
+    divide_local_threads(options, pipeline_options)
     configuration = effective_configuration(pipeline_options)
     configuration["fingerprints"] = check_models(options)
     configuration["scoring_precision"] = scoring_precision(options, pipeline_options)

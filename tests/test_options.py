@@ -109,3 +109,18 @@ def test_sizes_that_follow_the_input_are_fitted_at_launch():
     chosen = _parsed(["--component-rounds=5"])
     fit_sizes_to_input(chosen, 10_000_000)
     assert chosen.component_rounds == 5
+
+
+def test_local_worker_processes_divide_the_cores_between_their_models():
+    import os
+
+    from pipelines.preflight import divide_local_threads
+    cores = len(os.sched_getaffinity(0))
+    cases = {(): 0, ("--direct_running_mode=multi_processing", "--direct_num_workers=2"): max(1, cores // 2),
+             ("--direct_running_mode=multi_processing", "--direct_num_workers=2", "--torch-threads=3"): 3,
+             ("--direct_running_mode=in_memory",): 0}
+    for argv, threads in cases.items():
+        pipeline_options = _options(["--input", "x", "--output", "y", *argv])
+        options = pipeline_options.view_as(QdedupOptions)
+        divide_local_threads(options, pipeline_options)
+        assert options.torch_threads == threads, argv
