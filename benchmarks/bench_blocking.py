@@ -98,7 +98,7 @@ def run_one(n: int, mode: str, block: bool, margin: int = BlockingSettings.margi
     knn_us = sum(c.committed for c in metrics["counters"]
                  if c.key.metric.namespace == STAGE_NAMESPACE and c.key.metric.name == "block")
     largest = max((d.committed.max for d in metrics["distributions"]
-                   if d.key.metric.name == "blocking_work_item_size"), default=0)
+                   if d.key.metric.name == "blocking_work_item"), default=0)
     return {"n": n, "mode": mode, "block": block, "seconds": seconds, "knn_seconds": knn_us / 1e6,
             "largest_work_item": largest, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "partitions": partition_count(n, settings)}

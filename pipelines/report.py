@@ -44,41 +44,32 @@ def build_report(counts: Mapping[str, Any], configuration: Mapping[str, Any]) ->
     return report
 
 
-def counter_totals(result, namespace: str) -> dict:
-    """{counter name: value summed over steps}; empty where the runner reports no metrics."""
+def _metric_values(result, kind: str, namespace: str) -> list[tuple[str, Any]]:
+    """(name, value) of every metric of a kind ("counters", "distributions") in a namespace, committed where
+    the runner commits them; empty where the runner reports no metrics."""
     try:
-        counters = result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]
+        found = result.metrics().query(MetricsFilter().with_namespace(namespace))[kind]
     except Exception:
-        return {}
+        return []
+    values = [(m.key.metric.name, m.committed if m.committed is not None else m.attempted) for m in found]
+    return [(name, value) for name, value in values if value is not None]
+
+
+def counter_totals(result, namespace: str) -> dict:
+    """{counter name: value summed over steps}."""
     totals: dict = {}
-    for counter in counters:
-        value = counter.committed if counter.committed is not None else counter.attempted
-        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + (value or 0)
+    for name, value in _metric_values(result, "counters", namespace):
+        totals[name] = totals.get(name, 0) + value
     return totals
 
 
-def _work_item_sizes(result):
-    try:
-        found = result.metrics().query(MetricsFilter().with_name("blocking_work_item_size"))["distributions"]
-    except Exception:
-        return None
-    values = [d.committed if d.committed is not None else d.attempted for d in found]
-    return [v for v in values if v is not None and v.count]
-
-
-def largest_elements(result) -> dict:
-    """{step: the most one element of that step held (rows of one text, a work item, a sample, ...)}."""
-    try:
-        found = result.metrics().query(MetricsFilter().with_namespace(LARGEST_NAMESPACE))["distributions"]
-    except Exception:
-        return {}
-    largest: dict = {}
-    for distribution in found:
-        value = distribution.committed if distribution.committed is not None else distribution.attempted
-        if value is not None and value.count:
-            name = distribution.key.metric.name
-            largest[name] = max(largest.get(name, 0), value.max)
-    return dict(sorted(largest.items()))
+def largest_distributions(result) -> dict:
+    """{step: its distributions over steps} of what each bounded step held at once (`transforms.metrics.largest`)."""
+    found: dict = {}
+    for name, value in _metric_values(result, "distributions", LARGEST_NAMESPACE):
+        if value.count:
+            found.setdefault(name, []).append(value)
+    return found
 
 
 def complete_report(report: dict, result, run_id: str, seconds: float) -> dict:
@@ -92,7 +83,8 @@ def run_totals(report: dict, result) -> dict:
     seconds = {name: round(us / 1_000_000, 3) for name, us in sorted(counter_totals(result, STAGE_NAMESPACE).items())}
     counts = counter_totals(result, "qdedup")
     score_seconds = seconds.get("score", 0.0)
-    sizes = _work_item_sizes(result) or []
+    largest = largest_distributions(result)
+    sizes = largest.get("blocking_work_item", [])
     return {
         "stage_seconds": seconds,
         "blocking_work_items": sum(d.count for d in sizes),
@@ -105,7 +97,7 @@ def run_totals(report: dict, result) -> dict:
         "components_cut": counts.get("components_cut", 0),
         "components_too_large": counts.get("components_too_large", 0),
         "blocking_items_hash_blocked": counts.get("blocking_items_hash_blocked", 0),
-        "largest_elements": largest_elements(result),
+        "largest_elements": {name: max(v.max for v in values) for name, values in sorted(largest.items())},
         "scoring_pairs_per_second": round(report["pairs_scored"] / score_seconds, 2) if score_seconds else None,
     }
 

@@ -148,7 +148,7 @@ def _block(items, settings, tmp_path, centroids=None, stored=None, lists=False, 
                 n=beam.pvalue.AsSingleton(neighbours)))
     result = pipeline.run()
     result.wait_until_finish()
-    sizes = result.metrics().query(MetricsFilter().with_name("blocking_work_item_size"))["distributions"]
+    sizes = result.metrics().query(MetricsFilter().with_name("blocking_work_item"))["distributions"]
     with open(path, "rb") as handle:
         found_pairs, found_lists = pickle.load(handle)
     largest = max(d.committed.max for d in sizes)

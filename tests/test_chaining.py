@@ -96,13 +96,33 @@ def test_average_linkage_matches_a_naive_implementation():
 
 
 class _DictScorer(beam.PTransform):
-    """Stands for ScoreCandidates: a known score per pair, none reused."""
+    """Stands for ScoreCandidates: `model(a, b)` scores each pair, none reused."""
+
+    def __init__(self, model=_model):
+        super().__init__()
+        self._model = model
 
     def expand(self, candidates):
+        model = self._model
         scored = candidates | beam.Map(
-            lambda c: ScoredPair(c.id_a, c.id_b, _model(c.id_a, c.id_b), c.similarity, c.source))
+            lambda c: ScoredPair(c.id_a, c.id_b, model(c.id_a, c.id_b), c.similarity, c.source))
         nothing = candidates.pipeline | "Nothing" >> beam.Create([])
         return Scored(scored, scored, nothing, candidates.pipeline | "NoFailures" >> beam.Create([]))
+
+
+def _split_chains(scores: dict, nodes: int, settings: ChainingSettings, scorer, tmp_path):
+    """SplitChains over one component of nodes 0..nodes-1 with these scored pairs: (labels, qdedup counters)."""
+    out = tmp_path / "labels.pickle"
+    pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
+    components = pipeline | "C" >> beam.Create([(n, 0) for n in range(nodes)])
+    internal = pipeline | "S" >> beam.Create([(0, ScoredPair(a, b, s, 0.5, "lexical")) for (a, b), s in scores.items()])
+    chained = (components, internal) | SplitChains(settings, scorer, ConnectedComponents(2, 10**6))
+    _ = chained.labels | beam.combiners.ToList() | beam.Map(lambda found: out.write_bytes(pickle.dumps(dict(found))))
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query(
+        MetricsFilter().with_namespace("qdedup"))["counters"]}
+    return pickle.loads(out.read_bytes()), counters
 
 
 @pytest.mark.parametrize("density", [0.5, 0.0])
@@ -156,24 +176,6 @@ def test_verdicts_and_cut_thresholds():
     assert verdict(11, 55, settings, last=True) == "too_large"    # no step left: kept as it is
 
 
-def _unbounded_missing_pairs(scores, threshold, budget, fanout):
-    """The former implementation: every candidate known before the cut."""
-    neighbours = {}
-    for (a, b), score in scores.items():
-        if score >= threshold:
-            neighbours.setdefault(a, []).append((score, b))
-            neighbours.setdefault(b, []).append((score, a))
-    strength = {}
-    for middle in sorted(neighbours):
-        strongest = sorted(neighbours[middle], key=lambda item: (-item[0], item[1]))[:fanout]
-        for i, (score_a, a) in enumerate(strongest):
-            for score_b, b in strongest[i + 1:]:
-                pair = (a, b) if a < b else (b, a)
-                if pair not in scores:
-                    strength[pair] = max(strength.get(pair, -1.0), min(score_a, score_b))
-    return [pair for pair, _ in sorted(strength.items(), key=lambda item: (-item[1], item[0]))[:budget]]
-
-
 def _random_scores(nodes: int, degree: int, seed: int) -> dict:
     rng = random.Random(seed)
     scores = {}
@@ -188,7 +190,9 @@ def _random_scores(nodes: int, degree: int, seed: int) -> dict:
 @pytest.mark.parametrize("budget", [1, 50, 5000])
 def test_bounded_missing_pairs_equal_the_unbounded_ones(budget):
     scores = _random_scores(300, 6, budget)
-    assert missing_pairs(scores, 0.5, budget, 32) == _unbounded_missing_pairs(scores, 0.5, budget, 32)
+    unbounded = missing_pairs(scores, 0.5, 10**9, 32)  # never more than 2 x budget candidates: no cut made
+    assert len(unbounded) > 5000
+    assert missing_pairs(scores, 0.5, budget, 32) == unbounded[:budget]
 
 
 def test_missing_pairs_of_a_3000_node_component_hold_about_the_budget():
@@ -264,23 +268,8 @@ def test_a_20k_node_component_is_cut_then_re_split_as_on_one_machine(tmp_path):
     assert all(expected[n] // size == n // size for n in expected)
     assert all(len({expected[n] for n in range(g * size, (g + 1) * size)}) == 1 for g in range(2000) if g % 10)
 
-    class Scorer(beam.PTransform):
-        def expand(self, candidates):
-            scored = candidates | beam.Map(lambda c: ScoredPair(c.id_a, c.id_b, model(c.id_a, c.id_b), None, c.source))
-            nothing = candidates.pipeline | "Nothing" >> beam.Create([])
-            return Scored(scored, scored, nothing, candidates.pipeline | "NoFailures" >> beam.Create([]))
-
-    out = tmp_path / "labels.pickle"
-    pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
-    components = pipeline | "C" >> beam.Create([(n, 0) for n in range(20_000)])
-    internal = pipeline | "S" >> beam.Create([(0, ScoredPair(a, b, s, 0.5, "lexical")) for (a, b), s in scores.items()])
-    chained = (components, internal) | SplitChains(settings, Scorer(), ConnectedComponents(3, 10**6))
-    _ = chained.labels | beam.combiners.ToList() | beam.Map(lambda found: out.write_bytes(pickle.dumps(dict(found))))
-    result = pipeline.run()
-    result.wait_until_finish()
-    assert pickle.loads(out.read_bytes()) == expected
-    counters = {c.key.metric.name: c.committed for c in result.metrics().query(
-        MetricsFilter().with_namespace("qdedup"))["counters"]}
+    labels, counters = _split_chains(scores, 20_000, settings, _DictScorer(model), tmp_path)
+    assert labels == expected
     assert counters["components_cut"] == 1 and counters.get("components_too_large", 0) == 0
     assert counters["components_resplit"] == 200  # the path-shaped groups
 
@@ -291,16 +280,6 @@ def test_a_piece_still_too_large_after_the_last_cut_is_kept_whole_and_counted(tm
     tail = {(i, i + 1): 0.6 for i in range(29, 39)}
     scores = {**core, **tail}
     settings = ChainingSettings(threshold=0.5, max_size=20, max_gather=10, cut_steps=2)
-    out = tmp_path / "labels.pickle"
-    pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
-    components = pipeline | "C" >> beam.Create([(n, 0) for n in range(40)])
-    internal = pipeline | "S" >> beam.Create([(0, ScoredPair(a, b, s, 0.5, "lexical")) for (a, b), s in scores.items()])
-    chained = (components, internal) | SplitChains(settings, _DictScorer(), ConnectedComponents(2, 10**6))
-    _ = chained.labels | beam.combiners.ToList() | beam.Map(lambda found: out.write_bytes(pickle.dumps(dict(found))))
-    result = pipeline.run()
-    result.wait_until_finish()
-    labels = pickle.loads(out.read_bytes())
+    labels, counters = _split_chains(scores, 40, settings, _DictScorer(), tmp_path)
     assert labels == {**{n: 0 for n in range(30)}, **{n: n for n in range(30, 40)}}  # the tail falls off alone
-    counters = {c.key.metric.name: c.committed for c in result.metrics().query(
-        MetricsFilter().with_namespace("qdedup"))["counters"]}
     assert counters["components_cut"] == 1 and counters["components_too_large"] == 1

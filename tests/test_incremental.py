@@ -121,6 +121,13 @@ def test_the_corpus_exercises_what_could_make_them_differ(nightly):
     assert any(reports[f"ext{n}"]["lineage_merged"] for n in (1, 2, 3))
     assert any(reports[f"ext{n}"]["lineage_split"] for n in (1, 2, 3))
     assert reports["ext3"]["blocking_work_items"] > 3  # several partitions, searched in blocks
+    # Partitions over --max-block were split by second-level centroids the first night; every later night
+    # (and the --params-from runs) read them back from state/ and kept them, as they are.
+    def sub_centroids(out):
+        return sorted((r["partition"], r["index"], tuple(r["centroid"]))
+                      for r in read_part(out / "state" / "lexical", "subcentroids"))
+    first = sub_centroids(root / "ext0")
+    assert first and all(sub_centroids(root / f"{run}{n}") == first for run in ("ext", "full") for n in (1, 2, 3))
 
 
 def test_new_rows_repeating_known_texts_join_the_first_seen_representative(nightly):

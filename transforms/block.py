@@ -330,8 +330,7 @@ class _SearchWorkItem(beam.DoFn):
     def __init__(self, settings: BlockingSettings):
         self._settings = settings
         self._timer = StageTimer("block")
-        self._sizes = Metrics.distribution("qdedup", "blocking_work_item_size")
-        self._largest = largest("blocking_work_item")
+        self._sizes = largest("blocking_work_item")  # report.json: work items, and the largest
 
     def process(self, element):
         _, members = element
@@ -345,7 +344,6 @@ class _SearchWorkItem(beam.DoFn):
             if role == "stored":
                 stored.append(item)
         self._sizes.update(entries)  # what was shuffled into this work item
-        self._largest.update(entries)
         if not queries or not index:
             return
         settings = self._settings

@@ -226,6 +226,7 @@ def finish_unsettled(element, max_edges: int) -> Iterator[tuple]:
             yield edge
 
     labels = connected_components(counted())
+    beam.metrics.Metrics.counter("qdedup", "components_unsettled_edges").inc(count)
     _LOG.info("components: %d edges left unsettled by the rounds finished on one worker (%d nodes)",
               count, len(labels))
     yield from labels.items()
@@ -279,7 +280,6 @@ class ConnectedComponents(beam.PTransform):
             "unsettled", main="labels")
         finished = (
             labelled.unsettled
-            | "CountUnsettled" >> beam.ParDo(_CountUnsettled())
             | "OneKey" >> beam.Map(lambda edge: (None, edge))
             | "GatherUnsettled" >> beam.GroupByKey()
             | "FinishUnsettled" >> beam.FlatMap(finish_unsettled, self._max_unsettled)
@@ -288,15 +288,6 @@ class ConnectedComponents(beam.PTransform):
             _finish_node, outputs=("pending",), main="done")
         by_star = {"node": by_node.pending, "finished": finished} | "FinishStars" >> JoinByKey(_finish_star)
         return (by_node.done, by_star) | "AllLabels" >> beam.Flatten()
-
-
-class _CountUnsettled(beam.DoFn):
-    def __init__(self):
-        self._edges = beam.metrics.Metrics.counter("qdedup", "components_unsettled_edges")
-
-    def process(self, edge: tuple):
-        self._edges.inc()
-        yield edge
 
 
 def _component_of(element) -> Iterable[tuple[object, Representative]]:
@@ -333,8 +324,7 @@ class ClusterGroups(beam.PTransform):
     """
 
     def __init__(self, threshold: float, components: beam.PTransform, split_chains: beam.PTransform,
-                 assign_ids: beam.PTransform,
-                 canonical: str = "frequent"):
+                 assign_ids: beam.PTransform, canonical: str = "frequent"):
         super().__init__()
         self._threshold = threshold
         self._components = components
