@@ -404,15 +404,24 @@ def fit_sizes_to_input(options: QdedupOptions, rows: int) -> None:
         options.resplit_cut_steps = 0  # no component can be larger than the input
 
 
+# Thread pools of the libraries a worker computes with: faiss (OpenMP), numpy's BLAS.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def divide_local_threads(options: QdedupOptions, pipeline_options: PipelineOptions) -> None:
     """Local worker processes share this machine's cores: with --torch-threads 0 each model gets its
-    share (2 processes x 2 threads on 2 cores made scoring 22x slower, benchmarks/README.md)."""
+    share (2 processes x 2 threads on 2 cores made scoring 22x slower, benchmarks/README.md), and so do
+    faiss's and BLAS's thread pools, through the environment the worker processes inherit (a variable
+    already set is kept)."""
     direct = pipeline_options.view_as(DirectOptions)
     runner = pipeline_options.view_as(StandardOptions).runner or ""
-    if options.torch_threads or direct.direct_running_mode != "multi_processing" or "Dataflow" in runner:
+    if direct.direct_running_mode != "multi_processing" or "Dataflow" in runner:
         return
     cores = len(os.sched_getaffinity(0))
-    options.torch_threads = max(1, cores // (direct.direct_num_workers or cores))
+    share = max(1, cores // (direct.direct_num_workers or cores))
+    options.torch_threads = options.torch_threads or share
+    for variable in THREAD_VARIABLES:
+        os.environ.setdefault(variable, str(share))
 
 
 def check_run(options: QdedupOptions, pipeline_options: PipelineOptions) -> Launch:

@@ -156,15 +156,22 @@ def test_a_failure_inside_any_stage_sets_the_element_aside(tiny_model, tmp_path,
                         else tfidf_sparse(t, idf))
     load_tokenizer = transforms.sources.load_tokenizer
 
+    class FragileBackend:  # the fast tokenizer's backend, which tokenizes each distinct text
+        def __init__(self, backend):
+            self._backend = backend
+
+        def __getattr__(self, name):
+            return getattr(self._backend, name)
+
+        def encode_batch(self, texts, **kwargs):
+            if any("分词" in text for text in texts):
+                raise RuntimeError("tokenizer broke")
+            return self._backend.encode_batch(texts, **kwargs)
+
     def fragile_tokenizer(name):
         tokenizer = load_tokenizer(name)
-        call = tokenizer.__class__.__call__
-
-        def tokenize(self, first, second=None, **kwargs):
-            if any("分词" in t for t in list(first) + list(second or [])):
-                raise RuntimeError("tokenizer broke")
-            return call(self, first, second, **kwargs)
-        tokenizer.__class__ = type("Fragile", (tokenizer.__class__,), {"__call__": tokenize})
+        backend = FragileBackend(tokenizer.backend_tokenizer)
+        tokenizer.__class__ = type("Fragile", (tokenizer.__class__,), {"backend_tokenizer": backend})
         return tokenizer
     monkeypatch.setattr(transforms.sources, "load_tokenizer", fragile_tokenizer)
     break_scorer(monkeypatch, tiny_model, "模")

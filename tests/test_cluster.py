@@ -89,7 +89,7 @@ def test_match_kind():
     assert match_kind(GroupInfo(1, "k1", 2), "k1", 1) == "model"  # canonical joined only by the model
 
 
-def _run_components(edges, rounds, tmp_path, max_unsettled=10**9):
+def _run_components(edges, rounds, tmp_path, max_unsettled=10**9, bundle_nodes=None):
     path = tmp_path / "components.pickle"
 
     def save(found):
@@ -97,7 +97,7 @@ def _run_components(edges, rounds, tmp_path, max_unsettled=10**9):
             pickle.dump(dict(found), handle)
 
     pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
-    _ = (pipeline | beam.Create(edges) | ConnectedComponents(rounds, max_unsettled)
+    _ = (pipeline | beam.Create(edges) | ConnectedComponents(rounds, max_unsettled, bundle_nodes)
          | beam.combiners.ToList() | beam.Map(save))
     result = pipeline.run()
     result.wait_until_finish()
@@ -130,13 +130,31 @@ def _random_graphs():
 @pytest.mark.slow
 def test_distributed_components_equal_graph_search(name, edges, tmp_path):
     expected = _components_by_search([e for e in edges if e[0] != e[1]])
-    for rounds in (1, 6):
-        got, unsettled = _run_components(edges, rounds, tmp_path)
-        assert got == expected, (name, rounds)
-        if name == "stars":
+    # bundle_nodes=2: every edge leaves the bundle as it came, so the rounds and the finish do the work;
+    # by default the bundle's edges reach the rounds as stars.
+    for rounds, bundle_nodes in ((1, 2), (6, 2), (1, None)):
+        got, unsettled = _run_components(edges, rounds, tmp_path, bundle_nodes=bundle_nodes)
+        assert got == expected, (name, rounds, bundle_nodes)
+        if name == "stars" or bundle_nodes is None:
             assert unsettled == 0  # stars are done after the rounds; nothing is left to finish
-        if name == "chain" and rounds == 1:
+        if name == "chain" and rounds == 1 and bundle_nodes == 2:
             assert unsettled > 0  # one round cannot settle a 10,000-long chain: the finishing step did
+
+
+def test_bundle_stars_keep_the_components_in_one_edge_per_node():
+    from transforms.cluster import _BundleStars
+    edges = _random_graphs()
+    expected = _components_by_search([e for e in edges if e[0] != e[1]])
+    nodes = len({n for e in edges for n in e})
+    for max_nodes, most_edges in ((10**6, nodes - 30), (40, len(edges))):
+        stars = _BundleStars(max_nodes)
+        stars.start_bundle()
+        emitted = [star for edge in edges for star in stars.process(edge)]
+        flushed = len(emitted)
+        emitted += [windowed.value for windowed in stars.finish_bundle()]
+        assert (flushed > 0) == (max_nodes == 40)  # a full union-find gives its stars and starts again
+        assert all(a > b for a, b in emitted) and len(emitted) <= most_edges
+        assert connected_components(emitted) == expected
 
 
 def test_star_steps():
@@ -218,9 +236,10 @@ def test_a_million_node_path_is_finished_exactly_by_the_finishing_steps():
 @pytest.mark.slow
 def test_a_long_path_and_a_100k_star_through_the_pipeline_are_exact(tmp_path):
     """Through Beam: a 100k-node star settles in the rounds; a 30k-node path is mostly left to the finishing
-    step (the 1M-node path above goes through the same functions; in the in-process runner it takes ~150 s)."""
+    step (the 1M-node path above goes through the same functions; in the in-process runner it takes ~150 s).
+    Bundles give their edges as they came (bundle_nodes=2), as many small bundles on Dataflow would."""
     path = [(i, i + 1) for i in range(30_000)]
     star = [(200_000, 200_000 + i) for i in range(1, 100_001)]
-    got, unsettled = _run_components(path + star, 2, tmp_path, max_unsettled=100_000)
+    got, unsettled = _run_components(path + star, 2, tmp_path, max_unsettled=100_000, bundle_nodes=2)
     assert got == {**{i: 0 for i in range(30_001)}, **{200_000 + i: 200_000 for i in range(100_001)}}
     assert 0 < unsettled <= 100_000  # two rounds leave most of the path to the finishing step

@@ -111,16 +111,25 @@ def test_sizes_that_follow_the_input_are_fitted_at_launch():
     assert chosen.component_rounds == 5
 
 
-def test_local_worker_processes_divide_the_cores_between_their_models():
+def test_local_worker_processes_divide_the_cores_between_their_models(monkeypatch):
     import os
 
-    from pipelines.preflight import divide_local_threads
+    from pipelines.preflight import THREAD_VARIABLES, divide_local_threads
     cores = len(os.sched_getaffinity(0))
-    cases = {(): 0, ("--direct_running_mode=multi_processing", "--direct_num_workers=2"): max(1, cores // 2),
-             ("--direct_running_mode=multi_processing", "--direct_num_workers=2", "--torch-threads=3"): 3,
-             ("--direct_running_mode=in_memory",): 0}
-    for argv, threads in cases.items():
+    share = max(1, cores // 2)
+    cases = {(): (0, None), ("--direct_running_mode=in_memory",): (0, None),
+             ("--direct_running_mode=multi_processing", "--direct_num_workers=2"): (share, str(share)),
+             ("--direct_running_mode=multi_processing", "--direct_num_workers=2", "--torch-threads=3"):
+             (3, str(share))}
+    for argv, (threads, pools) in cases.items():
+        for variable in THREAD_VARIABLES:  # what worker processes inherit; restored after the test
+            monkeypatch.delenv(variable, raising=False)
         pipeline_options = _options(["--input", "x", "--output", "y", *argv])
         options = pipeline_options.view_as(QdedupOptions)
         divide_local_threads(options, pipeline_options)
         assert options.torch_threads == threads, argv
+        assert [os.environ.get(variable) for variable in THREAD_VARIABLES] == [pools] * 3, argv
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")  # a pool size the user chose is kept
+    pipeline_options = _options(["--input", "x", "--output", "y", "--direct_running_mode=multi_processing"])
+    divide_local_threads(pipeline_options.view_as(QdedupOptions), pipeline_options)
+    assert os.environ["OMP_NUM_THREADS"] == "7"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from apache_beam.options.pipeline_options import (
     DebugOptions,
+    DirectOptions,
     GoogleCloudOptions,
     PipelineOptions,
     SetupOptions,
@@ -53,7 +54,23 @@ def test_dataflow_presets_hold_what_a_dataflow_job_needs(preset):
 def test_local_preset_runs_in_process():
     options = _options("local.yaml")
     assert options.view_as(StandardOptions).runner == "FnApiRunner"
+    assert options.view_as(DirectOptions).direct_running_mode == "in_memory"
     assert options.view_as(QdedupOptions).device == "cpu"
+
+
+def test_parallel_local_preset_runs_a_worker_process_per_core_with_its_share_of_threads(monkeypatch):
+    import os
+
+    from pipelines.preflight import THREAD_VARIABLES, divide_local_threads
+    for variable in THREAD_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    options = _options("local-parallel.yaml")
+    assert options.view_as(StandardOptions).runner == "FnApiRunner"
+    direct = options.view_as(DirectOptions)
+    assert (direct.direct_running_mode, direct.direct_num_workers) == ("multi_processing", 0)
+    qdedup = options.view_as(QdedupOptions)
+    divide_local_threads(qdedup, options)
+    assert qdedup.torch_threads == 1 and os.environ["OMP_NUM_THREADS"] == "1"  # cores // one worker per core
 
 
 def test_unfilled_placeholders_stop_the_launch(capsys):

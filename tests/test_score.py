@@ -66,6 +66,19 @@ def test_tokenize_pairs_matches_the_pair_encoding_and_counts_truncation(tiny_mod
     assert tokenize(tokenizer, [], 16) == []
 
 
+def test_tokenize_equals_encoding_each_input_whole(tiny_model, thirty_pairs):
+    """Each distinct text is tokenized once and pairs are assembled from the pieces: the ids must be
+    those of the tokenizer encoding the whole pair (or text), whatever repeats in the batch."""
+    tokenizer = load_tokenizer(tiny_model)
+    pairs = thirty_pairs + [(b, a) for a, b in thirty_pairs[:10]] + [(thirty_pairs[0][0], b) for _, b in thirty_pairs]
+    for (a, b), ((ids, types), truncated) in zip(pairs, tokenize(tokenizer, pairs, 512)):
+        whole = tokenizer(a, b)
+        assert (ids, types, truncated) == (whole["input_ids"], whole["token_type_ids"], False)
+    texts = [(a,) for a, _ in pairs]
+    for (a,), ((ids, types), _) in zip(texts, tokenize(tokenizer, texts, 512)):
+        assert (ids, types) == (tokenizer(a)["input_ids"], tokenizer(a)["token_type_ids"])
+
+
 def test_pack_batches_respects_the_budget_and_keeps_every_element():
     rng = random.Random(3)
     costs = [rng.randint(5, 120) for _ in range(500)] + [300]

@@ -17,6 +17,7 @@ import math
 from typing import Hashable, Iterable, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindows
 
 from transforms.errors import QdedupError
 from transforms.joins import JoinByKey, only, pairs_within
@@ -43,11 +44,17 @@ class GroupInfo(NamedTuple):
     size: int
 
 
-def connected_components(edges: Iterable[tuple[Hashable, Hashable]]) -> dict:
-    """{node: smallest node of its component} for every node that has an edge."""
-    parent: dict = {}
+class UnionFind:
+    """Nodes joined by edges; each component's root is its smallest node."""
 
-    def find(node):
+    def __init__(self):
+        self.parent: dict = {}
+
+    def __len__(self) -> int:
+        return len(self.parent)
+
+    def find(self, node):
+        parent = self.parent
         root = node
         while parent[root] != root:
             root = parent[root]
@@ -55,14 +62,25 @@ def connected_components(edges: Iterable[tuple[Hashable, Hashable]]) -> dict:
             parent[node], node = root, parent[node]
         return root
 
-    for a, b in edges:
-        parent.setdefault(a, a)
-        parent.setdefault(b, b)
-        root_a, root_b = find(a), find(b)
+    def union(self, a, b) -> None:
+        self.parent.setdefault(a, a)
+        self.parent.setdefault(b, b)
+        root_a, root_b = self.find(a), self.find(b)
         if root_a != root_b:
             low, high = sorted((root_a, root_b))
-            parent[high] = low
-    return {node: find(node) for node in parent}
+            self.parent[high] = low
+
+    def labels(self) -> dict:
+        """{node: smallest node of its component}."""
+        return {node: self.find(node) for node in self.parent}
+
+
+def connected_components(edges: Iterable[tuple[Hashable, Hashable]]) -> dict:
+    """{node: smallest node of its component} for every node that has an edge."""
+    found = UnionFind()
+    for a, b in edges:
+        found.union(a, b)
+    return found.labels()
 
 
 def large_star(node, neighbours: Iterable) -> Iterator[tuple]:
@@ -251,20 +269,53 @@ def _finish_star(element) -> Iterator[tuple]:
         yield node, root
 
 
+class _BundleStars(beam.DoFn):
+    """Edges -> the same components as stars: (node, smallest node joined to it by this bundle's edges),
+    one edge per node, none for the smallest.
+
+    Connectivity is unchanged, so the rounds that follow give the same labels; they only see fewer edges
+    (a bundle's edges between a few nodes become one per node, and a bundle holding a whole component
+    hands the rounds a finished star). At most `max_nodes` nodes are held: past that, the stars so far
+    are given and a new union-find begins.
+    """
+
+    def __init__(self, max_nodes: int):
+        self._max_nodes = max_nodes
+
+    def start_bundle(self):
+        self._found = UnionFind()
+
+    def process(self, edge):
+        self._found.union(*edge)
+        if len(self._found) >= self._max_nodes:
+            yield from self._stars()
+
+    def finish_bundle(self):
+        for edge in self._stars():
+            yield GlobalWindows.windowed_value(edge)
+
+    def _stars(self) -> Iterator[tuple]:
+        labels, self._found = self._found.labels(), UnionFind()
+        return ((node, root) for node, root in labels.items() if node != root)
+
+
 class ConnectedComponents(beam.PTransform):
     """Edges (a, b) -> (node, smallest node of its component) for every node with an edge.
 
-    No side input and no list: the unsettled remainder is finished on one worker (bounded by
-    `max_unsettled` edges) and its labels reach the other nodes by joins on node and on star centre.
+    No side input and no list: each bundle's edges first become stars (`_BundleStars`, holding up to
+    `bundle_nodes` nodes, by default `max_unsettled`: the memory a worker gives the search), then the
+    rounds run; the unsettled remainder is finished on one worker (bounded by `max_unsettled` edges) and
+    its labels reach the other nodes by joins on node and on star centre.
     """
 
-    def __init__(self, rounds: int, max_unsettled: int):
+    def __init__(self, rounds: int, max_unsettled: int, bundle_nodes: Optional[int] = None):
         super().__init__()
         self._rounds = rounds
         self._max_unsettled = max_unsettled
+        self._bundle_nodes = bundle_nodes or max_unsettled
 
     def expand(self, edges):
-        edges = edges | "NoSelfLoops" >> beam.Filter(lambda e: e[0] != e[1])
+        edges = edges | "BundleStars" >> beam.ParDo(_BundleStars(self._bundle_nodes))
         for i in range(self._rounds):
             edges = (
                 _neighbourhoods(edges, f"Large{i}")
@@ -341,7 +392,8 @@ class ClusterGroups(beam.PTransform):
             | "EdgeEnds" >> beam.Map(lambda pair: (pair.id_a, pair.id_b))
             | "ConnectedComponents" >> self._components
         )
-        chained = (components, pairs_within(scored, components, "Internal")) | "SplitChains" >> self._split_chains
+        internal = pairs_within(scored, components, "Internal", inside=lambda pair: pair.score >= threshold)
+        chained = (components, internal) | "SplitChains" >> self._split_chains
         labels = chained.labels
         all_scored = (scored, chained.scored) | "AllScored" >> beam.Flatten()
         edge_scores = (

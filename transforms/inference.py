@@ -17,6 +17,7 @@ between a worker's processes (Beam's own `model_copies` / `large_model`).
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import zlib
@@ -90,14 +91,40 @@ def tokenize(tokenizer, inputs: Sequence[tuple[str, ...]], max_length: int) -> l
         return tokenizer([first[i] for i in indices], [second[i] for i in indices] if second else None,
                          return_token_type_ids=True, verbose=False, **options)
 
-    everything = list(range(len(inputs)))
-    full = encode(everything, truncation=False)
-    encoded = [((ids, types), False) for ids, types in zip(full["input_ids"], full["token_type_ids"])]
+    if hasattr(tokenizer, "backend_tokenizer"):
+        encoded = _encode_whole(tokenizer, inputs)
+    else:  # a slow (Python) tokenizer: each input encoded as it is
+        full = encode(range(len(inputs)), truncation=False)
+        encoded = [((ids, types), False) for ids, types in zip(full["input_ids"], full["token_type_ids"])]
     too_long = [i for i, (enc, _) in enumerate(encoded) if len(enc[0]) > max_length]
     if too_long:
         cut = encode(too_long, truncation="longest_first", max_length=max_length)
         for j, i in enumerate(too_long):
             encoded[i] = ((cut["input_ids"][j], cut["token_type_ids"][j]), True)
+    return encoded
+
+
+def _encode_whole(tokenizer, inputs: Sequence[tuple[str, ...]]) -> list[tuple[Encoding, bool]]:
+    """Each input encoded whole by a fast tokenizer, each distinct text tokenized once.
+
+    A question meets many others in its pairs (a shard sorted by key holds a question's pairs
+    together), so its text is encoded once, then every pair is assembled by the tokenizer's own
+    post-processor (its special tokens and segment ids): the same ids as encoding the pair whole.
+    """
+    backend = tokenizer.backend_tokenizer
+    if backend.truncation is not None:
+        backend.no_truncation()
+    if backend.padding is not None:
+        backend.no_padding()
+    index: dict = {}
+    for texts in inputs:
+        for text in texts:
+            index.setdefault(text, len(index))
+    pieces = backend.encode_batch(list(index), add_special_tokens=False)
+    encoded = []
+    for texts in inputs:
+        whole = backend.post_process(*(pieces[index[text]] for text in texts), add_special_tokens=True)
+        encoded.append(((whole.ids, whole.type_ids), False))
     return encoded
 
 
@@ -121,17 +148,22 @@ def pack_batches(costs: Sequence[int], budget: int) -> list[list[int]]:
 
 
 def collate(encodings: Sequence[Encoding], pad_id: int) -> dict[str, Any]:
-    """Right-padded tensors for a batch, padded to its longest encoding only."""
+    """Right-padded tensors for a batch, padded to its longest encoding only.
+
+    Filled in one vectorized step (a row-major mask of real tokens takes the concatenated ids):
+    building a tensor per row cost more CPU than the tiny scorer's forward pass.
+    """
     import torch
-    longest = max(len(ids) for ids, _ in encodings)
-    input_ids = torch.full((len(encodings), longest), pad_id, dtype=torch.long)
-    token_type_ids = torch.zeros((len(encodings), longest), dtype=torch.long)
-    attention_mask = torch.zeros((len(encodings), longest), dtype=torch.long)
-    for row, (ids, types) in enumerate(encodings):
-        input_ids[row, :len(ids)] = torch.tensor(ids)
-        token_type_ids[row, :len(types)] = torch.tensor(types)
-        attention_mask[row, :len(ids)] = 1
-    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+    lengths = np.fromiter((len(ids) for ids, _ in encodings), dtype=np.int64, count=len(encodings))
+    real = np.arange(lengths.max()) < lengths[:, None]
+    input_ids = np.full(real.shape, pad_id, dtype=np.int64)
+    input_ids[real] = np.fromiter(itertools.chain.from_iterable(ids for ids, _ in encodings), dtype=np.int64,
+                                  count=int(lengths.sum()))
+    token_type_ids = np.zeros(real.shape, dtype=np.int64)
+    token_type_ids[real] = np.fromiter(itertools.chain.from_iterable(types for _, types in encodings),
+                                       dtype=np.int64, count=int(lengths.sum()))
+    return {"input_ids": torch.from_numpy(input_ids), "token_type_ids": torch.from_numpy(token_type_ids),
+            "attention_mask": torch.from_numpy(real.astype(np.int64))}
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -316,7 +348,12 @@ class PackedBatchHandler(ModelHandler[TokenizedItem, Any, LoadedModel]):
         for item in batch:
             end = start + len(item.encodings)
             errors = [forwarded.errors[i] for i in range(start, end) if i in forwarded.errors]
-            output = ModelFailure(errors[0]) if errors else np.mean(forwarded.outputs[start:end], axis=0)
+            if errors:
+                output = ModelFailure(errors[0])
+            elif end - start == 1:
+                output = forwarded.outputs[start]
+            else:
+                output = np.mean(forwarded.outputs[start:end], axis=0)
             results.append(PredictionResult(item, output))
             start = end
         return results
