@@ -22,7 +22,7 @@ from pipelines.report import complete_report, gather, render
 from transforms import logs
 from transforms.commit import OutputRun
 from transforms.errors import QdedupError
-from transforms.paths import join, read_json
+from transforms.paths import join, read_json, write_json
 
 _LOG = logging.getLogger("qdedup")
 USAGE = """usage: qdedup run --input PATTERN --output DIR [--config YAML] [options] [Beam options]
@@ -85,9 +85,13 @@ def run(argv: Sequence[str]) -> int:
 
         report = complete_report(read_json(out.draft_report), result, out.run_id, time.monotonic() - started)
         problem = failure_problem(report, options.max_failed_share)
+        if problem is None and report["rows_in"] != info.rows:
+            problem = (f"the run counted {report['rows_in']} rows read, but the input held {info.rows} when it "
+                       f"started: did its files change during the run?")
         if problem is None and not report["accounting_ok"]:
             problem = "rows_in + rows_existing != rows_out + rows_rejected; please report this with report.json"
         if problem:
+            write_json(out.draft_report, report)  # the failed run's report, kept with what it wrote
             where = out.keep_failed()
             print(f"qdedup: error: {problem}. Nothing replaced {options.output}; this run's rejected/ and "
                   f"report are in {where}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """The qdedup pipeline: read -> normalize -> embed -> block -> score -> cluster -> write."""
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from collections import Counter
+from typing import NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.pvalue import AsSingleton
@@ -68,20 +69,37 @@ class Candidates(NamedTuple):
     embedded: list             # PCollections of the representatives each embedder embedded
 
 
-def _count(pcoll, label: str):
-    return pcoll | f"Count{label}" >> beam.combiners.Count.Globally()
+class CountEach(beam.CombineFn):
+    """{name: how many times it came} for every name in `names`: all of report.json's counts in one global
+    combine (one shuffle and one side input, where a global count per figure made a quarter of a run's
+    stages)."""
 
+    def __init__(self, names: Sequence[str]):
+        self._names = tuple(names)
 
-def _zero(pipeline, label: str):
-    return pipeline | f"Zero{label}" >> beam.Create([0])
+    def create_accumulator(self) -> Counter:
+        return Counter()
+
+    def add_input(self, counts: Counter, name: str) -> Counter:
+        counts[name] += 1
+        return counts
+
+    def merge_accumulators(self, accumulators) -> Counter:
+        merged = Counter()
+        for counts in accumulators:
+            merged.update(counts)
+        return merged
+
+    def extract_output(self, counts: Counter) -> dict:
+        return {name: counts[name] for name in self._names}
 
 
 def _failure_key(rejected: RejectedRow) -> tuple:
     return tuple(getattr(rejected, field) for field in FAILURE_FIELDS)
 
 
-def _write_report(_, configuration: dict, path: str, **counts) -> None:
-    write_json(path, build_report(counts, configuration))
+def _write_report(_, configuration: dict, path: str, counts: dict, **figures) -> None:
+    write_json(path, build_report({**counts, **figures}, configuration))
 
 
 def _lowest(items) -> Optional[tuple]:
@@ -189,33 +207,36 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
     stored_members = generated.stored.members if prior and prior.extend else None
     embedded = (tuple(generated.embedded) | "AllEmbedded" >> beam.Flatten() if len(generated.embedded) > 1
                 else generated.embedded[0])
-    counts = {
-        "rows_in": read.rows_in,
-        "rows_existing": _count(stored_members, "Existing") if stored_members else _zero(pipeline, "Existing"),
-        "rows_rejected": _count(rejected_rows, "Rejected"),
-        "questions_embedded": _count(embedded, "Embedded"),
-        "questions_failed": _count(failures | "FailedQuestions" >> beam.Filter(lambda r: r.kind == "question"),
-                                   "FailedQuestions"),
-        "pairs_failed": _count(failures | "FailedPairs" >> beam.Filter(lambda r: r.kind == "pair"), "FailedPairs"),
+    counted = {
+        "rows_in": read.rows,
+        "rows_rejected": rejected_rows,
+        "questions_embedded": embedded,
+        "questions_failed": failures | "FailedQuestions" >> beam.Filter(lambda r: r.kind == "question"),
+        "pairs_failed": failures | "FailedPairs" >> beam.Filter(lambda r: r.kind == "pair"),
+        "rows_out": groups,
+        "rows_accepted": members,
+        "representatives": representatives,
+        "new_representatives": collapsed.new_representatives,
+        "candidate_pairs": generated.pairs,
+        "pairs_scored": scoring.new,
+        "pairs_reused": scoring.reused,
+        "resplit_pairs": clustered.scored,
+        "resplit_pairs_scored": clustered.new,
+        "pairs_total": all_pairs,
+        "groups": clustered.ids,
+        "groups_inherited": clustered.ids | "Inherited" >> beam.Filter(lambda kv: kv[1].inherited),
+        "lineage_merged": clustered.lineage | "Merged" >> beam.Filter(lambda r: r.event == "merged"),
+        "lineage_split": clustered.lineage | "Split" >> beam.Filter(lambda r: r.event == "split"),
+    }
+    if stored_members:
+        counted["rows_existing"] = stored_members
+    named = [pcoll | f"Name{name.title().replace('_', '')}" >> beam.Map(lambda _, name=name: name)
+             for name, pcoll in counted.items()]
+    counts = tuple(named) | "AllCounted" >> beam.Flatten() | "CountEach" >> beam.CombineGlobally(
+        CountEach(sorted({*counted, "rows_existing"})))
+    figures = {
         "first_failure": failures | "FailureKey" >> beam.Map(_failure_key)
         | "FirstFailure" >> beam.CombineGlobally(_lowest),
-        "rows_out": _count(groups, "GroupRows"),
-        "rows_accepted": _count(members, "Accepted"),
-        "representatives": _count(representatives, "Representatives"),
-        "new_representatives": _count(collapsed.new_representatives, "NewRepresentatives"),
-        "candidate_pairs": _count(generated.pairs, "Candidates"),
-        "pairs_scored": _count(scoring.new, "Scored"),
-        "pairs_reused": _count(scoring.reused, "Reused"),
-        "resplit_pairs": _count(clustered.scored, "Resplit"),
-        "resplit_pairs_scored": _count(clustered.new, "ResplitScored"),
-        "pairs_total": _count(all_pairs, "PairsTotal"),
-        "groups": _count(clustered.ids, "Groups"),
-        "groups_inherited": _count(clustered.ids | "Inherited" >> beam.Filter(lambda kv: kv[1].inherited),
-                                   "Inherited"),
-        "lineage_merged": _count(clustered.lineage | "Merged" >> beam.Filter(lambda r: r.event == "merged"),
-                                 "Merged"),
-        "lineage_split": _count(clustered.lineage | "Split" >> beam.Filter(lambda r: r.event == "split"),
-                                "Split"),
         "largest_group": groups
         | "GroupSizes" >> beam.Map(lambda row: row.group_size)
         | "LargestGroup" >> beam.CombineGlobally(lambda sizes: max(sizes, default=0)),
@@ -224,6 +245,6 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
         pipeline
         | "ReportTrigger" >> beam.Create([None])
         | "WriteReport" >> beam.Map(
-            _write_report, configuration, out.draft_report,
-            **{name: AsSingleton(pcoll) for name, pcoll in counts.items()})
+            _write_report, configuration, out.draft_report, AsSingleton(counts),
+            **{name: AsSingleton(pcoll) for name, pcoll in figures.items()})
     )

@@ -64,6 +64,21 @@ def test_a_run_failing_late_leaves_the_previous_output_byte_identical(yesterday,
     assert os.path.isdir(tmp_path / ".out.qdedup-failed" / "groups")  # what it wrote is kept aside
 
 
+def test_a_run_counting_other_rows_than_its_input_held_replaces_nothing(yesterday, tiny_model, tmp_path,
+                                                                         monkeypatch, capsys):
+    """rows_in must match the Parquet metadata read at launch (files changed under the run would break it);
+    a run failing the check keeps its report beside what it wrote."""
+    import pipelines.cli
+    before = snapshot(yesterday)
+    complete = pipelines.cli.complete_report
+    monkeypatch.setattr(pipelines.cli, "complete_report", lambda *args: {**complete(*args), "rows_in": 0})
+    assert main(_argv(tmp_path, tiny_model, f"--existing={yesterday}", "--overwrite", output="out")) == 1
+    assert "did its files change during the run" in capsys.readouterr().err
+    assert snapshot(yesterday) == before
+    kept = [json.loads(p.read_text()) for p in (tmp_path / ".out.qdedup-failed").glob("*report.json")]
+    assert [report["rows_in"] for report in kept] == [0] and "stage_seconds" in kept[0]
+
+
 def test_an_extension_in_place_replaces_the_output_it_extends(yesterday, tiny_model, tmp_path):
     """--existing names the output through a symlink, a `.` and a trailing slash: the same directory."""
     (tmp_path / "elsewhere").mkdir()

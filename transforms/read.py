@@ -199,15 +199,15 @@ class _KeepFirstOccurrence:
 
 
 class Read(NamedTuple):
-    """What `ReadQuestions` gives: accepted `Question`s, `RejectedRow`s, and the count of rows read."""
+    """What `ReadQuestions` gives: accepted `Question`s, `RejectedRow`s, and every row read (to count)."""
 
     questions: beam.PCollection
     rejected: beam.PCollection
-    rows_in: beam.PCollection
+    rows: beam.PCollection
 
 
 class ReadQuestions(beam.PTransform):
-    """Parquet files -> accepted `Question`s, `RejectedRow`s, and the number of rows read.
+    """Parquet files -> accepted `Question`s, `RejectedRow`s, and every row read.
 
     Each (file, row group) is a work item of its own, spread over workers by a shuffle; a row's
     provenance (`file#row`, rows counted from 0 within the file) does not depend on how it was read.
@@ -242,4 +242,4 @@ class ReadQuestions(beam.PTransform):
                                                 main="questions")
         )
         rejected = (checked.rejected, unique.rejected) | "MergeRejected" >> beam.Flatten()
-        return Read(unique.questions, rejected, rows | "CountRows" >> beam.combiners.Count.Globally())
+        return Read(unique.questions, rejected, rows)
