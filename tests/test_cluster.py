@@ -9,6 +9,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 
 from tests.helpers import RUNNER_ARGS
 from transforms.cluster import (
+    BUNDLE_NODES,
     ConnectedComponents,
     GroupInfo,
     connected_components,
@@ -89,7 +90,7 @@ def test_match_kind():
     assert match_kind(GroupInfo(1, "k1", 2), "k1", 1) == "model"  # canonical joined only by the model
 
 
-def _run_components(edges, rounds, tmp_path, max_unsettled=10**9, bundle_nodes=None):
+def _run_components(edges, rounds, tmp_path, max_unsettled=10**9, bundle_nodes=BUNDLE_NODES):
     path = tmp_path / "components.pickle"
 
     def save(found):
@@ -132,10 +133,10 @@ def test_distributed_components_equal_graph_search(name, edges, tmp_path):
     expected = _components_by_search([e for e in edges if e[0] != e[1]])
     # bundle_nodes=2: every edge leaves the bundle as it came, so the rounds and the finish do the work;
     # by default the bundle's edges reach the rounds as stars.
-    for rounds, bundle_nodes in ((1, 2), (6, 2), (1, None)):
+    for rounds, bundle_nodes in ((1, 2), (6, 2), (1, BUNDLE_NODES)):
         got, unsettled = _run_components(edges, rounds, tmp_path, bundle_nodes=bundle_nodes)
         assert got == expected, (name, rounds, bundle_nodes)
-        if name == "stars" or bundle_nodes is None:
+        if name == "stars" or bundle_nodes == BUNDLE_NODES:
             assert unsettled == 0  # stars are done after the rounds; nothing is left to finish
         if name == "chain" and rounds == 1 and bundle_nodes == 2:
             assert unsettled > 0  # one round cannot settle a 10,000-long chain: the finishing step did
