@@ -308,8 +308,9 @@ class ConnectedComponents(beam.PTransform):
     """Edges (a, b) -> (node, smallest node of its component) for every node with an edge.
 
     No side input and no list: each bundle's edges first become stars (`_BundleStars`, holding up to
-    `bundle_nodes` nodes), then the rounds run; the unsettled remainder is finished on one worker (bounded by `max_unsettled` edges) and
-    its labels reach the other nodes by joins on node and on star centre.
+    `bundle_nodes` nodes), then the rounds run; the unsettled remainder is finished on one worker
+    (bounded by `max_unsettled` edges) and its labels reach the other nodes by joins on node and on
+    star centre.
     """
 
     def __init__(self, rounds: int, max_unsettled: int, bundle_nodes: int = BUNDLE_NODES):
