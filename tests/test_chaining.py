@@ -17,7 +17,7 @@ from transforms.chaining import (
     needs_resplit,
     verdict,
 )
-from transforms.cluster import ConnectedComponents, connected_components
+from transforms.cluster import ConnectedComponents, EdgeScores, connected_components
 from transforms.records import ScoredPair
 from transforms.score import Scored
 
@@ -110,19 +110,41 @@ class _DictScorer(beam.PTransform):
         return Scored(scored, scored, nothing, candidates.pipeline | "NoFailures" >> beam.Create([]))
 
 
+def _edge_scores_of_groups(labels: dict, scores: dict, threshold: float) -> dict:
+    """{group label: (min, mean)} of the scores >= threshold of pairs inside a group, on one machine."""
+    inside = {}
+    for (a, b), score in scores.items():
+        if score >= threshold and labels[a] == labels[b]:
+            inside.setdefault(labels[a], []).append(score)
+    return {label: (min(found), sum(found) / len(found)) for label, found in inside.items()}
+
+
 def _split_chains(scores: dict, nodes: int, settings: ChainingSettings, scorer, tmp_path):
-    """SplitChains over one component of nodes 0..nodes-1 with these scored pairs: (labels, qdedup counters)."""
+    """SplitChains over one component of nodes 0..nodes-1 with these scored pairs: (labels, qdedup counters).
+
+    Also checks the edge scores it gives per group against those of its labels over every scored pair."""
     out = tmp_path / "labels.pickle"
     pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
     components = pipeline | "C" >> beam.Create([(n, 0) for n in range(nodes)])
     internal = pipeline | "S" >> beam.Create([(0, ScoredPair(a, b, s, 0.5, "lexical")) for (a, b), s in scores.items()])
     chained = (components, internal) | SplitChains(settings, scorer, ConnectedComponents(2, 10**6))
-    _ = chained.labels | beam.combiners.ToList() | beam.Map(lambda found: out.write_bytes(pickle.dumps(dict(found))))
+    found = {
+        "labels": chained.labels | "L" >> beam.combiners.ToList(),
+        "edges": chained.edge_scores | beam.CombinePerKey(EdgeScores()) | "E" >> beam.combiners.ToList(),
+        "extra": chained.scored | beam.Map(lambda p: ((p.id_a, p.id_b), p.score)) | "X" >> beam.combiners.ToList(),
+    }
+    _ = (pipeline | beam.Create([None]) | beam.Map(
+        lambda _, **lists: out.write_bytes(pickle.dumps({name: dict(items) for name, items in lists.items()})),
+        **{name: beam.pvalue.AsSingleton(pcoll) for name, pcoll in found.items()}))
     result = pipeline.run()
     result.wait_until_finish()
     counters = {c.key.metric.name: c.committed for c in result.metrics().query(
         MetricsFilter().with_namespace("qdedup"))["counters"]}
-    return pickle.loads(out.read_bytes()), counters
+    found = pickle.loads(out.read_bytes())
+    expected = _edge_scores_of_groups(found["labels"], {**scores, **found["extra"]}, settings.threshold)
+    assert found["edges"].keys() == expected.keys()
+    assert all(found["edges"][label] == pytest.approx(expected[label]) for label in expected)
+    return found["labels"], counters
 
 
 @pytest.mark.parametrize("density", [0.5, 0.0])
@@ -150,6 +172,16 @@ def test_split_chains_in_beam_scores_missing_pairs_and_splits(tmp_path, density)
     assert labels[9] not in (1, 5) and labels[10] not in (1, 5)
     assert {(1, 4), (2, 4)} <= {(a, b) for a, b, _ in extra}
     assert all(score == _model(a, b) for a, b, score in extra)
+
+
+def test_split_chains_gives_the_edge_scores_of_the_groups_it_made(tmp_path):
+    """A re-split component's groups carry the scores of their edges, blocking's and those the re-split
+    asked for, and no edge that the re-split cut (checked in `_split_chains`)."""
+    scores = _two_groups_and_a_weak_chain()
+    del scores[(1, 4)]
+    labels, counters = _split_chains(scores, 11, ChainingSettings(max_size=100), _DictScorer(), tmp_path)
+    assert counters["components_resplit"] == 1
+    assert {labels[n] for n in A} == {1} and {labels[n] for n in B} == {5} and labels[9] != labels[4]
 
 
 def test_the_plan_follows_the_blocking_pairs_of_the_component():

@@ -182,8 +182,9 @@ def _route_nodes(element, counters: dict) -> Iterator:
             yield beam.pvalue.TaggedOutput("cut", (node, label))
 
 
-def _route_pairs(element) -> Iterator:
-    """(label, {pair, verdict}) -> the component's pairs to "resplit" as (label, pair), or to "cut"."""
+def _route_pairs(element, threshold: float) -> Iterator:
+    """(label, {pair, verdict}) -> the component's pairs to "resplit" as (label, pair), or to "cut"; a
+    component kept as it is is a group: (label, score) of each of its edges (the group's edge scores)."""
     label, joined = element
     found = only(joined["verdict"])
     if found == "resplit":
@@ -192,6 +193,10 @@ def _route_pairs(element) -> Iterator:
     elif found == "cut":
         for pair in joined["pair"]:
             yield beam.pvalue.TaggedOutput("cut", pair)
+    else:
+        for pair in joined["pair"]:
+            if pair.score >= threshold:
+                yield label, pair.score
 
 
 def _levels(element, levels: int) -> Iterator[tuple]:
@@ -225,19 +230,13 @@ def _sized(element) -> Iterator[tuple]:
         yield node, (level, root, size)
 
 
-def _choose_piece(element, max_gather: int, counter) -> Iterator[tuple]:
+def _choose_piece(element, max_gather: int) -> Iterator[tuple]:
     """(node, its piece at every level) -> (piece root, node) for the lowest level whose piece fits on one
-    worker; past the last level, the last level's piece goes to "too_large" (kept as it is)."""
+    worker, else the last level's (judged "too_large" then: kept as it is)."""
     node, pieces = element
     pieces = sorted(pieces)  # one per level: bounded by --resplit-cut-steps
-    fitting = next((piece for piece in pieces if piece[2] <= max_gather), None)
-    if fitting is not None:
-        yield fitting[1], node
-        return
-    _, root, _ = pieces[-1]
-    if node == root:
-        counter.inc()
-    yield beam.pvalue.TaggedOutput("too_large", (node, root))
+    _, root, _ = next((piece for piece in pieces if piece[2] <= max_gather), pieces[-1])
+    yield root, node
 
 
 class _Plan:
@@ -263,11 +262,17 @@ class _Plan:
 
 
 def _resplit(element, threshold: float) -> Iterable[tuple]:
+    """A component's plan and the pairs it asked for -> (node, group label), and to "edges" (group label,
+    score) for each edge inside a group: its scored pairs are all here, so no join finds them again."""
     _, joined = element
     nodes, scores = only(joined["plan"])
     scores = dict(scores)
     scores.update(((p.id_a, p.id_b), p.score) for p in joined["extra"])
-    yield from average_linkage(nodes, scores, threshold).items()
+    labels = average_linkage(nodes, scores, threshold)
+    yield from labels.items()
+    for (a, b), score in scores.items():
+        if score >= threshold and labels[a] == labels[b]:
+            yield beam.pvalue.TaggedOutput("edges", (labels[a], score))
 
 
 def _extra_by_root(element) -> Iterator[tuple]:
@@ -278,10 +283,12 @@ def _extra_by_root(element) -> Iterator[tuple]:
 
 
 class Chained(NamedTuple):
-    """What `SplitChains` gives: (node, group label) for every node of a component; the pairs re-splits
-    asked for, scored (reused or new), and the new ones alone; and the pairs that could not be scored."""
+    """What `SplitChains` gives: (node, group label) for every node of a component; (group label, score)
+    for every scored pair of score >= threshold inside a group; the pairs re-splits asked for, scored
+    (reused or new), and the new ones alone; and the pairs that could not be scored."""
 
     labels: beam.PCollection
+    edge_scores: beam.PCollection
     scored: beam.PCollection
     new: beam.PCollection
     failed: beam.PCollection
@@ -307,8 +314,8 @@ class SplitChains(beam.PTransform):
         self._counters["resplit"] = Metrics.counter("qdedup", "components_resplit")
 
     def _judge(self, name: str, nodes, internal, last: bool):
-        """(nodes as (label, node), pairs as (label, pair)) -> kept (node, label), then the nodes and pairs
-        of components to re-split, then those of components to cut."""
+        """(nodes as (label, node), pairs as (label, pair)) -> kept (node, label) and the edge scores of
+        those kept, then the nodes and pairs of components to re-split, then those of components to cut."""
         settings = self._settings
         verdicts = (
             {"nodes": nodes | f"{name}CountNodes" >> beam.combiners.Count.PerKey(),
@@ -319,16 +326,16 @@ class SplitChains(beam.PTransform):
         routed = {"node": nodes, "verdict": verdicts} | f"{name}RouteNodes" >> JoinByKey(
             _route_nodes, self._counters, outputs=("resplit", "cut"), main="kept")
         routed_pairs = {"pair": internal, "verdict": verdicts} | f"{name}RoutePairs" >> JoinByKey(
-            _route_pairs, outputs=("resplit", "cut"), main="none")
-        return routed.kept, routed.resplit, routed_pairs.resplit, routed.cut, routed_pairs.cut
+            _route_pairs, settings.threshold, outputs=("resplit", "cut"), main="kept")
+        return routed.kept, routed_pairs.kept, routed.resplit, routed_pairs.resplit, routed.cut, routed_pairs.cut
 
     def expand(self, inputs):
         components, internal = inputs
         settings = self._settings
         thresholds = cut_thresholds(settings)
-        kept, resplit_nodes, resplit_pairs, cut_nodes, cut_pairs = self._judge(
+        kept, kept_edges, resplit_nodes, resplit_pairs, cut_nodes, cut_pairs = self._judge(
             "Whole", components | "NodeByComponent" >> beam.KvSwap(), internal, last=not thresholds)
-        kept, to_resplit = [kept], [(resplit_nodes, resplit_pairs)]
+        kept, edge_scores, to_resplit = [kept], [kept_edges], [(resplit_nodes, resplit_pairs)]
         if thresholds:
             # Components too large to gather: their components at every cut level at once (one search over
             # (level, node) graphs), then each node's piece at the lowest level where it fits.
@@ -345,14 +352,13 @@ class SplitChains(beam.PTransform):
                 {"node": piece_of, "size": piece_of | "PieceSizes" >> beam.combiners.Count.PerKey()}
                 | "SizedPieces" >> JoinByKey(_sized)
                 | "PiecesOfNode" >> beam.GroupByKey()
-                | "ChoosePiece" >> beam.FlatMap(_choose_piece, settings.max_gather, self._counters["too_large"])
-                .with_outputs("too_large", main="fits")
+                | "ChoosePiece" >> beam.FlatMap(_choose_piece, settings.max_gather)
             )
-            kept.append(chosen.too_large)
-            labels = chosen.fits | "NodePiece" >> beam.KvSwap()
-            piece_kept, piece_nodes, piece_pairs, _, _ = self._judge(
-                "Piece", chosen.fits, pairs_within(cut_pairs, labels, "PiecePairs"), last=True)
+            labels = chosen | "NodePiece" >> beam.KvSwap()
+            piece_kept, piece_edges, piece_nodes, piece_pairs, _, _ = self._judge(
+                "Piece", chosen, pairs_within(cut_pairs, labels, "PiecePairs"), last=True)
             kept.append(piece_kept)
+            edge_scores.append(piece_edges)
             to_resplit.append((piece_nodes, piece_pairs))
         plan = (
             {"node": tuple(n for n, _ in to_resplit) | "ResplitNodes" >> beam.Flatten(),
@@ -371,7 +377,8 @@ class SplitChains(beam.PTransform):
         )
         resplit = (
             {"plan": plan.resplit, "extra": extra_by_root}
-            | "AverageLinkage" >> JoinByKey(_resplit, settings.threshold)
+            | "AverageLinkage" >> JoinByKey(_resplit, settings.threshold, outputs=("edges",), main="labels")
         )
-        labels = (*kept, resplit) | "AllLabels" >> beam.Flatten()
-        return Chained(labels, scoring.scored, scoring.new, scoring.failed)
+        labels = (*kept, resplit.labels) | "AllLabels" >> beam.Flatten()
+        edge_scores = (*edge_scores, resplit.edges) | "AllEdgeScores" >> beam.Flatten()
+        return Chained(labels, edge_scores, scoring.scored, scoring.new, scoring.failed)

@@ -372,8 +372,8 @@ class ClusterGroups(beam.PTransform):
     Args:
         threshold: a pair scoring at least this joins its two questions.
         components: edges -> (node, component label) (`ConnectedComponents` in a run).
-        split_chains: chaining control, (components, internal pairs) -> `Chained`-like
-            (`SplitChains` in a run).
+        split_chains: chaining control, (components, internal pairs) -> `Chained`-like: group labels
+            and the edge scores inside each group (`SplitChains` in a run).
         assign_ids: (row labels, group canonical ids, previous rows) -> ids and lineage
             (`AssignGroupIds` in a run).
         canonical: `frequent` or `earliest` (see `summarize_group`).
@@ -400,13 +400,7 @@ class ClusterGroups(beam.PTransform):
         internal = pairs_within(scored, components, "Internal", inside=lambda pair: pair.score >= threshold)
         chained = (components, internal) | "SplitChains" >> self._split_chains
         labels = chained.labels
-        all_scored = (scored, chained.scored) | "AllScored" >> beam.Flatten()
-        edge_scores = (
-            pairs_within(all_scored | "GroupEdges" >> beam.Filter(lambda pair: pair.score >= threshold),
-                         labels, "GroupEdge")
-            | "EdgeScoreValue" >> beam.MapTuple(lambda label, pair: (label, pair.score))
-            | "EdgeScores" >> beam.CombinePerKey(EdgeScores())
-        )
+        edge_scores = chained.edge_scores | "EdgeScores" >> beam.CombinePerKey(EdgeScores())
         reps_by_group = (
             {"rep": representatives | "KeyRepresentative" >> beam.Map(lambda rep: (rep.id, rep)),
              "component": labels}
