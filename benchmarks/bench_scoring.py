@@ -44,8 +44,8 @@ from benchmarks.bench_lexical_recall import DEFAULT_PAIRS
 from pipelines.random_model import make_erlangshen_shaped_model
 from pipelines.recall import read_labelled_pairs
 from transforms.devices import resolve_device, resolve_dtype
-from transforms.inference import ModelSettings, TokenizedItem, tokenize
-from transforms.inference import token_budget as token_budget_for
+from transforms.feeding import ModelSettings, TokenizedItem, tokenize
+from transforms.feeding import token_budget as token_budget_for
 from transforms.records import CandidatePair
 from transforms.score import ScorePairs, pair_scorer
 from transforms.sources import load_tokenizer

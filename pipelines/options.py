@@ -16,7 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentP
 from transforms.block import BlockingSettings
 from transforms.chaining import ChainingSettings
 from transforms.errors import QdedupError
-from transforms.inference import AUTO_TOKEN_BUDGET, ModelSettings
+from transforms.feeding import AUTO_TOKEN_BUDGET, ModelSettings
 from transforms.records import Columns
 
 DEFAULT_SCORER = "IDEA-CCNL/Erlangshen-Roberta-110M-Similarity"

@@ -21,7 +21,7 @@ from transforms.embed import (
     tfidf_vector,
     whitening,
 )
-from transforms.inference import ModelSettings
+from transforms.feeding import ModelSettings
 from transforms.records import Representative
 
 

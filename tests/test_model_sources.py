@@ -12,7 +12,7 @@ from pipelines.preflight import check_scorer_model
 from tests.helpers import read_part, run_qdedup
 from tests.object_store import PREFIX, ObjectStoreForTests
 from transforms.errors import QdedupError
-from transforms.inference import ModelSettings
+from transforms.feeding import ModelSettings
 from transforms.score import pair_scorer
 from transforms.sources import model_path
 

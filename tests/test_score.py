@@ -14,15 +14,16 @@ from pipelines.preflight import check_scorer_model
 from tests.helpers import RUNNER_ARGS, lcqmc_pairs, reference_scores
 from transforms.devices import resolve_device
 from transforms.errors import QdedupError
-from transforms.inference import (
+from transforms.feeding import (
     LoadedModel,
     ModelSettings,
     collate,
     pack_batches,
+    positive_probability,
     tokenize,
 )
 from transforms.records import CandidatePair
-from transforms.score import ScorePairs, pair_scorer, positive_probability
+from transforms.score import ScorePairs, pair_scorer
 from transforms.sources import load_tokenizer
 
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from transforms import sources
 from transforms.errors import RejectedRow, failure
-from transforms.inference import ModelSettings, PackedBatchHandler, RunModel
+from transforms.feeding import ModelSettings
+from transforms.inference import PackedBatchHandler, RunModel
 from transforms.metrics import StageTimer
 from transforms.records import Embedded, Representative
 from transforms.vectors import SparseVector, to_dense, unit

@@ -1,11 +1,13 @@
-"""Paths on local disks and on Beam filesystems (gs://, s3://, ...), spelled one way."""
+"""Paths on local disks and on Beam filesystems (gs://, s3://, ...), spelled one way.
+
+Beam is imported where a file is opened, not on import: the model-feeding core
+(`transforms/feeding.py`, through `sources.py`) loads on machines without Beam.
+"""
 from __future__ import annotations
 
 import json
 import os
 import posixpath
-
-from apache_beam.io.filesystems import FileSystems
 
 
 def is_remote(path: str) -> bool:
@@ -23,6 +25,7 @@ def canonical(path: str) -> str:
 
 
 def join(root: str, *parts: str) -> str:
+    from apache_beam.io.filesystems import FileSystems
     path = root
     for part in parts:
         path = FileSystems.join(path, part) if is_remote(path) else posixpath.join(path, part)
@@ -30,10 +33,12 @@ def join(root: str, *parts: str) -> str:
 
 
 def read_json(path: str) -> dict:
+    from apache_beam.io.filesystems import FileSystems
     with FileSystems.open(path) as handle:
         return json.loads(handle.read().decode("utf-8"))
 
 
 def write_json(path: str, content: dict) -> None:
+    from apache_beam.io.filesystems import FileSystems
     with FileSystems.create(path) as handle:
         handle.write(json.dumps(content, ensure_ascii=False, indent=2, sort_keys=True).encode("utf-8"))

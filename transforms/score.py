@@ -21,17 +21,12 @@ import numpy as np
 
 from transforms import sources
 from transforms.errors import RejectedRow
-from transforms.inference import ModelSettings, PackedBatchHandler, RunModel
+from transforms.feeding import ModelSettings, positive_probability
+from transforms.inference import PackedBatchHandler, RunModel
 from transforms.joins import JoinByKey
 from transforms.records import CandidatePair, ScoredPair
 
 _LOG = logging.getLogger(__name__)
-
-
-def positive_probability(model, batch: dict, label: int) -> np.ndarray:
-    """The cross-encoder's forward pass: P(label) per pair of the padded batch."""
-    import torch
-    return torch.softmax(model(**batch).logits.float(), dim=-1)[:, label].cpu().numpy()
 
 
 def pair_scorer(settings: ModelSettings) -> PackedBatchHandler:

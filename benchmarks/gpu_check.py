@@ -1,0 +1,355 @@
+"""One command that measures qdedup's scoring on a GPU, for the sessions that are lent one.
+
+It needs torch, transformers, safetensors and numpy alone (a GPU machine may have
+no Beam, faiss or pyarrow): it calls qdedup's own feeding core
+(`transforms/feeding.py`: tokenize, pack under a token budget, pad, forward,
+halve on out-of-memory) directly, and runs the RunInference stage
+(`transforms/score.py`'s `ScorePairs`) only where Beam is importable. The models
+are random (`pipelines/random_model.py`, Erlangshen's shape): their scores mean
+nothing, their cost is the real model's.
+
+Steps, each written to the JSON of --out:
+
+- agreement: fp32 against bf16 and fp16 scores of the first --agreement-pairs
+  LCQMC dev pairs, on the full-shape model with spread-out scores (weights drawn
+  with initializer_range 0.1): mean and largest |difference|, decisions at 0.5
+  that flip;
+- sweep: pairs/s over token budgets (--budgets) on --pairs pairs (LCQMC dev,
+  then seeded recombinations of its questions), bf16/fp16 as `--precision auto`
+  picks: the core alone (tokenized once beforehand; packing, padding and the
+  forward timed) and, with Beam, the whole RunInference stage on the in-process
+  runner (tokenizing, shuffles and model loading included, and the seconds
+  inside the forward pass apart), interleaved (core, stage, stage, core, ...)
+  --repeat times each; peak GPU memory per budget; the largest difference
+  between the stage's and the core's scores;
+- oom: --oom-pairs inputs of --max-length tokens in one batch, which the GPU
+  cannot hold: the batch is halved until it fits and every input is scored, as
+  in normal batches (on the CPU an out-of-memory error is raised above
+  --oom-rows rows instead);
+- copies (Beam only): the stage in two worker processes with --model-copies 1
+  (one model shared through Beam's `large_model`) and with one model per
+  process: GPU memory in use at its highest, and the scores of both.
+
+    python -m benchmarks.gpu_check [--out gpu_check.json] [--data ../shared/data/lcqmc/dev.tsv]
+    python -m benchmarks.gpu_check --dry-run     # tiny model, few pairs, CPU: keeps the script working in CI
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from pipelines.random_model import make_erlangshen_shaped_model, make_random_model
+from transforms.devices import resolve_device
+from transforms.feeding import (
+    LoadedModel,
+    ModelSettings,
+    pack_batches,
+    positive_probability,
+    run_splitting_on_failure,
+    tokenize,
+)
+from transforms.sources import load_pretrained, load_tokenizer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "lcqmc", "dev.tsv"))
+
+
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+HAS_BEAM = _importable("apache_beam")
+
+
+def read_pairs(path: str, count: int, seed: int = 0) -> list[tuple[str, str]]:
+    """The first `count` pairs of an LCQMC-style TSV (question, question, label), then seeded pairs of
+    its questions: real lengths, as many as asked for."""
+    with open(path, encoding="utf-8") as handle:
+        labelled = [tuple(line.rstrip("\n").split("\t")[:2]) for line in handle if line.strip()]
+    if count <= len(labelled):
+        return labelled[:count]
+    rng = random.Random(seed)
+    questions = sorted({q for pair in labelled for q in pair})
+    return labelled + [(rng.choice(questions), rng.choice(questions)) for _ in range(count - len(labelled))]
+
+
+def machine() -> dict:
+    import torch
+    import transformers
+    found = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+             "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "beam": HAS_BEAM}
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    found["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        found.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda)
+    return found
+
+
+class Scorer:
+    """A model loaded once the way workers load it (`sources.load_pretrained`), scoring through the core."""
+
+    def __init__(self, model_dir: str, device: str, precision: str):
+        settings = ModelSettings(model_dir, device=device, precision=precision)
+        model, device, pad_id = load_pretrained(settings, "AutoModelForSequenceClassification")
+        self.loaded = LoadedModel(model, device, pad_id, functools.partial(positive_probability, label=1))
+        self.dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+
+    def score(self, encodings: list, budget: int) -> tuple[np.ndarray, dict]:
+        """Scores in input order, and what it took: seconds (packing, padding, forward, synchronized),
+        batches, padded tokens, peak GPU memory."""
+        import torch
+        cuda = self.loaded.device == "cuda"
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        batches = pack_batches([len(ids) for ids, _ in encodings], budget)
+        scores = np.empty(len(encodings))
+        padded = 0
+        for batch in batches:
+            chosen = [encodings[i] for i in batch]
+            padded += len(batch) * max(len(ids) for ids, _ in chosen)
+            scores[batch] = self.loaded.run(chosen).outputs
+        figures = {"seconds": time.perf_counter() - started, "batches": len(batches), "padded_tokens": padded}
+        if cuda:
+            figures["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        return scores, figures
+
+
+def encode(model_dir: str, pairs: list, max_length: int) -> tuple[list, float]:
+    tokenizer = load_tokenizer(model_dir)
+    started = time.perf_counter()
+    encoded = tokenize(tokenizer, pairs, max_length)
+    return [enc for enc, _ in encoded], time.perf_counter() - started
+
+
+def agreement(model_dir: str, pairs: list, device: str, precisions: list[str]) -> dict:
+    """fp32 against each lower precision on the same pairs (packed the same way)."""
+    encodings, _ = encode(model_dir, pairs, 512)
+    budget = 8192
+    reference, _ = Scorer(model_dir, device, "fp32").score(encodings, budget)
+    found = {"pairs": len(pairs), "fp32_score_range": [round(float(reference.min()), 4),
+                                                        round(float(reference.max()), 4)],
+             "fp32_score_std": round(float(reference.std()), 4)}
+    for precision in precisions:
+        scores, _ = Scorer(model_dir, device, precision).score(encodings, budget)
+        delta = np.abs(scores - reference)
+        found[precision] = {"mean_abs_diff": float(delta.mean()), "max_abs_diff": float(delta.max()),
+                            "decisions_flipped_at_0.5": int(((scores >= 0.5) != (reference >= 0.5)).sum())}
+    return found
+
+
+def stage_scores(pairs: list, settings: ModelSettings, runner_args: list[str]) -> tuple[np.ndarray, dict]:
+    """ScorePairs through RunInference: scores in input order, and its seconds (the whole pipeline, and
+    those inside the forward pass from the stage's own timer)."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from transforms.metrics import STAGE_NAMESPACE
+    from transforms.records import CandidatePair
+    from transforms.score import ScorePairs
+
+    with tempfile.TemporaryDirectory() as scratch:
+        out = os.path.join(scratch, "scores.json")
+        started = time.perf_counter()
+        pipeline = beam.Pipeline(options=PipelineOptions(runner_args))
+        scoring = (
+            pipeline
+            | beam.Create([CandidatePair(i, i + len(pairs), a, b, None) for i, (a, b) in enumerate(pairs)])
+            | ScorePairs(settings)
+        )
+        _ = (scoring.scored | beam.Map(lambda p: (p.id_a, p.score)) | beam.combiners.ToList()
+             | beam.Map(functools.partial(_write_json, out)))
+        result = pipeline.run()
+        result.wait_until_finish()
+        wall = time.perf_counter() - started
+        with open(out) as handle:
+            found = dict(json.load(handle))
+    counters = result.metrics().query()["counters"]
+    forward = sum(c.committed for c in counters
+                  if c.key.metric.namespace == STAGE_NAMESPACE and c.key.metric.name == "score") / 1e6
+    return np.array([found[i] for i in range(len(pairs))]), {"seconds": wall, "forward_seconds": forward}
+
+
+def _write_json(path: str, items) -> None:
+    with open(path, "w") as handle:
+        json.dump(items, handle)
+
+
+def _summary(values: list[float]) -> dict:
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
+            "max": round(max(values), 3), "runs": len(values)}
+
+
+def sweep(model_dir: str, pairs: list, device: str, budgets: list[int], repeat: int) -> dict:
+    """Pairs/s of the core and of the stage at each token budget, interleaved core, stage, stage, core, ..."""
+    encodings, tokenize_seconds = encode(model_dir, pairs, 512)
+    scorer = Scorer(model_dir, device, "auto")
+    scorer.score(encodings[:256], budgets[0])  # warm-up: kernels chosen, memory pools filled
+    found = {"pairs": len(pairs), "dtype": scorer.dtype, "tokenize_seconds_once": round(tokenize_seconds, 2),
+             "by_budget": {}}
+    for budget in budgets:
+        runs = {"core": [], "stage": [], "stage_forward": []}
+        figures, reference, largest_diff = {}, None, 0.0
+        order = ["core", "stage", "stage", "core"] * repeat
+        for method in order[:2 * repeat] if HAS_BEAM else ["core"] * repeat:
+            if method == "core":
+                reference, figures = scorer.score(encodings, budget)
+                runs["core"].append(len(pairs) / figures["seconds"])
+            else:
+                settings = ModelSettings(model_dir, device=device, token_budget=budget)
+                scores, seconds = stage_scores(pairs, settings, ["--runner=FnApiRunner"])
+                runs["stage"].append(len(pairs) / seconds["seconds"])
+                runs["stage_forward"].append(len(pairs) / seconds["forward_seconds"])
+                if reference is not None:
+                    largest_diff = max(largest_diff, float(np.abs(scores - reference).max()))
+        entry = {"core_pairs_per_s": _summary(runs["core"]), "batches": figures["batches"],
+                 "padded_tokens": figures["padded_tokens"], "peak_gpu_gib": figures.get("peak_gpu_gib")}
+        if runs["stage"]:
+            entry.update(stage_pairs_per_s=_summary(runs["stage"]),
+                         stage_forward_pairs_per_s=_summary(runs["stage_forward"]),
+                         stage_vs_core_largest_score_diff=largest_diff)
+        found["by_budget"][str(budget)] = entry
+        print(f"  budget {budget}: {json.dumps(entry)}", flush=True)
+    return found
+
+
+def oom(model_dir: str, pairs: list, device: str, max_length: int, rows: int) -> dict:
+    """One batch too large for the device, halved until it fits: every input scored, as in small batches."""
+    import torch
+    side = (max_length - 3) // 2  # characters a side: about max_length tokens a pair, none cut
+    texts = [((a * side)[:side], (b * side)[:side]) for a, b in pairs]
+    encodings, _ = encode(model_dir, texts, max_length)
+    scorer = Scorer(model_dir, device, "auto")
+    loaded = scorer.loaded
+    forward = functools.partial(loaded.forward, loaded.model)
+    if loaded.device != "cuda":  # no device memory to run out of: fail the way CUDA does above `rows` rows
+        def forward(batch, _inner=forward):
+            if batch["input_ids"].shape[0] > rows:
+                raise torch.OutOfMemoryError("CUDA out of memory (injected above %d rows)" % rows)
+            return _inner(batch)
+    small, _ = scorer.score(encodings, 8192)
+    started = time.perf_counter()
+    ran = run_splitting_on_failure(forward, encodings, loaded.pad_id, loaded.device)
+    seconds = time.perf_counter() - started
+    scored = np.array([np.nan if out is None else out for out in ran.outputs], dtype=float)
+    return {"inputs": len(encodings), "tokens": sum(len(ids) for ids, _ in encodings),
+            "out_of_memory_splits": ran.oom_splits, "unscored": int(np.isnan(scored).sum()),
+            "largest_diff_from_small_batches": float(np.nanmax(np.abs(scored - small))), "seconds": round(seconds, 2)}
+
+
+def _gpu_in_use(stop: threading.Event, peak: list) -> None:
+    import torch
+    while not stop.is_set():
+        free, total = torch.cuda.mem_get_info()
+        peak[0] = max(peak[0], total - free)
+        time.sleep(0.1)
+
+
+def copies(model_dir: str, pairs: list, device: str) -> dict:
+    """The stage in two worker processes, one model shared (--model-copies 1) and one per process."""
+    import gc
+
+    import torch
+    found, scores = {}, {}
+    gc.collect()
+    for copies_ in (1, 0):
+        settings = ModelSettings(model_dir, device=device, model_copies=copies_)
+        peak, stop = [0], threading.Event()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+            before = torch.cuda.mem_get_info()
+            watcher = threading.Thread(target=_gpu_in_use, args=(stop, peak), daemon=True)
+            watcher.start()
+        scores[copies_], seconds = stage_scores(
+            pairs, settings, ["--runner=FnApiRunner", "--direct_running_mode=multi_processing",
+                              "--direct_num_workers=2"])
+        stop.set()
+        entry = {"seconds": round(seconds["seconds"], 2)}
+        if device == "cuda":
+            watcher.join()
+            entry["gpu_gib_in_use_at_most"] = round((peak[0] - (before[1] - before[0])) / 2**30, 2)
+        found["model_copies_1" if copies_ else "one_model_per_process"] = entry
+    found["largest_score_diff"] = float(np.abs(scores[1] - scores[0]).max())
+    return found
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dry-run", action="store_true", help="tiny model, few pairs, CPU: checks the script")
+    parser.add_argument("--data", default=DEFAULT_DATA, help="LCQMC-style TSV: question, question, label")
+    parser.add_argument("--out", default="gpu_check.json")
+    parser.add_argument("--work", default=None, help="where the random models are written (default: a temp dir)")
+    parser.add_argument("--pairs", type=int, default=50_000)
+    parser.add_argument("--agreement-pairs", type=int, default=2_000)
+    parser.add_argument("--budgets", default="8192,16384,32768,65536,131072")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each method per budget, interleaved")
+    parser.add_argument("--oom-pairs", type=int, default=32_000)
+    parser.add_argument("--oom-rows", type=int, default=4, help="CPU only: rows above which OOM is injected")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--copies-pairs", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    device = "cpu" if args.dry_run else resolve_device("auto")
+    if args.dry_run:
+        args.pairs, args.agreement_pairs, args.oom_pairs, args.copies_pairs = 64, 32, 12, 32
+        args.budgets, args.repeat, args.max_length = "512,2048", 1, 64
+    budgets = [int(b) for b in args.budgets.split(",")]
+    work = args.work or tempfile.mkdtemp(prefix="gpu-check-")
+    results = {"machine": machine(), "device": device, "dry_run": args.dry_run, "started": time.time()}
+
+    def step(name: str, run: Callable[[], dict]) -> None:
+        started = time.perf_counter()
+        print(f"{name} ...", flush=True)
+        results[name] = run()
+        results[name]["step_seconds"] = round(time.perf_counter() - started, 1)
+        print(f"{name}: {json.dumps(results[name])}", flush=True)
+        with open(args.out, "w") as handle:  # after every step: a run cut short keeps what it measured
+            json.dump(results, handle, indent=2)
+
+    if args.dry_run:
+        full = tiny = make_random_model(os.path.join(work, "tiny"))
+    else:
+        full = make_erlangshen_shaped_model(os.path.join(work, "erlangshen"))
+        tiny = None
+    spread = (tiny if args.dry_run else
+              make_erlangshen_shaped_model(os.path.join(work, "erlangshen-spread"), spread=True))
+    lower = ["bf16", "fp16"] if device == "cuda" else ["bf16"]
+    step("agreement", lambda: agreement(spread, read_pairs(args.data, args.agreement_pairs), device, lower))
+    step("sweep", lambda: sweep(full, read_pairs(args.data, args.pairs), device, budgets, args.repeat))
+    step("oom", lambda: oom(full, read_pairs(args.data, args.oom_pairs), device, args.max_length, args.oom_rows))
+    if HAS_BEAM:
+        step("copies", lambda: copies(full, read_pairs(args.data, args.copies_pairs), device))
+    else:
+        results["copies"] = {"skipped": "apache_beam is not installed here"}
+    results["seconds"] = round(time.time() - results.pop("started"), 1)
+    with open(args.out, "w") as handle:
+        json.dump(results, handle, indent=2)
+    print(f"wrote {args.out} ({results['seconds']} s)")
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

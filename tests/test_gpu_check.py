@@ -1,0 +1,60 @@
+"""benchmarks/gpu_check.py stays runnable: its --dry-run on the CPU, with Beam and on a machine without it."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import shared_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs the module as `python -m` would, with Beam, faiss and pyarrow made unimportable first.
+WITHOUT_BEAM = """
+import importlib.abc, runpy, sys
+class Missing(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("apache_beam", "faiss", "pyarrow"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, Missing())
+sys.argv = ["gpu_check", *sys.argv[1:]]
+runpy.run_module("benchmarks.gpu_check", run_name="__main__")
+assert not any(m.split(".")[0] in ("apache_beam", "faiss", "pyarrow") for m in sys.modules)
+"""
+
+
+def _dry_run(tmp_path, prefix: list[str]) -> dict:
+    out = tmp_path / "gpu_check.json"
+    subprocess.run([*prefix, "--dry-run", "--out", str(out), "--work", str(tmp_path / "models"),
+                    "--data", str(shared_data("lcqmc/dev.tsv"))], cwd=ROOT, check=True, timeout=300)
+    return json.loads(out.read_text())
+
+
+def _check_core_steps(results: dict) -> None:
+    assert results["device"] == "cpu" and results["dry_run"]
+    assert results["agreement"]["pairs"] == 32 and results["agreement"]["bf16"]["max_abs_diff"] < 0.05
+    assert results["agreement"]["fp32_score_std"] > 0.05  # scores spread out: agreement means something
+    for entry in results["sweep"]["by_budget"].values():
+        assert entry["core_pairs_per_s"]["runs"] == 1 and entry["batches"] >= 1
+    oom = results["oom"]
+    assert oom["out_of_memory_splits"] >= 1 and oom["unscored"] == 0
+    assert oom["largest_diff_from_small_batches"] < 1e-5
+
+
+def test_the_gpu_check_runs_without_beam(tmp_path):
+    results = _dry_run(tmp_path, [sys.executable, "-c", WITHOUT_BEAM])
+    _check_core_steps(results)
+    assert results["machine"]["beam"] is False and "skipped" in results["copies"]
+    assert all("stage_pairs_per_s" not in entry for entry in results["sweep"]["by_budget"].values())
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_the_stage_and_shared_model_with_beam(tmp_path):
+    results = _dry_run(tmp_path, [sys.executable, "-m", "benchmarks.gpu_check"])
+    _check_core_steps(results)
+    for entry in results["sweep"]["by_budget"].values():
+        assert entry["stage_pairs_per_s"]["runs"] == 1
+        assert entry["stage_vs_core_largest_score_diff"] < 1e-6  # the stage scores what the core scores
+    assert results["copies"]["largest_score_diff"] < 1e-6
+    assert set(results["copies"]) >= {"model_copies_1", "one_model_per_process"}

@@ -1,0 +1,215 @@
+"""Feeding a Hugging Face model the way the hardware wants it: the pure core, without Beam.
+
+Inputs are tokenized (each distinct text of a window once), sorted by token
+length and packed under a token budget, padded only to each batch's own longest
+input, and run under `inference_mode`; a batch that fails is halved and retried
+rather than lost. `transforms/inference.py` runs this core inside Beam's
+RunInference; `benchmarks/gpu_check.py` calls it directly on machines that have
+torch and transformers but no Beam.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple, Sequence
+
+import numpy as np
+
+from transforms.devices import resolve_device
+from transforms.errors import failure
+
+# Padded tokens per batch when --token-budget is 0, chosen by benchmarks/bench_scoring.py.
+AUTO_TOKEN_BUDGET = {"cpu": 2048, "cuda": 32768}
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """How a model is loaded and fed; the defaults are the command line's."""
+
+    model: str
+    device: str = "auto"           # auto, cpu, cuda
+    precision: str = "auto"        # auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16
+    token_budget: int = 0          # padded tokens per batch; 0 = AUTO_TOKEN_BUDGET for the device
+    sort_window: int = 4096        # inputs sorted together by length before packing
+    max_length: int = 512          # longer inputs are truncated (longest_first) and counted
+    symmetric: bool = False        # pairs only: score (a, b) and (b, a) and average: twice the cost
+    model_copies: int = 0          # 0: one model per process; N: N copies shared by a worker's processes
+    torch_threads: int = 0         # CPU threads per model; 0 = the cores this process may use
+    positive_label: int = 1        # pair classifiers: the label whose probability is the score
+    progress_seconds: float = 30.0
+
+
+Encoding = tuple[list[int], list[int]]  # input_ids, token_type_ids
+
+
+class TokenizedItem(NamedTuple):
+    """One model input, tokenized: a text, a pair, or a pair in both orders (--symmetric)."""
+
+    key: Any
+    encodings: tuple[Encoding, ...]
+    truncated: bool
+
+    @property
+    def cost(self) -> int:
+        return len(self.encodings) * max(len(ids) for ids, _ in self.encodings)
+
+
+def token_budget(settings: ModelSettings) -> int:
+    return settings.token_budget or AUTO_TOKEN_BUDGET[resolve_device(settings.device)]
+
+
+def tokenize(tokenizer, inputs: Sequence[tuple[str, ...]], max_length: int) -> list[tuple[Encoding, bool]]:
+    """(encoding, truncated) per input: `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]`, cut longest-first."""
+    if not inputs:
+        return []
+    columns = list(zip(*inputs))
+    first, second = list(columns[0]), (list(columns[1]) if len(columns) > 1 else None)
+
+    def encode(indices, **options):
+        return tokenizer([first[i] for i in indices], [second[i] for i in indices] if second else None,
+                         return_token_type_ids=True, verbose=False, **options)
+
+    if hasattr(tokenizer, "backend_tokenizer"):
+        encoded = _encode_whole(tokenizer, inputs)
+    else:  # a slow (Python) tokenizer: each input encoded as it is
+        full = encode(range(len(inputs)), truncation=False)
+        encoded = [((ids, types), False) for ids, types in zip(full["input_ids"], full["token_type_ids"])]
+    too_long = [i for i, (enc, _) in enumerate(encoded) if len(enc[0]) > max_length]
+    if too_long:
+        cut = encode(too_long, truncation="longest_first", max_length=max_length)
+        for j, i in enumerate(too_long):
+            encoded[i] = ((cut["input_ids"][j], cut["token_type_ids"][j]), True)
+    return encoded
+
+
+def _encode_whole(tokenizer, inputs: Sequence[tuple[str, ...]]) -> list[tuple[Encoding, bool]]:
+    """Each input encoded whole by a fast tokenizer, each distinct text tokenized once.
+
+    A question meets many others in its pairs (a shard sorted by key holds a question's pairs
+    together), so its text is encoded once, then every pair is assembled by the tokenizer's own
+    post-processor (its special tokens and segment ids): the same ids as encoding the pair whole.
+    """
+    backend = tokenizer.backend_tokenizer
+    if backend.truncation is not None:
+        backend.no_truncation()
+    if backend.padding is not None:
+        backend.no_padding()
+    index: dict = {}
+    for texts in inputs:
+        for text in texts:
+            index.setdefault(text, len(index))
+    pieces = backend.encode_batch(list(index), add_special_tokens=False)
+    encoded = []
+    for texts in inputs:
+        whole = backend.post_process(*(pieces[index[text]] for text in texts), add_special_tokens=True)
+        encoded.append(((whole.ids, whole.type_ids), False))
+    return encoded
+
+
+def pack_batches(costs: Sequence[int], budget: int) -> list[list[int]]:
+    """Indices sorted by cost, cut into batches whose padded size (count x largest) fits the budget.
+
+    A single element larger than the budget gets a batch of its own.
+    """
+    batches: list[list[int]] = []
+    current: list[int] = []
+    largest = 0
+    for i in sorted(range(len(costs)), key=lambda i: costs[i]):
+        if current and max(largest, costs[i]) * (len(current) + 1) > budget:
+            batches.append(current)
+            current, largest = [], 0
+        current.append(i)
+        largest = max(largest, costs[i])
+    if current:
+        batches.append(current)
+    return batches
+
+
+def collate(encodings: Sequence[Encoding], pad_id: int) -> dict[str, Any]:
+    """Right-padded tensors for a batch, padded to its longest encoding only.
+
+    Filled in one vectorized step (a row-major mask of real tokens takes the concatenated ids):
+    building a tensor per row cost more CPU than the tiny scorer's forward pass.
+    """
+    import torch
+    lengths = np.fromiter((len(ids) for ids, _ in encodings), dtype=np.int64, count=len(encodings))
+    real = np.arange(lengths.max()) < lengths[:, None]
+    input_ids = np.full(real.shape, pad_id, dtype=np.int64)
+    input_ids[real] = np.fromiter(itertools.chain.from_iterable(ids for ids, _ in encodings), dtype=np.int64,
+                                  count=int(lengths.sum()))
+    token_type_ids = np.zeros(real.shape, dtype=np.int64)
+    token_type_ids[real] = np.fromiter(itertools.chain.from_iterable(types for _, types in encodings),
+                                       dtype=np.int64, count=int(lengths.sum()))
+    return {"input_ids": torch.from_numpy(input_ids), "token_type_ids": torch.from_numpy(token_type_ids),
+            "attention_mask": torch.from_numpy(real.astype(np.int64))}
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+class Forwarded(NamedTuple):
+    outputs: list             # one per encoding; None where the model failed on it
+    oom_splits: int           # batches halved after running out of memory
+    errors: dict              # encoding index -> what failed
+
+
+def run_splitting_on_failure(forward: Callable[[dict], np.ndarray], encodings: Sequence[Encoding], pad_id: int,
+                             device: str) -> Forwarded:
+    """forward(padded batch) over the encodings.
+
+    A batch that fails is halved and retried: out of memory, down to one input
+    (which then fails the run: it is the hardware, not the data); any other
+    error, down to the inputs that fail on their own, which are reported, not raised.
+    """
+    import torch
+    try:
+        batch = {k: v.to(device, non_blocking=True) for k, v in collate(encodings, pad_id).items()}
+        with torch.inference_mode():
+            return Forwarded(list(forward(batch)), 0, {})
+    except Exception as exc:
+        out_of_memory = _is_out_of_memory(exc)
+        if len(encodings) == 1:
+            if out_of_memory:
+                raise
+            return Forwarded([None], 0, {0: failure(exc)})
+    if out_of_memory and device == "cuda":
+        torch.cuda.empty_cache()
+    half = len(encodings) // 2
+    first = run_splitting_on_failure(forward, encodings[:half], pad_id, device)
+    second = run_splitting_on_failure(forward, encodings[half:], pad_id, device)
+    errors = {**first.errors, **{half + i: error for i, error in second.errors.items()}}
+    return Forwarded(first.outputs + second.outputs, int(out_of_memory) + first.oom_splits + second.oom_splits,
+                     errors)
+
+
+def shard_of(key: object, count: int, shard_size: int) -> int:
+    """Which of ceil(count / shard_size) shards a key goes to: by a hash stable across processes and runs."""
+    return zlib.crc32(repr(key).encode("utf-8")) % max(1, math.ceil(count / shard_size))
+
+
+class LoadedModel:
+    """A model on its device with its forward pass: encodings in, one output per encoding.
+
+    `forward(model, padded batch)` -> one row per encoding (a probability, a pooled vector, ...).
+    """
+
+    def __init__(self, model, device: str, pad_id: int, forward: Callable[[Any, dict], np.ndarray]):
+        self.model = model
+        self.device = device
+        self.pad_id = pad_id
+        self.forward = forward
+
+    def run(self, encodings: Sequence[Encoding]) -> Forwarded:
+        """Outputs per encoding (None where the model failed on it), and the out-of-memory splits."""
+        return run_splitting_on_failure(lambda batch: self.forward(self.model, batch), encodings, self.pad_id,
+                                        self.device)
+
+
+def positive_probability(model, batch: dict, label: int) -> np.ndarray:
+    """The cross-encoder's forward pass: P(label) per pair of the padded batch."""
+    import torch
+    return torch.softmax(model(**batch).logits.float(), dim=-1)[:, label].cpu().numpy()
