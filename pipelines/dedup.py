@@ -20,6 +20,7 @@ from pipelines.report import FAILURE_FIELDS, build_report
 from transforms.block import BlockCandidates, UnionCandidates
 from transforms.chaining import SplitChains
 from transforms.cluster import ClusterGroups, ConnectedComponents
+from transforms.coders import use_record_coder
 from transforms.commit import OutputRun
 from transforms.embed import EmbedEncoder, EmbedLexical
 from transforms.errors import RejectedRow
@@ -116,6 +117,7 @@ def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns
     nearest of the others are updated; otherwise (`--params-from`) everything is searched with its
     parameters and centroids.
     """
+    use_record_coder()
     kinds = [kind for kind, _ in parse_embedders(options.embedders)]
     stored = pipeline | "ReadPrior" >> ReadPrior(prior, kinds) if prior else None
     extend = bool(prior and prior.extend)
