@@ -42,6 +42,7 @@ from transforms.feeding import (
 from transforms.logs import quiet_libraries
 from transforms.metrics import StageTimer
 
+
 class ModelFailure(NamedTuple):
     """The inference of an input the model failed on (RunInference's result stands in for a score)."""
 

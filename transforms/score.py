@@ -17,7 +17,6 @@ import time
 from typing import Iterable, NamedTuple
 
 import apache_beam as beam
-import numpy as np
 
 from transforms import sources
 from transforms.errors import RejectedRow
