@@ -22,7 +22,7 @@ from transforms.chaining import SplitChains
 from transforms.cluster import ClusterGroups, ConnectedComponents
 from transforms.coders import use_record_coder
 from transforms.commit import OutputRun
-from transforms.embed import EmbedEncoder, EmbedLexical
+from transforms.embed import EmbedEncoder, EmbedLexical, EmbedStatic
 from transforms.errors import RejectedRow
 from transforms.ids import AssignGroupIds, ReadPreviousGroups
 from transforms.normalize import Collapsed, NormalizeAndCollapse
@@ -138,6 +138,8 @@ def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns
         if kind == "lexical":
             embedded = to_embed | "EmbedLexical" >> EmbedLexical(
                 options.lexical_dim, prior.params[kind]["idf"] if prior else None)
+        elif kind == "static":
+            embedded = to_embed | "EmbedStatic" >> EmbedStatic(model)
         else:
             embedded = to_embed | "EmbedEncoder" >> EmbedEncoder(
                 encoder_settings(options, model), options.encoder_pooling, options.encoder_whiten,

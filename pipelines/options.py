@@ -87,7 +87,7 @@ class QdedupOptions(PipelineOptions):
                  "into more, block by block alone (approximate, counted)")
         add("--embedders", default="lexical",
             help="comma-separated candidate generators, their candidates united: lexical, encoder:MODEL "
-                 "(a Hugging Face encoder id or directory)")
+                 "(a Hugging Face encoder id or directory), static:DIR (made by qdedup train-blocker)")
         add("--encoder-pooling", "--encoder_pooling", dest="encoder_pooling", choices=("mean", "cls"),
             default="mean", help="how the encoder's token vectors become one vector")
         add("--encoder-whiten", "--encoder_whiten", dest="encoder_whiten", action="store_true", default=False,
@@ -176,19 +176,21 @@ def expand_argv(argv: Sequence[str]) -> list[str]:
 
 
 def parse_embedders(value: str) -> list[tuple[str, str | None]]:
-    """'lexical,encoder:MODEL' -> [("lexical", None), ("encoder", "MODEL")]; one of each kind at most."""
+    """'lexical,encoder:MODEL,static:DIR' -> [("lexical", None), ("encoder", "MODEL"), ("static", "DIR")];
+    one of each kind at most."""
     embedders: list[tuple[str, str | None]] = []
     for part in (p.strip() for p in value.split(",") if p.strip()):
         kind, _, model = part.partition(":")
         if kind == "lexical" and not model:
             embedders.append(("lexical", None))
-        elif kind == "encoder" and model:
-            embedders.append(("encoder", model))
+        elif kind in ("encoder", "static") and model:
+            embedders.append((kind, model))
         else:
-            raise QdedupError(f"--embedders: {part!r} is neither 'lexical' nor 'encoder:MODEL'")
+            raise QdedupError(f"--embedders: {part!r} is none of 'lexical', 'encoder:MODEL', 'static:DIR'")
     kinds = [kind for kind, _ in embedders]
     if not embedders or len(set(kinds)) != len(kinds):
-        raise QdedupError(f"--embedders {value!r}: name lexical and/or one encoder:MODEL, each once")
+        raise QdedupError(f"--embedders {value!r}: name lexical, one encoder:MODEL and/or one static:DIR, "
+                          "each once")
     return embedders
 
 

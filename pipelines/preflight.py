@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, NamedTuple, Optional
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
@@ -26,16 +27,19 @@ from pipelines.options import (
 from transforms.cluster import rounds_for
 from transforms.commit import OutputNames, OutputRun, committed_root, read_committed
 from transforms.devices import resolve_device, resolve_dtype
+from transforms.embed import static_vector
 from transforms.errors import QdedupError, failure
 from transforms.ids import PREVIOUS_COLUMNS
 from transforms.paths import is_remote
 from transforms.records import Columns, GivenCentroids
 from transforms.sources import (
     fingerprint,
+    load_static_embedder,
     looks_local,
     missing_files,
     model_path,
     remote_files,
+    static_fingerprint,
 )
 from transforms.state import STATE_FORMAT, Prior, load_arrays
 
@@ -203,10 +207,14 @@ def scoring_precision(options: QdedupOptions, pipeline_options: PipelineOptions)
 def check_models(options: QdedupOptions) -> dict:
     """Every model of the run loads and answers a trial input; {"scorer"/kind: fingerprint}."""
     fingerprints = {"scorer": check_scorer_model(options.scorer_model, options.positive_label)}
-    for kind, model in parse_embedders(options.embedders):
-        if kind == "encoder":
-            fingerprints[kind] = check_encoder_model(model)
+    fingerprints.update(check_embedders(options))
     return fingerprints
+
+
+def check_embedders(options: QdedupOptions) -> dict:
+    """Every embedder with a model loads and embeds a trial text; {kind: fingerprint}."""
+    return {kind: (check_encoder_model if kind == "encoder" else check_static_embedder)(model)
+            for kind, model in parse_embedders(options.embedders) if kind != "lexical"}
 
 
 def check_model(name: str, option: str, auto_class, probe: Callable[[Any, Any], None]) -> str:
@@ -310,6 +318,15 @@ def check_encoder_model(name: str, option: str = "--embedders encoder:") -> str:
             raise ValueError("the trial text's vector is not finite")
 
     return check_model(name, option, AutoModel, probe)
+
+
+def check_static_embedder(name: str) -> str:
+    """A static embedder directory loads and turns a trial text into a unit vector; returns its fingerprint."""
+    table, config = load_static_embedder(name)
+    vector = static_vector(TRIAL_TEXT, table)
+    if not abs(float(np.linalg.norm(vector)) - 1.0) < 1e-3:
+        raise QdedupError(f"--embedders static:{name}: the trial text's vector is not of unit length")
+    return static_fingerprint(table, config)
 
 
 def check_previous_groups(path: str, id_type: str):

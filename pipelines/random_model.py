@@ -1,4 +1,4 @@
-"""Random `BertForSequenceClassification` models saved like a hub checkpoint.
+"""Random `BertForSequenceClassification` models saved like a hub checkpoint (and random static embedders).
 
 No model hub is reachable where the tests and benchmarks run, so they use
 random weights: scores are meaningless, but they exercise exactly the code
@@ -109,6 +109,16 @@ def make_erlangshen_shaped_model(directory: str, seed: int = TINY_SEED, spread: 
     (`spread`: weights drawn wider, so that its scores spread over (0, 1), for fidelity figures)."""
     shape = {**ERLANGSHEN_SHAPE, "initializer_range": SPREAD_INITIALIZER_RANGE} if spread else ERLANGSHEN_SHAPE
     return make_random_model(directory, shape, ERLANGSHEN_VOCAB, seed)
+
+
+def make_random_static_embedder(directory: str, buckets: int = 4096, dims: int = 32, seed: int = 0) -> str:
+    """A static embedder (`--embedders static:DIR`) with a random table: texts sharing n-grams get similar
+    vectors, nothing more; for tests."""
+    import numpy as np
+
+    from transforms.sources import save_static_embedder
+    table = np.random.default_rng(seed).standard_normal((buckets, dims)).astype(np.float32)
+    return save_static_embedder(directory, table, {"trained": f"random table, seed {seed}: for tests"})
 
 
 def main() -> None:

@@ -24,9 +24,8 @@ from pipelines.options import (
     QdedupOptions,
     effective_configuration,
     expand_argv,
-    parse_embedders,
 )
-from pipelines.preflight import check_encoder_model, validate
+from pipelines.preflight import check_embedders, validate
 from transforms.errors import QdedupError
 from transforms.records import Columns
 from transforms.write import WriteRecords
@@ -116,9 +115,7 @@ def recall(argv: Sequence[str]) -> int:
     pipeline_options = PipelineOptions(expand_argv([*rest, "--input", corpus, "--output", work]))
     options = pipeline_options.view_as(QdedupOptions)
     validate(options)
-    for kind, model in parse_embedders(options.embedders):
-        if kind == "encoder":
-            check_encoder_model(model)
+    check_embedders(options)
     columns = Columns("id", "question")
     with beam.Pipeline(options=pipeline_options) as pipeline:
         generated = generate_candidates(pipeline, options, columns)

@@ -9,6 +9,7 @@ import torch
 from apache_beam.options.pipeline_options import PipelineOptions
 from transformers import AutoModel, AutoTokenizer
 
+from pipelines.random_model import make_random_static_embedder
 from tests.helpers import RUNNER_ARGS, lcqmc_pairs
 from transforms.embed import (
     UNIGRAM_WEIGHT,
@@ -18,11 +19,15 @@ from transforms.embed import (
     char_ngrams,
     hashed_ngrams,
     idf_weights,
+    ngram_buckets,
+    static_vector,
     tfidf_vector,
     whitening,
 )
+from transforms.errors import QdedupError
 from transforms.feeding import ModelSettings
 from transforms.records import Representative
+from transforms.sources import load_static_embedder, static_fingerprint
 
 
 def test_char_ngrams_are_characters_and_pairs():
@@ -127,3 +132,33 @@ def test_whitened_encoder_vectors_are_unit_length_and_differ(tiny_model, tmp_pat
     white = _encoder_vectors(tiny_model, texts, "mean", True, tmp_path)
     np.testing.assert_allclose(np.linalg.norm(white, axis=1), 1.0, atol=1e-5)
     assert np.abs(white - plain).max() > 0.1
+
+
+# ---- static embedders ----
+
+def test_a_static_vector_is_the_unit_mean_of_its_ngram_rows_repeats_counted(tmp_path):
+    table = np.random.default_rng(1).standard_normal((64, 8)).astype(np.float32)
+    rows = table[ngram_buckets("银行银", 64)]
+    assert len(rows) == 3 + 2  # 银 twice, 行, 银行, 行银
+    expected = rows.mean(axis=0)
+    np.testing.assert_allclose(static_vector("银行银", table), expected / np.linalg.norm(expected), rtol=1e-6)
+    assert not static_vector("", table).any() and static_vector("", table).shape == (8,)
+
+
+def test_static_embedders_load_as_saved_and_refuse_what_is_not_one(tmp_path):
+    made = make_random_static_embedder(str(tmp_path / "static"), buckets=128, dims=16, seed=3)
+    table, config = load_static_embedder(made)
+    assert table.shape == (128, 16) and config["buckets"] == 128 and config["trained"].startswith("random")
+    other = load_static_embedder(make_random_static_embedder(str(tmp_path / "other"), 128, 16, seed=4))
+    assert static_fingerprint(table, config) == static_fingerprint(*load_static_embedder(made))
+    assert static_fingerprint(table, config) != static_fingerprint(*other)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(QdedupError, match="no embedder.json or embedder.safetensors there.*train-blocker"):
+        load_static_embedder(str(tmp_path / "empty"))
+    config_file = tmp_path / "static" / "embedder.json"
+    config_file.write_text(config_file.read_text().replace('"buckets": 128', '"buckets": 256'))
+    with pytest.raises(QdedupError, match="not a finite 256 x 16 table"):
+        load_static_embedder(made)
+    config_file.write_text('{"format": "something else"}')
+    with pytest.raises(QdedupError, match="not a qdedup-static-embedder version 1 config"):
+        load_static_embedder(made)

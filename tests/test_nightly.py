@@ -260,3 +260,17 @@ def test_a_pair_that_failed_on_an_earlier_night_is_scored_again(tiny_model, tmp_
     retried = {pair for pair in failed if set(pair) <= old_ids} & set(
         (p["id_a"], p["id_b"]) for p in read_part(tmp_path / "next", "pairs"))
     assert retried and report["pairs_failed"] == 0
+
+
+def test_a_static_embedder_retrained_in_place_is_refused_by_an_extension(tiny_model, tmp_path, capsys):
+    from pipelines.random_model import make_random_static_embedder
+    write_questions(ROWS, tmp_path / "in" / "a.parquet")
+    write_questions(NEW, tmp_path / "new" / "b.parquet")
+    static = make_random_static_embedder(str(tmp_path / "static"), buckets=512, dims=8, seed=1)
+    flag = f"--embedders=lexical,static:{static}"
+    assert main(_argv(tmp_path, tiny_model, flag, input_="in/a.parquet")) == 0
+    make_random_static_embedder(static, buckets=512, dims=8, seed=2)  # retrained where it was
+    assert main(_argv(tmp_path, tiny_model, flag, f"--existing={tmp_path / 'out'}", output="next")) == 2
+    err = capsys.readouterr().err
+    assert "another static model (fingerprint" in err and "--existing" in err
+    assert not (tmp_path / "next").exists()

@@ -50,8 +50,10 @@ def test_unreadable_preset_is_named(tmp_path):
     (["--input", "x"], "--output is required"),
     (["--input", "x", "--output", "y", "--threshold", "1.5"], "--threshold"),
     (["--input", "x", "--output", "y", "--top-k", "0"], "--top-k"),
-    (["--input", "x", "--output", "y", "--embedders", "lexical,bm25"], "neither 'lexical' nor 'encoder:MODEL'"),
-    (["--input", "x", "--output", "y", "--embedders", "encoder"], "neither 'lexical' nor 'encoder:MODEL'"),
+    (["--input", "x", "--output", "y", "--embedders", "lexical,bm25"], "none of 'lexical', 'encoder:MODEL'"),
+    (["--input", "x", "--output", "y", "--embedders", "encoder"], "none of 'lexical', 'encoder:MODEL', 'static:DIR'"),
+    (["--input", "x", "--output", "y", "--embedders", "static"], "none of 'lexical', 'encoder:MODEL', 'static:DIR'"),
+    (["--input", "x", "--output", "y", "--embedders", "static:a,static:b"], "each once"),
     (["--input", "x", "--output", "y", "--embedders", "encoder:a,encoder:b"], "each once"),
     (["--input", "x", "--output", "y", "--id-column", "q", "--text-column", "q"], "must differ"),
     (["--input", "x", "--output", "y", "--resplit-density", "1.5"], "--resplit-density"),
@@ -77,6 +79,8 @@ def test_parse_embedders():
     assert parse_embedders("lexical") == [("lexical", None)]
     assert parse_embedders(" lexical , encoder:/models/m ") == [("lexical", None), ("encoder", "/models/m")]
     assert parse_embedders("encoder:org/name") == [("encoder", "org/name")]
+    assert parse_embedders("lexical,static:gs://b/blocker,encoder:m") == [
+        ("lexical", None), ("static", "gs://b/blocker"), ("encoder", "m")]
 
 
 def test_remote_workers_log_only_warnings_of_the_libraries_unless_told_otherwise(monkeypatch):

@@ -8,12 +8,16 @@ distributed combine, so no worker ever sees the whole corpus.
 `encoder`: any Hugging Face encoder through RunInference (mean or CLS pooling,
 optional whitening from the corpus's own mean and covariance), for paraphrases
 that share little text, which lexical vectors cannot bring together.
+
+`static`: the mean of a trained table's rows for the same hashed character
+n-grams (`qdedup train-blocker`): paraphrases brought together at the cost of a
+table lookup, with no model on the workers.
 """
 from __future__ import annotations
 
 import functools
 import zlib
-from typing import NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -37,10 +41,20 @@ def char_ngrams(text: str) -> list[str]:
     return list(text) + [text[i:i + 2] for i in range(len(text) - 1)]
 
 
+def _buckets(grams: list[str], dim: int) -> np.ndarray:
+    """crc32 buckets: stable across processes, unlike hash()."""
+    return np.fromiter((zlib.crc32(g.encode("utf-8")) % dim for g in grams), dtype=np.int64, count=len(grams))
+
+
+def ngram_buckets(text: str, dim: int) -> np.ndarray:
+    """The bucket of every character n-gram of the text, repeats kept."""
+    return _buckets(char_ngrams(text), dim)
+
+
 def hashed_ngrams(text: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(bucket ids, summed n-gram weights); crc32 is stable across processes, unlike hash()."""
+    """(bucket ids, summed n-gram weights)."""
     grams = char_ngrams(text)
-    buckets = np.fromiter((zlib.crc32(g.encode("utf-8")) % dim for g in grams), dtype=np.int64, count=len(grams))
+    buckets = _buckets(grams, dim)
     weights = np.fromiter((UNIGRAM_WEIGHT if len(g) == 1 else 1.0 for g in grams), dtype=np.float64, count=len(grams))
     unique, inverse = np.unique(buckets, return_inverse=True)
     return unique, np.bincount(inverse, weights=weights, minlength=len(unique))
@@ -121,7 +135,7 @@ class EmbedLexical(beam.PTransform):
                 | "DocumentFrequency" >> beam.CombineGlobally(DocumentFrequency(self._dim))
             )
         vectors = representatives | "TfIdfVector" >> beam.ParDo(
-            _Embed(), idf=beam.pvalue.AsSingleton(idf)).with_outputs("failed", main="vectors")
+            _Embed(tfidf_sparse), beam.pvalue.AsSingleton(idf)).with_outputs("failed", main="vectors")
         return Embeddings(vectors.vectors, vectors.failed,
                           idf | "IdfParams" >> beam.Map(lambda weights: {"idf": weights}))
 
@@ -133,17 +147,53 @@ def failed_question(rep: Representative, reason: str, detail: str, stage: str) -
 
 
 class _Embed(beam.DoFn):
-    def __init__(self):
+    """rep -> `Embedded(rep, vector_of(normalized text, parameters))`; a question it fails on goes to "failed".
+
+    The parameters come as a side input (the idf), or are loaded once per worker by `load` (a table).
+    """
+
+    def __init__(self, vector_of: Callable[[str, Any], Any], load: Optional[Callable[[], Any]] = None):
+        self._vector_of = vector_of
+        self._load = load
         self._timer = StageTimer("embed")
 
-    def process(self, rep: Representative, idf: np.ndarray):
+    def setup(self):
+        self._loaded = self._load() if self._load else None
+
+    def process(self, rep: Representative, parameters=None):
         try:
             with self._timer:
-                vector = tfidf_sparse(rep.normalized, idf)
+                vector = self._vector_of(rep.normalized, self._loaded if parameters is None else parameters)
         except Exception as exc:
             yield beam.pvalue.TaggedOutput("failed", failed_question(rep, "embed_error", failure(exc), "embed"))
             return
         yield Embedded(rep, vector)
+
+
+# ---- Static embedding: a table of hashed character n-grams trained on question pairs, averaged ----
+
+def static_vector(text: str, table: np.ndarray) -> np.ndarray:
+    """The unit mean of the table's rows for the text's n-grams (`ngram_buckets`, repeats counted, as
+    `qdedup train-blocker` trains them); the zero vector for a text without any."""
+    buckets = ngram_buckets(text, len(table))
+    if not len(buckets):
+        return np.zeros(table.shape[1], dtype=np.float32)
+    return unit(table[buckets].mean(axis=0))
+
+
+class EmbedStatic(beam.PTransform):
+    """Representatives -> `Embeddings` from a static embedder directory (`qdedup train-blocker`): dense unit
+    vectors, no parameters fitted. Each worker process loads the table once (buckets x dims float32)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self._name = name
+
+    def expand(self, representatives):
+        load = functools.partial(sources.load_static_table, self._name)
+        vectors = representatives | "StaticVector" >> beam.ParDo(
+            _Embed(static_vector, load)).with_outputs("failed", main="vectors")
+        return Embeddings(vectors.vectors, vectors.failed, representatives.pipeline | "NoParams" >> beam.Create([{}]))
 
 
 # ---- Encoder embedding: semantic vectors for paraphrases that share little text ----

@@ -2,15 +2,19 @@
 once per worker into a local cache, or ModelScope (`modelscope:ID`).
 
 Weights are read from safetensors only (a pickled `pytorch_model.bin` can run code when loaded) and
-remote code is never trusted. How loaded models are fed is `transforms/inference.py`'s business.
+remote code is never trusted. A static embedder (`qdedup train-blocker`) is a directory too: a
+safetensors table and a JSON config. How loaded models are fed is `transforms/inference.py`'s business.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import posixpath
 from typing import Any, Iterable
+
+import numpy as np
 
 from transforms.devices import resolve_device, resolve_dtype
 from transforms.errors import QdedupError
@@ -107,6 +111,63 @@ def model_path(name: str) -> str:
             raise QdedupError(f"{name!r} needs the modelscope package: pip install modelscope") from exc
         return snapshot_download(name[len(MODELSCOPE):])
     return copy_remote_model(name) if is_remote(name) else name
+
+
+# ---- Static embedders (`qdedup train-blocker`): a table of hashed n-grams, no model code ----
+
+STATIC_CONFIG, STATIC_WEIGHTS = "embedder.json", "embedder.safetensors"
+STATIC_FORMAT, STATIC_VERSION = "qdedup-static-embedder", 1
+
+
+def save_static_embedder(directory: str, table: np.ndarray, config: dict) -> str:
+    """Writes `table` (buckets x dims) as safetensors and `config` (how it was made, what it measured) as
+    JSON beside it; returns the directory."""
+    from safetensors.numpy import save_file
+    os.makedirs(directory, exist_ok=True)
+    table = np.ascontiguousarray(table, dtype=np.float32)
+    config = {**config, "format": STATIC_FORMAT, "version": STATIC_VERSION, "ngrams": [1, 2], "hash": "crc32",
+              "buckets": int(table.shape[0]), "dims": int(table.shape[1]), "pooling": "mean, unit length"}
+    save_file({"embeddings": table}, os.path.join(directory, STATIC_WEIGHTS))
+    with open(os.path.join(directory, STATIC_CONFIG), "w", encoding="utf-8") as handle:
+        json.dump(config, handle, ensure_ascii=False, indent=2, sort_keys=True)
+    return directory
+
+
+def load_static_embedder(name: str) -> tuple[np.ndarray, dict]:
+    """(table, config) of a static embedder directory, local or gs:// / s3:// (copied once per machine).
+
+    Raises QdedupError naming what is missing or wrong.
+    """
+    from safetensors.numpy import load_file
+    path = copy_remote_model(name) if is_remote(name) else os.path.expanduser(name)
+    files = [os.path.join(path, f) for f in (STATIC_CONFIG, STATIC_WEIGHTS)]
+    missing = [os.path.basename(f) for f in files if not os.path.isfile(f)]
+    if missing:
+        raise QdedupError(f"static embedder {name!r}: no {' or '.join(missing)} there; make one with "
+                          "`qdedup train-blocker --output DIR`")
+    with open(files[0], encoding="utf-8") as handle:
+        config = json.load(handle)
+    if config.get("format") != STATIC_FORMAT or config.get("version") != STATIC_VERSION:
+        raise QdedupError(f"static embedder {name!r}: {STATIC_CONFIG} is not a {STATIC_FORMAT} version "
+                          f"{STATIC_VERSION} config")
+    table = load_file(files[1]).get("embeddings")
+    if table is None or table.shape != (config["buckets"], config["dims"]) or not np.isfinite(table).all():
+        raise QdedupError(f"static embedder {name!r}: its weights are not a finite {config['buckets']} x "
+                          f"{config['dims']} table named 'embeddings'")
+    return table.astype(np.float32, copy=False), config
+
+
+def load_static_table(name: str) -> np.ndarray:
+    return load_static_embedder(name)[0]
+
+
+def static_fingerprint(table: np.ndarray, config: dict) -> str:
+    """A digest of what a static embedder's vectors depend on: its spec and its table."""
+    digest = hashlib.blake2b(digest_size=16)
+    spec = {key: config[key] for key in ("format", "version", "ngrams", "hash", "buckets", "dims", "pooling")}
+    digest.update(json.dumps(spec, sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(table, dtype=np.float32).tobytes())
+    return digest.hexdigest()
 
 
 def looks_local(name: str) -> bool:
