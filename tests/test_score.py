@@ -70,7 +70,9 @@ def test_tokenize_pairs_matches_the_pair_encoding_and_counts_truncation(tiny_mod
 def test_tokenize_equals_encoding_each_input_whole(tiny_model, thirty_pairs):
     """Each distinct text is tokenized once and pairs are assembled from the pieces: the ids must be
     those of the tokenizer encoding the whole pair (or text), whatever repeats in the batch."""
+    from transforms.feeding import _template
     tokenizer = load_tokenizer(tiny_model)
+    assert _template(tokenizer.backend_tokenizer, 1) and _template(tokenizer.backend_tokenizer, 2)  # no fallback
     pairs = thirty_pairs + [(b, a) for a, b in thirty_pairs[:10]] + [(thirty_pairs[0][0], b) for _, b in thirty_pairs]
     for (a, b), ((ids, types), truncated) in zip(pairs, tokenize(tokenizer, pairs, 512)):
         whole = tokenizer(a, b)
@@ -78,6 +80,30 @@ def test_tokenize_equals_encoding_each_input_whole(tiny_model, thirty_pairs):
     texts = [(a,) for a, _ in pairs]
     for (a,), ((ids, types), _) in zip(texts, tokenize(tokenizer, texts, 512)):
         assert (ids, types) == (tokenizer(a)["input_ids"], tokenizer(a)["token_type_ids"])
+
+
+@pytest.mark.parametrize("processor", ["roberta", "no_template"])
+def test_tokenize_follows_other_post_processors(tiny_model, thirty_pairs, processor, monkeypatch):
+    """A RoBERTa-style template (<s> a </s></s> b </s>, one segment id) is read off the post-processor
+    like BERT's; where no template is found, each input is post-processed: the ids are the same."""
+    import copy
+
+    from tokenizers.processors import RobertaProcessing
+
+    import transforms.feeding
+    tokenizer = copy.deepcopy(load_tokenizer(tiny_model))
+    backend = tokenizer.backend_tokenizer
+    if processor == "roberta":
+        backend.post_processor = RobertaProcessing(("[SEP]", tokenizer.sep_token_id), ("[CLS]", tokenizer.cls_token_id))
+        assert transforms.feeding._template(backend, 2) is not None
+    else:
+        monkeypatch.setattr(transforms.feeding, "_template", lambda backend, count: None)
+    pairs = thirty_pairs + [(thirty_pairs[0][0], b) for _, b in thirty_pairs]
+    for (a, b), ((ids, types), _) in zip(pairs, tokenize(tokenizer, pairs, 512)):
+        whole = backend.encode(a, b)
+        assert (ids, types) == (whole.ids, whole.type_ids)
+    if processor == "roberta":
+        assert ids.count(tokenizer.sep_token_id) == 3
 
 
 def test_pack_batches_respects_the_budget_and_keeps_every_element():

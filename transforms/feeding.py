@@ -13,7 +13,7 @@ import itertools
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -87,9 +87,10 @@ def tokenize(tokenizer, inputs: Sequence[tuple[str, ...]], max_length: int) -> l
 def _encode_whole(tokenizer, inputs: Sequence[tuple[str, ...]]) -> list[tuple[Encoding, bool]]:
     """Each input encoded whole by a fast tokenizer, each distinct text tokenized once.
 
-    A question meets many others in its pairs (a shard sorted by key holds a question's pairs
-    together), so its text is encoded once, then every pair is assembled by the tokenizer's own
-    post-processor (its special tokens and segment ids): the same ids as encoding the pair whole.
+    A question meets many others in its pairs, so each distinct text of the window is encoded once;
+    then every input is assembled around them by the template the tokenizer's own post-processor
+    follows (its special tokens and segment ids, read off it by `_template`), or, where no one template
+    reproduces it, by the post-processor itself: the same ids as encoding the input whole.
     """
     backend = tokenizer.backend_tokenizer
     if backend.truncation is not None:
@@ -101,11 +102,59 @@ def _encode_whole(tokenizer, inputs: Sequence[tuple[str, ...]]) -> list[tuple[En
         for text in texts:
             index.setdefault(text, len(index))
     pieces = backend.encode_batch(list(index), add_special_tokens=False)
+    templates: dict = {}
     encoded = []
     for texts in inputs:
-        whole = backend.post_process(*(pieces[index[text]] for text in texts), add_special_tokens=True)
-        encoded.append(((whole.ids, whole.type_ids), False))
+        count = len(texts)
+        if count not in templates:
+            templates[count] = _template(backend, count)
+        template = templates[count]
+        if template is None:
+            whole = backend.post_process(*(pieces[index[text]] for text in texts), add_special_tokens=True)
+            encoded.append(((whole.ids, whole.type_ids), False))
+        else:
+            encoded.append((_assemble(template, [pieces[index[text]].ids for text in texts]), False))
     return encoded
+
+
+_PROBES = (("银", "行卡"), ("银行卡丢", "了怎么办呢"))  # two lengths: a template must fit both
+
+
+def _template(backend, count: int) -> Optional[tuple]:
+    """((special ids, their type ids) before, between and after `count` texts, each text's type id), as the
+    tokenizer's post-processor places them; None where one such template does not reproduce it."""
+    found = None
+    for probe in _PROBES:
+        pieces = backend.encode_batch(list(probe[:count]), add_special_tokens=False)
+        whole = backend.post_process(*pieces, add_special_tokens=True)
+        ids, types = whole.ids, whole.type_ids
+        specials, text_types, cursor = [], [], 0
+        for piece in pieces:
+            start = next((i for i in range(cursor, len(ids) - len(piece.ids) + 1)
+                          if ids[i:i + len(piece.ids)] == piece.ids), None)
+            if start is None or len(set(types[start:start + len(piece.ids)])) != 1:
+                return None
+            specials.append((tuple(ids[cursor:start]), tuple(types[cursor:start])))
+            text_types.append(types[start])
+            cursor = start + len(piece.ids)
+        specials.append((tuple(ids[cursor:]), tuple(types[cursor:])))
+        template = (tuple(specials), tuple(text_types))
+        if found is not None and template != found:
+            return None
+        found = template
+    return found
+
+
+def _assemble(template: tuple, texts: Sequence[list[int]]) -> Encoding:
+    """An input's (ids, type ids): its texts' ids set in the template's special tokens."""
+    specials, text_types = template
+    ids, types = list(specials[0][0]), list(specials[0][1])
+    for text_ids, text_type, (after_ids, after_types) in zip(texts, text_types, specials[1:]):
+        ids += text_ids
+        types += [text_type] * len(text_ids)
+        ids += after_ids
+        types += after_types
+    return ids, types
 
 
 def pack_batches(costs: Sequence[int], budget: int) -> list[list[int]]:
