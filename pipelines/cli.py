@@ -19,6 +19,7 @@ from pipelines.options import QdedupOptions, expand_argv
 from pipelines.preflight import check_placeholders, check_run, output_run, validate
 from pipelines.recall import recall
 from pipelines.report import complete_report, gather, render
+from pipelines.train_blocker import train_blocker
 from transforms import logs
 from transforms.commit import OutputRun
 from transforms.errors import QdedupError
@@ -28,10 +29,12 @@ _LOG = logging.getLogger("qdedup")
 USAGE = """usage: qdedup run --input PATTERN --output DIR [--config YAML] [options] [Beam options]
        qdedup recall --pairs LABELLED_FILE [--report JSON] [--config YAML] [options]
        qdedup evaluate --pairs LABELLED_FILE --run OUT_DIR [--report JSON]
+       qdedup train-blocker --pairs LABELLED_FILE [--pairs ...] --output DIR [options]
 
 run:    finds duplicate questions in Parquet corpora.
 recall: the share of labelled duplicate pairs that blocking makes candidates, with the same options.
 evaluate: precision, recall and F1 of a run's groups on labelled pairs, and a threshold sweep.
+train-blocker: a static embedder for --embedders static:DIR, trained on labelled pairs
 'qdedup run --help' lists the options."""
 
 
@@ -138,11 +141,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    commands = {"run": run, "recall": recall, "evaluate": evaluate}
+    commands = {"run": run, "recall": recall, "evaluate": evaluate, "train-blocker": train_blocker}
     if command not in commands:
         print(f"qdedup: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         return 2
-    if command != "evaluate" and ("-h" in rest or "--help" in rest):
+    if command not in ("evaluate", "train-blocker") and ("-h" in rest or "--help" in rest):
         _print_help()
         return 0
     configure_logging("--verbose" in rest)

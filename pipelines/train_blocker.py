@@ -1,0 +1,229 @@
+"""`qdedup train-blocker --pairs FILE [--pairs FILE ...] --output DIR`: a static embedder for blocking.
+
+Lexical blocking finds the duplicates that share characters; paraphrases that
+share few (BQ's banking questions) are never even proposed. A static embedder
+learns, from labelled pairs, which character n-grams mean the same: each hashed
+character 1-2-gram (the buckets `transforms/embed.py` uses) gets a trained
+vector, a question is the unit mean of its n-grams' vectors, and
+`--embedders lexical,static:DIR` unites its nearest neighbours with lexical
+ones at the cost of a table lookup per question.
+
+Training: the positive pairs (label 1) of the given files, normalized as the
+pipeline normalizes questions; a symmetric InfoNCE loss (each question against
+its partner, the other partners of the batch, and one hard negative per pair:
+a labelled negative of the question where the files have one, else its nearest
+lexical neighbour that is not a known duplicate), an `EmbeddingBag` with sparse
+Adam, seeded, so the same files and settings give the same table on the same
+machine. A seeded share of the positive pairs is held out: recall@5 and
+recall@20 of those pairs (either question among the other's k nearest, over
+every distinct question of the files) are printed for the trained embedder and
+for lexical blocking, and kept in the embedder's `embedder.json`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from pipelines.recall import read_labelled_pairs
+from transforms.embed import DocumentFrequency, ngram_buckets, static_vector, tfidf_vector
+from transforms.errors import QdedupError
+from transforms.normalize import normalize_text
+from transforms.sources import save_static_embedder
+
+_LOG = logging.getLogger("qdedup")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The defaults are the command line's."""
+
+    buckets: int = 1 << 17
+    dims: int = 256
+    epochs: int = 6
+    batch_size: int = 256
+    learning_rate: float = 3e-3
+    scale: float = 20.0          # logits = scale x cosine
+    heldout: float = 0.1         # share of positive pairs held out for the recall figures
+    lexical_dim: int = 1024      # for mining hard negatives and the lexical baseline
+    seed: int = 0
+
+
+def held_out(a: str, b: str, share: float, seed: int) -> bool:
+    """Whether a pair is held out: a seeded hash of its two texts (in either order), not its position."""
+    key = "\0".join(sorted((a, b))) + f"\0{seed}"
+    return zlib.crc32(key.encode("utf-8")) / 2**32 < share
+
+
+def nearest(vectors: np.ndarray, k: int) -> np.ndarray:
+    """Each row's k nearest other rows by inner product (exact; -1 where there are fewer)."""
+    import faiss
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    _, found = index.search(np.ascontiguousarray(vectors, dtype=np.float32), min(k + 1, len(vectors)))
+    rows = []
+    for i, row in enumerate(found):
+        others = [int(j) for j in row if j != i and j >= 0][:k]
+        rows.append(others + [-1] * (k - len(others)))
+    return np.array(rows, dtype=np.int64).reshape(len(vectors), k)
+
+
+def recall_at(vectors: np.ndarray, pairs: Sequence[tuple[int, int]], ks: Sequence[int]) -> dict:
+    """{k: share of pairs (i, j) with j among i's k nearest or i among j's}."""
+    found = nearest(vectors, max(ks))
+    figures = {}
+    for k in ks:
+        hits = sum(j in found[i, :k] or i in found[j, :k] for i, j in pairs)
+        figures[f"recall@{k}"] = round(hits / max(len(pairs), 1), 4)
+    return figures
+
+
+def lexical_vectors(texts: Sequence[str], dim: int) -> np.ndarray:
+    """TF-IDF vectors as `EmbedLexical` makes them, idf from these texts."""
+    frequency = DocumentFrequency(dim)
+    accumulator = frequency.create_accumulator()
+    for text in texts:
+        accumulator = frequency.add_input(accumulator, text)
+    idf = frequency.extract_output(accumulator)
+    return np.stack([tfidf_vector(text, idf) for text in texts])
+
+
+def hard_negatives(anchors: Sequence[int], lexical: np.ndarray, duplicates: set, labelled: dict) -> list[int]:
+    """Per anchor: a labelled negative of it, else its nearest lexical neighbour not known as its duplicate."""
+    found = nearest(lexical, 8)
+    chosen = []
+    for anchor in anchors:
+        if anchor in labelled:
+            chosen.append(labelled[anchor])
+            continue
+        others = [int(j) for j in found[anchor] if j >= 0 and (min(anchor, j), max(anchor, j)) not in duplicates]
+        chosen.append(others[0] if others else (anchor + 1) % len(lexical))
+    return chosen
+
+
+def train_table(texts: Sequence[str], positives: Sequence[tuple[int, int]], negatives: Sequence[int],
+                settings: TrainSettings, progress: Callable[[int, float, float], None]) -> np.ndarray:
+    """The trained table (buckets x dims): texts[a] and texts[b] pulled together for each positive (a, b),
+    pushed from the batch's other partners and from texts[negatives[i]]."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    bags = [torch.as_tensor(ngram_buckets(text, settings.buckets)) for text in texts]
+    table = torch.nn.EmbeddingBag(settings.buckets, settings.dims, mode="mean", sparse=True)
+    torch.nn.init.normal_(table.weight, std=1.0 / math.sqrt(settings.dims))
+    optimizer = torch.optim.SparseAdam(table.parameters(), lr=settings.learning_rate)
+    first = torch.as_tensor([a for a, _ in positives])
+    second = torch.as_tensor([b for _, b in positives])
+    hard = torch.as_tensor(list(negatives))
+
+    def embed(indices: torch.Tensor) -> torch.Tensor:
+        chosen = [bags[i] for i in indices.tolist()]
+        lengths = torch.as_tensor([max(len(bag), 1) for bag in chosen])
+        flat = torch.cat([bag if len(bag) else torch.zeros(1, dtype=torch.long) for bag in chosen])
+        offsets = torch.cumsum(torch.cat([torch.zeros(1, dtype=torch.long), lengths[:-1]]), 0)
+        return F.normalize(table(flat, offsets), dim=-1)
+
+    for epoch in range(1, settings.epochs + 1):
+        started, total, steps = time.perf_counter(), 0.0, 0
+        order = torch.randperm(len(positives), generator=generator)
+        for start in range(0, len(order), settings.batch_size):
+            batch = order[start:start + settings.batch_size]
+            a, b, h = embed(first[batch]), embed(second[batch]), embed(hard[batch])
+            target = torch.arange(len(batch))
+            loss = (F.cross_entropy(settings.scale * a @ torch.cat([b, h]).T, target)
+                    + F.cross_entropy(settings.scale * b @ a.T, target)) / 2
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total, steps = total + loss.item(), steps + 1
+        progress(epoch, total / max(steps, 1), len(positives) / (time.perf_counter() - started))
+    return table.weight.detach().numpy().astype(np.float32)
+
+
+def train(files: Sequence[str], settings: TrainSettings) -> tuple[np.ndarray, dict]:
+    """(table, what embedder.json records: how it was trained and its held-out figures)."""
+    labelled = [(normalize_text(a), normalize_text(b), label) for path in files
+                for a, b, label in read_labelled_pairs(path) if isinstance(a, str) and isinstance(b, str)]
+    texts = sorted({t for a, b, _ in labelled for t in (a, b) if t})
+    index = {text: i for i, text in enumerate(texts)}
+    positives = sorted({(min(index[a], index[b]), max(index[a], index[b]))
+                        for a, b, label in labelled if label == 1 and a and b and a != b})
+    if not positives:
+        raise QdedupError("train-blocker: the --pairs files hold no positive pair (label 1) of two texts")
+    kept = [p for p in positives if not held_out(texts[p[0]], texts[p[1]], settings.heldout, settings.seed)]
+    heldout = [p for p in positives if p not in set(kept)]
+    negative_of = {}
+    for a, b, label in labelled:
+        if label == 0 and a and b and a != b:
+            negative_of.setdefault(index[a], index[b])
+            negative_of.setdefault(index[b], index[a])
+    _LOG.info("train-blocker: %d questions, %d positive pairs (%d held out), %d with a labelled negative",
+              len(texts), len(positives), len(heldout), len(negative_of))
+    lexical = lexical_vectors(texts, settings.lexical_dim)
+    negatives = hard_negatives([a for a, _ in kept], lexical, set(positives), negative_of)
+
+    def progress(epoch: int, loss: float, rate: float) -> None:
+        _LOG.info("train-blocker: epoch %d of %d, loss %.4f, %.0f pairs/s", epoch, settings.epochs, loss, rate)
+
+    table = train_table(texts, kept, negatives, settings, progress)
+    figures = {"pairs": len(heldout)}
+    if heldout:
+        figures["static"] = recall_at(np.stack([static_vector(text, table) for text in texts]), heldout, (5, 20))
+        figures["lexical"] = recall_at(lexical, heldout, (5, 20))
+    config = {"trained": {**asdict(settings), "files": [os.path.basename(f) for f in files],
+                          "questions": len(texts), "positive_pairs": len(kept)},
+              "heldout": figures}
+    return table, config
+
+
+def write_atomically(directory: str, table: np.ndarray, config: dict, overwrite: bool) -> None:
+    """The embedder directory appears whole or not at all; an existing one is replaced only with overwrite."""
+    directory = os.path.abspath(directory)
+    if os.path.exists(directory) and not overwrite:
+        raise QdedupError(f"--output {directory!r} exists; give --overwrite to replace it")
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".train-blocker-", dir=parent)
+    save_static_embedder(staging, table, config)
+    if os.path.exists(directory):
+        retired = tempfile.mkdtemp(prefix=".train-blocker-old-", dir=parent)
+        os.rename(directory, os.path.join(retired, "old"))
+        os.rename(staging, directory)
+        shutil.rmtree(retired)
+    else:
+        os.rename(staging, directory)
+
+
+def train_blocker(argv: Sequence[str]) -> int:
+    defaults = TrainSettings()
+    parser = argparse.ArgumentParser(prog="qdedup train-blocker", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", action="append", required=True,
+                        help="labelled pairs (TSV text_a, text_b, label; or CSV / Parquet); repeat for more files")
+    parser.add_argument("--output", required=True, help="the embedder directory to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    parser.add_argument("--verbose", action="store_true")
+    for name, value in asdict(defaults).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    args = parser.parse_args(argv)
+    settings = TrainSettings(**{name: getattr(args, name) for name in asdict(defaults)})
+    if settings.buckets < 2 or settings.dims < 2 or settings.epochs < 1 or settings.batch_size < 2:
+        raise QdedupError("train-blocker: --buckets, --dims and --batch-size must be at least 2, --epochs 1")
+    if not 0.0 <= settings.heldout < 1.0:
+        raise QdedupError(f"train-blocker: --heldout {settings.heldout} must be in [0, 1)")
+    table, config = train(args.pairs, settings)
+    write_atomically(args.output, table, config, args.overwrite)
+    print(json.dumps({"output": os.path.abspath(args.output), "heldout": config["heldout"]}, ensure_ascii=False))
+    return 0

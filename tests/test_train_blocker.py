@@ -1,0 +1,70 @@
+"""qdedup train-blocker: a static embedder learned from labelled pairs, written whole, measured on held-out pairs."""
+import numpy as np
+import pytest
+
+from pipelines.cli import main
+from pipelines.train_blocker import TrainSettings, held_out, train, write_atomically
+from tests.helpers import shared_data
+from transforms.embed import static_vector
+from transforms.sources import load_static_embedder
+
+SMALL = TrainSettings(buckets=4096, dims=32, epochs=2, seed=7)
+
+
+@pytest.fixture(scope="module")
+def lcqmc_file(tmp_path_factory):
+    """The first 2,000 LCQMC dev pairs (read from ../shared/data, written to a temp file, not the project)."""
+    lines = shared_data("lcqmc/dev.tsv").read_text(encoding="utf-8").splitlines()[:2000]
+    path = tmp_path_factory.mktemp("pairs") / "lcqmc-2000.tsv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def trained(lcqmc_file):
+    return train([lcqmc_file], SMALL)
+
+
+def test_held_out_pairs_are_chosen_by_their_texts_not_their_order():
+    assert held_out("a", "b", 0.5, 1) == held_out("b", "a", 0.5, 1)
+    share = sum(held_out(f"q{i}", f"p{i}", 0.1, 0) for i in range(10_000)) / 10_000
+    assert 0.08 < share < 0.12
+    assert not any(held_out(f"q{i}", f"p{i}", 0.0, 0) for i in range(100))
+
+
+def test_training_pulls_duplicates_together_and_measures_held_out_pairs(trained):
+    table, config = trained
+    assert table.shape == (4096, 32) and np.isfinite(table).all()
+    heldout = config["heldout"]
+    assert heldout["pairs"] > 50
+    assert 0.0 <= heldout["lexical"]["recall@5"] <= heldout["lexical"]["recall@20"] <= 1.0
+    assert heldout["static"]["recall@5"] <= heldout["static"]["recall@20"]
+    # Learned, not drawn: a training pair is far closer than two unrelated questions.
+    same = static_vector("开初婚未育证明怎么弄", table) @ static_vector("初婚未育情况证明怎么开", table)
+    other = static_vector("开初婚未育证明怎么弄", table) @ static_vector("这种图片是用什么软件制作的", table)
+    assert same > other + 0.3
+    assert config["trained"]["positive_pairs"] > 500 and config["trained"]["epochs"] == 2
+
+
+def test_the_same_files_and_seed_give_the_same_table(lcqmc_file, trained):
+    again, _ = train([lcqmc_file], SMALL)
+    assert np.array_equal(again, trained[0])
+
+
+def test_the_command_writes_a_loadable_embedder_and_never_replaces_one_unasked(lcqmc_file, trained, tmp_path,
+                                                                                capsys):
+    out = tmp_path / "blocker"
+    flags = ["train-blocker", "--pairs", lcqmc_file, "--output", str(out), "--buckets=4096", "--dims=32",
+             "--epochs=1", "--seed=7"]
+    assert main(flags) == 0
+    table, config = load_static_embedder(str(out))
+    assert table.shape == (4096, 32) and config["trained"]["files"] == ["lcqmc-2000.tsv"]
+    assert '"heldout"' in capsys.readouterr().out
+    before = (out / "embedder.safetensors").read_bytes()
+    assert main(flags) == 2
+    assert "exists; give --overwrite" in capsys.readouterr().err
+    assert (out / "embedder.safetensors").read_bytes() == before
+    write_atomically(str(out), *trained, overwrite=True)
+    assert np.array_equal(load_static_embedder(str(out))[0], trained[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]  # nothing left beside it
+    assert main(["train-blocker", "--pairs", lcqmc_file, "--output", str(out), "--heldout=1.5"]) == 2
