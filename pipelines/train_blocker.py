@@ -16,8 +16,9 @@ lexical neighbour that is not a known duplicate), an `EmbeddingBag` with sparse
 Adam, seeded, so the same files and settings give the same table on the same
 machine. A seeded share of the positive pairs is held out: recall@5 and
 recall@20 of those pairs (either question among the other's k nearest, over
-every distinct question of the files) are printed for the trained embedder and
-for lexical blocking, and kept in the embedder's `embedder.json`.
+every distinct question of the files) are printed for the trained embedder, for
+lexical blocking and for the two united, and kept in the embedder's
+`embedder.json`.
 """
 from __future__ import annotations
 
@@ -78,12 +79,13 @@ def nearest(vectors: np.ndarray, k: int) -> np.ndarray:
     return np.array(rows, dtype=np.int64).reshape(len(vectors), k)
 
 
-def recall_at(vectors: np.ndarray, pairs: Sequence[tuple[int, int]], ks: Sequence[int]) -> dict:
-    """{k: share of pairs (i, j) with j among i's k nearest or i among j's}."""
-    found = nearest(vectors, max(ks))
+def recall_at(embedders: Sequence[np.ndarray], pairs: Sequence[tuple[int, int]], ks: Sequence[int]) -> dict:
+    """{"recall@k": share of pairs (i, j) with j among i's k nearest or i among j's, by any of the embedders
+    (their candidates united, as a run unites them)}."""
+    found = [nearest(vectors, max(ks)) for vectors in embedders]
     figures = {}
     for k in ks:
-        hits = sum(j in found[i, :k] or i in found[j, :k] for i, j in pairs)
+        hits = sum(any(j in near[i, :k] or i in near[j, :k] for near in found) for i, j in pairs)
         figures[f"recall@{k}"] = round(hits / max(len(pairs), 1), 4)
     return figures
 
@@ -180,8 +182,10 @@ def train(files: Sequence[str], settings: TrainSettings) -> tuple[np.ndarray, di
     table = train_table(texts, kept, negatives, settings, progress)
     figures = {"pairs": len(heldout)}
     if heldout:
-        figures["static"] = recall_at(np.stack([static_vector(text, table) for text in texts]), heldout, (5, 20))
-        figures["lexical"] = recall_at(lexical, heldout, (5, 20))
+        static = np.stack([static_vector(text, table) for text in texts])
+        figures["static"] = recall_at([static], heldout, (5, 20))
+        figures["lexical"] = recall_at([lexical], heldout, (5, 20))
+        figures["lexical,static"] = recall_at([lexical, static], heldout, (5, 20))
     config = {"trained": {**asdict(settings), "files": [os.path.basename(f) for f in files],
                           "questions": len(texts), "positive_pairs": len(kept)},
               "heldout": figures}
