@@ -156,18 +156,21 @@ def train_table(texts: Sequence[str], positives: Sequence[tuple[int, int]], nega
 
 def train(files: Sequence[str], settings: TrainSettings) -> tuple[np.ndarray, dict]:
     """(table, what embedder.json records: how it was trained and its held-out figures)."""
-    labelled = [(normalize_text(a), normalize_text(b), label) for path in files
+    labelled = [(normalize_text(a), normalize_text(b), label, os.path.basename(path)) for path in files
                 for a, b, label in read_labelled_pairs(path) if isinstance(a, str) and isinstance(b, str)]
-    texts = sorted({t for a, b, _ in labelled for t in (a, b) if t})
+    texts = sorted({t for a, b, _, _ in labelled for t in (a, b) if t})
     index = {text: i for i, text in enumerate(texts)}
-    positives = sorted({(min(index[a], index[b]), max(index[a], index[b]))
-                        for a, b, label in labelled if label == 1 and a and b and a != b})
+    source: dict = {}  # positive pair -> the first file that has it
+    for a, b, label, name in labelled:
+        if label == 1 and a and b and a != b:
+            source.setdefault((min(index[a], index[b]), max(index[a], index[b])), name)
+    positives = sorted(source)
     if not positives:
         raise QdedupError("train-blocker: the --pairs files hold no positive pair (label 1) of two texts")
     kept = [p for p in positives if not held_out(texts[p[0]], texts[p[1]], settings.heldout, settings.seed)]
     heldout = [p for p in positives if p not in set(kept)]
     negative_of = {}
-    for a, b, label in labelled:
+    for a, b, label, _ in labelled:
         if label == 0 and a and b and a != b:
             negative_of.setdefault(index[a], index[b])
             negative_of.setdefault(index[b], index[a])
@@ -180,12 +183,20 @@ def train(files: Sequence[str], settings: TrainSettings) -> tuple[np.ndarray, di
         _LOG.info("train-blocker: epoch %d of %d, loss %.4f, %.0f pairs/s", epoch, settings.epochs, loss, rate)
 
     table = train_table(texts, kept, negatives, settings, progress)
-    figures = {"pairs": len(heldout)}
-    if heldout:
-        static = np.stack([static_vector(text, table) for text in texts])
-        figures["static"] = recall_at([static], heldout, (5, 20))
-        figures["lexical"] = recall_at([lexical], heldout, (5, 20))
-        figures["lexical,static"] = recall_at([lexical, static], heldout, (5, 20))
+    static = np.stack([static_vector(text, table) for text in texts])
+
+    def measured(pairs: list) -> dict:
+        figures = {"pairs": len(pairs)}
+        if pairs:
+            for name, embedders in (("static", [static]), ("lexical", [lexical]),
+                                    ("lexical,static", [lexical, static])):
+                figures[name] = recall_at(embedders, pairs, (5, 20))
+        return figures
+
+    figures = measured(heldout)
+    names = sorted(set(source.values()))
+    if len(names) > 1:
+        figures["by_file"] = {name: measured([p for p in heldout if source[p] == name]) for name in names}
     config = {"trained": {**asdict(settings), "files": [os.path.basename(f) for f in files],
                           "questions": len(texts), "positive_pairs": len(kept)},
               "heldout": figures}
