@@ -3,6 +3,7 @@ object-store outputs read only once committed."""
 import json
 import os
 import shutil
+from collections import Counter
 
 import pytest
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
@@ -12,6 +13,7 @@ from tests.helpers import (
     RUNNER_ARGS,
     break_scorer,
     group_members,
+    lcqmc_pairs,
     read_part,
     run_qdedup,
     snapshot,
@@ -262,15 +264,20 @@ def test_a_pair_that_failed_on_an_earlier_night_is_scored_again(tiny_model, tmp_
     assert retried and report["pairs_failed"] == 0
 
 
-def test_a_static_embedder_retrained_in_place_is_refused_by_an_extension(tiny_model, tmp_path, capsys):
+def test_static_candidates_are_sourced_and_a_static_embedder_retrained_in_place_is_refused(tiny_model, tmp_path,
+                                                                                            capsys):
     from pipelines.random_model import make_random_static_embedder
-    write_questions(ROWS, tmp_path / "in" / "a.parquet")
-    write_questions(NEW, tmp_path / "new" / "b.parquet")
-    static = make_random_static_embedder(str(tmp_path / "static"), buckets=512, dims=8, seed=1)
-    flag = f"--embedders=lexical,static:{static}"
-    assert main(_argv(tmp_path, tiny_model, flag, input_="in/a.parquet")) == 0
-    make_random_static_embedder(static, buckets=512, dims=8, seed=2)  # retrained where it was
-    assert main(_argv(tmp_path, tiny_model, flag, f"--existing={tmp_path / 'out'}", output="next")) == 2
+    texts = sorted({t for a, b, _ in lcqmc_pairs(40) for t in (a, b)})
+    write_questions(list(enumerate(texts)), tmp_path / "in" / "a.parquet")
+    write_questions([(1000 + i, text) for i, text in NEW], tmp_path / "new" / "b.parquet")
+    static = make_random_static_embedder(str(tmp_path / "static"), buckets=2048, dims=16, seed=1)
+    flags = [f"--embedders=lexical,static:{static}", "--top-k=3"]
+    assert main(_argv(tmp_path, tiny_model, *flags, input_="in/a.parquet")) == 0
+    sources = Counter(p["source"] for p in read_part(tmp_path / "out", "pairs") if p["source"] != "resplit")
+    assert set(sources) <= {"lexical", "static", "lexical,static"} and sources["static"] > 0
+    assert (tmp_path / "out" / "state" / "static").is_dir()
+    make_random_static_embedder(static, buckets=2048, dims=16, seed=2)  # retrained where it was
+    assert main(_argv(tmp_path, tiny_model, *flags, f"--existing={tmp_path / 'out'}", output="next")) == 2
     err = capsys.readouterr().err
     assert "another static model (fingerprint" in err and "--existing" in err
     assert not (tmp_path / "next").exists()

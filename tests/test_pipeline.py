@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from pipelines.cli import main
-from pipelines.random_model import make_random_static_embedder
 from samples.make_sample import build_rows
 from tests.helpers import (
     RUNNER_ARGS,
@@ -246,19 +245,6 @@ def test_encoder_candidates_are_united_with_lexical_and_sourced(tiny_model, tmp_
     assert set(sources) <= {"lexical", "encoder", "encoder,lexical"} and sources["encoder"] > 0
     assert {(p["id_a"], p["id_b"]) for p in both if "lexical" in p["source"]} == lexical
     assert len(both) == len({(p["id_a"], p["id_b"]) for p in both}) == report["pairs_scored"]
-
-
-def test_static_candidates_are_united_with_lexical_and_sourced(tiny_model, tmp_path):
-    texts = sorted({t for a, b, _ in lcqmc_pairs(40) for t in (a, b)})
-    pq.write_table(pa.table({"id": list(range(len(texts))), "question": texts}), tmp_path / "q.parquet")
-    static = make_random_static_embedder(str(tmp_path / "static"), buckets=2048, dims=16)
-    report = run_qdedup(tmp_path / "q.parquet", tmp_path / "both", tiny_model, "--top-k=3",
-                        f"--embedders=lexical,static:{static}")
-    both = blocking_pairs(tmp_path / "both")
-    sources = Counter(p["source"] for p in both)
-    assert set(sources) <= {"lexical", "static", "lexical,static"} and sources["static"] > 0
-    assert report["configuration"]["fingerprints"]["static"]
-    assert (tmp_path / "both" / "state" / "static").is_dir()
 
 
 def test_group_edge_scores_summarize_the_pairs_that_joined_it(reference_run):
