@@ -32,6 +32,7 @@ Steps, each written to the JSON of --out:
 
     python -m benchmarks.gpu_check [--out gpu_check.json] [--data ../shared/data/lcqmc/dev.tsv]
     python -m benchmarks.gpu_check --dry-run     # tiny model, few pairs, CPU: keeps the script working in CI
+    python -m benchmarks.gpu_check --steps sweep  # one step again
 """
 from __future__ import annotations
 
@@ -75,6 +76,7 @@ def _importable(module: str) -> bool:
 
 
 HAS_BEAM = _importable("apache_beam")
+STEPS = ("agreement", "sweep", "oom", "copies")
 
 
 def read_pairs(path: str, count: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -311,6 +313,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--oom-rows", type=int, default=4, help="CPU only: rows above which OOM is injected")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--copies-pairs", type=int, default=10_000)
+    parser.add_argument("--steps", default=",".join(STEPS), help="which steps to run (to rerun one, say)")
     args = parser.parse_args(argv)
     device = "cpu" if args.dry_run else resolve_device("auto")
     if args.dry_run:
@@ -329,21 +332,29 @@ def main(argv: Optional[list[str]] = None) -> dict:
         with open(args.out, "w") as handle:  # after every step: a run cut short keeps what it measured
             json.dump(results, handle, indent=2)
 
+    steps = set(args.steps.split(","))
+    if steps - set(STEPS):
+        parser.error(f"--steps: {', '.join(sorted(steps - set(STEPS)))} not among {', '.join(STEPS)}")
     if args.dry_run:
-        full = tiny = make_random_model(os.path.join(work, "tiny"))
+        full = spread = make_random_model(os.path.join(work, "tiny"))
     else:
         full = make_erlangshen_shaped_model(os.path.join(work, "erlangshen"))
-        tiny = None
-    spread = (tiny if args.dry_run else
-              make_erlangshen_shaped_model(os.path.join(work, "erlangshen-spread"), spread=True))
+        spread = (make_erlangshen_shaped_model(os.path.join(work, "erlangshen-spread"), spread=True)
+                  if "agreement" in steps else None)
     lower = ["bf16", "fp16"] if device == "cuda" else ["bf16"]
-    step("agreement", lambda: agreement(spread, read_pairs(args.data, args.agreement_pairs), device, lower))
-    step("sweep", lambda: sweep(full, read_pairs(args.data, args.pairs), device, budgets, args.repeat))
-    step("oom", lambda: oom(full, read_pairs(args.data, args.oom_pairs), device, args.max_length, args.oom_rows))
-    if HAS_BEAM:
-        step("copies", lambda: copies(full, read_pairs(args.data, args.copies_pairs), device))
-    else:
-        results["copies"] = {"skipped": "apache_beam is not installed here"}
+    runs = {
+        "agreement": lambda: agreement(spread, read_pairs(args.data, args.agreement_pairs), device, lower),
+        "sweep": lambda: sweep(full, read_pairs(args.data, args.pairs), device, budgets, args.repeat),
+        "oom": lambda: oom(full, read_pairs(args.data, args.oom_pairs), device, args.max_length, args.oom_rows),
+        "copies": lambda: copies(full, read_pairs(args.data, args.copies_pairs), device),
+    }
+    for name in STEPS:
+        if name not in steps:
+            continue
+        if name == "copies" and not HAS_BEAM:
+            results[name] = {"skipped": "apache_beam is not installed here"}
+        else:
+            step(name, runs[name])
     results["seconds"] = round(time.time() - results.pop("started"), 1)
     with open(args.out, "w") as handle:
         json.dump(results, handle, indent=2)

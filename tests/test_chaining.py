@@ -126,8 +126,8 @@ def _split_chains(scores: dict, nodes: int, settings: ChainingSettings, scorer, 
     out = tmp_path / "labels.pickle"
     pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
     components = pipeline | "C" >> beam.Create([(n, 0) for n in range(nodes)])
-    internal = pipeline | "S" >> beam.Create([(0, ScoredPair(a, b, s, 0.5, "lexical")) for (a, b), s in scores.items()])
-    chained = (components, internal) | SplitChains(settings, scorer, ConnectedComponents(2, 10**6))
+    scored = pipeline | "S" >> beam.Create([ScoredPair(a, b, s, 0.5, "lexical") for (a, b), s in scores.items()])
+    chained = (components, scored) | SplitChains(settings, scorer, ConnectedComponents(2, 10**6))
     found = {
         "labels": chained.labels | "L" >> beam.combiners.ToList(),
         "edges": chained.edge_scores | beam.CombinePerKey(EdgeScores()) | "E" >> beam.combiners.ToList(),
@@ -156,8 +156,8 @@ def test_split_chains_in_beam_scores_missing_pairs_and_splits(tmp_path, density)
     out = tmp_path / "labels.txt"
     with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as p:
         components = p | "C" >> beam.Create([(n, 1) for n in nodes])
-        internal = p | "S" >> beam.Create([(1, ScoredPair(a, b, s, 0.5, "lexical")) for (a, b), s in scores.items()])
-        result = ((components, internal)
+        scored = p | "S" >> beam.Create([ScoredPair(a, b, s, 0.5, "lexical") for (a, b), s in scores.items()])
+        result = ((components, scored)
                   | SplitChains(ChainingSettings(min_density=density, max_size=100), _DictScorer(),
                                 ConnectedComponents(3, 10**6)))
         ((result.labels | beam.Map(repr)), (result.scored | beam.Map(lambda x: "extra " + repr(tuple(x[:3])))))\

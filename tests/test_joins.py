@@ -32,7 +32,6 @@ def test_a_one_value_side_with_two_values_is_an_error_not_a_choice():
 
 
 def test_pairs_within_keeps_the_pairs_whose_ends_share_a_label():
-    """With `inside`, the pairs it vouches for skip the join on end b; the result is the same."""
     pairs = [ScoredPair(1, 2, 0.9, 0.5, "lexical"), ScoredPair(2, 3, 0.2, 0.5, "lexical"),
              ScoredPair(3, 4, 0.1, 0.5, "lexical"), ScoredPair(4, 9, 0.1, 0.5, "lexical")]
     labels = [(1, 1), (2, 1), (3, 1), (4, 4)]  # 9 has no label: its pair is dropped
@@ -41,5 +40,3 @@ def test_pairs_within_keeps_the_pairs_whose_ends_share_a_label():
         scored = pipeline | "Pairs" >> beam.Create(pairs)
         labelled = pipeline | "Labels" >> beam.Create(labels)
         assert_that(pairs_within(scored, labelled, "Plain"), equal_to(expected), label="CheckPlain")
-        vouched = pairs_within(scored, labelled, "Vouched", inside=lambda pair: pair.score >= 0.5)
-        assert_that(vouched, equal_to(expected), label="CheckVouched")

@@ -167,8 +167,32 @@ def _verdicts(element, settings: ChainingSettings, last: bool) -> Iterator[tuple
         yield label, found
 
 
-def _route_nodes(element, counters: dict) -> Iterator:
-    """(label, {node, verdict}) -> (node, label) kept, or to "resplit" as (label, node), or to "cut"."""
+def _label_degree(element) -> Iterator[tuple]:
+    """(node, {label, degree}) -> (label, (node, degree)) for a node of a component (degree 0: no edge)."""
+    node, joined = element
+    label = only(joined["label"])
+    if label is not None:
+        yield label, (node, only(joined["degree"], 0))
+
+
+def _sum_sizes(sizes: Iterable[tuple[int, int]]) -> tuple[int, int]:
+    """(nodes, degrees) summed: a component's node count and twice its edge count."""
+    nodes = degrees = 0
+    for n, d in sizes:
+        nodes, degrees = nodes + n, degrees + d
+    return nodes, degrees
+
+
+def _component_verdict(element, settings: ChainingSettings, last: bool) -> Iterator[tuple]:
+    label, (nodes, degrees) = element
+    found = verdict(nodes, degrees // 2, settings, last)
+    if found:
+        yield label, found
+
+
+def _route_nodes(element, counters: dict, routes: bool = False) -> Iterator:
+    """(label, {node, verdict}) -> (node, label) kept, or to "resplit" as (label, node), or to "cut"; with
+    `routes`, also (node, (label, verdict)) to "routes" for every node (for its pairs to follow)."""
     label, joined = element
     found = only(joined["verdict"])
     if found in counters:
@@ -180,23 +204,53 @@ def _route_nodes(element, counters: dict) -> Iterator:
             yield beam.pvalue.TaggedOutput("resplit", (label, node))
         else:
             yield beam.pvalue.TaggedOutput("cut", (node, label))
+        if routes:
+            yield beam.pvalue.TaggedOutput("routes", (node, (label, found)))
+
+
+def _routed(label, found: Optional[str], pair, threshold: float) -> Iterator:
+    """A pair inside a component, where the component's verdict sends it: to "resplit" as (label, pair), to
+    "cut", or, the component kept as it is being a group, (label, score) if it is one of its edges."""
+    if found == "resplit":
+        yield beam.pvalue.TaggedOutput("resplit", (label, pair))
+    elif found == "cut":
+        yield beam.pvalue.TaggedOutput("cut", pair)
+    elif pair.score >= threshold:
+        yield label, pair.score
 
 
 def _route_pairs(element, threshold: float) -> Iterator:
-    """(label, {pair, verdict}) -> the component's pairs to "resplit" as (label, pair), or to "cut"; a
-    component kept as it is is a group: (label, score) of each of its edges (the group's edge scores)."""
+    """(label, {pair, verdict}) -> each of the component's pairs `_routed`."""
     label, joined = element
     found = only(joined["verdict"])
-    if found == "resplit":
-        for pair in joined["pair"]:
-            yield beam.pvalue.TaggedOutput("resplit", (label, pair))
-    elif found == "cut":
-        for pair in joined["pair"]:
-            yield beam.pvalue.TaggedOutput("cut", pair)
-    else:
-        for pair in joined["pair"]:
-            if pair.score >= threshold:
-                yield label, pair.score
+    for pair in joined["pair"]:
+        yield from _routed(label, found, pair, threshold)
+
+
+def _route_by_end_a(element, threshold: float) -> Iterator:
+    """(node a, {pair, route}) -> its pairs `_routed` by a's component: an edge lies inside it; a non-edge
+    matters only to a component re-split or cut, and goes to "end_b" to find out whether b is in it too."""
+    _, joined = element
+    route = only(joined["route"])
+    if route is None:  # a has no edge: none of its pairs is inside a component
+        return
+    label, found = route
+    for pair in joined["pair"]:
+        if pair.score >= threshold:
+            yield from _routed(label, found, pair, threshold)
+        elif found in ("resplit", "cut"):
+            yield beam.pvalue.TaggedOutput("end_b", (pair.id_b, (label, found, pair)))
+
+
+def _route_by_end_b(element, threshold: float) -> Iterator:
+    """(node b, {pair: (a's label, verdict, pair), route}) -> the pairs whose b is in a's component, `_routed`."""
+    _, joined = element
+    route = only(joined["route"])
+    if route is None:
+        return
+    for label, found, pair in joined["pair"]:
+        if route[0] == label:
+            yield from _routed(label, found, pair, threshold)
 
 
 def _levels(element, levels: int) -> Iterator[tuple]:
@@ -295,7 +349,7 @@ class Chained(NamedTuple):
 
 
 class SplitChains(beam.PTransform):
-    """(components as (node, label), scored pairs inside them as (label, pair)) -> `Chained`.
+    """(components as (node, label), every scored pair) -> `Chained`.
 
     Args:
         settings: when to re-split, and how much one re-split may gather and score.
@@ -314,8 +368,8 @@ class SplitChains(beam.PTransform):
         self._counters["resplit"] = Metrics.counter("qdedup", "components_resplit")
 
     def _judge(self, name: str, nodes, internal, last: bool):
-        """(nodes as (label, node), pairs as (label, pair)) -> kept (node, label) and the edge scores of
-        those kept, then the nodes and pairs of components to re-split, then those of components to cut."""
+        """(nodes as (label, node), the pairs inside them as (label, pair)) -> kept (node, label) and the edge
+        scores of those kept, then the nodes and pairs of pieces to re-split, then those of pieces to cut."""
         settings = self._settings
         verdicts = (
             {"nodes": nodes | f"{name}CountNodes" >> beam.combiners.Count.PerKey(),
@@ -329,12 +383,45 @@ class SplitChains(beam.PTransform):
             _route_pairs, settings.threshold, outputs=("resplit", "cut"), main="kept")
         return routed.kept, routed_pairs.kept, routed.resplit, routed_pairs.resplit, routed.cut, routed_pairs.cut
 
+    def _judge_components(self, components, scored, last: bool):
+        """(components as (node, label), every scored pair) -> as `_judge`. A component's verdict comes from
+        its nodes and their degrees, so each pair is joined once, on its first end, and on its second only
+        when it is a non-edge whose first end's component is re-split or cut."""
+        settings = self._settings
+        threshold = settings.threshold
+        degrees = (
+            scored
+            | "WholeEdges" >> beam.Filter(lambda pair: pair.score >= threshold)
+            | "WholeEdgeEnds" >> beam.FlatMap(lambda pair: ((pair.id_a, 1), (pair.id_b, 1)))
+            | "WholeDegrees" >> beam.CombinePerKey(sum)
+        )
+        labelled = {"label": components, "degree": degrees} | "WholeNodeDegrees" >> JoinByKey(_label_degree)
+        verdicts = (
+            labelled
+            | "WholeNodeSize" >> beam.MapTuple(lambda label, node_degree: (label, (1, node_degree[1])))
+            | "WholeSizes" >> beam.CombinePerKey(_sum_sizes)
+            | "WholeVerdicts" >> beam.FlatMap(_component_verdict, settings, last)
+        )
+        nodes = labelled | "WholeNodes" >> beam.MapTuple(lambda label, node_degree: (label, node_degree[0]))
+        routed = {"node": nodes, "verdict": verdicts} | "WholeRouteNodes" >> JoinByKey(
+            _route_nodes, self._counters, True, outputs=("resplit", "cut", "routes"), main="kept")
+        by_a = (
+            {"pair": scored | "WholePairByA" >> beam.Map(lambda pair: (pair.id_a, pair)), "route": routed.routes}
+            | "WholeRouteByA" >> JoinByKey(_route_by_end_a, threshold, outputs=("resplit", "cut", "end_b"),
+                                           main="kept")
+        )
+        by_b = {"pair": by_a.end_b, "route": routed.routes} | "WholeRouteByB" >> JoinByKey(
+            _route_by_end_b, threshold, outputs=("resplit", "cut"), main="kept")
+        return (routed.kept, (by_a.kept, by_b.kept) | "WholeKeptEdges" >> beam.Flatten(),
+                routed.resplit, (by_a.resplit, by_b.resplit) | "WholeResplitPairs" >> beam.Flatten(),
+                routed.cut, (by_a.cut, by_b.cut) | "WholeCutPairs" >> beam.Flatten())
+
     def expand(self, inputs):
-        components, internal = inputs
+        components, scored = inputs
         settings = self._settings
         thresholds = cut_thresholds(settings)
-        kept, kept_edges, resplit_nodes, resplit_pairs, cut_nodes, cut_pairs = self._judge(
-            "Whole", components | "NodeByComponent" >> beam.KvSwap(), internal, last=not thresholds)
+        kept, kept_edges, resplit_nodes, resplit_pairs, cut_nodes, cut_pairs = self._judge_components(
+            components, scored, last=not thresholds)
         kept, edge_scores, to_resplit = [kept], [kept_edges], [(resplit_nodes, resplit_pairs)]
         if thresholds:
             # Components too large to gather: their components at every cut level at once (one search over

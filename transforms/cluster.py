@@ -20,7 +20,7 @@ import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms.errors import QdedupError
-from transforms.joins import JoinByKey, only, pairs_within
+from transforms.joins import JoinByKey, only
 from transforms.metrics import largest
 from transforms.records import Representative, earliest_key
 
@@ -372,7 +372,7 @@ class ClusterGroups(beam.PTransform):
     Args:
         threshold: a pair scoring at least this joins its two questions.
         components: edges -> (node, component label) (`ConnectedComponents` in a run).
-        split_chains: chaining control, (components, internal pairs) -> `Chained`-like: group labels
+        split_chains: chaining control, (components, scored pairs) -> `Chained`-like: group labels
             and the edge scores inside each group (`SplitChains` in a run).
         assign_ids: (row labels, group canonical ids, previous rows) -> ids and lineage
             (`AssignGroupIds` in a run).
@@ -397,8 +397,7 @@ class ClusterGroups(beam.PTransform):
             | "EdgeEnds" >> beam.Map(lambda pair: (pair.id_a, pair.id_b))
             | "ConnectedComponents" >> self._components
         )
-        internal = pairs_within(scored, components, "Internal", inside=lambda pair: pair.score >= threshold)
-        chained = (components, internal) | "SplitChains" >> self._split_chains
+        chained = (components, scored) | "SplitChains" >> self._split_chains
         labels = chained.labels
         edge_scores = chained.edge_scores | "EdgeScores" >> beam.CombinePerKey(EdgeScores())
         reps_by_group = (

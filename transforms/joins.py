@@ -96,15 +96,12 @@ class JoinByKey(beam.PTransform):
         return tagged | "Flatten" >> beam.Flatten() | "Group" >> beam.GroupByKey() | "Call" >> call
 
 
-def _label_end_a(element, inside: Optional[Callable]) -> Iterable[tuple]:
+def _label_end_a(element) -> Iterable[tuple]:
     _, joined = element
     label = only(joined["label"])
     if label is not None:
         for pair in joined["pair"]:
-            if inside is not None and inside(pair):
-                yield beam.pvalue.TaggedOutput("inside", (label, pair))
-            else:
-                yield pair.id_b, (label, pair)
+            yield pair.id_b, (label, pair)
 
 
 def _same_label(element) -> Iterable[tuple]:
@@ -115,17 +112,10 @@ def _same_label(element) -> Iterable[tuple]:
             yield label, pair
 
 
-def pairs_within(pairs, labels, name: str, inside: Optional[Callable] = None):
-    """(label, pair) for every scored pair whose two ends carry the same label; pairs outside are dropped.
-
-    `inside(pair)`, where given, says the pair's two ends surely carry the same label (the labels are the
-    components of the pairs it holds for): such a pair takes end a's label without the join on end b.
-    """
+def pairs_within(pairs, labels, name: str):
+    """(label, pair) for every scored pair whose two ends carry the same label; pairs outside are dropped."""
     by_a = (
         {"pair": pairs | f"{name}ByA" >> beam.Map(lambda p: (p.id_a, p)), "label": labels}
-        | f"{name}JoinA" >> JoinByKey(_label_end_a, inside, outputs=("inside",), main="other")
+        | f"{name}JoinA" >> JoinByKey(_label_end_a)
     )
-    within = {"pair": by_a.other, "label": labels} | f"{name}JoinB" >> JoinByKey(_same_label)
-    if inside is None:
-        return within
-    return (by_a.inside, within) | f"{name}Within" >> beam.Flatten()
+    return {"pair": by_a, "label": labels} | f"{name}JoinB" >> JoinByKey(_same_label)
