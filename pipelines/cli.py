@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ _LOG = logging.getLogger("qdedup")
 USAGE = """usage: qdedup run --input PATTERN --output DIR [--config YAML] [options] [Beam options]
        qdedup recall --pairs LABELLED_FILE [--report JSON] [--config YAML] [options]
        qdedup evaluate --pairs LABELLED_FILE --run OUT_DIR [--report JSON]
-       qdedup train-blocker --pairs LABELLED_FILE [--pairs ...] --output DIR [options]
+       qdedup train-blocker (--pairs LABELLED_FILE [--pairs ...] | --from-run OUT_DIR) --output DIR [options]
 
 run:    finds duplicate questions in Parquet corpora.
 recall: the share of labelled duplicate pairs that blocking makes candidates, with the same options.
@@ -141,7 +142,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    commands = {"run": run, "recall": recall, "evaluate": evaluate, "train-blocker": train_blocker}
+    commands = {"run": run, "recall": recall, "evaluate": evaluate,
+                "train-blocker": functools.partial(train_blocker, run_command=run)}
     if command not in commands:
         print(f"qdedup: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         return 2

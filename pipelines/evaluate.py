@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
@@ -68,21 +68,22 @@ def threshold_sweep(pairs: Sequence[tuple[str, str, int]], ids_of_text: dict, sc
     return rows
 
 
-def _table(paths: Sequence[str], columns: list[str]) -> list[dict]:
-    rows: list[dict] = []
+def parquet_rows(paths: Sequence[str], columns: list[str]) -> Iterator[dict]:
+    """The rows of Parquet files, local or remote, a row group at a time (never a whole file held)."""
     for path in sorted(paths):
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            rows += pq.read_table(handle, columns=columns).to_pylist()
-    return rows
+            parquet = pq.ParquetFile(handle)
+            for group in range(parquet.num_row_groups):
+                yield from parquet.read_row_group(group, columns=columns).to_pylist()
 
 
 def _run_inputs(run: str) -> tuple[dict, dict, dict, dict]:
     committed = read_committed(run, "--run")
     configuration = committed.configuration
-    groups = _table(committed.paths("groups", ".parquet"), ["id", "group_id"])
+    groups = parquet_rows(committed.paths("groups", ".parquet"), ["id", "group_id"])
     group_of = {row["id"]: row["group_id"] for row in groups}
     score_of = {(row["id_a"], row["id_b"]): row["score"]
-                for row in _table(committed.paths("pairs", ".parquet"), ["id_a", "id_b", "score"])}
+                for row in parquet_rows(committed.paths("pairs", ".parquet"), ["id_a", "id_b", "score"])}
     columns = Columns(configuration["id_column"], configuration["text_column"])
     ids_of_text: dict = {}
     for path in inspect_input(configuration["input"], columns).files:  # the texts behind the run's ids
@@ -92,7 +93,7 @@ def _run_inputs(run: str) -> tuple[dict, dict, dict, dict]:
             if row_id in group_of and isinstance(text, str):
                 ids_of_text.setdefault(text, row_id)
     # An extended run's older questions are not in its --input: its state/ has their texts.
-    for rep in _table(committed.paths("state/representatives", ".parquet"), ["id", "text"]):
+    for rep in parquet_rows(committed.paths("state/representatives", ".parquet"), ["id", "text"]):
         ids_of_text.setdefault(rep["text"], rep["id"])
     return configuration, ids_of_text, group_of, score_of
 

@@ -36,10 +36,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from pipelines.evaluate import parquet_rows
 from pipelines.recall import read_labelled_pairs
+from transforms.commit import read_committed
 from transforms.embed import DocumentFrequency, ngram_buckets, static_vector, tfidf_vector
 from transforms.errors import QdedupError
 from transforms.normalize import normalize_text
+from transforms.paths import join
 from transforms.sources import save_static_embedder
 
 _LOG = logging.getLogger("qdedup")
@@ -60,8 +63,9 @@ class TrainSettings:
     seed: int = 0
 
 
-def held_out(a: str, b: str, share: float, seed: int) -> bool:
-    """Whether a pair is held out: a seeded hash of its two texts (in either order), not its position."""
+def in_share(a: str, b: str, share: float, seed: int) -> bool:
+    """Whether a pair falls in a seeded share: by a hash of its two strings (in either order), not its position
+    (which pairs are held out; which mined pairs are trained on)."""
     key = "\0".join(sorted((a, b))) + f"\0{seed}"
     return zlib.crc32(key.encode("utf-8")) / 2**32 < share
 
@@ -155,26 +159,33 @@ def train_table(texts: Sequence[str], positives: Sequence[tuple[int, int]], nega
 
 
 def train(files: Sequence[str], settings: TrainSettings) -> tuple[np.ndarray, dict]:
-    """(table, what embedder.json records: how it was trained and its held-out figures)."""
+    """From labelled pairs: (table, what embedder.json records: how it was trained, its held-out figures)."""
     labelled = [(normalize_text(a), normalize_text(b), label, os.path.basename(path)) for path in files
                 for a, b, label in read_labelled_pairs(path) if isinstance(a, str) and isinstance(b, str)]
     texts = sorted({t for a, b, _, _ in labelled for t in (a, b) if t})
     index = {text: i for i, text in enumerate(texts)}
     source: dict = {}  # positive pair -> the first file that has it
+    negative_of: dict = {}
     for a, b, label, name in labelled:
-        if label == 1 and a and b and a != b:
-            source.setdefault((min(index[a], index[b]), max(index[a], index[b])), name)
-    positives = sorted(source)
-    if not positives:
+        if a and b and a != b:
+            if label == 1:
+                source.setdefault((min(index[a], index[b]), max(index[a], index[b])), name)
+            else:
+                negative_of.setdefault(index[a], index[b])
+                negative_of.setdefault(index[b], index[a])
+    if not source:
         raise QdedupError("train-blocker: the --pairs files hold no positive pair (label 1) of two texts")
-    kept = [p for p in positives if not held_out(texts[p[0]], texts[p[1]], settings.heldout, settings.seed)]
+    return _train(texts, source, negative_of, settings, {"files": [os.path.basename(f) for f in files]})
+
+
+def _train(texts: Sequence[str], source: dict, negative_of: dict, settings: TrainSettings,
+           origin: dict) -> tuple[np.ndarray, dict]:
+    """The table trained on `source`'s positive pairs (index pairs -> where each came from), less a held-out
+    share; `negative_of`: a known negative per question index. Returns it and its embedder.json content."""
+    positives = sorted(source)
+    kept = [p for p in positives if not in_share(texts[p[0]], texts[p[1]], settings.heldout, settings.seed)]
     heldout = [p for p in positives if p not in set(kept)]
-    negative_of = {}
-    for a, b, label, _ in labelled:
-        if label == 0 and a and b and a != b:
-            negative_of.setdefault(index[a], index[b])
-            negative_of.setdefault(index[b], index[a])
-    _LOG.info("train-blocker: %d questions, %d positive pairs (%d held out), %d with a labelled negative",
+    _LOG.info("train-blocker: %d questions, %d positive pairs (%d held out), %d with a known negative",
               len(texts), len(positives), len(heldout), len(negative_of))
     lexical = lexical_vectors(texts, settings.lexical_dim)
     negatives = hard_negatives([a for a, _ in kept], lexical, set(positives), negative_of)
@@ -197,10 +208,70 @@ def train(files: Sequence[str], settings: TrainSettings) -> tuple[np.ndarray, di
     names = sorted(set(source.values()))
     if len(names) > 1:
         figures["by_file"] = {name: measured([p for p in heldout if source[p] == name]) for name in names}
-    config = {"trained": {**asdict(settings), "files": [os.path.basename(f) for f in files],
-                          "questions": len(texts), "positive_pairs": len(kept)},
+    config = {"trained": {**asdict(settings), **origin, "questions": len(texts), "positive_pairs": len(kept)},
               "heldout": figures}
     return table, config
+
+
+# Options of the run that the mining run takes over: what its stored parameters, vectors and scores depend on
+# (they must match for --params-from), and how it scores.
+_MINING_OPTIONS = ("scorer_model", "embedders", "lexical_dim", "encoder_pooling", "encoder_whiten", "max_length",
+                   "symmetric", "positive_label", "precision", "device", "token_budget", "sort_window",
+                   "min_similarity", "threshold")
+
+
+def mine(run: str, top_k: int, output: str, run_command: Callable[[list], int], extra: Sequence[str]) -> str:
+    """`qdedup run --params-from RUN` over RUN's own representatives with `--top-k top_k`: each question with
+    its top_k nearest, scored by RUN's cross-encoder through the scoring stage (RUN's scores reused), so on
+    Dataflow it runs on the same workers. Returns the mining run's output (never RUN itself)."""
+    committed = read_committed(run, "--from-run")
+    configuration = committed.configuration
+    pattern = join(committed.root, "state", "representatives", f"{committed.report['run_id']}-*.parquet")
+    argv = ["--input", pattern, "--text-column", "text", "--params-from", committed.root, "--top-k", str(top_k),
+            "--output", output]
+    for name in _MINING_OPTIONS:
+        value = configuration.get(name)
+        if value is not None and value is not False:
+            argv.append(f"--{name.replace('_', '-')}" if value is True else f"--{name.replace('_', '-')}={value}")
+    _LOG.info("train-blocker: mining %s's questions with their %d nearest into %s", committed.root, top_k, output)
+    code = run_command([*argv, *extra])
+    if code:
+        raise QdedupError(f"train-blocker --from-run: the mining run into {output} failed ({code}); see above")
+    return output
+
+
+def train_from_run(run: str, settings: TrainSettings, top_k: int, max_pairs: int, work: str,
+                   run_command: Callable[[list], int], extra: Sequence[str]) -> tuple[np.ndarray, dict]:
+    """From a run's own cross-encoder: its questions' `top_k` nearest mined and scored (`mine`), pairs at or
+    above the run's threshold as positives, those below as known negatives; at most `max_pairs` pairs
+    (a seeded sample by a hash of the pair) and their questions are held."""
+    mined = read_committed(mine(run, top_k, work, run_command, extra), "--from-run")
+    threshold = mined.configuration["threshold"]
+    share = min(1.0, max_pairs / max(mined.report.get("pairs_total", 1), 1))
+    sampled = [row for row in parquet_rows(mined.paths("pairs", ".parquet"), ["id_a", "id_b", "score"])
+               if in_share(repr(row["id_a"]), repr(row["id_b"]), share, settings.seed + 1)][:max_pairs]
+    wanted = {i for row in sampled for i in (row["id_a"], row["id_b"])}
+    text_of = {rep["id"]: rep["normalized"]
+               for rep in parquet_rows(mined.paths("state/representatives", ".parquet"), ["id", "normalized"])
+               if rep["id"] in wanted}
+    texts = sorted(set(text_of.values()))
+    index = {text: i for i, text in enumerate(texts)}
+    source: dict = {}
+    negative_of: dict = {}
+    for row in sampled:
+        a, b = index[text_of[row["id_a"]]], index[text_of[row["id_b"]]]
+        if a == b:
+            continue
+        if row["score"] >= threshold:
+            source[(min(a, b), max(a, b))] = "mined"
+        else:
+            negative_of.setdefault(a, b)
+            negative_of.setdefault(b, a)
+    if not source:
+        raise QdedupError(f"train-blocker --from-run: no mined pair scored {threshold} or more; nothing to learn")
+    return _train(texts, source, negative_of, settings,
+                  {"from_run": mined.configuration["params_from"], "mined_top_k": top_k, "threshold": threshold,
+                   "mined_pairs": len(sampled)})
 
 
 def write_atomically(directory: str, table: np.ndarray, config: dict, overwrite: bool) -> None:
@@ -221,24 +292,44 @@ def write_atomically(directory: str, table: np.ndarray, config: dict, overwrite:
         os.rename(staging, directory)
 
 
-def train_blocker(argv: Sequence[str]) -> int:
+def train_blocker(argv: Sequence[str], run_command: Callable[[list], int]) -> int:
+    """The command; `run_command(argv)` is `qdedup run`'s (given by the command line, for --from-run)."""
     defaults = TrainSettings()
     parser = argparse.ArgumentParser(prog="qdedup train-blocker", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", action="append", required=True,
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pairs", action="append",
                         help="labelled pairs (TSV text_a, text_b, label; or CSV / Parquet); repeat for more files")
+    source.add_argument("--from-run", help="a finished run's --output: its cross-encoder labels mined pairs")
+    parser.add_argument("--mine-top-k", type=int, default=50, help="--from-run: neighbours mined per question")
+    parser.add_argument("--max-pairs", type=int, default=1_000_000, help="--from-run: mined pairs trained on at most")
+    parser.add_argument("--mine-output", default=None,
+                        help="--from-run: where the mining run writes (default: a folder beside --output, removed "
+                             "once trained; gs://... on Dataflow); --config and Beam options go to that run")
     parser.add_argument("--output", required=True, help="the embedder directory to write")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     parser.add_argument("--verbose", action="store_true")
     for name, value in asdict(defaults).items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not args.from_run:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     settings = TrainSettings(**{name: getattr(args, name) for name in asdict(defaults)})
     if settings.buckets < 2 or settings.dims < 2 or settings.epochs < 1 or settings.batch_size < 2:
         raise QdedupError("train-blocker: --buckets, --dims and --batch-size must be at least 2, --epochs 1")
     if not 0.0 <= settings.heldout < 1.0:
         raise QdedupError(f"train-blocker: --heldout {settings.heldout} must be in [0, 1)")
-    table, config = train(args.pairs, settings)
+    if args.from_run:
+        if args.mine_top_k < 1 or args.max_pairs < 1:
+            raise QdedupError("train-blocker: --mine-top-k and --max-pairs must be at least 1")
+        scratch = None if args.mine_output else tempfile.mkdtemp(
+            prefix=".train-blocker-mined-", dir=os.path.dirname(os.path.abspath(args.output)))
+        table, config = train_from_run(args.from_run, settings, args.mine_top_k, args.max_pairs,
+                                       args.mine_output or os.path.join(scratch, "mined"), run_command, extra)
+        if scratch:  # the mining run served its purpose; one given by --mine-output is kept
+            shutil.rmtree(scratch)
+    else:
+        table, config = train(args.pairs, settings)
     write_atomically(args.output, table, config, args.overwrite)
     print(json.dumps({"output": os.path.abspath(args.output), "heldout": config["heldout"]}, ensure_ascii=False))
     return 0

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from pipelines.cli import main
-from pipelines.train_blocker import TrainSettings, held_out, train, write_atomically
-from tests.helpers import shared_data
+from pipelines.train_blocker import TrainSettings, in_share, train, write_atomically
+from tests.helpers import RUNNER_ARGS, lcqmc_pairs, run_qdedup, shared_data, snapshot, write_questions
 from transforms.embed import static_vector
 from transforms.sources import load_static_embedder
 
@@ -25,14 +25,14 @@ def trained(lcqmc_file):
     return train([lcqmc_file], SMALL)
 
 
-def test_held_out_pairs_are_chosen_by_their_texts_not_their_order():
-    assert held_out("a", "b", 0.5, 1) == held_out("b", "a", 0.5, 1)
-    share = sum(held_out(f"q{i}", f"p{i}", 0.1, 0) for i in range(10_000)) / 10_000
+def test_in_share_pairs_are_chosen_by_their_texts_not_their_order():
+    assert in_share("a", "b", 0.5, 1) == in_share("b", "a", 0.5, 1)
+    share = sum(in_share(f"q{i}", f"p{i}", 0.1, 0) for i in range(10_000)) / 10_000
     assert 0.08 < share < 0.12
-    assert not any(held_out(f"q{i}", f"p{i}", 0.0, 0) for i in range(100))
+    assert not any(in_share(f"q{i}", f"p{i}", 0.0, 0) for i in range(100))
 
 
-def test_training_pulls_duplicates_together_and_measures_held_out_pairs(trained):
+def test_training_pulls_duplicates_together_and_measures_in_share_pairs(trained):
     table, config = trained
     assert table.shape == (4096, 32) and np.isfinite(table).all()
     heldout = config["heldout"]
@@ -70,3 +70,20 @@ def test_the_command_writes_a_loadable_embedder_and_never_replaces_one_unasked(l
     assert np.array_equal(load_static_embedder(str(out))[0], trained[0])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]  # nothing left beside it
     assert main(["train-blocker", "--pairs", lcqmc_file, "--output", str(out), "--heldout=1.5"]) == 2
+
+
+def test_from_run_mines_the_runs_questions_and_learns_from_its_scorer(tiny_model, tmp_path):
+    """The run's questions with their 10 nearest (beyond its top-k of 3) are scored by its cross-encoder in
+    a mining run beside the output; the run itself is left as it was, the mining run removed."""
+    texts = sorted({t for a, b, _ in lcqmc_pairs(120) for t in (a, b)})
+    write_questions(list(enumerate(texts)), tmp_path / "in" / "q.parquet")
+    run_qdedup(tmp_path / "in" / "q.parquet", tmp_path / "out", tiny_model, "--top-k=3", "--min-similarity=0.1")
+    before = snapshot(tmp_path / "out")
+    assert main(["train-blocker", "--from-run", str(tmp_path / "out"), "--output", str(tmp_path / "blocker"),
+                 "--mine-top-k=10", "--epochs=1", "--buckets=1024", "--dims=16", *RUNNER_ARGS]) == 0
+    table, config = load_static_embedder(str(tmp_path / "blocker"))
+    trained = config["trained"]
+    assert trained["from_run"] == str((tmp_path / "out").resolve()) and trained["mined_top_k"] == 10
+    assert trained["mined_pairs"] > 3 * len(texts) and trained["positive_pairs"] > 0 and table.shape == (1024, 16)
+    assert snapshot(tmp_path / "out") == before
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".train-blocker")]
