@@ -307,7 +307,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--work", default=None, help="where the random models are written (default: a temp dir)")
     parser.add_argument("--pairs", type=int, default=50_000)
     parser.add_argument("--agreement-pairs", type=int, default=2_000)
-    parser.add_argument("--budgets", default="8192,16384,32768,65536,131072")
+    parser.add_argument("--budgets", default=None, help="token budgets to sweep (default: 8192 to 131072 by "
+                                                           "doubling; 512,2048 with --dry-run)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each method per budget, interleaved")
     parser.add_argument("--oom-pairs", type=int, default=32_000)
     parser.add_argument("--oom-rows", type=int, default=4, help="CPU only: rows above which OOM is injected")
@@ -318,8 +319,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     device = "cpu" if args.dry_run else resolve_device("auto")
     if args.dry_run:
         args.pairs, args.agreement_pairs, args.oom_pairs, args.copies_pairs = 64, 32, 12, 32
-        args.budgets, args.repeat, args.max_length = "512,2048", 1, 64
-    budgets = [int(b) for b in args.budgets.split(",")]
+        args.repeat, args.max_length = 1, 64
+    budgets = [int(b) for b in (args.budgets or ("512,2048" if args.dry_run else
+                                                 "8192,16384,32768,65536,131072")).split(",")]
     work = args.work or tempfile.mkdtemp(prefix="gpu-check-")
     results = {"machine": machine(), "device": device, "dry_run": args.dry_run, "started": time.time()}
 

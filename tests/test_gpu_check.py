@@ -52,7 +52,8 @@ def test_the_gpu_check_runs_without_beam(tmp_path):
 @pytest.mark.slow
 def test_the_gpu_check_runs_the_stage_and_shared_model_with_beam(tmp_path):
     """With Beam the sweep runs the RunInference stage too, and copies runs; the other steps are as without."""
-    results = _dry_run(tmp_path, [sys.executable, "-m", "benchmarks.gpu_check", "--steps=sweep,copies"])
+    results = _dry_run(tmp_path, [sys.executable, "-m", "benchmarks.gpu_check", "--steps=sweep,copies",
+                                  "--budgets=2048"])
     assert "agreement" not in results and "oom" not in results and results["machine"]["beam"] is True
     for entry in results["sweep"]["by_budget"].values():
         assert entry["stage_pairs_per_s"]["runs"] == 1

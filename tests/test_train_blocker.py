@@ -75,7 +75,7 @@ def test_the_command_writes_a_loadable_embedder_and_never_replaces_one_unasked(l
 def test_from_run_mines_the_runs_questions_and_learns_from_its_scorer(tiny_model, tmp_path):
     """The run's questions with their 10 nearest (beyond its top-k of 3) are scored by its cross-encoder in
     a mining run beside the output; the run itself is left as it was, the mining run removed."""
-    texts = sorted({t for a, b, _ in lcqmc_pairs(120) for t in (a, b)})
+    texts = sorted({t for a, b, _ in lcqmc_pairs(60) for t in (a, b)})
     write_questions(list(enumerate(texts)), tmp_path / "in" / "q.parquet")
     run_qdedup(tmp_path / "in" / "q.parquet", tmp_path / "out", tiny_model, "--top-k=3", "--min-similarity=0.1")
     before = snapshot(tmp_path / "out")
