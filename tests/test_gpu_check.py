@@ -42,6 +42,7 @@ def _check_core_steps(results: dict) -> None:
     assert oom["largest_diff_from_small_batches"] < 1e-5
 
 
+@pytest.mark.slow
 def test_the_gpu_check_runs_without_beam(tmp_path):
     results = _dry_run(tmp_path, [sys.executable, "-c", WITHOUT_BEAM])
     _check_core_steps(results)

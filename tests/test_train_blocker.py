@@ -48,11 +48,13 @@ def test_training_pulls_duplicates_together_and_measures_in_share_pairs(trained)
     assert config["trained"]["positive_pairs"] > 500 and config["trained"]["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_the_same_files_and_seed_give_the_same_table(lcqmc_file, trained):
     again, _ = train([lcqmc_file], SMALL)
     assert np.array_equal(again, trained[0])
 
 
+@pytest.mark.slow
 def test_the_command_writes_a_loadable_embedder_and_never_replaces_one_unasked(lcqmc_file, trained, tmp_path,
                                                                                 capsys):
     out = tmp_path / "blocker"
@@ -72,6 +74,7 @@ def test_the_command_writes_a_loadable_embedder_and_never_replaces_one_unasked(l
     assert main(["train-blocker", "--pairs", lcqmc_file, "--output", str(out), "--heldout=1.5"]) == 2
 
 
+@pytest.mark.e2e
 def test_from_run_mines_the_runs_questions_and_learns_from_its_scorer(tiny_model, tmp_path):
     """The run's questions with their 10 nearest (beyond its top-k of 3) are scored by its cross-encoder in
     a mining run beside the output; the run itself is left as it was, the mining run removed."""
