@@ -24,7 +24,10 @@ pairs; blocking CPU per question; peak RSS summed over the run's process tree
 largest element each bounded step held, from report.json.
 
     python -m benchmarks.bench_scale [--sizes 100000,300000,1000000] [--repo DIR] [--work DIR]
-        [--max-rss-gib 16] [-- EXTRA FLAGS]
+        [--max-rss-gib 16] [--allow-edits] [-- EXTRA FLAGS]
+
+--repo must have no uncommitted changes (a worktree of a commit: an edit during an hour-long run would
+reach its worker processes half-way).
 
 A run whose processes hold more than --max-rss-gib is stopped (so that it cannot take the machine down)
 and reported as stopped, with the time it had run.
@@ -201,7 +204,16 @@ def main() -> None:
     parser.add_argument("--max-rss-gib", type=float, default=16.0,
                         help="a run whose processes hold more is stopped, and reported as stopped")
     parser.add_argument("extra", nargs="*", help="more `qdedup run` flags, after --")
+    parser.add_argument("--allow-edits", action="store_true",
+                        help="run from a checkout with uncommitted changes (see below why not)")
     args = parser.parse_args()
+    # A run lasts an hour at 1M rows, and its worker processes import modules when they first need them:
+    # an edit to the checkout during the run changes the code half-way (one 1M run failed so). Run from a
+    # worktree of a fixed commit (`git worktree add /tmp/now HEAD`, then --repo /tmp/now).
+    edits = subprocess.run(["git", "-C", args.repo, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    if edits and not args.allow_edits:
+        raise SystemExit(f"{args.repo} has uncommitted changes; run from a worktree of a commit (or --allow-edits)")
     os.makedirs(args.work, exist_ok=True)
     model = os.path.join(args.work, "tiny-model")
     if not os.path.isdir(model):
