@@ -40,6 +40,23 @@ def test_recall_on_a_hand_made_file(tmp_path, capsys):
     assert "2 / 3 = 66.67%" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
+def test_recall_with_a_static_embedder_unites_its_candidates_and_refuses_a_missing_one(tmp_path, capsys):
+    from pipelines.random_model import make_random_static_embedder
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("".join(f"{a}\t{b}\t{label}\n" for a, b, label in LABELLED), encoding="utf-8")
+    static = make_random_static_embedder(str(tmp_path / "static"), buckets=512, dims=8)
+    report = tmp_path / "recall.json"
+    assert main(["recall", "--pairs", str(pairs), "--report", str(report), "--top-k=10",
+                 f"--embedders=lexical,static:{static}", *RUNNER_ARGS]) == 0
+    figures = json.loads(report.read_text())
+    assert figures["configuration"]["embedders"] == f"lexical,static:{static}"
+    assert figures["candidate_pairs"] > 3  # lexical alone finds 3 (the test above): static adds its own
+    assert main(["recall", "--pairs", str(pairs), f"--embedders=lexical,static:{tmp_path / 'none'}",
+                 *RUNNER_ARGS]) == 2
+    assert "train-blocker" in capsys.readouterr().err
+
+
 def test_recall_figures_leave_out_pairs_with_rejected_questions():
     figures = recall_figures([("a", "b", 1), ("a", "", 1), ("c", "d", 0)], {"a": 1, "b": 2, "c": 3, "d": 3},
                              {(1, 2)})
