@@ -23,6 +23,7 @@ lexical blocking and for the two united, and kept in the embedder's
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
@@ -248,8 +249,9 @@ def train_from_run(run: str, settings: TrainSettings, top_k: int, max_pairs: int
     mined = read_committed(mine(run, top_k, work, run_command, extra), "--from-run")
     threshold = mined.configuration["threshold"]
     share = min(1.0, max_pairs / max(mined.report.get("pairs_total", 1), 1))
-    sampled = [row for row in parquet_rows(mined.paths("pairs", ".parquet"), ["id_a", "id_b", "score"])
-               if in_share(repr(row["id_a"]), repr(row["id_b"]), share, settings.seed + 1)][:max_pairs]
+    sampled = list(itertools.islice(
+        (row for row in parquet_rows(mined.paths("pairs", ".parquet"), ["id_a", "id_b", "score"])
+         if in_share(repr(row["id_a"]), repr(row["id_b"]), share, settings.seed + 1)), max_pairs))
     wanted = {i for row in sampled for i in (row["id_a"], row["id_b"])}
     text_of = {rep["id"]: rep["normalized"]
                for rep in parquet_rows(mined.paths("state/representatives", ".parquet"), ["id", "normalized"])
@@ -302,7 +304,9 @@ def train_blocker(argv: Sequence[str], run_command: Callable[[list], int]) -> in
                         help="labelled pairs (TSV text_a, text_b, label; or CSV / Parquet); repeat for more files")
     source.add_argument("--from-run", help="a finished run's --output: its cross-encoder labels mined pairs")
     parser.add_argument("--mine-top-k", type=int, default=50, help="--from-run: neighbours mined per question")
-    parser.add_argument("--max-pairs", type=int, default=1_000_000, help="--from-run: mined pairs trained on at most")
+    parser.add_argument("--max-pairs", type=int, default=100_000,
+                        help="--from-run: mined pairs trained on at most (the trainer holds their questions' "
+                             "dense lexical vectors, 4 KiB each, and searches them exactly)")
     parser.add_argument("--mine-output", default=None,
                         help="--from-run: where the mining run writes (default: a folder beside --output, removed "
                              "once trained; gs://... on Dataflow); --config and Beam options go to that run")
