@@ -20,8 +20,8 @@ import tempfile
 import time
 
 from pipelines.recall import read_labelled_pairs
-from pipelines.train_blocker import TrainSettings, train, write_atomically
-from transforms.embed import DocumentFrequency, static_vector, tfidf_sparse
+from pipelines.train_blocker import TrainSettings, fit_idf, train, write_atomically
+from transforms.embed import static_vector, tfidf_sparse
 from transforms.normalize import normalize_text
 
 SHARED = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data"))
@@ -48,11 +48,7 @@ def main() -> None:
     write_atomically(output, table, config, overwrite=True)
 
     texts = sorted({normalize_text(t) for path in FILES for a, b, _ in read_labelled_pairs(path) for t in (a, b)})
-    frequency = DocumentFrequency(settings.lexical_dim)
-    accumulator = frequency.create_accumulator()
-    for text in texts:
-        accumulator = frequency.add_input(accumulator, text)
-    idf = frequency.extract_output(accumulator)
+    idf = fit_idf(texts, settings.lexical_dim)
     methods = {"lexical": lambda text: tfidf_sparse(text, idf), "static": lambda text: static_vector(text, table)}
     runs: dict = {name: [] for name in methods}
     order = ["lexical", "static", "static", "lexical"] * (args.repeat // 2) + ["lexical", "static"] * (args.repeat % 2)

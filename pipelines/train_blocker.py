@@ -95,13 +95,18 @@ def recall_at(embedders: Sequence[np.ndarray], pairs: Sequence[tuple[int, int]],
     return figures
 
 
-def lexical_vectors(texts: Sequence[str], dim: int) -> np.ndarray:
-    """TF-IDF vectors as `EmbedLexical` makes them, idf from these texts."""
+def fit_idf(texts: Sequence[str], dim: int) -> np.ndarray:
+    """The idf weights `EmbedLexical` would fit on these texts, on one machine."""
     frequency = DocumentFrequency(dim)
     accumulator = frequency.create_accumulator()
     for text in texts:
         accumulator = frequency.add_input(accumulator, text)
-    idf = frequency.extract_output(accumulator)
+    return frequency.extract_output(accumulator)
+
+
+def lexical_vectors(texts: Sequence[str], dim: int) -> np.ndarray:
+    """TF-IDF vectors as `EmbedLexical` makes them, idf from these texts."""
+    idf = fit_idf(texts, dim)
     return np.stack([tfidf_vector(text, idf) for text in texts])
 
 
