@@ -11,7 +11,7 @@ import time
 from typing import Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
 from pipelines.dedup import build_pipeline
@@ -19,12 +19,20 @@ from pipelines.evaluate import evaluate
 from pipelines.options import QdedupOptions, expand_argv
 from pipelines.preflight import check_placeholders, check_run, output_run, validate
 from pipelines.recall import recall
-from pipelines.report import complete_report, gather, render
+from pipelines.report import (
+    build_report,
+    complete_report,
+    gather,
+    lowest_failure,
+    render,
+    run_counts,
+    written_rows,
+)
 from pipelines.train_blocker import train_blocker
 from transforms import logs
 from transforms.commit import OutputRun
 from transforms.errors import QdedupError
-from transforms.paths import join, read_json, write_json
+from transforms.paths import join, write_json
 
 _LOG = logging.getLogger("qdedup")
 USAGE = """usage: qdedup run --input PATTERN --output DIR [--config YAML] [options] [Beam options]
@@ -50,6 +58,31 @@ def failure_problem(report: dict, share: float) -> Optional[str]:
             return (f"the {model} failed on {failed} of {attempted} {what} (more than --max-failed-share "
                     f"{share}); the first: {first.get('row')}: {first.get('reason')}: {first.get('detail')}")
     return None
+
+
+def finish_report(result, out: OutputRun, configuration: dict, options, started: float) -> tuple[dict, Optional[str]]:
+    """report.json of a finished pipeline, and why it may not replace the previous output (or None).
+
+    The counts are the run's metrics; the rows of groups/ and pairs/ are also read from the files the run
+    wrote, so a count or an output that lost rows fails the run instead of being committed.
+    """
+    counts = run_counts(result)
+    if counts is None:
+        raise QdedupError(f"the runner ({options.view_as(StandardOptions).runner}) reported no metrics, and "
+                          "report.json's counts are metrics: use FnApiRunner, DirectRunner, Prism or Dataflow")
+    files = _files_by_folder(out)
+    failed = counts["questions_failed"] + counts["pairs_failed"]
+    report = build_report({**counts, "first_failure": lowest_failure(files) if failed else None}, configuration)
+    report = complete_report(report, result, out.run_id, time.monotonic() - started)
+    problem = failure_problem(report, options.max_failed_share)
+    written = {"rows_out": written_rows(files, "groups"), "pairs_total": written_rows(files, "pairs")}
+    for count, rows in written.items():
+        if problem is None and report[count] != rows:
+            problem = (f"the run counted {count} {report[count]}, but its files hold {rows} rows: the runner lost "
+                       f"elements; please report this with report.json")
+    if problem is None and not report["accounting_ok"]:
+        problem = "rows_in + rows_existing != rows_out + rows_rejected; please report this with report.json"
+    return report, problem
 
 
 def _pipeline_failure(exc: BaseException) -> str:
@@ -87,13 +120,15 @@ def run(argv: Sequence[str]) -> int:
             _LOG.error("the run failed; what it wrote is in %s; %s is as it was", out.keep_failed(), out.output)
             raise
 
-        report = complete_report(read_json(out.draft_report), result, out.run_id, time.monotonic() - started)
-        problem = failure_problem(report, options.max_failed_share)
+        try:
+            report, problem = finish_report(result, out, launch.configuration, options, started)
+        except BaseException:
+            _LOG.error("the run's report failed; what it wrote is in %s; %s is as it was", out.keep_failed(),
+                       options.output)
+            raise
         if problem is None and report["rows_in"] != info.rows:
             problem = (f"the run counted {report['rows_in']} rows read, but the input held {info.rows} when it "
                        f"started: did its files change during the run?")
-        if problem is None and not report["accounting_ok"]:
-            problem = "rows_in + rows_existing != rows_out + rows_rejected; please report this with report.json"
         if problem:
             write_json(out.draft_report, report)  # the failed run's report, kept with what it wrote
             where = out.keep_failed()

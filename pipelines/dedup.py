@@ -1,11 +1,9 @@
 """The qdedup pipeline: read -> normalize -> embed -> block -> score -> cluster -> write."""
 from __future__ import annotations
 
-from collections import Counter
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional
 
 import apache_beam as beam
-from apache_beam.pvalue import AsSingleton
 
 from pipelines.options import (
     QdedupOptions,
@@ -16,17 +14,16 @@ from pipelines.options import (
     parse_embedders,
     scorer_settings,
 )
-from pipelines.report import FAILURE_FIELDS, build_report
+from pipelines.report import COUNTED
 from transforms.block import BlockCandidates, UnionCandidates
 from transforms.chaining import SplitChains
 from transforms.cluster import ClusterGroups, ConnectedComponents
 from transforms.coders import use_record_coder
 from transforms.commit import OutputRun
 from transforms.embed import EmbedEncoder, EmbedLexical, EmbedStatic
-from transforms.errors import RejectedRow
 from transforms.ids import AssignGroupIds, ReadPreviousGroups
+from transforms.metrics import count_elements
 from transforms.normalize import Collapsed, NormalizeAndCollapse
-from transforms.paths import write_json
 from transforms.read import Read, ReadQuestions
 from transforms.records import Columns, Embedded
 from transforms.score import ScoreCandidates
@@ -68,44 +65,6 @@ class Candidates(NamedTuple):
     stored: Optional[Stored]   # what ReadPrior read, with a prior run
     failed: list               # RejectedRow PCollections of questions no vector was made for
     embedded: list             # PCollections of the representatives each embedder embedded
-
-
-class CountEach(beam.CombineFn):
-    """{name: how many times it came} for every name in `names`: all of report.json's counts in one global
-    combine (one shuffle and one side input, where a global count per figure made a quarter of a run's
-    stages)."""
-
-    def __init__(self, names: Sequence[str]):
-        self._names = tuple(names)
-
-    def create_accumulator(self) -> Counter:
-        return Counter()
-
-    def add_input(self, counts: Counter, name: str) -> Counter:
-        counts[name] += 1
-        return counts
-
-    def merge_accumulators(self, accumulators) -> Counter:
-        merged = Counter()
-        for counts in accumulators:
-            merged.update(counts)
-        return merged
-
-    def extract_output(self, counts: Counter) -> dict:
-        return {name: counts[name] for name in self._names}
-
-
-def _failure_key(rejected: RejectedRow) -> tuple:
-    return tuple(getattr(rejected, field) for field in FAILURE_FIELDS)
-
-
-def _write_report(_, configuration: dict, path: str, counts: dict, **figures) -> None:
-    write_json(path, build_report({**counts, **figures}, configuration))
-
-
-def _lowest(items) -> Optional[tuple]:
-    """The failure a failed run names: the lowest question or pair, whatever the order (or None)."""
-    return min((item for item in items if item is not None), default=None)
 
 
 def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns: Columns,
@@ -234,21 +193,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
     }
     if stored_members:
         counted["rows_existing"] = stored_members
-    named = [pcoll | f"Name{name.title().replace('_', '')}" >> beam.Map(lambda _, name=name: name)
-             for name, pcoll in counted.items()]
-    counts = tuple(named) | "AllCounted" >> beam.Flatten() | "CountEach" >> beam.CombineGlobally(
-        CountEach(sorted({*counted, "rows_existing"})))
-    figures = {
-        "first_failure": failures | "FailureKey" >> beam.Map(_failure_key)
-        | "FirstFailure" >> beam.CombineGlobally(_lowest),
-        "largest_group": groups
-        | "GroupSizes" >> beam.Map(lambda row: row.group_size)
-        | "LargestGroup" >> beam.CombineGlobally(lambda sizes: max(sizes, default=0)),
-    }
-    (
-        pipeline
-        | "ReportTrigger" >> beam.Create([None])
-        | "WriteReport" >> beam.Map(
-            _write_report, configuration, out.draft_report, AsSingleton(counts),
-            **{name: AsSingleton(pcoll) for name, pcoll in figures.items()})
-    )
+    assert set(counted) <= set(COUNTED), set(counted) - set(COUNTED)
+    for name, pcoll in counted.items():
+        size = (lambda row: row.group_size) if name == "rows_out" else None
+        pcoll | f"Count{name.title().replace('_', '')}" >> count_elements(name, size)

@@ -1,8 +1,10 @@
 """`report.json` and `report.html`: every key and figure of a run's report is made here.
 
-`build_report` turns the pipeline's counts into report.json (inside the pipeline,
-as its last step); `complete_report` adds what only the finished run's Beam metrics
-know (stage seconds, truncations, out-of-memory splits, ...). `report.html` is one
+`build_report` turns the run's counts (Beam metrics, `run_counts`) into report.json
+once the pipeline has finished; `complete_report` adds the other metrics (stage
+seconds, truncations, out-of-memory splits, ...); `written_rows` and
+`lowest_failure` read what the run wrote (file footers; rejected rows only when
+a model failed). `report.html` is one
 self-contained page a person can read in a minute, written after a run: it reads
 the run's own outputs, streaming them file by file and batch by batch (so its
 memory does not grow with the corpus): counts, time per stage, the
@@ -22,16 +24,25 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
-from transforms.metrics import LARGEST_NAMESPACE, STAGE_NAMESPACE
+from transforms.metrics import COUNT_NAMESPACE, LARGEST_NAMESPACE, STAGE_NAMESPACE
 from transforms.state import STATE_FORMAT
 
 FAILURE_FIELDS = ("kind", "row", "stage", "reason", "detail")
+COUNTED = ("rows_in", "rows_existing", "rows_rejected", "questions_embedded", "questions_failed", "pairs_failed",
+           "rows_out", "rows_accepted", "representatives", "new_representatives", "candidate_pairs",
+           "pairs_scored", "pairs_reused", "resplit_pairs", "resplit_pairs_scored", "pairs_total", "groups",
+           "groups_inherited", "lineage_merged", "lineage_split")
 
 
 def build_report(counts: Mapping[str, Any], configuration: Mapping[str, Any]) -> dict:
-    """report.json from the pipeline's counts: derived counts added, the accounting invariant checked.
+    """report.json from the run's counts: derived counts added, the accounting invariant checked.
 
-    `counts["first_failure"]` is the lowest failure as a tuple of `FAILURE_FIELDS`, or None.
+    Args:
+        counts: `run_counts`'s figures, with "first_failure": the lowest failure as a tuple of
+            `FAILURE_FIELDS`, or None.
+        configuration: the settings that made the run.
+    Returns:
+        report.json's keys so far (`complete_report` adds the rest).
     """
     report = dict(counts)
     report["exact_duplicates"] = report["rows_accepted"] - report["representatives"]
@@ -70,6 +81,37 @@ def largest_distributions(result) -> dict:
         if value.count:
             found.setdefault(name, []).append(value)
     return found
+
+
+def run_counts(result) -> dict:
+    """Every name of `COUNTED` (0 where nothing was counted) and "largest_group", from the metrics of
+    `transforms.metrics.count_elements`; None where the runner reported no count at all."""
+    totals = counter_totals(result, COUNT_NAMESPACE)
+    if not totals:
+        return None
+    sizes = [value.max for name, value in _metric_values(result, "distributions", COUNT_NAMESPACE)
+             if name == "rows_out" and value.count]
+    return {**{name: totals.get(name, 0) for name in COUNTED}, "largest_group": max(sizes, default=0)}
+
+
+def written_rows(files: dict, part: str) -> int:
+    """Rows of the run's Parquet files in folder `part`, from their footers."""
+    rows = 0
+    for path in (p for p in files.get(part, []) if p.endswith(".parquet")):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            rows += pq.ParquetFile(handle).metadata.num_rows
+    return rows
+
+
+def lowest_failure(files: dict) -> tuple | None:
+    """The failure a failed run names: the lowest rejected question or pair (as `FAILURE_FIELDS`), streamed
+    from rejected/."""
+    lowest = None
+    for batch in _batches(files, "rejected", list(FAILURE_FIELDS)):
+        for failure in zip(*(batch[name] for name in FAILURE_FIELDS)):
+            if failure[0] in ("question", "pair") and (lowest is None or failure < lowest):
+                lowest = failure
+    return lowest
 
 
 def complete_report(report: dict, result, run_id: str, seconds: float) -> dict:

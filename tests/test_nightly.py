@@ -54,31 +54,45 @@ def _argv(tmp_path, model, *extra, input_="new/b.parquet", output="out"):
 
 def test_a_run_failing_late_leaves_the_previous_output_byte_identical(yesterday, tiny_model, tmp_path, monkeypatch,
                                                                       capsys):
-    import pipelines.dedup
+    import transforms.metrics
     before = snapshot(yesterday)
+    count = transforms.metrics._CountElements.process
 
-    def fail(*args, **kwargs):
-        raise RuntimeError("injected failure while writing the report")
-    monkeypatch.setattr(pipelines.dedup, "build_report", fail)
+    def fail(self, element):  # counting group ids: one of the last steps
+        if self._name == "groups":
+            raise RuntimeError("injected failure while counting groups")
+        return count(self, element)
+    monkeypatch.setattr(transforms.metrics._CountElements, "process", fail)
     assert main(_argv(tmp_path, tiny_model, f"--existing={yesterday}", "--overwrite", output="out")) == 1
     assert "injected failure" in capsys.readouterr().err
     assert snapshot(yesterday) == before
     assert os.path.isdir(tmp_path / ".out.qdedup-failed" / "groups")  # what it wrote is kept aside
 
 
-def test_a_run_counting_other_rows_than_its_input_held_replaces_nothing(yesterday, tiny_model, tmp_path,
-                                                                         monkeypatch, capsys):
-    """rows_in must match the Parquet metadata read at launch (files changed under the run would break it);
-    a run failing the check keeps its report beside what it wrote."""
+@pytest.mark.parametrize("count, wrong, message", [
+    ("rows_in", lambda n: 0, "did its files change during the run"),
+    ("pairs_total", lambda n: n + 1, "but its files hold"),
+])
+def test_a_run_whose_counts_disagree_with_its_input_or_its_files_replaces_nothing(
+        yesterday, tiny_model, tmp_path, monkeypatch, capsys, count, wrong, message):
+    """rows_in must match the Parquet metadata read at launch (files changed under the run would break it),
+    rows_out and pairs_total the rows of the files the run wrote (a runner losing elements would break it);
+    a run failing a check keeps its report beside what it wrote."""
     import pipelines.cli
     before = snapshot(yesterday)
     complete = pipelines.cli.complete_report
-    monkeypatch.setattr(pipelines.cli, "complete_report", lambda *args: {**complete(*args), "rows_in": 0})
+    counted = {}
+
+    def miscount(*args):
+        report = complete(*args)
+        counted[count] = wrong(report[count])
+        return {**report, count: counted[count]}
+    monkeypatch.setattr(pipelines.cli, "complete_report", miscount)
     assert main(_argv(tmp_path, tiny_model, f"--existing={yesterday}", "--overwrite", output="out")) == 1
-    assert "did its files change during the run" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
     assert snapshot(yesterday) == before
     kept = [json.loads(p.read_text()) for p in (tmp_path / ".out.qdedup-failed").glob("*report.json")]
-    assert [report["rows_in"] for report in kept] == [0] and "stage_seconds" in kept[0]
+    assert [report[count] for report in kept] == [counted[count]] and "stage_seconds" in kept[0]
 
 
 def test_an_extension_in_place_replaces_the_output_it_extends(yesterday, tiny_model, tmp_path):

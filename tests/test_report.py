@@ -1,16 +1,42 @@
-"""report.json's counts: counted in one combine, derived counts and the accounting check."""
-from pipelines.dedup import CountEach
-from pipelines.report import build_report
+"""report.json's counts: counted as metrics, read back after the run, derived counts and the checks."""
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.report import COUNTED, build_report, lowest_failure, run_counts, written_rows
+from tests.helpers import MULTI_PROCESSING, RUNNER_ARGS
+from transforms.metrics import count_elements
 
 
-def test_count_each_counts_every_name_it_was_given_in_one_combine():
-    count = CountEach(["rows_in", "groups", "rows_existing"])
-    parts = [count.create_accumulator() for _ in range(2)]
-    for name in ["rows_in", "groups", "rows_in"]:
-        parts[0] = count.add_input(parts[0], name)
-    parts[1] = count.add_input(parts[1], "rows_in")
-    merged = count.merge_accumulators(parts)
-    assert count.extract_output(merged) == {"rows_in": 3, "groups": 1, "rows_existing": 0}  # uncounted: 0
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", [[], MULTI_PROCESSING], ids=["in-process", "two-processes"])
+def test_counts_are_exact_through_flattens_and_late_stages(mode):
+    """Every element of every bundle is counted, whichever process and stage produced it: collections of
+    several stages flattened, and one produced only after a shuffle."""
+    pipeline = beam.Pipeline(options=PipelineOptions([*RUNNER_ARGS, *mode]))
+    numbers = pipeline | "Numbers" >> beam.Create(range(5000)) | "Spread" >> beam.Reshuffle()
+    grouped = (numbers | "ByTen" >> beam.Map(lambda n: (n % 10, n)) | "Group" >> beam.GroupByKey()
+               | "Sizes" >> beam.MapTuple(lambda key, values: sum(1 for _ in values)))
+    both = (numbers, grouped) | "Both" >> beam.Flatten()
+    numbers | "CountIn" >> count_elements("rows_in")
+    both | "CountOut" >> count_elements("rows_out", size=lambda n: n)
+    grouped | "CountGroups" >> count_elements("groups")
+    result = pipeline.run()
+    result.wait_until_finish()
+    counts = run_counts(result)
+    assert set(counts) == {*COUNTED, "largest_group"}
+    assert (counts["rows_in"], counts["rows_out"], counts["groups"]) == (5000, 5010, 10)
+    assert counts["largest_group"] == 4999 and counts["pairs_total"] == 0  # the largest size seen; uncounted: 0
+
+
+def test_no_metrics_at_all_is_told_apart_from_zero_counts():
+    class NoMetrics:
+        def metrics(self):
+            raise NotImplementedError
+
+    assert run_counts(NoMetrics()) is None
 
 
 def test_build_report_derives_exact_duplicates_and_checks_the_accounting():
@@ -20,3 +46,20 @@ def test_build_report_derives_exact_duplicates_and_checks_the_accounting():
     assert report["exact_duplicates"] == 3 and report["accounting_ok"]
     assert report["first_failure"]["reason"] == "null_id"
     assert not build_report({**counts, "rows_out": 8}, {})["accounting_ok"]
+
+
+def test_written_rows_and_the_lowest_failure_are_read_from_the_run_files(tmp_path):
+    rejected = [
+        {"kind": "row", "row": "a.parquet:0", "stage": "read", "reason": "null_id", "detail": ""},
+        {"kind": "pair", "row": "7|9", "stage": "score", "reason": "model_error", "detail": "nan"},
+        {"kind": "question", "row": "5", "stage": "embed", "reason": "model_error", "detail": "oom"},
+        {"kind": "pair", "row": "3|4", "stage": "score", "reason": "model_error", "detail": "nan"},
+    ]
+    paths = []
+    for i, rows in enumerate((rejected[:2], rejected[2:])):
+        paths.append(str(tmp_path / f"run-0000{i}-of-00002.parquet"))
+        pq.write_table(pa.Table.from_pylist(rows), paths[-1], row_group_size=1)
+    files = {"rejected": paths}
+    assert written_rows(files, "rejected") == 4 and written_rows(files, "groups") == 0
+    assert lowest_failure(files) == ("pair", "3|4", "score", "model_error", "nan")  # rows are not model failures
+    assert lowest_failure({"rejected": paths[:1]}) == ("pair", "7|9", "score", "model_error", "nan")

@@ -1,8 +1,14 @@
-"""Per-stage timing through Beam counters, so report.json can say where a run spent its time."""
+"""Beam metrics of a run: per-stage timing, the sizes each bounded step held, and report.json's counts.
+
+Counts go through metrics because the runner sums them from every bundle it ran, whatever order it ran
+them in: an in-pipeline count (a global combine read as a side input) lost the elements of producers the
+runner scheduled after the combine in a 1M-row local run in two processes (docs/design.md, "Output contract").
+"""
 from __future__ import annotations
 
 import time
 
+import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 STAGE_NAMESPACE = "qdedup.stage_us"
@@ -29,3 +35,42 @@ def largest(step: str):
     """A distribution of the sizes of what one step holds or walks at once (a group, a sample, a work item):
     report.json's `largest_elements` gives its maximum, the figure the sizing table bounds."""
     return Metrics.distribution(LARGEST_NAMESPACE, step)
+
+
+COUNT_NAMESPACE = "qdedup.count"
+
+
+class _CountElements(beam.DoFn):
+    """Adds the elements of each bundle to a counter (and their largest `size` to a distribution), once per
+    bundle: a metric update per element would cost more than the count."""
+
+    def __init__(self, name: str, size=None):
+        self._name = name
+        self._size = size
+
+    def setup(self) -> None:
+        self._counter = Metrics.counter(COUNT_NAMESPACE, self._name)
+        self._largest = Metrics.distribution(COUNT_NAMESPACE, self._name) if self._size else None
+
+    def start_bundle(self) -> None:
+        self._count = 0
+        self._max = None
+
+    def process(self, element):
+        self._count += 1
+        if self._size:
+            size = self._size(element)
+            self._max = size if self._max is None or size > self._max else self._max
+        return ()
+
+    def finish_bundle(self) -> None:
+        if self._count:
+            self._counter.inc(self._count)
+        if self._max is not None:
+            self._largest.update(self._max)
+
+
+def count_elements(name: str, size=None) -> beam.ParDo:
+    """A step counting a collection into report.json's count `name` (read back by `pipelines.report.run_counts`);
+    with `size` (element -> int), also the largest size it saw, as the distribution `name`."""
+    return beam.ParDo(_CountElements(name, size))
