@@ -17,7 +17,7 @@ from apache_beam.runners.runner import PipelineState
 from pipelines.dedup import build_pipeline
 from pipelines.evaluate import evaluate
 from pipelines.options import QdedupOptions, expand_argv
-from pipelines.preflight import check_placeholders, check_run, output_run, validate
+from pipelines.preflight import check_placeholders, check_run, check_runner, output_run, validate
 from pipelines.recall import recall
 from pipelines.report import (
     build_report,
@@ -104,6 +104,7 @@ def run(argv: Sequence[str]) -> int:
     options = pipeline_options.view_as(QdedupOptions)
     validate(options)
     check_placeholders(pipeline_options)
+    check_runner(pipeline_options)
     with output_run(options) as out:
         launch = check_run(options, pipeline_options)
         info = launch.info

@@ -171,6 +171,17 @@ def validate(options: QdedupOptions) -> None:
     parse_embedders(options.embedders)
 
 
+def check_runner(pipeline_options: PipelineOptions) -> None:
+    """report.json's counts are Beam metrics (docs/design.md, "Output contract"): a runner known to drop some
+    is refused before anything runs."""
+    runner = pipeline_options.view_as(StandardOptions).runner or ""
+    if runner.split(".")[-1] == "BundleBasedDirectRunner":
+        raise QdedupError(
+            "--runner BundleBasedDirectRunner drops the metrics of elements that reach a step through a Flatten "
+            "fed by a GroupByKey (a Beam bug), and report.json's counts are metrics: use FnApiRunner "
+            "(configs/local.yaml), DirectRunner, Prism or Dataflow")
+
+
 def check_placeholders(pipeline_options: PipelineOptions) -> None:
     """A preset's YOUR_* placeholders must be filled in before anything is launched."""
     for name, value in sorted(pipeline_options.get_all_options(drop_default=True).items()):

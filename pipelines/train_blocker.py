@@ -14,11 +14,14 @@ its partner, the other partners of the batch, and one hard negative per pair:
 a labelled negative of the question where the files have one, else its nearest
 lexical neighbour that is not a known duplicate), an `EmbeddingBag` with sparse
 Adam, seeded, so the same files and settings give the same table on the same
-machine. A seeded share of the positive pairs is held out: recall@5 and
-recall@20 of those pairs (either question among the other's k nearest, over
-every distinct question of the files) are printed for the trained embedder, for
-lexical blocking and for the two united, and kept in the embedder's
-`embedder.json`.
+machine. Whole connected components of the pair graph (positive pairs and
+known negatives) are held out, chosen by a seeded hash until they hold the
+`--heldout` share of the positive pairs: no pair or negative that trains the
+table touches a held-out question, so the figures are those of questions the
+embedder never saw. Their recall@5 and recall@20 (either
+question among the other's k nearest, over every distinct question of the
+files) are printed for the trained embedder, for lexical blocking and for the
+two united, and kept in the embedder's `embedder.json`.
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import tempfile
 import time
 import zlib
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -59,7 +62,7 @@ class TrainSettings:
     batch_size: int = 256
     learning_rate: float = 3e-3
     scale: float = 20.0          # logits = scale x cosine
-    heldout: float = 0.1         # share of positive pairs held out for the recall figures
+    heldout: float = 0.1         # share of positive pairs held out, as whole components of the pair graph
     lexical_dim: int = 1024      # for mining hard negatives and the lexical baseline
     seed: int = 0
 
@@ -69,6 +72,47 @@ def in_share(a: str, b: str, share: float, seed: int) -> bool:
     (which pairs are held out; which mined pairs are trained on)."""
     key = "\0".join(sorted((a, b))) + f"\0{seed}"
     return zlib.crc32(key.encode("utf-8")) / 2**32 < share
+
+
+def held_out_questions(texts: Sequence[str], edges: Iterable[tuple[int, int]],
+                       positives: Sequence[tuple[int, int]], share: float, seed: int) -> set[int]:
+    """Questions held out for the recall figures: whole connected components of the graph of `edges` (every
+    labelled pair), taken in the order of a seeded hash of their first text while they hold at most `share`
+    of the `positives` (a component that would overshoot is passed over), so that no held-out question
+    shares a pair with a trained one.
+
+    Args:
+        texts: the questions, sorted (indices are positions).
+        edges: index pairs that must not be split (positives and known negatives).
+        positives: the positive index pairs the share is counted in.
+        share: the share of positive pairs to hold out.
+        seed: which components, for a given share.
+    Returns:
+        The held-out question indices.
+    """
+    parent = list(range(len(texts)))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in edges:
+        parent[find(a)] = find(b)
+    members: dict = {}
+    for i in range(len(texts)):
+        members.setdefault(find(i), []).append(i)
+    positives_of: dict = {}
+    for a, _ in positives:
+        positives_of[find(a)] = positives_of.get(find(a), 0) + 1
+    order = sorted(positives_of, key=lambda root: zlib.crc32(f"{texts[members[root][0]]}\0{seed}".encode("utf-8")))
+    held, taken = set(), 0
+    for root in order:
+        if taken + positives_of[root] <= share * len(positives):
+            held.update(members[root])
+            taken += positives_of[root]
+    return held
 
 
 def nearest(vectors: np.ndarray, k: int) -> np.ndarray:
@@ -110,17 +154,25 @@ def lexical_vectors(texts: Sequence[str], dim: int) -> np.ndarray:
     return np.stack([tfidf_vector(text, idf) for text in texts])
 
 
-def hard_negatives(anchors: Sequence[int], lexical: np.ndarray, duplicates: set, labelled: dict) -> list[int]:
-    """Per anchor: a labelled negative of it, else its nearest lexical neighbour not known as its duplicate."""
+def hard_negatives(anchors: Sequence[int], lexical: np.ndarray, duplicates: set, labelled: dict,
+                   unseen: set) -> list[int]:
+    """Per anchor: a labelled negative of it, else its nearest lexical neighbour not known as its duplicate;
+    never a question of `unseen` (the held-out ones)."""
     found = nearest(lexical, 8)
     chosen = []
     for anchor in anchors:
-        if anchor in labelled:
+        if labelled.get(anchor, -1) >= 0 and labelled[anchor] not in unseen:
             chosen.append(labelled[anchor])
             continue
-        others = [int(j) for j in found[anchor] if j >= 0 and (min(anchor, j), max(anchor, j)) not in duplicates]
-        chosen.append(others[0] if others else (anchor + 1) % len(lexical))
+        others = [int(j) for j in found[anchor]
+                  if j >= 0 and j not in unseen and (min(anchor, j), max(anchor, j)) not in duplicates]
+        chosen.append(others[0] if others else _next_seen(anchor, len(lexical), unseen))
     return chosen
+
+
+def _next_seen(anchor: int, count: int, unseen: set) -> int:
+    """The first question after `anchor` (cyclically) that is not held out (the anchor itself if none is)."""
+    return next((j % count for j in range(anchor + 1, anchor + count) if j % count not in unseen), anchor)
 
 
 def train_table(texts: Sequence[str], positives: Sequence[tuple[int, int]], negatives: Sequence[int],
@@ -189,12 +241,16 @@ def _train(texts: Sequence[str], source: dict, negative_of: dict, settings: Trai
     """The table trained on `source`'s positive pairs (index pairs -> where each came from), less a held-out
     share; `negative_of`: a known negative per question index. Returns it and its embedder.json content."""
     positives = sorted(source)
-    kept = [p for p in positives if not in_share(texts[p[0]], texts[p[1]], settings.heldout, settings.seed)]
-    heldout = [p for p in positives if p not in set(kept)]
-    _LOG.info("train-blocker: %d questions, %d positive pairs (%d held out), %d with a known negative",
-              len(texts), len(positives), len(heldout), len(negative_of))
+    unseen = held_out_questions(texts, [*positives, *negative_of.items()], positives, settings.heldout,
+                                settings.seed)
+    kept = [p for p in positives if p[0] not in unseen]  # a component is held out whole: p[1] goes with p[0]
+    heldout = [p for p in positives if p[0] in unseen]
+    _LOG.info("train-blocker: %d questions (%d held out), %d positive pairs (%d held out), %d with a known negative",
+              len(texts), len(unseen), len(positives), len(heldout), len(negative_of))
+    if not kept:
+        raise QdedupError(f"train-blocker: --heldout {settings.heldout} leaves no positive pair to train on")
     lexical = lexical_vectors(texts, settings.lexical_dim)
-    negatives = hard_negatives([a for a, _ in kept], lexical, set(positives), negative_of)
+    negatives = hard_negatives([a for a, _ in kept], lexical, set(positives), negative_of, unseen)
 
     def progress(epoch: int, loss: float, rate: float) -> None:
         _LOG.info("train-blocker: epoch %d of %d, loss %.4f, %.0f pairs/s", epoch, settings.epochs, loss, rate)
@@ -214,7 +270,8 @@ def _train(texts: Sequence[str], source: dict, negative_of: dict, settings: Trai
     names = sorted(set(source.values()))
     if len(names) > 1:
         figures["by_file"] = {name: measured([p for p in heldout if source[p] == name]) for name in names}
-    config = {"trained": {**asdict(settings), **origin, "questions": len(texts), "positive_pairs": len(kept)},
+    config = {"trained": {**asdict(settings), **origin, "questions": len(texts) - len(unseen),
+                          "positive_pairs": len(kept), "heldout_by": "component"},
               "heldout": figures}
     return table, config
 

@@ -79,6 +79,14 @@ def test_unfilled_placeholders_stop_the_launch(capsys):
     assert "--project" in err and "YOUR_PROJECT" in err and "fill in" in err
 
 
+@pytest.mark.parametrize("runner", ["BundleBasedDirectRunner",
+                                    "apache_beam.runners.direct.direct_runner.BundleBasedDirectRunner"])
+def test_a_runner_that_drops_metrics_is_refused_at_launch(capsys, runner):
+    assert main(["run", "--config", str(ROOT / "configs" / "local.yaml"), *IO, f"--runner={runner}"]) == 2
+    err = capsys.readouterr().err
+    assert "drops the metrics" in err and "FnApiRunner" in err
+
+
 @pytest.mark.slow
 def test_the_package_installs_in_a_clean_environment_and_imports_every_module(tmp_path):
     """What Dataflow does with --setup_file: build the package, install it, import it on the worker."""

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from pipelines.cli import main
-from pipelines.train_blocker import TrainSettings, in_share, train, write_atomically
+from pipelines.train_blocker import TrainSettings, held_out_questions, in_share, train, write_atomically
 from tests.helpers import RUNNER_ARGS, lcqmc_pairs, run_qdedup, shared_data, snapshot, write_questions
 from transforms.embed import static_vector
 from transforms.sources import load_static_embedder
@@ -32,7 +32,23 @@ def test_in_share_pairs_are_chosen_by_their_texts_not_their_order():
     assert not any(in_share(f"q{i}", f"p{i}", 0.0, 0) for i in range(100))
 
 
-def test_training_pulls_duplicates_together_and_measures_in_share_pairs(trained):
+def test_held_out_questions_are_whole_components_up_to_the_share():
+    """Components of the pair graph are never cut; they are taken while they hold at most the share of
+    positives; the choice depends on the seed, not on the order of the edges."""
+    texts = [f"q{i:03d}" for i in range(300)]
+    positives = [(i, i + 1) for i in range(0, 300, 3)]            # 100 components of 3: i - i+1 ...
+    negatives = [(i + 1, i + 2) for i in range(0, 300, 3)]        # ... - i+2 (a negative joins the third)
+    held = held_out_questions(texts, positives + negatives, positives, 0.2, seed=1)
+    assert all((i in held) == (i + 1 in held) == (i + 2 in held) for i in range(0, 300, 3))
+    assert len(held) == 3 * 20  # exactly 20 of 100 positives: every component holds one
+    assert held == held_out_questions(texts, (positives + negatives)[::-1], positives, 0.2, seed=1)
+    assert held != held_out_questions(texts, positives + negatives, positives, 0.2, seed=2)
+    giant = [(i, i + 1) for i in range(299)]                      # one component: more than the share
+    assert held_out_questions(texts, giant, giant, 0.2, seed=1) == set()
+    assert held_out_questions(texts, positives, positives, 0.0, seed=1) == set()
+
+
+def test_training_pulls_duplicates_together_and_measures_held_out_components(trained):
     table, config = trained
     assert table.shape == (4096, 32) and np.isfinite(table).all()
     heldout = config["heldout"]
