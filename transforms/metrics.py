@@ -1,8 +1,8 @@
 """Beam metrics of a run: per-stage timing, the sizes each bounded step held, and report.json's counts.
 
 Counts go through metrics because the runner sums them from every bundle it ran, whatever order it ran
-them in: an in-pipeline count (a global combine read as a side input) lost the elements of producers the
-runner scheduled after the combine in a 1M-row local run in two processes (docs/design.md, "Output contract").
+them in: an in-pipeline count (a global combine read as a side input) came out short in a 1M-row local run
+in two processes (docs/design.md, "Output contract").
 """
 from __future__ import annotations
 
