@@ -80,6 +80,10 @@ def finish_report(result, out: OutputRun, configuration: dict, options, started:
         if problem is None and report[count] != rows:
             problem = (f"the run counted {count} {report[count]}, but its files hold {rows} rows: the runner lost "
                        f"elements; please report this with report.json")
+    scored = report["pairs_scored"] + report["pairs_reused"] + report["resplit_pairs"]
+    if problem is None and report["pairs_total"] != scored:
+        problem = (f"the run scored or reused {scored} pairs but wrote {report['pairs_total']}: the runner lost "
+                   f"elements between scoring and writing; please report this with report.json")
     if problem is None and not report["accounting_ok"]:
         problem = "rows_in + rows_existing != rows_out + rows_rejected; please report this with report.json"
     return report, problem

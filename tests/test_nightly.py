@@ -72,11 +72,13 @@ def test_a_run_failing_late_leaves_the_previous_output_byte_identical(yesterday,
 @pytest.mark.parametrize("count, wrong, message", [
     ("rows_in", lambda n: 0, "did its files change during the run"),
     ("pairs_total", lambda n: n + 1, "but its files hold"),
+    ("resplit_pairs", lambda n: n + 1, "between scoring and writing"),
 ])
 def test_a_run_whose_counts_disagree_with_its_input_or_its_files_replaces_nothing(
         yesterday, tiny_model, tmp_path, monkeypatch, capsys, count, wrong, message):
     """rows_in must match the Parquet metadata read at launch (files changed under the run would break it),
-    rows_out and pairs_total the rows of the files the run wrote (a runner losing elements would break it);
+    rows_out and pairs_total the rows of the files the run wrote, pairs_total the pairs scored and reused
+    (a runner losing elements would break either);
     a run failing a check keeps its report beside what it wrote."""
     import pipelines.cli
     before = snapshot(yesterday)
