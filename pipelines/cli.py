@@ -60,7 +60,8 @@ def failure_problem(report: dict, share: float) -> Optional[str]:
     return None
 
 
-def finish_report(result, out: OutputRun, configuration: dict, options, started: float) -> tuple[dict, Optional[str]]:
+def finish_report(result, out: OutputRun, configuration: dict, options: QdedupOptions,
+                  started: float) -> tuple[dict, Optional[str]]:
     """report.json of a finished pipeline, and why it may not replace the previous output (or None).
 
     The counts are the run's metrics; the rows of groups/ and pairs/ are also read from the files the run
