@@ -18,7 +18,7 @@ machine. Whole connected components of the pair graph (positive pairs and
 known negatives) are held out, chosen by a seeded hash until they hold the
 `--heldout` share of the positive pairs: no pair or negative that trains the
 table touches a held-out question, so the figures are those of questions the
-embedder never saw. Their recall@5 and recall@20 (either
+embedder never saw. Their recall@5, @10 and @20 (either
 question among the other's k nearest, over every distinct question of the
 files) are printed for the trained embedder, for lexical blocking and for the
 two united, and kept in the embedder's `embedder.json`.
@@ -50,6 +50,7 @@ from transforms.paths import join
 from transforms.sources import save_static_embedder
 
 _LOG = logging.getLogger("qdedup")
+HELDOUT_KS = (5, 10, 20)  # the k of the held-out recall figures printed and kept in embedder.json
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,25 @@ def train_table(texts: Sequence[str], positives: Sequence[tuple[int, int]], nega
 
 def train(files: Sequence[str], settings: TrainSettings) -> tuple[np.ndarray, dict]:
     """From labelled pairs: (table, what embedder.json records: how it was trained, its held-out figures)."""
-    labelled = [(normalize_text(a), normalize_text(b), label, os.path.basename(path)) for path in files
+    texts, source, negative_of = read_training_pairs(files)
+    return _train(texts, source, negative_of, settings, {"files": file_names(files)})
+
+
+def file_names(files: Sequence[str]) -> list[str]:
+    """How figures name each file: its base name, or the path as given where two base names are the same
+    (bq/dev.tsv and lcqmc/dev.tsv)."""
+    names = [os.path.basename(path) for path in files]
+    return [name if names.count(name) == 1 else path for path, name in zip(files, names)]
+
+
+def read_training_pairs(files: Sequence[str]) -> tuple[list[str], dict, dict]:
+    """Labelled pair files -> (distinct normalized texts, {positive index pair: first file holding it},
+    {question index: a known negative of it}).
+
+    Raises:
+        QdedupError: the files hold no positive pair.
+    """
+    labelled = [(normalize_text(a), normalize_text(b), label, name) for path, name in zip(files, file_names(files))
                 for a, b, label in read_labelled_pairs(path) if isinstance(a, str) and isinstance(b, str)]
     texts = sorted({t for a, b, _, _ in labelled for t in (a, b) if t})
     index = {text: i for i, text in enumerate(texts)}
@@ -233,13 +252,54 @@ def train(files: Sequence[str], settings: TrainSettings) -> tuple[np.ndarray, di
                 negative_of.setdefault(index[b], index[a])
     if not source:
         raise QdedupError("train-blocker: the --pairs files hold no positive pair (label 1) of two texts")
-    return _train(texts, source, negative_of, settings, {"files": [os.path.basename(f) for f in files]})
+    return texts, source, negative_of
+
+
+@dataclass(frozen=True)
+class TrainingSplit:
+    """What `training_split` gives: positives to train on and held out, a hard negative per kept positive,
+    the texts' lexical vectors."""
+
+    kept: list
+    heldout: list
+    negatives: list
+    lexical: np.ndarray
+    unseen: int  # questions held out
 
 
 def _train(texts: Sequence[str], source: dict, negative_of: dict, settings: TrainSettings,
            origin: dict) -> tuple[np.ndarray, dict]:
     """The table trained on `source`'s positive pairs (index pairs -> where each came from), less a held-out
     share; `negative_of`: a known negative per question index. Returns it and its embedder.json content."""
+    split = training_split(texts, source, negative_of, settings)
+    kept, heldout, lexical = split.kept, split.heldout, split.lexical
+
+    def progress(epoch: int, loss: float, rate: float) -> None:
+        _LOG.info("train-blocker: epoch %d of %d, loss %.4f, %.0f pairs/s", epoch, settings.epochs, loss, rate)
+
+    table = train_table(texts, kept, split.negatives, settings, progress)
+    static = np.stack([static_vector(text, table) for text in texts])
+
+    def measured(pairs: list) -> dict:
+        figures = {"pairs": len(pairs)}
+        if pairs:
+            for name, embedders in (("static", [static]), ("lexical", [lexical]),
+                                    ("lexical,static", [lexical, static])):
+                figures[name] = recall_at(embedders, pairs, HELDOUT_KS)
+        return figures
+
+    figures = measured(heldout)
+    names = sorted(set(source.values()))
+    if len(names) > 1:
+        figures["by_file"] = {name: measured([p for p in heldout if source[p] == name]) for name in names}
+    config = {"trained": {**asdict(settings), **origin, "questions": len(texts) - split.unseen,
+                          "positive_pairs": len(kept), "heldout_by": "component"},
+              "heldout": figures}
+    return table, config
+
+
+def training_split(texts: Sequence[str], source: dict, negative_of: dict, settings: TrainSettings) -> TrainingSplit:
+    """Whole components held out (`held_out_questions`), a hard negative mined for each kept positive."""
     positives = sorted(source)
     unseen = held_out_questions(texts, [*positives, *negative_of.items()], positives, settings.heldout,
                                 settings.seed)
@@ -251,29 +311,7 @@ def _train(texts: Sequence[str], source: dict, negative_of: dict, settings: Trai
         raise QdedupError(f"train-blocker: --heldout {settings.heldout} leaves no positive pair to train on")
     lexical = lexical_vectors(texts, settings.lexical_dim)
     negatives = hard_negatives([a for a, _ in kept], lexical, set(positives), negative_of, unseen)
-
-    def progress(epoch: int, loss: float, rate: float) -> None:
-        _LOG.info("train-blocker: epoch %d of %d, loss %.4f, %.0f pairs/s", epoch, settings.epochs, loss, rate)
-
-    table = train_table(texts, kept, negatives, settings, progress)
-    static = np.stack([static_vector(text, table) for text in texts])
-
-    def measured(pairs: list) -> dict:
-        figures = {"pairs": len(pairs)}
-        if pairs:
-            for name, embedders in (("static", [static]), ("lexical", [lexical]),
-                                    ("lexical,static", [lexical, static])):
-                figures[name] = recall_at(embedders, pairs, (5, 20))
-        return figures
-
-    figures = measured(heldout)
-    names = sorted(set(source.values()))
-    if len(names) > 1:
-        figures["by_file"] = {name: measured([p for p in heldout if source[p] == name]) for name in names}
-    config = {"trained": {**asdict(settings), **origin, "questions": len(texts) - len(unseen),
-                          "positive_pairs": len(kept), "heldout_by": "component"},
-              "heldout": figures}
-    return table, config
+    return TrainingSplit(kept, heldout, negatives, lexical, len(unseen))
 
 
 # Options of the run that the mining run takes over: what its stored parameters, vectors and scores depend on

@@ -181,9 +181,9 @@ def test_partitioned_recall_against_exact_with_the_defaults(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("max_sample, n, max_block", [(65_536, 30_000, 2_000), (1_024, 12_000, 1_000)])
-def test_a_hot_partition_of_30k_near_copies_is_split_with_a_linear_shuffle(tmp_path, max_sample, n, max_block):
-    """One question with small edits, 30,000 times: every vector lands in one first-level partition. It is
+@pytest.mark.parametrize("max_sample, n, max_block", [(65_536, 12_000, 1_000), (1_024, 12_000, 1_000)])
+def test_a_hot_partition_of_12k_near_copies_is_split_with_a_linear_shuffle(tmp_path, max_sample, n, max_block):
+    """One question with small edits, 12,000 times: every vector lands in one first-level partition. It is
     split by second-level centroids (with a small --max-sample, into too few sub-partitions: those are
     then searched in hash blocks): what is shuffled grows with its size (the former block x block search
     shuffled (2b - 1) x S entries, b = S / max_block), and every question keeps k neighbours within 0.01
