@@ -9,7 +9,8 @@ for the same epochs and batch size, from the same seed:
 - `st-buckets`: sentence-transformers' `StaticEmbedding` over the very same hashed 1-2-gram buckets (a
   `tokenizers` word-level tokenizer whose words are the bucket ids), trained with the library's
   `MultipleNegativesRankingLoss` on (anchor, positive, hard negative) at several learning rates with AdamW
-  (the library's own optimizer default; its static-embedding recipe uses a learning rate of 0.2);
+  (the library's own optimizer default; its static-embedding recipe uses a learning rate of 0.2), and
+  `qdedup`'s own trainer at the same learning rates;
 - `st-chars`: `StaticEmbedding` over single characters, what a character vocabulary like the scorer's offers
   (no bigrams), same loss.
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import time
@@ -34,6 +34,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from benchmarks.bench_blocker import FILES
 from pipelines.train_blocker import (
     TrainSettings,
     read_training_pairs,
@@ -43,8 +44,6 @@ from pipelines.train_blocker import (
 )
 from transforms.embed import ngram_buckets, static_vector
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED = os.path.join(HERE, "..", "..", "shared", "data")
 KS = (5, 10, 20)
 
 
@@ -115,53 +114,59 @@ def main() -> None:
                         default=None, help="labelled pair files (default: BQ dev and LCQMC dev)")
     parser.add_argument("--heldout", type=float, default=0.2)
     parser.add_argument("--epochs", type=int, default=TrainSettings.epochs)
-    parser.add_argument("--learning-rates", default="0.003,0.02,0.2", help="for the sentence-transformers runs")
+    parser.add_argument("--learning-rates", default="0.003,0.02,0.2",
+                        help="for the sentence-transformers runs and qdedup's own (its default: 0.003)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved embedding-speed repetitions")
     args = parser.parse_args()
     import torch
     torch.set_num_threads(1)  # CPU per question on one core, as a worker's embedding step runs
 
-    files = args.pairs or [os.path.join(SHARED, "bq", "dev.tsv"), os.path.join(SHARED, "lcqmc", "dev.tsv")]
+    files = args.pairs or list(FILES.values())
     settings = replace(TrainSettings(), heldout=args.heldout, epochs=args.epochs)
     texts, source, negative_of = read_training_pairs(files)
     split = training_split(texts, source, negative_of, settings)
     print(f"{len(texts)} questions, {len(split.kept)} positives trained on, {len(split.heldout)} held out "
           f"(whole components), {platform.processor() or platform.machine()}", flush=True)
     by_file = {name: [p for p in split.heldout if source[p] == name] for name in sorted(set(source.values()))}
+    print(json.dumps({"heldout_positives": {name: len(pairs) for name, pairs in by_file.items()}}), flush=True)
 
-    def measure(name: str, vectors: np.ndarray, seconds: float) -> dict:
+    def measure(name: str, vectors: np.ndarray, seconds: float) -> None:
         row = {"variant": name, "train_s": round(seconds, 1)}
         for file, pairs in by_file.items():
             row[file] = recall_at([vectors], pairs, KS)
             row[f"{file}+lexical"] = recall_at([split.lexical, vectors], pairs, KS)
         print(json.dumps(row), flush=True)
-        return row
 
-    rows = [measure("lexical", split.lexical, 0.0)]
+    measure("lexical", split.lexical, 0.0)
     started = time.perf_counter()
     table = train_table(texts, split.kept, split.negatives, settings, lambda *_: None)
-    rows.append(measure("qdedup", np.stack([static_vector(t, table) for t in texts]), time.perf_counter() - started))
+    measure(f"qdedup lr={settings.learning_rate}", np.stack([static_vector(t, table) for t in texts]),
+            time.perf_counter() - started)
 
     bucket_inputs = [bucket_text(t, settings.buckets) for t in texts]
     bucket_vocabulary = [str(i) for i in range(settings.buckets)]
     char_vocabulary = ["[UNK]", *sorted({c for t in texts for c in t})]
     char_inputs = [char_text(t) for t in texts]
-    models = {}
     for rate in (float(r) for r in args.learning_rates.split(",")):
+        if rate != settings.learning_rate:  # qdedup's own trainer at the library runs' learning rates too
+            started = time.perf_counter()
+            other = train_table(texts, split.kept, split.negatives, replace(settings, learning_rate=rate),
+                                lambda *_: None)
+            measure(f"qdedup lr={rate}", np.stack([static_vector(t, other) for t in texts]),
+                    time.perf_counter() - started)
         started = time.perf_counter()
-        model = train_st(bucket_inputs, bucket_vocabulary, split, settings, rate)
-        rows.append(measure(f"st-buckets lr={rate}", st_vectors(model, bucket_inputs), time.perf_counter() - started))
-        models[rate] = model
+        buckets_model = train_st(bucket_inputs, bucket_vocabulary, split, settings, rate)
+        measure(f"st-buckets lr={rate}", st_vectors(buckets_model, bucket_inputs), time.perf_counter() - started)
         started = time.perf_counter()
-        chars = train_st(char_inputs, char_vocabulary, split, settings, rate)
-        rows.append(measure(f"st-chars lr={rate}", st_vectors(chars, char_inputs), time.perf_counter() - started))
+        chars_model = train_st(char_inputs, char_vocabulary, split, settings, rate)
+        measure(f"st-chars lr={rate}", st_vectors(chars_model, char_inputs), time.perf_counter() - started)
 
     # Speed from raw text, as a pipeline step gets it: ours maps text -> buckets -> mean of rows; the library's
-    # gets text -> its tokenizer -> EmbeddingBag (here the bucket words are made from the text inside the timing).
-    st_model = models[max(models)]
+    # gets text -> its tokenizer -> EmbeddingBag (the words its tokenizer splits are made inside the timing).
     variants = {
         "qdedup static_vector": lambda: [static_vector(t, table) for t in texts],
-        "st-buckets encode": lambda: st_vectors(st_model, [bucket_text(t, settings.buckets) for t in texts]),
+        "st-buckets encode": lambda: st_vectors(buckets_model, [bucket_text(t, settings.buckets) for t in texts]),
+        "st-chars encode": lambda: st_vectors(chars_model, [char_text(t) for t in texts]),
     }
     times: dict = {name: [] for name in variants}
     names = list(variants)

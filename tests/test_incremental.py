@@ -179,16 +179,25 @@ def test_options_that_cannot_go_together(nightly, tiny_model, tmp_path, capsys):
     assert "has no _SUCCESS" in capsys.readouterr().err
 
 
-def test_an_extension_with_an_encoder_embedder_equals_the_full_run(tiny_model, tmp_path):
+@pytest.mark.parametrize("kind", ["encoder", "static"])
+def test_an_extension_with_a_second_embedder_equals_the_full_run(tiny_model, tmp_path, kind):
+    """With an encoder (whitened), or a static embedder extended in two worker processes (its table loaded by
+    each, what it stored read back from state/)."""
+    from pipelines.random_model import make_random_static_embedder
     rows = cluster_corpus(4)
     old, new = rows[: len(rows) * 2 // 3], rows[len(rows) * 2 // 3:]
     write_questions(old, tmp_path / "old" / "q.parquet")
     write_questions(new, tmp_path / "new" / "q.parquet")
     write_questions(old, tmp_path / "all" / "a.parquet")
     write_questions(new, tmp_path / "all" / "b.parquet")
-    flags = [f"--embedders=lexical,encoder:{tiny_model}", "--encoder-whiten", "--min-similarity=0.5", "--top-k=4"]
+    if kind == "encoder":
+        flags, runner = [f"--embedders=lexical,encoder:{tiny_model}", "--encoder-whiten"], []
+    else:
+        static = make_random_static_embedder(str(tmp_path / "static"), buckets=2048, dims=16, seed=1)
+        flags, runner = [f"--embedders=lexical,static:{static}"], MULTI
+    flags += ["--min-similarity=0.5", "--top-k=4"]
     run_qdedup(tmp_path / "old" / "*.parquet", tmp_path / "run_old", tiny_model, *flags)
-    report = run_qdedup(tmp_path / "new" / "*.parquet", tmp_path / "run_new", tiny_model, *flags,
+    report = run_qdedup(tmp_path / "new" / "*.parquet", tmp_path / "run_new", tiny_model, *flags, *runner,
                         f"--existing={tmp_path / 'run_old'}")
     run_qdedup(tmp_path / "all" / "*.parquet", tmp_path / "full", tiny_model, *flags,
                f"--params-from={tmp_path / 'run_old'}", f"--previous-groups={tmp_path / 'run_old'}")
@@ -197,8 +206,8 @@ def test_an_extension_with_an_encoder_embedder_equals_the_full_run(tiny_model, t
     assert _pairs(tmp_path / "run_new") == _pairs(tmp_path / "full")
     known = {normalize_text(t) for _, t in old}
     assert report["new_representatives"] == len({normalize_text(t) for _, t in new} - known)
-    for kind in ("lexical", "encoder"):  # both embedders' state kept and extended
-        vectors = read_part(tmp_path / "run_new" / "state" / kind, "vectors")
+    for embedder in ("lexical", kind):  # both embedders' state kept and extended
+        vectors = read_part(tmp_path / "run_new" / "state" / embedder, "vectors")
         assert {v["id"] for v in vectors} == {r["id"] for r in read_part(tmp_path / "run_new" / "state",
                                                                          "representatives")}
     new_ids = {i for i, _ in new}
