@@ -225,7 +225,7 @@ def train(files: Sequence[str], settings: TrainSettings) -> tuple[np.ndarray, di
 
 def file_names(files: Sequence[str]) -> list[str]:
     """How figures name each file: its base name, or the path as given where two base names are the same
-    (bq/dev.tsv and lcqmc/dev.tsv)."""
+    (a/dev.tsv and b/dev.tsv)."""
     names = [os.path.basename(path) for path in files]
     return [name if names.count(name) == 1 else path for path, name in zip(files, names)]
 
@@ -260,9 +260,9 @@ class TrainingSplit:
     """What `training_split` gives: positives to train on and held out, a hard negative per kept positive,
     the texts' lexical vectors."""
 
-    kept: list
-    heldout: list
-    negatives: list
+    kept: list[tuple[int, int]]
+    heldout: list[tuple[int, int]]
+    negatives: list[int]
     lexical: np.ndarray
     unseen: int  # questions held out
 
@@ -299,7 +299,16 @@ def _train(texts: Sequence[str], source: dict, negative_of: dict, settings: Trai
 
 
 def training_split(texts: Sequence[str], source: dict, negative_of: dict, settings: TrainSettings) -> TrainingSplit:
-    """Whole components held out (`held_out_questions`), a hard negative mined for each kept positive."""
+    """Whole components held out (`held_out_questions`), a hard negative mined for each kept positive.
+
+    Args:
+        texts: the distinct questions; source, negative_of: as `read_training_pairs` gives them.
+        settings: the held-out share, seed and lexical dimensions come from here.
+    Returns:
+        The split; the same inputs and settings give the same split.
+    Raises:
+        QdedupError: nothing is left to train on.
+    """
     positives = sorted(source)
     unseen = held_out_questions(texts, [*positives, *negative_of.items()], positives, settings.heldout,
                                 settings.seed)
