@@ -51,12 +51,18 @@ def test_two_runs_give_identical_outputs(reference_run, corpus, tiny_model, tmp_
     assert {k: again[k] for k in COUNTS} == {k: report[k] for k in COUNTS}
 
 
-def test_two_worker_processes_give_the_same_outputs(reference_run, corpus, tiny_model, tmp_path):
+def test_two_worker_processes_give_the_same_outputs_and_keep_library_noise_quiet(reference_run, corpus, tiny_model,
+                                                                                 tmp_path, capfd):
     out, report = reference_run
     directory, _ = corpus
+    capfd.readouterr()
     other = run_qdedup(directory / "*.parquet", tmp_path / "other", tiny_model, *MULTI_PROCESSING)
     assert_same(outputs(out), outputs(tmp_path / "other"))
     assert {k: other[k] for k in COUNTS} == {k: report[k] for k in COUNTS}
+    # The worker processes' own lines (theirs go straight to the terminal): qdedup's, and no library's INFO.
+    err = capfd.readouterr().err
+    assert "transforms.read" in err and "read rows" in err
+    assert [line for line in err.splitlines() if line.startswith(("INFO:apache_beam", "INFO:faiss"))] == []
 
 
 def _fail_first_call(module, name, monkeypatch, failures: list):
