@@ -467,8 +467,11 @@ def pass_log_levels_to_local_processes(pipeline_options: PipelineOptions) -> Non
     levels the launcher gives workers (`--sdk_harness_log_level_overrides`, `pipelines.cli.worker_log_levels`)
     would not reach them and every library's INFO lines would fill the terminal. A worker reads its options
     from the file `PIPELINE_OPTIONS_FILE` names, an environment the worker processes inherit: the levels go
-    there (plus the harness's own start-up lines), in a file removed when the launcher exits."""
-    if not _local_processes(pipeline_options):
+    there (plus the harness's own start-up lines), in a file removed when the launcher exits. Only for the
+    FnApiRunner, where this was seen and tested: a runner that does pass options must not have them
+    replaced by the file."""
+    runner = pipeline_options.view_as(StandardOptions).runner or ""
+    if not _local_processes(pipeline_options) or runner.split(".")[-1] != "FnApiRunner":
         return
     overrides = pipeline_options.get_all_options().get("sdk_harness_log_level_overrides") or {}
     if overrides:
