@@ -190,8 +190,12 @@ def test_a_multi_process_run_over_its_row_limit_is_refused_before_anything_runs(
     assert main(_argv(tmp_path, tiny_model, "--overwrite", *MULTI_PROCESSING, f"--multi-process-max-rows={rows - 1}",
                       input_="in/*.parquet")) == 2
     err = capsys.readouterr().err
-    assert f"the input holds {rows:,} rows, more than --multi-process-max-rows {rows - 1:,}" in err
+    assert f"the run holds {rows:,} rows, more than --multi-process-max-rows {rows - 1:,}" in err
     assert "configs/local.yaml" in err and "--multi-process-max-rows 0" in err
+    new = len(read_part(tmp_path, "new"))  # an extension counts the rows of the run it extends too
+    assert main(_argv(tmp_path, tiny_model, "--overwrite", *MULTI_PROCESSING, f"--existing={yesterday}",
+                      f"--multi-process-max-rows={rows + new - 1}")) == 2
+    assert f"the run holds {rows + new:,} rows" in capsys.readouterr().err
     assert snapshot(yesterday) == before
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".out.qdedup-2")]  # no run folder
 
