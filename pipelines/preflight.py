@@ -462,6 +462,9 @@ def divide_local_threads(options: QdedupOptions, pipeline_options: PipelineOptio
         os.environ.setdefault(variable, str(share))
 
 
+_WORKER_OPTIONS = "qdedup-worker-options-"
+
+
 def pass_log_levels_to_local_processes(pipeline_options: PipelineOptions) -> None:
     """Beam's local multi-process runner starts its SDK workers with empty pipeline options, so the log
     levels the launcher gives workers (`--sdk_harness_log_level_overrides`, `pipelines.cli.worker_log_levels`)
@@ -470,13 +473,15 @@ def pass_log_levels_to_local_processes(pipeline_options: PipelineOptions) -> Non
     there (plus the harness's own start-up lines), in a file removed when the launcher exits. Only for the
     FnApiRunner, where this was seen and tested: a runner that does pass options must not have them
     replaced by the file."""
+    if os.path.basename(os.environ.get("PIPELINE_OPTIONS_FILE", "")).startswith(_WORKER_OPTIONS):
+        del os.environ["PIPELINE_OPTIONS_FILE"]  # an earlier run's in this process: not this run's to inherit
     runner = pipeline_options.view_as(StandardOptions).runner or ""
     if not _local_processes(pipeline_options) or runner.split(".")[-1] != "FnApiRunner":
         return
     overrides = pipeline_options.get_all_options().get("sdk_harness_log_level_overrides") or {}
     if overrides:
         overrides = {**overrides, "__main__": "WARNING"}  # the harness's module, run as a script
-    handle, path = tempfile.mkstemp(prefix="qdedup-worker-options-", suffix=".json")
+    handle, path = tempfile.mkstemp(prefix=_WORKER_OPTIONS, suffix=".json")
     with os.fdopen(handle, "w") as options_file:
         json.dump({"options": {"sdk_harness_log_level_overrides": overrides}}, options_file)
     atexit.register(_remove_quietly, path)
