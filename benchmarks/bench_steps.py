@@ -1,0 +1,128 @@
+"""Where a run's CPU goes, step by step: Beam's own per-step timings and element counts, per candidate pair.
+
+`bench_scale.py` gives a run's CPU outside the model per pair; this says which
+steps spend it. It runs one `qdedup run` (`configs/local.yaml`, `bench_scale.py`'s
+corpus and tiny random scorer) in this process on the in-process runner, then
+reads the runner's monitoring data:
+
+- per top-level step (the first one or two names of its path: `BlockLexical`,
+  `ClusterGroups/SplitChains`, ...), the time Beam's state sampler saw the
+  bundle thread spend in its transforms (start, process and finish of every
+  bundle, encoding and decoding what they pass on included: on an otherwise idle
+  machine, the in-process runner's CPU; on a busy one, more) and the elements its
+  transforms produced ("hops": one element passed from one transform to the
+  next, fused or through a shuffle), both per candidate pair (candidate and
+  re-split pairs);
+- the process's own CPU (user + sys) beside the sum of the steps' times.
+
+    python -m benchmarks.bench_steps [--rows 30000] [--work DIR] [--top 20] [-- EXTRA qdedup FLAGS]
+
+One run: the figures are shares, not A/B ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+from typing import Optional
+
+from apache_beam.metrics import monitoring_infos
+from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+import pipelines.cli as cli
+from benchmarks.bench_scale import write_corpus
+
+_TIMINGS = (monitoring_infos.START_BUNDLE_MSECS_URN, monitoring_infos.PROCESS_BUNDLE_MSECS_URN,
+            monitoring_infos.FINISH_BUNDLE_MSECS_URN)
+_NESTED = ("ClusterGroups", "ScoreCandidates")  # steps reported by their second name too
+
+
+def step_of(transform: str) -> str:
+    """The top-level step a transform belongs to (two names deep inside `_NESTED` steps)."""
+    parts = transform.split("/")
+    return "/".join(parts[:2]) if parts[0] in _NESTED and len(parts) > 1 else parts[0]
+
+
+def step_costs(infos, producers: dict) -> tuple[dict, dict]:
+    """({step: milliseconds}, {step: elements produced}) from a run's monitoring infos; `producers` maps a
+    PCollection id to the transform that makes it."""
+    msecs, elements = collections.Counter(), collections.Counter()
+    for info in infos:
+        labels = info.labels
+        if info.urn in _TIMINGS:
+            msecs[step_of(labels.get(monitoring_infos.PTRANSFORM_LABEL, "?"))] += \
+                monitoring_infos.extract_counter_value(info)
+        elif info.urn == monitoring_infos.ELEMENT_COUNT_URN:
+            producer = producers.get(labels.get(monitoring_infos.PCOLLECTION_LABEL), "(runner)")
+            elements[step_of(producer)] += monitoring_infos.extract_counter_value(info)
+    return dict(msecs), dict(elements)
+
+
+def run_once(argv: list[str]) -> tuple[int, object, dict]:
+    """Runs `qdedup run` here; (exit code, the runner's result, {PCollection id: producing transform})."""
+    seen: dict = {}
+    finish, via = cli.finish_report, fn_runner.FnApiRunner.run_via_runner_api
+
+    def keep_result(result, *args, **kwargs):
+        seen["result"] = result
+        return finish(result, *args, **kwargs)
+
+    def keep_proto(runner, proto, *args, **kwargs):
+        seen["proto"] = proto
+        return via(runner, proto, *args, **kwargs)
+
+    cli.finish_report, fn_runner.FnApiRunner.run_via_runner_api = keep_result, keep_proto
+    try:
+        code = cli.main(["run", *argv])
+    finally:
+        cli.finish_report, fn_runner.FnApiRunner.run_via_runner_api = finish, via
+    producers = {}
+    for transform in seen["proto"].components.transforms.values():
+        if not transform.subtransforms:
+            producers.update({pcoll: transform.unique_name for pcoll in transform.outputs.values()})
+    return code, seen.get("result"), producers
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=30_000)
+    parser.add_argument("--work", default="/tmp/qdedup-scale")
+    parser.add_argument("--top", type=int, default=20, help="steps listed, most CPU first")
+    parser.add_argument("extra", nargs="*", help="more `qdedup run` flags, after --")
+    args = parser.parse_args(argv)
+    data = os.path.join(args.work, f"corpus-{args.rows}")
+    if not os.path.isdir(data):
+        write_corpus(args.rows, data)
+    model = os.path.join(args.work, "tiny-model")
+    if not os.path.isdir(model):
+        subprocess.run([sys.executable, "-m", "pipelines.random_model", model], check=True)
+    out = os.path.join(args.work, f"steps-{args.rows}")
+    shutil.rmtree(out, ignore_errors=True)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    code, result, producers = run_once(["--config", "configs/local.yaml", "--input", os.path.join(data, "*.parquet"),
+                                        "--output", out, "--scorer-model", model, *args.extra])
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    if code != 0 or result is None:
+        raise SystemExit(f"the run failed (exit {code})")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    with open(os.path.join(out, "report.json")) as handle:
+        report = json.load(handle)
+    pairs = report["candidate_pairs"] + report["resplit_pairs"]
+    msecs, elements = step_costs(result.monitoring_infos(), producers)
+    timed = sum(msecs.values()) / 1000
+    print(json.dumps({"rows": args.rows, "pairs": pairs, "cpu_s": round(cpu, 1), "in_steps_s": round(timed, 1),
+                      "hops_per_pair": round(sum(elements.values()) / pairs, 1),
+                      "stage_seconds": report["stage_seconds"]}))
+    print(f"{'step':48} {'s':>8} {'µs/pair':>8} {'hops/pair':>9}")
+    for step in sorted(msecs, key=msecs.get, reverse=True)[:args.top]:
+        print(f"{step:48} {msecs[step] / 1000:8.1f} {msecs[step] / pairs * 1000:8.0f} "
+              f"{elements.get(step, 0) / pairs:9.2f}")
+
+
+if __name__ == "__main__":
+    main()
