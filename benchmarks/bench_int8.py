@@ -46,7 +46,6 @@ import numpy as np
 import torch
 
 from benchmarks.bench_lexical_recall import DEFAULT_PAIRS
-from benchmarks.bench_scoring import cpu_flags
 from benchmarks.gpu_check import encode, machine
 from pipelines.random_model import TINY_SHAPE, make_erlangshen_shaped_model, make_random_model
 from pipelines.recall import read_labelled_pairs
@@ -180,7 +179,7 @@ def main() -> None:
     calibration_pairs = [(a, b) for a, b, _ in read_labelled_pairs(BQ_PAIRS)[:args.calibration]]
     budget = AUTO_TOKEN_BUDGET["cpu"]
     work = tempfile.mkdtemp(prefix="bench_int8_")
-    print(json.dumps({"machine": {**machine(), "cpu_flags": cpu_flags()}, "threads": threads, "pairs": len(pairs),
+    print(json.dumps({"machine": machine(), "threads": threads, "pairs": len(pairs),
                       "speed_pairs": args.speed_pairs, "calibration_pairs": len(calibration_pairs),
                       "token_budget": budget}), flush=True)
     for name in args.models.split(","):

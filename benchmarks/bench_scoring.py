@@ -47,17 +47,6 @@ RUNNER = ["--runner=FnApiRunner"]
 WARM_PAIRS = 8  # what the pipelines' own start-up is measured with
 
 
-def cpu_flags() -> list[str]:
-    """The vector and matrix instruction sets the CPU reports (what decides fp32/bf16/int8 speed)."""
-    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "fma")
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = next((line.split(":", 1)[1].split() for line in handle if line.startswith("flags")), [])
-    except OSError:
-        return []
-    return [flag for flag in wanted if flag in flags]
-
-
 class Card:
     """The model card's usage: one pair at a time, tokenizer and model called directly."""
 
@@ -146,7 +135,7 @@ def main() -> None:
     budget = token_budget_for(settings)
     encodings, _ = encode(model_dir, pairs, settings.max_length)
     longest = max(len(ids) for ids, _ in encodings)
-    print(json.dumps({"machine": {**machine(), "cpu_flags": cpu_flags()}, "threads": torch.get_num_threads(),
+    print(json.dumps({"machine": machine(), "threads": torch.get_num_threads(),
                       "pairs": len(pairs), "mean_tokens": round(float(np.mean([len(i) for i, _ in encodings])), 1),
                       "longest": longest, "token_budget": budget, "precision": "fp32"}), flush=True)
 
@@ -189,6 +178,11 @@ def main() -> None:
             figures[name]["vs_core"] = {"median": round(statistics.median(ratios), 2),
                                         "min": round(min(ratios), 2), "max": round(max(ratios), 2)}
     print(json.dumps({"pairs_per_s": figures}, indent=1), flush=True)
+    if "core" in names and "stage" in names:  # the stage must give the core's scores, not only its speed
+        reference, _ = core.score(encode(model_dir, pairs, settings.max_length)[0], budget)
+        through_stage, _ = stage_scores(pairs, settings, RUNNER)
+        print(json.dumps({"stage_vs_core_max_abs_score_diff": float(np.abs(through_stage - reference).max())}),
+              flush=True)
 
 
 if __name__ == "__main__":

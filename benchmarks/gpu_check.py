@@ -91,19 +91,25 @@ def read_pairs(path: str, count: int, seed: int = 0) -> list[tuple[str, str]]:
     return labelled + [(rng.choice(questions), rng.choice(questions)) for _ in range(count - len(labelled))]
 
 
+# The vector and matrix instruction sets that decide fp32, bf16 and int8 speed on a CPU.
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8", "fma")
+
+
 def machine() -> dict:
+    """Python, library versions, the CPU (model name and `CPU_FLAGS` it has) and the GPU, if any."""
     import torch
     import transformers
     found = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
              "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "beam": HAS_BEAM}
     try:
         with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    found["cpu"] = line.split(":", 1)[1].strip()
-                    break
+            first = handle.read().split("\n\n", 1)[0]  # the first processor's block
     except OSError:
-        pass
+        first = ""
+    info = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first.splitlines())}
+    found["cpu"] = info.get("model name", found["cpu"])
+    flags = info.get("flags", "").split()
+    found["cpu_flags"] = [flag for flag in CPU_FLAGS if flag in flags]
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         found.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda)
