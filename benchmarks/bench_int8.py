@@ -136,7 +136,7 @@ def scorers(model_dir: str, calibration: list, work: str, threads: int) -> dict[
     converted = ov.convert_model(model, example_input={k: torch.from_numpy(v) for k, v in example.items()})
     started = time.perf_counter()
     quantized = nncf.quantize(converted, nncf.Dataset([inputs for _, inputs in calibration]),
-                              model_type=nncf.ModelType.TRANSFORMER, subset_size=sum(len(i) for i, _ in calibration))
+                              model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration))
     ov_seconds = time.perf_counter() - started
     core = ov.Core()
     config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
