@@ -10,7 +10,9 @@ median (min-max) pairs/s:
   (2) stage: qdedup's `ScorePairs` through RunInference, a whole pipeline on the in-process runner;
   (3) stock: Beam's `HuggingFaceModelHandlerKeyedTensor`, each pair padded to the longest pair of the data (the
       smallest padding it supports: it stacks pre-encoded tensors, so every pair needs one length), batches of 64;
-  (4) card: the model card's loop, one pair at a time.
+  (4) card: the model card's loop, one pair at a time;
+  (5) core-bf16: (1) with the model in bf16 — a separate, labelled mixed-precision row (not a like-for-like
+      comparison), with its fidelity to fp32 on a random model whose scores spread over (0, 1).
 
 Model loading and warm-up are outside every timing: (1) and (4) load once before the runs; a pipeline loads its
 model inside, so for (2) and (3) each repetition also runs the same pipeline on 8 pairs and the figure is the
@@ -36,7 +38,7 @@ import torch
 import transformers
 
 from benchmarks.bench_lexical_recall import DEFAULT_PAIRS
-from benchmarks.gpu_check import Scorer, encode, machine, stage_scores
+from benchmarks.gpu_check import Scorer, agreement, encode, machine, stage_scores
 from pipelines.random_model import make_erlangshen_shaped_model
 from pipelines.recall import read_labelled_pairs
 from transforms.devices import resolve_device
@@ -141,13 +143,16 @@ def main() -> None:
 
     core = Scorer(model_dir, device, "fp32")
     core.score(encodings[:64], budget)  # warm-up
+    core_bf16 = Scorer(model_dir, device, "bf16") if "core-bf16" in args.methods else None
+    if core_bf16:
+        core_bf16.score(encodings[:64], budget)
     card = Card(model_dir, device) if "card" in args.methods else None
     stage_scores(pairs[:WARM_PAIRS], settings, RUNNER)  # warm-up: imports, the first pipeline
 
-    def run_core() -> float:
+    def run_core(scorer: Scorer = core) -> float:
         started = time.perf_counter()
         encoded, _ = encode(model_dir, pairs, settings.max_length)  # tokenizing is part of the work
-        core.score(encoded, budget)
+        scorer.score(encoded, budget)
         return time.perf_counter() - started
 
     def run_stage() -> float:
@@ -163,7 +168,8 @@ def main() -> None:
         card.score(pairs)
         return time.perf_counter() - started
 
-    methods = {"core": run_core, "stage": run_stage, "stock": run_stock, "card": run_card}
+    methods = {"core": run_core, "stage": run_stage, "stock": run_stock, "card": run_card,
+               "core-bf16": lambda: run_core(core_bf16)}
     names = [name for name in args.methods.split(",") if name in methods]
     rates: dict = {name: [] for name in names}
     for repeat in range(args.repeats):
@@ -183,6 +189,9 @@ def main() -> None:
         through_stage, _ = stage_scores(pairs, settings, RUNNER)
         print(json.dumps({"stage_vs_core_max_abs_score_diff": float(np.abs(through_stage - reference).max())}),
               flush=True)
+    if "core-bf16" in names:
+        spread = make_erlangshen_shaped_model(os.path.join(work, "spread"), spread=True)
+        print(json.dumps({"bf16_fidelity_on_spread_model": agreement(spread, pairs, device, ["bf16"])}), flush=True)
 
 
 if __name__ == "__main__":
