@@ -11,6 +11,7 @@ setup(
     description="Batch deduplication of question corpora: FAISS blocking, cross-encoder scoring, groups",
     python_requires=">=3.11",  # the version the tests run on (and the worker image has)
     packages=find_packages(include=["pipelines", "pipelines.*", "transforms", "transforms.*"]),
+    package_data={"transforms": ["calibration_pairs.csv"]},  # --precision int8's default calibration set
     install_requires=[
         "apache-beam>=2.77,<3",
         "torch>=2.1",
@@ -21,7 +22,9 @@ setup(
         "pyyaml>=6",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        # --precision int8 on CPU workers: OpenVINO runs the model, NNCF quantizes it (benchmarks/README.md)
+        "int8": ["openvino>=2025.1", "nncf>=2.16"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "openvino>=2025.1", "nncf>=2.16"],
         "gcp": ["apache-beam[gcp]>=2.77,<3"],
     },
     entry_points={"console_scripts": ["qdedup=pipelines.cli:main"]},

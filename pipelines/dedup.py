@@ -68,9 +68,10 @@ class Candidates(NamedTuple):
 
 
 def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns: Columns,
-                        prior: Optional[Prior] = None) -> Candidates:
+                        prior: Optional[Prior] = None, int8_models: Optional[dict] = None) -> Candidates:
     """Read, normalize, embed and block: the part of a run that `qdedup recall` measures.
 
+    `int8_models`: what the launcher prepared for --precision int8 (`preflight.check_int8`).
     With a `prior` run, questions it holds a vector for are not embedded again. Extending it
     (`prior.extend`), only the new questions are searched, against everything, and the stored k
     nearest of the others are updated; otherwise (`--params-from`) everything is searched with its
@@ -101,7 +102,7 @@ def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns
             embedded = to_embed | "EmbedStatic" >> EmbedStatic(model)
         else:
             embedded = to_embed | "EmbedEncoder" >> EmbedEncoder(
-                encoder_settings(options, model), options.encoder_pooling, options.encoder_whiten,
+                encoder_settings(options, model, int8_models), options.encoder_pooling, options.encoder_whiten,
                 prior.whitening(kind) if prior else None)
         vectors = embedded.vectors
         failed.append(embedded.failed)
@@ -131,12 +132,13 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
                    out: OutputRun, prior: Optional[Prior] = None, previous_groups: Optional[list] = None) -> None:
     """The whole run, writing under `out`. `previous_groups`: the groups/ files whose ids groups keep."""
     columns = input_columns(options)
-    generated = generate_candidates(pipeline, options, columns, prior)
+    int8_models = configuration.get("int8_models")
+    generated = generate_candidates(pipeline, options, columns, prior, int8_models)
     read, collapsed = generated.read, generated.collapsed
     representatives, members = collapsed.representatives, collapsed.members
     known_scores = generated.stored.pairs if prior else None
     texts = representatives | "RepresentativeText" >> beam.Map(lambda rep: (rep.id, rep.text))
-    scorer = scorer_settings(options)
+    scorer = scorer_settings(options, int8_models)
     scoring = generated.pairs | "ScoreCandidates" >> ScoreCandidates(scorer, known_scores, texts if prior else None)
     if prior and prior.extend:
         members = (generated.stored.members, members) | "AllMembers" >> beam.Flatten()

@@ -96,8 +96,12 @@ class QdedupOptions(PipelineOptions):
             help="hashed TF-IDF dimension")
         add("--device", choices=("auto", "cpu", "cuda"), default=_SCORER.device,
             help="where the cross-encoder runs; cuda without a GPU is an error")
-        add("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=_SCORER.precision,
-            help="auto: bf16 (fp16 where unsupported) on CUDA, fp32 on CPU")
+        add("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default=_SCORER.precision,
+            help="auto: bf16 (fp16 where unsupported) on CUDA, fp32 on CPU; int8: CPU only, the scorer and the "
+                 "encoder quantized once by the launcher (OpenVINO + NNCF, static; needs qdedup[int8])")
+        add("--calibration-pairs", "--calibration_pairs", dest="calibration_pairs", default=None,
+            help="--precision int8: CSV with columns text_a, text_b whose pairs fix the int8 scales "
+                 "(default: the set shipped as transforms/calibration_pairs.csv)")
         add("--token-budget", "--token_budget", dest="token_budget", type=int, default=_SCORER.token_budget,
             help=f"padded tokens per cross-encoder batch; 0 = {AUTO_TOKEN_BUDGET}")
         add("--sort-window", "--sort_window", dest="sort_window", type=int, default=_SCORER.sort_window,
@@ -211,12 +215,14 @@ def input_columns(options: QdedupOptions) -> Columns:
     return Columns(options.id_column, options.text_column, timestamp)
 
 
-def scorer_settings(options: QdedupOptions) -> ModelSettings:
+def scorer_settings(options: QdedupOptions, int8_models: dict | None = None) -> ModelSettings:
+    """`int8_models`: {"scorer"/"encoder": what the launcher prepared for --precision int8} (`check_int8`)."""
     return ModelSettings(
         model=options.scorer_model, device=options.device, precision=options.precision,
         token_budget=options.token_budget, sort_window=options.sort_window, max_length=options.max_length,
         symmetric=options.symmetric, model_copies=options.model_copies, torch_threads=options.torch_threads,
-        positive_label=1 if options.positive_label is None else options.positive_label)
+        positive_label=1 if options.positive_label is None else options.positive_label,
+        int8_model=(int8_models or {}).get("scorer", {}).get("folder", ""))
 
 
 def blocking_settings(options: QdedupOptions) -> BlockingSettings:
@@ -232,6 +238,7 @@ def chaining_settings(options: QdedupOptions) -> ChainingSettings:
                             max_gather=options.resplit_gather, cut_steps=options.resplit_cut_steps)
 
 
-def encoder_settings(options: QdedupOptions, model: str) -> ModelSettings:
-    """The encoder runs on the same hardware, with the same batching knobs, as the scorer."""
-    return dataclasses.replace(scorer_settings(options), model=model, symmetric=False)
+def encoder_settings(options: QdedupOptions, model: str, int8_models: dict | None = None) -> ModelSettings:
+    """The encoder runs on the same hardware, with the same batching knobs and precision, as the scorer."""
+    return dataclasses.replace(scorer_settings(options), model=model, symmetric=False,
+                               int8_model=(int8_models or {}).get("encoder", {}).get("folder", ""))

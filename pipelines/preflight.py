@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from pipelines.options import (
     QdedupOptions,
@@ -34,6 +35,7 @@ from transforms.devices import resolve_device, resolve_dtype
 from transforms.embed import static_vector
 from transforms.errors import QdedupError, failure
 from transforms.ids import PREVIOUS_COLUMNS
+from transforms.int8 import DEFAULT_CALIBRATION, int8_key, prepare_int8, publish_int8, read_calibration_pairs, read_info
 from transforms.paths import is_remote
 from transforms.records import Columns, GivenCentroids
 from transforms.sources import (
@@ -41,16 +43,19 @@ from transforms.sources import (
     load_static_embedder,
     looks_local,
     missing_files,
+    model_cache,
     model_path,
     remote_files,
     static_fingerprint,
 )
 from transforms.state import STATE_FORMAT, Prior, load_arrays
 
+_LOG = logging.getLogger(__name__)
 # Options whose values the reused parts of an earlier run depend on (its parameters, vectors and scores);
-# `fingerprints` and `scoring_precision` are filled in at launch.
+# `fingerprints`, `scoring_precision` and `int8_keys` (what each int8 model was quantized from) are filled
+# in at launch.
 REUSED_OPTIONS = ("lexical_dim", "encoder_pooling", "encoder_whiten", "max_length", "symmetric",
-                  "positive_label", "scoring_precision", "fingerprints")
+                  "positive_label", "scoring_precision", "fingerprints", "int8_keys")
 # ... and, for an extension, the options that shaped its stored k nearest and representatives too.
 EXTENSION_OPTIONS = REUSED_OPTIONS + ("top_k", "min_similarity", "probes", "id_column", "text_column",
                                       "canonical", "timestamp_column")
@@ -219,6 +224,46 @@ def scoring_precision(options: QdedupOptions, pipeline_options: PipelineOptions)
     return "float32" if options.device == "cpu" else f"auto on {options.device}"
 
 
+def check_int8(options: QdedupOptions, pipeline_options: PipelineOptions, fingerprints: dict) -> dict:
+    """--precision int8: {"scorer"/"encoder": how its quantized model was made, its in-sample fidelity and
+    the folder workers load it from}, for the models `fingerprints` names; {} for other precisions.
+
+    Each transformer model of the run is quantized here, once per (model, calibration set, max length,
+    library versions): a later run finds it in the local model cache. A remote run's workers get a copy
+    under --temp_location. Raises QdedupError for --device cuda, a missing library or calibration file.
+    """
+    if options.precision != "int8":
+        return {}
+    if options.device == "cuda" or (options.device == "auto" and _is_local(pipeline_options)
+                                    and resolve_device("auto") == "cuda"):
+        raise QdedupError("--precision int8 runs on CPU workers (OpenVINO); on a GPU use --precision auto "
+                          "(bf16/fp16), or pass --device cpu to score in int8 on this machine's CPU")
+    path = options.calibration_pairs or DEFAULT_CALIBRATION
+    pairs = read_calibration_pairs(path)
+    root = None
+    if not _is_local(pipeline_options):
+        temp = pipeline_options.view_as(GoogleCloudOptions).temp_location
+        if not temp:
+            raise QdedupError("--precision int8 on a remote runner needs --temp_location: the launcher puts the "
+                              "quantized models there for the workers")
+        root = FileSystems.join(temp, "qdedup-int8")
+    models = {"scorer": (options.scorer_model, "AutoModelForSequenceClassification")}
+    models.update({kind: (model, "AutoModel") for kind, model in parse_embedders(options.embedders)
+                   if kind == "encoder"})
+    prepared = {}
+    for role, (name, model_class) in models.items():
+        if role not in fingerprints:  # `qdedup recall` runs no scorer
+            continue
+        spec = int8_key(fingerprints[role], model_class, pairs, options.max_length)
+        folder = prepare_int8(model_path(name), spec, pairs, model_cache())
+        info = read_info(folder)
+        _LOG.info("int8 %s: %s (calibration %s, %d inputs: %s)", role, folder, path,
+                  info["calibration_fidelity"]["inputs"], info["calibration_fidelity"])
+        prepared[role] = {**info, "calibration_file": path,
+                          "folder": publish_int8(folder, root) if root else folder}
+    return prepared
+
+
 def check_models(options: QdedupOptions) -> dict:
     """Every model of the run loads and answers a trial input; {"scorer"/kind: fingerprint}."""
     fingerprints = {"scorer": check_scorer_model(options.scorer_model, options.positive_label)}
@@ -375,6 +420,10 @@ def differing_option(earlier: dict, now: dict, names: Iterable[str]) -> Optional
                 if before != after:
                     return (f"another {model} model (fingerprint {str(before)[:12]}, this run's "
                             f"{str(after)[:12]}: its weights, vocabulary or config differ)")
+        elif name == "int8_keys" and earlier.get(name) != now.get(name) and earlier.get("scoring_precision") == \
+                now.get("scoring_precision"):
+            return ("another int8 quantization (its calibration pairs, max length or OpenVINO/NNCF/torch/"
+                    f"transformers versions differ: {earlier.get(name)}, this run's {now.get(name)})")
         elif earlier.get(name) != now.get(name):
             return f"--{name.replace('_', '-')}={earlier.get(name)!r}, this run has {now.get(name)!r}"
     return None
@@ -521,6 +570,8 @@ def check_run(options: QdedupOptions, pipeline_options: PipelineOptions) -> Laun
     configuration = effective_configuration(pipeline_options)
     configuration["fingerprints"] = check_models(options)
     configuration["scoring_precision"] = scoring_precision(options, pipeline_options)
+    configuration["int8_models"] = check_int8(options, pipeline_options, configuration["fingerprints"])
+    configuration["int8_keys"] = {role: made["key"] for role, made in configuration["int8_models"].items()} or None
     prior = None
     if options.existing or options.params_from:
         prior = load_prior(options.existing or options.params_from, bool(options.existing), configuration,

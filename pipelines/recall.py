@@ -25,7 +25,7 @@ from pipelines.options import (
     effective_configuration,
     expand_argv,
 )
-from pipelines.preflight import check_embedders, validate
+from pipelines.preflight import check_embedders, check_int8, validate
 from transforms.errors import QdedupError
 from transforms.records import Columns
 from transforms.write import WriteRecords
@@ -115,10 +115,10 @@ def recall(argv: Sequence[str]) -> int:
     pipeline_options = PipelineOptions(expand_argv([*rest, "--input", corpus, "--output", work]))
     options = pipeline_options.view_as(QdedupOptions)
     validate(options)
-    check_embedders(options)
+    int8_models = check_int8(options, pipeline_options, check_embedders(options))
     columns = Columns("id", "question")
     with beam.Pipeline(options=pipeline_options) as pipeline:
-        generated = generate_candidates(pipeline, options, columns)
+        generated = generate_candidates(pipeline, options, columns, int8_models=int8_models)
         generated.collapsed.members | "WriteMembers" >> WriteRecords(
             os.path.join(work, "members", "part"),
             pa.schema([("id", pa.int64()), ("rep_id", pa.int64()), ("key", pa.string())]))

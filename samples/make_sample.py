@@ -1,4 +1,5 @@
-"""Writes samples/questions.parquet: a small Chinese question corpus for trying qdedup.
+"""Writes samples/questions.parquet: a small Chinese question corpus for trying qdedup; and the default
+int8 calibration set, transforms/calibration_pairs.csv, from the same questions.
 
 Hand-written questions (this project's own text), each with a paraphrase that
 shares little wording, plus exact copies, near copies (width, punctuation,
@@ -6,9 +7,14 @@ spacing) and bad rows of every kind the reader rejects. Deterministic: the
 same file every time.
 
     python samples/make_sample.py [OUT.parquet]
+
+The calibration set (`--precision int8`, transforms/int8.py) pairs each question with its paraphrase,
+with the next question's paraphrase and with a decorated copy of itself, and each single question
+with a question of the list: pairs like those blocking makes, same meaning and not.
 """
 from __future__ import annotations
 
+import csv
 import os
 import sys
 
@@ -142,7 +148,28 @@ def write_sample(path: str) -> None:
     pq.write_table(table, path)
 
 
+def calibration_pairs() -> list[tuple[str, str]]:
+    count = len(PARAPHRASES)
+    pairs = []
+    for i, (question, paraphrase) in enumerate(PARAPHRASES):
+        pairs += [(question, paraphrase), (question, PARAPHRASES[(i + 1) % count][1]),
+                  ("【求助】" + question + "！！", question)]
+    pairs += [(single, PARAPHRASES[(7 * j) % count][0]) for j, single in enumerate(SINGLES)]
+    return pairs
+
+
+def write_calibration(path: str) -> None:
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["text_a", "text_b"])
+        writer.writerows(calibration_pairs())
+
+
 if __name__ == "__main__":
-    target = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "questions.parquet")
+    here = os.path.dirname(os.path.abspath(__file__))
+    target = sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "questions.parquet")
     write_sample(target)
     print(f"wrote {len(build_rows())} rows to {target}")
+    calibration = os.path.join(os.path.dirname(here), "transforms", "calibration_pairs.csv")
+    write_calibration(calibration)
+    print(f"wrote {len(calibration_pairs())} calibration pairs to {calibration}")

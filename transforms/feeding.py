@@ -30,7 +30,7 @@ class ModelSettings:
 
     model: str
     device: str = "auto"           # auto, cpu, cuda
-    precision: str = "auto"        # auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16
+    precision: str = "auto"        # auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, bf16, fp16, int8 (CPU)
     token_budget: int = 0          # padded tokens per batch; 0 = AUTO_TOKEN_BUDGET for the device
     sort_window: int = 4096        # inputs sorted together by length before packing
     max_length: int = 512          # longer inputs are truncated (longest_first) and counted
@@ -38,6 +38,7 @@ class ModelSettings:
     model_copies: int = 0          # 0: one model per process; N: N copies shared by a worker's processes
     torch_threads: int = 0         # CPU threads per model; 0 = the cores this process may use
     positive_label: int = 1        # pair classifiers: the label whose probability is the score
+    int8_model: str = ""           # precision int8: the quantized model's folder, prepared at launch
     progress_seconds: float = 30.0
 
 

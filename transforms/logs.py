@@ -6,9 +6,13 @@ launcher before anything else is imported, and by each worker as it loads a mode
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import sys
+import warnings
+from typing import Iterator
 
 # Root-logger warnings libraries print on import or per bundle, whatever the run does.
 NOISE = ("apitools not found", "Resource module is not available")
@@ -54,3 +58,16 @@ def quiet_libraries() -> None:
         from transformers.utils import logging as transformers_logging
         transformers_logging.disable_progress_bar()
         transformers_logging.set_verbosity_error()
+
+
+@contextlib.contextmanager
+def silenced() -> Iterator[None]:
+    """What a library prints and warns inside the block is dropped (progress bars, tracer warnings), unless
+    verbose: for calls that talk although their logger is quiet (NNCF's progress bars, torch's tracer)."""
+    if verbose():
+        yield
+        return
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield

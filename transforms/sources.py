@@ -27,6 +27,11 @@ MODELSCOPE = "modelscope:"
 _CACHE = os.environ.get("QDEDUP_MODEL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "qdedup", "models"))
 
 
+def model_cache() -> str:
+    """This machine's model cache: copies of remote models, and int8 models (`QDEDUP_MODEL_CACHE`)."""
+    return _CACHE
+
+
 def missing_files(names: Iterable[str]) -> list[str]:
     """What a model directory with these file names lacks to be loaded."""
     names = {os.path.basename(n) for n in names}
@@ -183,10 +188,18 @@ def load_pretrained(settings, model_class: str) -> tuple[Any, str, int]:
     """(model on its device in its precision, device, pad token id) for `settings` (`ModelSettings`).
 
     `model_class` names the transformers Auto class (`AutoModelForSequenceClassification`,
-    `AutoModel`); CPU threads are set to the process's cores (or `settings.torch_threads`).
+    `AutoModel`); CPU threads are set to the process's cores (or `settings.torch_threads`). Precision
+    int8 loads the OpenVINO model the launcher quantized (`settings.int8_model`, `transforms/int8.py`).
     """
     import torch
     import transformers
+    pad_id = load_tokenizer(settings.model).pad_token_id or 0
+    if settings.precision == "int8":  # on the CPU, whatever --device says: the launcher refuses cuda
+        from transforms.int8 import load_int8
+        threads = settings.torch_threads or len(os.sched_getaffinity(0))
+        model = load_int8(model_path(settings.int8_model), threads)
+        _LOG.info("loaded %s on cpu (int8, OpenVINO, %d threads)", settings.model, threads)
+        return model, "cpu", pad_id
     auto_class = getattr(transformers, model_class)
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.precision, device)
@@ -196,7 +209,7 @@ def load_pretrained(settings, model_class: str) -> tuple[Any, str, int]:
                                        use_safetensors=True, trust_remote_code=False)
     model = model.eval().to(device=device, dtype=dtype)
     _LOG.info("loaded %s on %s (%s, %d threads)", settings.model, device, dtype, torch.get_num_threads())
-    return model, device, load_tokenizer(settings.model).pad_token_id or 0
+    return model, device, pad_id
 
 
 def fingerprint(model, tokenizer) -> str:
