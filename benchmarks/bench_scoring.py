@@ -12,9 +12,12 @@ median (min-max) pairs/s:
       smallest padding it supports: it stacks pre-encoded tensors, so every pair needs one length), batches of 64;
   (4) card: the model card's loop, one pair at a time;
   (5) core-bf16: (1) with the model in bf16 — a separate, labelled mixed-precision row (not a like-for-like
-      comparison), with its fidelity to fp32 on a random model whose scores spread over (0, 1).
+      comparison), with its fidelity to fp32 on a random model whose scores spread over (0, 1);
+  (6) stage-int8: (2) with `--precision int8` (OpenVINO, static int8 on the shipped calibration set,
+      `transforms/int8.py`) — a labelled row: the pipeline's int8 speed against (2), the same pairs; its
+      fidelity is `bench_int8.py`'s business (this model's scores do not spread).
 
-Model loading and warm-up are outside every timing: (1) and (4) load once before the runs; a pipeline loads its
+Model loading, warm-up and int8 quantization are outside every timing: (1) and (4) load once before the runs; a pipeline loads its
 model inside, so for (2) and (3) each repetition also runs the same pipeline on 8 pairs and the figure is the
 difference (start-up, model load and a first batch cancel out). The CPU model and its flags are printed.
 
@@ -23,6 +26,7 @@ difference (start-up, model load and a first batch cancel out). The CPU model an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.machinery
 import json
 import os
@@ -148,6 +152,16 @@ def main() -> None:
         core_bf16.score(encodings[:64], budget)
     card = Card(model_dir, device) if "card" in args.methods else None
     stage_scores(pairs[:WARM_PAIRS], settings, RUNNER)  # warm-up: imports, the first pipeline
+    int8_settings = None
+    if "stage-int8" in args.methods:
+        from transforms.int8 import int8_key, prepare_int8, read_calibration_pairs
+        from transforms.sources import fingerprint, load_tokenizer
+        calibration = read_calibration_pairs()
+        spec = int8_key(fingerprint(core.loaded.model, load_tokenizer(model_dir)), "AutoModelForSequenceClassification",
+                        calibration, settings.max_length)
+        folder = prepare_int8(model_dir, spec, calibration, os.path.join(work, "int8"))
+        int8_settings = dataclasses.replace(settings, precision="int8", int8_model=folder)
+        stage_scores(pairs[:WARM_PAIRS], int8_settings, RUNNER)
 
     last_scores: dict = {}  # method -> its scores in the last repeat, compared after the runs
 
@@ -159,9 +173,9 @@ def main() -> None:
         last_scores[name] = scores
         return elapsed
 
-    def run_stage() -> float:
-        last_scores["stage"], figures = stage_scores(pairs, settings, RUNNER)
-        return figures["seconds"] - stage_scores(pairs[:WARM_PAIRS], settings, RUNNER)[1]["seconds"]
+    def run_stage(stage_settings: ModelSettings = settings, name: str = "stage") -> float:
+        last_scores[name], figures = stage_scores(pairs, stage_settings, RUNNER)
+        return figures["seconds"] - stage_scores(pairs[:WARM_PAIRS], stage_settings, RUNNER)[1]["seconds"]
 
     def run_stock() -> float:
         return (stock_pipeline(model_dir, pairs, device, longest)
@@ -173,7 +187,8 @@ def main() -> None:
         return time.perf_counter() - started
 
     methods = {"core": run_core, "stage": run_stage, "stock": run_stock, "card": run_card,
-               "core-bf16": lambda: run_core(core_bf16, "core-bf16")}
+               "core-bf16": lambda: run_core(core_bf16, "core-bf16"),
+               "stage-int8": lambda: run_stage(int8_settings, "stage-int8")}
     names = [name for name in args.methods.split(",") if name in methods]
     rates: dict = {name: [] for name in names}
     for repeat in range(args.repeats):
@@ -182,11 +197,13 @@ def main() -> None:
             print(json.dumps({"repeat": repeat, "method": name, "pairs_per_s": round(rates[name][-1], 1)}),
                   flush=True)
     figures = {name: summary(values) for name, values in rates.items()}
-    if "core" in rates:
+    for base in ("core", "stage"):
+        if base not in rates:
+            continue
         for name in names:
-            ratios = [value / base for value, base in zip(rates[name], rates["core"])]
-            figures[name]["vs_core"] = {"median": round(statistics.median(ratios), 2),
-                                        "min": round(min(ratios), 2), "max": round(max(ratios), 2)}
+            ratios = [value / reference for value, reference in zip(rates[name], rates[base])]
+            figures[name][f"vs_{base}"] = {"median": round(statistics.median(ratios), 2),
+                                           "min": round(min(ratios), 2), "max": round(max(ratios), 2)}
     print(json.dumps({"pairs_per_s": figures}, indent=1), flush=True)
     if "core" in names and "stage" in names:  # the stage must give the core's scores, not only its speed
         difference = np.abs(last_scores["stage"] - last_scores["core"]).max()
