@@ -30,6 +30,11 @@ compare. Speed is measured on `head` (speed depends on the shape, not the weight
 Needs, beside the project: `pip install onnxruntime onnx openvino nncf`.
 
     python -m benchmarks.bench_int8 [--pairs 1000] [--speed-pairs 300] [--repeats 5] [--calibration 256]
+    python -m benchmarks.bench_int8 --encoder-pairs 2000 [--models tiny,head,wide]
+
+`--encoder-pairs`: the encoder embedder in int8 (qdedup's own path, the shipped calibration set) against fp32
+on the texts of that many LCQMC dev pairs: cosine of each text's two vectors, and recall@10 of the positive
+pairs (either text among the other's 10 nearest, exact search) with each.
 """
 from __future__ import annotations
 
@@ -160,6 +165,51 @@ def scorers(model_dir: str, calibration: list, work: str, threads: int) -> dict[
     return found
 
 
+def pooled_vectors(model, texts: list[str], model_dir: str) -> np.ndarray:
+    """Unit-length mean-pooled vectors, as the encoder embedder makes them (`transforms/embed.py`)."""
+    from transforms.embed import pooled_hidden_states
+    encodings, _ = encode(model_dir, [(text,) for text in texts], 512)
+    vectors = np.zeros((len(texts), 0), dtype=np.float32)
+    for indices in pack_batches([len(ids) for ids, _ in encodings], AUTO_TOKEN_BUDGET["cpu"]):
+        with torch.inference_mode():
+            found = pooled_hidden_states(model, collate([encodings[i] for i in indices], 0), "mean")
+        if not vectors.shape[1]:
+            vectors = np.zeros((len(texts), found.shape[1]), dtype=np.float32)
+        vectors[indices] = found
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def recall_at(vectors: np.ndarray, index: dict, positives: list, k: int) -> float:
+    """Share of positive pairs where either text is among the other's k nearest (exact inner product)."""
+    similarity = vectors @ vectors.T
+    np.fill_diagonal(similarity, -np.inf)
+    nearest = np.argsort(-similarity, axis=1)[:, :k]
+    found = sum(index[b] in nearest[index[a]] or index[a] in nearest[index[b]] for a, b in positives)
+    return round(found / len(positives), 4)
+
+
+def encoder_fidelity(model_dir: str, pairs: list[tuple[str, str, int]], work: str, k: int = 10) -> dict:
+    """`--precision int8`'s encoder (qdedup's own path: `transforms/int8.py`, the shipped calibration set)
+    against fp32: cosine of each text's two vectors, and recall@k of the positive pairs with each."""
+    from transformers import AutoModel
+
+    from transforms.int8 import int8_key, load_int8, prepare_int8, read_calibration_pairs
+    from transforms.sources import fingerprint, load_tokenizer
+    texts = list(dict.fromkeys(text for a, b, _ in pairs for text in (a, b)))
+    index = {text: i for i, text in enumerate(texts)}
+    positives = [(a, b) for a, b, label in pairs if label == 1 and a != b]
+    reference = AutoModel.from_pretrained(model_dir, attn_implementation="sdpa").eval()
+    calibration = read_calibration_pairs()
+    spec = int8_key(fingerprint(reference, load_tokenizer(model_dir)), "AutoModel", calibration, 512)
+    folder = prepare_int8(model_dir, spec, calibration, work)
+    fp32 = pooled_vectors(reference, texts, model_dir)
+    int8 = pooled_vectors(load_int8(folder, torch.get_num_threads()), texts, model_dir)
+    cosine = (fp32 * int8).sum(axis=1)
+    return {"texts": len(texts), "positive_pairs": len(positives), "mean_cosine": round(float(cosine.mean()), 5),
+            "min_cosine": round(float(cosine.min()), 5), f"recall@{k}_fp32": recall_at(fp32, index, positives, k),
+            f"recall@{k}_int8": recall_at(int8, index, positives, k)}
+
+
 def fidelity(reference: np.ndarray, scores: np.ndarray) -> dict:
     difference = np.abs(scores - reference)
     return {"mean_abs_diff": round(float(difference.mean()), 4), "max_abs_diff": round(float(difference.max()), 4),
@@ -173,7 +223,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--calibration", type=int, default=256, help="BQ dev pairs that calibrate int8")
     parser.add_argument("--models", default="tiny,head,wide")
+    parser.add_argument("--encoder-pairs", type=int, default=0,
+                        help="instead of the above: the int8 encoder's fidelity on this many LCQMC dev pairs")
     args = parser.parse_args()
+    if args.encoder_pairs:
+        labelled = read_labelled_pairs(DEFAULT_PAIRS)[:args.encoder_pairs]
+        work = tempfile.mkdtemp(prefix="bench_int8_encoder_")
+        print(json.dumps({"machine": machine(), "threads": torch.get_num_threads()}), flush=True)
+        for name in args.models.split(","):
+            model_dir = os.path.join(work, name)
+            if name == "tiny":
+                make_random_model(model_dir, TINY_SHAPE)
+            else:
+                make_erlangshen_shaped_model(model_dir, spread=name == "wide")
+            print(json.dumps({"encoder": name, **encoder_fidelity(model_dir, labelled, os.path.join(work, "int8"))}),
+                  flush=True)
+        return
     threads = torch.get_num_threads()
     pairs = [(a, b) for a, b, _ in read_labelled_pairs(DEFAULT_PAIRS)[:args.pairs]]
     calibration_pairs = [(a, b) for a, b, _ in read_labelled_pairs(BQ_PAIRS)[:args.calibration]]

@@ -17,9 +17,10 @@ median (min-max) pairs/s:
       `transforms/int8.py`) — a labelled row: the pipeline's int8 speed against (2), the same pairs; its
       fidelity is `bench_int8.py`'s business (this model's scores do not spread).
 
-Model loading, warm-up and int8 quantization are outside every timing: (1) and (4) load once before the runs; a pipeline loads its
-model inside, so for (2) and (3) each repetition also runs the same pipeline on 8 pairs and the figure is the
-difference (start-up, model load and a first batch cancel out). The CPU model and its flags are printed.
+Model loading, warm-up and int8 quantization are outside every timing: (1) and (4) load once before the runs;
+a pipeline loads its model inside, so for (2), (3) and (6) each repetition also runs the same pipeline on 8
+pairs and the figure is the difference (start-up, model load and a first batch cancel out).
+The CPU model and its flags are printed.
 
     python -m benchmarks.bench_scoring [--pairs 1000] [--repeats 5] [--methods core,stage,stock,card]
 """

@@ -35,6 +35,7 @@ def cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("int8_cache"))
 
 
+# --dist loadfile keeps this module on one worker: the tiny scorer is quantized once per session.
 @pytest.fixture(scope="module")
 def prepared(tiny_model, cache):
     """The tiny scorer quantized on the default calibration set: (folder, spec)."""
@@ -94,6 +95,7 @@ def test_a_prepared_model_is_reused_not_quantized_again(prepared, tiny_model, ca
     assert not [name for name in os.listdir(cache) if name.startswith(".")]  # no staging folder left
 
 
+@pytest.mark.slow
 def test_quantizing_again_gives_the_same_model(prepared, tiny_model, tmp_path):
     """The same weights and scales (node names aside, which count the nodes made in the process)."""
     folder, spec = prepared
@@ -180,6 +182,7 @@ def test_reusing_a_run_quantized_otherwise_is_refused():
                             ["scoring_precision", "int8_keys"]) is None  # a run from before int8 existed
 
 
+@pytest.mark.e2e
 def test_a_run_in_int8_scores_and_embeds_with_the_prepared_models(corpus, tiny_model, reference_run, cache,
                                                                   prepared, tmp_path, monkeypatch):
     """The launcher quantizes the encoder (the scorer is in the cache already), the workers load both, and the
