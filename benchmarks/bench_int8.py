@@ -193,8 +193,8 @@ def encoder_fidelity(model_dir: str, pairs: list[tuple[str, str, int]], work: st
     against fp32: cosine of each text's two vectors, and recall@k of the positive pairs with each."""
     from transformers import AutoModel
 
-    from transforms.int8 import int8_key, load_int8, prepare_int8, read_calibration_pairs
-    from transforms.sources import fingerprint, load_tokenizer
+    from transforms.int8 import int8_key, prepare_int8, read_calibration_pairs
+    from transforms.sources import fingerprint, load_int8, load_tokenizer
     texts = list(dict.fromkeys(text for a, b, _ in pairs for text in (a, b)))
     index = {text: i for i, text in enumerate(texts)}
     positives = [(a, b) for a, b, label in pairs if label == 1 and a != b]

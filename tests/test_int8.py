@@ -19,13 +19,12 @@ from transforms.errors import QdedupError
 from transforms.feeding import ModelSettings, collate, pack_batches, tokenize
 from transforms.int8 import (
     int8_key,
-    load_int8,
     prepare_int8,
     publish_int8,
     read_calibration_pairs,
     read_info,
 )
-from transforms.sources import fingerprint, load_pretrained, load_tokenizer
+from transforms.sources import fingerprint, load_int8, load_pretrained, load_tokenizer
 
 CLASSIFIER = "AutoModelForSequenceClassification"
 

@@ -12,10 +12,10 @@ module, made from the sample corpus's hand-written paraphrases by
 A quantized model is made once per (model fingerprint, Auto class, calibration
 set, max length, library versions) by the launcher (`prepare_int8`) and kept in
 the local model cache under that key, written in a temporary folder and renamed
-into place; workers load the files the launcher made (`load_int8`), copied from
-a bucket where the run is remote. `OpenVinoModel` answers like a transformers
-model (`model(**batch).logits`), so the forward passes of scoring and
-embedding run unchanged.
+into place; workers load the files the launcher made (`sources.load_int8`),
+copied from a bucket where the run is remote, into a `sources.OpenVinoModel`
+that answers like a transformers model (`model(**batch).logits`), so the
+forward passes of scoring and embedding run unchanged.
 """
 from __future__ import annotations
 
@@ -26,16 +26,20 @@ import logging
 import os
 import shutil
 import tempfile
-from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
 
 from transforms.errors import QdedupError
+from transforms.feeding import collate, tokenize
+from transforms.logs import silenced
+from transforms.sources import INT8_COMPLETE as COMPLETE
+from transforms.sources import INT8_MODEL_FILE as MODEL_FILE
+from transforms.sources import OpenVinoModel
 
 _LOG = logging.getLogger(__name__)
 DEFAULT_CALIBRATION = os.path.join(os.path.dirname(os.path.abspath(__file__)), "calibration_pairs.csv")
-MODEL_FILE, INFO_FILE, COMPLETE = "model.xml", "qdedup-int8.json", ".complete"
+INFO_FILE = "qdedup-int8.json"
 INT8_INSTALL = "pip install 'qdedup[int8]' (openvino and nncf)"
 
 
@@ -104,9 +108,6 @@ def quantize(model_dir: str, model_class: str, pairs: Sequence[tuple[str, str]],
     import openvino as ov
     import torch
     import transformers
-
-    from transforms.feeding import collate, tokenize
-    from transforms.logs import silenced
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     model = getattr(transformers, model_class).from_pretrained(
         model_dir, attn_implementation="sdpa", use_safetensors=True, trust_remote_code=False).eval()
@@ -133,8 +134,6 @@ def calibration_fidelity(model_dir: str, model_class: str, pairs: Sequence[tuple
     import openvino as ov
     import torch
     import transformers
-
-    from transforms.feeding import collate, tokenize
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     reference = getattr(transformers, model_class).from_pretrained(
         model_dir, attn_implementation="sdpa", use_safetensors=True, trust_remote_code=False).eval()
@@ -207,33 +206,3 @@ def publish_int8(folder: str, root: str) -> str:
                 FileSystems.create(FileSystems.join(target, name)) as sink:
             shutil.copyfileobj(source, sink, 1 << 22)
     return target
-
-
-class OpenVinoModel:
-    """A compiled OpenVINO model answering like a transformers model: `model(**batch)` -> outputs by name
-    (`.logits`, `.last_hidden_state`) as float32 torch tensors."""
-
-    def __init__(self, compiled):
-        self._compiled = compiled
-        self._inputs = {port.get_any_name() for port in compiled.inputs}
-        # An output may carry a tensor number beside its name ({'last_hidden_state', '316'}): keep the name.
-        self._names = [next((name for name in sorted(port.get_names()) if not name.isdigit()), port.get_any_name())
-                       for port in compiled.outputs]
-
-    def __call__(self, **batch) -> SimpleNamespace:
-        import torch
-        results = self._compiled({name: tensor.numpy() for name, tensor in batch.items() if name in self._inputs})
-        return SimpleNamespace(**{name: torch.from_numpy(np.asarray(results[i], dtype=np.float32))
-                                  for i, name in enumerate(self._names)})
-
-
-def load_int8(directory: str, threads: int) -> OpenVinoModel:
-    """The quantized model of `directory` compiled for this CPU with `threads` threads, f32 where not int8
-    (OpenVINO would otherwise pick bf16 on CPUs that have it: a second precision inside the model)."""
-    import openvino as ov
-    if not os.path.exists(os.path.join(directory, COMPLETE)):
-        raise QdedupError(f"{directory!r} holds no complete int8 model; the launcher prepares it "
-                          "(qdedup run --precision int8)")
-    compiled = ov.Core().compile_model(os.path.join(directory, MODEL_FILE), "CPU", {
-        "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
-    return OpenVinoModel(compiled)

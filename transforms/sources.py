@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import posixpath
+from types import SimpleNamespace
 from typing import Any, Iterable
 
 import numpy as np
@@ -189,13 +190,12 @@ def load_pretrained(settings, model_class: str) -> tuple[Any, str, int]:
 
     `model_class` names the transformers Auto class (`AutoModelForSequenceClassification`,
     `AutoModel`); CPU threads are set to the process's cores (or `settings.torch_threads`). Precision
-    int8 loads the OpenVINO model the launcher quantized (`settings.int8_model`, `transforms/int8.py`).
+    int8 loads the OpenVINO model the launcher quantized (`settings.int8_model`, made by `transforms/int8.py`).
     """
     import torch
     import transformers
     pad_id = load_tokenizer(settings.model).pad_token_id or 0
     if settings.precision == "int8":  # on the CPU, whatever --device says: the launcher refuses cuda
-        from transforms.int8 import load_int8
         threads = settings.torch_threads or len(os.sched_getaffinity(0))
         model = load_int8(model_path(settings.int8_model), threads)
         _LOG.info("loaded %s on cpu (int8, OpenVINO, %d threads)", settings.model, threads)
@@ -210,6 +210,41 @@ def load_pretrained(settings, model_class: str) -> tuple[Any, str, int]:
     model = model.eval().to(device=device, dtype=dtype)
     _LOG.info("loaded %s on %s (%s, %d threads)", settings.model, device, dtype, torch.get_num_threads())
     return model, device, pad_id
+
+
+# ---- int8 models (`--precision int8`): OpenVINO folders the launcher made with `transforms/int8.py` ----
+
+INT8_MODEL_FILE, INT8_COMPLETE = "model.xml", ".complete"
+
+
+class OpenVinoModel:
+    """A compiled OpenVINO model answering like a transformers model: `model(**batch)` -> outputs by name
+    (`.logits`, `.last_hidden_state`) as float32 torch tensors."""
+
+    def __init__(self, compiled):
+        self._compiled = compiled
+        self._inputs = {port.get_any_name() for port in compiled.inputs}
+        # An output may carry a tensor number beside its name ({'last_hidden_state', '316'}): keep the name.
+        self._names = [next((name for name in sorted(port.get_names()) if not name.isdigit()), port.get_any_name())
+                       for port in compiled.outputs]
+
+    def __call__(self, **batch) -> SimpleNamespace:
+        import torch
+        results = self._compiled({name: tensor.numpy() for name, tensor in batch.items() if name in self._inputs})
+        return SimpleNamespace(**{name: torch.from_numpy(np.asarray(results[i], dtype=np.float32))
+                                  for i, name in enumerate(self._names)})
+
+
+def load_int8(directory: str, threads: int) -> OpenVinoModel:
+    """The quantized model of `directory` compiled for this CPU with `threads` threads, f32 where not int8
+    (OpenVINO would otherwise pick bf16 on CPUs that have it: a second precision inside the model)."""
+    import openvino as ov
+    if not os.path.exists(os.path.join(directory, INT8_COMPLETE)):
+        raise QdedupError(f"{directory!r} holds no complete int8 model; the launcher prepares it "
+                          "(qdedup run --precision int8)")
+    compiled = ov.Core().compile_model(os.path.join(directory, INT8_MODEL_FILE), "CPU", {
+        "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
+    return OpenVinoModel(compiled)
 
 
 def fingerprint(model, tokenizer) -> str:
