@@ -11,11 +11,13 @@ padded to each batch's longest pair.
   uint8 activations, MinMax calibration) over the MatMul/Gemm nodes;
 - `ov-fp32`, `ov-int8`: the model converted by `openvino.convert_model`, then
   `nncf.quantize` (static, `ModelType.TRANSFORMER`: SmoothQuant, fast bias
-  correction).
+  correction) — qdedup's own `--precision int8` path (`transforms/int8.quantize`).
 
 Static quantization fixes every activation scale at calibration, so a pair's
-score does not depend on the other pairs of its batch; calibration uses the
-first `--calibration` BQ dev pairs, never the pairs measured (LCQMC dev).
+score does not depend on the other pairs of its batch. Both libraries calibrate
+on the same pairs, each alone and unpadded as qdedup does: the shipped set
+(`transforms/calibration_pairs.csv`, the default) or `--calibration N`, the
+first N BQ dev pairs; never the pairs measured (LCQMC dev).
 
 Fidelity is measured on random models whose scores spread over (0, 1) (a random
 model with default weights scores every pair about 0.5, so agreement with it
@@ -29,7 +31,7 @@ compare. Speed is measured on `head` (speed depends on the shape, not the weight
 
 Needs, beside the project: `pip install onnxruntime onnx openvino nncf`.
 
-    python -m benchmarks.bench_int8 [--pairs 1000] [--speed-pairs 300] [--repeats 5] [--calibration 256]
+    python -m benchmarks.bench_int8 [--pairs 1000] [--speed-pairs 300] [--repeats 5] [--calibration N]
     python -m benchmarks.bench_int8 --encoder-pairs 2000 [--models tiny,head,wide]
 
 `--encoder-pairs`: the encoder embedder in int8 (qdedup's own path, the shipped calibration set) against fp32
@@ -55,6 +57,7 @@ from benchmarks.gpu_check import encode, machine
 from pipelines.random_model import TINY_SHAPE, make_erlangshen_shaped_model, make_random_model
 from pipelines.recall import read_labelled_pairs
 from transforms.feeding import AUTO_TOKEN_BUDGET, collate, pack_batches
+from transforms.int8 import int8_key, prepare_int8, quantize, read_calibration_pairs
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 BQ_PAIRS = os.path.join(os.path.dirname(os.path.dirname(DEFAULT_PAIRS)), "bq", "dev.csv")
@@ -102,9 +105,8 @@ def positive(logits: np.ndarray) -> np.ndarray:
     return shifted[:, 1] / shifted.sum(axis=1)
 
 
-def scorers(model_dir: str, calibration: list, work: str, threads: int) -> dict[str, Callable[[list], np.ndarray]]:
+def scorers(model_dir: str, calibration_pairs: list, work: str, threads: int) -> dict[str, Callable]:
     """method -> score(packed batches): the five ways of scoring, each built (exported, quantized) once."""
-    import nncf
     import onnxruntime as ort
     import openvino as ov
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -112,6 +114,7 @@ def scorers(model_dir: str, calibration: list, work: str, threads: int) -> dict[
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    calibration = [batches(model_dir, [pair], 512)[0] for pair in calibration_pairs]  # each pair alone
     example = calibration[0][1]
     onnx_fp32, onnx_pre, onnx_int8 = (os.path.join(work, name) for name in ("m.onnx", "m.pre.onnx", "m.int8.onnx"))
     with warnings.catch_warnings():
@@ -140,8 +143,7 @@ def scorers(model_dir: str, calibration: list, work: str, threads: int) -> dict[
 
     converted = ov.convert_model(model, example_input={k: torch.from_numpy(v) for k, v in example.items()})
     started = time.perf_counter()
-    quantized = nncf.quantize(converted, nncf.Dataset([inputs for _, inputs in calibration]),
-                              model_type=nncf.ModelType.TRANSFORMER, subset_size=len(calibration))
+    quantized = quantize(model_dir, "AutoModelForSequenceClassification", calibration_pairs, 512)
     ov_seconds = time.perf_counter() - started
     core = ov.Core()
     config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
@@ -193,7 +195,6 @@ def encoder_fidelity(model_dir: str, pairs: list[tuple[str, str, int]], work: st
     against fp32: cosine of each text's two vectors, and recall@k of the positive pairs with each."""
     from transformers import AutoModel
 
-    from transforms.int8 import int8_key, prepare_int8, read_calibration_pairs
     from transforms.sources import fingerprint, load_int8, load_tokenizer
     texts = list(dict.fromkeys(text for a, b, _ in pairs for text in (a, b)))
     index = {text: i for i, text in enumerate(texts)}
@@ -221,7 +222,8 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=1000, help="LCQMC dev pairs for fidelity")
     parser.add_argument("--speed-pairs", type=int, default=300, help="of those, how many are timed")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--calibration", type=int, default=256, help="BQ dev pairs that calibrate int8")
+    parser.add_argument("--calibration", type=int, default=0,
+                        help="the first N BQ dev pairs calibrate int8; 0: the shipped calibration set")
     parser.add_argument("--models", default="tiny,head,wide")
     parser.add_argument("--encoder-pairs", type=int, default=0,
                         help="instead of the above: the int8 encoder's fidelity on this many LCQMC dev pairs")
@@ -241,7 +243,8 @@ def main() -> None:
         return
     threads = torch.get_num_threads()
     pairs = [(a, b) for a, b, _ in read_labelled_pairs(DEFAULT_PAIRS)[:args.pairs]]
-    calibration_pairs = [(a, b) for a, b, _ in read_labelled_pairs(BQ_PAIRS)[:args.calibration]]
+    calibration_pairs = ([(a, b) for a, b, _ in read_labelled_pairs(BQ_PAIRS)[:args.calibration]]
+                         if args.calibration else read_calibration_pairs())
     budget = AUTO_TOKEN_BUDGET["cpu"]
     work = tempfile.mkdtemp(prefix="bench_int8_")
     print(json.dumps({"machine": machine(), "threads": threads, "pairs": len(pairs),
@@ -255,8 +258,7 @@ def main() -> None:
             make_head_spread_model(model_dir, pairs[:64])
         else:
             make_erlangshen_shaped_model(model_dir, spread=True)
-        calibration = batches(model_dir, calibration_pairs, budget // 4)
-        built = scorers(model_dir, calibration, os.path.join(work, name), threads)
+        built = scorers(model_dir, calibration_pairs, os.path.join(work, name), threads)
         packed = batches(model_dir, pairs, budget)
         scores = {method: built[method](packed) for method in METHODS}
         reference = scores["torch"]
