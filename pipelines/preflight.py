@@ -51,6 +51,7 @@ from transforms.sources import (
 from transforms.state import STATE_FORMAT, Prior, load_arrays
 
 _LOG = logging.getLogger(__name__)
+
 # Options whose values the reused parts of an earlier run depend on (its parameters, vectors and scores);
 # `fingerprints`, `scoring_precision` and `int8_keys` (what each int8 model was quantized from) are filled
 # in at launch.

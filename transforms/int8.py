@@ -1,7 +1,7 @@
 """int8 models for CPU workers (`--precision int8`): quantized once, cached, reused (docs/design.md, "score").
 
 OpenVINO runs the model and NNCF quantizes it (`benchmarks/README.md`, "int8
-on CPU": 5.9x torch fp32 here against ONNX Runtime's 2.5x, with less error).
+on CPU": 5.9x torch fp32 here against ONNX Runtime's 2.4x, with less error).
 Quantization is static: every activation scale is fixed from a calibration set
 of pairs, never from the pairs being scored, so a pair's score depends neither
 on the other pairs of its batch nor on the run's history. The calibration set is
@@ -98,22 +98,26 @@ def calibration_inputs(model_class: str, pairs: Sequence[tuple[str, str]]) -> li
     return [(text,) for text in dict.fromkeys(text for pair in pairs for text in pair)]
 
 
-def quantize(model_dir: str, model_class: str, pairs: Sequence[tuple[str, str]], max_length: int):
-    """The model of `model_dir` as an OpenVINO model, statically quantized on `pairs` (each input alone).
-
-    Returns:
-        `openvino.Model` with int8 weights and activations wherever NNCF places them.
-    """
-    import nncf
-    import openvino as ov
-    import torch
+def _reference(model_dir: str, model_class: str):
+    """(tokenizer, fp32 PyTorch model) of `model_dir`, loaded as workers load them."""
     import transformers
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     model = getattr(transformers, model_class).from_pretrained(
         model_dir, attn_implementation="sdpa", use_safetensors=True, trust_remote_code=False).eval()
+    return tokenizer, model
+
+
+def _samples(tokenizer, model_class: str, pairs: Sequence[tuple[str, str]], max_length: int) -> list[dict]:
+    """The calibration inputs tokenized as qdedup tokenizes, each alone and unpadded (numpy arrays by name)."""
     encoded = tokenize(tokenizer, calibration_inputs(model_class, pairs), max_length)
-    samples = [{name: tensor.numpy() for name, tensor in collate([encoding], tokenizer.pad_token_id or 0).items()}
-               for encoding, _ in encoded]
+    return [{name: tensor.numpy() for name, tensor in collate([encoding], tokenizer.pad_token_id or 0).items()}
+            for encoding, _ in encoded]
+
+
+def _quantized(model, samples: list[dict]):
+    import nncf
+    import openvino as ov
+    import torch
     with silenced():
         with torch.inference_mode():
             converted = ov.convert_model(model, example_input={k: torch.from_numpy(v) for k, v in samples[0].items()})
@@ -122,9 +126,18 @@ def quantize(model_dir: str, model_class: str, pairs: Sequence[tuple[str, str]],
                              subset_size=len(samples))
 
 
-def calibration_fidelity(model_dir: str, model_class: str, pairs: Sequence[tuple[str, str]], max_length: int,
-                         quantized) -> dict:
-    """How the quantized model answers the calibration inputs beside fp32 PyTorch (each input alone).
+def quantize(model_dir: str, model_class: str, pairs: Sequence[tuple[str, str]], max_length: int):
+    """The model of `model_dir` as an OpenVINO model, statically quantized on `pairs` (each input alone).
+
+    Returns:
+        `openvino.Model` with int8 weights and activations wherever NNCF places them.
+    """
+    tokenizer, model = _reference(model_dir, model_class)
+    return _quantized(model, _samples(tokenizer, model_class, pairs, max_length))
+
+
+def calibration_fidelity(reference, model_class: str, samples: list[dict], quantized) -> dict:
+    """How the quantized model answers the calibration inputs beside the fp32 `reference` (each input alone).
 
     A cross-encoder: mean and largest |difference| of its label probabilities, and the share of inputs
     whose most probable label changes (a decision at 0.5 with two labels). An encoder: the mean and
@@ -133,15 +146,11 @@ def calibration_fidelity(model_dir: str, model_class: str, pairs: Sequence[tuple
     """
     import openvino as ov
     import torch
-    import transformers
-    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-    reference = getattr(transformers, model_class).from_pretrained(
-        model_dir, attn_implementation="sdpa", use_safetensors=True, trust_remote_code=False).eval()
     model = OpenVinoModel(ov.Core().compile_model(quantized, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}))
     first, second = [], []
     with torch.inference_mode():
-        for encoding, _ in tokenize(tokenizer, calibration_inputs(model_class, pairs), max_length):
-            batch = collate([encoding], tokenizer.pad_token_id or 0)
+        for sample in samples:
+            batch = {name: torch.from_numpy(array) for name, array in sample.items()}
             for outputs, found in ((reference(**batch), first), (model(**batch), second)):
                 if model_class == "AutoModelForSequenceClassification":
                     found.append(torch.softmax(outputs.logits.float(), dim=-1)[0].numpy())
@@ -179,9 +188,11 @@ def prepare_int8(model_dir: str, spec: dict, pairs: Sequence[tuple[str, str]], c
     try:
         _LOG.info("quantizing %s to int8 on %d calibration pairs (once per model and calibration set)",
                   spec["model_class"], spec["calibration_pairs"])
-        quantized = quantize(model_dir, spec["model_class"], pairs, spec["max_length"])
+        tokenizer, reference = _reference(model_dir, spec["model_class"])
+        samples = _samples(tokenizer, spec["model_class"], pairs, spec["max_length"])
+        quantized = _quantized(reference, samples)
         ov.save_model(quantized, os.path.join(staging, MODEL_FILE), compress_to_fp16=False)
-        fidelity = calibration_fidelity(model_dir, spec["model_class"], pairs, spec["max_length"], quantized)
+        fidelity = calibration_fidelity(reference, spec["model_class"], samples, quantized)
         with open(os.path.join(staging, INFO_FILE), "w", encoding="utf-8") as handle:
             json.dump({**spec, "calibration_fidelity": fidelity}, handle, indent=2, sort_keys=True)
         open(os.path.join(staging, COMPLETE), "w").close()
