@@ -13,7 +13,7 @@ import transforms.sources
 from pipelines.options import QdedupOptions
 from pipelines.preflight import check_int8, differing_option
 from samples.make_sample import calibration_pairs
-from tests.helpers import lcqmc_pairs, read_part, run_qdedup
+from tests.helpers import MULTI_PROCESSING, lcqmc_pairs, read_part, run_qdedup
 from tests.object_store import PREFIX
 from transforms.errors import QdedupError
 from transforms.feeding import ModelSettings, collate, pack_batches, tokenize
@@ -184,12 +184,13 @@ def test_reusing_a_run_quantized_otherwise_is_refused():
 @pytest.mark.e2e
 def test_a_run_in_int8_scores_and_embeds_with_the_prepared_models(corpus, tiny_model, reference_run, cache,
                                                                   prepared, tmp_path, monkeypatch):
-    """The launcher quantizes the encoder (the scorer is in the cache already), the workers load both, and the
-    pairs the fp32 reference run scored get close scores."""
+    """The launcher quantizes the encoder (the scorer is in the cache already), the workers — two local
+    processes, so that what they are sent must pickle and they load the models themselves — load both, and
+    the pairs the fp32 reference run scored get close scores."""
     monkeypatch.setattr(transforms.sources, "_CACHE", cache)
     directory, _ = corpus
     report = run_qdedup(directory / "*.parquet", tmp_path / "out", tiny_model, "--precision=int8",
-                        f"--embedders=lexical,encoder:{tiny_model}")
+                        f"--embedders=lexical,encoder:{tiny_model}", *MULTI_PROCESSING)
     made = report["configuration"]["int8_models"]
     assert made["scorer"]["folder"] == prepared[0]
     assert set(made) == {"scorer", "encoder"} and made["encoder"]["model_class"] == "AutoModel"
