@@ -16,6 +16,7 @@ from apache_beam.runners.runner import PipelineState
 
 from pipelines.dedup import build_pipeline
 from pipelines.evaluate import evaluate
+from pipelines.explain import explain_command
 from pipelines.options import QdedupOptions, expand_argv
 from pipelines.preflight import check_placeholders, check_run, check_runner, output_run, validate
 from pipelines.recall import recall
@@ -38,11 +39,14 @@ _LOG = logging.getLogger("qdedup")
 USAGE = """usage: qdedup run --input PATTERN --output DIR [--config YAML] [options] [Beam options]
        qdedup recall --pairs LABELLED_FILE [--report JSON] [--config YAML] [options]
        qdedup evaluate --pairs LABELLED_FILE --run OUT_DIR [--report JSON]
+       qdedup explain --run OUT_DIR ID [ID] [--json]
        qdedup train-blocker (--pairs LABELLED_FILE [--pairs ...] | --from-run OUT_DIR) --output DIR [options]
 
 run:    finds duplicate questions in Parquet corpora.
 recall: the share of labelled duplicate pairs that blocking makes candidates, with the same options.
 evaluate: precision, recall and F1 of a run's groups on labelled pairs, and a threshold sweep.
+explain: why a row is in its group (the widest path of scored pairs to its canonical member), or why
+         two rows are or are not grouped.
 train-blocker: a static embedder for --embedders static:DIR, trained on labelled pairs
 'qdedup run --help' lists the options."""
 
@@ -183,12 +187,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    commands = {"run": run, "recall": recall, "evaluate": evaluate,
+    commands = {"run": run, "recall": recall, "evaluate": evaluate, "explain": explain_command,
                 "train-blocker": functools.partial(train_blocker, run_command=run)}
     if command not in commands:
         print(f"qdedup: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         return 2
-    if command not in ("evaluate", "train-blocker") and ("-h" in rest or "--help" in rest):
+    if command not in ("evaluate", "explain", "train-blocker") and ("-h" in rest or "--help" in rest):
         _print_help()
         return 0
     configure_logging("--verbose" in rest)

@@ -1,0 +1,284 @@
+"""`qdedup explain --run OUT ID [ID]`: why a row is in its group, or why two rows are or are not grouped.
+
+One id: the row's group, and the widest path of scored edges (the one whose lowest score is highest;
+ties to fewer edges, then lower ids), each at or above the run's threshold, that joins it to its
+group's canonical member; `exact` where two rows share a normalized text. Two ids: the widest path
+between them when they share a group; otherwise why not, for each reason that applies: a row
+rejected (with its reason), their pair dead-lettered, scored below the threshold, scored above it
+but cut by chaining control, or never made a candidate by blocking.
+
+Read from the run's outputs (groups/, pairs/, rejected/, state/), a row group at a time, keeping only
+the rows that concern the ids asked about and their groups.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections import deque
+from typing import Hashable, Iterable, NamedTuple, Optional, Sequence
+
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.cluster import UnionFind
+from transforms.commit import read_committed
+from transforms.errors import QdedupError
+
+
+class Edge(NamedTuple):
+    a: Hashable
+    b: Hashable
+    score: float
+    source: str
+
+
+def widest_path(edges: Iterable[Edge], start: Hashable, end: Hashable, threshold: float) -> Optional[list[Edge]]:
+    """The edges (score >= threshold) of the path from `start` to `end` whose lowest score is highest; among
+    those, the one with fewest edges, then the lowest ids in order. None when no such path joins them.
+
+    Args:
+        edges: scored pairs, in any order and orientation.
+        start, end: the two nodes (equal: an empty path).
+        threshold: edges below it are not used.
+
+    Returns:
+        The path's edges from `start` to `end`, each oriented along the path.
+    """
+    usable = sorted((e for e in edges if e.score >= threshold), key=lambda e: -e.score)
+    if start == end:
+        return []
+    joined, bottleneck = UnionFind(), None
+    for edge in usable:  # Kruskal: the score at which start and end first meet is the widest bottleneck
+        for node in (edge.a, edge.b, start, end):
+            joined.parent.setdefault(node, node)
+        joined.union(edge.a, edge.b)
+        if joined.find(start) == joined.find(end):
+            bottleneck = edge.score
+            break
+    if bottleneck is None:
+        return None
+    neighbours: dict = {}
+    for edge in usable:
+        if edge.score < bottleneck:
+            break
+        neighbours.setdefault(edge.a, []).append((edge.b, edge))
+        neighbours.setdefault(edge.b, []).append((edge.a, edge))
+    hops = {end: 0}  # fewest edges to `end`, over edges at or above the bottleneck
+    queue = deque([end])
+    while queue:
+        node = queue.popleft()
+        for other, _ in neighbours.get(node, ()):
+            if other not in hops:
+                hops[other] = hops[node] + 1
+                queue.append(other)
+    path, node = [], start
+    while node != end:  # step to the lowest-id neighbour one edge closer: the lowest ids in order
+        other, edge = min(((o, e) for o, e in neighbours[node] if hops.get(o) == hops[node] - 1),
+                          key=lambda item: (_order(item[0]), -item[1].score))
+        path.append(Edge(node, other, edge.score, edge.source))
+        node = other
+    return path
+
+
+def _order(value) -> tuple:
+    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
+
+
+def matching_rows(paths: Sequence[str], columns: list[str], filters: dict) -> list[dict]:
+    """Rows of Parquet files (local or remote) where any column of `filters` holds one of its values,
+    read a row group at a time."""
+    found = []
+    for path in sorted(paths):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            parquet = pq.ParquetFile(handle)
+            for group in range(parquet.num_row_groups):
+                # Filtered in Python: pyarrow's compute kernels start a thread pool that, beside torch's and
+                # faiss's, aborted the interpreter at exit in 2 of 15 runs here.
+                found += [row for row in parquet.read_row_group(group, columns=columns).to_pylist()
+                          if any(row[column] in values for column, values in filters.items())]
+    return found
+
+
+class Run:
+    """What explaining a few ids needs of a committed run: their rows, groups, edges and texts."""
+
+    def __init__(self, path: str):
+        self.committed = read_committed(path, "--run")
+        configuration = self.committed.configuration
+        self.threshold = configuration["threshold"]
+        self.id_column = configuration.get("id_column", "id")
+        files = self.committed.paths("groups", ".parquet")
+        self.string_ids = False
+        if files:
+            with FileSystems.open(files[0], compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                self.string_ids = pq.read_schema(handle).field("id").type == "string"
+
+    def parse(self, value: str):
+        if self.string_ids:
+            return value
+        try:
+            return int(value)
+        except ValueError as exc:
+            raise QdedupError(f"id {value!r}: this run's ids are integers") from exc
+
+    def rows(self, part: str, columns: list[str], filters: dict) -> list[dict]:
+        return matching_rows(self.committed.paths(part, ".parquet"), columns, filters)
+
+    def rejected(self, ids: set) -> dict:
+        """id -> its rejected/ row, for rows among `ids` (their row JSON names the id column)."""
+        found = {}
+        for path in self.committed.paths("rejected", ".parquet"):
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                for row in pq.read_table(handle).to_pylist():
+                    if row["kind"] == "row":
+                        row_id = json.loads(row["row"]).get(self.id_column)
+                        if row_id in ids:
+                            found[row_id] = row
+        return found
+
+    def dead_lettered_pairs(self) -> set:
+        found = set()
+        for path in self.committed.paths("rejected", ".parquet"):
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                for row in pq.read_table(handle, columns=["row", "kind"]).to_pylist():
+                    if row["kind"] == "pair":
+                        ids = json.loads(row["row"])
+                        found.add(frozenset((ids["id_a"], ids["id_b"])))
+        return found
+
+
+def explain(run: Run, ids: Sequence) -> dict:
+    """What `qdedup explain` prints, as data: per id its row, group or rejection; for two ids their link.
+
+    Raises QdedupError for an id the run holds neither in groups/ nor in rejected/.
+    """
+    wanted = set(ids)
+    groups = {row["id"]: row for row in run.rows("groups", ["id", "group_id", "canonical_id", "group_size",
+                                                            "match_kind"], {"id": wanted})}
+    rejected = run.rejected(wanted - set(groups))
+    for row_id in ids:
+        if row_id not in groups and row_id not in rejected:
+            raise QdedupError(f"id {row_id!r}: no such row in this run (neither grouped nor rejected)")
+    group_ids = {groups[i]["group_id"] for i in ids if i in groups}
+    members = run.rows("groups", ["id", "group_id", "canonical_id"], {"group_id": group_ids})
+    rep_of = {row["id"]: row["rep_id"] for row in run.rows("state/members", ["id", "rep_id"],
+                                                            {"id": {m["id"] for m in members}})}
+    texts = {row["id"]: row["text"] for row in run.rows("state/representatives", ["id", "text"],
+                                                        {"id": set(rep_of.values())})}
+    reps = set(rep_of.values()) | {rep_of.get(i, i) for i in ids}
+    pairs = run.rows("pairs", ["id_a", "id_b", "score", "source"], {"id_a": reps, "id_b": reps})
+    edges = [Edge(p["id_a"], p["id_b"], p["score"], p["source"]) for p in pairs
+             if p["id_a"] in reps and p["id_b"] in reps]
+
+    def path_between(a, b) -> dict:
+        rep_a, rep_b = rep_of.get(a, a), rep_of.get(b, b)
+        group_reps = {rep_of[m["id"]] for m in members if m["group_id"] == groups[a]["group_id"]}
+        within = [e for e in edges if e.a in group_reps and e.b in group_reps]
+        path = widest_path(within, rep_a, rep_b, run.threshold)
+        steps = [{"kind": "exact", "from": a, "to": rep_a}] if a != rep_a else []
+        for edge in path or []:
+            steps.append({"kind": "scored", "from": edge.a, "to": edge.b, "score": edge.score, "source": edge.source})
+        if b != rep_b:
+            steps.append({"kind": "exact", "from": rep_b, "to": b})
+        return {"steps": steps, "joined": path is not None,
+                "lowest_score": min((e.score for e in path), default=None) if path else None}
+
+    found: dict = {"threshold": run.threshold, "rows": {}}
+    for row_id in ids:
+        if row_id in rejected:
+            row = rejected[row_id]
+            found["rows"][row_id] = {"rejected": {k: row[k] for k in ("reason", "detail", "source", "stage")}}
+            continue
+        group = groups[row_id]
+        found["rows"][row_id] = {"group": group, "text": texts.get(rep_of.get(row_id))}
+        if len(ids) == 1 and row_id != group["canonical_id"]:
+            found["to_canonical"] = path_between(row_id, group["canonical_id"])
+    if len(ids) == 2:
+        a, b = ids
+        if a in groups and b in groups and groups[a]["group_id"] == groups[b]["group_id"]:
+            found["between"] = path_between(a, b)
+        else:
+            found["not_grouped"] = _why_not(a, b, rejected, rep_of, edges, run)
+    found["texts"] = {rep: texts.get(rep) for rep in texts}
+    return found
+
+
+def _why_not(a, b, rejected: dict, rep_of: dict, edges: list[Edge], run: Run) -> list[str]:
+    reasons = [f"row {i} was rejected: {rejected[i]['reason']} ({rejected[i]['detail']})" for i in (a, b)
+               if i in rejected]
+    if reasons:
+        return reasons
+    pair = frozenset((rep_of.get(a, a), rep_of.get(b, b)))
+    scored = [e for e in edges if frozenset((e.a, e.b)) == pair]
+    if pair in run.dead_lettered_pairs():
+        reasons.append("their pair was dead-lettered: the scorer failed on it (rejected/, kind pair)")
+    elif not scored:
+        reasons.append("never a candidate: blocking did not propose this pair, and no chain of pairs scored "
+                       f"at or above the threshold {run.threshold} joins them")
+    elif scored[0].score < run.threshold:
+        reasons.append(f"scored {scored[0].score:.4f} ({scored[0].source}), below the threshold {run.threshold}, "
+                       "and no other chain of pairs at or above it joins them")
+    else:
+        reasons.append(f"scored {scored[0].score:.4f} ({scored[0].source}), at or above the threshold "
+                       f"{run.threshold}, but chaining control split their component (too large or too sparse: "
+                       "re-split by average linkage)")
+    return reasons
+
+
+def render(found: dict) -> str:
+    texts = found["texts"]
+
+    def named(row_id) -> str:
+        text = texts.get(row_id)
+        return f"{row_id} {text!r}" if text is not None else str(row_id)
+
+    def steps(link: dict) -> list[str]:
+        if not link["joined"]:
+            return ["  no path of scored pairs at or above the threshold joins them inside the group"]
+        lines = []
+        for step in link["steps"]:
+            if step["kind"] == "exact":
+                lines.append(f"  {step['from']} = {step['to']}: exact (the same normalized text)")
+            else:
+                lines.append(f"  {named(step['from'])} -> {named(step['to'])}: score {step['score']:.4f} "
+                             f"({step['source']})")
+        return lines
+
+    lines = []
+    for row_id, row in found["rows"].items():
+        if "rejected" in row:
+            r = row["rejected"]
+            lines.append(f"row {row_id}: rejected: {r['reason']}: {r['detail']} (at {r['source']}, stage {r['stage']})")
+        else:
+            g = row["group"]
+            lines.append(f"row {row_id} {row['text']!r}: group {g['group_id']} ({g['group_size']} rows, "
+                         f"canonical {g['canonical_id']}, {g['match_kind']})")
+    if len(found["rows"]) == 1 and "to_canonical" not in found and "group" in next(iter(found["rows"].values())):
+        lines.append("it is its group's canonical member")
+    if "to_canonical" in found:
+        link = found["to_canonical"]
+        lowest = f", lowest score {link['lowest_score']:.4f}" if link["lowest_score"] is not None else ""
+        lines.append(f"joined to its canonical member by (threshold {found['threshold']}{lowest}):")
+        lines += steps(link)
+    if "between" in found:
+        lines.append(f"in the same group, joined by (threshold {found['threshold']}):")
+        lines += steps(found["between"])
+    if "not_grouped" in found:
+        lines.append("not in the same group: " + "; ".join(found["not_grouped"]))
+    return "\n".join(lines)
+
+
+def explain_command(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="qdedup explain", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", required=True, help="a finished run's --output directory")
+    parser.add_argument("ids", nargs="+", help="one row id (its path to the canonical member) or two")
+    parser.add_argument("--json", action="store_true", help="print the explanation as JSON")
+    parser.add_argument("--verbose", action="store_true", help="show every library's log lines")
+    args = parser.parse_args(argv)
+    if len(args.ids) > 2:
+        raise QdedupError("qdedup explain takes one id or two")
+    run = Run(args.run)
+    found = explain(run, [run.parse(value) for value in args.ids])
+    print(json.dumps(found, ensure_ascii=False, indent=1, default=str) if args.json else render(found))
+    return 0
