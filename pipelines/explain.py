@@ -1,6 +1,7 @@
 """`qdedup explain --run OUT ID [ID]`: why a row is in its group, or why two rows are or are not grouped.
 
-One id: the row's group, and the widest path of scored edges (the one whose lowest score is highest;
+One id: the row's group, its weakest link (the lowest-scoring pair whose removal would split it),
+and the widest path of scored edges (the one whose lowest score is highest;
 ties to fewer edges, then lower ids), each at or above the run's threshold, that joins it to its
 group's canonical member; `exact` where two rows share a normalized text. Two ids: the widest path
 between them when they share a group; otherwise why not, for each reason that applies: a row
@@ -79,6 +80,51 @@ def widest_path(edges: Iterable[Edge], start: Hashable, end: Hashable, threshold
         path.append(Edge(node, other, edge.score, edge.source))
         node = other
     return path
+
+
+def weakest_link(edges: Iterable[Edge], threshold: float) -> Optional[Edge]:
+    """The lowest-scoring bridge of the graph of edges at or above `threshold`: the one pair whose removal
+    would split its component. None when no single pair holds any part of it together.
+
+    Args:
+        edges: scored pairs, in any order and orientation (a pair given twice is not a bridge).
+
+    Returns:
+        The bridge with the lowest score (ties: the lowest ids), or None.
+    """
+    usable = [e for e in edges if e.score >= threshold and e.a != e.b]
+    adjacent: dict = {}
+    for index, edge in enumerate(usable):
+        adjacent.setdefault(edge.a, []).append((edge.b, index))
+        adjacent.setdefault(edge.b, []).append((edge.a, index))
+    order: dict = {}
+    low: dict = {}
+    bridges = []
+    for root in sorted(adjacent, key=_order):  # Tarjan's bridges, iteratively (no recursion limit)
+        if root in order:
+            continue
+        order[root] = low[root] = len(order)
+        stack = [(root, -1, iter(adjacent[root]))]
+        while stack:
+            node, via, neighbours = stack[-1]
+            step = next(neighbours, None)
+            if step is None:
+                stack.pop()
+                if stack:
+                    parent = stack[-1][0]
+                    low[parent] = min(low[parent], low[node])
+                    if low[node] > order[parent]:
+                        bridges.append(usable[via])
+                continue
+            other, index = step
+            if index == via:
+                continue
+            if other in order:
+                low[node] = min(low[node], order[other])
+            else:
+                order[other] = low[other] = len(order)
+                stack.append((other, index, iter(adjacent[other])))
+    return min(bridges, key=lambda e: (e.score, sorted((_order(e.a), _order(e.b)))), default=None)
 
 
 def _order(value) -> tuple:
@@ -171,11 +217,13 @@ def explain(run: Run, ids: Sequence) -> dict:
     edges = [Edge(p["id_a"], p["id_b"], p["score"], p["source"]) for p in pairs
              if p["id_a"] in reps and p["id_b"] in reps]
 
+    def group_edges(group_id) -> list[Edge]:
+        group_reps = {rep_of[m["id"]] for m in members if m["group_id"] == group_id}
+        return [e for e in edges if e.a in group_reps and e.b in group_reps]
+
     def path_between(a, b) -> dict:
         rep_a, rep_b = rep_of.get(a, a), rep_of.get(b, b)
-        group_reps = {rep_of[m["id"]] for m in members if m["group_id"] == groups[a]["group_id"]}
-        within = [e for e in edges if e.a in group_reps and e.b in group_reps]
-        path = widest_path(within, rep_a, rep_b, run.threshold)
+        path = widest_path(group_edges(groups[a]["group_id"]), rep_a, rep_b, run.threshold)
         steps = [{"kind": "exact", "from": a, "to": rep_a}] if a != rep_a else []
         for edge in path or []:
             steps.append({"kind": "scored", "from": edge.a, "to": edge.b, "score": edge.score, "source": edge.source})
@@ -184,7 +232,10 @@ def explain(run: Run, ids: Sequence) -> dict:
         return {"steps": steps, "joined": path is not None,
                 "lowest_score": min((e.score for e in path), default=None) if path else None}
 
-    found: dict = {"threshold": run.threshold, "rows": {}}
+    found: dict = {"threshold": run.threshold, "rows": {}, "weakest_links": {}}
+    for group_id in sorted(group_ids, key=_order):
+        link = weakest_link(group_edges(group_id), run.threshold)
+        found["weakest_links"][group_id] = link._asdict() if link else None
     for row_id in ids:
         if row_id in rejected:
             row = rejected[row_id]
@@ -266,6 +317,12 @@ def render(found: dict) -> str:
         lines += steps(found["between"])
     if "not_grouped" in found:
         lines.append("not in the same group: " + "; ".join(found["not_grouped"]))
+    for group_id, link in found["weakest_links"].items():
+        if link:
+            lines.append(f"group {group_id}'s weakest link: {named(link['a'])} -- {named(link['b'])}: score "
+                         f"{link['score']:.4f} ({link['source']}); removing it would split the group")
+        else:
+            lines.append(f"group {group_id} has no weakest link: no single pair holds it together")
     return "\n".join(lines)
 
 

@@ -10,8 +10,9 @@ import random
 import pytest
 
 from pipelines.cli import main
-from pipelines.explain import Edge, widest_path
+from pipelines.explain import Edge, weakest_link, widest_path
 from tests.helpers import read_part
+from transforms.cluster import connected_components
 
 
 def _simple_paths(edges: list[Edge], start, end, threshold: float):
@@ -59,6 +60,29 @@ def test_the_widest_path_is_widest_then_shortest_then_lowest_ids(seed):
     assert min(e.score for e in found) == width
 
 
+@pytest.mark.parametrize("seed", range(60))
+def test_the_weakest_link_is_the_lowest_scoring_bridge(seed):
+    """Against brute force: a pair is a bridge when removing it leaves more components (a pair given twice
+    never is)."""
+    rng = random.Random(seed)
+    nodes = list(range(rng.randint(2, 9)))
+    edges = [Edge(a, b, round(rng.random(), 2), "lexical") for a, b in itertools.combinations(nodes, 2)
+             if rng.random() < 0.35]
+    edges += [edges[0]] if edges and seed % 3 == 0 else []  # a pair stored twice
+
+    def components(kept):
+        labels = connected_components((e.a, e.b) for e in kept if e.score >= 0.3)
+        return len(set(labels.values())) + len({n for e in edges for n in (e.a, e.b)} - set(labels))
+
+    bridges = [e for i, e in enumerate(edges) if e.score >= 0.3
+               and components(edges[:i] + edges[i + 1:]) > components(edges)]
+    found = weakest_link(edges, 0.3)
+    if not bridges:
+        assert found is None
+    else:
+        assert found in bridges and found.score == min(e.score for e in bridges)
+
+
 def test_a_node_to_itself_is_an_empty_path():
     assert widest_path([Edge(1, 2, 0.9, "lexical")], 1, 1, 0.5) == []
 
@@ -96,6 +120,9 @@ def test_a_rows_path_to_its_canonical_member_uses_scored_pairs_above_the_thresho
             assert score[frozenset((step["from"], step["to"]))] == step["score"] >= threshold
             assert groups[step["from"]]["group_id"] == groups[step["to"]]["group_id"] == row["group_id"]
         assert link["lowest_score"] == min(s["score"] for s in scored)
+        weakest = found["weakest_links"][str(row["group_id"])]  # JSON keys are text
+        if weakest:  # a pair of the group whose removal splits the group's pairs above the threshold
+            assert score[frozenset((weakest["a"], weakest["b"]))] == weakest["score"] >= threshold
 
 
 @pytest.mark.e2e
