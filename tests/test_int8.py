@@ -115,6 +115,32 @@ def test_int8_scores_do_not_depend_on_the_batch(prepared, tiny_model):
     assert np.array_equal(batched, _scores(load_int8(prepared[0], threads=1), tiny_model, pairs, 2048))
 
 
+def test_threads_sharing_one_int8_model_get_the_scores_of_one_thread(prepared, tiny_model):
+    """Beam shares a model between a worker's threads: each must get its own answers, unchanged."""
+    import threading
+    model = load_int8(prepared[0], threads=1)
+    pairs = [(a, b) for a, b, _ in lcqmc_pairs(400)]
+    encodings = [encoding for encoding, _ in tokenize(load_tokenizer(tiny_model), pairs, 512)]
+    batches = pack_batches([len(ids) for ids, _ in encodings], 512)
+
+    def logits(indices):
+        return model(**collate([encodings[i] for i in indices], 0)).logits.numpy()
+
+    alone = [logits(indices) for indices in batches]
+    together: list = [None] * len(batches)
+
+    def work(first: int):
+        for j in range(first, len(batches), 4):
+            together[j] = logits(batches[j])
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(batches) > 8 and all(np.array_equal(a, b) for a, b in zip(alone, together))
+
+
 def test_int8_keeps_the_tiny_models_decisions(prepared, tiny_model):
     """1,000 LCQMC dev pairs, int8 against fp32 PyTorch. The tiny random model (weights drawn with range 0.3:
     scores spread, standard deviation ~0.16) loses more to int8 than the issue's bar (>= 99% agreement, mean

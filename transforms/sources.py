@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import posixpath
+import threading
 from types import SimpleNamespace
 from typing import Any, Iterable
 
@@ -219,10 +220,15 @@ INT8_MODEL_FILE, INT8_COMPLETE = "model.xml", ".complete"
 
 class OpenVinoModel:
     """A compiled OpenVINO model answering like a transformers model: `model(**batch)` -> outputs by name
-    (`.logits`, `.last_hidden_state`) as float32 torch tensors."""
+    (`.logits`, `.last_hidden_state`) as float32 torch tensors.
+
+    Beam shares one model between the threads of a worker process; a PyTorch forward pass may run in
+    several at once, an OpenVINO infer request may not: each thread gets its own request.
+    """
 
     def __init__(self, compiled):
         self._compiled = compiled
+        self._requests = threading.local()
         self._inputs = {port.get_any_name() for port in compiled.inputs}
         # An output may carry a tensor number beside its name ({'last_hidden_state', '316'}): keep the name.
         self._names = [next((name for name in sorted(port.get_names()) if not name.isdigit()), port.get_any_name())
@@ -230,8 +236,11 @@ class OpenVinoModel:
 
     def __call__(self, **batch) -> SimpleNamespace:
         import torch
-        results = self._compiled({name: tensor.numpy() for name, tensor in batch.items() if name in self._inputs})
-        return SimpleNamespace(**{name: torch.from_numpy(np.asarray(results[i], dtype=np.float32))
+        request = getattr(self._requests, "request", None)
+        if request is None:
+            request = self._requests.request = self._compiled.create_infer_request()
+        results = request.infer({name: tensor.numpy() for name, tensor in batch.items() if name in self._inputs})
+        return SimpleNamespace(**{name: torch.from_numpy(np.array(results[i], dtype=np.float32))
                                   for i, name in enumerate(self._names)})
 
 
