@@ -282,6 +282,13 @@ def render(report: dict, figures: dict) -> str:
                          for a, b, score, sim, source, ta, tb in figures["borderline"]))
     accounting = "holds" if report.get("accounting_ok") else "DOES NOT HOLD"
     config = report.get("configuration", {})
+    int8 = _table(("model", "key", "calibration pairs", "in-sample fidelity to fp32"),
+                  ((role, made["key"], f'{made["calibration_pairs"]} ({made["calibration_file"]})',
+                    ", ".join(f"{k} {v}" for k, v in made["calibration_fidelity"].items() if k != "inputs"))
+                   for role, made in (config.get("int8_models") or {}).items()))
+    int8_section = (f"<h2>int8 models</h2><p>Quantized once by the launcher (OpenVINO + NNCF, static); "
+                    f"the figures are on the calibration pairs themselves.</p>{int8}"
+                    if config.get("int8_models") else "")
     return f"""<!DOCTYPE html>
 <html lang="zh"><head><meta charset="utf-8"><title>qdedup report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:.5em 0}}
@@ -290,7 +297,8 @@ td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:13px}}h2{
 <h1>qdedup run</h1>
 <p>input <code>{html.escape(str(config.get("input")))}</code>,
 output <code>{html.escape(str(config.get("output")))}</code>,
-scorer <code>{html.escape(str(config.get("scorer_model")))}</code>, threshold {threshold}.
+scorer <code>{html.escape(str(config.get("scorer_model")))}</code>
+({html.escape(str(config.get("scoring_precision")))}), threshold {threshold}.
 Row accounting (rows in + existing = rows out + rejected) <b class="{'ok' if report.get('accounting_ok') else 'bad'}">
 {accounting}</b>.</p>
 <h2>Counts</h2>{counts}
@@ -302,5 +310,6 @@ Row accounting (rows in + existing = rows out + rejected) <b class="{'ok' if rep
 <h2>Largest groups</h2>{largest or "<p>No group has more than one row.</p>"}
 <h2>Pairs nearest the threshold</h2><p>For review: are these duplicates?</p>{borderline}
 <h2>Rejected</h2>{_table(("kind: reason", "count"), figures["rejected"].items())}
+{int8_section}
 </body></html>
 """

@@ -223,6 +223,8 @@ def test_a_run_in_int8_scores_and_embeds_with_the_prepared_models(corpus, tiny_m
     assert made["encoder"]["calibration_fidelity"]["mean_cosine"] > 0.99
     assert report["configuration"]["scoring_precision"] == "int8"
     assert report["configuration"]["int8_keys"] == {role: m["key"] for role, m in made.items()}
+    page = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert "<h2>int8 models</h2>" in page and made["encoder"]["key"] in page and "mean_cosine" in page
     reference_out, _ = reference_run
     fp32 = {(p["id_a"], p["id_b"]): p["score"] for p in read_part(reference_out, "pairs")}
     int8 = {(p["id_a"], p["id_b"]): p["score"] for p in read_part(tmp_path / "out", "pairs")}
