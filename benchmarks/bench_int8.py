@@ -57,7 +57,8 @@ from benchmarks.gpu_check import encode, machine
 from pipelines.random_model import TINY_SHAPE, make_erlangshen_shaped_model, make_random_model
 from pipelines.recall import read_labelled_pairs
 from transforms.feeding import AUTO_TOKEN_BUDGET, collate, pack_batches
-from transforms.int8 import int8_key, prepare_int8, quantize, read_calibration_pairs
+from transforms.int8 import calibration_samples, int8_key, prepare_int8, quantize, read_calibration_pairs
+from transforms.sources import fingerprint, load_int8, load_tokenizer
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 BQ_PAIRS = os.path.join(os.path.dirname(os.path.dirname(DEFAULT_PAIRS)), "bq", "dev.csv")
@@ -114,8 +115,9 @@ def scorers(model_dir: str, calibration_pairs: list, work: str, threads: int) ->
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    calibration = [batches(model_dir, [pair], 512)[0] for pair in calibration_pairs]  # each pair alone
-    example = calibration[0][1]
+    calibration = calibration_samples(load_tokenizer(model_dir), "AutoModelForSequenceClassification",
+                                      calibration_pairs, 512)  # each pair alone, as qdedup calibrates
+    example = calibration[0]
     onnx_fp32, onnx_pre, onnx_int8 = (os.path.join(work, name) for name in ("m.onnx", "m.pre.onnx", "m.int8.onnx"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -126,7 +128,7 @@ def scorers(model_dir: str, calibration_pairs: list, work: str, threads: int) ->
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self._batches = iter([inputs for _, inputs in calibration])
+            self._batches = iter(calibration)
 
         def get_next(self):
             return next(self._batches, None)
@@ -195,7 +197,6 @@ def encoder_fidelity(model_dir: str, pairs: list[tuple[str, str, int]], work: st
     against fp32: cosine of each text's two vectors, and recall@k of the positive pairs with each."""
     from transformers import AutoModel
 
-    from transforms.sources import fingerprint, load_int8, load_tokenizer
     texts = list(dict.fromkeys(text for a, b, _ in pairs for text in (a, b)))
     index = {text: i for i, text in enumerate(texts)}
     positives = [(a, b) for a, b, label in pairs if label == 1 and a != b]

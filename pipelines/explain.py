@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.evaluate import parquet_rows
 from transforms.cluster import UnionFind
 from transforms.commit import read_committed
 from transforms.errors import QdedupError
@@ -133,17 +134,10 @@ def _order(value) -> tuple:
 
 def matching_rows(paths: Sequence[str], columns: list[str], filters: dict) -> list[dict]:
     """Rows of Parquet files (local or remote) where any column of `filters` holds one of its values,
-    read a row group at a time."""
-    found = []
-    for path in sorted(paths):
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            parquet = pq.ParquetFile(handle)
-            for group in range(parquet.num_row_groups):
-                # Filtered in Python: pyarrow's compute kernels start a thread pool that, beside torch's and
-                # faiss's, aborted the interpreter at exit in 2 of 15 runs here.
-                found += [row for row in parquet.read_row_group(group, columns=columns).to_pylist()
-                          if any(row[column] in values for column, values in filters.items())]
-    return found
+    read a row group at a time. (Filtered in Python: pyarrow's compute kernels start a thread pool that,
+    beside torch's and faiss's, aborted the interpreter at exit in 2 of 15 runs here.)"""
+    return [row for row in parquet_rows(paths, columns)
+            if any(row[column] in values for column, values in filters.items())]
 
 
 class Run:
@@ -171,27 +165,18 @@ class Run:
     def rows(self, part: str, columns: list[str], filters: dict) -> list[dict]:
         return matching_rows(self.committed.paths(part, ".parquet"), columns, filters)
 
-    def rejected(self, ids: set) -> dict:
-        """id -> its rejected/ row, for rows among `ids` (their row JSON names the id column)."""
-        found = {}
-        for path in self.committed.paths("rejected", ".parquet"):
-            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-                for row in pq.read_table(handle).to_pylist():
-                    if row["kind"] == "row":
-                        row_id = json.loads(row["row"]).get(self.id_column)
-                        if row_id in ids:
-                            found[row_id] = row
-        return found
-
-    def dead_lettered_pairs(self) -> set:
-        found = set()
-        for path in self.committed.paths("rejected", ".parquet"):
-            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-                for row in pq.read_table(handle, columns=["row", "kind"]).to_pylist():
-                    if row["kind"] == "pair":
-                        ids = json.loads(row["row"])
-                        found.add(frozenset((ids["id_a"], ids["id_b"])))
-        return found
+    def rejected(self, ids: set, pair: frozenset = frozenset()) -> tuple[dict, bool]:
+        """(id -> its rejected/ row, for rows among `ids`; whether `pair` of ids was dead-lettered), in one
+        pass over rejected/ (a row's JSON names the id column; a pair's, id_a and id_b)."""
+        found, dead_lettered = {}, False
+        for row in parquet_rows(self.committed.paths("rejected", ".parquet"),
+                                ["row", "reason", "detail", "source", "stage", "kind"]):
+            content = json.loads(row["row"])
+            if row["kind"] == "row" and content.get(self.id_column) in ids:
+                found[content[self.id_column]] = row
+            elif row["kind"] == "pair" and frozenset((content.get("id_a"), content.get("id_b"))) == pair:
+                dead_lettered = True
+        return found, dead_lettered
 
 
 def explain(run: Run, ids: Sequence) -> dict:
@@ -202,7 +187,7 @@ def explain(run: Run, ids: Sequence) -> dict:
     wanted = set(ids)
     groups = {row["id"]: row for row in run.rows("groups", ["id", "group_id", "canonical_id", "group_size",
                                                             "match_kind"], {"id": wanted})}
-    rejected = run.rejected(wanted - set(groups))
+    rejected, _ = run.rejected(wanted - set(groups))
     for row_id in ids:
         if row_id not in groups and row_id not in rejected:
             raise QdedupError(f"id {row_id!r}: no such row in this run (neither grouped nor rejected)")
@@ -251,7 +236,7 @@ def explain(run: Run, ids: Sequence) -> dict:
             found["between"] = path_between(a, b)
         else:
             found["not_grouped"] = _why_not(a, b, rejected, rep_of, edges, run)
-    found["texts"] = {rep: texts.get(rep) for rep in texts}
+    found["texts"] = texts
     return found
 
 
@@ -262,14 +247,12 @@ def _why_not(a, b, rejected: dict, rep_of: dict, edges: list[Edge], run: Run) ->
         return reasons
     pair = frozenset((rep_of.get(a, a), rep_of.get(b, b)))
     scored = [e for e in edges if frozenset((e.a, e.b)) == pair]
-    if pair in run.dead_lettered_pairs():
+    if run.rejected(set(), pair)[1]:
         reasons.append("their pair was dead-lettered: the scorer failed on it (rejected/, kind pair)")
     elif not scored:
-        reasons.append("never a candidate: blocking did not propose this pair, and no chain of pairs scored "
-                       f"at or above the threshold {run.threshold} joins them")
+        reasons.append("never a candidate: blocking did not propose this pair")
     elif scored[0].score < run.threshold:
-        reasons.append(f"scored {scored[0].score:.4f} ({scored[0].source}), below the threshold {run.threshold}, "
-                       "and no other chain of pairs at or above it joins them")
+        reasons.append(f"scored {scored[0].score:.4f} ({scored[0].source}), below the threshold {run.threshold}")
     else:
         reasons.append(f"scored {scored[0].score:.4f} ({scored[0].source}), at or above the threshold "
                        f"{run.threshold}, but chaining control split their component (too large or too sparse: "

@@ -135,7 +135,7 @@ def test_string_ids_are_accepted_like_integer_ids(tiny_model, tmp_path):
     assert read_part(tmp_path / "out", "rejected")[0]["reason"] == "empty_id"
 
 
-def test_a_failure_inside_any_stage_sets_the_element_aside(tiny_model, tmp_path, monkeypatch):
+def test_a_failure_inside_any_stage_sets_the_element_aside(tiny_model, tmp_path, monkeypatch, capsys):
     """Stages that fail on one element (normalizing a row, embedding a question, tokenizing or scoring a
     pair) put it in rejected/ with the stage and the reason, and the run goes on."""
     import transforms.embed
@@ -196,3 +196,11 @@ def test_a_failure_inside_any_stage_sets_the_element_aside(tiny_model, tmp_path,
     assert report["accounting_ok"]
     pairs = read_part(tmp_path / "out", "pairs")
     assert pairs and not any({7, 8} & {p["id_a"], p["id_b"]} for p in pairs if p["source"] != "resplit")
+    # `qdedup explain` names the dead letters: a pair the scorer failed on, a row that failed normalizing.
+    group_of = {g["id"]: g["group_id"] for g in read_part(tmp_path / "out", "groups")}
+    apart = next(p for p in score_failed if group_of[p["id_a"]] != group_of[p["id_b"]])
+    capsys.readouterr()
+    assert main(["explain", "--run", str(tmp_path / "out"), str(apart["id_a"]), str(apart["id_b"])]) == 0
+    assert "their pair was dead-lettered: the scorer failed on it" in capsys.readouterr().out
+    assert main(["explain", "--run", str(tmp_path / "out"), "4"]) == 0
+    assert "row 4: rejected: normalize_error" in capsys.readouterr().out

@@ -209,7 +209,7 @@ def test_reusing_a_run_quantized_otherwise_is_refused():
 
 @pytest.mark.e2e
 def test_a_run_in_int8_scores_and_embeds_with_the_prepared_models(corpus, tiny_model, reference_run, cache,
-                                                                  prepared, tmp_path, monkeypatch):
+                                                                  prepared, tmp_path, monkeypatch, capfd):
     """The launcher quantizes the encoder (the scorer is in the cache already), the workers — two local
     processes, so that what they are sent must pickle and they load the models themselves — load both, and
     the pairs the fp32 reference run scored get close scores."""
@@ -217,6 +217,9 @@ def test_a_run_in_int8_scores_and_embeds_with_the_prepared_models(corpus, tiny_m
     directory, _ = corpus
     report = run_qdedup(directory / "*.parquet", tmp_path / "out", tiny_model, "--precision=int8",
                         f"--embedders=lexical,encoder:{tiny_model}", *MULTI_PROCESSING)
+    printed = capfd.readouterr()
+    for noise in ("Statistics collection", "Smooth Quant", "TracerWarning"):  # quantizing the encoder is quiet
+        assert noise not in printed.out + printed.err
     made = report["configuration"]["int8_models"]
     assert made["scorer"]["folder"] == prepared[0]
     assert set(made) == {"scorer", "encoder"} and made["encoder"]["model_class"] == "AutoModel"

@@ -107,7 +107,8 @@ def _reference(model_dir: str, model_class: str):
     return tokenizer, model
 
 
-def _samples(tokenizer, model_class: str, pairs: Sequence[tuple[str, str]], max_length: int) -> list[dict]:
+def calibration_samples(tokenizer, model_class: str, pairs: Sequence[tuple[str, str]],
+                        max_length: int) -> list[dict]:
     """The calibration inputs tokenized as qdedup tokenizes, each alone and unpadded (numpy arrays by name)."""
     encoded = tokenize(tokenizer, calibration_inputs(model_class, pairs), max_length)
     return [{name: tensor.numpy() for name, tensor in collate([encoding], tokenizer.pad_token_id or 0).items()}
@@ -133,7 +134,7 @@ def quantize(model_dir: str, model_class: str, pairs: Sequence[tuple[str, str]],
         `openvino.Model` with int8 weights and activations wherever NNCF places them.
     """
     tokenizer, model = _reference(model_dir, model_class)
-    return _quantized(model, _samples(tokenizer, model_class, pairs, max_length))
+    return _quantized(model, calibration_samples(tokenizer, model_class, pairs, max_length))
 
 
 def calibration_fidelity(reference, model_class: str, samples: list[dict], quantized) -> dict:
@@ -189,7 +190,7 @@ def prepare_int8(model_dir: str, spec: dict, pairs: Sequence[tuple[str, str]], c
         _LOG.info("quantizing %s to int8 on %d calibration pairs (once per model and calibration set)",
                   spec["model_class"], spec["calibration_pairs"])
         tokenizer, reference = _reference(model_dir, spec["model_class"])
-        samples = _samples(tokenizer, spec["model_class"], pairs, spec["max_length"])
+        samples = calibration_samples(tokenizer, spec["model_class"], pairs, spec["max_length"])
         quantized = _quantized(reference, samples)
         ov.save_model(quantized, os.path.join(staging, MODEL_FILE), compress_to_fp16=False)
         fidelity = calibration_fidelity(reference, spec["model_class"], samples, quantized)
