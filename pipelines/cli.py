@@ -29,6 +29,7 @@ from pipelines.report import (
     run_counts,
     written_rows,
 )
+from pipelines.review import review
 from pipelines.train_blocker import train_blocker
 from transforms import logs
 from transforms.commit import OutputRun
@@ -38,13 +39,16 @@ from transforms.paths import join, write_json
 _LOG = logging.getLogger("qdedup")
 USAGE = """usage: qdedup run --input PATTERN --output DIR [--config YAML] [options] [Beam options]
        qdedup recall --pairs LABELLED_FILE [--report JSON] [--config YAML] [options]
-       qdedup evaluate --pairs LABELLED_FILE --run OUT_DIR [--report JSON]
+       qdedup evaluate (--pairs LABELLED_FILE | --sheet SHEET [SHEET ...]) --run OUT_DIR [--report JSON]
+       qdedup review --run OUT_DIR --output SHEET.csv [--size 200] [--seed S] [--previous-groups DIR]
        qdedup explain --run OUT_DIR ID [ID] [--json]
        qdedup train-blocker (--pairs LABELLED_FILE [--pairs ...] | --from-run OUT_DIR) --output DIR [options]
 
 run:    finds duplicate questions in Parquet corpora.
 recall: the share of labelled duplicate pairs that blocking makes candidates, with the same options.
-evaluate: precision, recall and F1 of a run's groups on labelled pairs, and a threshold sweep.
+evaluate: precision, recall and F1 of a run's groups on labelled pairs, and a threshold sweep; with
+         --sheet, estimates with 95% intervals from labelled review sheets.
+review: a sheet of pairs for a person to label, drawn by stratified sampling (for evaluate --sheet).
 explain: why a row is in its group (the widest path of scored pairs to its canonical member), or why
          two rows are or are not grouped.
 train-blocker: a static embedder for --embedders static:DIR, trained on labelled pairs
@@ -188,11 +192,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     commands = {"run": run, "recall": recall, "evaluate": evaluate, "explain": explain_command,
+                "review": review,
                 "train-blocker": functools.partial(train_blocker, run_command=run)}
     if command not in commands:
         print(f"qdedup: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         return 2
-    if command not in ("evaluate", "explain", "train-blocker") and ("-h" in rest or "--help" in rest):
+    if command not in ("evaluate", "explain", "review", "train-blocker") and ("-h" in rest or "--help" in rest):
         _print_help()
         return 0
     configure_logging("--verbose" in rest)

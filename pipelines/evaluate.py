@@ -1,4 +1,7 @@
-"""`qdedup evaluate --pairs FILE --run OUT_DIR`: how well a run's groups match labelled pairs.
+"""`qdedup evaluate (--pairs FILE | --sheet SHEET...) --run OUT_DIR`: how well a run's groups match labels.
+
+With --sheet (labelled review sheets, `qdedup review`), the estimates with 95% intervals of
+`pipelines/estimates.py`. With --pairs (any labelled pairs):
 
 Labelled pairs whose two questions are both grouped by the run are judged:
 "same group" against the label gives pairwise precision, recall and F1. A
@@ -10,17 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Iterator, Optional, Sequence
 
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipelines.estimates import FIGURES, Unit
 from pipelines.preflight import inspect_input
 from pipelines.recall import read_labelled_pairs
+from transforms.chaining import RESPLIT
 from transforms.commit import read_committed
+from transforms.errors import QdedupError
 from transforms.normalize import normalize_text
-from transforms.paths import join
+from transforms.paths import join, write_atomically
 from transforms.records import Columns
 
 THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
@@ -98,25 +105,94 @@ def _run_inputs(run: str) -> tuple[dict, dict, dict, dict]:
     return configuration, ids_of_text, group_of, score_of
 
 
+def sheet_figures(paths: Sequence[str], run: str) -> dict:
+    """`evaluate --sheet`: the estimates of `pipelines/estimates.py` from labelled review sheets of `run`."""
+    from pipelines.estimates import estimates
+    from pipelines.review import RunTexts, read_sheets, run_id_parser
+
+    labelled, skipped, sizes = read_sheets(paths)
+    committed = read_committed(run, "--run")
+    drawn_from = {pair.run_id for pair in labelled}
+    if drawn_from and drawn_from != {committed.run_id}:
+        raise QdedupError(f"the sheets were drawn from run {drawn_from.pop()}, --run {run!r} holds run "
+                          f"{committed.run_id}: estimates are only valid on the run a sheet was drawn from")
+    texts = RunTexts(committed)
+    parse = run_id_parser(texts)
+    wanted = {}
+    for pair in labelled:
+        a, b = parse(pair.id_a, pair.where), parse(pair.id_b, pair.where)
+        for row_id in (a, b):
+            if row_id not in texts.group_of:
+                raise QdedupError(f"{pair.where}: id {row_id!r} is not a grouped text of run {committed.run_id}")
+        wanted[(a, b)] = pair
+    scored = {}
+    for row in texts.pairs():
+        for key in ((row["id_a"], row["id_b"]), (row["id_b"], row["id_a"])):
+            if key in wanted:
+                scored[key] = (row["score"], row["source"])
+    units = []
+    for (a, b), pair in wanted.items():
+        score, source = scored.get((a, b), (None, None))
+        units.append(Unit(pair.stratum, pair.label, texts.group_of[a] == texts.group_of[b],
+                          score is not None and source != RESPLIT, score,
+                          texts.rows_of.get(a, 1) * texts.rows_of.get(b, 1)))
+    exact = sum(count * (count - 1) // 2 for count in texts.rows_of.values())
+    figures = estimates(units, sizes, exact, committed.configuration["threshold"])
+    return {"sheets": list(paths), "run_id": committed.run_id, "labelled_pairs": len(units),
+            "skipped_rows": skipped, "run_threshold": committed.configuration["threshold"],
+            "exact_row_pairs": exact, "estimator": ESTIMATOR, **figures}
+
+
+ESTIMATOR = ("stratified simple random sampling without replacement (review sheet strata); totals by "
+             "stratified Horvitz-Thompson, proportions as ratios of totals with Taylor-linearized variance; "
+             "95% Korn-Graubard intervals (Clopper-Pearson on the effective sample size, Satterthwaite degrees "
+             "of freedom); best threshold: stratified bootstrap "
+             "percentiles (200 replicates). Universe: the run's scored pairs and the pairs of texts it grouped "
+             "without scoring; duplicates outside it are not estimated.")
+
+
 def evaluate(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="qdedup evaluate")
-    parser.add_argument("--pairs", required=True, help="labelled pairs: TSV, CSV or Parquet of text_a, text_b, label")
+    given = parser.add_mutually_exclusive_group(required=True)
+    given.add_argument("--pairs", help="labelled pairs: TSV, CSV or Parquet of text_a, text_b, label")
+    given.add_argument("--sheet", nargs="+", help="review sheets of the run (`qdedup review`), labelled")
     parser.add_argument("--run", required=True, help="a finished run's --output directory")
-    parser.add_argument("--report", help="write the figures here as JSON (default: RUN/evaluation.json)")
+    parser.add_argument("--report", help="write the figures here as JSON (default: RUN/evaluation.json, "
+                                         "and RUN/report.html is redrawn with them)")
     parser.add_argument("--verbose", action="store_true", help="show every library's log lines")
     args = parser.parse_args(argv)
-    pairs = read_labelled_pairs(args.pairs)
-    configuration, ids_of_text, group_of, score_of = _run_inputs(args.run)
-    result = evaluate_groups(pairs, ids_of_text, group_of)
-    sweep = threshold_sweep(pairs, ids_of_text, score_of)
-    best = max(sweep, key=lambda row: (row["f1"], -abs(row["threshold"] - configuration["threshold"])))
-    figures = {"groups": result, "run_threshold": configuration["threshold"], "sweep": sweep,
-               "best_threshold": best["threshold"]}
-    report = args.report or join(args.run, "evaluation.json")
-    with FileSystems.create(report) as handle:
-        handle.write(json.dumps(figures, indent=2).encode("utf-8"))
-    _print(args.pairs, figures)
+    if args.sheet:
+        figures = sheet_figures(args.sheet, args.run)
+    else:
+        pairs = read_labelled_pairs(args.pairs)
+        configuration, ids_of_text, group_of, score_of = _run_inputs(args.run)
+        result = evaluate_groups(pairs, ids_of_text, group_of)
+        sweep = threshold_sweep(pairs, ids_of_text, score_of)
+        best = max(sweep, key=lambda row: (row["f1"], -abs(row["threshold"] - configuration["threshold"])))
+        figures = {"groups": result, "run_threshold": configuration["threshold"], "sweep": sweep,
+                   "best_threshold": best["threshold"]}
+    if args.report:
+        write_atomically(args.report, json.dumps(figures, ensure_ascii=False, indent=2).encode("utf-8"))
+    else:
+        publish_evaluation(args.run, figures)
+    (_print_sheet if args.sheet else _print)(args.sheet or args.pairs, figures)
     return 0
+
+
+def publish_evaluation(run: str, figures: dict) -> None:
+    """evaluation.json into the run's output, and report.html redrawn with it, each replaced whole (a reader
+    sees the old file or the new one, never a part); a later `run --overwrite` removes both with the rest."""
+    from pipelines.report import gather, render
+
+    committed = read_committed(run, "--run")
+    files: dict = {}
+    for relative in committed.files:
+        folder, _, _ = relative.rpartition("/")
+        files.setdefault(folder, []).append(join(committed.root, relative))
+    write_atomically(join(committed.root, "evaluation.json"),
+                     json.dumps(figures, ensure_ascii=False, indent=2).encode("utf-8"))
+    page = render(committed.report, gather(files, committed.report), figures)
+    write_atomically(join(committed.root, "report.html"), page.encode("utf-8"))
 
 
 def _fmt(value: Optional[float]) -> str:
@@ -132,3 +208,27 @@ def _print(path: str, figures: dict) -> None:
     for row in figures["sweep"]:
         print(f"| {row['threshold']:.2f} | {_fmt(row['precision'])} | {_fmt(row['recall'])} | {_fmt(row['f1'])} |")
     print(f"best threshold for these labels: {figures['best_threshold']:.2f}")
+
+
+def _interval(figure: dict) -> str:
+    low, high = figure["ci95"]
+    if figure["estimate"] is None:
+        return "n/a (no labelled pair bears on it)"
+    return f"{figure['estimate']:.4f} (95% CI {low:.4f}–{high:.4f}, {figure['labelled_pairs']} labelled pairs)"
+
+
+def _print_sheet(paths: Sequence[str], figures: dict) -> None:
+    print(f"{', '.join(paths)}: {figures['labelled_pairs']} labelled pairs of run {figures['run_id']} "
+          f"({figures['skipped_rows']} rows skipped: blank, ? or unsure)")
+    for name, label in FIGURES:
+        print(f"  {label}: {_interval(figures[name])}")
+    best = figures["best_threshold"]
+    if best["estimate"] is not None:
+        low, high = best["ci95"]
+        print(f"  best threshold for pair F1: {best['estimate']:.2f} (95% CI {low:.2f}–{high:.2f}; the run used "
+              f"{figures['run_threshold']})")
+    if figures["strata_without_labels"]:
+        left_out = ", ".join(figures["strata_without_labels"])
+        print(f"  strata with no labelled pair, left out of every estimate: {left_out}", file=sys.stderr)
+    print("  the universe is the run's scored pairs and the pairs of texts it grouped without scoring; "
+          "duplicates blocking never proposed and the run never grouped are outside it")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import sys
@@ -17,6 +18,8 @@ from typing import NamedTuple, Sequence
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.dedup import generate_candidates
@@ -40,22 +43,26 @@ _COLUMN_NAMES = (("text_a", "text_b"), ("sentence1", "sentence2"), ("question1",
 
 
 def read_labelled_pairs(path: str) -> list[tuple[str, str, int]]:
-    """TSV `text_a<TAB>text_b<TAB>label` without header, or CSV / Parquet with named columns."""
-    if not os.path.exists(path):
-        raise QdedupError(f"--pairs {path!r}: no such file")
+    """TSV `text_a<TAB>text_b<TAB>label` without header, or CSV / Parquet with named columns; local or on any
+    Beam filesystem (gs://, s3://)."""
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            data = handle.read()
+    except FileNotFoundError as exc:
+        raise QdedupError(f"--pairs {path!r}: no such file") from exc
+    except Exception as exc:
+        raise QdedupError(f"--pairs {path!r}: cannot be read ({exc})") from exc
     if path.endswith(".parquet"):
-        rows = pq.read_table(path).to_pylist()
+        rows = pq.read_table(pa.BufferReader(data)).to_pylist()
     elif path.endswith(".csv"):
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            rows = list(csv.DictReader(handle))
+        rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"), newline="")))
     else:
-        with open(path, encoding="utf-8-sig") as handle:
-            rows = []
-            for number, line in enumerate(handle, 1):
-                fields = line.rstrip("\n").split("\t")
-                if len(fields) != 3:
-                    raise QdedupError(f"{path} line {number}: expected text_a<TAB>text_b<TAB>label")
-                rows.append({"text_a": fields[0], "text_b": fields[1], "label": fields[2]})
+        rows = []
+        for number, line in enumerate(data.decode("utf-8-sig").splitlines(), 1):
+            fields = line.split("\t")
+            if len(fields) != 3:
+                raise QdedupError(f"{path} line {number}: expected text_a<TAB>text_b<TAB>label")
+            rows.append({"text_a": fields[0], "text_b": fields[1], "label": fields[2]})
     if not rows:
         return []
     names = next((pair for pair in _COLUMN_NAMES if set(pair) <= set(rows[0])), None)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 import html
 from collections import Counter
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -24,6 +24,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
+from pipelines.estimates import FIGURES
 from transforms.metrics import COUNT_NAMESPACE, LARGEST_NAMESPACE, STAGE_NAMESPACE
 from transforms.state import STATE_FORMAT
 
@@ -263,7 +264,40 @@ COUNT_KEYS = ("rows_in", "rows_existing", "rows_rejected", "rows_out", "exact_du
               "lineage_split", "largest_group", "truncated_pairs", "oom_splits", "seconds_total")
 
 
-def render(report: dict, figures: dict) -> str:
+def _evaluation_section(evaluation: Optional[dict]) -> str:
+    """Estimates from labelled review sheets (with their intervals), or --pairs figures, when evaluated."""
+    if not evaluation:
+        return ""
+    if "precision_texts" not in evaluation:  # evaluate --pairs
+        groups = evaluation["groups"]
+        rows = ((name, "n/a" if groups[name] is None else f"{groups[name]:.4f}")
+                for name in ("precision", "recall", "f1"))
+        return (f"<h2>Evaluation on labelled pairs</h2><p>{groups['pairs_judged']:,} labelled pairs judged; "
+                f"best threshold for them {evaluation['best_threshold']:.2f}.</p>{_table(('figure', 'value'), rows)}")
+
+    def cells(figure: dict) -> tuple:
+        if figure["estimate"] is None:
+            return ("n/a", "", "")
+        low, high = figure["ci95"]
+        return (f"{figure['estimate']:.4f}", f"{low:.4f} – {high:.4f}", f"{figure.get('labelled_pairs', '')}")
+
+    table = _table(("figure", "estimate", "95% interval", "labelled pairs"),
+                   ((label, *cells(evaluation[name])) for name, label in FIGURES))
+    best = evaluation["best_threshold"]
+    advice = ""
+    if best["estimate"] is not None:
+        low, high = best["ci95"]
+        advice = (f"<p>Best threshold for pair F1: <b>{best['estimate']:.2f}</b> (95% interval {low:.2f} – "
+                  f"{high:.2f}); the run used {evaluation['run_threshold']}.</p>")
+    strata = _table(("stratum", "pairs", "labelled"), ((name, f"{s['pairs']:,}", s["labelled"])
+                                                       for name, s in evaluation["strata"].items()))
+    return (f"<h2>Quality estimates from review sheets</h2><p>{evaluation['labelled_pairs']:,} labelled pairs "
+            f"({evaluation['skipped_rows']} skipped). {html.escape(evaluation['estimator'])}</p>{table}{advice}"
+            f"{strata}")
+
+
+def render(report: dict, figures: dict, evaluation: Optional[dict] = None) -> str:
+    """The page. `evaluation`: `qdedup evaluate`'s figures for this run, shown when given."""
     threshold = figures["threshold"]
     counts = _table(("count", "value"), ((k, f"{report[k]:,}" if isinstance(report[k], int) else report[k])
                                           for k in COUNT_KEYS if k in report))
@@ -311,5 +345,6 @@ Row accounting (rows in + existing = rows out + rejected) <b class="{'ok' if rep
 <h2>Pairs nearest the threshold</h2><p>For review: are these duplicates?</p>{borderline}
 <h2>Rejected</h2>{_table(("kind: reason", "count"), figures["rejected"].items())}
 {int8_section}
+{_evaluation_section(evaluation)}
 </body></html>
 """

@@ -42,3 +42,21 @@ def write_json(path: str, content: dict) -> None:
     from apache_beam.io.filesystems import FileSystems
     with FileSystems.create(path) as handle:
         handle.write(json.dumps(content, ensure_ascii=False, indent=2, sort_keys=True).encode("utf-8"))
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Replaces the file at `path` whole: locally a file beside it renamed over it; on object stores one
+    object write (atomic there)."""
+    from apache_beam.io.filesystems import FileSystems
+    if is_remote(path):
+        with FileSystems.create(path) as handle:
+            handle.write(data)
+        return
+    staging = f"{path}.{os.getpid()}.partial"
+    try:
+        with open(staging, "wb") as handle:
+            handle.write(data)
+        os.replace(staging, path)
+    finally:
+        if os.path.exists(staging):
+            os.remove(staging)
