@@ -67,24 +67,15 @@ def _spread(values: Sequence[float]) -> float:
     return sum((v - mean) ** 2 for v in values) / (len(values) - 1)
 
 
-def _one_of_each_kind(members: Sequence[Unit]) -> list[int]:
-    """Index of the first pair of each (label, same group, candidate) kind."""
-    first: dict = {}
-    for i, unit in enumerate(members):
-        first.setdefault((unit.label, unit.same_group, unit.candidate), i)
-    return list(first.values())
-
-
 def stratified_total(units: Sequence[Unit], sizes: dict, value: Callable[[Unit], float]
                      ) -> tuple[float, float, Optional[float]]:
     """(estimate, variance, Satterthwaite degrees of freedom) of the universe's total of `value`, from the
     labelled `units` of each stratum of `sizes` ({stratum: N_h}).
 
-    A stratum's sample variance understates what its labels could have been when an outcome is rare
-    there (a stratum holding a few missed duplicates often shows none): it is taken as at least half
-    the variance with one label flipped, for a pair of each kind in it (Jeffreys' half a pair of the
-    outcome not seen). A stratum with one labelled pair of several borrows the largest variance of the
-    others."""
+    Where a stratum's labelled pairs all carry one label, its sample variance (often 0) understates
+    what the labels could have been (a stratum of rare duplicates often shows none): it is taken as at
+    least half the variance with one label flipped (Jeffreys' half a pair of the label not seen). A
+    stratum with one labelled pair of several borrows the largest variance of the others."""
     by_stratum: dict = defaultdict(list)
     for unit in units:
         by_stratum[unit.stratum].append(unit)
@@ -96,9 +87,9 @@ def stratified_total(units: Sequence[Unit], sizes: dict, value: Callable[[Unit],
         total += size * sum(values) / n
         if n >= 2 and n < size:
             spread = _spread(values)
-            for i in _one_of_each_kind(members):  # a label not seen in this stratum's sample may still be there
-                flipped = members[i]._replace(label=1 - members[i].label)
-                spread = max(spread, 0.5 * _spread([*values[:i], value(flipped), *values[i + 1:]]))
+            if len({u.label for u in members}) == 1:  # the other label may still be in the stratum
+                flipped = members[0]._replace(label=1 - members[0].label)
+                spread = max(spread, 0.5 * _spread([value(flipped), *values[1:]]))
             spreads.append(spread)
             part = size * size * (1 - n / size) * spread / n
             variance += part

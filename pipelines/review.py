@@ -1,8 +1,9 @@
 """`qdedup review --run OUT --output sheet.csv`: pairs for a person to label, drawn with known inclusion
 probabilities so that `qdedup evaluate --sheet` can estimate the run's quality from them.
 
-The universe is every pair of two distinct texts (representatives) of the run that it either scored
-(pairs/) or put in one group without scoring (transitive pairs). Each pair belongs to exactly one
+The universe is every pair of two distinct texts (representatives) of the run that it scored (pairs/),
+put in one group without scoring (transitive pairs), or that blocking would propose with more
+neighbours (beyond_top_k); duplicates outside it cannot be estimated. Each pair belongs to exactly one
 stratum, the first of `STRATA` that it fits (that is the rule for a pair that fits several):
 
 - changed: a scored pair whose two rows were grouped otherwise by --previous-groups (together then and
@@ -10,6 +11,12 @@ stratum, the first of `STRATA` that it fits (that is the rule for a pair that fi
 - weakest_link: the weakest link (lowest-scoring bridge) of one of the --large-groups largest groups;
 - near_threshold: a scored pair within --near of the run's threshold;
 - transitive: two texts of one group that the run never compared;
+- beyond_top_k: two texts of different groups that the run never compared but that blocking
+  proposes with --beyond-k nearest neighbours (default twice the run's --top-k) down to
+  --beyond-min-similarity (default half the run's --min-similarity): the duplicates blocking
+  missed live here. They are found by a Beam job like `run`'s (the run's own parameters and vectors,
+  `--params-from`), on the runner given (Beam flags after the review's own; the in-process runner by
+  default);
 - above_threshold, below_threshold: the other scored pairs.
 
 Each stratum is sampled by simple random sampling without replacement: a scored pair's place comes
@@ -32,8 +39,10 @@ import heapq
 import io
 import math
 import random
+import shutil
+import tempfile
 from collections import defaultdict
-from typing import Hashable, Iterator, NamedTuple, Optional, Sequence
+from typing import Hashable, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -42,10 +51,12 @@ from pipelines.evaluate import parquet_rows
 from pipelines.explain import Edge, weakest_link
 from transforms.commit import Committed, committed_root, read_committed
 from transforms.errors import QdedupError
+from transforms.paths import is_remote, join
 
-STRATA = ("changed", "weakest_link", "near_threshold", "transitive", "above_threshold", "below_threshold")
-SHARES = {"changed": 0.10, "weakest_link": 0.10, "near_threshold": 0.35, "transitive": 0.15,
-          "above_threshold": 0.15, "below_threshold": 0.15}
+STRATA = ("changed", "weakest_link", "near_threshold", "transitive", "beyond_top_k", "above_threshold",
+          "below_threshold")
+SHARES = {"changed": 0.10, "weakest_link": 0.05, "near_threshold": 0.30, "transitive": 0.15, "beyond_top_k": 0.15,
+          "above_threshold": 0.10, "below_threshold": 0.15}
 SHEET_COLUMNS = ("run_id", "id_a", "id_b", "text_a", "text_b", "score", "stratum", "stratum_size", "weight",
                  "label")
 DRAWS_PER_PAIR = 8  # transitive candidates drawn per pair wanted, before the run's scored ones are set aside
@@ -205,9 +216,10 @@ def weakest_links(run: RunTexts, threshold: float, largest: int) -> set:
 
 
 def draw_sheet(run: RunTexts, threshold: float, size: int, seed: int, near: float = 0.1, largest: int = 50,
-               previous: Optional[dict] = None) -> tuple[list[SheetPair], dict]:
+               previous: Optional[dict] = None, beyond: Iterable[dict] = ()) -> tuple[list[SheetPair], dict]:
     """(the drawn pairs, {stratum: N_h}) by the rules of this module. `previous`: representative id -> its
-    group in the previous run, or None."""
+    group in the previous run, or None. `beyond`: (id_a, id_b) rows of the pairs blocking proposes with
+    more neighbours that the run did not score (`extra_neighbours`)."""
     weakest = weakest_links(run, threshold, largest)
     rng = random.Random(seed)
     drawn = draw_within_groups(run.members, rng, DRAWS_PER_PAIR * size)
@@ -229,6 +241,13 @@ def draw_sheet(run: RunTexts, threshold: float, size: int, seed: int, near: floa
             (previous[a] == previous[b]) != same
         stratum = scored_stratum(pair["score"], threshold, near, changed, key in weakest)
         kept[stratum].offer(pair_hash(seed, *key), SheetPair(key[0], key[1], pair["score"], stratum))
+    for pair in beyond:
+        a, b = pair["id_a"], pair["id_b"]
+        group_a, group_b = run.group_of.get(a), run.group_of.get(b)
+        if group_a is None or group_b is None or group_a == group_b:  # a pair of one group is transitive
+            continue
+        key = (a, b) if _order(a) < _order(b) else (b, a)
+        kept["beyond_top_k"].offer(pair_hash(seed, *key), SheetPair(key[0], key[1], None, "beyond_top_k"))
     sizes = {s: kept[s].seen for s in STRATA if s != "transitive"}
     sizes["transitive"] = sum(math.comb(len(reps), 2) for reps in run.members.values() if len(reps) >= 3) \
         - same_group_scored_3
@@ -282,6 +301,62 @@ def write_sheet(path: str, rows: Sequence[dict]) -> None:
         handle.write(buffer.getvalue().encode("utf-8-sig"))
 
 
+class IdPair(NamedTuple):
+    id_a: Hashable
+    id_b: Hashable
+
+
+def _unscored(element) -> Iterator[IdPair]:
+    (a, b), joined = element
+    if not any(True for _ in joined["scored"]) and any(True for _ in joined["candidate"]):
+        yield IdPair(a, b)
+
+
+def extra_neighbours(committed: Committed, k: int, min_similarity: float, id_type: str,
+                     beam_args: Sequence[str]) -> tuple[str, list[str]]:
+    """(the folder written, its Parquet files of (id_a, id_b)): the pairs blocking proposes with `k` nearest
+    neighbours down to `min_similarity`, with the run's other options, parameters and vectors
+    (`--params-from` the run itself), that the run did not score."""
+    import apache_beam as beam
+    import pyarrow as pa
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    from pipelines.dedup import generate_candidates
+    from pipelines.options import QdedupOptions, input_columns, parse_embedders
+    from pipelines.preflight import load_prior
+    from transforms.joins import JoinByKey
+    from transforms.write import WriteRecords, arrow_id_type
+
+    configuration = dict(committed.configuration, top_k=k, min_similarity=min_similarity,
+                         params_from=committed.root, existing=None, previous_groups=None)
+    probe = PipelineOptions(list(beam_args))
+    runner = probe.view_as(StandardOptions).runner
+    local = runner is None or runner in StandardOptions.LOCAL_RUNNERS
+    temp = probe.get_all_options().get("temp_location")
+    if not local and not temp:
+        raise QdedupError("qdedup review on a remote runner needs --temp_location for the extra neighbours")
+    work = join(temp, f"qdedup-review-{committed.run_id}") if temp and is_remote(temp) else \
+        tempfile.mkdtemp(prefix="qdedup_review_")
+    names = set(PipelineOptions([]).view_as(QdedupOptions).get_all_options(current_only=True))
+    given = {name: value for name, value in configuration.items() if name in names}
+    pipeline_options = PipelineOptions([*(["--runner=FnApiRunner"] if runner is None else []), *beam_args],
+                                       **given)
+    options = pipeline_options.view_as(QdedupOptions)
+    kinds = [kind for kind, _ in parse_embedders(options.embedders)]
+    prior = load_prior(committed.root, False, configuration, kinds)
+    with beam.Pipeline(options=pipeline_options) as pipeline:
+        generated = generate_candidates(pipeline, options, input_columns(options), prior,
+                                        configuration.get("int8_models") or None)
+        (
+            {"candidate": generated.pairs | "KeyCandidate" >> beam.Map(lambda p: ((p.id_a, p.id_b), None)),
+             "scored": generated.stored.pairs | "KeyScored" >> beam.Map(lambda p: ((p.id_a, p.id_b), None))}
+            | "NotScored" >> JoinByKey(_unscored)
+            | "WriteExtra" >> WriteRecords(join(work, "part"), pa.schema(
+                [("id_a", arrow_id_type(id_type)), ("id_b", arrow_id_type(id_type))]))
+        )
+    return work, [m.path for m in FileSystems.match([join(work, "part*")])[0].metadata_list]
+
+
 def review(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="qdedup review", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", required=True, help="a finished run's --output directory")
@@ -291,17 +366,34 @@ def review(argv: Sequence[str]) -> int:
     parser.add_argument("--near", type=float, default=0.1, help="half-width of the near_threshold stratum")
     parser.add_argument("--large-groups", type=int, default=50, help="largest groups whose weakest link is a stratum")
     parser.add_argument("--previous-groups", help="an earlier run: pairs it grouped otherwise are a stratum")
+    parser.add_argument("--beyond-k", type=int, help="nearest neighbours searched for the beyond_top_k stratum "
+                                                     "(default: twice the run's --top-k; 0: no such stratum)")
+    parser.add_argument("--beyond-min-similarity", type=float,
+                        help="lowest similarity of those neighbours (default: half the run's --min-similarity)")
     parser.add_argument("--verbose", action="store_true", help="show every library's log lines")
-    args = parser.parse_args(argv)
+    args, beam_args = parser.parse_known_args(argv)
     if args.size < 1:
         raise QdedupError("--size must be at least 1")
     if not 0 < args.near < 1:
         raise QdedupError("--near must be between 0 and 1")
     committed = read_committed(args.run, "--run")
     threshold = committed.configuration["threshold"]
+    top_k = committed.configuration["top_k"]
+    beyond_k = 2 * top_k if args.beyond_k is None else args.beyond_k
+    if beyond_k and beyond_k <= top_k:
+        raise QdedupError(f"--beyond-k {beyond_k}: must be more than the run's --top-k ({top_k}), or 0")
     run = RunTexts(committed)
     previous = previous_grouping(args.previous_groups, set(run.group_of)) if args.previous_groups else None
-    pairs, sizes = draw_sheet(run, threshold, args.size, args.seed, args.near, args.large_groups, previous)
+    id_type = "string" if any(isinstance(i, str) for i in run.group_of) else "int64"
+    floor = committed.configuration["min_similarity"] / 2 if args.beyond_min_similarity is None \
+        else args.beyond_min_similarity
+    work, files = extra_neighbours(committed, beyond_k, floor, id_type, beam_args) if beyond_k else (None, [])
+    try:
+        pairs, sizes = draw_sheet(run, threshold, args.size, args.seed, args.near, args.large_groups, previous,
+                                  parquet_rows(files, ["id_a", "id_b"]))
+    finally:
+        if work and not is_remote(work):
+            shutil.rmtree(work, ignore_errors=True)
     texts = run.texts({i for p in pairs for i in (p.id_a, p.id_b)})
     write_sheet(args.output, sheet_rows(committed.run_id, pairs, sizes, texts, args.seed))
     by_stratum = defaultdict(int)

@@ -63,13 +63,26 @@ class SyntheticRun:
         for t in texts:
             self.members[self.group_of[t]].append(t)
         self.rows_of = {t: rng.choice([1, 1, 1, 2, 3]) for t in texts}
+        # what blocking with more neighbours would add: unscored pairs of different groups, a few of them
+        # duplicates that blocking missed (the beyond_top_k stratum)
+        self.extra = set()
+        for t in texts:
+            for _ in range(3):
+                other = rng.choice(by_cluster[self.truth[t]]) if rng.random() < 0.2 else rng.choice(texts)
+                key = (min(t, other), max(t, other))
+                if other != t and key not in self.scores and self.group_of[t] != self.group_of[other]:
+                    self.extra.add(key)
 
     def pairs(self):
         for (a, b), score in self.scores.items():
             yield {"id_a": a, "id_b": b, "score": score, "source": self.source[(a, b)]}
 
+    def beyond(self):
+        return [{"id_a": a, "id_b": b} for a, b in sorted(self.extra)]
+
     def universe(self):
         found = {key: True for key in self.scores}
+        found.update((key, False) for key in self.extra)
         for reps in self.members.values():
             for i, a in enumerate(reps):
                 for b in reps[i + 1:]:
@@ -85,7 +98,7 @@ class SyntheticRun:
             y, s = self.truth[a] == self.truth[b], self.group_of[a] == self.group_of[b]
             w = self.rows_of[a] * self.rows_of[b]
             tp, same, dup = tp + (y and s), same + s, dup + y
-            found += y and scored and self.source[(a, b)] != "resplit"
+            found += y and scored and self.source.get((a, b)) != "resplit"
             tp_rows, same_rows, dup_rows = tp_rows + (y and s) * w, same_rows + s * w, dup_rows + y * w
         e = self.exact_row_pairs()
         return {"precision_texts": tp / same, "recall_texts": tp / dup, "blocking_recall_texts": found / dup,
@@ -128,7 +141,7 @@ def test_inclusion_probabilities_are_the_sheets_weights():
     times, expected = Counter(), {}
     draws = 600
     for seed in range(draws):
-        pairs, sizes = draw_sheet(run, 0.5, 40, seed, largest=5)
+        pairs, sizes = draw_sheet(run, 0.5, 40, seed, largest=5, beyond=run.beyond())
         per_stratum = Counter(p.stratum for p in pairs)
         assert len({(p.id_a, p.id_b) for p in pairs}) == len(pairs)  # one stratum, one draw per pair
         for p in pairs:
@@ -147,7 +160,7 @@ def test_weighted_total_covers_a_known_total():
     truth = run.true_figures()["duplicate_pairs_of_texts"]
     hits = 0
     for seed in range(100):
-        pairs, sizes = draw_sheet(run, 0.5, 200, seed)
+        pairs, sizes = draw_sheet(run, 0.5, 200, seed, beyond=run.beyond())
         hits += covers(estimates(run.label(pairs), sizes, run.exact_row_pairs(), 0.5, replicates=0)
                        ["duplicate_pairs_of_texts"], truth)
     print(f"known total covered in {hits} of 100 draws")
@@ -160,13 +173,15 @@ def test_intervals_cover_true_precision_and_recall(p_false):
     one giant group of rare duplicates): every figure's interval covers the truth in >= 90 of 100."""
     run = SyntheticRun(p_false=p_false)
     truth = run.true_figures()
-    hits = Counter()
+    hits, widths = Counter(), Counter()
     for seed in range(100):
-        pairs, sizes = draw_sheet(run, 0.5, 200, seed)
+        pairs, sizes = draw_sheet(run, 0.5, 200, seed, beyond=run.beyond())
         figures = estimates(run.label(pairs), sizes, run.exact_row_pairs(), 0.5, replicates=0)
         for name in ("precision_texts", "recall_texts", "precision_rows", "recall_rows"):
             hits[name] += covers(figures[name], truth[name])
-    print(f"p_false {p_false}: coverage of 100 draws {dict(hits)}")
+            widths[name] += (figures[name]["ci95"][1] - figures[name]["ci95"][0]) / 100
+    print(f"p_false {p_false}: truth {({n: round(truth[n], 3) for n in hits})}, coverage of 100 draws "
+          f"{dict(hits)}, mean interval width {({n: round(w, 3) for n, w in widths.items()})}")
     assert min(hits.values()) >= 90, hits
 
 
@@ -174,7 +189,7 @@ def test_blocking_recall_covers_the_truth():
     run = SyntheticRun()
     truth = run.true_figures()["blocking_recall_texts"]
     hits = sum(covers(estimates(run.label(p), s, 0, 0.5, replicates=0)["blocking_recall_texts"], truth)
-               for p, s in (draw_sheet(run, 0.5, 200, seed) for seed in range(100)))
+               for p, s in (draw_sheet(run, 0.5, 200, seed, beyond=run.beyond()) for seed in range(100)))
     print(f"blocking recall covered in {hits} of 100 draws")
     assert hits >= 90
 
@@ -256,6 +271,7 @@ def test_review_then_evaluate_a_run(reference_run, tmp_path, capsys):
     assert data.startswith(b"\xef\xbb\xbf")
     rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
     assert 0 < len(rows) <= 60 and {r["stratum"] for r in rows} <= set(STRATA)
+    assert {"beyond_top_k", "above_threshold"} <= {r["stratum"] for r in rows}  # the Beam job found more
     assert all(r["id_a"].startswith('="') and r["text_a"] and r["label"] == "" for r in rows)
     assert len({(r["id_a"], r["id_b"]) for r in rows}) == len(rows)
     again = tmp_path / "again.csv"
