@@ -21,6 +21,7 @@ from transforms.cluster import ClusterGroups, ConnectedComponents
 from transforms.coders import use_record_coder
 from transforms.commit import OutputRun
 from transforms.embed import EmbedEncoder, EmbedLexical, EmbedStatic
+from transforms.explain import ExplainGroups
 from transforms.ids import AssignGroupIds, ReadPreviousGroups
 from transforms.metrics import count_elements
 from transforms.normalize import Collapsed, NormalizeAndCollapse
@@ -38,6 +39,7 @@ from transforms.state import (
 from transforms.write import (
     REJECTED_SCHEMA,
     WriteRecords,
+    explain_schema,
     groups_schema,
     lineage_schema,
     pairs_schema,
@@ -148,7 +150,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
     components = ConnectedComponents(options.component_rounds, options.max_unsettled_edges)
     clustered = (representatives, members, scoring.scored, previous) | "ClusterGroups" >> ClusterGroups(
         chaining.threshold, components, SplitChains(chaining, ScoreCandidates(scorer, known_scores, texts), components),
-        AssignGroupIds(), options.canonical)
+        AssignGroupIds(), ExplainGroups(chaining.threshold, options.explain_max_edges), options.canonical)
     groups = clustered.groups
     all_pairs = (scoring.scored, clustered.scored) | "AllPairs" >> beam.Flatten()
     rejected = (
@@ -162,6 +164,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
     all_pairs | "WritePairs" >> WriteRecords(out.file_prefix("pairs"), pairs_schema(id_type))
     rejected | "WriteRejected" >> WriteRecords(out.file_prefix("rejected"), REJECTED_SCHEMA)
     clustered.lineage | "WriteLineage" >> WriteRecords(out.file_prefix("lineage"), lineage_schema(id_type))
+    clustered.explained | "WriteExplain" >> WriteRecords(out.file_prefix("explain"), explain_schema(id_type))
     (representatives, members) | "WriteRunState" >> WriteRunState(
         out.file_prefix("state", "representatives"), out.file_prefix("state", "members"), id_type)
     for kind, parts in generated.embedders.items():

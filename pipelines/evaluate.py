@@ -147,8 +147,9 @@ ESTIMATOR = ("stratified simple random sampling without replacement (review shee
              "stratified Horvitz-Thompson, proportions as ratios of totals with Taylor-linearized variance; "
              "95% Korn-Graubard intervals (Clopper-Pearson on the effective sample size, Satterthwaite degrees "
              "of freedom); best threshold: stratified bootstrap "
-             "percentiles (200 replicates). Universe: the run's scored pairs and the pairs of texts it grouped "
-             "without scoring; duplicates outside it are not estimated.")
+             "percentiles (200 replicates). Universe: the run's scored pairs, the pairs of texts it grouped "
+             "without scoring, and the pairs blocking proposes with more neighbours (review's beyond_top_k "
+             "stratum); duplicates outside it are not estimated.")
 
 
 def evaluate(argv: Sequence[str]) -> int:
@@ -230,5 +231,8 @@ def _print_sheet(paths: Sequence[str], figures: dict) -> None:
     if figures["strata_without_labels"]:
         left_out = ", ".join(figures["strata_without_labels"])
         print(f"  strata with no labelled pair, left out of every estimate: {left_out}", file=sys.stderr)
-    print("  the universe is the run's scored pairs and the pairs of texts it grouped without scoring; "
-          "duplicates blocking never proposed and the run never grouped are outside it")
+    beyond = "beyond_top_k" in figures["strata"]
+    print("  universe: the run's scored pairs, the pairs of texts it grouped without scoring"
+          + (", and the pairs blocking proposes with more neighbours" if beyond else
+             " (no beyond_top_k stratum: blocking's misses are not sampled, so recall is over-estimated)")
+          + "; duplicates outside it cannot be estimated")

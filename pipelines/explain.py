@@ -15,121 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import deque
-from typing import Hashable, Iterable, NamedTuple, Optional, Sequence
+from typing import Sequence
 
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.evaluate import parquet_rows
-from transforms.cluster import UnionFind
 from transforms.commit import read_committed
 from transforms.errors import QdedupError
-
-
-class Edge(NamedTuple):
-    a: Hashable
-    b: Hashable
-    score: float
-    source: str
-
-
-def widest_path(edges: Iterable[Edge], start: Hashable, end: Hashable, threshold: float) -> Optional[list[Edge]]:
-    """The edges (score >= threshold) of the path from `start` to `end` whose lowest score is highest; among
-    those, the one with fewest edges, then the lowest ids in order. None when no such path joins them.
-
-    Args:
-        edges: scored pairs, in any order and orientation.
-        start, end: the two nodes (equal: an empty path).
-        threshold: edges below it are not used.
-
-    Returns:
-        The path's edges from `start` to `end`, each oriented along the path.
-    """
-    usable = sorted((e for e in edges if e.score >= threshold), key=lambda e: -e.score)
-    if start == end:
-        return []
-    joined, bottleneck = UnionFind(), None
-    for edge in usable:  # Kruskal: the score at which start and end first meet is the widest bottleneck
-        for node in (edge.a, edge.b, start, end):
-            joined.parent.setdefault(node, node)
-        joined.union(edge.a, edge.b)
-        if joined.find(start) == joined.find(end):
-            bottleneck = edge.score
-            break
-    if bottleneck is None:
-        return None
-    neighbours: dict = {}
-    for edge in usable:
-        if edge.score < bottleneck:
-            break
-        neighbours.setdefault(edge.a, []).append((edge.b, edge))
-        neighbours.setdefault(edge.b, []).append((edge.a, edge))
-    hops = {end: 0}  # fewest edges to `end`, over edges at or above the bottleneck
-    queue = deque([end])
-    while queue:
-        node = queue.popleft()
-        for other, _ in neighbours.get(node, ()):
-            if other not in hops:
-                hops[other] = hops[node] + 1
-                queue.append(other)
-    path, node = [], start
-    while node != end:  # step to the lowest-id neighbour one edge closer: the lowest ids in order
-        other, edge = min(((o, e) for o, e in neighbours[node] if hops.get(o) == hops[node] - 1),
-                          key=lambda item: (_order(item[0]), -item[1].score))
-        path.append(Edge(node, other, edge.score, edge.source))
-        node = other
-    return path
-
-
-def weakest_link(edges: Iterable[Edge], threshold: float) -> Optional[Edge]:
-    """The lowest-scoring bridge of the graph of edges at or above `threshold`: the one pair whose removal
-    would split its component. None when no single pair holds any part of it together.
-
-    Args:
-        edges: scored pairs, in any order and orientation (a pair given twice is not a bridge).
-
-    Returns:
-        The bridge with the lowest score (ties: the lowest ids), or None.
-    """
-    usable = [e for e in edges if e.score >= threshold and e.a != e.b]
-    adjacent: dict = {}
-    for index, edge in enumerate(usable):
-        adjacent.setdefault(edge.a, []).append((edge.b, index))
-        adjacent.setdefault(edge.b, []).append((edge.a, index))
-    order: dict = {}
-    low: dict = {}
-    bridges = []
-    for root in sorted(adjacent, key=_order):  # Tarjan's bridges, iteratively (no recursion limit)
-        if root in order:
-            continue
-        order[root] = low[root] = len(order)
-        stack = [(root, -1, iter(adjacent[root]))]
-        while stack:
-            node, via, neighbours = stack[-1]
-            step = next(neighbours, None)
-            if step is None:
-                stack.pop()
-                if stack:
-                    parent = stack[-1][0]
-                    low[parent] = min(low[parent], low[node])
-                    if low[node] > order[parent]:
-                        bridges.append(usable[via])
-                continue
-            other, index = step
-            if index == via:
-                continue
-            if other in order:
-                low[node] = min(low[node], order[other])
-            else:
-                order[other] = low[other] = len(order)
-                stack.append((other, index, iter(adjacent[other])))
-    return min(bridges, key=lambda e: (e.score, sorted((_order(e.a), _order(e.b)))), default=None)
-
-
-def _order(value) -> tuple:
-    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
+from transforms.explain import order_key, weakest_link, widest_path
+from transforms.records import Edge
 
 
 def matching_rows(paths: Sequence[str], columns: list[str], filters: dict) -> list[dict]:
@@ -218,7 +114,7 @@ def explain(run: Run, ids: Sequence) -> dict:
                 "lowest_score": min((e.score for e in path), default=None) if path else None}
 
     found: dict = {"threshold": run.threshold, "rows": {}, "weakest_links": {}}
-    for group_id in sorted(group_ids, key=_order):
+    for group_id in sorted(group_ids, key=order_key):
         link = weakest_link(group_edges(group_id), run.threshold)
         found["weakest_links"][group_id] = link._asdict() if link else None
     for row_id in ids:

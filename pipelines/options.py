@@ -25,6 +25,9 @@ _BLOCKING = BlockingSettings()
 _CHAINING = ChainingSettings()
 
 
+EXPLAIN_MAX_EDGES = 10_000  # ~1 MB of edges a group; a group's widest paths cost (distinct bottlenecks x edges)
+
+
 class QdedupOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
@@ -62,6 +65,10 @@ class QdedupOptions(PipelineOptions):
             help="chaining control: a component (3+ questions) whose edges cover less of its pairs is re-split")
         add("--resplit-pairs", "--resplit_pairs", dest="resplit_pairs", type=int, default=_CHAINING.pair_budget,
             help="chaining control: most missing pairs scored per re-split component")
+        add("--explain-max-edges", "--explain_max_edges", dest="explain_max_edges", type=int,
+            default=EXPLAIN_MAX_EDGES, help="explain/: most edges of one group gathered to explain its rows; a "
+                                            "larger group's rows are written with kind too_large (qdedup "
+                                            "explain still answers for them)")
         add("--resplit-gather", "--resplit_gather", dest="resplit_gather", type=int, default=_CHAINING.max_gather,
             help="chaining control: most questions one re-split gathers on a worker; a larger component is "
                  "first cut by its edges at rising thresholds")

@@ -146,6 +146,7 @@ def validate(options: QdedupOptions) -> None:
         (options.component_rounds >= 0, "--component-rounds must be 0 (automatic) or more"),
         (options.max_unsettled_edges >= 0, "--max-unsettled-edges must be 0 or more"),
         (options.resplit_gather >= 3, "--resplit-gather must be at least 3"),
+        (options.explain_max_edges >= 1, "--explain-max-edges must be at least 1"),
         (options.resplit_cut_steps >= 0, "--resplit-cut-steps must be 0 or more"),
         (options.resplit_size >= 2, "--resplit-size must be at least 2"),
         (0.0 <= options.resplit_density <= 1.0, "--resplit-density must be between 0 and 1"),

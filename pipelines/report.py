@@ -139,6 +139,7 @@ def run_totals(report: dict, result) -> dict:
         "components_resplit": counts.get("components_resplit", 0),
         "components_cut": counts.get("components_cut", 0),
         "components_too_large": counts.get("components_too_large", 0),
+        "explain_groups_too_large": counts.get("explain_groups_too_large", 0),
         "blocking_items_hash_blocked": counts.get("blocking_items_hash_blocked", 0),
         "largest_elements": {name: max(v.max for v in values) for name, values in sorted(largest.items())},
         "scoring_pairs_per_second": round(report["pairs_scored"] / score_seconds, 2) if score_seconds else None,
@@ -149,6 +150,7 @@ SCORE_BINS = 20
 LARGEST_GROUPS = 10
 MEMBERS_SHOWN = 5
 BORDERLINE_PAIRS = 20
+PATHS_SHOWN = 8  # explained rows shown per large group
 SIZE_BUCKETS = ((1, 1), (2, 2), (3, 3), (4, 5), (6, 10), (11, 20), (21, 50), (51, 100), (101, None))
 
 
@@ -194,8 +196,23 @@ def gather(files: dict, report: dict) -> dict:
         for row_id, group_id in zip(batch["id"], batch["group_id"]):
             if group_id in members and len(members[group_id]) < MEMBERS_SHOWN:
                 members[group_id].append(row_id)
+    explained: dict = {group_id: {"paths": [], "weakest": None} for group_id in top}
+    for batch in _batches(files, "explain", ["id", "group_id", "kind", "path_ids", "path_scores", "path_sources",
+                                              "weakest_id_a", "weakest_id_b", "weakest_score", "weakest_source"]):
+        for i, group_id in enumerate(batch["group_id"]):
+            if group_id not in explained:
+                continue
+            found = explained[group_id]
+            if batch["weakest_id_a"][i] is not None:
+                found["weakest"] = (batch["weakest_id_a"][i], batch["weakest_id_b"][i], batch["weakest_score"][i],
+                                    batch["weakest_source"][i])
+            if batch["kind"][i] == "path" and len(found["paths"]) < PATHS_SHOWN:
+                found["paths"].append((batch["id"][i], batch["path_ids"][i], batch["path_scores"][i],
+                                       batch["path_sources"][i]))
     borderline = sorted((item for item in near), key=lambda item: item[3])
     wanted = {i for ids in members.values() for i in ids} | {c for _, c in top.values()}
+    for found in explained.values():
+        wanted |= {i for _, ids, _, _ in found["paths"] for i in ids} | set((found["weakest"] or ())[:2])
     wanted |= {item[1] for item in borderline} | {item[2] for item in borderline}
     texts = _texts(files, wanted)
     rejected = Counter()
@@ -207,6 +224,12 @@ def gather(files: dict, report: dict) -> dict:
         "groups_by_size": {size: rows // size for size, rows in sorted(rows_by_size.items())},
         "largest": [(group_id, size, texts.get(canonical, ""), [texts.get(m, "") for m in members[group_id]])
                     for group_id, (size, canonical) in top.items()],
+        "explained": {group_id: {
+            "paths": [(row_id, [(i, texts.get(i, "")) for i in ids], scores, sources)
+                      for row_id, ids, scores, sources in found["paths"]],
+            "weakest": None if found["weakest"] is None else (
+                *found["weakest"], texts.get(found["weakest"][0], ""), texts.get(found["weakest"][1], ""))}
+            for group_id, found in explained.items()},
         "borderline": [(a, b, score, similarity, source, texts.get(a, ""), texts.get(b, ""))
                        for _, a, b, score, similarity, source in borderline],
         "rejected": dict(rejected.most_common()),
@@ -264,6 +287,29 @@ COUNT_KEYS = ("rows_in", "rows_existing", "rows_rejected", "rows_out", "exact_du
               "lineage_split", "largest_group", "truncated_pairs", "oom_splits", "seconds_total")
 
 
+def _explanation(found: Optional[dict]) -> str:
+    """A large group's explanation (explain/): some rows' widest paths to the canonical member, scores on
+    the way, and its weakest link."""
+    if not found:
+        return ""
+
+    def step(node: tuple) -> str:
+        return f"{html.escape(str(node[0]))} {html.escape(node[1])}"
+
+    rows = []
+    for row_id, nodes, scores, sources in found["paths"]:
+        chain = step(nodes[0]) + "".join(f" —{score:.3f} ({html.escape(source)})→ {step(node)}"
+                                         for node, score, source in zip(nodes[1:], scores, sources))
+        rows.append((row_id, chain, f"{min(scores):.3f}"))
+    table = _table(("row", "widest path to the canonical member (edge scores)", "lowest"), rows) if rows else ""
+    link = found["weakest"]
+    weakest = ("<p>No weakest link: no single pair holds the group together.</p>" if link is None else
+               f"<p>Weakest link: {html.escape(str(link[0]))} {html.escape(link[4])} — {html.escape(str(link[1]))} "
+               f"{html.escape(link[5])}, score {link[2]:.3f} ({html.escape(link[3])}): removing it would split "
+               "the group.</p>")
+    return f"{table}{weakest}"
+
+
 def _evaluation_section(evaluation: Optional[dict]) -> str:
     """Estimates from labelled review sheets (with their intervals), or --pairs figures, when evaluated."""
     if not evaluation:
@@ -309,7 +355,8 @@ def render(report: dict, figures: dict, evaluation: Optional[dict] = None) -> st
                for low, high in SIZE_BUCKETS]
     largest = "".join(
         f"<details><summary>{html.escape(str(group_id))}: {size:,} rows — {html.escape(canonical)}</summary>"
-        f"<ul>{''.join(f'<li>{html.escape(t)}</li>' for t in members)}</ul></details>"
+        f"<ul>{''.join(f'<li>{html.escape(t)}</li>' for t in members)}</ul>"
+        f"{_explanation(figures.get('explained', {}).get(group_id))}</details>"
         for group_id, size, canonical, members in figures["largest"])
     borderline = _table(("score", "similarity", "source", "id_a", "text_a", "id_b", "text_b"),
                         ((f"{score:.3f}", "" if sim is None else f"{sim:.3f}", source, a, ta, b, tb)

@@ -48,10 +48,11 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines.estimates import pooled_sizes
 from pipelines.evaluate import parquet_rows
-from pipelines.explain import Edge, weakest_link
 from transforms.commit import Committed, committed_root, read_committed
 from transforms.errors import QdedupError
+from transforms.explain import order_key, weakest_link
 from transforms.paths import is_remote, join
+from transforms.records import Edge
 
 STRATA = ("changed", "weakest_link", "near_threshold", "transitive", "beyond_top_k", "above_threshold",
           "below_threshold")
@@ -122,7 +123,7 @@ def draw_within_groups(members: dict, rng: random.Random, draws: int) -> list[tu
     """`draws` pairs (a, b), a < b, of two texts of one group of 3 or more, uniform over all such pairs
     (with replacement): a group with probability proportional to its pairs, then two of its texts. (A
     group of two texts is joined by their scored pair: it has no transitive pair.)"""
-    groups = sorted((g for g, reps in members.items() if len(reps) >= 3), key=_order)
+    groups = sorted((g for g, reps in members.items() if len(reps) >= 3), key=order_key)
     if not groups:
         return []
     cumulative, running = [], 0
@@ -134,12 +135,8 @@ def draw_within_groups(members: dict, rng: random.Random, draws: int) -> list[tu
         reps = members[groups[bisect.bisect_right(cumulative, rng.randrange(running))]]
         i, j = rng.sample(range(len(reps)), 2)
         a, b = reps[i], reps[j]
-        found.append((a, b) if _order(a) < _order(b) else (b, a))
+        found.append((a, b) if order_key(a) < order_key(b) else (b, a))
     return found
-
-
-def _order(value) -> tuple:
-    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
 
 
 class SheetPair(NamedTuple):
@@ -165,7 +162,7 @@ class RunTexts:
         self.rows_of = {row["id"]: row["count"] for row in parquet_rows(
             committed.paths("state/representatives", ".parquet"), ["id", "count"]) if row["id"] in self.group_of}
         self.members: dict = defaultdict(list)
-        for rep in sorted(self.group_of, key=_order):
+        for rep in sorted(self.group_of, key=order_key):
             self.members[self.group_of[rep]].append(rep)
 
     def pairs(self) -> Iterator[dict]:
@@ -200,7 +197,7 @@ def previous_grouping(path: str, rep_ids: set) -> dict:
 def weakest_links(run: RunTexts, threshold: float, largest: int) -> set:
     """{(a, b)} of the weakest link of each of the `largest` groups with the most texts (3 or more)."""
     big = sorted((g for g, reps in run.members.items() if len(reps) >= 3),
-                 key=lambda g: (-len(run.members[g]), _order(g)))[:largest]
+                 key=lambda g: (-len(run.members[g]), order_key(g)))[:largest]
     wanted = set(big)
     edges: dict = defaultdict(list)
     for pair in run.pairs():
@@ -211,7 +208,7 @@ def weakest_links(run: RunTexts, threshold: float, largest: int) -> set:
     for group in big:
         link = weakest_link(edges[group], threshold)
         if link is not None:
-            found.add((link.a, link.b) if _order(link.a) < _order(link.b) else (link.b, link.a))
+            found.add((link.a, link.b) if order_key(link.a) < order_key(link.b) else (link.b, link.a))
     return found
 
 
@@ -232,7 +229,7 @@ def draw_sheet(run: RunTexts, threshold: float, size: int, seed: int, near: floa
         group_a, group_b = run.group_of.get(a), run.group_of.get(b)
         if group_a is None or group_b is None or a == b:
             continue
-        key = (a, b) if _order(a) < _order(b) else (b, a)
+        key = (a, b) if order_key(a) < order_key(b) else (b, a)
         same = group_a == group_b
         same_group_scored_3 += same and len(run.members[group_a]) >= 3
         if key in wanted_draws:
@@ -246,7 +243,7 @@ def draw_sheet(run: RunTexts, threshold: float, size: int, seed: int, near: floa
         group_a, group_b = run.group_of.get(a), run.group_of.get(b)
         if group_a is None or group_b is None or group_a == group_b:  # a pair of one group is transitive
             continue
-        key = (a, b) if _order(a) < _order(b) else (b, a)
+        key = (a, b) if order_key(a) < order_key(b) else (b, a)
         kept["beyond_top_k"].offer(pair_hash(seed, *key), SheetPair(key[0], key[1], None, "beyond_top_k"))
     sizes = {s: kept[s].seen for s in STRATA if s != "transitive"}
     sizes["transitive"] = sum(math.comb(len(reps), 2) for reps in run.members.values() if len(reps) >= 3) \

@@ -7,6 +7,7 @@ spacing) and bad rows of every kind the reader rejects. Deterministic: the
 same file every time.
 
     python samples/make_sample.py [OUT.parquet]
+    python samples/make_sample.py --label SHEET.csv LABELLED.csv   # a review sheet labelled by the sample's truth
 
 The calibration set (`--precision int8`, transforms/int8.py) pairs each question with its paraphrase,
 with the next question's paraphrase and with a decorated copy of itself, and each single question
@@ -165,7 +166,41 @@ def write_calibration(path: str) -> None:
         writer.writerows(calibration_pairs())
 
 
+def meaning_of() -> dict:
+    """{normalized text: its meaning}: a question and its paraphrase (and their copies) share one; each
+    single question has its own. The sample's truth, for labelling a review sheet in the README's example."""
+    from transforms.normalize import normalize_text
+
+    found = {}
+    for i, texts in enumerate(PARAPHRASES):
+        for text in texts:
+            found[normalize_text(text)] = found[normalize_text("【求助】" + text + "！！")] = i  # and its copies
+    for j, single in enumerate(SINGLES):
+        found[normalize_text(single)] = len(PARAPHRASES) + j
+    return found
+
+
+def label_sheet(sheet: str, labelled: str) -> None:
+    """Fills the label column of a `qdedup review` sheet from the sample's truth (`meaning_of`): 1 for the
+    same meaning, 0 for another, blank for a text the sample does not know."""
+    from transforms.normalize import normalize_text
+
+    meaning = meaning_of()
+    with open(sheet, encoding="utf-8-sig", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        a, b = meaning.get(normalize_text(row["text_a"])), meaning.get(normalize_text(row["text_b"]))
+        row["label"] = "" if a is None or b is None else str(int(a == b))
+    with open(labelled, "w", encoding="utf-8-sig", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["label"], lineterminator="\r\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--label"]:  # python samples/make_sample.py --label SHEET LABELLED
+        label_sheet(sys.argv[2], sys.argv[3])
+        sys.exit(0)
     here = os.path.dirname(os.path.abspath(__file__))
     target = sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "questions.parquet")
     write_sample(target)

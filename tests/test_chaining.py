@@ -17,7 +17,8 @@ from transforms.chaining import (
     needs_resplit,
     verdict,
 )
-from transforms.cluster import ConnectedComponents, EdgeScores, connected_components
+from transforms.cluster import ConnectedComponents, EdgeScores
+from transforms.graphs import connected_components
 from transforms.records import ScoredPair
 from transforms.score import Scored
 
@@ -130,7 +131,7 @@ def _split_chains(scores: dict, nodes: int, settings: ChainingSettings, scorer, 
     chained = (components, scored) | SplitChains(settings, scorer, ConnectedComponents(2, 10**6))
     found = {
         "labels": chained.labels | "L" >> beam.combiners.ToList(),
-        "edges": chained.edge_scores | beam.CombinePerKey(EdgeScores()) | "E" >> beam.combiners.ToList(),
+        "edges": chained.edges | beam.CombinePerKey(EdgeScores()) | "E" >> beam.combiners.ToList(),
         "extra": chained.scored | beam.Map(lambda p: ((p.id_a, p.id_b), p.score)) | "X" >> beam.combiners.ToList(),
     }
     _ = (pipeline | beam.Create([None]) | beam.Map(
@@ -194,7 +195,8 @@ def test_the_plan_follows_the_blocking_pairs_of_the_component():
 
     blocked = [ScoredPair(a, b, s, 0.5, "lexical") for (a, b), s in _two_groups_and_a_weak_chain().items()]
     missing, resplit = plan(blocked)
-    assert missing and resplit == [(1, (sorted(A + B + CHAIN), _two_groups_and_a_weak_chain()))]
+    sources = {pair: "lexical" for pair in _two_groups_and_a_weak_chain()}
+    assert missing and resplit == [(1, (sorted(A + B + CHAIN), _two_groups_and_a_weak_chain(), sources))]
     assert all(pair not in _two_groups_and_a_weak_chain() for pair, _ in missing)
     assert plan(list(reversed(blocked))) == (missing, resplit)  # whatever the order pairs arrive in
 

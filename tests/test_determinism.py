@@ -20,6 +20,7 @@ PARTS = {
     "pairs": ("id_a", "id_b"),
     "rejected": ("source", "reason", "row"),
     "lineage": ("group_id", "previous_group_id"),
+    "explain": ("id",),
     "state/representatives": ("id",),
     "state/members": ("id",),
     "state/lexical/vectors": ("id",),

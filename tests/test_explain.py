@@ -10,9 +10,10 @@ import random
 import pytest
 
 from pipelines.cli import main
-from pipelines.explain import Edge, weakest_link, widest_path
 from tests.helpers import read_part
-from transforms.cluster import connected_components
+from transforms.explain import weakest_link, widest_path, widest_paths_to
+from transforms.graphs import connected_components
+from transforms.records import Edge
 
 
 def _simple_paths(edges: list[Edge], start, end, threshold: float):
@@ -36,6 +37,20 @@ def _simple_paths(edges: list[Edge], start, end, threshold: float):
             if other not in path:
                 yield from walk(path + [other])
     yield from walk([start])
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_widest_paths_to_one_node_are_each_nodes_widest_path(seed):
+    """The pipeline's one-pass version gives, for every node, what `widest_path` gives for it alone."""
+    rng = random.Random(seed)
+    nodes = list(range(rng.randint(2, 25)))
+    edges = [Edge(a, b, round(rng.random(), 1), "lexical") for a, b in itertools.combinations(nodes, 2)
+             if rng.random() < 0.25]
+    end = rng.choice(nodes)
+    paths = widest_paths_to(edges, end, 0.3)
+    for node in nodes:
+        alone = widest_path(edges, node, end, 0.3)
+        assert paths.get(node) == alone, (node, end)
 
 
 @pytest.mark.parametrize("seed", range(60))
@@ -150,3 +165,54 @@ def test_two_rows_in_different_groups_get_the_reason(run_parts, capsys):
     assert f"scored {below['score']:.4f}" in reasons["below"] and "below the threshold" in reasons["below"]
     assert "chaining control split their component" in reasons["cut"]
     assert reasons["never"].startswith("never a candidate")
+
+
+@pytest.mark.e2e
+def test_every_run_writes_the_explanations_qdedup_explain_gives(reference_run):
+    """explain/: one row per row of a multi-row group; each path runs from the row's text to the canonical
+    member's over pairs of pairs/ at or above the threshold, and is the path and weakest link that `qdedup
+    explain` finds for that row."""
+    from pipelines.explain import Run, explain
+
+    out, report = reference_run
+    threshold = report["configuration"]["threshold"]
+    rows = {r["id"]: r for r in read_part(out, "explain")}
+    groups = {r["id"]: r for r in read_part(out, "groups")}
+    rep_of = {r["id"]: r["rep_id"] for r in read_part(out, "state/members")}
+    scores = {frozenset((p["id_a"], p["id_b"])): (p["score"], p["source"]) for p in read_part(out, "pairs")}
+    assert set(rows) == {i for i, g in groups.items() if g["group_size"] > 1}
+    kinds = {r["kind"] for r in rows.values()}
+    assert {"canonical", "exact", "path"} <= kinds and "too_large" not in kinds
+    run = Run(str(out))
+    for row_id, row in sorted(rows.items()):
+        canonical = groups[row_id]["canonical_id"]
+        assert (row["group_id"], row["canonical_id"]) == (groups[row_id]["group_id"], canonical)
+        if row["kind"] == "path":
+            ids = row["path_ids"]
+            assert ids[0] == rep_of[row_id] and ids[-1] == rep_of[canonical]
+            for (a, b), score, source in zip(zip(ids, ids[1:]), row["path_scores"], row["path_sources"]):
+                assert scores[frozenset((a, b))] == (score, source) and score >= threshold
+            assert row["lowest_score"] == min(row["path_scores"])
+        else:
+            assert row["path_ids"] == [] and (row["kind"] == "canonical") == (row_id == canonical)
+        if row_id % 3 == 0 or row["kind"] == "path":  # the command agrees (every path, a third of the rest)
+            found = explain(run, [row_id])
+            steps = [s for s in found.get("to_canonical", {"steps": []})["steps"] if s["kind"] == "scored"]
+            assert [s["from"] for s in steps] + [s["to"] for s in steps[-1:]] == row["path_ids"]
+            link = found["weakest_links"][row["group_id"]]
+            assert (None if link is None else (link["a"], link["b"], link["score"])) == \
+                ((row["weakest_id_a"], row["weakest_id_b"], row["weakest_score"])
+                 if row["weakest_id_a"] is not None else None)
+
+
+@pytest.mark.e2e
+def test_a_group_with_more_edges_than_explain_gathers_is_marked_and_counted(corpus, tiny_model, tmp_path):
+    from tests.helpers import run_qdedup
+
+    directory, _ = corpus
+    report = run_qdedup(directory / "*.parquet", tmp_path / "out", tiny_model, "--explain-max-edges", "1")
+    rows = read_part(tmp_path / "out", "explain")
+    large = {r["group_id"] for r in rows if r["kind"] == "too_large"}
+    assert large and report["explain_groups_too_large"] == len(large)
+    assert all(r["path_ids"] == [] and r["weakest_id_a"] is None for r in rows if r["kind"] == "too_large")
+    assert {r["kind"] for r in rows if r["group_id"] not in large} <= {"canonical", "exact", "path"}

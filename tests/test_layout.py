@@ -3,9 +3,9 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = {"read", "normalize", "embed", "block", "score", "chaining", "cluster", "ids", "state"}
+STAGES = {"read", "normalize", "embed", "block", "score", "chaining", "cluster", "ids", "explain", "state"}
 SHARED = {"records", "vectors", "errors", "metrics", "logs", "devices", "paths", "write", "commit", "sources",
-          "feeding", "inference", "joins", "coders", "int8"}
+          "feeding", "inference", "joins", "coders", "int8", "graphs"}
 
 
 def project_imports(path: Path) -> set[str]:

@@ -19,7 +19,7 @@ from tests.helpers import (
     run_qdedup,
     write_questions,
 )
-from transforms.cluster import connected_components
+from transforms.graphs import connected_components
 from transforms.normalize import normalize_text
 
 pytestmark = pytest.mark.e2e  # every test here runs qdedup end to end
@@ -347,3 +347,6 @@ def test_report_html_is_self_contained_and_shows_the_run(reference_run):
     largest = max(read_part(out, "groups"), key=lambda g: (g["group_size"], -g["id"]))
     assert f"{largest['group_size']:,} rows" in page
     assert page.count("<tr>") >= 20  # counts, stages, borderline pairs, rejected reasons
+    explained = [r for r in read_part(out, "explain") if r["group_id"] == largest["group_id"] and r["kind"] == "path"]
+    assert "widest path to the canonical member" in page  # the largest groups explained, from explain/
+    assert any(all(f"—{score:.3f} (" in page for score in r["path_scores"]) for r in explained)

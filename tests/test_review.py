@@ -18,8 +18,8 @@ from pipelines.review import (
     scored_stratum,
     sheet_id,
 )
-from transforms.cluster import UnionFind
 from transforms.errors import QdedupError
+from transforms.graphs import UnionFind
 
 LABEL_SPELLINGS = {"1": 1, "0": 0, "yes": 1, "no": 0, "Y": 1, "n": 0, "是": 1, "否": 0, "": None, "?": None,
                    "unsure": None}

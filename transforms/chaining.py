@@ -33,7 +33,7 @@ from apache_beam.metrics import Metrics
 
 from transforms.joins import JoinByKey, only, pairs_within
 from transforms.metrics import largest
-from transforms.records import CandidatePair
+from transforms.records import CandidatePair, Edge
 
 RESPLIT = "resplit"  # the `source` of pairs that chaining control scored
 
@@ -210,13 +210,13 @@ def _route_nodes(element, counters: dict, routes: bool = False) -> Iterator:
 
 def _routed(label, found: Optional[str], pair, threshold: float) -> Iterator:
     """A pair inside a component, where the component's verdict sends it: to "resplit" as (label, pair), to
-    "cut", or, the component kept as it is being a group, (label, score) if it is one of its edges."""
+    "cut", or, the component kept as it is being a group, (label, `Edge`) if it is one of its edges."""
     if found == "resplit":
         yield beam.pvalue.TaggedOutput("resplit", (label, pair))
     elif found == "cut":
         yield beam.pvalue.TaggedOutput("cut", pair)
     elif pair.score >= threshold:
-        yield label, pair.score
+        yield label, Edge(pair.id_a, pair.id_b, pair.score, pair.source)
 
 
 def _route_pairs(element, threshold: float) -> Iterator:
@@ -308,8 +308,10 @@ class _Plan:
         root, joined = element
         nodes = sorted(set(joined["node"]))
         self._largest.update(len(nodes))
-        scores = {(p.id_a, p.id_b): p.score for p in joined["pair"]}
-        yield beam.pvalue.TaggedOutput("resplit", (root, (nodes, scores)))
+        scores, sources = {}, {}
+        for p in joined["pair"]:
+            scores[(p.id_a, p.id_b)], sources[(p.id_a, p.id_b)] = p.score, p.source
+        yield beam.pvalue.TaggedOutput("resplit", (root, (nodes, scores, sources)))
         for pair in missing_pairs(scores, self._settings.threshold, self._settings.pair_budget,
                                   self._settings.fanout):
             yield beam.pvalue.TaggedOutput("missing", (pair, root))
@@ -317,16 +319,17 @@ class _Plan:
 
 def _resplit(element, threshold: float) -> Iterable[tuple]:
     """A component's plan and the pairs it asked for -> (node, group label), and to "edges" (group label,
-    score) for each edge inside a group: its scored pairs are all here, so no join finds them again."""
+    `Edge`) for each edge inside a group: its scored pairs are all here, so no join finds them again."""
     _, joined = element
-    nodes, scores = only(joined["plan"])
-    scores = dict(scores)
-    scores.update(((p.id_a, p.id_b), p.score) for p in joined["extra"])
+    nodes, scores, sources = only(joined["plan"])
+    scores, sources = dict(scores), dict(sources)
+    for p in joined["extra"]:
+        scores[(p.id_a, p.id_b)], sources[(p.id_a, p.id_b)] = p.score, p.source
     labels = average_linkage(nodes, scores, threshold)
     yield from labels.items()
     for (a, b), score in scores.items():
         if score >= threshold and labels[a] == labels[b]:
-            yield beam.pvalue.TaggedOutput("edges", (labels[a], score))
+            yield beam.pvalue.TaggedOutput("edges", (labels[a], Edge(a, b, score, sources[(a, b)])))
 
 
 def _extra_by_root(element) -> Iterator[tuple]:
@@ -337,12 +340,12 @@ def _extra_by_root(element) -> Iterator[tuple]:
 
 
 class Chained(NamedTuple):
-    """What `SplitChains` gives: (node, group label) for every node of a component; (group label, score)
+    """What `SplitChains` gives: (node, group label) for every node of a component; (group label, `Edge`)
     for every scored pair of score >= threshold inside a group; the pairs re-splits asked for, scored
     (reused or new), and the new ones alone; and the pairs that could not be scored."""
 
     labels: beam.PCollection
-    edge_scores: beam.PCollection
+    edges: beam.PCollection
     scored: beam.PCollection
     new: beam.PCollection
     failed: beam.PCollection
@@ -422,7 +425,7 @@ class SplitChains(beam.PTransform):
         thresholds = cut_thresholds(settings)
         kept, kept_edges, resplit_nodes, resplit_pairs, cut_nodes, cut_pairs = self._judge_components(
             components, scored, last=not thresholds)
-        kept, edge_scores, to_resplit = [kept], [kept_edges], [(resplit_nodes, resplit_pairs)]
+        kept, edges, to_resplit = [kept], [kept_edges], [(resplit_nodes, resplit_pairs)]
         if thresholds:
             # Components too large to gather: their components at every cut level at once (one search over
             # (level, node) graphs), then each node's piece at the lowest level where it fits.
@@ -445,7 +448,7 @@ class SplitChains(beam.PTransform):
             piece_kept, piece_edges, piece_nodes, piece_pairs, _, _ = self._judge(
                 "Piece", chosen, pairs_within(cut_pairs, labels, "PiecePairs"), last=True)
             kept.append(piece_kept)
-            edge_scores.append(piece_edges)
+            edges.append(piece_edges)
             to_resplit.append((piece_nodes, piece_pairs))
         plan = (
             {"node": tuple(n for n, _ in to_resplit) | "ResplitNodes" >> beam.Flatten(),
@@ -467,5 +470,5 @@ class SplitChains(beam.PTransform):
             | "AverageLinkage" >> JoinByKey(_resplit, settings.threshold, outputs=("edges",), main="labels")
         )
         labels = (*kept, resplit.labels) | "AllLabels" >> beam.Flatten()
-        edge_scores = (*edge_scores, resplit.edges) | "AllEdgeScores" >> beam.Flatten()
-        return Chained(labels, edge_scores, scoring.scored, scoring.new, scoring.failed)
+        edges = (*edges, resplit.edges) | "AllEdges" >> beam.Flatten()
+        return Chained(labels, edges, scoring.scored, scoring.new, scoring.failed)

@@ -14,12 +14,13 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from typing import Hashable, Iterable, Iterator, NamedTuple, Optional
+from typing import Iterable, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
 from transforms.errors import QdedupError
+from transforms.graphs import UnionFind, connected_components
 from transforms.joins import JoinByKey, only
 from transforms.metrics import largest
 from transforms.records import Representative, earliest_key
@@ -42,45 +43,6 @@ class GroupInfo(NamedTuple):
     canonical_id: object
     canonical_key: str
     size: int
-
-
-class UnionFind:
-    """Nodes joined by edges; each component's root is its smallest node."""
-
-    def __init__(self):
-        self.parent: dict = {}
-
-    def __len__(self) -> int:
-        return len(self.parent)
-
-    def find(self, node):
-        parent = self.parent
-        root = node
-        while parent[root] != root:
-            root = parent[root]
-        while parent[node] != root:  # path compression
-            parent[node], node = root, parent[node]
-        return root
-
-    def union(self, a, b) -> None:
-        self.parent.setdefault(a, a)
-        self.parent.setdefault(b, b)
-        root_a, root_b = self.find(a), self.find(b)
-        if root_a != root_b:
-            low, high = sorted((root_a, root_b))
-            self.parent[high] = low
-
-    def labels(self) -> dict:
-        """{node: smallest node of its component}."""
-        return {node: self.find(node) for node in self.parent}
-
-
-def connected_components(edges: Iterable[tuple[Hashable, Hashable]]) -> dict:
-    """{node: smallest node of its component} for every node that has an edge."""
-    found = UnionFind()
-    for a, b in edges:
-        found.union(a, b)
-    return found.labels()
 
 
 def large_star(node, neighbours: Iterable) -> Iterator[tuple]:
@@ -137,14 +99,14 @@ def match_kind(group: GroupInfo, key: str, exact_count: int) -> str:
 
 
 class EdgeScores(beam.CombineFn):
-    """(min, mean) of a group's edge scores."""
+    """(min, mean) of the scores of a group's `Edge`s."""
 
     def create_accumulator(self):
         return math.inf, 0.0, 0
 
-    def add_input(self, accumulator, score: float):
+    def add_input(self, accumulator, edge):
         low, total, count = accumulator
-        return min(low, score), total + score, count + 1
+        return min(low, edge.score), total + edge.score, count + 1
 
     def merge_accumulators(self, accumulators):
         lows, totals, counts = zip(*accumulators)
@@ -166,20 +128,20 @@ def _summarize(element, canonical: str) -> Iterable[tuple]:
 
 
 def _label_rows(element) -> Iterable[tuple]:
-    """(representative id, {rep: (label, key, count), members}) -> (label, (row id, key, count))."""
-    _, joined = element
+    """(representative id, {rep: (label, key, count), members}) -> (label, (row id, key, count, rep id))."""
+    rep_id, joined = element
     tie = only(joined["rep"])
     if tie is not None:
         label, key, count = tie
         for member in joined["members"]:
-            yield label, (member.id, key, count)
+            yield label, (member.id, key, count, rep_id)
 
 
 def _group_rows(element) -> Iterable[GroupRow]:
     _, joined = element
     info, (low, mean) = only(joined["group"])
     assigned = only(joined["id"])
-    for row_id, key, count in joined["rows"]:
+    for row_id, key, count, _ in joined["rows"]:
         yield GroupRow(row_id, assigned.group_id, info.canonical_id, info.size, match_kind(info, key, count),
                        low, mean, assigned.since_run)
 
@@ -355,8 +317,8 @@ def _component_of(element) -> Iterable[tuple[object, Representative]]:
 
 class Clustered(NamedTuple):
     """What `ClusterGroups` gives: one `GroupRow` per accepted row; the pairs chaining control asked for
-    (reused or new) and the new ones alone; the pairs it could not score; lineage rows; and
-    (group label, assigned id) per group."""
+    (reused or new) and the new ones alone; the pairs it could not score; lineage rows;
+    (group label, assigned id) per group; and what `explain` makes of each group."""
 
     groups: beam.PCollection
     scored: beam.PCollection
@@ -364,6 +326,7 @@ class Clustered(NamedTuple):
     failed: beam.PCollection
     lineage: beam.PCollection
     ids: beam.PCollection
+    explained: beam.PCollection
 
 
 class ClusterGroups(beam.PTransform):
@@ -376,16 +339,20 @@ class ClusterGroups(beam.PTransform):
             and the edge scores inside each group (`SplitChains` in a run).
         assign_ids: (row labels, group canonical ids, previous rows) -> ids and lineage
             (`AssignGroupIds` in a run).
+        explain: (edges as (label, `Edge`), groups as (label, (GroupInfo, edge scores)), ids as (label,
+            AssignedId), rows as (label, (row id, key, count, rep id))) -> explanation rows
+            (`ExplainGroups` in a run).
         canonical: `frequent` or `earliest` (see `summarize_group`).
     """
 
     def __init__(self, threshold: float, components: beam.PTransform, split_chains: beam.PTransform,
-                 assign_ids: beam.PTransform, canonical: str = "frequent"):
+                 assign_ids: beam.PTransform, explain: beam.PTransform, canonical: str = "frequent"):
         super().__init__()
         self._threshold = threshold
         self._components = components
         self._split_chains = split_chains
         self._assign_ids = assign_ids
+        self._explain = explain
         self._canonical = canonical
 
     def expand(self, inputs):
@@ -399,7 +366,7 @@ class ClusterGroups(beam.PTransform):
         )
         chained = (components, scored) | "SplitChains" >> self._split_chains
         labels = chained.labels
-        edge_scores = chained.edge_scores | "EdgeScores" >> beam.CombinePerKey(EdgeScores())
+        edge_scores = chained.edges | "EdgeScores" >> beam.CombinePerKey(EdgeScores())
         reps_by_group = (
             {"rep": representatives | "KeyRepresentative" >> beam.Map(lambda rep: (rep.id, rep)),
              "component": labels}
@@ -422,4 +389,6 @@ class ClusterGroups(beam.PTransform):
             {"group": summaries.groups, "id": assigned.ids, "rows": rows}
             | "GroupRows" >> JoinByKey(_group_rows)
         )
-        return Clustered(group_rows, chained.scored, chained.new, chained.failed, assigned.lineage, assigned.ids)
+        explained = (chained.edges, summaries.groups, assigned.ids, rows) | "ExplainGroups" >> self._explain
+        return Clustered(group_rows, chained.scored, chained.new, chained.failed, assigned.lineage, assigned.ids,
+                         explained)

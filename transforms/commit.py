@@ -54,7 +54,7 @@ _LOG = logging.getLogger(__name__)
 
 MARKER = "_SUCCESS"
 OUTPUT_FORMAT = 2            # 1: outputs before the commit marker; 2: _SUCCESS lists the files
-PARTS = ("groups", "pairs", "rejected", "lineage", "state")
+PARTS = ("groups", "pairs", "rejected", "lineage", "explain", "state")
 REPORTS = ("report.json", "report.html")
 # Entries qdedup writes in an output directory (evaluation.json: `qdedup evaluate`'s default).
 KNOWN_ENTRIES = (*PARTS, *REPORTS, MARKER, "evaluation.json")

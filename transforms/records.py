@@ -94,6 +94,15 @@ class CandidatePair(NamedTuple):
     source: str = "lexical"
 
 
+class Edge(NamedTuple):
+    """A scored pair at or above the threshold inside a group, as chaining control hands it on."""
+
+    a: object
+    b: object
+    score: float
+    source: str
+
+
 class ScoredPair(NamedTuple):
     """A pair with its cross-encoder score, as pairs/ holds it."""
 

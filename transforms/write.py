@@ -35,6 +35,15 @@ def pairs_schema(id_type: str) -> pa.Schema:
                       ("source", pa.string())])
 
 
+def explain_schema(id_type: str) -> pa.Schema:
+    ids = arrow_id_type(id_type)
+    return pa.schema([("id", ids), ("group_id", ids), ("canonical_id", ids), ("kind", pa.string()),
+                      ("path_ids", pa.list_(ids)), ("path_scores", pa.list_(pa.float64())),
+                      ("path_sources", pa.list_(pa.string())), ("lowest_score", pa.float64()),
+                      ("weakest_id_a", ids), ("weakest_id_b", ids), ("weakest_score", pa.float64()),
+                      ("weakest_source", pa.string())])
+
+
 REJECTED_SCHEMA = pa.schema([("row", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
                              ("source", pa.string()), ("stage", pa.string()), ("kind", pa.string())])
 
