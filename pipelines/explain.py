@@ -49,6 +49,12 @@ class Run:
         if files:
             with FileSystems.open(files[0], compression_type=CompressionTypes.UNCOMPRESSED) as handle:
                 self.string_ids = pq.read_schema(handle).field("id").type == "string"
+        pairs = self.committed.paths("pairs", ".parquet")
+        self.pair_columns = ["id_a", "id_b", "score", "source"]
+        if pairs:  # runs before the `reused` column did not say which scores an earlier run made
+            with FileSystems.open(pairs[0], compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                if "reused" in pq.read_schema(handle).names:
+                    self.pair_columns.append("reused")
 
     def parse(self, value: str):
         if self.string_ids:
@@ -94,9 +100,10 @@ def explain(run: Run, ids: Sequence) -> dict:
     texts = {row["id"]: row["text"] for row in run.rows("state/representatives", ["id", "text"],
                                                         {"id": set(rep_of.values())})}
     reps = set(rep_of.values()) | {rep_of.get(i, i) for i in ids}
-    pairs = run.rows("pairs", ["id_a", "id_b", "score", "source"], {"id_a": reps, "id_b": reps})
-    edges = [Edge(p["id_a"], p["id_b"], p["score"], p["source"]) for p in pairs
+    pairs = [p for p in run.rows("pairs", run.pair_columns, {"id_a": reps, "id_b": reps})
              if p["id_a"] in reps and p["id_b"] in reps]
+    edges = [Edge(p["id_a"], p["id_b"], p["score"], p["source"]) for p in pairs]
+    earlier = {frozenset((p["id_a"], p["id_b"])) for p in pairs if p.get("reused")}
 
     def group_edges(group_id) -> list[Edge]:
         group_reps = {rep_of[m["id"]] for m in members if m["group_id"] == group_id}
@@ -107,7 +114,8 @@ def explain(run: Run, ids: Sequence) -> dict:
         path = widest_path(group_edges(groups[a]["group_id"]), rep_a, rep_b, run.threshold)
         steps = [{"kind": "exact", "from": a, "to": rep_a}] if a != rep_a else []
         for edge in path or []:
-            steps.append({"kind": "scored", "from": edge.a, "to": edge.b, "score": edge.score, "source": edge.source})
+            steps.append({"kind": "scored", "from": edge.a, "to": edge.b, "score": edge.score, "source": edge.source,
+                          "earlier_run": frozenset((edge.a, edge.b)) in earlier})
         if b != rep_b:
             steps.append({"kind": "exact", "from": rep_b, "to": b})
         return {"steps": steps, "joined": path is not None,
@@ -131,12 +139,12 @@ def explain(run: Run, ids: Sequence) -> dict:
         if a in groups and b in groups and groups[a]["group_id"] == groups[b]["group_id"]:
             found["between"] = path_between(a, b)
         else:
-            found["not_grouped"] = _why_not(a, b, rejected, rep_of, edges, run)
+            found["not_grouped"] = _why_not(a, b, rejected, rep_of, edges, earlier, run)
     found["texts"] = texts
     return found
 
 
-def _why_not(a, b, rejected: dict, rep_of: dict, edges: list[Edge], run: Run) -> list[str]:
+def _why_not(a, b, rejected: dict, rep_of: dict, edges: list[Edge], earlier: set, run: Run) -> list[str]:
     reasons = [f"row {i} was rejected: {rejected[i]['reason']} ({rejected[i]['detail']})" for i in (a, b)
                if i in rejected]
     if reasons:
@@ -147,13 +155,18 @@ def _why_not(a, b, rejected: dict, rep_of: dict, edges: list[Edge], run: Run) ->
         reasons.append("their pair was dead-lettered: the scorer failed on it (rejected/, kind pair)")
     elif not scored:
         reasons.append("never a candidate: blocking did not propose this pair")
-    elif scored[0].score < run.threshold:
-        reasons.append(f"scored {scored[0].score:.4f} ({scored[0].source}), below the threshold {run.threshold}")
     else:
-        reasons.append(f"scored {scored[0].score:.4f} ({scored[0].source}), at or above the threshold "
-                       f"{run.threshold}, but chaining control split their component (too large or too sparse: "
-                       "re-split by average linkage)")
+        how = f"scored {scored[0].score:.4f} ({scored[0].source}{_when(pair in earlier)})"
+        if scored[0].score < run.threshold:
+            reasons.append(f"{how}, below the threshold {run.threshold}")
+        else:
+            reasons.append(f"{how}, at or above the threshold {run.threshold}, but chaining control split their "
+                           "component (too large or too sparse: re-split by average linkage)")
     return reasons
+
+
+def _when(earlier_run: bool) -> str:
+    return ", scored on an earlier night: the run this one builds on made the score" if earlier_run else ""
 
 
 def render(found: dict) -> str:
@@ -172,7 +185,7 @@ def render(found: dict) -> str:
                 lines.append(f"  {step['from']} = {step['to']}: exact (the same normalized text)")
             else:
                 lines.append(f"  {named(step['from'])} -> {named(step['to'])}: score {step['score']:.4f} "
-                             f"({step['source']})")
+                             f"({step['source']}{_when(step['earlier_run'])})")
         return lines
 
     lines = []

@@ -213,3 +213,18 @@ def test_an_extension_with_a_second_embedder_equals_the_full_run(tiny_model, tmp
     new_ids = {i for i, _ in new}
     assert any(p[2] != "lexical" and (a in new_ids or b in new_ids)
                for (a, b), p in _pairs(tmp_path / "run_new").items())
+
+
+def test_pairs_say_which_scores_an_earlier_night_made(nightly, capsys):
+    """pairs/ marks each score an earlier run made (`reused`), and `qdedup explain` says so."""
+    root, _, reports = nightly
+    report, pairs = reports["ext3"], read_part(root / "ext3", "pairs")
+    assert sum(not p["reused"] for p in pairs) == report["pairs_scored"] + report["resplit_pairs_scored"]
+    assert sum(p["reused"] for p in pairs) == report["pairs_total"] - report["pairs_scored"] \
+        - report["resplit_pairs_scored"] > 0
+    assert not any(p["reused"] for p in read_part(root / "ext0", "pairs"))  # the first night scored all its own
+    group = {g["id"]: g["group_id"] for g in read_part(root / "ext3", "groups")}
+    apart = next(p for p in pairs if p["reused"] and group[p["id_a"]] != group[p["id_b"]])
+    capsys.readouterr()
+    assert main(["explain", "--run", str(root / "ext3"), str(apart["id_a"]), str(apart["id_b"])]) == 0
+    assert f"scored {apart['score']:.4f} ({apart['source']}, scored on an earlier night" in capsys.readouterr().out

@@ -104,10 +104,12 @@ class Edge(NamedTuple):
 
 
 class ScoredPair(NamedTuple):
-    """A pair with its cross-encoder score, as pairs/ holds it."""
+    """A pair with its cross-encoder score, as pairs/ holds it. `reused`: the score was made by an earlier run
+    this one builds on (`--existing`, `--params-from`), not by this run."""
 
     id_a: object
     id_b: object
     score: float
     similarity: Optional[float]
     source: str
+    reused: bool = False

@@ -124,7 +124,7 @@ def _reuse(element) -> Iterable:
     for candidate in joined["candidate"]:
         if known is not None:
             yield beam.pvalue.TaggedOutput("reused", ScoredPair(candidate.id_a, candidate.id_b, known,
-                                                                candidate.similarity, candidate.source))
+                                                                candidate.similarity, candidate.source, True))
         else:
             yield candidate
 

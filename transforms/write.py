@@ -32,7 +32,7 @@ def lineage_schema(id_type: str) -> pa.Schema:
 def pairs_schema(id_type: str) -> pa.Schema:
     ids = arrow_id_type(id_type)
     return pa.schema([("id_a", ids), ("id_b", ids), ("score", pa.float64()), ("similarity", pa.float64()),
-                      ("source", pa.string())])
+                      ("source", pa.string()), ("reused", pa.bool_())])
 
 
 def explain_schema(id_type: str) -> pa.Schema:
