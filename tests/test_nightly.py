@@ -236,6 +236,12 @@ def test_an_object_store_output_is_read_only_once_committed(tiny_model, tmp_path
                  "--min-similarity=0.1", *RUNNER_ARGS]) == 0
     marker = json.loads((bucket / "out" / MARKER).read_text())
     assert all((bucket / "out" / f).exists() for f in marker["files"])
+    # A review sheet of it, labelled, evaluated: all read and written on the object store.
+    assert main(["review", "--run", out, "--output", PREFIX + str(bucket / "sheet.csv"), "--size", "20"]) == 0
+    sheet = (bucket / "sheet.csv").read_bytes().decode("utf-8-sig").replace(",\r\n", ",1\r\n")
+    (bucket / "labelled.csv").write_bytes(sheet.encode("utf-8"))
+    assert main(["evaluate", "--sheet", PREFIX + str(bucket / "labelled.csv"), "--run", out]) == 0
+    assert json.loads((bucket / "out" / "evaluation.json").read_text())["labelled_pairs"] > 0
     # An extension reads it, then replaces it in place: the first run's files are gone once it commits.
     argv = ["run", "--input", str(tmp_path / "new" / "b.parquet"), "--output", out, "--scorer-model", tiny_model,
             "--min-similarity=0.1", f"--existing={out}", "--overwrite", *RUNNER_ARGS]
@@ -244,7 +250,7 @@ def test_an_object_store_output_is_read_only_once_committed(tiny_model, tmp_path
     groups = [f for f in second["files"] if f.startswith("groups/")]
     assert second["run_id"] != marker["run_id"] and all(second["run_id"] in f for f in groups)
     assert {os.path.relpath(os.path.join(d, f), bucket / "out") for d, _, fs in os.walk(bucket / "out")
-            for f in fs} == {*second["files"], MARKER}
+            for f in fs} == {*second["files"], MARKER}  # the first run's evaluation.json went with it
     assert second["report"]["rows_out"] == len(ROWS) + len(NEW)
     # Without its marker the output is not a finished run: nothing reads it.
     shutil.copytree(bucket / "out", bucket / "unfinished")

@@ -407,6 +407,8 @@ class OutputRun:
                 stale.append(metadata.path)
             elif _RUN_FILE.match(relative) and relative.endswith("-report.json"):
                 stale.append(metadata.path)
+            elif relative == "evaluation.json":  # `qdedup evaluate` of the run this one replaces
+                stale.append(metadata.path)
         if stale:
             FileSystems.delete(stale)
 
