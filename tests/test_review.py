@@ -133,6 +133,20 @@ def test_a_pair_in_several_strata_takes_the_first():
     assert scored_stratum(0.3, 0.5, 0.1, changed=False, weakest=False) == "below_threshold"
 
 
+def test_pairs_grouped_otherwise_by_the_previous_run_are_their_own_stratum():
+    run = SyntheticRun(seed=5, clusters=60)
+    previous = dict(run.group_of)
+    moved = sorted(run.group_of)[::7]  # a seventh of the texts were alone in the previous run
+    previous.update({t: ("alone", t) for t in moved})
+    changed = {key for key in run.scores
+               if (previous[key[0]] == previous[key[1]]) != (run.group_of[key[0]] == run.group_of[key[1]])}
+    pairs, sizes = draw_sheet(run, 0.5, 10_000, 0, previous=previous)
+    assert changed and sizes["changed"] == len(changed)
+    assert {(p.id_a, p.id_b) for p in pairs if p.stratum == "changed"} == changed  # all taken: the sheet is big
+    _, unchanged = draw_sheet(run, 0.5, 10_000, 0, previous=dict(run.group_of))
+    assert "changed" not in unchanged
+
+
 def test_inclusion_probabilities_are_the_sheets_weights():
     """Over 600 draws, each pair of the universe is drawn about n_h / N_h of the times, in every stratum
     (transitive pairs, drawn by rejection, too), and the sheet's weight is N_h / n_h."""
@@ -275,8 +289,9 @@ def test_review_then_evaluate_a_run(reference_run, tmp_path, capsys):
     assert all(r["id_a"].startswith('="') and r["text_a"] and r["label"] == "" for r in rows)
     assert len({(r["id_a"], r["id_b"]) for r in rows}) == len(rows)
     again = tmp_path / "again.csv"
-    assert main(["review", "--run", str(out), "--output", str(again), "--size", "60", "--seed", "4"]) == 0
-    assert again.read_bytes() == data  # the same seed, the same sheet
+    assert main(["review", "--run", str(out), "--output", str(again), "--size", "60", "--seed", "4",
+                 "--previous-groups", str(out)]) == 0
+    assert again.read_bytes() == data  # the same seed, the same sheet (and nothing changed against itself)
     for i, row in enumerate(rows):
         row["label"] = ["是", "否", "?"][i % 3]
     buffer = io.StringIO()
