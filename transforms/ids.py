@@ -13,7 +13,10 @@ id it had in the previous run's `groups/` (`--previous-groups`, `--existing`):
   ids (`-(id) - 1`, then hashed negative ids, for integer ids; `id~`, `id~1`,
   `id~2`... for strings) of its canonical id. Free means: no group of the
   previous run had it (held now or retired now), and, for a derived id, no row
-  of this run has it as its id and no other new group with a lower label wants it.
+  of this run has it as its id and no other new group with a lower label whose
+  canonical id was taken wants it (a group that takes its canonical id, most
+  of them, wants nothing else: so the distributed step asks for the other ids
+  only of the few groups whose canonical id a previous group had).
 
 So no two groups of a run share an id, and a new group never takes an id that a
 group of the previous run had. A retired id is not reused in the run that
@@ -96,6 +99,8 @@ def new_group_ids(groups: Mapping[object, tuple[object, Iterable]], previous_ids
     """{label: id} for new groups {label: (canonical id, member ids)}: the first free candidate of each."""
     wanted: dict = {}
     for label, (canonical_id, members) in groups.items():
+        if canonical_id not in previous_ids:
+            continue  # it takes its canonical id: it wants no other
         for rank, candidate, derived in candidate_ids(canonical_id, members):
             if derived:
                 wanted.setdefault(candidate, []).append(label)
@@ -201,15 +206,33 @@ def _inherit(element) -> Iterable:
             yield beam.pvalue.TaggedOutput("merged", (label, (offer.previous_id, offer.overlap)))
 
 
-def _offer_candidates(element) -> Iterable[tuple]:
-    """A group that inherited no id -> (candidate id, (label, rank, derived)) for each id it may take."""
+def _offer_canonical(element) -> Iterable[tuple]:
+    """A group that inherited no id -> (its canonical id, label)."""
     label, joined = element
-    if any(True for _ in joined["kept"]):
+    if not any(True for _ in joined["kept"]):
+        yield only(joined["canonical"]), label
+
+
+def _canonical_free(element, this_run: int) -> Iterable[tuple]:
+    """(canonical id, {label, previous}) -> (label, its new `AssignedId`) when no previous group had that id,
+    else to "taken" (label, canonical id): such a group looks further."""
+    canonical_id, joined = element
+    taken = any(True for _ in joined["previous"])
+    for label in joined["label"]:
+        if taken:
+            yield beam.pvalue.TaggedOutput("taken", (label, canonical_id))
+        else:
+            yield label, AssignedId(canonical_id, this_run, False)
+
+
+def _offer_candidates(element) -> Iterable[tuple]:
+    """A group whose canonical id was taken -> (candidate id, (label, rank, derived)) for each id it may take."""
+    label, joined = element
+    canonical_id = only(joined["taken"])
+    if canonical_id is None:
         return
-    canonical_id = only(joined["canonical"])
     for rank, candidate, derived in candidate_ids(canonical_id, joined["member"]):
         yield candidate, (label, rank, derived)
-    yield beam.pvalue.TaggedOutput("new", label)
 
 
 def _free(element) -> Iterable[tuple]:
@@ -279,26 +302,35 @@ class AssignGroupIds(beam.PTransform):
         )
         kept = inherited.kept | "KeptId" >> beam.MapTuple(
             lambda label, offer: (label, AssignedId(offer.previous_id, offer.since_run, True)))
-        candidates = (
-            {"canonical": canonical, "kept": inherited.kept, "member": row_labels | "MemberByLabel" >> beam.KvSwap()}
-            | "OfferCandidates" >> JoinByKey(_offer_candidates, outputs=("new",), main="offers")
-        )
         previous_ids = (
             previous
             | "PreviousGroupIds" >> beam.Map(lambda row: row.group_id)
             | "DistinctPreviousIds" >> beam.Distinct()
             | "PreviousIdKey" >> beam.Map(lambda group_id: (group_id, None))
         )
+        # A new group takes its canonical id unless a previous group had it (the best candidate, and no
+        # other group can want it: it is a row of this group) ...
+        by_canonical = (
+            {"canonical": canonical, "kept": inherited.kept} | "OfferCanonical" >> JoinByKey(_offer_canonical))
+        first = (
+            {"label": by_canonical, "previous": previous_ids}
+            | "CanonicalFree" >> JoinByKey(_canonical_free, outputs=("taken",), main="free", this_run=this_run)
+        )
+        # ... and only the others offer every id they may take.
+        candidates = (
+            {"taken": first.taken, "member": row_labels | "MemberByLabel" >> beam.KvSwap()}
+            | "OfferCandidates" >> JoinByKey(_offer_candidates)
+        )
         free = (
-            {"offer": candidates.offers, "previous": previous_ids,
+            {"offer": candidates, "previous": previous_ids,
              "row": row_labels | "RowIdKey" >> beam.MapTuple(lambda row_id, _: (row_id, None))}
             | "FreeCandidates" >> JoinByKey(_free)
         )
         new = (
-            {"free": free, "new": candidates.new | "NewLabel" >> beam.Map(lambda label: (label, None))}
+            {"free": free, "new": first.taken}
             | "ChooseNewId" >> JoinByKey(_choose_new, this_run=this_run)
         )
-        ids = (kept, new) | "AllIds" >> beam.Flatten()
+        ids = (kept, first.free, new) | "AllIds" >> beam.Flatten()
         lineage = (
             {"id": ids, "merged": inherited.merged, "split": claims.split}
             | "Lineage" >> JoinByKey(_lineage)
