@@ -24,7 +24,7 @@ from pipelines.estimates import FIGURES, Unit
 from pipelines.preflight import inspect_input
 from pipelines.recall import read_labelled_pairs
 from transforms.chaining import RESPLIT
-from transforms.commit import read_committed
+from transforms.commit import add_to_output, read_committed
 from transforms.errors import QdedupError
 from transforms.normalize import normalize_text
 from transforms.paths import join, write_atomically
@@ -181,8 +181,8 @@ def evaluate(argv: Sequence[str]) -> int:
 
 
 def publish_evaluation(run: str, figures: dict) -> None:
-    """evaluation.json into the run's output, and report.html redrawn with it, each replaced whole (a reader
-    sees the old file or the new one, never a part); a later `run --overwrite` removes both with the rest."""
+    """evaluation.json into the run's output, and report.html redrawn with it (`commit.add_to_output`: under
+    the output's lock, each file replaced whole, then listed in the marker)."""
     from pipelines.report import gather, render
 
     committed = read_committed(run, "--run")
@@ -190,10 +190,9 @@ def publish_evaluation(run: str, figures: dict) -> None:
     for relative in committed.files:
         folder, _, _ = relative.rpartition("/")
         files.setdefault(folder, []).append(join(committed.root, relative))
-    write_atomically(join(committed.root, "evaluation.json"),
-                     json.dumps(figures, ensure_ascii=False, indent=2).encode("utf-8"))
     page = render(committed.report, gather(files, committed.report), figures)
-    write_atomically(join(committed.root, "report.html"), page.encode("utf-8"))
+    add_to_output(run, "--run", {"evaluation.json": json.dumps(figures, ensure_ascii=False, indent=2).encode("utf-8"),
+                                 "report.html": page.encode("utf-8")})
 
 
 def _fmt(value: Optional[float]) -> str:

@@ -8,7 +8,7 @@ import pytest
 import transforms.commit
 from tests.helpers import snapshot
 from tests.object_store import PREFIX
-from transforms.commit import MARKER, OutputRun, exchange, read_committed
+from transforms.commit import MARKER, OutputRun, add_to_output, exchange, read_committed
 from transforms.errors import QdedupError
 from transforms.paths import canonical
 
@@ -118,6 +118,27 @@ def test_a_second_writer_of_one_output_is_refused_until_the_first_ends(tmp_path)
                 pass
     with OutputRun(str(tmp_path / "link" / "out")):
         pass
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_files_added_to_a_committed_output_are_listed_and_wait_for_no_run(tmp_path, remote):
+    """`qdedup evaluate` adds evaluation.json (and a redrawn report.html): listed in the marker, each written
+    whole; refused while a run holds the output; gone when the next run commits."""
+    out = (PREFIX if remote else "") + str(tmp_path / "out")
+    local = tmp_path / "out"
+    with OutputRun(out) as first:
+        _commit(first, {"groups": "one"})
+    add_to_output(out, "--run", {"evaluation.json": b'{"a": 1}', "report.html": b"<html>2</html>"})
+    marker = json.loads((local / MARKER).read_text())
+    assert marker["run_id"] == first.run_id and {"evaluation.json", "report.html"} <= set(marker["files"])
+    assert (local / "evaluation.json").read_bytes() == b'{"a": 1}'
+    assert (local / "report.html").read_text() == "<html>2</html>"
+    with OutputRun(out, overwrite=True) as second:
+        with pytest.raises(QdedupError, match="being written by another qdedup run"):
+            add_to_output(out, "--run", {"evaluation.json": b"{}"})
+        _commit(second, {"groups": "two"})
+    assert not (local / "evaluation.json").exists()
+    assert "evaluation.json" not in json.loads((local / MARKER).read_text())["files"]
 
 
 def test_readers_require_the_commit_marker(tmp_path):

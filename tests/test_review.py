@@ -310,6 +310,7 @@ def test_review_then_evaluate_a_run(reference_run, tmp_path, capsys):
     low, high = figures["precision_texts"]["ci95"]
     assert 0 <= low <= figures["precision_texts"]["estimate"] <= high <= 1
     assert "Quality estimates from review sheets" in (out / "report.html").read_text(encoding="utf-8")
+    assert {"evaluation.json", "report.html"} <= set(json.loads((out / "_SUCCESS").read_text())["files"])
     other = tmp_path / "other.csv"
     other.write_text(_sheet([(1, 2, "transitive", 50, "1")], run_id="20000101T000000-abcdef"), encoding="utf-8")
     assert main(["evaluate", "--sheet", str(other), "--run", str(out)]) == 2

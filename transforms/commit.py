@@ -33,6 +33,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import json
 import logging
 import os
 import posixpath
@@ -48,7 +49,7 @@ from typing import NamedTuple, Optional
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import QdedupError
-from transforms.paths import canonical, is_remote, join, read_json, write_json
+from transforms.paths import canonical, is_remote, join, read_json, write_atomically, write_json
 
 _LOG = logging.getLogger(__name__)
 
@@ -130,6 +131,26 @@ def read_committed(path: str, option: str) -> Committed:
         raise QdedupError(f"{option} {path!r} has output format {content.get('format')!r}, this qdedup reads "
                           f"format {OUTPUT_FORMAT}: rerun it with this version")
     return Committed(root, content["run_id"], tuple(content["files"]), content.get("report", {}))
+
+
+def add_to_output(path: str, option: str, files: dict) -> None:
+    """Writes `files` ({relative path: bytes}) into the committed output at `path` and lists them in its
+    marker (`qdedup evaluate`'s evaluation.json and redrawn report.html): under the output's lock, so no
+    run replaces the output meanwhile; each file replaced whole, the marker last. The next run on the
+    output removes them with the rest."""
+    root = canonical(path)
+    lock = _Lease(root, option) if is_remote(root) else _LocalLock(root, option)
+    lock.acquire(new_run_id())
+    try:
+        committed = read_committed(root, option)
+        marker = read_json(join(committed.root, MARKER))
+        for relative, data in files.items():
+            write_atomically(join(committed.root, relative), data)
+        marker["files"] = sorted(set(marker["files"]) | set(files))
+        write_atomically(join(committed.root, MARKER),
+                         json.dumps(marker, ensure_ascii=False, indent=2, sort_keys=True).encode("utf-8"))
+    finally:
+        lock.release()
 
 
 def committed_root(path: str) -> str:
