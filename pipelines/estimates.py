@@ -225,12 +225,6 @@ def estimates(units: Sequence[Unit], sizes: dict, exact_row_pairs: int, run_thre
     return result
 
 
-def covers(estimate: dict, truth: float) -> bool:
-    """Whether a figure's 95% interval holds `truth`."""
-    low, high = estimate["ci95"]
-    return low is not None and low - 1e-12 <= truth <= high + 1e-12
-
-
 def pooled_sizes(rows: Iterable[tuple[str, int]]) -> dict:
     """{stratum: N_h} from (stratum, stratum size) of every sheet row; sheets of one run agree on them."""
     sizes: dict = {}

@@ -214,9 +214,21 @@ def weakest_links(run: RunTexts, threshold: float, largest: int) -> set:
 
 def draw_sheet(run: RunTexts, threshold: float, size: int, seed: int, near: float = 0.1, largest: int = 50,
                previous: Optional[dict] = None, beyond: Iterable[dict] = ()) -> tuple[list[SheetPair], dict]:
-    """(the drawn pairs, {stratum: N_h}) by the rules of this module. `previous`: representative id -> its
-    group in the previous run, or None. `beyond`: (id_a, id_b) rows of the pairs blocking proposes with
-    more neighbours that the run did not score (`extra_neighbours`)."""
+    """The pairs of a review sheet, drawn by the rules of this module.
+
+    Args:
+        run: the run's texts, groups and pairs (`RunTexts`, or anything answering the same).
+        threshold: the run's --threshold.
+        size: pairs wanted in all (`allocate` divides them).
+        seed: which draw; the same seed draws the same pairs.
+        near, largest: the near_threshold half-width and how many of the largest groups give a weakest link.
+        previous: representative id -> its group in the previous run (--previous-groups), or None.
+        beyond: (id_a, id_b) rows of the pairs blocking proposes with more neighbours that the run did not
+            score (`extra_neighbours`).
+
+    Returns:
+        (the drawn `SheetPair`s, {stratum: N_h} of every stratum drawn from).
+    """
     weakest = weakest_links(run, threshold, largest)
     rng = random.Random(seed)
     drawn = draw_within_groups(run.members, rng, DRAWS_PER_PAIR * size)

@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from pipelines.cli import main
-from pipelines.estimates import Unit, covers, estimates, proportion_interval, ratio, threshold_interval
+from pipelines.estimates import Unit, estimates, proportion_interval, ratio, threshold_interval
 from pipelines.review import (
     STRATA,
     allocate,
@@ -23,6 +23,12 @@ from transforms.graphs import UnionFind
 
 LABEL_SPELLINGS = {"1": 1, "0": 0, "yes": 1, "no": 0, "Y": 1, "n": 0, "是": 1, "否": 0, "": None, "?": None,
                    "unsure": None}
+
+
+def covers(figure: dict, truth: float) -> bool:
+    """Whether a figure's 95% interval holds `truth`."""
+    low, high = figure["ci95"]
+    return low is not None and low - 1e-12 <= truth <= high + 1e-12
 
 
 class SyntheticRun:
