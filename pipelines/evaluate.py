@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
@@ -24,7 +24,7 @@ from pipelines.estimates import FIGURES, Unit
 from pipelines.preflight import inspect_input
 from pipelines.recall import read_labelled_pairs
 from transforms.chaining import RESPLIT
-from transforms.commit import add_to_output, read_committed
+from transforms.commit import add_to_output, parquet_rows, read_committed
 from transforms.errors import QdedupError
 from transforms.normalize import normalize_text
 from transforms.paths import join, write_atomically
@@ -73,15 +73,6 @@ def threshold_sweep(pairs: Sequence[tuple[str, str, int]], ids_of_text: dict, sc
         fn = sum(1 for s, label in judged if (s is None or s < threshold) and label == 1)
         rows.append({"threshold": threshold, **prf(tp, fp, fn)})
     return rows
-
-
-def parquet_rows(paths: Sequence[str], columns: list[str]) -> Iterator[dict]:
-    """The rows of Parquet files, local or remote, a row group at a time (never a whole file held)."""
-    for path in sorted(paths):
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            parquet = pq.ParquetFile(handle)
-            for group in range(parquet.num_row_groups):
-                yield from parquet.read_row_group(group, columns=columns).to_pylist()
 
 
 def _run_inputs(run: str) -> tuple[dict, dict, dict, dict]:

@@ -21,8 +21,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.evaluate import parquet_rows
-from transforms.commit import read_committed
+from transforms.commit import parquet_rows, read_committed
 from transforms.errors import QdedupError
 from transforms.explain import order_key, weakest_link, widest_path
 from transforms.records import Edge

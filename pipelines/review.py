@@ -40,6 +40,7 @@ import io
 import math
 import random
 import shutil
+import sys
 import tempfile
 from collections import defaultdict
 from typing import Hashable, Iterable, Iterator, NamedTuple, Optional, Sequence
@@ -47,8 +48,7 @@ from typing import Hashable, Iterable, Iterator, NamedTuple, Optional, Sequence
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.estimates import pooled_sizes
-from pipelines.evaluate import parquet_rows
-from transforms.commit import Committed, committed_root, read_committed
+from transforms.commit import Committed, committed_root, parquet_rows, read_committed
 from transforms.errors import QdedupError
 from transforms.explain import order_key, weakest_link
 from transforms.paths import is_remote, join
@@ -227,7 +227,8 @@ def draw_sheet(run: RunTexts, threshold: float, size: int, seed: int, near: floa
             score (`extra_neighbours`).
 
     Returns:
-        (the drawn `SheetPair`s, {stratum: N_h} of every stratum drawn from).
+        (the drawn `SheetPair`s, {stratum: N_h} of every non-empty stratum; one the sheet has no pair of, too
+        small a `size` to reach it, is outside what the sheet can estimate).
     """
     weakest = weakest_links(run, threshold, largest)
     rng = random.Random(seed)
@@ -274,10 +275,7 @@ def draw_sheet(run: RunTexts, threshold: float, size: int, seed: int, near: floa
                 if len(found) == counts["transitive"]:
                     break
         chosen += list(found.values())  # fewer than asked only when nearly every draw was a scored pair
-    drawn_sizes = {s: n for s, n in sizes.items() if counts.get(s)}
-    if "transitive" in drawn_sizes and not any(p.stratum == "transitive" for p in chosen):
-        del drawn_sizes["transitive"]
-    return chosen, drawn_sizes
+    return chosen, sizes
 
 
 def sheet_rows(run_id: str, pairs: Sequence[SheetPair], sizes: dict, texts: dict, seed: int) -> list[dict]:
@@ -412,6 +410,10 @@ def review(argv: Sequence[str]) -> int:
     for stratum in STRATA:
         if stratum in sizes:
             print(f"  {stratum:16} {by_stratum[stratum]:5} of {sizes[stratum]:,}")
+    missed = [s for s in sizes if not by_stratum[s]]
+    if missed:
+        print(f"qdedup review: no pair drawn from {', '.join(missed)}: estimates will leave those pairs out; "
+              "raise --size", file=sys.stderr)
     print("fill the label column (1/0, yes/no, 是/否; blank or ? to skip), then: "
           f"qdedup evaluate --sheet {args.output} --run {args.run}")
     return 0

@@ -40,9 +40,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from pipelines.evaluate import parquet_rows
 from pipelines.recall import read_labelled_pairs
-from transforms.commit import read_committed
+from transforms.commit import parquet_rows, read_committed
 from transforms.embed import DocumentFrequency, ngram_buckets, static_vector, tfidf_vector
 from transforms.errors import QdedupError
 from transforms.normalize import normalize_text

@@ -131,6 +131,14 @@ def test_allocate_fills_the_sheet_within_each_stratum():
     assert sum(allocate({"transitive": 7, "weakest_link": 1}, 3).values()) == 3
 
 
+@pytest.mark.e2e
+def test_a_sheet_too_small_for_every_stratum_says_which_it_missed(reference_run, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["review", "--run", str(reference_run[0]), "--output", str(tmp_path / "s.csv"), "--size", "2",
+                 "--beyond-k", "0"]) == 0
+    assert "no pair drawn from" in capsys.readouterr().err
+
+
 def test_a_pair_in_several_strata_takes_the_first():
     assert scored_stratum(0.52, 0.5, 0.1, changed=True, weakest=True) == "changed"
     assert scored_stratum(0.52, 0.5, 0.1, changed=False, weakest=True) == "weakest_link"

@@ -44,8 +44,10 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional, Sequence
 
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import QdedupError
@@ -151,6 +153,15 @@ def add_to_output(path: str, option: str, files: dict) -> None:
                          json.dumps(marker, ensure_ascii=False, indent=2, sort_keys=True).encode("utf-8"))
     finally:
         lock.release()
+
+
+def parquet_rows(paths: Sequence[str], columns: list[str]) -> Iterator[dict]:
+    """The rows of Parquet files, local or remote, a row group at a time (never a whole file held)."""
+    for path in sorted(paths):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            parquet = pq.ParquetFile(handle)
+            for group in range(parquet.num_row_groups):
+                yield from parquet.read_row_group(group, columns=columns).to_pylist()
 
 
 def committed_root(path: str) -> str:
