@@ -20,9 +20,10 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.estimates import FIGURES, Unit
+from pipelines.estimates import FIGURES, Unit, estimates
 from pipelines.preflight import inspect_input
 from pipelines.recall import read_labelled_pairs
+from pipelines.review import RunTexts, read_sheets, run_id_parser
 from transforms.chaining import RESPLIT
 from transforms.commit import add_to_output, parquet_rows, read_committed
 from transforms.errors import QdedupError
@@ -98,9 +99,6 @@ def _run_inputs(run: str) -> tuple[dict, dict, dict, dict]:
 
 def sheet_figures(paths: Sequence[str], run: str) -> dict:
     """`evaluate --sheet`: the estimates of `pipelines/estimates.py` from labelled review sheets of `run`."""
-    from pipelines.estimates import estimates
-    from pipelines.review import RunTexts, read_sheets, run_id_parser
-
     labelled, skipped, sizes = read_sheets(paths)
     committed = read_committed(run, "--run")
     drawn_from = {pair.run_id for pair in labelled}

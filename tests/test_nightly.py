@@ -237,7 +237,8 @@ def test_an_object_store_output_is_read_only_once_committed(tiny_model, tmp_path
     marker = json.loads((bucket / "out" / MARKER).read_text())
     assert all((bucket / "out" / f).exists() for f in marker["files"])
     # A review sheet of it, labelled, evaluated: all read and written on the object store.
-    assert main(["review", "--run", out, "--output", PREFIX + str(bucket / "sheet.csv"), "--size", "20"]) == 0
+    assert main(["review", "--run", out, "--output", PREFIX + str(bucket / "sheet.csv"), "--size", "20",
+                 "--beyond-k", "0"]) == 0
     sheet = (bucket / "sheet.csv").read_bytes().decode("utf-8-sig").replace(",\r\n", ",1\r\n")
     (bucket / "labelled.csv").write_bytes(sheet.encode("utf-8"))
     assert main(["evaluate", "--sheet", PREFIX + str(bucket / "labelled.csv"), "--run", out]) == 0
