@@ -101,6 +101,8 @@ def test_each_extension_equals_the_full_run_with_the_parameters_it_extends(night
                              for r in read_part(full, "lineage"))
     edges = {r["id"]: (r["min_edge_score"], r["mean_edge_score"]) for r in read_part(extension, "groups")}
     assert edges == {r["id"]: (r["min_edge_score"], r["mean_edge_score"]) for r in read_part(full, "groups")}
+    explained = {r["id"]: r for r in read_part(extension, "explain")}
+    assert explained and explained == {r["id"]: r for r in read_part(full, "explain")}  # the same paths, too
     for key in ("groups", "candidate_pairs", "resplit_pairs", "components_resplit", "pairs_total"):
         assert reports[f"ext{night}"][key] == reports[f"full{night}"][key], key
 
