@@ -135,8 +135,13 @@ def draw_within_groups(members: dict, rng: random.Random, draws: int) -> list[tu
         reps = members[groups[bisect.bisect_right(cumulative, rng.randrange(running))]]
         i, j = rng.sample(range(len(reps)), 2)
         a, b = reps[i], reps[j]
-        found.append((a, b) if order_key(a) < order_key(b) else (b, a))
+        found.append(ordered(a, b))
     return found
+
+
+def ordered(a: Hashable, b: Hashable) -> tuple:
+    """A pair's ids in the order pairs/ and the sheet keep them."""
+    return (a, b) if order_key(a) < order_key(b) else (b, a)
 
 
 class SheetPair(NamedTuple):
@@ -208,7 +213,7 @@ def weakest_links(run: RunTexts, threshold: float, largest: int) -> set:
     for group in big:
         link = weakest_link(edges[group], threshold)
         if link is not None:
-            found.add((link.a, link.b) if order_key(link.a) < order_key(link.b) else (link.b, link.a))
+            found.add(ordered(link.a, link.b))
     return found
 
 
@@ -242,7 +247,7 @@ def draw_sheet(run: RunTexts, threshold: float, size: int, seed: int, near: floa
         group_a, group_b = run.group_of.get(a), run.group_of.get(b)
         if group_a is None or group_b is None or a == b:
             continue
-        key = (a, b) if order_key(a) < order_key(b) else (b, a)
+        key = ordered(a, b)
         same = group_a == group_b
         same_group_scored_3 += same and len(run.members[group_a]) >= 3
         if key in wanted_draws:
@@ -256,7 +261,7 @@ def draw_sheet(run: RunTexts, threshold: float, size: int, seed: int, near: floa
         group_a, group_b = run.group_of.get(a), run.group_of.get(b)
         if group_a is None or group_b is None or group_a == group_b:  # a pair of one group is transitive
             continue
-        key = (a, b) if order_key(a) < order_key(b) else (b, a)
+        key = ordered(a, b)
         kept["beyond_top_k"].offer(pair_hash(seed, *key), SheetPair(key[0], key[1], None, "beyond_top_k"))
     sizes = {s: kept[s].seen for s in STRATA if s != "transitive"}
     sizes["transitive"] = sum(math.comb(len(reps), 2) for reps in run.members.values() if len(reps) >= 3) \
@@ -377,12 +382,16 @@ def review(argv: Sequence[str]) -> int:
                                                      "(default: twice the run's --top-k; 0: no such stratum)")
     parser.add_argument("--beyond-min-similarity", type=float,
                         help="lowest similarity of those neighbours (default: half the run's --min-similarity)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing sheet at --output")
     parser.add_argument("--verbose", action="store_true", help="show every library's log lines")
     args, beam_args = parser.parse_known_args(argv)
     if args.size < 1:
         raise QdedupError("--size must be at least 1")
     if not 0 < args.near < 1:
         raise QdedupError("--near must be between 0 and 1")
+    if not args.overwrite and FileSystems.exists(args.output):
+        raise QdedupError(f"--output {args.output!r} exists (a sheet someone may be labelling): choose another "
+                          "name, or add --overwrite")
     committed = read_committed(args.run, "--run")
     threshold = committed.configuration["threshold"]
     top_k = committed.configuration["top_k"]

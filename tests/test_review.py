@@ -296,7 +296,11 @@ def test_review_then_evaluate_a_run(reference_run, tmp_path, capsys):
     writer.writeheader()
     writer.writerows(rows)
     sheet.write_bytes(buffer.getvalue().encode("gb18030"))
+    labelled = sheet.read_bytes()
     capsys.readouterr()
+    assert main(["review", "--run", str(out), "--output", str(sheet), "--size", "60", "--beyond-k", "0"]) == 2
+    assert "exists (a sheet someone may be labelling)" in capsys.readouterr().err
+    assert sheet.read_bytes() == labelled  # a labelled sheet is never drawn over by accident
     assert main(["evaluate", "--sheet", str(sheet), "--run", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "precision of the groups, pairs of distinct texts" in printed and "95% CI" in printed
