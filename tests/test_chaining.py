@@ -317,3 +317,19 @@ def test_a_piece_still_too_large_after_the_last_cut_is_kept_whole_and_counted(tm
     labels, counters = _split_chains(scores, 40, settings, _DictScorer(), tmp_path)
     assert labels == {**{n: 0 for n in range(30)}, **{n: n for n in range(30, 40)}}  # the tail falls off alone
     assert counters["components_cut"] == 1 and counters["components_too_large"] == 1
+
+
+def test_a_node_too_crowded_at_its_highest_edge_level_stands_alone_above_it(tmp_path):
+    """12 questions all scoring 0.8 together and 10 more scoring 0.9 together, chained at 0.6; a worker may
+    gather 10, and more than 5 are re-split. At 0.75 the twelve still make one piece too large; at 0.875
+    they have no edge left and each is a piece of its own, while the ten, which fit at 0.75, stay one
+    group: as on one machine."""
+    loose = {pair: 0.8 for pair in itertools.combinations(range(12), 2)}
+    tight = {pair: 0.9 for pair in itertools.combinations(range(12, 22), 2)}
+    scores = {**loose, **tight, (11, 12): 0.6}
+    settings = ChainingSettings(threshold=0.5, max_size=5, max_gather=10, cut_steps=2)
+    expected = _reference_labels(scores, settings, _model_by_group(100))
+    assert expected == {**{n: n for n in range(12)}, **{n: 12 for n in range(12, 22)}}
+    labels, counters = _split_chains(scores, 22, settings, _DictScorer(), tmp_path)
+    assert labels == expected
+    assert counters["components_cut"] == 1 and counters.get("components_too_large", 0) == 0

@@ -253,13 +253,6 @@ def _route_by_end_b(element, threshold: float) -> Iterator:
             yield from _routed(label, found, pair, threshold)
 
 
-def _levels(element, levels: int) -> Iterator[tuple]:
-    """A node of a component being cut -> ((level, node), None) for every cut level."""
-    node, _ = element
-    for level in range(1, levels + 1):
-        yield (level, node), None
-
-
 def _level_edges(pair, thresholds: list) -> Iterator[tuple]:
     """A pair of a component being cut -> its edge at every level whose threshold it reaches."""
     for level, cut_at in enumerate(thresholds, 1):
@@ -267,30 +260,34 @@ def _level_edges(pair, thresholds: list) -> Iterator[tuple]:
             yield (level, pair.id_a), (level, pair.id_b)
 
 
-def _piece_of(element) -> Iterator[tuple]:
-    """((level, node), {node, piece}) -> ((level, piece root), node); a node without an edge at that level
-    is a piece of its own."""
-    (level, node), joined = element
-    piece = only(joined["piece"], (level, node))
-    for _ in joined["node"]:
-        yield piece, node
-
-
 def _sized(element) -> Iterator[tuple]:
-    """((level, root), {node, size}) -> (node, (level, root, size)) for each node of the piece."""
+    """((level, root), {node, size}) -> (node, (level, root, size)) for each node of the piece (with an edge at
+    that level)."""
     (level, root), joined = element
     size = only(joined["size"])
     for node in joined["node"]:
         yield node, (level, root, size)
 
 
-def _choose_piece(element, max_gather: int) -> Iterator[tuple]:
-    """(node, its piece at every level) -> (piece root, node) for the lowest level whose piece fits on one
-    worker, else the last level's (judged "too_large" then: kept as it is)."""
-    node, pieces = element
-    pieces = sorted(pieces)  # one per level: bounded by --resplit-cut-steps
-    _, root, _ = next((piece for piece in pieces if piece[2] <= max_gather), pieces[-1])
-    yield root, node
+def _choose_piece(element, max_gather: int, levels: int) -> Iterator[tuple]:
+    """(node, {label, piece: its pieces at the levels where it has an edge}) -> (piece root, node).
+
+    Levels nest (an edge at one level is an edge at every lower one), so a node has an edge at levels 1 to
+    `top` and is a piece of its own, which fits, above `top`. Its piece is the one at the lowest level that
+    fits on one worker; where none does and `top` is the last level, the last level's (judged "too_large":
+    kept as it is). Only the levels with an edge travel: most nodes have none at the highest levels.
+    """
+    node, joined = element
+    if only(joined["label"]) is None:
+        return
+    pieces = sorted(joined["piece"])  # one per level: bounded by --resplit-cut-steps
+    fits = next((piece for piece in pieces if piece[2] <= max_gather), None)
+    if fits is not None:
+        yield fits[1], node
+    elif len(pieces) < levels:
+        yield node, node
+    else:
+        yield pieces[-1][1], node
 
 
 class _Plan:
@@ -433,16 +430,15 @@ class SplitChains(beam.PTransform):
                 cut_pairs
                 | "LevelEdges" >> beam.FlatMap(_level_edges, thresholds)
                 | "CutComponents" >> self._components
+                | "ByPiece" >> beam.MapTuple(lambda level_node, piece: (piece, level_node[1]))
             )
-            piece_of = (
-                {"node": cut_nodes | "AtEveryLevel" >> beam.FlatMap(_levels, len(thresholds)), "piece": pieces}
-                | "PieceOf" >> JoinByKey(_piece_of)
+            sized = (
+                {"node": pieces, "size": pieces | "PieceSizes" >> beam.combiners.Count.PerKey()}
+                | "SizedPieces" >> JoinByKey(_sized)
             )
             chosen = (
-                {"node": piece_of, "size": piece_of | "PieceSizes" >> beam.combiners.Count.PerKey()}
-                | "SizedPieces" >> JoinByKey(_sized)
-                | "PiecesOfNode" >> beam.GroupByKey()
-                | "ChoosePiece" >> beam.FlatMap(_choose_piece, settings.max_gather)
+                {"label": cut_nodes, "piece": sized}
+                | "ChoosePiece" >> JoinByKey(_choose_piece, settings.max_gather, len(thresholds))
             )
             labels = chosen | "NodePiece" >> beam.KvSwap()
             piece_kept, piece_edges, piece_nodes, piece_pairs, _, _ = self._judge(

@@ -35,8 +35,9 @@ def pair_scorer(settings: ModelSettings) -> PackedBatchHandler:
         functools.partial(positive_probability, label=settings.positive_label), "score")
 
 
-class _LogProgress(beam.DoFn):
-    """Logs pairs scored, pairs/s and the estimated time left in this worker, at a steady interval."""
+class _ToScoredPair(beam.DoFn):
+    """(model key, score) -> `ScoredPair`; logs pairs scored, pairs/s and the estimated time left in this worker,
+    at a steady interval (one step for both: a step a pair passes costs CPU that keeps the model waiting)."""
 
     def __init__(self, interval_seconds: float):
         self._interval = interval_seconds
@@ -45,7 +46,8 @@ class _LogProgress(beam.DoFn):
         self._scored = 0
         self._started = self._last = None
 
-    def process(self, pair, total: int):
+    def process(self, element, total: int):
+        key, score = element
         now = time.monotonic()
         if self._started is None:
             self._started = self._last = now
@@ -57,7 +59,7 @@ class _LogProgress(beam.DoFn):
             _LOG.info("scoring: %d of %d pairs (%.1f%%) scored by this worker, %.1f pairs/s, "
                       "~%.0f s left if it scored the rest alone", self._scored, total,
                       100.0 * self._scored / max(total, 1), rate, left)
-        yield pair
+        yield ScoredPair(key[0], key[1], float(score), key[2], key[3])
 
 
 def _failed_pair(key: tuple, reason: str, detail: str, stage: str) -> RejectedRow:
@@ -97,13 +99,8 @@ class ScorePairs(beam.PTransform):
             | "CrossEncoder" >> RunModel(
                 self._settings, pair_scorer(self._settings), sources.load_tokenizer, "score", "score")
         )
-        scored = (
-            ran.outputs
-            | "ToScoredPair" >> beam.MapTuple(
-                lambda key, score: ScoredPair(key[0], key[1], float(score), key[2], key[3]))
-            | "LogProgress" >> beam.ParDo(_LogProgress(self._settings.progress_seconds),
-                                          total=beam.pvalue.AsSingleton(total))
-        )
+        scored = ran.outputs | "ToScoredPair" >> beam.ParDo(
+            _ToScoredPair(self._settings.progress_seconds), total=beam.pvalue.AsSingleton(total))
         return PairScores(scored, ran.failed | "FailedPairs" >> beam.MapTuple(_failed_pair))
 
 
@@ -187,7 +184,8 @@ class ScoreCandidates(beam.PTransform):
             )
             candidates = (complete, fetched) | "WithTexts" >> beam.Flatten()
         scoring = candidates | "ScorePairs" >> ScorePairs(self._settings)
-        if reused is None:
+        if reused is None:  # nothing to reuse: the new scores are all of them, with no step between
             reused = candidates.pipeline | "NothingReused" >> beam.Create([]).with_output_types(ScoredPair)
+            return Scored(scoring.scored, scoring.scored, reused, scoring.failed)
         scored = (scoring.scored, reused) | "ReusedAndNew" >> beam.Flatten()
         return Scored(scored, scoring.scored, reused, scoring.failed)
