@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from typing import Iterable, Iterator, NamedTuple, Optional
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
@@ -146,12 +146,29 @@ def _group_rows(element) -> Iterable[GroupRow]:
                        low, mean, assigned.since_run)
 
 
-def _both_ways(edge: tuple) -> list[tuple]:
+def _both_ways(edge: tuple, _=None) -> list[tuple]:
     return [(edge[0], edge[1]), (edge[1], edge[0])]
 
 
-def _neighbourhoods(edges, label: str):
-    return edges | f"{label}BothWays" >> beam.FlatMap(_both_ways) | f"{label}Neighbours" >> beam.GroupByKey()
+def _neighbourhoods(edges, label: str, keyed: bool = False):
+    """(node, its neighbours) from edges (a, b), or from distinct edges as ((a, b), None) when `keyed`."""
+    both_ways = beam.FlatMapTuple(_both_ways) if keyed else beam.FlatMap(_both_ways)
+    return edges | f"{label}BothWays" >> both_ways | f"{label}Neighbours" >> beam.GroupByKey()
+
+
+def _keyed_star(node, neighbours: Iterable, star: Callable[[object, Iterable], Iterator[tuple]] = large_star
+                ) -> Iterator[tuple]:
+    """A star step's edges keyed for `_distinct`: ((a, b), None)."""
+    return ((edge, None) for edge in star(node, neighbours))
+
+
+def _distinct(keyed_edges, label: str):
+    """Each edge once, still keyed: `beam.Distinct` without its two steps that key and unkey every edge."""
+    return keyed_edges | label >> beam.CombinePerKey(_nothing)
+
+
+def _nothing(values: Iterable) -> None:
+    return None
 
 
 class _LabelNodes(beam.DoFn):
@@ -283,18 +300,14 @@ class ConnectedComponents(beam.PTransform):
 
     def expand(self, edges):
         edges = edges | "BundleStars" >> beam.ParDo(_BundleStars(self._bundle_nodes))
+        keyed = False  # the rounds' edges are distinct and keyed ((a, b), None)
         for i in range(self._rounds):
-            edges = (
-                _neighbourhoods(edges, f"Large{i}")
-                | f"LargeStar{i}" >> beam.FlatMapTuple(large_star)
-                | f"LargeDistinct{i}" >> beam.Distinct()
-            )
-            edges = (
-                _neighbourhoods(edges, f"Small{i}")
-                | f"SmallStar{i}" >> beam.FlatMapTuple(small_star)
-                | f"SmallDistinct{i}" >> beam.Distinct()
-            )
-        labelled = _neighbourhoods(edges, "Final") | "StarLabel" >> beam.ParDo(_LabelNodes()).with_outputs(
+            edges = _distinct(_neighbourhoods(edges, f"Large{i}", keyed)
+                              | f"LargeStar{i}" >> beam.FlatMapTuple(_keyed_star, star=large_star), f"LargeDistinct{i}")
+            edges = _distinct(_neighbourhoods(edges, f"Small{i}", True)
+                              | f"SmallStar{i}" >> beam.FlatMapTuple(_keyed_star, star=small_star), f"SmallDistinct{i}")
+            keyed = True
+        labelled = _neighbourhoods(edges, "Final", keyed) | "StarLabel" >> beam.ParDo(_LabelNodes()).with_outputs(
             "unsettled", main="labels")
         finished = (
             labelled.unsettled
