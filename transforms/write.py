@@ -6,9 +6,12 @@ join on them without casts. Every file a run writes starts with its run id
 """
 from __future__ import annotations
 
+import operator
+
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io.parquetio import WriteToParquet
+from apache_beam.io.parquetio import WriteToParquetBatched
+from apache_beam.transforms.window import GlobalWindows
 
 
 def arrow_id_type(id_type: str) -> pa.DataType:
@@ -48,8 +51,59 @@ REJECTED_SCHEMA = pa.schema([("row", pa.string()), ("reason", pa.string()), ("de
                              ("source", pa.string()), ("stage", pa.string()), ("kind", pa.string())])
 
 
+# A bundle's records become a record batch every BATCH_ROWS rows and a table (one row group or more) every
+# TABLE_BYTES of batches, as Beam's WriteToParquet does; a worker holds at most that much per writer.
+BATCH_ROWS = 10_000
+TABLE_BYTES = 64 * 1024 * 1024
+
+
+class _RecordsToTables(beam.DoFn):
+    """NamedTuples -> Arrow tables of the schema, a column at a time.
+
+    Beam's WriteToParquet takes one dict a row and appends its fields one by one; records already hold
+    their fields in order, so a batch's columns come from one `zip` (a tenth of the CPU a row).
+    """
+
+    def __init__(self, schema: pa.Schema):
+        self._schema = schema
+
+    def setup(self):
+        self._fields = operator.attrgetter(*self._schema.names)
+
+    def start_bundle(self):
+        self._rows, self._batches, self._bytes = [], [], 0
+
+    def process(self, record):
+        self._rows.append(self._fields(record))
+        if len(self._rows) >= BATCH_ROWS:
+            self._to_batch()
+            if self._bytes >= TABLE_BYTES:
+                yield self._table()
+
+    def finish_bundle(self):
+        if self._rows:
+            self._to_batch()
+        if self._batches:
+            yield GlobalWindows.windowed_value_at_end_of_window(self._table())
+
+    def _to_batch(self):
+        rows = self._rows if len(self._schema) > 1 else [(row,) for row in self._rows]
+        columns = zip(*rows)
+        batch = pa.RecordBatch.from_arrays([pa.array(list(column), type=field.type)
+                                            for column, field in zip(columns, self._schema)], schema=self._schema)
+        self._rows = []
+        self._batches.append(batch)
+        self._bytes += batch.nbytes
+
+    def _table(self) -> pa.Table:
+        table = pa.Table.from_batches(self._batches, schema=self._schema)
+        self._batches, self._bytes = [], 0
+        return table
+
+
 class WriteRecords(beam.PTransform):
-    """NamedTuples -> Parquet files `<prefix>-00000-of-000NN.parquet` with a fixed schema."""
+    """NamedTuples (fields named as the schema's columns) -> Parquet files `<prefix>-00000-of-000NN.parquet`
+    with a fixed schema."""
 
     def __init__(self, prefix: str, schema: pa.Schema):
         super().__init__()
@@ -59,6 +113,6 @@ class WriteRecords(beam.PTransform):
     def expand(self, records):
         return (
             records
-            | "AsDict" >> beam.Map(lambda record: record._asdict())
-            | "WriteParquet" >> WriteToParquet(self._prefix, self._schema, file_name_suffix=".parquet")
+            | "ToTables" >> beam.ParDo(_RecordsToTables(self._schema))
+            | "WriteParquet" >> WriteToParquetBatched(self._prefix, self._schema, file_name_suffix=".parquet")
         )
