@@ -45,6 +45,22 @@ def test_records_come_back_equal_and_of_their_own_class():
     assert type(_round_trip((7, (0, values[0])))[1][1]) is ScoredPair
 
 
+def test_numpy_arrays_come_back_equal_writeable_and_smaller_than_pickled():
+    arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+              np.arange(10, dtype=">i8")[::3], np.array(2.5), np.zeros((0, 4), dtype=np.int32),
+              np.array([True, False]), np.array([1 + 2j]), np.array(["2026-12-01"], dtype="datetime64[D]")]
+    for value in arrays:
+        back = _round_trip(value)
+        assert back.dtype == value.dtype and back.shape == value.shape and np.array_equal(back, value)
+        back[...] = 0  # writeable, as an unpickled array is
+    vector = np.random.default_rng(0).random(1024, dtype=np.float32)
+    assert len(RecordCoder().encode(vector)) < len(FastPrimitivesCoder().encode(vector))
+    # Arrays of objects or of named fields are pickled, as before.
+    for value in (np.array([{"a": 1}, None], dtype=object), np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")])):
+        back = _round_trip(value)
+        assert back.dtype == value.dtype and back.tolist() == value.tolist()
+
+
 def test_a_keyed_pair_is_smaller_than_pickled():
     keyed = (123456, (0, ScoredPair(123456, 234567, 0.73, 0.61, "lexical")))
     assert len(RecordCoder().encode(keyed)) < len(FastPrimitivesCoder().encode(keyed))

@@ -17,6 +17,7 @@ from transforms.errors import QdedupError
 from transforms.feeding import (
     LoadedModel,
     ModelSettings,
+    TokenizedItem,
     collate,
     pack_batches,
     positive_probability,
@@ -276,3 +277,9 @@ def test_sharing_a_model_goes_through_beams_public_constructor(tiny_model):
     assert not alone.share_model_across_processes() and alone.model_copies() == 1
     shared = pair_scorer(ModelSettings(tiny_model, device="cpu", model_copies=2))
     assert shared.share_model_across_processes() and shared.model_copies() == 2
+
+
+def test_a_batchs_size_for_beams_metrics_is_its_ids_counted_not_pickled():
+    batch = [TokenizedItem("k", (([101, 7, 102], [0, 0, 0]),), False),
+             TokenizedItem("j", (([101, 8, 102, 9, 102], [0, 0, 0, 1, 1]), ([101, 9, 102], [0, 0, 0])), False)]
+    assert pair_scorer(ModelSettings("unused")).get_num_bytes(batch) == 16 * (3 + 5 + 3)

@@ -11,15 +11,19 @@ pickled as before. `use_record_coder()` makes it the coder of every untyped
 PCollection of the pipelines built afterwards in this process; the coder is
 pickled into each pipeline, so workers need no set-up of their own. Keys are
 untouched: Beam encodes a NamedTuple key deterministically without this coder.
+Numpy arrays (embedding vectors, a sparse vector's indices and values) are
+written as dtype, shape and raw bytes rather than pickled: at 30k questions a
+run pickled 641,040 of them, 3.7 for every candidate pair.
 """
 from __future__ import annotations
 
 import importlib
 
+import numpy as np
 from apache_beam.coders import coder_impl, coders, typecoders
 from apache_beam.typehints import typehints
 
-_PICKLED, _RECORD = 0, 1
+_PICKLED, _RECORD, _ARRAY = 0, 1, 2
 _UNSEEN = object()
 
 
@@ -42,7 +46,8 @@ def _class_named(name: bytes) -> type:
 
 
 class _RecordCoderImpl(coder_impl.StreamCoderImpl):
-    """A marker byte, then (class name, fields) for a record or the pickle of anything else."""
+    """A marker byte, then (class name, fields) for a record, (dtype, shape, bytes) for a numpy array of
+    numbers, or the pickle of anything else."""
 
     def __init__(self):
         self._fields = coder_impl.FastPrimitivesCoderImpl(self)  # records nested in fields come back here
@@ -52,6 +57,14 @@ class _RecordCoderImpl(coder_impl.StreamCoderImpl):
 
     def encode_to_stream(self, value, stream, nested):
         cls = type(value)
+        if cls is np.ndarray and value.dtype.kind in "biufcmM":  # numbers: no objects, no named fields
+            stream.write_byte(_ARRAY)
+            stream.write(value.dtype.str.encode("ascii"), True)
+            stream.write_var_int64(value.ndim)
+            for size in value.shape:
+                stream.write_var_int64(size)
+            stream.write(np.ascontiguousarray(value).tobytes(), True)
+            return
         name = self._names.get(cls, _UNSEEN)
         if name is _UNSEEN:
             name = self._names[cls] = _name_of(cls)
@@ -64,8 +77,13 @@ class _RecordCoderImpl(coder_impl.StreamCoderImpl):
         self._fields.encode_to_stream(tuple(value), stream, True)
 
     def decode_from_stream(self, stream, nested):
-        if stream.read_byte() == _PICKLED:
+        marker = stream.read_byte()
+        if marker == _PICKLED:
             return self._pickle.decode_from_stream(stream, nested)
+        if marker == _ARRAY:
+            dtype = np.dtype(stream.read_all(True).decode("ascii"))
+            shape = tuple(stream.read_var_int64() for _ in range(stream.read_var_int64()))
+            return np.frombuffer(stream.read_all(True), dtype).reshape(shape).copy()  # writeable, as unpickled
         name = stream.read_all(True)
         cls = self._classes.get(name)
         if cls is None:
