@@ -88,8 +88,7 @@ class _RecordsToTables(beam.DoFn):
             yield GlobalWindows.windowed_value_at_end_of_window(self._table())
 
     def _to_batch(self):
-        rows = self._rows if len(self._schema) > 1 else [(row,) for row in self._rows]
-        columns = zip(*rows)
+        columns = zip(*self._rows) if len(self._schema) > 1 else [self._rows]  # one name: attrgetter gives values
         batch = pa.RecordBatch.from_arrays([pa.array(list(column), type=field.type)
                                             for column, field in zip(columns, self._schema)], schema=self._schema)
         self._rows = []
