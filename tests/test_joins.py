@@ -24,6 +24,21 @@ def test_join_by_key_gives_each_key_its_values_per_tag():
         assert_that(joined, equal_to([("a", 1, 2, ["x", "y"]), ("b", 2, 0, []), ("c", "none", 1, ["z"])]))
 
 
+def test_an_input_keyed_by_a_function_joins_each_element_under_its_key():
+    with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
+        left = pipeline | "L" >> beam.Create([("a", 1), ("b", 2)])
+        right = pipeline | "R" >> beam.Create(["ax", "ay", "cz"])
+        joined = {"left": left, "right": right} | JoinByKey(_summary, keys={"right": lambda text: text[0]})
+        assert_that(joined, equal_to([("a", 1, 2, ["ax", "ay"]), ("b", 2, 0, []), ("c", "none", 1, ["cz"])]))
+
+
+def test_a_key_function_for_an_input_not_joined_is_refused():
+    with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
+        left = pipeline | "L" >> beam.Create([("a", 1)])
+        with pytest.raises(ValueError, match=r"not joined: \['rigth'\]"):
+            {"left": left} | JoinByKey(_summary, keys={"rigth": len})
+
+
 def test_a_one_value_side_with_two_values_is_an_error_not_a_choice():
     joined = Joined([(0, 1), (0, 2), (1, "x")], {"left": 0, "right": 1})
     assert list(joined["right"]) == ["x"] and list(joined) == ["left", "right"]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
@@ -405,11 +406,9 @@ class SplitChains(beam.PTransform):
         nodes = labelled | "WholeNodes" >> beam.MapTuple(lambda label, node_degree: (label, node_degree[0]))
         routed = {"node": nodes, "verdict": verdicts} | "WholeRouteNodes" >> JoinByKey(
             _route_nodes, self._counters, True, outputs=("resplit", "cut", "routes"), main="kept")
-        by_a = (
-            {"pair": scored | "WholePairByA" >> beam.Map(lambda pair: (pair.id_a, pair)), "route": routed.routes}
-            | "WholeRouteByA" >> JoinByKey(_route_by_end_a, threshold, outputs=("resplit", "cut", "end_b"),
-                                           main="kept")
-        )
+        by_a = {"pair": scored, "route": routed.routes} | "WholeRouteByA" >> JoinByKey(
+            _route_by_end_a, threshold, keys={"pair": attrgetter("id_a")}, outputs=("resplit", "cut", "end_b"),
+            main="kept")
         by_b = {"pair": by_a.end_b, "route": routed.routes} | "WholeRouteByB" >> JoinByKey(
             _route_by_end_b, threshold, outputs=("resplit", "cut"), main="kept")
         return (routed.kept, (by_a.kept, by_b.kept) | "WholeKeptEdges" >> beam.Flatten(),
@@ -457,9 +456,8 @@ class SplitChains(beam.PTransform):
             | "ScoreMissingPairs" >> self._score
         )
         extra_by_root = (
-            {"root": plan.missing,
-             "pair": scoring.scored | "ExtraByPair" >> beam.Map(lambda p: ((p.id_a, p.id_b), p))}
-            | "JoinExtraRoot" >> JoinByKey(_extra_by_root)
+            {"root": plan.missing, "pair": scoring.scored}
+            | "JoinExtraRoot" >> JoinByKey(_extra_by_root, keys={"pair": attrgetter("id_a", "id_b")})
         )
         resplit = (
             {"plan": plan.resplit, "extra": extra_by_root}

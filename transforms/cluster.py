@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from operator import attrgetter
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
@@ -381,17 +382,16 @@ class ClusterGroups(beam.PTransform):
         labels = chained.labels
         edge_scores = chained.edges | "EdgeScores" >> beam.CombinePerKey(EdgeScores())
         reps_by_group = (
-            {"rep": representatives | "KeyRepresentative" >> beam.Map(lambda rep: (rep.id, rep)),
-             "component": labels}
-            | "AssignGroup" >> JoinByKey(_component_of)
+            {"rep": representatives, "component": labels}
+            | "AssignGroup" >> JoinByKey(_component_of, keys={"rep": attrgetter("id")})
         )
         summaries = (
             {"reps": reps_by_group, "scores": edge_scores}
             | "SummarizeGroup" >> JoinByKey(_summarize, self._canonical, outputs=("reps",), main="groups")
         )
         rows = (
-            {"rep": summaries.reps, "members": members | "KeyByRepresentative" >> beam.Map(lambda m: (m.rep_id, m))}
-            | "LabelRows" >> JoinByKey(_label_rows)
+            {"rep": summaries.reps, "members": members}
+            | "LabelRows" >> JoinByKey(_label_rows, keys={"members": attrgetter("rep_id")})
         )
         assigned = (
             rows | "RowLabel" >> beam.MapTuple(lambda label, row: (row[0], label)),

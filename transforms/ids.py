@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import heapq
 import zlib
+from operator import attrgetter
 from typing import Iterable, Mapping, NamedTuple, Optional
 
 import apache_beam as beam
@@ -288,8 +289,8 @@ class AssignGroupIds(beam.PTransform):
             | "LastRun" >> beam.CombineGlobally(lambda runs: max(runs, default=0))
             | "ThisRun" >> beam.Map(lambda last: last + 1))
         claims = (
-            {"label": row_labels, "previous": previous | "PreviousById" >> beam.Map(lambda row: (row.id, row))}
-            | "Overlaps" >> JoinByKey(_overlaps)
+            {"label": row_labels, "previous": previous}
+            | "Overlaps" >> JoinByKey(_overlaps, keys={"previous": attrgetter("id")})
             | "CountOverlap" >> beam.CombinePerKey(sum)
             | "ByPreviousId" >> beam.MapTuple(lambda key, overlap: (key[1], (key[0], key[2], overlap)))
             | "GroupClaims" >> beam.GroupByKey()

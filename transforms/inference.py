@@ -104,17 +104,22 @@ class TokenizeAndPack(beam.PTransform):
     Inputs are dealt into shards of about `sort_window` by a hash of their key (a key must be
     unique, sortable, and have a stable repr), so that similar lengths meet in a batch whatever the
     bundles, and a batch's make-up, hence every float it produces, depends only on the set of inputs.
+    `count`: a one-element PCollection holding the number of inputs, where the caller counts them
+    already (counted here otherwise: one global count of every input is a step each input passes).
     """
 
-    def __init__(self, settings: ModelSettings, stage: str, load_tokenizer: Callable[[str], Any]):
+    def __init__(self, settings: ModelSettings, stage: str, load_tokenizer: Callable[[str], Any],
+                 count: Optional[beam.PCollection] = None):
         super().__init__()
         self._settings = settings
         self._stage = stage
         self._load_tokenizer = load_tokenizer
+        self._count = count
 
     def expand(self, inputs):
         size = self._settings.sort_window
-        count = beam.pvalue.AsSingleton(inputs | "CountInputs" >> beam.combiners.Count.Globally())
+        count = beam.pvalue.AsSingleton(
+            self._count if self._count is not None else inputs | "CountInputs" >> beam.combiners.Count.Globally())
         return (
             inputs
             | "DealIntoShards" >> beam.Map(lambda e, n: (shard_of(e[0], n, size), e), n=count)
@@ -201,20 +206,23 @@ class RunModel(beam.PTransform):
     """(key, inputs in one or more orders) -> `ModelOutputs`: tokenized, packed and run through RunInference.
 
     An input the tokenizer or the model fails on is set aside with its reason (`tokenize_error` at
-    stage `<counter>_tokenize`, `<stage>_error` at `stage`); the others go on.
+    stage `<counter>_tokenize`, `<stage>_error` at `stage`); the others go on. `count`: as
+    `TokenizeAndPack`'s.
     """
 
     def __init__(self, settings: ModelSettings, handler: PackedBatchHandler, load_tokenizer: Callable[[str], Any],
-                 counter: str, stage: str):
+                 counter: str, stage: str, count: Optional[beam.PCollection] = None):
         super().__init__()
         self._load_tokenizer = load_tokenizer
         self._settings = settings
         self._handler = handler
         self._counter = counter
         self._stage = stage
+        self._count = count
 
     def expand(self, inputs):
-        tokenized = inputs | "TokenizeAndPack" >> TokenizeAndPack(self._settings, self._counter, self._load_tokenizer)
+        tokenized = inputs | "TokenizeAndPack" >> TokenizeAndPack(self._settings, self._counter, self._load_tokenizer,
+                                                                  self._count)
         ran = (
             tokenized.batches
             | "RunInference" >> RunInference(KeyedModelHandler(self._handler).with_no_batching())

@@ -9,6 +9,7 @@ twice (e.g. the single value of one side first, then the many of the other), nev
 """
 from __future__ import annotations
 
+from operator import attrgetter
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import apache_beam as beam
@@ -69,27 +70,39 @@ class _Call(beam.DoFn):
         yield from self._fn((key, Joined(grouped, self._tags)), *self._args, **side_inputs)
 
 
+def _tag(tag: int, key: Optional[Callable]) -> beam.PTransform:
+    """(key, value) -> (key, (tag, value)); with `key`, an element e -> (key(e), (tag, e))."""
+    if key is None:
+        return beam.MapTuple(lambda k, value: (k, (tag, value)))
+    return beam.Map(lambda value: (key(value), (tag, value)))
+
+
 class JoinByKey(beam.PTransform):
     """{tag: PCollection of (key, value)} -> what `fn((key, joined), *args)` yields per key.
 
-    `joined[tag]` iterates that tag's values of the key. `outputs`: the tags of `TaggedOutput`s `fn`
-    yields (the result is then a `DoOutputsTuple` with main output `main`). `side_inputs`: passed to
-    `fn` by name (small values only, e.g. a run number).
+    `joined[tag]` iterates that tag's values of the key. `keys`: {tag: key function} for inputs that
+    are not keyed yet: each element joins under `key(element)` as a value of its own (keyed in the
+    step that tags it, not in a step of its own before: every element passes one step fewer).
+    `outputs`: the tags of `TaggedOutput`s `fn` yields (the result is then a `DoOutputsTuple` with
+    main output `main`). `side_inputs`: passed to `fn` by name (small values only, e.g. a run number).
     """
 
-    def __init__(self, fn: Callable, *args, outputs: tuple[str, ...] = (), main: Optional[str] = None,
-                 **side_inputs):
+    def __init__(self, fn: Callable, *args, keys: Optional[Mapping[str, Callable]] = None,
+                 outputs: tuple[str, ...] = (), main: Optional[str] = None, **side_inputs):
         super().__init__()
         self._fn = fn
         self._args = args
+        self._keys = dict(keys or {})
         self._outputs = outputs
         self._main = main
         self._side_inputs = side_inputs
 
     def expand(self, pcolls):
         tags = {tag: i for i, tag in enumerate(pcolls)}
-        tagged = [pcoll | f"Tag[{tag}]" >> beam.MapTuple(lambda key, value, i=tags[tag]: (key, (i, value)))
-                  for tag, pcoll in pcolls.items()]
+        unknown = set(self._keys) - set(tags)
+        if unknown:
+            raise ValueError(f"key functions for inputs that are not joined: {sorted(unknown)}")
+        tagged = [pcoll | f"Tag[{tag}]" >> _tag(tags[tag], self._keys.get(tag)) for tag, pcoll in pcolls.items()]
         call = beam.ParDo(_Call(self._fn, tags, self._args), **self._side_inputs)
         if self._outputs:
             call = call.with_outputs(*self._outputs, main=self._main)
@@ -114,8 +127,6 @@ def _same_label(element) -> Iterable[tuple]:
 
 def pairs_within(pairs, labels, name: str):
     """(label, pair) for every scored pair whose two ends carry the same label; pairs outside are dropped."""
-    by_a = (
-        {"pair": pairs | f"{name}ByA" >> beam.Map(lambda p: (p.id_a, p)), "label": labels}
-        | f"{name}JoinA" >> JoinByKey(_label_end_a)
-    )
+    by_a = {"pair": pairs, "label": labels} | f"{name}JoinA" >> JoinByKey(
+        _label_end_a, keys={"pair": attrgetter("id_a")})
     return {"pair": by_a, "label": labels} | f"{name}JoinB" >> JoinByKey(_same_label)

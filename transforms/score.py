@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from operator import attrgetter
 from typing import Iterable, NamedTuple
 
 import apache_beam as beam
@@ -97,7 +98,7 @@ class ScorePairs(beam.PTransform):
             candidates
             | "ModelInputs" >> beam.Map(_model_inputs, self._settings.symmetric)
             | "CrossEncoder" >> RunModel(
-                self._settings, pair_scorer(self._settings), sources.load_tokenizer, "score", "score")
+                self._settings, pair_scorer(self._settings), sources.load_tokenizer, "score", "score", total)
         )
         scored = ran.outputs | "ToScoredPair" >> beam.ParDo(
             _ToScoredPair(self._settings.progress_seconds), total=beam.pvalue.AsSingleton(total))
@@ -143,14 +144,8 @@ class FetchTexts(beam.PTransform):
 
     def expand(self, pairs):
         texts = self._texts
-        with_a = (
-            {"pair": pairs | "ByA" >> beam.Map(lambda p: (p.id_a, p)), "text": texts}
-            | "TextA" >> JoinByKey(_with_text, 0)
-        )
-        return (
-            {"pair": with_a | "ByB" >> beam.Map(lambda p: (p.id_b, p)), "text": texts}
-            | "TextB" >> JoinByKey(_with_text, 1)
-        )
+        with_a = {"pair": pairs, "text": texts} | "TextA" >> JoinByKey(_with_text, 0, keys={"pair": attrgetter("id_a")})
+        return {"pair": with_a, "text": texts} | "TextB" >> JoinByKey(_with_text, 1, keys={"pair": attrgetter("id_b")})
 
 
 class ScoreCandidates(beam.PTransform):
@@ -170,9 +165,10 @@ class ScoreCandidates(beam.PTransform):
         reused = None
         if self._known is not None:
             looked_up = (
-                {"candidate": candidates | "KeyCandidate" >> beam.Map(lambda p: ((p.id_a, p.id_b), p)),
+                {"candidate": candidates,
                  "known": self._known | "KeyKnown" >> beam.Map(lambda p: ((p.id_a, p.id_b), p.score))}
-                | "ReuseScores" >> JoinByKey(_reuse, outputs=("reused",), main="unknown")
+                | "ReuseScores" >> JoinByKey(_reuse, keys={"candidate": attrgetter("id_a", "id_b")},
+                                             outputs=("reused",), main="unknown")
             )
             candidates, reused = looked_up.unknown, looked_up.reused
         if self._texts is not None:

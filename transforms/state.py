@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from operator import attrgetter, itemgetter
 from typing import Iterable, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
@@ -270,7 +271,8 @@ class SplitByStoredVector(beam.PTransform):
     def expand(self, inputs):
         representatives, records = inputs
         return (
-            {"rep": representatives | "RepById" >> beam.Map(lambda rep: (rep.id, rep)),
-             "record": records | "RecordById" >> beam.Map(lambda record: (record["id"], record))}
-            | "SplitStored" >> JoinByKey(_split_stored, self._extend, outputs=("to_embed",), main="stored")
+            {"rep": representatives, "record": records}
+            | "SplitStored" >> JoinByKey(_split_stored, self._extend, keys={"rep": attrgetter("id"),
+                                                                            "record": itemgetter("id")},
+                                         outputs=("to_embed",), main="stored")
         )
