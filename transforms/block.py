@@ -38,6 +38,7 @@ import math
 import time
 import zlib
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
@@ -45,6 +46,7 @@ import faiss
 import numpy as np
 from apache_beam.metrics import Metrics
 
+from transforms.coders import packed, unpacked
 from transforms.joins import JoinByKey, only
 from transforms.metrics import StageTimer, largest
 from transforms.records import CandidatePair, GivenCentroids, Neighbours
@@ -421,14 +423,16 @@ def _update_stored(element, k: int) -> Iterable[tuple]:
         yield rep_id, (rep.text, best)
 
 
-def _pairs_of(element, source: str) -> Iterable[tuple[tuple, CandidatePair]]:
+def _pairs_of(element, source: str) -> Iterable[tuple[tuple, bytes]]:
+    """A question's k nearest -> ((id a, id b), the `CandidatePair` `packed`): the same pair found from its
+    two ends meets in a shuffle that holds every candidate with its texts, so it travels packed."""
     query_id, (query_text, best) = element
     for nid, (sim, ntext) in best.items():
         if query_id < nid:
             pair = CandidatePair(query_id, nid, query_text, ntext, sim, source)
         else:
             pair = CandidatePair(nid, query_id, ntext, query_text, sim, source)
-        yield (pair.id_a, pair.id_b), pair
+        yield (pair.id_a, pair.id_b), packed(pair)
 
 
 def _one_pair(pairs: Iterable[CandidatePair]) -> CandidatePair:
@@ -540,16 +544,15 @@ class BlockCandidates(beam.PTransform):
         best = found.found | "BestNeighbours" >> beam.CombinePerKey(_TopNeighbours(settings.top_k))
         if stored is not None:
             updated = (
-                {"item": stored | "StoredById" >> beam.Map(lambda item: (item.rep.id, item)),
-                 "entering": found.entering}
-                | "UpdateStored" >> JoinByKey(_update_stored, settings.top_k)
+                {"item": stored, "entering": found.entering}
+                | "UpdateStored" >> JoinByKey(_update_stored, settings.top_k, keys={"item": attrgetter("rep.id")})
             )
             best = (best, updated) | "AllNeighbours" >> beam.Flatten()
         pairs = (
             best
             | "ToPairs" >> beam.FlatMap(_pairs_of, source)
-            | "DistinctPairs" >> beam.CombinePerKey(_one_pair)
-            | "DropKey" >> beam.Values()
+            | "GroupPairs" >> beam.GroupByKey()  # at most 2 values a key: a pair found from its two ends
+            | "DistinctPairs" >> beam.MapTuple(lambda _, found: _one_pair(map(unpacked, found)))
         )
         return Blocked(pairs, best | "NeighbourLists" >> beam.Map(_neighbour_list), trained, sub_centroids)
 

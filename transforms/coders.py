@@ -125,6 +125,28 @@ def _name_of_hint(typehint) -> bool:
     return isinstance(typehint, type) and _name_of(typehint) is not None
 
 
+_IMPL = None
+
+
+def packed(value) -> bytes:
+    """`value` as `RecordCoder`'s bytes, for a value grouped by a shuffle that is held in memory: the
+    in-process runner holds every value of a shuffle decoded, as Python objects (a candidate pair with
+    its two texts: several hundred bytes), until its group is read; as one bytes object it holds
+    about its encoded size. `unpacked` gives the value back."""
+    global _IMPL
+    if _IMPL is None:
+        _IMPL = RecordCoder().get_impl()
+    return _IMPL.encode(value)
+
+
+def unpacked(data: bytes):
+    """What `packed` packed."""
+    global _IMPL
+    if _IMPL is None:
+        _IMPL = RecordCoder().get_impl()
+    return _IMPL.decode(data)
+
+
 _registered = False
 
 
