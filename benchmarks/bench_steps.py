@@ -13,7 +13,12 @@ reads the runner's monitoring data:
   transforms produced ("hops": one element passed from one transform to the
   next, fused or through a shuffle), both per candidate pair (candidate and
   re-split pairs);
-- the process's own CPU (user + sys) beside the sum of the steps' times.
+- the process's own CPU (user + sys) beside the sum of the steps' times, and
+  the CPU outside the model and blocking per pair two ways: as `bench_scale.py`
+  counts it (process CPU minus the `score` and `block` stages' seconds), and
+  from the main thread's CPU alone (the in-process runner runs every bundle on
+  it; faiss's and torch's helper threads work only inside those two stages,
+  yet the first way counts their CPU as outside them).
 
     python -m benchmarks.bench_steps [--rows 30000] [--work DIR] [--top 20] [-- EXTRA qdedup FLAGS]
 
@@ -29,6 +34,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import time
 from typing import Optional
 
 from apache_beam.metrics import monitoring_infos
@@ -104,8 +110,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     out = os.path.join(args.work, f"steps-{args.rows}")
     shutil.rmtree(out, ignore_errors=True)
     before = resource.getrusage(resource.RUSAGE_SELF)
+    main_before = time.thread_time()
     code, result, producers = run_once(["--config", "configs/local.yaml", "--input", os.path.join(data, "*.parquet"),
                                         "--output", out, "--scorer-model", model, *args.extra])
+    main_cpu = time.thread_time() - main_before
     after = resource.getrusage(resource.RUSAGE_SELF)
     if code != 0 or result is None:
         raise SystemExit(f"the run failed (exit {code})")
@@ -115,9 +123,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     pairs = report["candidate_pairs"] + report["resplit_pairs"]
     msecs, elements = step_costs(result.monitoring_infos(), producers)
     timed = sum(msecs.values()) / 1000
-    print(json.dumps({"rows": args.rows, "pairs": pairs, "cpu_s": round(cpu, 1), "in_steps_s": round(timed, 1),
-                      "hops_per_pair": round(sum(elements.values()) / pairs, 1),
-                      "stage_seconds": report["stage_seconds"]}))
+    stages = report["stage_seconds"]
+    model_and_blocking = stages.get("score", 0.0) + stages.get("block", 0.0)
+    print(json.dumps({"rows": args.rows, "pairs": pairs, "cpu_s": round(cpu, 1),
+                      "main_thread_cpu_s": round(main_cpu, 1), "in_steps_s": round(timed, 1),
+                      "outside_us_per_pair": round((cpu - model_and_blocking) / pairs * 1e6, 1),
+                      "main_thread_outside_us_per_pair": round((main_cpu - model_and_blocking) / pairs * 1e6, 1),
+                      "hops_per_pair": round(sum(elements.values()) / pairs, 1), "stage_seconds": stages}))
     print(f"{'step':48} {'s':>8} {'µs/pair':>8} {'hops/pair':>9}")
     for step in sorted(msecs, key=msecs.get, reverse=True)[:args.top]:
         print(f"{step:48} {msecs[step] / 1000:8.1f} {msecs[step] / pairs * 1000:8.0f} "
