@@ -294,7 +294,8 @@ def _route(element, probes: int) -> Iterator[tuple]:
 
 
 class _ToWorkItems(beam.DoFn):
-    """((partition, sub-partition), entry) -> (work item key, entry).
+    """((partition, sub-partition), entry) -> (work item key, entry `packed`: the shuffle into work items holds
+    every question's vector probes times over, and the in-process runner holds it decoded otherwise).
 
     A (sub-)partition of at most `max_block` is one work item. A larger one is cut into b blocks by a
     hash of the id: while b <= `fanout` it is searched exactly as b x b (query block, index block) work
@@ -312,18 +313,22 @@ class _ToWorkItems(beam.DoFn):
         key, (role, item) = element
         blocks = block_count(sizes[key], self._max_block)
         mine = stable_hash(item.rep.id) % blocks
+        entry = packed((role, item))
         if blocks > self._fanout:
             self._approximate.inc()
-            yield (*key, mine, mine), (role, item)
+            yield (*key, mine, mine), entry
             return
+        if role == "stored" or blocks == 1:
+            for other in range(blocks):
+                yield (*key, other, mine), entry
+            return
+        as_query, as_index = packed(("query", item)), packed(("index", item))
         for other in range(blocks):
-            if role == "stored":
-                yield (*key, other, mine), (role, item)
-            elif other == mine:
-                yield (*key, mine, mine), (role, item)
+            if other == mine:
+                yield (*key, mine, mine), entry
             else:
-                yield (*key, mine, other), ("query", item)
-                yield (*key, other, mine), ("index", item)
+                yield (*key, mine, other), as_query
+                yield (*key, other, mine), as_index
 
 
 class _SearchWorkItem(beam.DoFn):
@@ -337,7 +342,7 @@ class _SearchWorkItem(beam.DoFn):
     def process(self, element):
         _, members = element
         queries, index, stored, entries = [], [], [], 0
-        for role, item in members:
+        for role, item in map(unpacked, members):
             entries += 1
             if role in ("both", "query"):
                 queries.append(item)
