@@ -428,16 +428,14 @@ def _update_stored(element, k: int) -> Iterable[tuple]:
         yield rep_id, (rep.text, best)
 
 
-def _pairs_of(element, source: str) -> Iterable[tuple[tuple, bytes]]:
-    """A question's k nearest -> ((id a, id b), the `CandidatePair` `packed`): the same pair found from its
-    two ends meets in a shuffle that holds every candidate with its texts, so it travels packed."""
+def _pairs_of(element, source: str) -> Iterable[tuple[tuple, CandidatePair]]:
     query_id, (query_text, best) = element
     for nid, (sim, ntext) in best.items():
         if query_id < nid:
             pair = CandidatePair(query_id, nid, query_text, ntext, sim, source)
         else:
             pair = CandidatePair(nid, query_id, ntext, query_text, sim, source)
-        yield (pair.id_a, pair.id_b), packed(pair)
+        yield (pair.id_a, pair.id_b), pair
 
 
 def _one_pair(pairs: Iterable[CandidatePair]) -> CandidatePair:
@@ -556,8 +554,8 @@ class BlockCandidates(beam.PTransform):
         pairs = (
             best
             | "ToPairs" >> beam.FlatMap(_pairs_of, source)
-            | "GroupPairs" >> beam.GroupByKey()  # at most 2 values a key: a pair found from its two ends
-            | "DistinctPairs" >> beam.MapTuple(lambda _, found: _one_pair(map(unpacked, found)))
+            | "DistinctPairs" >> beam.CombinePerKey(_one_pair)
+            | "DropKey" >> beam.Values()
         )
         return Blocked(pairs, best | "NeighbourLists" >> beam.Map(_neighbour_list), trained, sub_centroids)
 

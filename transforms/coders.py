@@ -128,23 +128,24 @@ def _name_of_hint(typehint) -> bool:
 _IMPL = None
 
 
-def packed(value) -> bytes:
-    """`value` as `RecordCoder`'s bytes, for a value grouped by a shuffle that is held in memory: the
-    in-process runner holds every value of a shuffle decoded, as Python objects (a candidate pair with
-    its two texts: several hundred bytes), until its group is read; as one bytes object it holds
-    about its encoded size. `unpacked` gives the value back."""
+def _impl():
     global _IMPL
     if _IMPL is None:
         _IMPL = RecordCoder().get_impl()
-    return _IMPL.encode(value)
+    return _IMPL
+
+
+def packed(value) -> bytes:
+    """`value` as `RecordCoder`'s bytes, for a value grouped by a shuffle that is held in memory: the
+    in-process runner holds every value of a shuffle decoded, as Python objects (a question's entry with
+    its text and vector, a candidate pair with its texts: several hundred bytes), until its group is
+    read; as one bytes object it holds about its encoded size. `unpacked` gives the value back."""
+    return _impl().encode(value)
 
 
 def unpacked(data: bytes):
     """What `packed` packed."""
-    global _IMPL
-    if _IMPL is None:
-        _IMPL = RecordCoder().get_impl()
-    return _IMPL.decode(data)
+    return _impl().decode(data)
 
 
 _registered = False
