@@ -428,14 +428,48 @@ def _update_stored(element, k: int) -> Iterable[tuple]:
         yield rep_id, (rep.text, best)
 
 
-def _pairs_of(element, source: str) -> Iterable[tuple[tuple, CandidatePair]]:
+def _pairs_of(element) -> Iterable[tuple[tuple, tuple]]:
+    """A question's neighbours as ((id_a, id_b), (similarity, text_a, text_b)), id_a < id_b.
+
+    The value is a bare tuple: the in-process runner holds every value of the distinct step's shuffle
+    decoded, once from each end of a pair, and a `CandidatePair` would add its ids, its source and
+    its class name to each; `_candidate` makes the record once the pair is one.
+    """
     query_id, (query_text, best) = element
     for nid, (sim, ntext) in best.items():
         if query_id < nid:
-            pair = CandidatePair(query_id, nid, query_text, ntext, sim, source)
+            yield (query_id, nid), (sim, query_text, ntext)
         else:
-            pair = CandidatePair(nid, query_id, ntext, query_text, sim, source)
-        yield (pair.id_a, pair.id_b), pair
+            yield (nid, query_id), (sim, ntext, query_text)
+
+
+class _OnePair(beam.CombineFn):
+    """The same pair found from both ends (same similarity): the highest similarity, every text that is
+    known. The accumulator is the (similarity, text_a, text_b) value itself, not a list of them."""
+
+    def create_accumulator(self):
+        return None
+
+    def add_input(self, accumulator, value):
+        if accumulator is None:
+            return value
+        return (max(accumulator[0], value[0]), accumulator[1] if accumulator[1] is not None else value[1],
+                accumulator[2] if accumulator[2] is not None else value[2])
+
+    def merge_accumulators(self, accumulators):
+        merged = None
+        for accumulator in accumulators:
+            if accumulator is not None:
+                merged = self.add_input(merged, accumulator)
+        return merged
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+def _candidate(element: tuple, source: str) -> CandidatePair:
+    (id_a, id_b), (sim, text_a, text_b) = element
+    return CandidatePair(id_a, id_b, text_a, text_b, sim, source)
 
 
 def _one_pair(pairs: Iterable[CandidatePair]) -> CandidatePair:
@@ -553,9 +587,9 @@ class BlockCandidates(beam.PTransform):
             best = (best, updated) | "AllNeighbours" >> beam.Flatten()
         pairs = (
             best
-            | "ToPairs" >> beam.FlatMap(_pairs_of, source)
-            | "DistinctPairs" >> beam.CombinePerKey(_one_pair)
-            | "DropKey" >> beam.Values()
+            | "ToPairs" >> beam.FlatMap(_pairs_of)
+            | "DistinctPairs" >> beam.CombinePerKey(_OnePair())
+            | "ToCandidates" >> beam.Map(_candidate, source)
         )
         return Blocked(pairs, best | "NeighbourLists" >> beam.Map(_neighbour_list), trained, sub_centroids)
 
