@@ -12,6 +12,7 @@ from transforms.block import (
     BlockCandidates,
     BlockingSettings,
     UnionCandidates,
+    _OnePair,
     best_neighbours,
     block_count,
     enters,
@@ -204,6 +205,21 @@ def test_a_hot_partition_of_12k_near_copies_is_split_with_a_linear_shuffle(tmp_p
     assert (found >= kth - 0.01).all(), (kth - found).max()
     print(f"max_sample {max_sample}: k-th similarity lost, mean {(kth - found).mean():.5f}, "
           f"max {(kth - found).max():.5f}; shuffled {sizes.sum:,} entries for {n:,} questions")
+
+
+def test_a_pair_found_from_both_ends_is_one_with_every_text_either_end_knew():
+    """An extension's stored question knows no text for a newcomer: the newcomer's own end does."""
+    combine = _OnePair()
+    from_a, from_b = (0.75, "a", None), (0.75, None, "b")
+    for ends in ([from_a, from_b], [from_b, from_a]):
+        one = combine.create_accumulator()
+        for value in ends:
+            one = combine.add_input(one, value)
+        assert combine.extract_output(one) == (0.75, "a", "b")
+        halves = [combine.add_input(combine.create_accumulator(), value) for value in ends]
+        assert combine.extract_output(combine.merge_accumulators([combine.create_accumulator(), *halves])) == (
+            0.75, "a", "b")
+    assert combine.add_input(combine.add_input(None, (0.5, "a", "b")), (0.625, "a", "b")) == (0.625, "a", "b")
 
 
 def test_union_merges_sources_and_keeps_the_best_similarity():
