@@ -20,7 +20,14 @@ reads the runner's monitoring data:
   it; faiss's and torch's helper threads work only inside those two stages,
   yet the first way counts their CPU as outside them).
 
-    python -m benchmarks.bench_steps [--rows 30000] [--work DIR] [--top 20] [-- EXTRA qdedup FLAGS]
+With `--stage-memory LOG`, it also writes a line per stage the runner executes
+(seconds since the start, the stage's seconds, the process's RSS before it, its
+peak during it, sampled every 0.2 s, and after it, the stage's name) and prints
+the stages where memory peaked: the in-process runner holds each shuffle's
+values in memory, so the peak names the shuffle that sets it.
+
+    python -m benchmarks.bench_steps [--rows 30000] [--work DIR] [--top 20] [--stage-memory LOG]
+        [-- EXTRA qdedup FLAGS]
 
 One run: the figures are shares, not A/B ratios.
 """
@@ -34,6 +41,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from typing import Optional
 
@@ -69,6 +77,60 @@ def step_costs(infos, producers: dict) -> tuple[dict, dict]:
     return dict(msecs), dict(elements)
 
 
+def _rss_gib() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+class StageMemory:
+    """While active, logs every stage the in-process runner executes with the process's RSS around and during it.
+
+    It wraps the runner's private `FnApiRunner._execute_bundle` (a benchmark's tool: Beam may rename it),
+    and a thread samples the RSS every `interval` seconds (Linux: /proc/self/statm).
+    """
+
+    def __init__(self, path: str, interval: float = 0.2):
+        self._path = path
+        self._interval = interval
+        self._peak = 0.0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._peak = max(self._peak, _rss_gib())
+
+    def __enter__(self) -> "StageMemory":
+        log, started, execute = open(self._path, "w"), time.monotonic(), fn_runner.FnApiRunner._execute_bundle
+        self._log, self._execute = log, execute
+
+        def logged(runner, context, manager, inputs):
+            before = self._peak = _rss_gib()
+            began = time.monotonic()
+            try:
+                return execute(runner, context, manager, inputs)
+            finally:
+                log.write(f"{began - started:.1f}\t{time.monotonic() - began:.1f}\t{before:.2f}\t"
+                          f"{max(self._peak, _rss_gib()):.2f}\t{_rss_gib():.2f}\t{manager.stage.name}\n")
+
+        fn_runner.FnApiRunner._execute_bundle = logged
+        threading.Thread(target=self._sample, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        fn_runner.FnApiRunner._execute_bundle = self._execute
+        self._stop.set()
+        self._log.close()
+
+
+def memory_peaks(lines, top: int) -> list[tuple[float, float, str]]:
+    """The `top` stages of a `StageMemory` log with the highest peak RSS: (peak GiB, RSS before, stage name)."""
+    stages = []
+    for line in lines:
+        _, _, before, peak, _, name = line.rstrip("\n").split("\t", 5)
+        stages.append((float(peak), float(before), name))
+    return sorted(stages, key=lambda stage: -stage[0])[:top]
+
+
 def run_once(argv: list[str]) -> tuple[int, object, dict]:
     """Runs `qdedup run` here; (exit code, the runner's result, {PCollection id: producing transform})."""
     seen: dict = {}
@@ -99,6 +161,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--rows", type=int, default=30_000)
     parser.add_argument("--work", default="/tmp/qdedup-scale")
     parser.add_argument("--top", type=int, default=20, help="steps listed, most CPU first")
+    parser.add_argument("--stage-memory", metavar="LOG", help="log each stage's RSS to LOG; print where it peaked")
     parser.add_argument("extra", nargs="*", help="more `qdedup run` flags, after --")
     args = parser.parse_args(argv)
     data = os.path.join(args.work, f"corpus-{args.rows}")
@@ -111,8 +174,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     shutil.rmtree(out, ignore_errors=True)
     before = resource.getrusage(resource.RUSAGE_SELF)
     main_before = time.thread_time()
-    code, result, producers = run_once(["--config", "configs/local.yaml", "--input", os.path.join(data, "*.parquet"),
-                                        "--output", out, "--scorer-model", model, *args.extra])
+    run_args = ["--config", "configs/local.yaml", "--input", os.path.join(data, "*.parquet"), "--output", out,
+                "--scorer-model", model, *args.extra]
+    if args.stage_memory:
+        with StageMemory(args.stage_memory):
+            code, result, producers = run_once(run_args)
+    else:
+        code, result, producers = run_once(run_args)
     main_cpu = time.thread_time() - main_before
     after = resource.getrusage(resource.RUSAGE_SELF)
     if code != 0 or result is None:
@@ -129,11 +197,18 @@ def main(argv: Optional[list[str]] = None) -> None:
                       "main_thread_cpu_s": round(main_cpu, 1), "in_steps_s": round(timed, 1),
                       "outside_us_per_pair": round((cpu - model_and_blocking) / pairs * 1e6, 1),
                       "main_thread_outside_us_per_pair": round((main_cpu - model_and_blocking) / pairs * 1e6, 1),
-                      "hops_per_pair": round(sum(elements.values()) / pairs, 1), "stage_seconds": stages}))
+                      "hops_per_pair": round(sum(elements.values()) / pairs, 1),
+                      "peak_rss_gib": round(after.ru_maxrss / 2**20, 2), "stage_seconds": stages}))
     print(f"{'step':48} {'s':>8} {'µs/pair':>8} {'hops/pair':>9}")
     for step in sorted(msecs, key=msecs.get, reverse=True)[:args.top]:
         print(f"{step:48} {msecs[step] / 1000:8.1f} {msecs[step] / pairs * 1000:8.0f} "
               f"{elements.get(step, 0) / pairs:9.2f}")
+    if args.stage_memory:
+        with open(args.stage_memory) as log:
+            peaks = memory_peaks(log, 5)
+        print("stages where memory peaked (GiB before -> peak):")
+        for peak, before, name in peaks:
+            print(f"  {before:6.2f} -> {peak:6.2f}  {name[:150]}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
 """benchmarks/bench_steps.py adds Beam's per-transform figures up by the step they belong to."""
+import apache_beam as beam
 from apache_beam.metrics import monitoring_infos as mi
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import fn_runner
 
-from benchmarks.bench_steps import step_costs, step_of
+from benchmarks.bench_steps import StageMemory, memory_peaks, step_costs, step_of
+from tests.helpers import RUNNER_ARGS
 
 
 def test_step_of_names_nested_steps_two_deep():
@@ -25,3 +29,25 @@ def test_step_costs_sums_timings_and_elements_by_step():
     msecs, elements = step_costs(infos, producers)
     assert msecs == {"ClusterGroups/SplitChains": 6, "WritePairs": 2}
     assert elements == {"ClusterGroups/SplitChains": 10, "WritePairs": 4}
+
+
+def test_stage_memory_logs_each_stage_and_puts_the_runner_back(tmp_path):
+    execute = fn_runner.FnApiRunner._execute_bundle
+    log = tmp_path / "stages.log"
+    with StageMemory(str(log), interval=0.01):
+        with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
+            _ = (pipeline | beam.Create(range(1000)) | "KeyBy" >> beam.Map(lambda x: (x % 7, x))
+                 | "Together" >> beam.GroupByKey())
+    assert fn_runner.FnApiRunner._execute_bundle is execute
+    lines = log.read_text().splitlines()
+    assert any("Together" in line for line in lines)
+    for line in lines:
+        start, seconds, before, peak, after, name = line.split("\t")
+        assert float(start) >= 0 and float(seconds) >= 0 and name
+        assert 0 < float(before) <= float(peak) and 0 < float(after) <= float(peak) + 0.01
+
+
+def test_memory_peaks_orders_stages_by_their_peak():
+    lines = ["0.0\t1.0\t1.00\t2.50\t1.20\tRead\n", "1.0\t3.0\t1.20\t4.75\t1.10\tGroupPairs/Read\n",
+             "4.0\t0.5\t1.10\t1.30\t1.10\tWrite\n"]
+    assert memory_peaks(lines, 2) == [(4.75, 1.2, "GroupPairs/Read"), (2.5, 1.0, "Read")]
