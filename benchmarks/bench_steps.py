@@ -100,8 +100,10 @@ class StageMemory:
             self._peak = max(self._peak, _rss_gib())
 
     def __enter__(self) -> "StageMemory":
-        log, started, execute = open(self._path, "w"), time.monotonic(), fn_runner.FnApiRunner._execute_bundle
-        self._log, self._execute = log, execute
+        # Line-buffered: a run the kernel kills for memory leaves its log up to the stage that killed it.
+        log = self._log = open(self._path, "w", buffering=1)
+        execute = self._execute = fn_runner.FnApiRunner._execute_bundle
+        started = time.monotonic()
 
         def logged(runner, context, manager, inputs):
             before = self._peak = _rss_gib()

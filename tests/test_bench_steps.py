@@ -38,8 +38,8 @@ def test_stage_memory_logs_each_stage_and_puts_the_runner_back(tmp_path):
         with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
             _ = (pipeline | beam.Create(range(1000)) | "KeyBy" >> beam.Map(lambda x: (x % 7, x))
                  | "Together" >> beam.GroupByKey())
+        lines = log.read_text().splitlines()  # written as each stage ends: a run killed for memory keeps its log
     assert fn_runner.FnApiRunner._execute_bundle is execute
-    lines = log.read_text().splitlines()
     assert any("Together" in line for line in lines)
     for line in lines:
         start, seconds, before, peak, after, name = line.split("\t")
