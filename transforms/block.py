@@ -472,19 +472,14 @@ def _candidate(element: tuple, source: str) -> CandidatePair:
     return CandidatePair(id_a, id_b, text_a, text_b, sim, source)
 
 
-def _one_pair(pairs: Iterable[CandidatePair]) -> CandidatePair:
-    """The same pair found from both ends (same similarity): one of them, with every text that is known."""
-    pairs = list(pairs)
-    first = max(pairs, key=lambda pair: (pair.similarity, pair.text_a is not None, pair.text_b is not None))
-    text_a = next((p.text_a for p in pairs if p.text_a is not None), None)
-    text_b = next((p.text_b for p in pairs if p.text_b is not None), None)
-    return first._replace(text_a=text_a, text_b=text_b)
-
-
 def _merge_sources(pairs: Iterable[CandidatePair]) -> CandidatePair:
+    """One pair several embedders found: the best similarity, every known text, every source."""
     pairs = list(pairs)
+    merge, value = _OnePair(), None
+    for pair in pairs:
+        value = merge.add_input(value, (pair.similarity, pair.text_a, pair.text_b))
     sources = sorted({source for pair in pairs for source in pair.source.split(",")})
-    return _one_pair(pairs)._replace(source=",".join(sources))
+    return _candidate((pairs[0][:2], value), ",".join(sources))
 
 
 class UnionCandidates(beam.PTransform):
