@@ -22,12 +22,13 @@ from transforms.coders import use_record_coder
 from transforms.commit import OutputRun
 from transforms.embed import EmbedEncoder, EmbedLexical, EmbedStatic
 from transforms.explain import ExplainGroups
+from transforms.feeding import ModelSettings
 from transforms.ids import AssignGroupIds, ReadPreviousGroups
 from transforms.metrics import count_elements
 from transforms.normalize import Collapsed, NormalizeAndCollapse
 from transforms.read import Read, ReadQuestions
 from transforms.records import Columns, Embedded
-from transforms.score import ScoreCandidates
+from transforms.score import ScoreCandidates, TokenizeAhead
 from transforms.state import (
     Prior,
     ReadPrior,
@@ -70,10 +71,13 @@ class Candidates(NamedTuple):
 
 
 def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns: Columns,
-                        prior: Optional[Prior] = None, int8_models: Optional[dict] = None) -> Candidates:
+                        prior: Optional[Prior] = None, int8_models: Optional[dict] = None,
+                        scorer: Optional[ModelSettings] = None) -> Candidates:
     """Read, normalize, embed and block: the part of a run that `qdedup recall` measures.
 
     `int8_models`: what the launcher prepared for --precision int8 (`preflight.check_int8`).
+    `scorer`: the pairs' scorer, where they are scored: the texts blocking carries into its pairs are
+    then tokenized ahead for it (`TokenizeAhead`), each question once.
     With a `prior` run, questions it holds a vector for are not embedded again. Extending it
     (`prior.extend`), only the new questions are searched, against everything, and the stored k
     nearest of the others are updated; otherwise (`--params-from`) everything is searched with its
@@ -107,20 +111,23 @@ def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns
                 encoder_settings(options, model, int8_models), options.encoder_pooling, options.encoder_whiten,
                 prior.whitening(kind) if prior else None)
         vectors = embedded.vectors
+        carried = vectors if scorer is None else _tokenized_ahead(vectors, scorer, label)
         failed.append(embedded.failed)
         embedded_reps.append(to_embed)
         centroids = prior.centroids[kind] if prior else None
         sub_centroids = stored.sub_centroids[kind] if prior else None
         if extend:
-            blocked = (vectors, known) | f"Block{label}" >> BlockCandidates(settings, kind, centroids, sub_centroids)
+            blocked = (carried, known) | f"Block{label}" >> BlockCandidates(settings, kind, centroids, sub_centroids)
             known_vectors = known | f"{label}StoredVector" >> beam.Map(lambda item: Embedded(item.rep, item.vector))
             all_vectors = (vectors, known_vectors) | f"{label}AllVectors" >> beam.Flatten()
         elif prior:
             all_vectors = (vectors, known) | f"{label}AllVectors" >> beam.Flatten()
-            blocked = all_vectors | f"Block{label}" >> BlockCandidates(settings, kind, centroids, sub_centroids)
+            searched = (carried, known if scorer is None else _tokenized_ahead(known, scorer, f"{label}Stored")) \
+                | f"{label}Searched" >> beam.Flatten()
+            blocked = searched | f"Block{label}" >> BlockCandidates(settings, kind, centroids, sub_centroids)
         else:
             all_vectors = vectors
-            blocked = vectors | f"Block{label}" >> BlockCandidates(settings, kind)
+            blocked = carried | f"Block{label}" >> BlockCandidates(settings, kind)
         candidate_sets.append(blocked.pairs)
         embedders[kind] = EmbedderOutputs(
             all_vectors | f"{label}ById" >> beam.MapTuple(lambda rep, vector: (rep.id, (rep.key, vector))),
@@ -130,17 +137,28 @@ def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns
     return Candidates(read, collapsed, candidates, embedders, stored, failed, embedded_reps)
 
 
+def _tokenized_ahead(items, scorer: ModelSettings, label: str):
+    """`Embedded` items -> the same, each representative's text as `scorer` takes it (`TokenizeAhead`)."""
+    return (
+        items
+        | f"{label}Texts" >> beam.Map(lambda item: (item, item.rep.text))
+        | f"{label}TokenizeAhead" >> TokenizeAhead(scorer)
+        | f"{label}CarryTokens" >> beam.MapTuple(lambda item, text: Embedded(item.rep._replace(text=text), item.vector))
+    )
+
+
 def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str, configuration: dict,
                    out: OutputRun, prior: Optional[Prior] = None, previous_groups: Optional[list] = None) -> None:
     """The whole run, writing under `out`. `previous_groups`: the groups/ files whose ids groups keep."""
     columns = input_columns(options)
     int8_models = configuration.get("int8_models")
-    generated = generate_candidates(pipeline, options, columns, prior, int8_models)
+    scorer = scorer_settings(options, int8_models)
+    generated = generate_candidates(pipeline, options, columns, prior, int8_models, scorer)
     read, collapsed = generated.read, generated.collapsed
     representatives, members = collapsed.representatives, collapsed.members
     known_scores = generated.stored.pairs if prior else None
-    texts = representatives | "RepresentativeText" >> beam.Map(lambda rep: (rep.id, rep.text))
-    scorer = scorer_settings(options, int8_models)
+    texts = (representatives | "RepresentativeText" >> beam.Map(lambda rep: (rep.id, rep.text))
+             | "TextsAhead" >> TokenizeAhead(scorer))
     scoring = generated.pairs | "ScoreCandidates" >> ScoreCandidates(scorer, known_scores, texts if prior else None)
     if prior and prior.extend:
         members = (generated.stored.members, members) | "AllMembers" >> beam.Flatten()

@@ -168,6 +168,11 @@ def test_a_failure_inside_any_stage_sets_the_element_aside(tiny_model, tmp_path,
                 raise RuntimeError("tokenizer broke")
             return self._backend.encode_batch(texts, **kwargs)
 
+        def encode(self, text, *args, **kwargs):  # tokenizing a question ahead of scoring
+            if "分词" in text:
+                raise RuntimeError("tokenizer broke")
+            return self._backend.encode(text, *args, **kwargs)
+
     def fragile_tokenizer(name):
         tokenizer = load_tokenizer(name)
         backend = FragileBackend(tokenizer.backend_tokenizer)

@@ -18,9 +18,11 @@ from transforms.feeding import (
     LoadedModel,
     ModelSettings,
     TokenizedItem,
+    ahead_of_scoring,
     collate,
     pack_batches,
     positive_probability,
+    token_dtype,
     tokenize,
 )
 from transforms.records import CandidatePair
@@ -105,6 +107,50 @@ def test_tokenize_follows_other_post_processors(tiny_model, thirty_pairs, proces
         assert (ids, types) == (whole.ids, whole.type_ids)
     if processor == "roberta":
         assert ids.count(tokenizer.sep_token_id) == 3
+
+
+@pytest.mark.parametrize("max_length", [12, 17, 24, 40, 512])
+def test_texts_tokenized_ahead_give_the_ids_of_their_pairs_tokenized_whole(tiny_model, thirty_pairs, max_length):
+    """Scoring assembles a pair from texts tokenized ahead, alone or beside a text: the ids, the cut of a
+    pair too long (longest first, as the tokenizer cuts it) and the truncated flag are the tokenizer's."""
+    tokenizer = load_tokenizer(tiny_model)
+    ahead = ahead_of_scoring(tokenizer, max_length)
+    rng = random.Random(max_length)
+    texts = [t for pair in thirty_pairs for t in pair] + ["长" * n for n in (3, 5, 6, 7, 8, 9, 11, 20, 300)]
+    pairs = [(rng.choice(texts), rng.choice(texts)) for _ in range(400)]
+    forms = {text: ahead(text) for text in texts}
+    kinds = {type(form) for form in forms.values()}
+    assert kinds == {bytes, str}  # short texts ahead, long ones not (300 ids are more than half of 512)
+    for (a, b), from_ahead in zip(pairs, tokenize(tokenizer, [(forms[a], forms[b]) for a, b in pairs], max_length)):
+        whole = tokenizer(a, b, truncation="longest_first", max_length=max_length)
+        assert from_ahead == ((whole["input_ids"], whole["token_type_ids"]),
+                              len(tokenizer(a, b)["input_ids"]) > max_length)
+    mixed = [(forms[a], b) for a, b in pairs] + [(forms[a], forms[b]) for a, b in pairs]
+    assert tokenize(tokenizer, mixed, max_length) == tokenize(tokenizer, pairs + pairs, max_length)
+
+
+def test_texts_stay_texts_where_tokenizing_ahead_would_not_be_exact(tiny_model, monkeypatch):
+    import copy
+
+    import transforms.feeding
+    tokenizer = load_tokenizer(tiny_model)
+    form = ahead_of_scoring(tokenizer, 512)("怎么开通网银")
+    assert token_dtype(tokenizer) == np.dtype("<u2") and isinstance(form, bytes)
+    assert np.frombuffer(form, "<u2").tolist() == tokenizer("怎么开通网银", add_special_tokens=False)["input_ids"]
+    assert ahead_of_scoring(tokenizer, 13)("长" * 6) == "长" * 6  # (13 - 3) // 2 = 5 ids at most
+    left = copy.deepcopy(tokenizer)
+    left.truncation_side = "left"
+    from transformers import BertTokenizerLegacy  # Python, no fast backend
+    slow = BertTokenizerLegacy.from_pretrained(tiny_model)
+    assert not hasattr(slow, "backend_tokenizer")
+    for other in (left, slow):
+        assert ahead_of_scoring(other, 512)("怎么开通网银") == "怎么开通网银"
+    assert ahead_of_scoring(tokenizer, 512)(None) is None  # one the tokenizer fails on stays as it is
+    monkeypatch.setattr(transforms.feeding, "_template", lambda backend, count: None)  # no one template
+    assert ahead_of_scoring(tokenizer, 512)("怎么开通网银") == "怎么开通网银"
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="another max_length"):
+        tokenize(tokenizer, [(ahead_of_scoring(tokenizer, 64)("长" * 20), "短" * 20)], 24)
 
 
 def test_pack_batches_respects_the_budget_and_keeps_every_element():

@@ -13,7 +13,7 @@ import itertools
 import math
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -43,6 +43,7 @@ class ModelSettings:
 
 
 Encoding = tuple[list[int], list[int]]  # input_ids, token_type_ids
+Text = Union[str, bytes]  # a text, or its token ids as `ahead_of_scoring` stores them
 
 
 class TokenizedItem(NamedTuple):
@@ -61,8 +62,11 @@ def token_budget(settings: ModelSettings) -> int:
     return settings.token_budget or AUTO_TOKEN_BUDGET[resolve_device(settings.device)]
 
 
-def tokenize(tokenizer, inputs: Sequence[tuple[str, ...]], max_length: int) -> list[tuple[Encoding, bool]]:
-    """(encoding, truncated) per input: `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]`, cut longest-first."""
+def tokenize(tokenizer, inputs: Sequence[tuple[Text, ...]], max_length: int) -> list[tuple[Encoding, bool]]:
+    """(encoding, truncated) per input: `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]`, cut longest-first.
+
+    A text is a string, or the bytes `ahead_of_scoring` made of it for this tokenizer and `max_length`.
+    """
     if not inputs:
         return []
     columns = list(zip(*inputs))
@@ -73,36 +77,39 @@ def tokenize(tokenizer, inputs: Sequence[tuple[str, ...]], max_length: int) -> l
                          return_token_type_ids=True, verbose=False, **options)
 
     if hasattr(tokenizer, "backend_tokenizer"):
-        encoded = _encode_whole(tokenizer, inputs)
+        encoded = _encode_whole(tokenizer, inputs, max_length)
     else:  # a slow (Python) tokenizer: each input encoded as it is
         full = encode(range(len(inputs)), truncation=False)
         encoded = [((ids, types), False) for ids, types in zip(full["input_ids"], full["token_type_ids"])]
     too_long = [i for i, (enc, _) in enumerate(encoded) if len(enc[0]) > max_length]
-    if too_long:
+    if too_long:  # texts only: `_encode_whole` has cut those with a text tokenized ahead
         cut = encode(too_long, truncation="longest_first", max_length=max_length)
         for j, i in enumerate(too_long):
             encoded[i] = ((cut["input_ids"][j], cut["token_type_ids"][j]), True)
     return encoded
 
 
-def _encode_whole(tokenizer, inputs: Sequence[tuple[str, ...]]) -> list[tuple[Encoding, bool]]:
+def _encode_whole(tokenizer, inputs: Sequence[tuple[Text, ...]], max_length: int) -> list[tuple[Encoding, bool]]:
     """Each input encoded whole by a fast tokenizer, each distinct text tokenized once.
 
-    A question meets many others in its pairs, so each distinct text of the window is encoded once;
-    then every input is assembled around them by the template the tokenizer's own post-processor
-    follows (its special tokens and segment ids, read off it by `_template`), or, where no one template
-    reproduces it, by the post-processor itself: the same ids as encoding the input whole.
+    A question meets many others in its pairs, so each distinct text of the window is encoded once
+    (a text tokenized ahead, not at all); then every input is assembled around them by the template
+    the tokenizer's own post-processor follows (its special tokens and segment ids, read off it by
+    `_template`), or, where no one template reproduces it, by the post-processor itself: the same ids
+    as encoding the input whole. A pair too long for `max_length` with a text tokenized ahead is cut
+    here, as the tokenizer cuts it (`_cut_beside`); other inputs too long are left to the caller.
     """
-    backend = tokenizer.backend_tokenizer
-    if backend.truncation is not None:
-        backend.no_truncation()
-    if backend.padding is not None:
-        backend.no_padding()
-    index: dict = {}
-    for texts in inputs:
-        for text in texts:
-            index.setdefault(text, len(index))
-    pieces = backend.encode_batch(list(index), add_special_tokens=False)
+    backend = _plain(tokenizer)
+    distinct = list(dict.fromkeys(text for texts in inputs for text in texts))
+    strings = [text for text in distinct if isinstance(text, str)]
+    pieces = dict(zip(strings, backend.encode_batch(strings, add_special_tokens=False)))
+    ahead = len(strings) < len(distinct)
+    if ahead:
+        dtype = token_dtype(tokenizer)
+        ids_of = {text: pieces[text].ids if isinstance(text, str) else np.frombuffer(text, dtype).tolist()
+                  for text in distinct}
+    else:
+        ids_of = {text: piece.ids for text, piece in pieces.items()}
     templates: dict = {}
     encoded = []
     for texts in inputs:
@@ -111,11 +118,85 @@ def _encode_whole(tokenizer, inputs: Sequence[tuple[str, ...]]) -> list[tuple[En
             templates[count] = _template(backend, count)
         template = templates[count]
         if template is None:
-            whole = backend.post_process(*(pieces[index[text]] for text in texts), add_special_tokens=True)
+            if ahead:
+                raise ValueError("texts tokenized ahead need a tokenizer whose inputs follow one template")
+            whole = backend.post_process(*(pieces[text] for text in texts), add_special_tokens=True)
             encoded.append(((whole.ids, whole.type_ids), False))
-        else:
-            encoded.append((_assemble(template, [pieces[index[text]].ids for text in texts]), False))
+            continue
+        text_ids = [ids_of[text] for text in texts]
+        truncated = False
+        if ahead and _length(template, text_ids) > max_length and any(isinstance(t, bytes) for t in texts):
+            text_ids, truncated = _cut_beside(template, texts, text_ids, max_length), True
+        encoded.append((_assemble(template, text_ids), truncated))
     return encoded
+
+
+def token_dtype(tokenizer) -> np.dtype:
+    """How `ahead_of_scoring` stores a token id: two bytes where the vocabulary allows, else four."""
+    return np.dtype("<u2") if len(tokenizer) <= 2 ** 16 else np.dtype("<u4")
+
+
+def ahead_of_scoring(tokenizer, max_length: int) -> Callable[[str], Text]:
+    """text -> the text as pair scoring with this tokenizer and `max_length` takes it: the bytes of its
+    token ids (`token_dtype`, no special tokens), or, where that would not be exact, the text itself.
+
+    Scoring then assembles a pair from its two texts' ids without tokenizing them again: a question
+    meets many others in its pairs (about 20 each at 1M rows), and tokenizing was most of scoring's
+    CPU outside the model. Texts stay texts unless the tokenizer is a fast one that truncates on the
+    right and whose pairs follow one template, and a text with more than half the tokens a pair may
+    hold stays a text: a pair with a text tokenized ahead is then cut on its other side alone, as the
+    tokenizer's longest-first truncation cuts it, and a pair of two never needs cutting. A text the
+    tokenizer fails on stays a text too: scoring sets aside the pairs it fails on again.
+    """
+    if not hasattr(tokenizer, "backend_tokenizer") or getattr(tokenizer, "truncation_side", "right") != "right":
+        return lambda text: text
+    backend = _plain(tokenizer)
+    template = _template(backend, 2)
+    if template is None:
+        return lambda text: text
+    limit, dtype = _half(template, max_length), token_dtype(tokenizer)
+
+    def ahead(text: str) -> Text:
+        try:
+            ids = backend.encode(text, add_special_tokens=False).ids
+        except Exception:  # scoring tokenizes it again, and sets aside the pairs it fails on
+            return text
+        return text if len(ids) > limit else np.asarray(ids, dtype=dtype).tobytes()
+
+    return ahead
+
+
+def _plain(tokenizer):
+    """The fast tokenizer's backend, with no truncation or padding of its own: qdedup cuts and pads."""
+    backend = tokenizer.backend_tokenizer
+    if backend.truncation is not None:
+        backend.no_truncation()
+    if backend.padding is not None:
+        backend.no_padding()
+    return backend
+
+
+def _half(template: tuple, max_length: int) -> int:
+    """The most ids a text tokenized ahead may have: half of what a pair may hold besides its special tokens."""
+    return (max_length - _length(template, [[], []])) // 2
+
+
+def _length(template: tuple, texts: Sequence[list[int]]) -> int:
+    """How many ids an input of these texts' ids has in the template."""
+    return sum(len(ids) for ids, _ in template[0]) + sum(len(ids) for ids in texts)
+
+
+def _cut_beside(template: tuple, texts: Sequence[Text], text_ids: list[list[int]], max_length: int) -> list:
+    """A pair's ids cut to `max_length` where one text was tokenized ahead (so it holds at most half of what
+    a pair may): longest-first truncation takes from the other, longer, text alone, at its end."""
+    short = 0 if isinstance(texts[0], bytes) else 1
+    if len(text_ids[short]) > _half(template, max_length):
+        raise ValueError(f"a text tokenized ahead has {len(text_ids[short])} ids, more than half of what "
+                         f"max_length {max_length} leaves a pair: tokenized for another max_length?")
+    room = max_length - _length(template, [text_ids[short], []])
+    cut = list(text_ids)
+    cut[1 - short] = text_ids[1 - short][:room]
+    return cut
 
 
 _PROBES = (("银", "行卡"), ("银行卡丢", "了怎么办呢"))  # two lengths: a template must fit both
