@@ -5,7 +5,7 @@ stage imports another. The data flow they follow is in `docs/design.md`.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Union
 
 
 class Columns(NamedTuple):
@@ -84,12 +84,13 @@ class GivenCentroids(NamedTuple):
 
 class CandidatePair(NamedTuple):
     """A pair to score. Texts are None where blocking did not see them (an extended run's stored lists):
-    the scoring stage fetches them for the pairs it has to score."""
+    the scoring stage fetches them for the pairs it has to score. In a run, a text is mostly its token
+    ids for the scorer, as bytes (`score.TokenizeAhead`): each question is tokenized once, not in each pair."""
 
     id_a: object
     id_b: object
-    text_a: Optional[str]
-    text_b: Optional[str]
+    text_a: Optional[Union[str, bytes]]
+    text_b: Optional[Union[str, bytes]]
     similarity: Optional[float]
     source: str = "lexical"
 
