@@ -21,6 +21,7 @@ from transforms.block import (
     knn_pairs,
     nearest_partitions,
     partition_count,
+    top_columns,
     train_centroids,
 )
 from transforms.records import (
@@ -30,6 +31,7 @@ from transforms.records import (
     Representative,
     StoredItem,
 )
+from transforms.vectors import SparseVector, sparse_rows, to_dense
 
 
 def _brute_force(ids, vectors, k, floor):
@@ -95,6 +97,52 @@ def test_similarities_do_not_depend_on_what_else_is_searched():
     direct = float(np.float32(np.sum(vectors[0].astype(np.float64) * vectors[reference[0][1]].astype(np.float64))))
     assert exact_similarities(vectors[:1], vectors, found)[0, 0] == reference[0][0] == direct
     assert exact_similarities(vectors[:1], vectors, np.array([[-1]]))[0, 0] == -np.inf
+
+
+def _sparse_unit(rng, n, d, nonzeros):
+    vectors = []
+    for _ in range(n):
+        indices = np.sort(rng.choice(d, nonzeros, replace=False)).astype(np.int32)
+        values = rng.random(nonzeros).astype(np.float32) + 0.1
+        vectors.append(SparseVector(indices, (values / np.linalg.norm(values)).astype(np.float32), d))
+    return vectors
+
+
+@pytest.mark.parametrize("k, floor", [(1, -1.0), (5, 0.0), (10, 0.3), (40, 0.1)])
+def test_sparse_queries_find_the_lists_faiss_finds(k, floor):
+    """Lexical vectors are searched as sparse products instead of faiss's dense search: the same lists."""
+    rng = np.random.default_rng(k)
+    vectors = _sparse_unit(rng, 700, 256, 12)
+    dense = np.stack([to_dense(v) for v in vectors])
+    ids = [int(i) for i in rng.permutation(700)]
+    by_faiss = knn_lists(ids, dense, ids, dense, k, floor)
+    assert len(by_faiss) > 500  # most queries have neighbours: not an empty comparison
+    assert knn_lists(ids, dense, ids, dense, k, floor, sparse_queries=sparse_rows(vectors)) == by_faiss
+    some = slice(0, 50)  # queries that are not the index
+    assert knn_lists(ids[some], dense[some], ids, dense, k, floor, sparse_queries=sparse_rows(vectors[some])) == \
+        knn_lists(ids[some], dense[some], ids, dense, k, floor)
+
+
+def test_top_columns_keeps_the_highest_at_or_above_the_floor_ties_to_the_lower_column():
+    values = np.array([[0.5, 0.9, 0.5, 0.5, 0.1],
+                       [0.2, 0.2, 0.2, 0.2, 0.2],
+                       [0.1, 0.0, 0.3, 0.0, 0.0]], dtype=np.float32)
+    assert top_columns(values, 3, 0.2).tolist() == [[1, 0, 2], [0, 1, 2], [2, -1, -1]]
+    assert top_columns(values, 9, -1.0).tolist() == [[1, 0, 2, 3, 4], [0, 1, 2, 3, 4], [2, 0, 1, 3, 4]]
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 6, size=(40, 30)).astype(np.float32)  # many ties
+    found = top_columns(values, 7, 2.0)
+    for row, columns in zip(values, found):
+        expected = sorted((c for c in range(30) if row[c] >= 2), key=lambda c: (-row[c], c))[:7]
+        assert columns.tolist() == expected + [-1] * (7 - len(expected))
+
+
+def test_sparse_rows_are_the_vectors_and_only_for_sparse_vectors():
+    rng = np.random.default_rng(1)
+    vectors = _sparse_unit(rng, 5, 32, 4) + [SparseVector(np.zeros(0, np.int32), np.zeros(0, np.float32), 32)]
+    assert np.array_equal(sparse_rows(vectors).toarray(), np.stack([to_dense(v) for v in vectors]))
+    assert sparse_rows([]) is None and sparse_rows([to_dense(vectors[0])]) is None
+    assert sparse_rows([vectors[0], to_dense(vectors[1])]) is None
 
 
 def test_partition_and_block_counts():

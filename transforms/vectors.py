@@ -1,9 +1,10 @@
 """Vectors as the stages keep them: dense numpy arrays, or sparse unit vectors for lexical embeddings."""
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
+import scipy.sparse
 
 
 class SparseVector(NamedTuple):
@@ -33,3 +34,14 @@ def dot_rows(matrix: np.ndarray, vector) -> np.ndarray:
 def unit(vector: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(vector)
     return (vector / norm if norm > 0 else vector).astype(np.float32)
+
+
+def sparse_rows(vectors: Sequence) -> Optional[scipy.sparse.csr_matrix]:
+    """The vectors as the rows of a sparse matrix, where every one is a `SparseVector`; else None."""
+    if not vectors or not all(isinstance(vector, SparseVector) for vector in vectors):
+        return None
+    indptr = np.zeros(len(vectors) + 1, dtype=np.int64)
+    np.cumsum([len(vector.indices) for vector in vectors], out=indptr[1:])
+    return scipy.sparse.csr_matrix(
+        (np.concatenate([vector.values for vector in vectors]).astype(np.float32, copy=False),
+         np.concatenate([vector.indices for vector in vectors]), indptr), shape=(len(vectors), vectors[0].dim))
