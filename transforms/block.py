@@ -18,11 +18,12 @@ recall and the cost of a run. No worker holds the whole corpus:
    that k-means cannot tell apart) each block is searched on its own, the only
    approximate search, counted in the report (near-identical questions are
    each other's neighbours anyway; the loss is measured by a test);
-5. exact inner-product kNN runs inside each work item; each question keeps its
-   best k neighbours over all its partitions above the similarity floor;
+5. exact inner-product kNN runs inside each work item (faiss for dense vectors;
+   lexical vectors, sparse, as sparse products: `propose`); each question keeps
+   its best k neighbours over all its partitions above the similarity floor;
 6. pairs are keyed (min id, max id) and made distinct.
 
-Similarities never depend on the search: faiss proposes `top_k + margin`
+Similarities never depend on the search: the search proposes `top_k + margin`
 neighbours, and the similarity of each is then computed by one fixed routine
 (`exact_similarities`: float64 sums of the float32 products, rounded to float32),
 so a pair has the same similarity whichever work item, batch of queries or run
