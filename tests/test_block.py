@@ -1,6 +1,7 @@
 import pickle
 
 import apache_beam as beam
+import faiss
 import numpy as np
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
@@ -205,6 +206,20 @@ def _block(items, settings, tmp_path, centroids=None, stored=None, lists=False, 
         hashed = result.metrics().query(MetricsFilter().with_name("blocking_items_hash_blocked"))["counters"]
         return found_pairs, found_lists, sizes[0].committed, sum(c.committed for c in hashed)
     return (found_pairs, largest, found_lists) if lists else (found_pairs, largest)
+
+
+def test_lexical_work_items_are_searched_as_sparse_products_not_by_faiss(tmp_path, monkeypatch):
+    """Blocking sparse (lexical) vectors never hands them to faiss, and finds what faiss finds for them dense."""
+    vectors = _sparse_unit(np.random.default_rng(7), 300, 64, 8)
+    settings = BlockingSettings(top_k=5, min_similarity=0.1, partitions=1)
+    by_faiss, _, faiss_lists = _block(_items([to_dense(v) for v in vectors]), settings, tmp_path, lists=True)
+
+    def no_faiss(*args):
+        raise AssertionError("faiss searched a work item of sparse vectors")
+
+    monkeypatch.setattr(faiss, "IndexFlatIP", no_faiss)
+    found, _, lists = _block(_items(vectors), settings, tmp_path, lists=True)
+    assert len(by_faiss) > 300 and found == by_faiss and lists == faiss_lists
 
 
 @pytest.mark.slow

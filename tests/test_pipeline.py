@@ -233,6 +233,49 @@ def test_truncated_pairs_are_counted(tiny_model, tmp_path):
     assert report["truncated_pairs"] == len(longer) == 1  # only the two 9-character questions overflow
 
 
+def test_each_question_is_tokenized_once_not_again_with_each_pair(tiny_model, tmp_path, monkeypatch):
+    """Questions are tokenized ahead, one at a time; scoring assembles pairs from their ids and hands the
+    tokenizer's batch encoder none of the corpus's texts."""
+    import transforms.sources
+    texts = ["怎么开初婚未育证明", "初婚未育证明怎么开", "开初婚未育证明", "今天天气怎么样", "今天天气如何"]
+    pq.write_table(pa.table({"id": list(range(1, 6)), "question": texts}), tmp_path / "q.parquet")
+    load_tokenizer, log = transforms.sources.load_tokenizer, tmp_path / "tokenized.jsonl"
+
+    def note(way, batch):  # to a file: the runner works on a pickled copy of this test's functions
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps([way, list(batch)], ensure_ascii=False) + "\n")
+
+    class Watched:  # the fast tokenizer's backend, noting what it is asked to tokenize
+        def __init__(self, backend):
+            self._backend = backend
+
+        def __getattr__(self, name):
+            return getattr(self._backend, name)
+
+        def encode(self, text, *args, **kwargs):
+            note("one", [text])
+            return self._backend.encode(text, *args, **kwargs)
+
+        def encode_batch(self, batch, *args, **kwargs):
+            note("batch", batch)
+            return self._backend.encode_batch(batch, *args, **kwargs)
+
+    def watched_tokenizer(name):
+        tokenizer = load_tokenizer(name)
+        backend = Watched(tokenizer.backend_tokenizer)
+        tokenizer.__class__ = type("Watched", (tokenizer.__class__,), {"backend_tokenizer": backend})
+        return tokenizer
+
+    monkeypatch.setattr(transforms.sources, "load_tokenizer", watched_tokenizer)
+    report = run_qdedup(tmp_path / "q.parquet", tmp_path / "out", tiny_model, "--min-similarity=-1")
+    assert report["pairs_scored"] == len(blocking_pairs(tmp_path / "out")) > 0
+    seen = {"one": set(), "batch": set()}
+    for line in log.read_text(encoding="utf-8").splitlines():
+        way, batch = json.loads(line)
+        seen[way].update(batch)
+    assert set(texts) <= seen["one"] and not set(texts) & seen["batch"]
+
+
 def test_encoder_candidates_are_united_with_lexical_and_sourced(tiny_model, tmp_path):
     texts = sorted({t for a, b, _ in lcqmc_pairs(40) for t in (a, b)})
     pq.write_table(pa.table({"id": list(range(len(texts))), "question": texts}), tmp_path / "q.parquet")

@@ -104,12 +104,9 @@ def _encode_whole(tokenizer, inputs: Sequence[tuple[Text, ...]], max_length: int
     strings = [text for text in distinct if isinstance(text, str)]
     pieces = dict(zip(strings, backend.encode_batch(strings, add_special_tokens=False)))
     ahead = len(strings) < len(distinct)
-    if ahead:
-        dtype = token_dtype(tokenizer)
-        ids_of = {text: pieces[text].ids if isinstance(text, str) else np.frombuffer(text, dtype).tolist()
-                  for text in distinct}
-    else:
-        ids_of = {text: piece.ids for text, piece in pieces.items()}
+    dtype = token_dtype(tokenizer) if ahead else None
+    ids_of = {text: pieces[text].ids if isinstance(text, str) else np.frombuffer(text, dtype).tolist()
+              for text in distinct}
     templates: dict = {}
     encoded = []
     for texts in inputs:
