@@ -123,3 +123,34 @@ def peak_bytes(fn):
     finally:
         tracemalloc.stop()
     return result, peak
+
+
+def watch_tokenizer(monkeypatch, heard) -> None:
+    """Every tokenizer qdedup loads has a fast backend that calls `heard(way, texts)` ("one" for `encode`,
+    "batch" for `encode_batch`) before it tokenizes: to fail on some texts, or to note them (the runner
+    works on a pickled copy of `heard`: note to a file, not to a variable)."""
+    import transforms.sources
+    load_tokenizer = transforms.sources.load_tokenizer
+
+    class Watched:
+        def __init__(self, backend):
+            self._backend = backend
+
+        def __getattr__(self, name):
+            return getattr(self._backend, name)
+
+        def encode(self, text, *args, **kwargs):
+            heard("one", [text])
+            return self._backend.encode(text, *args, **kwargs)
+
+        def encode_batch(self, texts, *args, **kwargs):
+            heard("batch", texts)
+            return self._backend.encode_batch(texts, *args, **kwargs)
+
+    def watched(name):
+        tokenizer = load_tokenizer(name)
+        backend = Watched(tokenizer.backend_tokenizer)
+        tokenizer.__class__ = type("Watched", (tokenizer.__class__,), {"backend_tokenizer": backend})
+        return tokenizer
+
+    monkeypatch.setattr(transforms.sources, "load_tokenizer", watched)

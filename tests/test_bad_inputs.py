@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.cli import main
-from tests.helpers import RUNNER_ARGS, break_scorer, read_part, run_qdedup
+from tests.helpers import RUNNER_ARGS, break_scorer, read_part, run_qdedup, watch_tokenizer
 
 pytestmark = pytest.mark.e2e  # every test here runs qdedup end to end
 
@@ -140,7 +140,6 @@ def test_a_failure_inside_any_stage_sets_the_element_aside(tiny_model, tmp_path,
     pair) put it in rejected/ with the stage and the reason, and the run goes on."""
     import transforms.embed
     import transforms.normalize
-    import transforms.sources
 
     texts = {1: "银行卡丢了怎么办", 2: "银行卡丢了怎么处理", 3: "银行卡丢了该怎么办呢", 4: "规范化会失败的问题",
              5: "向量会失败的问题", 6: "银行卡丢失了怎么办", 7: "分词会失败的银行卡丢了怎么办",
@@ -154,31 +153,12 @@ def test_a_failure_inside_any_stage_sets_the_element_aside(tiny_model, tmp_path,
     monkeypatch.setattr(transforms.embed, "tfidf_sparse",
                         lambda t, idf: (_ for _ in ()).throw(ValueError("no vector")) if "向量" in t
                         else tfidf_sparse(t, idf))
-    load_tokenizer = transforms.sources.load_tokenizer
 
-    class FragileBackend:  # the fast tokenizer's backend, which tokenizes each distinct text
-        def __init__(self, backend):
-            self._backend = backend
+    def fragile(way, texts):  # the fast tokenizer's backend: ahead of scoring ("one") and in scoring ("batch")
+        if any("分词" in text for text in texts):
+            raise RuntimeError("tokenizer broke")
 
-        def __getattr__(self, name):
-            return getattr(self._backend, name)
-
-        def encode_batch(self, texts, **kwargs):
-            if any("分词" in text for text in texts):
-                raise RuntimeError("tokenizer broke")
-            return self._backend.encode_batch(texts, **kwargs)
-
-        def encode(self, text, *args, **kwargs):  # tokenizing a question ahead of scoring
-            if "分词" in text:
-                raise RuntimeError("tokenizer broke")
-            return self._backend.encode(text, *args, **kwargs)
-
-    def fragile_tokenizer(name):
-        tokenizer = load_tokenizer(name)
-        backend = FragileBackend(tokenizer.backend_tokenizer)
-        tokenizer.__class__ = type("Fragile", (tokenizer.__class__,), {"backend_tokenizer": backend})
-        return tokenizer
-    monkeypatch.setattr(transforms.sources, "load_tokenizer", fragile_tokenizer)
+    watch_tokenizer(monkeypatch, fragile)
     break_scorer(monkeypatch, tiny_model, "模")
 
     report = run_qdedup(tmp_path / "q.parquet", tmp_path / "out", tiny_model, "--min-similarity=0.1",

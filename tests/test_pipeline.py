@@ -17,6 +17,7 @@ from tests.helpers import (
     read_part,
     reference_scores,
     run_qdedup,
+    watch_tokenizer,
     write_questions,
 )
 from transforms.graphs import connected_components
@@ -236,37 +237,15 @@ def test_truncated_pairs_are_counted(tiny_model, tmp_path):
 def test_each_question_is_tokenized_once_not_again_with_each_pair(tiny_model, tmp_path, monkeypatch):
     """Questions are tokenized ahead, one at a time; scoring assembles pairs from their ids and hands the
     tokenizer's batch encoder none of the corpus's texts."""
-    import transforms.sources
     texts = ["怎么开初婚未育证明", "初婚未育证明怎么开", "开初婚未育证明", "今天天气怎么样", "今天天气如何"]
     pq.write_table(pa.table({"id": list(range(1, 6)), "question": texts}), tmp_path / "q.parquet")
-    load_tokenizer, log = transforms.sources.load_tokenizer, tmp_path / "tokenized.jsonl"
+    log = tmp_path / "tokenized.jsonl"
 
-    def note(way, batch):  # to a file: the runner works on a pickled copy of this test's functions
+    def note(way, texts):
         with open(log, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps([way, list(batch)], ensure_ascii=False) + "\n")
+            handle.write(json.dumps([way, list(texts)], ensure_ascii=False) + "\n")
 
-    class Watched:  # the fast tokenizer's backend, noting what it is asked to tokenize
-        def __init__(self, backend):
-            self._backend = backend
-
-        def __getattr__(self, name):
-            return getattr(self._backend, name)
-
-        def encode(self, text, *args, **kwargs):
-            note("one", [text])
-            return self._backend.encode(text, *args, **kwargs)
-
-        def encode_batch(self, batch, *args, **kwargs):
-            note("batch", batch)
-            return self._backend.encode_batch(batch, *args, **kwargs)
-
-    def watched_tokenizer(name):
-        tokenizer = load_tokenizer(name)
-        backend = Watched(tokenizer.backend_tokenizer)
-        tokenizer.__class__ = type("Watched", (tokenizer.__class__,), {"backend_tokenizer": backend})
-        return tokenizer
-
-    monkeypatch.setattr(transforms.sources, "load_tokenizer", watched_tokenizer)
+    watch_tokenizer(monkeypatch, note)
     report = run_qdedup(tmp_path / "q.parquet", tmp_path / "out", tiny_model, "--min-similarity=-1")
     assert report["pairs_scored"] == len(blocking_pairs(tmp_path / "out")) > 0
     seen = {"one": set(), "batch": set()}
