@@ -9,6 +9,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that
 
 from tests.helpers import RUNNER_ARGS
+from transforms import block
 from transforms.block import (
     BlockCandidates,
     BlockingSettings,
@@ -124,7 +125,42 @@ def test_sparse_queries_find_the_lists_faiss_finds(k, floor):
         knn_lists(ids[some], dense[some], ids, dense, k, floor)
 
 
-def test_top_columns_keeps_the_highest_at_or_above_the_floor_ties_to_the_lower_column():
+def test_sparse_similarities_are_the_dense_ones_to_the_bit():
+    """Summing only a sparse query's non-zero products gives the dense routine's float32, bit for bit: for
+    vectors with signs too, a query without non-zeros, and candidates that are -1."""
+    rng = np.random.default_rng(3)
+    vectors = _sparse_unit(rng, 400, 1024, 20)
+    vectors += [SparseVector(v.indices, (v.values * rng.choice([-1, 1], len(v.values))).astype(np.float32), v.dim)
+                for v in _sparse_unit(rng, 100, 1024, 30)]
+    vectors.append(SparseVector(np.zeros(0, np.int32), np.zeros(0, np.float32), 1024))
+    dense = np.stack([to_dense(v) for v in vectors])
+    index = -np.abs(dense[::-1])  # the empty query's dense products are then -0.0
+    found = rng.integers(-1, len(index), size=(len(vectors), 31))
+    expected = exact_similarities(dense, index, found)
+    got = exact_similarities(dense, index, found, sparse_rows(vectors))
+    assert np.array_equal(got.view(np.int32), expected.view(np.int32))
+    assert (found == -1).any() and np.isneginf(got[found == -1]).all()
+
+
+def test_sparse_similarities_recompute_a_sum_near_a_float32_rounding_boundary():
+    """1 + 2^-24 + 2^-53 + 2^-53 summed in order is 1 + 2^-24, exactly between two float32s (rounded down to
+    1.0); numpy's pairwise sum adds the two smallest first and rounds up. Such a sum is recomputed densely."""
+    q, x = np.zeros((1, 1024), np.float32), np.zeros((1, 1024), np.float32)
+    dims = [0, 128, 512, 513]
+    q[0, dims] = [1.0, 2.0 ** -12, 2.0 ** -26, 2.0 ** -26]
+    x[0, dims] = [1.0, 2.0 ** -12, 2.0 ** -27, 2.0 ** -27]
+    in_order = np.float32(sum(float(q[0, d]) * float(x[0, d]) for d in dims))
+    dense = exact_similarities(q, x, np.array([[0]]))[0, 0]
+    assert in_order == np.float32(1.0) and dense > in_order, "numpy no longer sums these in another order"
+    query = SparseVector(np.array(dims, np.int32), q[0, dims], 1024)
+    assert exact_similarities(q, x, np.array([[0]]), sparse_rows([query]))[0, 0] == dense
+
+
+@pytest.mark.parametrize("sorted_at_most", [0, 20, 256])
+def test_top_columns_keeps_the_highest_at_or_above_the_floor_ties_to_the_lower_column(sorted_at_most, monkeypatch):
+    """Rows with many values above the floor are partitioned first, the others sorted as they are: the same
+    columns either way (0: every row partitioned; 20: some rows each way; 256: none)."""
+    monkeypatch.setattr(block, "_SORTED_AT_MOST", sorted_at_most)
     values = np.array([[0.5, 0.9, 0.5, 0.5, 0.1],
                        [0.2, 0.2, 0.2, 0.2, 0.2],
                        [0.1, 0.0, 0.3, 0.0, 0.0]], dtype=np.float32)

@@ -143,16 +143,61 @@ def block_count(size: int, max_block: int) -> int:
 
 
 _EXACT_CHUNK = 1 << 22  # float64 products held at once while recomputing similarities
+_UNIT_ROUNDOFF = 2.0 ** -53  # of a float64 addition, relative
 
 
-def exact_similarities(queries: np.ndarray, index: np.ndarray, found: np.ndarray) -> np.ndarray:
+def exact_similarities(queries: np.ndarray, index: np.ndarray, found: np.ndarray,
+                       sparse_queries: Optional[scipy.sparse.csr_matrix] = None) -> np.ndarray:
     """sims[i, j] = queries[i] . index[found[i, j]], by one fixed routine (-inf where found is -1).
 
     Each product of two float32 values is exact in float64 and each row is summed the same way
     whatever else is computed with it; rounding the sum to float32 makes the result the same in
     every work item, process and run (a float64 sum would have to fall within 1e-16 of a float32
     rounding boundary to tell two orders of summation apart).
+
+    With `sparse_queries` (the same queries, sparse) only their non-zero products are summed, a
+    fortieth of the work for lexical vectors, and the result is the same float32 to the bit: where
+    a float32 rounding boundary lies within what the two orders of summation can differ by (a
+    bound on float64 rounding, rarely met: about 1 in 10^5 similarities), that similarity is
+    recomputed the dense way.
     """
+    if sparse_queries is None:
+        return _dense_similarities(queries, index, found)
+    sims = np.full(found.shape, -np.inf, dtype=np.float32)
+    if not found.size:
+        return sims
+    indptr, columns = sparse_queries.indptr, sparse_queries.indices
+    values = sparse_queries.data.astype(np.float64)
+    rows = max(1, _EXACT_CHUNK // max(found.shape[1] * max(sparse_queries.nnz // len(found), 1), 1))
+    for start in range(0, len(found), rows):
+        stop = min(start + rows, len(found))
+        block = found[start:stop]
+        valid = block >= 0
+        first, last = indptr[start], indptr[stop]
+        terms = np.diff(indptr[start:stop + 1])
+        row_of = np.repeat(np.arange(stop - start), terms)
+        # products[e, j]: the query's e-th non-zero times that dimension of its j-th candidate
+        products = index[np.where(valid, block, 0)[row_of], columns[first:last, None]].astype(np.float64)
+        products *= values[first:last, None]
+        sums, magnitudes = (np.zeros((stop - start, found.shape[1])) for _ in range(2))
+        some = terms > 0
+        starts = indptr[start:stop][some] - first
+        sums[some] = np.add.reduceat(products, starts, axis=0)
+        magnitudes[some] = np.add.reduceat(np.abs(products), starts, axis=0)
+        # Either sum is within (terms - 1) x roundoff x sum of magnitudes of the exact one; 4x margin.
+        slack = 4 * (index.shape[1] + terms[:, None]) * _UNIT_ROUNDOFF * magnitudes
+        rounded = sums.astype(np.float32)
+        # (and a sum of 0, whose sign the order of summation decides)
+        unsure = valid & (((sums - slack).astype(np.float32) != (sums + slack).astype(np.float32)) | (sums == 0))
+        if unsure.any():
+            i, j = np.nonzero(unsure)
+            rounded[i, j] = _dense_similarities(queries[start + i], index, block[i, j][:, None])[:, 0]
+        sims[start:stop] = np.where(valid, rounded, -np.inf)
+    return sims
+
+
+def _dense_similarities(queries: np.ndarray, index: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """`exact_similarities` summing all the products of each pair, zeros included."""
     sims = np.full(found.shape, -np.inf, dtype=np.float32)
     if not found.size:
         return sims
@@ -169,6 +214,7 @@ def exact_similarities(queries: np.ndarray, index: np.ndarray, found: np.ndarray
 
 _PROPOSE_CHUNK = 1 << 24  # float32 products of sparse queries with the index held at once (64 MiB)
 _PRODUCT_SLACK = 1e-4     # more than a float32 product of unit vectors strays from their exact similarity
+_SORTED_AT_MOST = 256     # values at or above the floor a row of products may have to be sorted without partitioning
 
 
 def propose(queries: np.ndarray, index: np.ndarray, count: int, floor: float = -np.inf,
@@ -198,17 +244,26 @@ def propose(queries: np.ndarray, index: np.ndarray, count: int, floor: float = -
 
 def top_columns(values: np.ndarray, count: int, floor: float) -> np.ndarray:
     """Per row, the columns of its `count` highest values at or above `floor`, highest first, ties to the
-    lower column; -1 where fewer reach it."""
+    lower column; -1 where fewer reach it.
+
+    A row with few values at or above `floor` (at most `_SORTED_AT_MOST`: most lexical queries have tens)
+    has them sorted as they are; only the others are partitioned first, to their `count` highest.
+    """
     size = values.shape[1]
     count = min(count, size)
-    kth = np.partition(values, size - count, axis=1)[:, size - count]
-    rows, columns = np.nonzero(values >= np.maximum(kth, np.float32(floor))[:, None])
+    kept = values >= np.float32(floor)
+    many = np.flatnonzero(kept.sum(axis=1) > _SORTED_AT_MOST)
+    if len(many):
+        some = values[many]
+        kth = np.partition(some, size - count, axis=1)[:, size - count]
+        kept[many] &= some >= kth[:, None]
+    rows, columns = np.nonzero(kept)
     order = np.lexsort((columns, -values[rows, columns], rows))  # by row, then highest value, then column
     rows, columns = rows[order], columns[order]
     rank = np.arange(len(rows)) - np.searchsorted(rows, rows)  # place within its row
-    kept = rank < count
+    first = rank < count
     found = np.full((len(values), count), -1, dtype=np.int64)
-    found[rows[kept], rank[kept]] = columns[kept]
+    found[rows[first], rank[first]] = columns[first]
     return found
 
 
@@ -225,7 +280,7 @@ def knn_lists(query_ids: Sequence, queries: np.ndarray, index_ids: Sequence, ind
     index = np.ascontiguousarray(index, dtype=np.float32)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     found = propose(queries, index, min(k + 1 + margin, len(index_ids)), min_similarity, sparse_queries)
-    sims = exact_similarities(queries, index, found)
+    sims = exact_similarities(queries, index, found, sparse_queries)
     lists: dict[object, Neighbours] = {}
     for query_id, row_sims, row_found in zip(query_ids, sims, found):
         neighbours = sorted(((float(s), index_ids[j]) for s, j in zip(row_sims, row_found)
