@@ -51,9 +51,9 @@ class QdedupOptions(PipelineOptions):
             help="the scorer's label that means 'duplicate' (needed when it has more than 2 labels; "
                  "a 2-label model uses label 1)")
         add("--threshold", type=float, default=0.5, help="pairs scoring at least this are duplicates")
-        add("--component-rounds", "--component_rounds", dest="component_rounds", type=int, default=0,
+        add("--component-rounds", "--component_rounds", dest="component_rounds", type=int, default=None,
             help="large-star/small-star rounds before unsettled components are finished by union-find; "
-                 "0 = from the input's row count at launch: 2 when rows x --top-k x embedders is within "
+                 "default: from the input's row count at launch: none when rows x --top-k x embedders is within "
                  "--max-unsettled-edges, else ceil(log2 rows) + 2")
         add("--max-unsettled-edges", "--max_unsettled_edges", dest="max_unsettled_edges", type=int,
             default=20_000_000, help="most edges left unsettled after the rounds that one worker finishes; "

@@ -143,7 +143,7 @@ def validate(options: QdedupOptions) -> None:
         (0.0 <= options.threshold <= 1.0, "--threshold must be between 0 and 1"),
         (-1.0 <= options.min_similarity <= 1.0, "--min-similarity must be between -1 and 1"),
         (options.top_k >= 1, "--top-k must be at least 1"),
-        (options.component_rounds >= 0, "--component-rounds must be 0 (automatic) or more"),
+        (options.component_rounds is None or options.component_rounds >= 0, "--component-rounds must be 0 or more"),
         (options.max_unsettled_edges >= 0, "--max-unsettled-edges must be 0 or more"),
         (options.resplit_gather >= 3, "--resplit-gather must be at least 3"),
         (options.explain_max_edges >= 1, "--explain-max-edges must be at least 1"),
@@ -479,7 +479,7 @@ def fit_sizes_to_input(options: QdedupOptions, rows: int) -> None:
     component rounds (when automatic), and no cutting of components when none can outgrow one re-split."""
     existing = read_committed(options.existing, "--existing").report.get("rows_out", 0) if options.existing else 0
     rows += existing
-    if not options.component_rounds:
+    if options.component_rounds is None:
         # Edges are scored candidate pairs: at most k per question and embedder.
         edges_per_node = options.top_k * len(parse_embedders(options.embedders))
         options.component_rounds = rounds_for(rows, edges_per_node, options.max_unsettled_edges)

@@ -19,7 +19,7 @@ from transforms.chaining import (
 )
 from transforms.cluster import ConnectedComponents, EdgeScores
 from transforms.graphs import connected_components
-from transforms.records import ScoredPair
+from transforms.records import CandidatePair, ScoredPair
 from transforms.score import Scored
 
 A, B, CHAIN = [1, 2, 3, 4], [5, 6, 7, 8], [9, 10]
@@ -96,17 +96,32 @@ def test_average_linkage_matches_a_naive_implementation():
         assert got == _naive_average_linkage(nodes, scores, 0.45)
 
 
+def _text(node) -> str:
+    return f"text of {node}"
+
+
+def _texts(pipeline, nodes):
+    """(node, text) for SplitChains' `texts`."""
+    return pipeline | "Texts" >> beam.Create([(n, _text(n)) for n in nodes])
+
+
+def _scored_with_texts(candidate, model) -> ScoredPair:
+    if (candidate.text_a, candidate.text_b) != (_text(candidate.id_a), _text(candidate.id_b)):
+        raise ValueError(f"asked to score {candidate} without its texts")
+    return ScoredPair(candidate.id_a, candidate.id_b, model(candidate.id_a, candidate.id_b), candidate.similarity,
+                      candidate.source)
+
+
 class _DictScorer(beam.PTransform):
-    """Stands for ScoreCandidates: `model(a, b)` scores each pair, none reused."""
+    """Stands for ScoreCandidates: `model(a, b)` scores each pair, none reused; a pair must come with the
+    texts of its two nodes, as `_texts` gives them."""
 
     def __init__(self, model=_model):
         super().__init__()
         self._model = model
 
     def expand(self, candidates):
-        model = self._model
-        scored = candidates | beam.Map(
-            lambda c: ScoredPair(c.id_a, c.id_b, model(c.id_a, c.id_b), c.similarity, c.source))
+        scored = candidates | beam.Map(_scored_with_texts, self._model)
         nothing = candidates.pipeline | "Nothing" >> beam.Create([])
         return Scored(scored, scored, nothing, candidates.pipeline | "NoFailures" >> beam.Create([]))
 
@@ -128,7 +143,8 @@ def _split_chains(scores: dict, nodes: int, settings: ChainingSettings, scorer, 
     pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
     components = pipeline | "C" >> beam.Create([(n, 0) for n in range(nodes)])
     scored = pipeline | "S" >> beam.Create([ScoredPair(a, b, s, 0.5, "lexical") for (a, b), s in scores.items()])
-    chained = (components, scored) | SplitChains(settings, scorer, ConnectedComponents(2, 10**6))
+    chained = (components, scored) | SplitChains(settings, scorer, ConnectedComponents(2, 10**6),
+                                                 _texts(pipeline, range(nodes)))
     found = {
         "labels": chained.labels | "L" >> beam.combiners.ToList(),
         "edges": chained.edges | beam.CombinePerKey(EdgeScores()) | "E" >> beam.combiners.ToList(),
@@ -160,7 +176,7 @@ def test_split_chains_in_beam_scores_missing_pairs_and_splits(tmp_path, density)
         scored = p | "S" >> beam.Create([ScoredPair(a, b, s, 0.5, "lexical") for (a, b), s in scores.items()])
         result = ((components, scored)
                   | SplitChains(ChainingSettings(min_density=density, max_size=100), _DictScorer(),
-                                ConnectedComponents(3, 10**6)))
+                                ConnectedComponents(3, 10**6), _texts(p, nodes)))
         ((result.labels | beam.Map(repr)), (result.scored | beam.Map(lambda x: "extra " + repr(tuple(x[:3])))))\
             | beam.Flatten() | beam.combiners.ToList() | beam.Map(lambda lines: out.write_text("\n".join(lines)))
     lines = out.read_text().splitlines()
@@ -189,16 +205,18 @@ def test_the_plan_follows_the_blocking_pairs_of_the_component():
     from transforms.chaining import _Plan
 
     def plan(pairs):
-        element = (1, {"node": A + B + CHAIN, "pair": pairs})
+        element = (1, {"node": [(n, _text(n)) for n in A + B + CHAIN], "pair": pairs})
         out = list(_Plan(ChainingSettings(max_size=100, min_density=0.5))(element))
-        return [o.value for o in out if o.tag == "missing"], [o.value for o in out if o.tag == "resplit"]
+        return tuple([o.value for o in out if o.tag == tag] for tag in ("missing", "resplit", "ask"))
 
     blocked = [ScoredPair(a, b, s, 0.5, "lexical") for (a, b), s in _two_groups_and_a_weak_chain().items()]
-    missing, resplit = plan(blocked)
+    missing, resplit, asked = plan(blocked)
     sources = {pair: "lexical" for pair in _two_groups_and_a_weak_chain()}
     assert missing and resplit == [(1, (sorted(A + B + CHAIN), _two_groups_and_a_weak_chain(), sources))]
-    assert all(pair not in _two_groups_and_a_weak_chain() for pair, _ in missing)
-    assert plan(list(reversed(blocked))) == (missing, resplit)  # whatever the order pairs arrive in
+    assert all(pair not in _two_groups_and_a_weak_chain() and root == 1 for pair, root in missing)
+    # each missing pair is asked for with both texts, ready to score
+    assert asked == [CandidatePair(a, b, _text(a), _text(b), None, "resplit") for (a, b), _ in missing]
+    assert plan(list(reversed(blocked))) == (missing, resplit, asked)  # whatever the order pairs arrive in
 
 
 def test_verdicts_and_cut_thresholds():

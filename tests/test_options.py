@@ -106,13 +106,14 @@ def test_sizes_that_follow_the_input_are_fitted_at_launch():
     from pipelines.preflight import fit_sizes_to_input
     small = _parsed([])
     fit_sizes_to_input(small, 1_000)
-    assert (small.component_rounds, small.resplit_cut_steps) == (2, 0)  # nothing can outgrow a re-split
+    assert (small.component_rounds, small.resplit_cut_steps) == (0, 0)  # nothing can outgrow a re-split
     large = _parsed([])
     fit_sizes_to_input(large, 10_000_000)
     assert (large.component_rounds, large.resplit_cut_steps) == (26, 6)
-    chosen = _parsed(["--component-rounds=5"])
-    fit_sizes_to_input(chosen, 10_000_000)
-    assert chosen.component_rounds == 5
+    for rounds in (0, 5):  # chosen, even none on a large input
+        chosen = _parsed([f"--component-rounds={rounds}"])
+        fit_sizes_to_input(chosen, 10_000_000)
+        assert chosen.component_rounds == rounds
 
 
 def test_local_worker_processes_divide_the_cores_between_their_models(monkeypatch):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
@@ -291,11 +291,21 @@ def _choose_piece(element, max_gather: int, levels: int) -> Iterator[tuple]:
         yield pieces[-1][1], node
 
 
+def _node_text(element) -> Iterator[tuple]:
+    """(node, {label, text}) -> (label, (node, text)) for a node of a component to re-split."""
+    node, joined = element
+    text = only(joined["text"])
+    for label, _ in joined["label"]:
+        yield label, (node, text)
+
+
 class _Plan:
-    """Per component to re-split: its nodes and scored pairs -> the plan, and the missing pairs it asks for.
+    """Per component to re-split: its nodes with their texts and its scored pairs -> the plan, and the
+    missing pairs it asks for, as (pair, root) and as `CandidatePair`s with both texts to score.
 
     The plan follows this run's blocking pairs alone (the only scored pairs a component is made of):
-    the same graph gives the same plan, whatever earlier runs scored.
+    the same graph gives the same plan, whatever earlier runs scored. It holds the texts of at most
+    `max_gather` nodes, so the pairs it asks for need no join to find theirs.
     """
 
     def __init__(self, settings: ChainingSettings):
@@ -304,15 +314,17 @@ class _Plan:
 
     def __call__(self, element):
         root, joined = element
-        nodes = sorted(set(joined["node"]))
+        texts = dict(joined["node"])
+        nodes = sorted(texts)
         self._largest.update(len(nodes))
         scores, sources = {}, {}
         for p in joined["pair"]:
             scores[(p.id_a, p.id_b)], sources[(p.id_a, p.id_b)] = p.score, p.source
         yield beam.pvalue.TaggedOutput("resplit", (root, (nodes, scores, sources)))
-        for pair in missing_pairs(scores, self._settings.threshold, self._settings.pair_budget,
+        for a, b in missing_pairs(scores, self._settings.threshold, self._settings.pair_budget,
                                   self._settings.fanout):
-            yield beam.pvalue.TaggedOutput("missing", (pair, root))
+            yield beam.pvalue.TaggedOutput("missing", ((a, b), root))
+            yield beam.pvalue.TaggedOutput("ask", CandidatePair(a, b, texts[a], texts[b], None, RESPLIT))
 
 
 def _resplit(element, threshold: float) -> Iterable[tuple]:
@@ -354,17 +366,20 @@ class SplitChains(beam.PTransform):
 
     Args:
         settings: when to re-split, and how much one re-split may gather and score.
-        score: `CandidatePair`s without texts -> `Scored` (`ScoreCandidates` in a run, which reuses
+        score: `CandidatePair`s with texts -> `Scored` (`ScoreCandidates` in a run, which reuses
             scores an earlier run made).
         components: edges (a, b) -> (node, component label) (`ConnectedComponents` in a run), for
             cutting components larger than `settings.max_gather`.
+        texts: (node, its text as `score` takes it) for every node (`TokenizeAhead` in a run).
     """
 
-    def __init__(self, settings: ChainingSettings, score: beam.PTransform, components: beam.PTransform):
+    def __init__(self, settings: ChainingSettings, score: beam.PTransform, components: beam.PTransform,
+                 texts: beam.PCollection):
         super().__init__()
         self._settings = settings
         self._score = score
         self._components = components
+        self._texts = texts
         self._counters = {name: Metrics.counter("qdedup", f"components_{name}") for name in ("cut", "too_large")}
         self._counters["resplit"] = Metrics.counter("qdedup", "components_resplit")
 
@@ -445,16 +460,15 @@ class SplitChains(beam.PTransform):
             kept.append(piece_kept)
             edges.append(piece_edges)
             to_resplit.append((piece_nodes, piece_pairs))
+        nodes = (
+            {"label": tuple(n for n, _ in to_resplit) | "ResplitNodes" >> beam.Flatten(), "text": self._texts}
+            | "ResplitTexts" >> JoinByKey(_node_text, keys={"label": itemgetter(1)})
+        )
         plan = (
-            {"node": tuple(n for n, _ in to_resplit) | "ResplitNodes" >> beam.Flatten(),
-             "pair": tuple(p for _, p in to_resplit) | "ResplitPairs" >> beam.Flatten()}
-            | "PlanResplit" >> JoinByKey(_Plan(settings), outputs=("resplit", "missing"), main="none")
+            {"node": nodes, "pair": tuple(p for _, p in to_resplit) | "ResplitPairs" >> beam.Flatten()}
+            | "PlanResplit" >> JoinByKey(_Plan(settings), outputs=("resplit", "missing", "ask"), main="none")
         )
-        scoring = (
-            plan.missing
-            | "ToCandidate" >> beam.MapTuple(lambda pair, _: CandidatePair(pair[0], pair[1], None, None, None, RESPLIT))
-            | "ScoreMissingPairs" >> self._score
-        )
+        scoring = plan.ask | "ScoreMissingPairs" >> self._score
         extra_by_root = (
             {"root": plan.missing, "pair": scoring.scored}
             | "JoinExtraRoot" >> JoinByKey(_extra_by_root, keys={"pair": attrgetter("id_a", "id_b")})
