@@ -225,9 +225,9 @@ def propose(queries: np.ndarray, index: np.ndarray, count: int, floor: float = -
     Dense queries go through faiss's exact search (which ignores `floor`). Where the queries are also
     given sparse (lexical vectors: about 23 non-zeros in 1,024 dimensions on LCQMC and BQ), they are
     multiplied as they are by the dense index, a fortieth of the multiplications (12,000 questions
-    searched against 12,000 with the re-ranking: 5.7 s on one core against 9.8 s with faiss on two,
-    `benchmarks/bench_search.py`), and `top_columns` picks the highest, ties to the lower row of the
-    index. A block of products and its partitioned copy are held at once: 2 x 64 MiB.
+    searched against 12,000 with the re-ranking, when it was still dense: 5.7 s on one core against
+    9.8 s with faiss on two, `benchmarks/bench_search.py`), and `top_columns` picks the highest, ties
+    to the lower row of the index. A block of products and its partitioned copy are held at once: 2 x 64 MiB.
     """
     if sparse_queries is None:
         search = faiss.IndexFlatIP(index.shape[1])
