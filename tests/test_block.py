@@ -142,6 +142,28 @@ def test_sparse_similarities_are_the_dense_ones_to_the_bit():
     assert (found == -1).any() and np.isneginf(got[found == -1]).all()
 
 
+def test_knn_lists_re_ranks_sparse_queries_from_their_non_zeros(monkeypatch):
+    """The search hands its sparse queries to the re-ranking: only the rare sums near a rounding boundary
+    are summed over every dimension (outputs are the same either way, so only this shows the wiring)."""
+    rng = np.random.default_rng(4)
+    vectors = _sparse_unit(rng, 300, 1024, 20)
+    dense = np.stack([to_dense(v) for v in vectors])
+    summed_densely = []
+    dense_similarities = block._dense_similarities
+
+    def counted(queries, index, found):
+        summed_densely.append(found.size)
+        return dense_similarities(queries, index, found)
+
+    monkeypatch.setattr(block, "_dense_similarities", counted)
+    ids = list(range(300))
+    assert knn_lists(ids, dense, ids, dense, 10, 0.0, sparse_queries=sparse_rows(vectors))
+    assert sum(summed_densely) < 0.01 * 300 * 21
+    summed_densely.clear()
+    knn_lists(ids, dense, ids, dense, 10, 0.0)
+    assert sum(summed_densely) >= 300 * 11  # without the sparse queries every proposed pair is summed densely
+
+
 def test_sparse_similarities_recompute_a_sum_near_a_float32_rounding_boundary():
     """1 + 2^-24 + 2^-53 + 2^-53 summed in order is 1 + 2^-24, exactly between two float32s (rounded down to
     1.0); numpy's pairwise sum adds the two smallest first and rounds up. Such a sum is recomputed densely."""
