@@ -5,8 +5,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from tests.helpers import RUNNER_ARGS
-from transforms.coders import packed
-from transforms.joins import JoinByKey, Joined, only, pairs_within, tagged
+from transforms.joins import JoinByKey, Joined, only, pairs_within
 from transforms.records import ScoredPair
 
 
@@ -45,33 +44,6 @@ def test_a_one_value_side_with_two_values_is_an_error_not_a_choice():
     assert list(joined["right"]) == ["x"] and list(joined) == ["left", "right"]
     with pytest.raises(ValueError, match="at most one"):
         only(joined["left"])
-
-
-def test_records_cross_a_join_packed_and_plain_values_as_they_are():
-    pair = ScoredPair(1, 2, 0.9, 0.5, "lexical")
-    for plain in (7, 0.5, "text", b"ids", None, (1, "a"), ((1, 2), 3)):
-        assert tagged(3, plain) == (3, plain)
-    for other in (pair, (1, pair), [1, 2], {"a": 1}, (((1,),),)):
-        tag, value = tagged(3, other)
-        assert tag == ~3 and value == packed(other)
-    # a view gives packed values back unpacked, beside plain ones, each time it is walked
-    joined = Joined([tagged(0, pair), tagged(0, 5), tagged(1, pair), tagged(0, (2, pair))], {"left": 0, "right": 1})
-    assert list(joined["left"]) == [pair, 5, (2, pair)] == list(joined["left"])
-    assert type(next(iter(joined["left"]))) is ScoredPair and list(joined["right"]) == [pair]
-
-
-def test_a_join_of_records_through_the_runner_gives_records_back():
-    pairs = [ScoredPair(1, 2, 0.9, 0.5, "lexical"), ScoredPair(1, 3, 0.2, 0.4, "lexical")]
-
-    def types(element):
-        key, joined = element
-        yield key, only(joined["label"]), sorted((type(p).__name__, p) for p in joined["pair"])
-
-    with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
-        scored = pipeline | "Pairs" >> beam.Create(pairs)
-        labels = pipeline | "Labels" >> beam.Create([(1, ("a", 1.5))])
-        joined = {"pair": scored, "label": labels} | JoinByKey(types, keys={"pair": lambda p: p.id_a})
-        assert_that(joined, equal_to([(1, ("a", 1.5), [("ScoredPair", pairs[0]), ("ScoredPair", pairs[1])])]))
 
 
 def test_pairs_within_keeps_the_pairs_whose_ends_share_a_label():

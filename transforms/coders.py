@@ -139,10 +139,9 @@ def packed(value) -> bytes:
     """`value` as `RecordCoder`'s bytes, for a value grouped by a shuffle that is held in memory: the
     in-process runner holds every value of a shuffle decoded, as Python objects (a blocking work item's
     entry: a question with its text and vector), until its group is read; as one bytes object it holds
-    about its encoded size, and the runner's coder copies bytes without a Python call at each of the
-    grouping's encodings. Used only where that pays: values of a plain grouping (blocking's work items,
-    `joins.JoinByKey`'s records), not a combiner's (packing the candidate pairs lowered no peak at 1M
-    rows and lost their precombine). `unpacked` gives the value back."""
+    about its encoded size. Used only where that pays: values of a plain grouping, not a combiner's
+    (packing the candidate pairs lowered no peak at 1M rows and lost their precombine). `unpacked`
+    gives the value back."""
     return _impl().encode(value)
 
 

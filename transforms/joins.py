@@ -6,14 +6,6 @@ element as large as all its values. `JoinByKey` groups the same way, but the fun
 view per tag that walks the grouped values each time it is iterated and holds none of them; on
 Dataflow the values of a large key are paged in as they are read. Functions iterate a view once or
 twice (e.g. the single value of one side first, then the many of the other), never list it.
-
-Values that are not plain (a record, or a tuple holding one) cross the join as `RecordCoder` bytes and
-are unpacked as a view walks them. The in-process runner materializes the flatten in front of every
-grouping (a stage that decodes each element and encodes it again) and then decodes and encodes each
-value twice more to group it: a record costs a Python call each time, bytes do not. Measured on 300k
-records joined with 30k labels (`benchmarks/bench_joins.py`): about half a join's CPU per element; plain
-values (numbers, strings, bytes, tuples of them) stay as they are, where packing would cost more than it
-saves.
 """
 from __future__ import annotations
 
@@ -22,41 +14,17 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import apache_beam as beam
 
-from transforms.coders import packed, unpacked
-
-_PLAIN = frozenset((int, float, str, bytes, bool, type(None)))
-
-
-def _plain(value, depth: int = 2) -> bool:
-    """Whether the runner's own coder handles `value` without a Python call: a number, a string, bytes,
-    None, or a tuple (nested at most `depth` deep) of these. A record, an array or a tuple holding one is
-    not."""
-    kind = type(value)
-    if kind in _PLAIN:
-        return True
-    return kind is tuple and depth > 0 and all(_plain(v, depth - 1) for v in value)
-
-
-def tagged(tag: int, value) -> tuple[int, Any]:
-    """(tag, value) as a join groups it: a value that is not `_plain` packed, under the tag's complement."""
-    return (tag, value) if _plain(value) else (~tag, packed(value))
-
 
 class TagView:
-    """The values of one tag among a key's grouped (tag, value) pairs, re-iterable, never held (see `tagged`:
-    packed values are unpacked one at a time)."""
+    """The values of one tag among a key's grouped (tag, value) pairs, re-iterable, never held."""
 
     def __init__(self, grouped: Iterable[tuple[int, Any]], tag: int):
         self._grouped = grouped
         self._tag = tag
 
     def __iter__(self) -> Iterator:
-        tag, packed_tag = self._tag, ~self._tag
-        for t, value in self._grouped:
-            if t == tag:
-                yield value
-            elif t == packed_tag:
-                yield unpacked(value)
+        tag = self._tag
+        return (value for t, value in self._grouped if t == tag)
 
 
 class Joined(Mapping):
@@ -103,10 +71,10 @@ class _Call(beam.DoFn):
 
 
 def _tag(tag: int, key: Optional[Callable]) -> beam.PTransform:
-    """(key, value) -> (key, `tagged` value); with `key`, an element e -> (key(e), `tagged` e)."""
+    """(key, value) -> (key, (tag, value)); with `key`, an element e -> (key(e), (tag, e))."""
     if key is None:
-        return beam.MapTuple(lambda k, value: (k, tagged(tag, value)))
-    return beam.Map(lambda value: (key(value), tagged(tag, value)))
+        return beam.MapTuple(lambda k, value: (k, (tag, value)))
+    return beam.Map(lambda value: (key(value), (tag, value)))
 
 
 class JoinByKey(beam.PTransform):
