@@ -22,9 +22,11 @@ from pipelines.preflight import check_placeholders, check_run, check_runner, out
 from pipelines.recall import recall
 from pipelines.report import (
     build_report,
+    collections_read,
     complete_report,
     gather,
     lowest_failure,
+    read_problem,
     render,
     run_counts,
     written_rows,
@@ -73,7 +75,8 @@ def finish_report(result, out: OutputRun, configuration: dict, options: QdedupOp
     """report.json of a finished pipeline, and why it may not replace the previous output (or None).
 
     The counts are the run's metrics; the rows of groups/ and pairs/ are also read from the files the run
-    wrote, so a count or an output that lost rows fails the run instead of being committed.
+    wrote, and collections read in a later stage are counted there too (`ReadCount`), so a count, an
+    output or a step that lost rows fails the run instead of being committed.
     """
     counts = run_counts(result)
     if counts is None:
@@ -82,8 +85,9 @@ def finish_report(result, out: OutputRun, configuration: dict, options: QdedupOp
     files = _files_by_folder(out)
     failed = counts["questions_failed"] + counts["pairs_failed"]
     report = build_report({**counts, "first_failure": lowest_failure(files) if failed else None}, configuration)
+    report["collections_read"] = collections_read(result)
     report = complete_report(report, result, out.run_id, time.monotonic() - started)
-    problem = failure_problem(report, options.max_failed_share)
+    problem = failure_problem(report, options.max_failed_share) or read_problem(report)
     written = {"rows_out": written_rows(files, "groups"), "pairs_total": written_rows(files, "pairs")}
     for count, rows in written.items():
         if problem is None and report[count] != rows:

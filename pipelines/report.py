@@ -25,14 +25,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
 from pipelines.estimates import FIGURES
-from transforms.metrics import COUNT_NAMESPACE, LARGEST_NAMESPACE, STAGE_NAMESPACE
+from transforms.metrics import COUNT_NAMESPACE, LARGEST_NAMESPACE, READ_NAMESPACE, STAGE_NAMESPACE
 from transforms.state import STATE_FORMAT
 
 FAILURE_FIELDS = ("kind", "row", "stage", "reason", "detail")
 COUNTED = ("rows_in", "rows_existing", "rows_rejected", "questions_embedded", "questions_failed", "pairs_failed",
            "rows_out", "rows_accepted", "representatives", "new_representatives", "candidate_pairs",
            "pairs_scored", "pairs_reused", "resplit_pairs", "resplit_pairs_scored", "pairs_total", "groups",
-           "groups_inherited", "lineage_merged", "lineage_split")
+           "groups_inherited", "lineage_merged", "lineage_split", "blocking_questions")
 
 
 def build_report(counts: Mapping[str, Any], configuration: Mapping[str, Any]) -> dict:
@@ -93,6 +93,23 @@ def run_counts(result) -> dict:
     sizes = [value.max for name, value in _metric_values(result, "distributions", COUNT_NAMESPACE)
              if name == "rows_out" and value.count]
     return {**{name: totals.get(name, 0) for name in COUNTED}, "largest_group": max(sizes, default=0)}
+
+
+def collections_read(result) -> dict:
+    """{"<collection>/<step>": elements that step read} from `transforms.metrics.ReadCount`s."""
+    return dict(sorted(counter_totals(result, READ_NAMESPACE).items()))
+
+
+def read_problem(report: Mapping[str, Any]) -> Optional[str]:
+    """Why the run may not be committed because a step read another number of elements than were made of the
+    collection it reads (report["collections_read"] against report[collection]), or None."""
+    for name, read in report.get("collections_read", {}).items():
+        collection, _, step = name.partition("/")
+        made = report.get(collection)
+        if read != made:
+            return (f"{step} read {read} elements of {collection} but {made} were made: the runner lost (or "
+                    f"repeated) elements between stages; please report this with report.json")
+    return None
 
 
 def written_rows(files: dict, part: str) -> int:

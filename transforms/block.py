@@ -50,12 +50,13 @@ from apache_beam.metrics import Metrics
 
 from transforms.coders import packed, unpacked
 from transforms.joins import JoinByKey, only
-from transforms.metrics import StageTimer, largest
+from transforms.metrics import ReadCount, StageTimer, count_elements, largest
 from transforms.records import CandidatePair, GivenCentroids, Neighbours
 from transforms.vectors import dot_rows, sparse_rows, to_dense
 
 _LOG = logging.getLogger(__name__)
 _SAMPLE_BUCKETS = 1_000_003
+BLOCKING_QUESTIONS = "blocking_questions"  # report.json: the questions each embedder's blocking took in, summed
 
 
 @dataclass(frozen=True)
@@ -362,17 +363,49 @@ class _AssignPartitions(beam.DoFn):
     """item -> (partition, (role, item)) for its nearest partitions; with `only`, for those among them.
 
     role "both": searched and searchable; "stored": a stored question of an extended run, searchable
-    only (and searched against the queries for the newcomers that enter its k nearest).
+    only (and searched against the queries for the newcomers that enter its k nearest). `read`: counts
+    the items read (`ReadCount`).
     """
 
-    def __init__(self, probes: int, role: str = "both"):
+    def __init__(self, probes: int, role: str = "both", read: Optional[ReadCount] = None):
         self._probes = probes
         self._role = role
+        self._read = read
+
+    def start_bundle(self):
+        if self._read:
+            self._read.start()
+
+    def finish_bundle(self):
+        if self._read:
+            self._read.finish()
 
     def process(self, item, centroids, only=None):
+        if self._read:
+            self._read.add()
         for partition in nearest_partitions(item.vector, centroids, self._probes):
             if only is None or partition in only:
                 yield partition, (self._role, item)
+
+
+class _SampleForCentroids(beam.DoFn):
+    """item -> the item where it falls in the k-means sample (`in_sample`, for `n` items); counts what it read."""
+
+    def __init__(self, settings: BlockingSettings):
+        self._settings = settings
+        self._read = ReadCount(BLOCKING_QUESTIONS, "SampleForCentroids")
+
+    def start_bundle(self):
+        self._read.start()
+
+    def finish_bundle(self):
+        self._read.finish()
+
+    def process(self, item, n: int):
+        self._read.add()
+        settings = self._settings
+        if in_sample(item.rep.id, n, partition_count(n, settings), settings):
+            yield item
 
 
 class _SplitHot(beam.DoFn):
@@ -625,12 +658,12 @@ class BlockCandidates(beam.PTransform):
         settings, source = self._settings, self._source
         embedded, stored = inputs if isinstance(inputs, tuple) else (inputs, None)
         pipeline = embedded.pipeline
+        embedded | "CountQuestions" >> count_elements(BLOCKING_QUESTIONS)  # where made: checked where read
         if self._centroids is None:
             count = beam.pvalue.AsSingleton(embedded | "CountVectors" >> beam.combiners.Count.Globally())
             trained = (
                 embedded
-                | "SampleForCentroids" >> beam.Filter(
-                    lambda item, n: in_sample(item.rep.id, n, partition_count(n, settings), settings), n=count)
+                | "SampleForCentroids" >> beam.ParDo(_SampleForCentroids(settings), n=count)
                 | "IdAndVector" >> beam.Map(lambda item: (item.rep.id, item.vector))
                 | "CapSample" >> beam.CombineGlobally(_lowest_ranks(settings))
                 | "TrainCentroids" >> beam.Map(_train, n=count, settings=settings)
@@ -638,7 +671,9 @@ class BlockCandidates(beam.PTransform):
         else:
             trained = pipeline | "PreviousCentroids" >> beam.Create([self._centroids.centroids])
         centroids = beam.pvalue.AsSingleton(trained)
-        assigned = embedded | "AssignPartitions" >> beam.ParDo(_AssignPartitions(settings.probes), centroids=centroids)
+        assigned = embedded | "AssignPartitions" >> beam.ParDo(
+            _AssignPartitions(settings.probes, read=ReadCount(BLOCKING_QUESTIONS, "AssignPartitions")),
+            centroids=centroids)
         if stored is not None:
             searched = beam.pvalue.AsDict(assigned | "NewPartitions" >> beam.Map(lambda e: (e[0], True))
                                           | "DistinctPartitions" >> beam.Distinct())
