@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.report import COUNTED, build_report, lowest_failure, run_counts, written_rows
+from pipelines.report import COUNTED, build_report, lowest_failure, read_problem, run_counts, written_rows
 from tests.helpers import MULTI_PROCESSING, RUNNER_ARGS
 from transforms.metrics import count_elements
 
@@ -37,6 +37,18 @@ def test_no_metrics_at_all_is_told_apart_from_zero_counts():
             raise NotImplementedError
 
     assert run_counts(NoMetrics()) is None
+
+
+def test_a_step_that_read_another_number_than_was_made_is_a_problem():
+    whole = {"blocking_questions": 7, "collections_read": {"blocking_questions/AssignPartitions": 7,
+                                                           "blocking_questions/SampleForCentroids": 7}}
+    assert read_problem(whole) is None
+    assert read_problem({"blocking_questions": 0}) is None  # nothing read later: nothing to check
+    short = {**whole, "collections_read": {**whole["collections_read"], "blocking_questions/SampleForCentroids": 6}}
+    assert read_problem(short).startswith("SampleForCentroids read 6 elements of blocking_questions but 7 were made")
+    repeated = {**whole, "collections_read": {"blocking_questions/AssignPartitions": 8}}
+    assert "AssignPartitions read 8" in read_problem(repeated)
+    assert "but None were made" in read_problem({"collections_read": {"uncounted/Step": 1}})
 
 
 def test_build_report_derives_exact_duplicates_and_checks_the_accounting():
