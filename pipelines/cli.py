@@ -75,7 +75,7 @@ def finish_report(result, out: OutputRun, configuration: dict, options: QdedupOp
     """report.json of a finished pipeline, and why it may not replace the previous output (or None).
 
     The counts are the run's metrics; the rows of groups/ and pairs/ are also read from the files the run
-    wrote, and collections read in a later stage are counted there too (`ReadCount`), so a count, an
+    wrote, and collections read in a later stage are counted there too (`read_count`), so a count, an
     output or a step that lost rows fails the run instead of being committed.
     """
     counts = run_counts(result)

@@ -96,7 +96,7 @@ def run_counts(result) -> dict:
 
 
 def collections_read(result) -> dict:
-    """{"<collection>/<step>": elements that step read} from `transforms.metrics.ReadCount`s."""
+    """{"<collection>/<step>": elements that step read} from `transforms.metrics.read_count`s."""
     return dict(sorted(counter_totals(result, READ_NAMESPACE).items()))
 
 

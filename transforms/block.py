@@ -50,7 +50,7 @@ from apache_beam.metrics import Metrics
 
 from transforms.coders import packed, unpacked
 from transforms.joins import JoinByKey, only
-from transforms.metrics import ReadCount, StageTimer, count_elements, largest
+from transforms.metrics import BundleCount, StageTimer, count_elements, largest, read_count
 from transforms.records import CandidatePair, GivenCentroids, Neighbours
 from transforms.vectors import dot_rows, sparse_rows, to_dense
 
@@ -364,10 +364,10 @@ class _AssignPartitions(beam.DoFn):
 
     role "both": searched and searchable; "stored": a stored question of an extended run, searchable
     only (and searched against the queries for the newcomers that enter its k nearest). `read`: counts
-    the items read (`ReadCount`).
+    the items read (`read_count`).
     """
 
-    def __init__(self, probes: int, role: str = "both", read: Optional[ReadCount] = None):
+    def __init__(self, probes: int, role: str = "both", read: Optional[BundleCount] = None):
         self._probes = probes
         self._role = role
         self._read = read
@@ -393,7 +393,7 @@ class _SampleForCentroids(beam.DoFn):
 
     def __init__(self, settings: BlockingSettings):
         self._settings = settings
-        self._read = ReadCount(BLOCKING_QUESTIONS, "SampleForCentroids")
+        self._read = read_count(BLOCKING_QUESTIONS, "SampleForCentroids")
 
     def start_bundle(self):
         self._read.start()
@@ -672,7 +672,7 @@ class BlockCandidates(beam.PTransform):
             trained = pipeline | "PreviousCentroids" >> beam.Create([self._centroids.centroids])
         centroids = beam.pvalue.AsSingleton(trained)
         assigned = embedded | "AssignPartitions" >> beam.ParDo(
-            _AssignPartitions(settings.probes, read=ReadCount(BLOCKING_QUESTIONS, "AssignPartitions")),
+            _AssignPartitions(settings.probes, read=read_count(BLOCKING_QUESTIONS, "AssignPartitions")),
             centroids=centroids)
         if stored is not None:
             searched = beam.pvalue.AsDict(assigned | "NewPartitions" >> beam.Map(lambda e: (e[0], True))

@@ -3,7 +3,7 @@
 Counts go through metrics because the runner sums them from every bundle it ran, whatever order it ran
 them in: an in-pipeline count (a global combine read as a side input) came out short in a 1M-row local run
 in two processes (docs/design.md, "Output contract"). A collection a later stage reads whole is counted
-twice, where it is made and where it is read (`ReadCount`), so that a runner that loses some of it on the
+twice, where it is made and where it is read (`read_count`), so that a runner that loses some of it on the
 way fails the run.
 """
 from __future__ import annotations
@@ -42,32 +42,49 @@ def largest(step: str):
 COUNT_NAMESPACE = "qdedup.count"
 
 
+class BundleCount:
+    """A counter a DoFn adds to once per bundle (a metric update per element would cost more than the
+    count): `start()` in start_bundle, `add()` per element, `finish()` in finish_bundle."""
+
+    def __init__(self, namespace: str, name: str):
+        self._counter = Metrics.counter(namespace, name)
+        self._count = 0
+
+    def start(self) -> None:
+        self._count = 0
+
+    def add(self) -> None:
+        self._count += 1
+
+    def finish(self) -> None:
+        if self._count:
+            self._counter.inc(self._count)
+
+
 class _CountElements(beam.DoFn):
-    """Adds the elements of each bundle to a counter (and their largest `size` to a distribution), once per
-    bundle: a metric update per element would cost more than the count."""
+    """Adds the elements of each bundle to a counter (and their largest `size` to a distribution)."""
 
     def __init__(self, name: str, size=None):
         self._name = name
         self._size = size
 
     def setup(self) -> None:
-        self._counter = Metrics.counter(COUNT_NAMESPACE, self._name)
+        self._count = BundleCount(COUNT_NAMESPACE, self._name)
         self._largest = Metrics.distribution(COUNT_NAMESPACE, self._name) if self._size else None
 
     def start_bundle(self) -> None:
-        self._count = 0
+        self._count.start()
         self._max = None
 
     def process(self, element):
-        self._count += 1
+        self._count.add()
         if self._size:
             size = self._size(element)
             self._max = size if self._max is None or size > self._max else self._max
         return ()
 
     def finish_bundle(self) -> None:
-        if self._count:
-            self._counter.inc(self._count)
+        self._count.finish()
         if self._max is not None:
             self._largest.update(self._max)
 
@@ -81,27 +98,13 @@ def count_elements(name: str, size=None) -> beam.ParDo:
 READ_NAMESPACE = "qdedup.read"
 
 
-class ReadCount:
-    """In a step that reads a collection made in an earlier stage: counts the elements it read, per bundle,
-    under "<collection>/<step>"; `collection` is also counted where it is made (`count_elements`), and a run
-    whose step read another number is refused (`pipelines.cli.finish_report`).
+def read_count(collection: str, step: str) -> BundleCount:
+    """For a step that reads a collection made in an earlier stage: the count of the elements it read, under
+    "<collection>/<step>"; `collection` is also counted where it is made (`count_elements`), and a run whose
+    step read another number is refused (`pipelines.report.read_problem`).
 
     Needed where losing elements would leave every other count whole: at 1M rows in two local worker
     processes, 18% of the questions never reached blocking's partitioning, and the run's rows and pairs
-    still added up. A DoFn calls `start()` in start_bundle, `add()` per element and `finish()` in
-    finish_bundle.
+    still added up.
     """
-
-    def __init__(self, collection: str, step: str):
-        self._counter = Metrics.counter(READ_NAMESPACE, f"{collection}/{step}")
-        self._count = 0
-
-    def start(self) -> None:
-        self._count = 0
-
-    def add(self) -> None:
-        self._count += 1
-
-    def finish(self) -> None:
-        if self._count:
-            self._counter.inc(self._count)
+    return BundleCount(READ_NAMESPACE, f"{collection}/{step}")
