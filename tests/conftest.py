@@ -1,6 +1,9 @@
 """Shared fixtures: the sample corpus, a tiny random cross-encoder, and one reference run of qdedup."""
 from __future__ import annotations
 
+import tests.worker_cores  # noqa: F401  (first, before numpy, torch and faiss load: this worker's cores)
+
+# isort: split
 import contextlib
 import fcntl
 import json
