@@ -74,6 +74,10 @@ class QdedupOptions(PipelineOptions):
                  "first cut by its edges at rising thresholds")
         add("--resplit-cut-steps", "--resplit_cut_steps", dest="resplit_cut_steps", type=int,
             default=_CHAINING.cut_steps, help="chaining control: rising thresholds a too-large component is cut at")
+        add("--join-shard-keys", "--join_shard_keys", dest="join_shard_keys", type=int,
+            default=_CHAINING.join_shard_keys,
+            help="chaining control: node labels one shard of a look-up join holds on a worker (its pairs "
+                 "stream past them in lists)")
         add("--top-k", "--top_k", dest="top_k", type=int, default=_BLOCKING.top_k,
             help="candidate neighbours per question")
         add("--min-similarity", "--min_similarity", dest="min_similarity", type=float,
@@ -242,7 +246,8 @@ def blocking_settings(options: QdedupOptions) -> BlockingSettings:
 def chaining_settings(options: QdedupOptions) -> ChainingSettings:
     return ChainingSettings(threshold=options.threshold, max_size=options.resplit_size,
                             min_density=options.resplit_density, pair_budget=options.resplit_pairs,
-                            max_gather=options.resplit_gather, cut_steps=options.resplit_cut_steps)
+                            max_gather=options.resplit_gather, cut_steps=options.resplit_cut_steps,
+                            join_shard_keys=options.join_shard_keys)
 
 
 def encoder_settings(options: QdedupOptions, model: str, int8_models: dict | None = None) -> ModelSettings:

@@ -148,6 +148,7 @@ def validate(options: QdedupOptions) -> None:
         (options.resplit_gather >= 3, "--resplit-gather must be at least 3"),
         (options.explain_max_edges >= 1, "--explain-max-edges must be at least 1"),
         (options.resplit_cut_steps >= 0, "--resplit-cut-steps must be 0 or more"),
+        (options.join_shard_keys >= 1, "--join-shard-keys must be at least 1"),
         (options.resplit_size >= 2, "--resplit-size must be at least 2"),
         (0.0 <= options.resplit_density <= 1.0, "--resplit-density must be between 0 and 1"),
         (options.resplit_pairs >= 0, "--resplit-pairs must be 0 or more"),

@@ -1,11 +1,14 @@
-"""`JoinByKey`: what CoGroupByKey followed by a function gives, without listing a key's values."""
+"""`JoinByKey`: what CoGroupByKey followed by a function gives, without listing a key's values; `LookUp`: the
+same where one side has one value a key, in shards."""
+from operator import itemgetter
+
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from tests.helpers import RUNNER_ARGS
-from transforms.joins import JoinByKey, Joined, only, pairs_within
+from transforms.joins import JoinByKey, Joined, LookUp, _DealIntoShards, only, pairs_within
 from transforms.records import ScoredPair
 
 
@@ -54,4 +57,53 @@ def test_pairs_within_keeps_the_pairs_whose_ends_share_a_label():
     with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
         scored = pipeline | "Pairs" >> beam.Create(pairs)
         labelled = pipeline | "Labels" >> beam.Create(labels)
-        assert_that(pairs_within(scored, labelled, "Plain"), equal_to(expected), label="CheckPlain")
+        for shard_keys in (1, 2):  # one shard, and several
+            assert_that(pairs_within(scored, labelled, f"Plain{shard_keys}", shard_keys), equal_to(expected),
+                        label=f"CheckPlain{shard_keys}")
+
+
+def _routed(element, value, offset):
+    """A look-up function with a tagged output: elements whose key has no value go to "missing"."""
+    if value is None:
+        yield beam.pvalue.TaggedOutput("missing", element)
+    else:
+        yield element, value + offset
+
+
+@pytest.mark.parametrize("shard_keys", [1, 7, 1000])
+def test_look_up_gives_each_element_its_keys_value_in_any_number_of_shards(shard_keys):
+    """Against a dictionary: 3,000 elements over 200 keys (one hot key holding a third of them, some keys
+    without a value), in lists of 50, so that bundles give many lists and shards meet many lists."""
+    import random
+    rng = random.Random(shard_keys)
+    values = {key: rng.randrange(1000) for key in range(0, 200, 2)}  # odd keys have none
+    elements = [(i, 0 if i % 3 == 0 else rng.randrange(200)) for i in range(3000)]
+    found = [((i, key), values[key] + 5) for i, key in elements if key in values]
+    missing = [(i, key) for i, key in elements if key not in values]
+    with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
+        looked_up = (
+            (pipeline | "Elements" >> beam.Create(elements), pipeline | "Values" >> beam.Create(list(values.items())))
+            | LookUp(_routed, itemgetter(1), 5, shard_keys=shard_keys, batch=50, outputs=("missing",), main="found")
+        )
+        assert_that(looked_up.found, equal_to(found), label="CheckFound")
+        assert_that(looked_up.missing, equal_to(missing), label="CheckMissing")
+
+
+def test_look_up_refuses_a_key_with_two_values():
+    with pytest.raises(Exception, match="more than one value to look up for the key 3"):
+        with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
+            (pipeline | "Elements" >> beam.Create([1, 3]), pipeline | "Values" >> beam.Create([(3, "a"), (3, "b")])) \
+                | LookUp(lambda element, value: [value], lambda element: element, shard_keys=10)
+
+
+def test_a_bundle_gives_its_lists_when_full_and_what_it_holds_at_its_end():
+    """`_DealIntoShards` directly: lists of at most `batch`, at most 8 x `batch` held, nothing lost."""
+    deal = _DealIntoShards(1, lambda element: element, shard_keys=1, batch=4)
+    deal.start_bundle()
+    given = [out for element in range(30) for out in deal.process(element, keys=3)]  # 3 shards
+    assert all(len(held) == 4 for _, (_, held) in given)
+    at_end = [value.value for value in deal.finish_bundle()]
+    assert all(len(held) < 4 for _, (_, held) in at_end)
+    dealt = sorted(element for _, (tag, held) in given + at_end for element in held)
+    assert dealt == list(range(30)) and {tag for _, (tag, _) in given + at_end} == {1}
+    assert {shard for shard, _ in given + at_end} == {0, 1, 2}

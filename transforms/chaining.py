@@ -32,7 +32,7 @@ from typing import Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.joins import JoinByKey, only, pairs_within
+from transforms.joins import JoinByKey, LookUp, only, pairs_within
 from transforms.metrics import largest
 from transforms.records import CandidatePair, Edge
 
@@ -50,6 +50,7 @@ class ChainingSettings:
     fanout: int = 32             # strongest edges per node whose friend-of-friend pairs are considered
     max_gather: int = 5000       # representatives a re-split may gather on one worker; larger components are cut
     cut_steps: int = 6           # rising edge thresholds a too-large component is cut at
+    join_shard_keys: int = 50_000  # nodes whose label one shard of a look-up join holds (`joins.LookUp`)
 
 
 def cut_thresholds(settings: ChainingSettings) -> list[float]:
@@ -228,30 +229,25 @@ def _route_pairs(element, threshold: float) -> Iterator:
         yield from _routed(label, found, pair, threshold)
 
 
-def _route_by_end_a(element, threshold: float) -> Iterator:
-    """(node a, {pair, route}) -> its pairs `_routed` by a's component: an edge lies inside it; a non-edge
-    matters only to a component re-split or cut, and goes to "end_b" to find out whether b is in it too."""
-    _, joined = element
-    route = only(joined["route"])
-    if route is None:  # a has no edge: none of its pairs is inside a component
+def _route_by_end_a(pair, route: Optional[tuple], threshold: float) -> Iterator:
+    """A pair and the route of its end a -> the pair `_routed` by a's component: an edge lies inside it; a
+    non-edge matters only to a component re-split or cut, and goes to "end_b" to find out whether b is in it
+    too."""
+    if route is None:  # a has no edge: the pair is inside no component
         return
     label, found = route
-    for pair in joined["pair"]:
-        if pair.score >= threshold:
-            yield from _routed(label, found, pair, threshold)
-        elif found in ("resplit", "cut"):
-            yield beam.pvalue.TaggedOutput("end_b", (pair.id_b, (label, found, pair)))
+    if pair.score >= threshold:
+        yield from _routed(label, found, pair, threshold)
+    elif found in ("resplit", "cut"):
+        yield beam.pvalue.TaggedOutput("end_b", (label, found, pair))
 
 
-def _route_by_end_b(element, threshold: float) -> Iterator:
-    """(node b, {pair: (a's label, verdict, pair), route}) -> the pairs whose b is in a's component, `_routed`."""
-    _, joined = element
-    route = only(joined["route"])
-    if route is None:
-        return
-    for label, found, pair in joined["pair"]:
-        if route[0] == label:
-            yield from _routed(label, found, pair, threshold)
+def _route_by_end_b(element: tuple, route: Optional[tuple], threshold: float) -> Iterator:
+    """(a's label, verdict, pair) and the route of the pair's end b -> the pair `_routed` if b is in a's
+    component."""
+    label, found, pair = element
+    if route is not None and route[0] == label:
+        yield from _routed(label, found, pair, threshold)
 
 
 def _level_edges(pair, thresholds: list) -> Iterator[tuple]:
@@ -421,11 +417,12 @@ class SplitChains(beam.PTransform):
         nodes = labelled | "WholeNodes" >> beam.MapTuple(lambda label, node_degree: (label, node_degree[0]))
         routed = {"node": nodes, "verdict": verdicts} | "WholeRouteNodes" >> JoinByKey(
             _route_nodes, self._counters, True, outputs=("resplit", "cut", "routes"), main="kept")
-        by_a = {"pair": scored, "route": routed.routes} | "WholeRouteByA" >> JoinByKey(
-            _route_by_end_a, threshold, keys={"pair": attrgetter("id_a")}, outputs=("resplit", "cut", "end_b"),
-            main="kept")
-        by_b = {"pair": by_a.end_b, "route": routed.routes} | "WholeRouteByB" >> JoinByKey(
-            _route_by_end_b, threshold, outputs=("resplit", "cut"), main="kept")
+        by_a = (scored, routed.routes) | "WholeRouteByA" >> LookUp(
+            _route_by_end_a, attrgetter("id_a"), threshold, shard_keys=settings.join_shard_keys,
+            outputs=("resplit", "cut", "end_b"), main="kept")
+        by_b = (by_a.end_b, routed.routes) | "WholeRouteByB" >> LookUp(
+            _route_by_end_b, lambda element: element[2].id_b, threshold, shard_keys=settings.join_shard_keys,
+            outputs=("resplit", "cut"), main="kept")
         return (routed.kept, (by_a.kept, by_b.kept) | "WholeKeptEdges" >> beam.Flatten(),
                 routed.resplit, (by_a.resplit, by_b.resplit) | "WholeResplitPairs" >> beam.Flatten(),
                 routed.cut, (by_a.cut, by_b.cut) | "WholeCutPairs" >> beam.Flatten())
@@ -456,7 +453,7 @@ class SplitChains(beam.PTransform):
             )
             labels = chosen | "NodePiece" >> beam.KvSwap()
             piece_kept, piece_edges, piece_nodes, piece_pairs, _, _ = self._judge(
-                "Piece", chosen, pairs_within(cut_pairs, labels, "PiecePairs"), last=True)
+                "Piece", chosen, pairs_within(cut_pairs, labels, "PiecePairs", settings.join_shard_keys), last=True)
             kept.append(piece_kept)
             edges.append(piece_edges)
             to_resplit.append((piece_nodes, piece_pairs))

@@ -10,8 +10,6 @@ torch and transformers but no Beam.
 from __future__ import annotations
 
 import itertools
-import math
-import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
@@ -312,11 +310,6 @@ def run_splitting_on_failure(forward: Callable[[dict], np.ndarray], encodings: S
     errors = {**first.errors, **{half + i: error for i, error in second.errors.items()}}
     return Forwarded(first.outputs + second.outputs, int(out_of_memory) + first.oom_splits + second.oom_splits,
                      errors)
-
-
-def shard_of(key: object, count: int, shard_size: int) -> int:
-    """Which of ceil(count / shard_size) shards a key goes to: by a hash stable across processes and runs."""
-    return zlib.crc32(repr(key).encode("utf-8")) % max(1, math.ceil(count / shard_size))
 
 
 class LoadedModel:

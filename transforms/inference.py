@@ -35,10 +35,10 @@ from transforms.feeding import (
     ModelSettings,
     TokenizedItem,
     pack_batches,
-    shard_of,
     token_budget,
     tokenize,
 )
+from transforms.joins import shard_of
 from transforms.logs import quiet_libraries
 from transforms.metrics import StageTimer
 

@@ -9,10 +9,14 @@ twice (e.g. the single value of one side first, then the many of the other), nev
 """
 from __future__ import annotations
 
-from operator import attrgetter
+import math
+import zlib
+from operator import attrgetter, itemgetter
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 
 class TagView:
@@ -57,6 +61,11 @@ def only(values: Iterable, default: Any = None) -> Any:
 
 
 _NOTHING = object()
+
+
+def shard_of(key: object, count: int, shard_size: int) -> int:
+    """Which of ceil(count / shard_size) shards a key goes to: by a hash stable across processes and runs."""
+    return zlib.crc32(repr(key).encode("utf-8")) % max(1, math.ceil(count / shard_size))
 
 
 class _Call(beam.DoFn):
@@ -109,24 +118,114 @@ class JoinByKey(beam.PTransform):
         return tagged | "Flatten" >> beam.Flatten() | "Group" >> beam.GroupByKey() | "Call" >> call
 
 
-def _label_end_a(element) -> Iterable[tuple]:
-    _, joined = element
-    label = only(joined["label"])
+class _DealIntoShards(beam.DoFn):
+    """Elements -> (shard, (tag, [elements])): lists of up to `batch` elements of one shard, so that a
+    shuffle moves a list where it would move each element. A bundle holds at most 8 x `batch` elements
+    before it gives them all; what it holds at its end is given then."""
+
+    def __init__(self, tag: int, key: Callable, shard_keys: int, batch: int):
+        self._tag = tag
+        self._key = key
+        self._shard_keys = shard_keys
+        self._batch = batch
+
+    def start_bundle(self):
+        self._lists, self._held = {}, 0
+
+    def process(self, element, keys: int):
+        shard = shard_of(self._key(element), keys, self._shard_keys)
+        held = self._lists.setdefault(shard, [])
+        held.append(element)
+        self._held += 1
+        if len(held) >= self._batch:
+            del self._lists[shard]
+            self._held -= len(held)
+            yield shard, (self._tag, held)
+        elif self._held >= 8 * self._batch:
+            yield from self._give()
+
+    def finish_bundle(self):
+        for element in self._give():
+            yield WindowedValue(element, GlobalWindow().max_timestamp(), [GlobalWindow()])
+
+    def _give(self) -> Iterator[tuple]:
+        lists, self._lists, self._held = self._lists, {}, 0
+        for shard, held in lists.items():
+            yield shard, (self._tag, held)
+
+
+class _LookUpShard(beam.DoFn):
+    def __init__(self, fn: Callable, key: Callable, args: tuple):
+        self._fn = fn
+        self._key = key
+        self._args = args
+
+    def process(self, element):
+        _, grouped = element
+        values = {}
+        for tag, elements in grouped:  # first the shard's (key, value)s: at most about `shard_keys` of them
+            if tag == 0:
+                for key, value in elements:
+                    if key in values:
+                        raise ValueError(f"more than one value to look up for the key {key!r}")
+                    values[key] = value
+        for tag, elements in grouped:  # then its elements, list by list, never gathered
+            if tag == 1:
+                for element in elements:
+                    yield from self._fn(element, values.get(self._key(element)), *self._args)
+
+
+class LookUp(beam.PTransform):
+    """(elements, (key, value) with one value a key) -> what `fn(element, value of key(element) or None,
+    *args)` yields per element.
+
+    The join `JoinByKey` makes when one side has one value a key (a node's label, a question's text), at a
+    cost a list of elements rather than an element: both sides are dealt into shards of about `shard_keys`
+    keys by a hash of the key, in lists of up to `batch` (`_DealIntoShards`), and each shard's values are
+    held while its elements are walked. A shard holds about `shard_keys` values, whatever the number of
+    elements or how many share a key. `outputs` / `main`: as `JoinByKey`'s.
+    """
+
+    def __init__(self, fn: Callable, key: Callable, *args, shard_keys: int, batch: int = 1000,
+                 outputs: tuple[str, ...] = (), main: Optional[str] = None):
+        super().__init__()
+        self._fn = fn
+        self._key = key
+        self._args = args
+        self._shard_keys = shard_keys
+        self._batch = batch
+        self._outputs = outputs
+        self._main = main
+
+    def expand(self, inputs):
+        elements, lookup = inputs
+        keys = beam.pvalue.AsSingleton(lookup | "CountKeys" >> beam.combiners.Count.Globally())
+        dealt = [
+            lookup | "DealValues" >> beam.ParDo(_DealIntoShards(0, itemgetter(0), self._shard_keys, self._batch),
+                                                keys=keys),
+            elements | "DealElements" >> beam.ParDo(_DealIntoShards(1, self._key, self._shard_keys, self._batch),
+                                                    keys=keys),
+        ]
+        call = beam.ParDo(_LookUpShard(self._fn, self._key, self._args))
+        if self._outputs:
+            call = call.with_outputs(*self._outputs, main=self._main)
+        return dealt | "Flatten" >> beam.Flatten() | "Group" >> beam.GroupByKey() | "LookUp" >> call
+
+
+def _label_end_a(pair, label) -> Iterable[tuple]:
     if label is not None:
-        for pair in joined["pair"]:
-            yield pair.id_b, (label, pair)
+        yield label, pair
 
 
-def _same_label(element) -> Iterable[tuple]:
-    _, joined = element
-    label = only(joined["label"])
-    for label_a, pair in joined["pair"]:
-        if label_a == label:
-            yield label, pair
+def _same_label(element, label) -> Iterable[tuple]:
+    label_a, pair = element
+    if label_a == label:
+        yield label, pair
 
 
-def pairs_within(pairs, labels, name: str):
-    """(label, pair) for every scored pair whose two ends carry the same label; pairs outside are dropped."""
-    by_a = {"pair": pairs, "label": labels} | f"{name}JoinA" >> JoinByKey(
-        _label_end_a, keys={"pair": attrgetter("id_a")})
-    return {"pair": by_a, "label": labels} | f"{name}JoinB" >> JoinByKey(_same_label)
+def pairs_within(pairs, labels, name: str, shard_keys: int):
+    """(label, pair) for every scored pair whose two ends carry the same label; pairs outside are dropped.
+    `labels`: (node, label); `shard_keys`: as `LookUp`'s."""
+    by_a = (pairs, labels) | f"{name}JoinA" >> LookUp(_label_end_a, attrgetter("id_a"), shard_keys=shard_keys)
+    return (by_a, labels) | f"{name}JoinB" >> LookUp(
+        _same_label, lambda element: element[1].id_b, shard_keys=shard_keys)
