@@ -1,5 +1,6 @@
 """`JoinByKey`: what CoGroupByKey followed by a function gives, without listing a key's values; `LookUp`: the
 same where one side has one value a key, in shards."""
+import pickle
 from operator import itemgetter
 
 import apache_beam as beam
@@ -101,8 +102,9 @@ def test_a_bundle_gives_its_lists_when_full_and_what_it_holds_at_its_end():
     deal = _DealIntoShards(1, lambda element: element, shard_keys=1, batch=4)
     deal.start_bundle()
     given = [out for element in range(30) for out in deal.process(element, keys=3)]  # 3 shards
+    given = [(shard, (tag, pickle.loads(held))) for shard, (tag, held) in given]
     assert all(len(held) == 4 for _, (_, held) in given)
-    at_end = [value.value for value in deal.finish_bundle()]
+    at_end = [(shard, (tag, pickle.loads(held))) for shard, (tag, held) in (v.value for v in deal.finish_bundle())]
     assert all(len(held) < 4 for _, (_, held) in at_end)
     dealt = sorted(element for _, (tag, held) in given + at_end for element in held)
     assert dealt == list(range(30)) and {tag for _, (tag, _) in given + at_end} == {1}
