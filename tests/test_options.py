@@ -57,6 +57,7 @@ def test_unreadable_preset_is_named(tmp_path):
     (["--input", "x", "--output", "y", "--embedders", "encoder:a,encoder:b"], "each once"),
     (["--input", "x", "--output", "y", "--id-column", "q", "--text-column", "q"], "must differ"),
     (["--input", "x", "--output", "y", "--resplit-density", "1.5"], "--resplit-density"),
+    (["--input", "x", "--output", "y", "--join-shard-keys", "0"], "--join-shard-keys must be at least 1"),
     (["--input", "x", "--output", "y", "--canonical", "earliest"], "needs --timestamp-column"),
     (["--input", "x", "--output", "y", "--existing", "p", "--previous-groups", "p/groups"],
      "leave out --previous-groups"),
