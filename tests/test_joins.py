@@ -9,7 +9,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from tests.helpers import RUNNER_ARGS
-from transforms.joins import JoinByKey, Joined, LookUp, _DealIntoShards, only, pairs_within
+from transforms.joins import JoinByKey, Joined, LookUp, _DealIntoShards, _LookUpShard, only, pairs_within
 from transforms.records import ScoredPair
 
 
@@ -109,3 +109,18 @@ def test_a_bundle_gives_its_lists_when_full_and_what_it_holds_at_its_end():
     dealt = sorted(element for _, (tag, held) in given + at_end for element in held)
     assert dealt == list(range(30)) and {tag for _, (tag, _) in given + at_end} == {1}
     assert {shard for shard, _ in given + at_end} == {0, 1, 2}
+
+
+def test_a_hot_key_shard_streams_its_lists_and_holds_only_its_values():
+    """One shard where a single key has 300,000 elements in 300 lists (as Dataflow pages a grouped value in):
+    each list is unpickled, walked and dropped; gathered, the elements alone would take ~30 MB."""
+    import collections
+
+    from tests.helpers import Lazy, peak_bytes
+    one_list = pickle.dumps([(i, 7) for i in range(1000)], pickle.HIGHEST_PROTOCOL)
+    values = pickle.dumps([(7, "label"), (8, "other")], pickle.HIGHEST_PROTOCOL)
+    grouped = Lazy(lambda: iter([(1, one_list)] * 150 + [(0, values)] + [(1, one_list)] * 150))
+    shard = _LookUpShard(lambda element, value: [(value, element[0])], itemgetter(1), ())
+    counted, peak = peak_bytes(lambda: collections.Counter(value for value, _ in shard.process((0, grouped))))
+    assert counted == {"label": 300_000}
+    assert peak < 2_000_000, peak
