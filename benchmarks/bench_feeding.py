@@ -1,0 +1,140 @@
+"""The scoring stage's CPU a pair outside the model's forward pass: what keeps a GPU waiting.
+
+On a GPU worker the forward pass of a batch takes little of the worker's CPU; what
+the CPU does for each pair around it (dealing pairs into shards, the shuffle,
+assembling token ids, packing, padding, RunInference's per-element work, making
+the scored records) is what limits the pairs a second a worker's cores can feed
+its GPU. This runs `ScorePairs` alone, in this process on the in-process runner,
+over LCQMC dev questions paired at random (texts tokenized ahead, as a run
+carries them), with the forward pass replaced by one that returns a constant, so
+that every CPU second measured is feeding. Fixed costs (building the pipeline,
+loading the tokenizer and the tiny random model) cancel out: the figure is the
+difference between a run of `--pairs` and one of `--small` pairs, per extra pair.
+
+    python -m benchmarks.bench_feeding [--pairs 200000] [--small 2000] [--budgets 2048,32768] [--repeats 5]
+
+Token budgets (padded tokens a batch: the CPU's and the GPU's automatic ones by
+default) are compared interleaved (A B, B A, ...); a line per measurement, then
+the median (min-max) CPU µs a pair for each, and the pairs a batch held.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.options.pipeline_options import PipelineOptions
+
+import transforms.score
+from pipelines.random_model import make_random_model
+from pipelines.recall import read_labelled_pairs
+from transforms.coders import use_record_coder
+from transforms.feeding import ModelSettings, ahead_of_scoring
+from transforms.records import CandidatePair
+from transforms.sources import load_tokenizer
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+class _Constant:
+    """A forward pass that costs nothing: the same score for every row. Counts its calls and rows in a file
+    (the runner calls an unpickled copy)."""
+
+    def __init__(self, log: str):
+        self._log = log
+
+    def __call__(self, model, batch: dict, label: int) -> np.ndarray:
+        rows = int(batch["input_ids"].shape[0])
+        with open(self._log, "a") as handle:
+            handle.write(f"{rows}\n")
+        return np.full(rows, 0.5, dtype=np.float32)
+
+
+def question_tokens(model_dir: str) -> list[bytes]:
+    """The distinct LCQMC dev questions, each tokenized ahead as a run carries it into its pairs."""
+    path = os.path.join(os.environ.get("QDEDUP_SHARED_DATA", SHARED_DATA), "lcqmc", "dev.tsv")
+    texts = sorted({text for a, b, _ in read_labelled_pairs(path) for text in (a, b)})
+    ahead = ahead_of_scoring(load_tokenizer(model_dir), 512)
+    return [ahead(text) for text in texts]
+
+
+class _MakePairs(beam.DoFn):
+    """A chunk number -> `CHUNK` pairs of distinct questions drawn at random (seeded by the chunk), made on the
+    worker so that the pipeline carries the question table once, not every pair."""
+
+    def __init__(self, tokens: list):
+        self._tokens = tokens
+
+    def process(self, chunk: int):
+        rng, n = random.Random(chunk), len(self._tokens)
+        for i in range(CHUNK):
+            a, b = sorted(rng.sample(range(n), 2))
+            yield CandidatePair(chunk * CHUNK + i, -(chunk * CHUNK + i), self._tokens[a], self._tokens[b], 0.5,
+                                "lexical")
+
+
+CHUNK = 1000
+
+
+def cpu_of_scoring(tokens: list, pairs: int, settings: ModelSettings) -> float:
+    """Process CPU seconds of a pipeline that makes `pairs` pairs, scores them and counts what comes out."""
+    options = PipelineOptions(["--runner=FnApiRunner"])
+    start = time.process_time()
+    with beam.Pipeline(options=options) as pipeline:
+        made = pipeline | beam.Create(range(pairs // CHUNK)) | beam.ParDo(_MakePairs(tokens))
+        scored = made | transforms.score.ScorePairs(settings)
+        _ = scored.scored | beam.combiners.Count.Globally() | beam.Map(_check_count, pairs // CHUNK * CHUNK)
+    return time.process_time() - start
+
+
+def _check_count(count: int, expected: int) -> None:
+    if count != expected:
+        raise RuntimeError(f"{count} pairs scored of {expected}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=200_000)
+    parser.add_argument("--small", type=int, default=2_000)
+    parser.add_argument("--budgets", default="2048,32768",
+                        help="token budgets compared (the CPU's and the GPU's automatic ones), interleaved")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+    use_record_coder()
+    budgets = [int(b) for b in args.budgets.split(",")]
+    order = [budgets[i] if r % 2 == 0 else budgets[-1 - i] for r in range(args.repeats) for i in range(len(budgets))]
+    figures: dict = {budget: [] for budget in budgets}
+    batches: dict = {}
+    with tempfile.TemporaryDirectory() as work:
+        log = os.path.join(work, "calls.txt")
+        transforms.score.positive_probability = _Constant(log)
+        model_dir = make_random_model(os.path.join(work, "model"))
+        tokens = question_tokens(model_dir)
+        for budget in order:
+            settings = ModelSettings(model_dir, device="cpu", torch_threads=1, token_budget=budget)
+            small = cpu_of_scoring(tokens, args.small, settings)
+            open(log, "w").close()
+            large = cpu_of_scoring(tokens, args.pairs, settings)
+            with open(log) as handle:
+                calls = [int(line) for line in handle]
+            figures[budget].append(1e6 * (large - small) / (args.pairs // CHUNK * CHUNK - args.small))
+            batches[budget] = round(sum(calls) / max(len(calls), 1), 1)
+            print(json.dumps({"token_budget": budget, "cpu_us_per_pair": round(figures[budget][-1], 1),
+                              "cpu_s": round(large, 2), "small_cpu_s": round(small, 2),
+                              "pairs_per_batch": batches[budget]}), flush=True)
+    print(json.dumps({"pairs": args.pairs, "small": args.small, "order": order, "python": sys.version.split()[0],
+                      "cpu_us_per_pair": {budget: {"median": round(statistics.median(values), 1),
+                                                   "min": round(min(values), 1), "max": round(max(values), 1)}
+                                          for budget, values in figures.items()},
+                      "pairs_per_batch": batches}))
+
+
+if __name__ == "__main__":
+    main()
