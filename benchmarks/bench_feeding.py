@@ -65,6 +65,13 @@ def question_tokens(model_dir: str) -> list[bytes]:
     return [ahead(text) for text in texts]
 
 
+CHUNK = 1000  # pairs a made element becomes
+
+
+def _made(pairs: int) -> int:
+    return pairs // CHUNK * CHUNK
+
+
 class _MakePairs(beam.DoFn):
     """A chunk number -> `CHUNK` pairs of distinct questions drawn at random (seeded by the chunk), made on the
     worker so that the pipeline carries the question table once, not every pair."""
@@ -80,9 +87,6 @@ class _MakePairs(beam.DoFn):
                                 "lexical")
 
 
-CHUNK = 1000
-
-
 def cpu_of_scoring(tokens: list, pairs: int, settings: ModelSettings) -> float:
     """Process CPU seconds of a pipeline that makes `pairs` pairs, scores them and counts what comes out."""
     options = PipelineOptions(["--runner=FnApiRunner"])
@@ -90,7 +94,7 @@ def cpu_of_scoring(tokens: list, pairs: int, settings: ModelSettings) -> float:
     with beam.Pipeline(options=options) as pipeline:
         made = pipeline | beam.Create(range(pairs // CHUNK)) | beam.ParDo(_MakePairs(tokens))
         scored = made | transforms.score.ScorePairs(settings)
-        _ = scored.scored | beam.combiners.Count.Globally() | beam.Map(_check_count, pairs // CHUNK * CHUNK)
+        _ = scored.scored | beam.combiners.Count.Globally() | beam.Map(_check_count, _made(pairs))
     return time.process_time() - start
 
 
@@ -99,7 +103,30 @@ def _check_count(count: int, expected: int) -> None:
         raise RuntimeError(f"{count} pairs scored of {expected}")
 
 
+def _measure(order: list, work: str, log: str, pairs: int, small: int) -> tuple[dict, dict]:
+    """({budget: [CPU µs a pair, one per measurement]}, {budget: pairs a forward pass}), printing each
+    measurement as it is made."""
+    figures: dict = {budget: [] for budget in order}
+    batches: dict = {}
+    model_dir = make_random_model(os.path.join(work, "model"))
+    tokens = question_tokens(model_dir)
+    for budget in order:
+        settings = ModelSettings(model_dir, device="cpu", torch_threads=1, token_budget=budget)
+        base = cpu_of_scoring(tokens, small, settings)
+        open(log, "w").close()
+        cpu = cpu_of_scoring(tokens, pairs, settings)
+        with open(log) as handle:
+            calls = [int(line) for line in handle]
+        figures[budget].append(1e6 * (cpu - base) / (_made(pairs) - _made(small)))
+        batches[budget] = round(sum(calls) / max(len(calls), 1), 1)
+        print(json.dumps({"token_budget": budget, "cpu_us_per_pair": round(figures[budget][-1], 1),
+                          "cpu_s": round(cpu, 2), "small_cpu_s": round(base, 2),
+                          "pairs_per_batch": batches[budget]}), flush=True)
+    return figures, batches
+
+
 def main(argv=None) -> None:
+    """Measures each token budget `--repeats` times, interleaved; prints a JSON line each, then the summary."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=200_000)
     parser.add_argument("--small", type=int, default=2_000)
@@ -107,28 +134,19 @@ def main(argv=None) -> None:
                         help="token budgets compared (the CPU's and the GPU's automatic ones), interleaved")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
+    if not CHUNK <= _made(args.small) < _made(args.pairs):
+        parser.error(f"--small must be at least {CHUNK} and --pairs more than --small (both in steps of {CHUNK})")
     use_record_coder()
     budgets = [int(b) for b in args.budgets.split(",")]
     order = [budgets[i] if r % 2 == 0 else budgets[-1 - i] for r in range(args.repeats) for i in range(len(budgets))]
-    figures: dict = {budget: [] for budget in budgets}
-    batches: dict = {}
+    forward = transforms.score.positive_probability
     with tempfile.TemporaryDirectory() as work:
         log = os.path.join(work, "calls.txt")
-        transforms.score.positive_probability = _Constant(log)
-        model_dir = make_random_model(os.path.join(work, "model"))
-        tokens = question_tokens(model_dir)
-        for budget in order:
-            settings = ModelSettings(model_dir, device="cpu", torch_threads=1, token_budget=budget)
-            small = cpu_of_scoring(tokens, args.small, settings)
-            open(log, "w").close()
-            large = cpu_of_scoring(tokens, args.pairs, settings)
-            with open(log) as handle:
-                calls = [int(line) for line in handle]
-            figures[budget].append(1e6 * (large - small) / (args.pairs // CHUNK * CHUNK - args.small))
-            batches[budget] = round(sum(calls) / max(len(calls), 1), 1)
-            print(json.dumps({"token_budget": budget, "cpu_us_per_pair": round(figures[budget][-1], 1),
-                              "cpu_s": round(large, 2), "small_cpu_s": round(small, 2),
-                              "pairs_per_batch": batches[budget]}), flush=True)
+        transforms.score.positive_probability = _Constant(log)  # put back below: this process may score again
+        try:
+            figures, batches = _measure(order, work, log, args.pairs, args.small)
+        finally:
+            transforms.score.positive_probability = forward
     print(json.dumps({"pairs": args.pairs, "small": args.small, "order": order, "python": sys.version.split()[0],
                       "cpu_us_per_pair": {budget: {"median": round(statistics.median(values), 1),
                                                    "min": round(min(values), 1), "max": round(max(values), 1)}

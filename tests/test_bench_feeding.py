@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+import transforms.score
 from benchmarks import bench_feeding
 from tests.helpers import shared_data
 
@@ -11,6 +12,7 @@ from tests.helpers import shared_data
 @pytest.mark.slow
 def test_the_feeding_benchmark_scores_every_pair_in_batches_and_reports_cpu_a_pair(capsys, monkeypatch):
     monkeypatch.setenv("QDEDUP_SHARED_DATA", str(shared_data("lcqmc/dev.tsv").parents[1]))
+    forward = transforms.score.positive_probability
     bench_feeding.main(["--pairs", "4000", "--small", "1000", "--budgets", "512,4096", "--repeats", "1"])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     summary = lines[-1]
@@ -19,6 +21,13 @@ def test_the_feeding_benchmark_scores_every_pair_in_batches_and_reports_cpu_a_pa
         assert summary["cpu_us_per_pair"][budget]["median"] > 0
     # The budget decides the batches: a larger one packs more pairs a forward pass.
     assert 1 < summary["pairs_per_batch"]["512"] < summary["pairs_per_batch"]["4096"]
+    assert transforms.score.positive_probability is forward  # later tests in this process score with the model
+
+
+def test_sizes_that_leave_nothing_to_measure_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        bench_feeding.main(["--pairs", "2000", "--small", "2000"])
+    assert "--pairs more than --small" in capsys.readouterr().err
 
 
 def test_pairs_are_made_on_the_worker_distinct_and_tokenized_ahead():
