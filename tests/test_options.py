@@ -139,3 +139,17 @@ def test_local_worker_processes_divide_the_cores_between_their_models(monkeypatc
     pipeline_options = _options(["--input", "x", "--output", "y", "--direct_running_mode=multi_processing"])
     divide_local_threads(pipeline_options.view_as(QdedupOptions), pipeline_options)
     assert os.environ["OMP_NUM_THREADS"] == "7"
+
+
+def test_options_views_share_values_and_follow_new_flags_under_the_suites_view_cache():
+    """conftest keeps one view an options object and class: views must still share every value, and a
+    new flag list must still be parsed."""
+    options = PipelineOptions(["--runner=FnApiRunner", "--input", "x"])
+    view = options.view_as(QdedupOptions)
+    assert options.view_as(QdedupOptions) is view  # the cache is in force here
+    options.view_as(StandardOptions).runner = "DataflowRunner"
+    assert view.view_as(StandardOptions).runner == options.view_as(StandardOptions).runner == "DataflowRunner"
+    view.output = "y"
+    assert options.view_as(QdedupOptions).output == "y"
+    options._flags = ["--input", "z"]  # what the cache keys on besides the object and the class
+    assert options.view_as(QdedupOptions) is not view
