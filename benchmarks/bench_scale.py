@@ -185,12 +185,15 @@ def run_size(n: int, repo: str, work: str, model: str, extra: list[str], max_rss
     stages = report.get("stage_seconds", {})
     pairs = report["candidate_pairs"] + report.get("resplit_pairs_scored", 0)
     outside = cpu - stages.get("score", 0.0) - stages.get("block", 0.0)
+    stage_cpu = report.get("stage_cpu_seconds", {})
+    outside_cpu = cpu - stage_cpu.get("score", 0.0) - stage_cpu.get("block", 0.0)
     return {"rows": n, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "peak_rss_gib": round(peak[0] / 2**30, 2),
             "representatives": report["representatives"], "candidate_pairs": report["candidate_pairs"],
             "resplit_pairs_scored": report.get("resplit_pairs_scored", 0),
             "cpu_outside_model_us_per_pair": round(outside / max(pairs, 1) * 1e6, 1),
+            "cpu_outside_model_cpu_us_per_pair": round(outside_cpu / max(pairs, 1) * 1e6, 1),
             "block_cpu_us_per_question": round(stages.get("block", 0.0) / max(report["representatives"], 1) * 1e6, 1),
-            "stage_seconds": stages, "largest": report.get("largest_elements",
+            "stage_seconds": stages, "stage_cpu_seconds": stage_cpu, "largest": report.get("largest_elements",
                                                            {"blocking_work_item":
                                                             report.get("largest_blocking_work_item")}),
             "groups": report["groups"], "largest_group": report["largest_group"]}

@@ -195,12 +195,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     timed = sum(msecs.values()) / 1000
     stages = report["stage_seconds"]
     model_and_blocking = stages.get("score", 0.0) + stages.get("block", 0.0)
+    stage_cpu = report.get("stage_cpu_seconds", {})
+    model_and_blocking_cpu = stage_cpu.get("score", 0.0) + stage_cpu.get("block", 0.0)
     print(json.dumps({"rows": args.rows, "pairs": pairs, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
                       "main_thread_cpu_s": round(main_cpu, 1), "in_steps_s": round(timed, 1),
                       "outside_us_per_pair": round((cpu - model_and_blocking) / pairs * 1e6, 1),
+                      "outside_cpu_us_per_pair": round((cpu - model_and_blocking_cpu) / pairs * 1e6, 1),
                       "main_thread_outside_us_per_pair": round((main_cpu - model_and_blocking) / pairs * 1e6, 1),
                       "hops_per_pair": round(sum(elements.values()) / pairs, 1),
-                      "peak_rss_gib": round(after.ru_maxrss / 2**20, 2), "stage_seconds": stages}))
+                      "peak_rss_gib": round(after.ru_maxrss / 2**20, 2), "stage_seconds": stages,
+                      "stage_cpu_seconds": stage_cpu}))
     print(f"{'step':48} {'s':>8} {'µs/pair':>8} {'hops/pair':>9}")
     for step in sorted(msecs, key=msecs.get, reverse=True)[:args.top]:
         print(f"{step:48} {msecs[step] / 1000:8.1f} {msecs[step] / pairs * 1000:8.0f} "

@@ -25,7 +25,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 
 from pipelines.estimates import FIGURES
-from transforms.metrics import COUNT_NAMESPACE, LARGEST_NAMESPACE, READ_NAMESPACE, STAGE_NAMESPACE
+from transforms.metrics import (
+    COUNT_NAMESPACE,
+    LARGEST_NAMESPACE,
+    READ_NAMESPACE,
+    STAGE_CPU_NAMESPACE,
+    STAGE_NAMESPACE,
+)
 from transforms.state import STATE_FORMAT
 
 FAILURE_FIELDS = ("kind", "row", "stage", "reason", "detail")
@@ -140,13 +146,15 @@ def complete_report(report: dict, result, run_id: str, seconds: float) -> dict:
 
 def run_totals(report: dict, result) -> dict:
     """Per-stage seconds, blocking and scoring totals, from the run's Beam metrics."""
-    seconds = {name: round(us / 1_000_000, 3) for name, us in sorted(counter_totals(result, STAGE_NAMESPACE).items())}
+    seconds, cpu_seconds = ({name: round(us / 1_000_000, 3) for name, us in sorted(counter_totals(result, ns).items())}
+                            for ns in (STAGE_NAMESPACE, STAGE_CPU_NAMESPACE))
     counts = counter_totals(result, "qdedup")
     score_seconds = seconds.get("score", 0.0)
     largest = largest_distributions(result)
     sizes = largest.get("blocking_work_item", [])
     return {
         "stage_seconds": seconds,
+        "stage_cpu_seconds": cpu_seconds,
         "blocking_work_items": sum(d.count for d in sizes),
         "largest_blocking_work_item": max((d.max for d in sizes), default=0),
         "truncated_pairs": counts.get("score_truncated", 0),
@@ -365,7 +373,9 @@ def render(report: dict, figures: dict, evaluation: Optional[dict] = None) -> st
     counts = _table(("count", "value"), ((k, f"{report[k]:,}" if isinstance(report[k], int) else report[k])
                                           for k in COUNT_KEYS if k in report))
     stages = report.get("stage_seconds", {})
-    stage_rows = [(name, f"{seconds:,.3f}") for name, seconds in sorted(stages.items(), key=lambda kv: -kv[1])]
+    cpu = report.get("stage_cpu_seconds", {})
+    stage_rows = [(name, f"{seconds:,.3f}", f"{cpu[name]:,.3f}" if name in cpu else "")
+                  for name, seconds in sorted(stages.items(), key=lambda kv: -kv[1])]
     bins = [f"{i / SCORE_BINS:.2f}" for i in range(SCORE_BINS)]
     sizes = figures["groups_by_size"]
     buckets = [sum(n for s, n in sizes.items() if s >= low and (high is None or s <= high))
@@ -400,7 +410,7 @@ scorer <code>{html.escape(str(config.get("scorer_model")))}</code>
 Row accounting (rows in + existing = rows out + rejected) <b class="{'ok' if report.get('accounting_ok') else 'bad'}">
 {accounting}</b>.</p>
 <h2>Counts</h2>{counts}
-<h2>Time per stage (seconds, summed over workers)</h2>{_table(("stage", "seconds"), stage_rows)}
+<h2>Time per stage (seconds, summed over workers)</h2>{_table(("stage", "wall seconds", "CPU seconds"), stage_rows)}
 <h2>Pair scores</h2><p>{sum(figures["histogram"]):,} scored pairs; pairs right of the line are duplicates.</p>
 {_bars(figures["histogram"], bins, marker=threshold)}
 <h2>Group sizes (groups per size, in rows)</h2>

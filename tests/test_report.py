@@ -1,13 +1,24 @@
 """report.json's counts: counted as metrics, read back after the run, derived counts and the checks."""
+import threading
+import time
+
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.report import COUNTED, build_report, lowest_failure, read_problem, run_counts, written_rows
+from pipelines.report import (
+    COUNTED,
+    build_report,
+    lowest_failure,
+    read_problem,
+    run_counts,
+    run_totals,
+    written_rows,
+)
 from tests.helpers import MULTI_PROCESSING, RUNNER_ARGS
-from transforms.metrics import count_elements
+from transforms.metrics import StageTimer, count_elements
 
 
 @pytest.mark.slow
@@ -29,6 +40,37 @@ def test_counts_are_exact_through_flattens_and_late_stages(mode):
     assert set(counts) == {*COUNTED, "largest_group"}
     assert (counts["rows_in"], counts["rows_out"], counts["groups"]) == (5000, 5010, 10)
     assert counts["largest_group"] == 4999 and counts["pairs_total"] == 0  # the largest size seen; uncounted: 0
+
+
+def _spin(seconds: float) -> None:
+    until = time.process_time() + seconds
+    while time.process_time() < until:
+        pass
+
+
+class _TimedWork(beam.DoFn):
+    """Waits inside one stage while it sleeps, inside another while a helper thread works (as torch's pool does)."""
+
+    def process(self, element):
+        with StageTimer("asleep"):
+            time.sleep(0.3)
+        with StageTimer("helped"):
+            helper = threading.Thread(target=_spin, args=(0.3,))
+            helper.start()
+            helper.join()
+        yield element
+
+
+def test_stage_cpu_seconds_count_helper_threads_and_not_waiting():
+    """A stage's wall seconds cannot tell a model's helper threads at work from a sleep; its CPU seconds can."""
+    pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
+    pipeline | beam.Create([0]) | beam.ParDo(_TimedWork())
+    result = pipeline.run()
+    result.wait_until_finish()
+    totals = run_totals({}, result)
+    wall, cpu = totals["stage_seconds"], totals["stage_cpu_seconds"]
+    assert wall["asleep"] >= 0.3 and cpu["asleep"] < 0.1
+    assert wall["helped"] >= 0.25 and cpu["helped"] >= 0.25
 
 
 def test_no_metrics_at_all_is_told_apart_from_zero_counts():
