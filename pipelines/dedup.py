@@ -15,7 +15,7 @@ from pipelines.options import (
     scorer_settings,
 )
 from pipelines.report import COUNTED
-from transforms.block import BlockCandidates, UnionCandidates
+from transforms.block import BlockCandidates, DistinctCandidates
 from transforms.chaining import SplitChains
 from transforms.cluster import ClusterGroups, ConnectedComponents
 from transforms.coders import use_record_coder
@@ -28,7 +28,7 @@ from transforms.metrics import count_elements
 from transforms.normalize import Collapsed, NormalizeAndCollapse
 from transforms.read import Read, ReadQuestions
 from transforms.records import Columns, Embedded
-from transforms.score import ScoreCandidates, TokenizeAhead
+from transforms.score import ScoreCandidates, ScoreNeighbours, TokenizeAhead
 from transforms.state import (
     Prior,
     ReadPrior,
@@ -59,11 +59,13 @@ class EmbedderOutputs(NamedTuple):
 
 
 class Candidates(NamedTuple):
-    """Read, normalize, embed and block, as `qdedup run` and `qdedup recall` share them."""
+    """Read, normalize, embed and block, as `qdedup run` and `qdedup recall` share them. `found`: each
+    embedder's neighbour lists ({kind: `Blocked.found`}): `DistinctCandidates` makes the pairs of them,
+    `ScoreNeighbours` scores them without making them one by one."""
 
     read: Read
     collapsed: Collapsed
-    pairs: beam.PCollection
+    found: dict
     embedders: dict            # kind -> EmbedderOutputs
     stored: Optional[Stored]   # what ReadPrior read, with a prior run
     failed: list               # RejectedRow PCollections of questions no vector was made for
@@ -94,7 +96,7 @@ def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns
         | "NormalizeAndCollapse" >> NormalizeAndCollapse(columns, extend)
     representatives = collapsed.representatives
     settings = blocking_settings(options)
-    candidate_sets, embedders, failed, embedded_reps = [], {}, [], []
+    found, embedders, failed, embedded_reps = {}, {}, [], []
     for kind, model in parse_embedders(options.embedders):
         label = kind.title()
         to_embed, known = representatives, None
@@ -117,24 +119,22 @@ def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns
         centroids = prior.centroids[kind] if prior else None
         sub_centroids = stored.sub_centroids[kind] if prior else None
         if extend:
-            blocked = (carried, known) | f"Block{label}" >> BlockCandidates(settings, kind, centroids, sub_centroids)
+            blocked = (carried, known) | f"Block{label}" >> BlockCandidates(settings, centroids, sub_centroids)
             known_vectors = known | f"{label}StoredVector" >> beam.Map(lambda item: Embedded(item.rep, item.vector))
             all_vectors = (vectors, known_vectors) | f"{label}AllVectors" >> beam.Flatten()
         elif prior:
             all_vectors = (vectors, known) | f"{label}AllVectors" >> beam.Flatten()
             searched = (carried, known if scorer is None else _tokenized_ahead(known, scorer, f"{label}Stored")) \
                 | f"{label}Searched" >> beam.Flatten()
-            blocked = searched | f"Block{label}" >> BlockCandidates(settings, kind, centroids, sub_centroids)
+            blocked = searched | f"Block{label}" >> BlockCandidates(settings, centroids, sub_centroids)
         else:
             all_vectors = vectors
-            blocked = carried | f"Block{label}" >> BlockCandidates(settings, kind)
-        candidate_sets.append(blocked.pairs)
+            blocked = carried | f"Block{label}" >> BlockCandidates(settings)
+        found[kind] = blocked.found
         embedders[kind] = EmbedderOutputs(
             all_vectors | f"{label}ById" >> beam.MapTuple(lambda rep, vector: (rep.id, (rep.key, vector))),
             blocked.neighbours, embedded.params, blocked.centroids, blocked.sub_centroids)
-    candidates = (candidate_sets[0] if len(candidate_sets) == 1
-                  else tuple(candidate_sets) | "UnionCandidates" >> UnionCandidates())
-    return Candidates(read, collapsed, candidates, embedders, stored, failed, embedded_reps)
+    return Candidates(read, collapsed, found, embedders, stored, failed, embedded_reps)
 
 
 def _tokenized_ahead(items, scorer: ModelSettings, label: str):
@@ -159,7 +159,11 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
     known_scores = generated.stored.pairs if prior else None
     texts = (representatives | "RepresentativeText" >> beam.Map(lambda rep: (rep.id, rep.text))
              | "TextsAhead" >> TokenizeAhead(scorer))
-    scoring = generated.pairs | "ScoreCandidates" >> ScoreCandidates(scorer, known_scores, texts if prior else None)
+    if prior:
+        candidates = generated.found | "DistinctCandidates" >> DistinctCandidates()
+        scoring = candidates | "ScoreCandidates" >> ScoreCandidates(scorer, known_scores, texts)
+    else:  # nothing to reuse or fetch: pairs go from the neighbour lists into scoring shards (counted there)
+        candidates, scoring = None, generated.found | "ScoreNeighbours" >> ScoreNeighbours(scorer)
     if prior and prior.extend:
         members = (generated.stored.members, members) | "AllMembers" >> beam.Flatten()
         previous_groups = prior.committed.paths("groups", ".parquet")
@@ -203,7 +207,6 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
         "rows_accepted": members,
         "representatives": representatives,
         "new_representatives": collapsed.new_representatives,
-        "candidate_pairs": generated.pairs,
         "pairs_scored": scoring.new,
         "pairs_reused": scoring.reused,
         "resplit_pairs": clustered.scored,
@@ -216,6 +219,8 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
     }
     if stored_members:
         counted["rows_existing"] = stored_members
+    if candidates is not None:
+        counted["candidate_pairs"] = candidates
     assert set(counted) <= set(COUNTED), set(counted) - set(COUNTED)
     for name, pcoll in counted.items():
         size = (lambda row: row.group_size) if name == "rows_out" else None

@@ -29,6 +29,7 @@ from pipelines.options import (
     expand_argv,
 )
 from pipelines.preflight import check_embedders, check_int8, validate
+from transforms.block import DistinctCandidates
 from transforms.errors import QdedupError
 from transforms.records import Columns
 from transforms.write import WriteRecords
@@ -129,7 +130,7 @@ def recall(argv: Sequence[str]) -> int:
         generated.collapsed.members | "WriteMembers" >> WriteRecords(
             os.path.join(work, "members", "part"),
             pa.schema([("id", pa.int64()), ("rep_id", pa.int64()), ("key", pa.string())]))
-        generated.pairs | "CandidateIds" >> beam.Map(
+        generated.found | "DistinctCandidates" >> DistinctCandidates() | "CandidateIds" >> beam.Map(
             lambda pair: _IdPair(pair.id_a, pair.id_b)) | "WriteCandidates" >> WriteRecords(
             os.path.join(work, "candidates", "part"), pa.schema([("id_a", pa.int64()), ("id_b", pa.int64())]))
 

@@ -336,6 +336,7 @@ def extra_neighbours(committed: Committed, k: int, min_similarity: float, id_typ
     from pipelines.dedup import generate_candidates
     from pipelines.options import QdedupOptions, input_columns, parse_embedders
     from pipelines.preflight import load_prior
+    from transforms.block import DistinctCandidates
     from transforms.joins import JoinByKey
     from transforms.write import WriteRecords, arrow_id_type
 
@@ -360,7 +361,8 @@ def extra_neighbours(committed: Committed, k: int, min_similarity: float, id_typ
         generated = generate_candidates(pipeline, options, input_columns(options), prior,
                                         configuration.get("int8_models") or None)
         (
-            {"candidate": generated.pairs | "KeyCandidate" >> beam.Map(lambda p: ((p.id_a, p.id_b), None)),
+            {"candidate": generated.found | "DistinctCandidates" >> DistinctCandidates()
+             | "KeyCandidate" >> beam.Map(lambda p: ((p.id_a, p.id_b), None)),
              "scored": generated.stored.pairs | "KeyScored" >> beam.Map(lambda p: ((p.id_a, p.id_b), None))}
             | "NotScored" >> JoinByKey(_unscored)
             | "WriteExtra" >> WriteRecords(join(work, "part"), pa.schema(

@@ -13,8 +13,8 @@ from transforms import block
 from transforms.block import (
     BlockCandidates,
     BlockingSettings,
+    DistinctCandidates,
     UnionCandidates,
-    _OnePair,
     best_neighbours,
     block_count,
     enters,
@@ -26,6 +26,7 @@ from transforms.block import (
     top_columns,
     train_centroids,
 )
+from transforms.pairs import OnePair
 from transforms.records import (
     CandidatePair,
     Embedded,
@@ -232,8 +233,9 @@ def _save(pairs, path):
 
 
 def _block(items, settings, tmp_path, centroids=None, stored=None, lists=False, sub_centroids=None):
-    """Runs BlockCandidates; returns ({(a, b): similarity}, largest work item), and the neighbour lists
-    (or, with lists="metrics", the work item size distribution and the count of hash-blocked entries)."""
+    """Runs BlockCandidates and DistinctCandidates; returns ({(a, b): similarity}, largest work item), and the
+    neighbour lists (or, with lists="metrics", the work item size distribution and the count of hash-blocked
+    entries)."""
     pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
     path = str(tmp_path / "pairs.pickle")
 
@@ -248,8 +250,9 @@ def _block(items, settings, tmp_path, centroids=None, stored=None, lists=False, 
     inputs = new if stored is None else (new, pipeline | "Stored" >> beam.Create(stored))
     given_sub = None if sub_centroids is None else pipeline | "Sub" >> beam.Create(sub_centroids)
     blocked = inputs | BlockCandidates(settings, centroids=centroids, sub_centroids=given_sub)
-    assert_that(blocked.pairs, check)
-    pairs = blocked.pairs | beam.Map(lambda p: ((p.id_a, p.id_b), p.similarity)) | "Pairs" >> beam.combiners.ToDict()
+    candidates = {"lexical": blocked.found} | DistinctCandidates()
+    assert_that(candidates, check)
+    pairs = candidates | beam.Map(lambda p: ((p.id_a, p.id_b), p.similarity)) | "Pairs" >> beam.combiners.ToDict()
     neighbours = blocked.neighbours | "Lists" >> beam.combiners.ToDict()
     (pipeline | "Once" >> beam.Create([None])
      | beam.Map(lambda _, p, n: _save((p, n), path), p=beam.pvalue.AsSingleton(pairs),
@@ -330,7 +333,7 @@ def test_a_hot_partition_of_12k_near_copies_is_split_with_a_linear_shuffle(tmp_p
 
 def test_a_pair_found_from_both_ends_is_one_with_every_text_either_end_knew():
     """An extension's stored question knows no text for a newcomer: the newcomer's own end does."""
-    combine = _OnePair()
+    combine = OnePair()
     from_a, from_b = (0.75, "a", None), (0.75, None, "b")
     for ends in ([from_a, from_b], [from_b, from_a]):
         one = combine.create_accumulator()

@@ -9,7 +9,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from tests.helpers import RUNNER_ARGS
-from transforms.joins import JoinByKey, Joined, LookUp, _DealIntoShards, _LookUpShard, only, pairs_within
+from transforms.joins import DealIntoShards, JoinByKey, Joined, LookUp, _LookUpShard, dealt, only, pairs_within
 from transforms.records import ScoredPair
 
 
@@ -98,8 +98,8 @@ def test_look_up_refuses_a_key_with_two_values():
 
 
 def test_a_bundle_gives_its_lists_when_full_and_what_it_holds_at_its_end():
-    """`_DealIntoShards` directly: lists of at most `batch`, at most 8 x `batch` held, nothing lost."""
-    deal = _DealIntoShards(1, lambda element: element, shard_keys=1, batch=4)
+    """`DealIntoShards` directly: lists of at most `batch`, at most 8 x `batch` held, nothing lost."""
+    deal = DealIntoShards(1, lambda element: element, shard_keys=1, batch=4)
     deal.start_bundle()
     given = [out for element in range(30) for out in deal.process(element, keys=3)]  # 3 shards
     given = [(shard, (tag, pickle.loads(held))) for shard, (tag, held) in given]
@@ -109,6 +109,23 @@ def test_a_bundle_gives_its_lists_when_full_and_what_it_holds_at_its_end():
     dealt = sorted(element for _, (tag, held) in given + at_end for element in held)
     assert dealt == list(range(30)) and {tag for _, (tag, _) in given + at_end} == {1}
     assert {shard for shard, _ in given + at_end} == {0, 1, 2}
+
+
+def test_what_an_element_makes_is_dealt_item_by_item_and_read_back_whole():
+    """`DealIntoShards` with `items`: each item to its own key's shard, in lists; `dealt` reads a shard back."""
+    deal = DealIntoShards(0, lambda item: item[1], shard_keys=1, batch=3, items=lambda n: [(n, k) for k in range(n)])
+    deal.start_bundle()
+    given = [out for element in range(8) for out in deal.process(element, keys=4)]
+    given += [v.value for v in deal.finish_bundle()]
+    shards = {}
+    for shard, value in given:
+        shards.setdefault(shard, []).append(value)
+    items = {shard: list(dealt(values, 0)) for shard, values in shards.items()}
+    assert sorted(item for found in items.values() for item in found) == [(n, k) for n in range(8) for k in range(n)]
+    shard_of_key = {k: shard for shard, found in items.items() for _, k in found}
+    assert all(shard_of_key[k] == shard for shard, found in items.items() for _, k in found)  # a key in one shard
+    assert len(items) > 1 and all(len(pickle.loads(held)) <= 3 for _, (_, held) in given)
+    assert list(dealt([(1, pickle.dumps([5]))], 0)) == [] and list(dealt([(1, pickle.dumps([5]))], 1)) == [5]
 
 
 def test_a_hot_key_shard_streams_its_lists_and_holds_only_its_values():

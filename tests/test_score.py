@@ -11,6 +11,7 @@ from apache_beam.testing.util import assert_that
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
 from pipelines.preflight import check_scorer_model
+from pipelines.report import run_counts
 from tests.helpers import RUNNER_ARGS, lcqmc_pairs, reference_scores
 from transforms.devices import resolve_device
 from transforms.errors import QdedupError
@@ -26,7 +27,7 @@ from transforms.feeding import (
     tokenize,
 )
 from transforms.records import CandidatePair
-from transforms.score import ScorePairs, pair_scorer
+from transforms.score import ScoreNeighbours, ScorePairs, pair_scorer
 from transforms.sources import load_tokenizer
 
 
@@ -264,6 +265,43 @@ def test_progress_is_logged_with_counts_and_rate(tiny_model, thirty_pairs, caplo
         _run_score_pairs(candidates, settings, lambda scored: None)
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("scoring:")]
     assert progress and "of 30 pairs" in progress[-1] and "pairs/s" in progress[-1]
+
+
+def test_neighbour_lists_are_scored_once_a_pair_from_both_ends_and_every_embedder(tiny_model, thirty_pairs, caplog):
+    """`ScoreNeighbours`: pairs found from one end or both, by one embedder or two, each scored once, with
+    the best similarity and every source, in several shards and batches, and counted as candidate pairs."""
+    a, b = [p[0] for p in thirty_pairs], [p[1] for p in thirty_pairs]
+    lexical = [(i, (a[i], {100 + i: (0.5 + i / 100, b[i])})) for i in range(30)]
+    lexical += [(100 + i, (b[i], {i: (0.5 + i / 100, a[i])})) for i in range(0, 30, 2)]  # the other end
+    encoder = [(i, (a[i], {100 + i: (0.9, b[i]), 101 + i: (0.7, b[i + 1])})) for i in range(5)]
+    expected = dict(zip(((i, 100 + i) for i in range(30)), reference_scores(tiny_model, thirty_pairs)))
+    expected.update(zip(((i, 101 + i) for i in range(5)),
+                        reference_scores(tiny_model, [(a[i], b[i + 1]) for i in range(5)])))
+
+    def check(scored):
+        assert sorted((p.id_a, p.id_b) for p in scored) == sorted(expected)
+        for pair in scored:
+            assert pair.score == pytest.approx(expected[pair.id_a, pair.id_b], abs=1e-5)
+            if pair.id_b == 101 + pair.id_a:
+                assert (pair.similarity, pair.source) == (0.7, "encoder")
+            elif pair.id_a < 5:
+                assert (pair.similarity, pair.source) == (0.9, "encoder,lexical")
+            else:
+                assert (pair.similarity, pair.source) == (pytest.approx(0.5 + pair.id_a / 100), "lexical")
+
+    settings = ModelSettings(tiny_model, device="cpu", token_budget=64, sort_window=7, progress_seconds=0.0)
+    pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
+    found = {"lexical": pipeline | "Lexical" >> beam.Create(lexical),
+             "encoder": pipeline | "Encoder" >> beam.Create(encoder)}
+    scoring = found | ScoreNeighbours(settings, batch=4)
+    assert_that(scoring.scored, check)
+    assert_that(scoring.reused, lambda reused: reused == [] or pytest.fail(reused), label="NoneReused")
+    with caplog.at_level("INFO", logger="transforms.score"):
+        result = pipeline.run()
+        result.wait_until_finish()
+    assert run_counts(result)["candidate_pairs"] == 35
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("scoring:")]
+    assert progress and "of at most 55 pairs" in progress[-1]  # 45 lexical and 10 encoder entries: a bound
 
 
 def test_symmetric_scoring_averages_both_orders(tiny_model, thirty_pairs):

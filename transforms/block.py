@@ -51,7 +51,8 @@ from apache_beam.metrics import Metrics
 from transforms.coders import packed, unpacked
 from transforms.joins import JoinByKey, only
 from transforms.metrics import BundleCount, StageTimer, count_elements, largest, read_count
-from transforms.records import CandidatePair, GivenCentroids, Neighbours
+from transforms.pairs import OnePair, candidate_pair, merge_sources, pairs_of
+from transforms.records import GivenCentroids, Neighbours
 from transforms.vectors import dot_rows, sparse_rows, to_dense
 
 _LOG = logging.getLogger(__name__)
@@ -318,11 +319,13 @@ def knn_pairs(ids: Sequence, vectors: np.ndarray, k: int, min_similarity: float)
 # ---- Beam glue ----
 
 class Blocked(NamedTuple):
-    """What blocking gives: the candidate pairs; every question's k nearest as (id, `Neighbours`),
-    which an extension keeps; the centroids the partitions came from (None: one partition); and the
+    """What blocking gives: every question's neighbours with their texts, as (id, (text, {neighbour id:
+    (similarity, text)})), from which `DistinctCandidates` makes the candidate pairs (and `ScoreNeighbours`
+    scores them without making them one by one); every question's k nearest as (id, `Neighbours`), which
+    an extension keeps; the centroids the partitions came from (None: one partition); and the
     second-level centroids of the partitions split again, as (partition, array)."""
 
-    pairs: beam.PCollection
+    found: beam.PCollection
     neighbours: beam.PCollection
     centroids: beam.PCollection
     sub_centroids: beam.PCollection
@@ -564,60 +567,6 @@ def _update_stored(element, k: int) -> Iterable[tuple]:
         yield rep_id, (rep.text, best)
 
 
-def _pairs_of(element) -> Iterable[tuple[tuple, tuple]]:
-    """A question's neighbours as ((id_a, id_b), (similarity, text_a, text_b)), id_a < id_b.
-
-    The value is a bare tuple: the in-process runner holds every value of the distinct step's shuffle
-    decoded, once from each end of a pair, and a `CandidatePair` would add its ids, its source and
-    its class name to each; `_candidate` makes the record once the pair is one.
-    """
-    query_id, (query_text, best) = element
-    for nid, (sim, ntext) in best.items():
-        if query_id < nid:
-            yield (query_id, nid), (sim, query_text, ntext)
-        else:
-            yield (nid, query_id), (sim, ntext, query_text)
-
-
-class _OnePair(beam.CombineFn):
-    """The same pair found from both ends (same similarity): the highest similarity, every text that is
-    known. The accumulator is the (similarity, text_a, text_b) value itself, not a list of them."""
-
-    def create_accumulator(self):
-        return None
-
-    def add_input(self, accumulator, value):
-        if accumulator is None:
-            return value
-        return (max(accumulator[0], value[0]), accumulator[1] if accumulator[1] is not None else value[1],
-                accumulator[2] if accumulator[2] is not None else value[2])
-
-    def merge_accumulators(self, accumulators):
-        merged = None
-        for accumulator in accumulators:
-            if accumulator is not None:
-                merged = self.add_input(merged, accumulator)
-        return merged
-
-    def extract_output(self, accumulator):
-        return accumulator
-
-
-def _candidate(element: tuple, source: str) -> CandidatePair:
-    (id_a, id_b), (sim, text_a, text_b) = element
-    return CandidatePair(id_a, id_b, text_a, text_b, sim, source)
-
-
-def _merge_sources(pairs: Iterable[CandidatePair]) -> CandidatePair:
-    """One pair several embedders found: the best similarity, every known text, every source."""
-    pairs = list(pairs)
-    merge, value = _OnePair(), None
-    for pair in pairs:
-        value = merge.add_input(value, (pair.similarity, pair.text_a, pair.text_b))
-    sources = sorted({source for pair in pairs for source in pair.source.split(",")})
-    return _candidate((pairs[0][:2], value), ",".join(sources))
-
-
 class UnionCandidates(beam.PTransform):
     """Candidates of several embedders -> one pair each, its `source` naming every embedder that found it."""
 
@@ -626,9 +575,23 @@ class UnionCandidates(beam.PTransform):
             candidate_sets
             | "FlattenSources" >> beam.Flatten()
             | "KeyByPair" >> beam.Map(lambda pair: ((pair.id_a, pair.id_b), pair))
-            | "MergeSources" >> beam.CombinePerKey(_merge_sources)
+            | "MergeSources" >> beam.CombinePerKey(merge_sources)
             | "DropKey" >> beam.Values()
         )
+
+
+class DistinctCandidates(beam.PTransform):
+    """{embedder kind: its `Blocked.found`} -> `CandidatePair`s, each pair once, id_a < id_b, its `source`
+    naming every embedder that found it."""
+
+    def expand(self, found):
+        sets = tuple(
+            lists
+            | f"ToPairs[{kind}]" >> beam.FlatMap(pairs_of)
+            | f"DistinctPairs[{kind}]" >> beam.CombinePerKey(OnePair())
+            | f"ToCandidates[{kind}]" >> beam.Map(candidate_pair, kind)
+            for kind, lists in found.items())
+        return sets[0] if len(sets) == 1 else sets | "UnionCandidates" >> UnionCandidates()
 
 
 def _neighbour_list(element) -> tuple:
@@ -637,7 +600,8 @@ def _neighbour_list(element) -> tuple:
 
 
 class BlockCandidates(beam.PTransform):
-    """`Embedded` items (unit vectors, dense or sparse) -> `Blocked`: distinct `CandidatePair`s, id_a < id_b.
+    """`Embedded` items (unit vectors, dense or sparse) -> `Blocked`: each question's neighbours, and what
+    an extension keeps.
 
     `centroids`: None to train them on these vectors, or a previous run's (`--existing`,
     `--params-from`) as `GivenCentroids`, with its second level, (partition, array), as `sub_centroids`.
@@ -646,16 +610,15 @@ class BlockCandidates(beam.PTransform):
     each stored question's k nearest are updated with the newcomers that enter them.
     """
 
-    def __init__(self, settings: BlockingSettings, source: str = "lexical", centroids: Optional[GivenCentroids] = None,
+    def __init__(self, settings: BlockingSettings, centroids: Optional[GivenCentroids] = None,
                  sub_centroids: Optional[beam.PCollection] = None):
         super().__init__()
         self._settings = settings
-        self._source = source
         self._centroids = centroids
         self._sub_centroids = sub_centroids
 
     def expand(self, inputs):
-        settings, source = self._settings, self._source
+        settings = self._settings
         embedded, stored = inputs if isinstance(inputs, tuple) else (inputs, None)
         pipeline = embedded.pipeline
         embedded | "CountQuestions" >> count_elements(BLOCKING_QUESTIONS)  # where made: checked where read
@@ -718,13 +681,7 @@ class BlockCandidates(beam.PTransform):
                 | "UpdateStored" >> JoinByKey(_update_stored, settings.top_k, keys={"item": attrgetter("rep.id")})
             )
             best = (best, updated) | "AllNeighbours" >> beam.Flatten()
-        pairs = (
-            best
-            | "ToPairs" >> beam.FlatMap(_pairs_of)
-            | "DistinctPairs" >> beam.CombinePerKey(_OnePair())
-            | "ToCandidates" >> beam.Map(_candidate, source)
-        )
-        return Blocked(pairs, best | "NeighbourLists" >> beam.Map(_neighbour_list), trained, sub_centroids)
+        return Blocked(best, best | "NeighbourLists" >> beam.Map(_neighbour_list), trained, sub_centroids)
 
 
 def _in_sub_sample(element, sizes: dict, settings: BlockingSettings) -> bool:

@@ -53,12 +53,15 @@ class _PackShard(beam.DoFn):
     """(shard, [(key, inputs in one or more orders)]) -> batches of (key, `TokenizedItem`) under the budget.
 
     The shard is sorted by key, tokenized in one call per order, sorted by length and packed: the
-    batches follow from the shard's contents alone.
+    batches follow from the shard's contents alone. `prepare`: the shard's grouped values -> its
+    (key, inputs), where they were dealt in another form.
     """
 
-    def __init__(self, settings: ModelSettings, stage: str, load_tokenizer: Callable[[str], Any]):
+    def __init__(self, settings: ModelSettings, stage: str, load_tokenizer: Callable[[str], Any],
+                 prepare: Optional[Callable[[Iterable], list]] = None):
         self._settings = settings
         self._load_tokenizer = load_tokenizer
+        self._prepare = prepare
         self._truncated = Metrics.counter("qdedup", f"{stage}_truncated")
         self._timer = StageTimer(f"{stage}_tokenize")
 
@@ -68,6 +71,8 @@ class _PackShard(beam.DoFn):
 
     def process(self, element):
         _, elements = element
+        if self._prepare is not None:
+            elements = self._prepare(elements)
         elements = sorted(elements, key=lambda e: e[0])
         window = self._settings.sort_window
         for start in range(0, len(elements), window):
@@ -106,26 +111,32 @@ class TokenizeAndPack(beam.PTransform):
     bundles, and a batch's make-up, hence every float it produces, depends only on the set of inputs.
     `count`: a one-element PCollection holding the number of inputs, where the caller counts them
     already (counted here otherwise: one global count of every input is a step each input passes).
+    `prepare`: where the caller deals its inputs into shards itself, in another form (e.g. lists, see
+    `joins.DealIntoShards`): the input is then (shard, value), and `prepare` turns a shard's values
+    into its (key, inputs); `count` is not used.
     """
 
     def __init__(self, settings: ModelSettings, stage: str, load_tokenizer: Callable[[str], Any],
-                 count: Optional[beam.PCollection] = None):
+                 count: Optional[beam.PCollection] = None, prepare: Optional[Callable[[Iterable], list]] = None):
         super().__init__()
         self._settings = settings
         self._stage = stage
         self._load_tokenizer = load_tokenizer
         self._count = count
+        self._prepare = prepare
 
     def expand(self, inputs):
-        size = self._settings.sort_window
-        count = beam.pvalue.AsSingleton(
-            self._count if self._count is not None else inputs | "CountInputs" >> beam.combiners.Count.Globally())
+        dealt = inputs
+        if self._prepare is None:
+            size = self._settings.sort_window
+            count = beam.pvalue.AsSingleton(
+                self._count if self._count is not None else inputs | "CountInputs" >> beam.combiners.Count.Globally())
+            dealt = inputs | "DealIntoShards" >> beam.Map(lambda e, n: (shard_of(e[0], n, size), e), n=count)
+        pack = _PackShard(self._settings, self._stage, self._load_tokenizer, self._prepare)
         return (
-            inputs
-            | "DealIntoShards" >> beam.Map(lambda e, n: (shard_of(e[0], n, size), e), n=count)
+            dealt
             | "GatherShard" >> beam.GroupByKey()
-            | "PackShard" >> beam.ParDo(_PackShard(self._settings, self._stage, self._load_tokenizer)).with_outputs(
-                "failed", main="batches")
+            | "PackShard" >> beam.ParDo(pack).with_outputs("failed", main="batches")
         )
 
 
@@ -206,13 +217,15 @@ class RunModel(beam.PTransform):
     """(key, inputs in one or more orders) -> `ModelOutputs`: tokenized, packed and run through RunInference.
 
     An input the tokenizer or the model fails on is set aside with its reason (`tokenize_error` at
-    stage `<counter>_tokenize`, `<stage>_error` at `stage`); the others go on. `count`: as
+    stage `<counter>_tokenize`, `<stage>_error` at `stage`); the others go on. `count`, `prepare`: as
     `TokenizeAndPack`'s.
     """
 
     def __init__(self, settings: ModelSettings, handler: PackedBatchHandler, load_tokenizer: Callable[[str], Any],
-                 counter: str, stage: str, count: Optional[beam.PCollection] = None):
+                 counter: str, stage: str, count: Optional[beam.PCollection] = None,
+                 prepare: Optional[Callable[[Iterable], list]] = None):
         super().__init__()
+        self._prepare = prepare
         self._load_tokenizer = load_tokenizer
         self._settings = settings
         self._handler = handler
@@ -222,7 +235,7 @@ class RunModel(beam.PTransform):
 
     def expand(self, inputs):
         tokenized = inputs | "TokenizeAndPack" >> TokenizeAndPack(self._settings, self._counter, self._load_tokenizer,
-                                                                  self._count)
+                                                                  self._count, self._prepare)
         ran = (
             tokenized.batches
             | "RunInference" >> RunInference(KeyedModelHandler(self._handler).with_no_batching())

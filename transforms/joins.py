@@ -119,33 +119,38 @@ class JoinByKey(beam.PTransform):
         return tagged | "Flatten" >> beam.Flatten() | "Group" >> beam.GroupByKey() | "Call" >> call
 
 
-class _DealIntoShards(beam.DoFn):
+class DealIntoShards(beam.DoFn):
     """Elements -> (shard, (tag, pickled list)): lists of up to `batch` elements of one shard, so that a
     shuffle moves a list where it would move each element, pickled once (the runner then copies bytes
     where it would encode and decode each record three times: 1.6 µs a record pickled and unpickled,
     2.0 µs a record each time `RecordCoder` codes it). A bundle holds at most 8 x `batch` elements before
-    it gives them all; what it holds at its end is given then."""
+    it gives them all; what it holds at its end is given then. `items`: element -> the items to deal
+    (the element itself when None), so that what one element makes never travels item by item. The
+    side input `keys` is the count that sizes the shards (`shard_of`). Read a shard back with `dealt`."""
 
-    def __init__(self, tag: int, key: Callable, shard_keys: int, batch: int):
+    def __init__(self, tag: int, key: Callable, shard_keys: int, batch: int,
+                 items: Optional[Callable[[Any], Iterable]] = None):
         self._tag = tag
         self._key = key
         self._shard_keys = shard_keys
         self._batch = batch
+        self._items = items
 
     def start_bundle(self):
         self._lists, self._held = {}, 0
 
     def process(self, element, keys: int):
-        shard = shard_of(self._key(element), keys, self._shard_keys)
-        held = self._lists.setdefault(shard, [])
-        held.append(element)
-        self._held += 1
-        if len(held) >= self._batch:
-            del self._lists[shard]
-            self._held -= len(held)
-            yield shard, (self._tag, pickle.dumps(held, pickle.HIGHEST_PROTOCOL))
-        elif self._held >= 8 * self._batch:
-            yield from self._give()
+        for item in (element,) if self._items is None else self._items(element):
+            shard = shard_of(self._key(item), keys, self._shard_keys)
+            held = self._lists.setdefault(shard, [])
+            held.append(item)
+            self._held += 1
+            if len(held) >= self._batch:
+                del self._lists[shard]
+                self._held -= len(held)
+                yield shard, (self._tag, pickle.dumps(held, pickle.HIGHEST_PROTOCOL))
+            elif self._held >= 8 * self._batch:
+                yield from self._give()
 
     def finish_bundle(self):
         for element in self._give():
@@ -157,6 +162,13 @@ class _DealIntoShards(beam.DoFn):
             yield shard, (self._tag, pickle.dumps(held, pickle.HIGHEST_PROTOCOL))
 
 
+def dealt(grouped: Iterable[tuple[int, bytes]], tag: int) -> Iterator:
+    """The elements `DealIntoShards` dealt under `tag` into one shard's grouped values, list by list."""
+    for t, elements in grouped:
+        if t == tag:
+            yield from pickle.loads(elements)
+
+
 class _LookUpShard(beam.DoFn):
     def __init__(self, fn: Callable, key: Callable, args: tuple):
         self._fn = fn
@@ -166,16 +178,12 @@ class _LookUpShard(beam.DoFn):
     def process(self, element):
         _, grouped = element
         values = {}
-        for tag, elements in grouped:  # first the shard's (key, value)s: at most about `shard_keys` of them
-            if tag == 0:
-                for key, value in pickle.loads(elements):
-                    if key in values:
-                        raise ValueError(f"more than one value to look up for the key {key!r}")
-                    values[key] = value
-        for tag, elements in grouped:  # then its elements, list by list, never gathered
-            if tag == 1:
-                for element in pickle.loads(elements):
-                    yield from self._fn(element, values.get(self._key(element)), *self._args)
+        for key, value in dealt(grouped, 0):  # first the shard's (key, value)s: at most about `shard_keys` of them
+            if key in values:
+                raise ValueError(f"more than one value to look up for the key {key!r}")
+            values[key] = value
+        for element in dealt(grouped, 1):  # then its elements, list by list, never gathered
+            yield from self._fn(element, values.get(self._key(element)), *self._args)
 
 
 class LookUp(beam.PTransform):
@@ -184,7 +192,7 @@ class LookUp(beam.PTransform):
 
     The join `JoinByKey` makes when one side has one value a key (a node's label, a question's text), at a
     cost a list of elements rather than an element: both sides are dealt into shards of about `shard_keys`
-    keys by a hash of the key, in lists of up to `batch` (`_DealIntoShards`), and each shard's values are
+    keys by a hash of the key, in lists of up to `batch` (`DealIntoShards`), and each shard's values are
     held while its elements are walked. A shard holds about `shard_keys` values, whatever the number of
     elements or how many share a key. `outputs` / `main`: as `JoinByKey`'s.
     """
@@ -204,9 +212,9 @@ class LookUp(beam.PTransform):
         elements, lookup = inputs
         keys = beam.pvalue.AsSingleton(lookup | "CountKeys" >> beam.combiners.Count.Globally())
         dealt = [
-            lookup | "DealValues" >> beam.ParDo(_DealIntoShards(0, itemgetter(0), self._shard_keys, self._batch),
+            lookup | "DealValues" >> beam.ParDo(DealIntoShards(0, itemgetter(0), self._shard_keys, self._batch),
                                                 keys=keys),
-            elements | "DealElements" >> beam.ParDo(_DealIntoShards(1, self._key, self._shard_keys, self._batch),
+            elements | "DealElements" >> beam.ParDo(DealIntoShards(1, self._key, self._shard_keys, self._batch),
                                                     keys=keys),
         ]
         call = beam.ParDo(_LookUpShard(self._fn, self._key, self._args))

@@ -14,16 +14,19 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Iterable, NamedTuple
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 
 from transforms import sources
 from transforms.errors import RejectedRow
 from transforms.feeding import ModelSettings, ahead_of_scoring, positive_probability
-from transforms.inference import PackedBatchHandler, RunModel
-from transforms.joins import JoinByKey
+from transforms.inference import ModelOutputs, PackedBatchHandler, RunModel
+from transforms.joins import DealIntoShards, JoinByKey, dealt
+from transforms.metrics import COUNT_NAMESPACE
+from transforms.pairs import found_pairs, unite_pairs
 from transforms.records import CandidatePair, ScoredPair
 
 _LOG = logging.getLogger(__name__)
@@ -65,10 +68,12 @@ class TokenizeAhead(beam.PTransform):
 
 class _ToScoredPair(beam.DoFn):
     """(model key, score) -> `ScoredPair`; logs pairs scored, pairs/s and the estimated time left in this worker,
-    at a steady interval (one step for both: a step a pair passes costs CPU that keeps the model waiting)."""
+    at a steady interval (one step for both: a step a pair passes costs CPU that keeps the model waiting).
+    `at_most`: the total it is given is a bound, not a count."""
 
-    def __init__(self, interval_seconds: float):
+    def __init__(self, interval_seconds: float, at_most: bool = False):
         self._interval = interval_seconds
+        self._of = "at most " if at_most else ""
 
     def setup(self):
         self._scored = 0
@@ -84,8 +89,8 @@ class _ToScoredPair(beam.DoFn):
             self._last = now
             rate = self._scored / (now - self._started)
             left = max(total - self._scored, 0) / rate
-            _LOG.info("scoring: %d of %d pairs (%.1f%%) scored by this worker, %.1f pairs/s, "
-                      "~%.0f s left if it scored the rest alone", self._scored, total,
+            _LOG.info("scoring: %d of %s%d pairs (%.1f%%) scored by this worker, %.1f pairs/s, "
+                      "~%.0f s left if it scored the rest alone", self._scored, self._of, total,
                       100.0 * self._scored / max(total, 1), rate, left)
         yield ScoredPair(key[0], key[1], float(score), key[2], key[3])
 
@@ -108,6 +113,14 @@ class PairScores(NamedTuple):
     failed: beam.PCollection
 
 
+def _pair_scores(ran: ModelOutputs, settings: ModelSettings, total: beam.PCollection, at_most: bool = False
+                 ) -> PairScores:
+    """What the cross-encoder's stage gave -> `PairScores` (applied inside a scoring transform's expand)."""
+    scored = ran.outputs | "ToScoredPair" >> beam.ParDo(
+        _ToScoredPair(settings.progress_seconds, at_most), total=beam.pvalue.AsSingleton(total))
+    return PairScores(scored, ran.failed | "FailedPairs" >> beam.MapTuple(_failed_pair))
+
+
 class ScorePairs(beam.PTransform):
     """`CandidatePair`s with texts -> {"scored": `ScoredPair`s, "failed": `RejectedRow`s of kind "pair"}.
 
@@ -127,9 +140,7 @@ class ScorePairs(beam.PTransform):
             | "CrossEncoder" >> RunModel(
                 self._settings, pair_scorer(self._settings), sources.load_tokenizer, "score", "score", total)
         )
-        scored = ran.outputs | "ToScoredPair" >> beam.ParDo(
-            _ToScoredPair(self._settings.progress_seconds), total=beam.pvalue.AsSingleton(total))
-        return PairScores(scored, ran.failed | "FailedPairs" >> beam.MapTuple(_failed_pair))
+        return _pair_scores(ran, self._settings, total)
 
 
 class Scored(NamedTuple):
@@ -140,6 +151,66 @@ class Scored(NamedTuple):
     new: beam.PCollection
     reused: beam.PCollection
     failed: beam.PCollection
+
+
+def _nothing_reused(scoring: PairScores) -> Scored:
+    """The new scores are all of them, with no step between."""
+    reused = scoring.scored.pipeline | "NothingReused" >> beam.Create([]).with_output_types(ScoredPair)
+    return Scored(scoring.scored, scoring.scored, reused, scoring.failed)
+
+
+class _ShardCandidates:
+    """A scoring shard's dealt lists -> its candidate pairs, each once (`pairs.unite_pairs`), as model inputs;
+    counted as report.json's `candidate_pairs` here, where a pair is one once both its ends and every
+    embedder have been heard."""
+
+    def __init__(self, symmetric: bool):
+        self._symmetric = symmetric
+        self._counter = Metrics.counter(COUNT_NAMESPACE, "candidate_pairs")
+
+    def __call__(self, grouped) -> list:
+        candidates = unite_pairs(dealt(grouped, 0))
+        self._counter.inc(len(candidates))
+        return [_model_inputs(candidate, self._symmetric) for candidate in candidates]
+
+
+class ScoreNeighbours(beam.PTransform):
+    """{embedder kind: its `block.Blocked.found`} -> `Scored`: the candidate pairs of a run with nothing to
+    reuse, each scored once.
+
+    Each question's neighbours are dealt straight into scoring shards by a hash of the pair, in lists
+    (`joins.DealIntoShards`), from both ends and from every embedder; a shard makes each pair once and
+    packs it (`inference.TokenizeAndPack` with `_ShardCandidates`): no pair travels on its own between
+    blocking and the model. The shards are sized by the neighbours found, a bound on the pairs (a pair
+    is found from one end or both, by one embedder or several), so a shard holds at most about
+    `sort_window` pairs and a batch's make-up depends only on the run's neighbour lists.
+    `ScoreCandidates` scores pairs made already, and reuses known scores.
+    """
+
+    def __init__(self, settings: ModelSettings, batch: int = 1000):
+        super().__init__()
+        self._settings = settings
+        self._batch = batch
+
+    def expand(self, found):
+        settings = self._settings
+        found_entries = (
+            tuple(lists | f"Entries[{kind}]" >> beam.Map(lambda element: len(element[1][1]))
+                  for kind, lists in found.items())
+            | "AllEntries" >> beam.Flatten()
+            | "SumEntries" >> beam.CombineGlobally(sum)
+        )
+        entries = beam.pvalue.AsSingleton(found_entries)
+        dealt_pairs = tuple(
+            lists | f"DealPairs[{kind}]" >> beam.ParDo(
+                DealIntoShards(0, itemgetter(0), settings.sort_window, self._batch,
+                               functools.partial(found_pairs, source=kind)), keys=entries)
+            for kind, lists in found.items()
+        ) | "AllDealt" >> beam.Flatten()
+        ran = dealt_pairs | "CrossEncoder" >> RunModel(
+            settings, pair_scorer(settings), sources.load_tokenizer, "score", "score",
+            prepare=_ShardCandidates(settings.symmetric))
+        return _nothing_reused(_pair_scores(ran, settings, found_entries, at_most=True))
 
 
 def _reuse(element) -> Iterable:
@@ -207,8 +278,7 @@ class ScoreCandidates(beam.PTransform):
             )
             candidates = (complete, fetched) | "WithTexts" >> beam.Flatten()
         scoring = candidates | "ScorePairs" >> ScorePairs(self._settings)
-        if reused is None:  # nothing to reuse: the new scores are all of them, with no step between
-            reused = candidates.pipeline | "NothingReused" >> beam.Create([]).with_output_types(ScoredPair)
-            return Scored(scoring.scored, scoring.scored, reused, scoring.failed)
+        if reused is None:
+            return _nothing_reused(scoring)
         scored = (scoring.scored, reused) | "ReusedAndNew" >> beam.Flatten()
         return Scored(scored, scoring.scored, reused, scoring.failed)
