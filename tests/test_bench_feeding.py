@@ -16,12 +16,34 @@ def test_the_feeding_benchmark_scores_every_pair_in_batches_and_reports_cpu_a_pa
     bench_feeding.main(["--pairs", "4000", "--small", "1000", "--budgets", "512,4096", "--repeats", "1"])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     summary = lines[-1]
-    assert [line["token_budget"] for line in lines[:-1]] == summary["order"] == [512, 4096]
-    for budget in ("512", "4096"):
-        assert summary["cpu_us_per_pair"][budget]["median"] > 0
+    assert [f"{line['path']}/{line['token_budget']}" for line in lines[:-1]] == summary["order"] == [
+        "pairs/512", "pairs/4096"]
+    for variant in ("pairs/512", "pairs/4096"):
+        assert summary["cpu_us_per_pair"][variant]["median"] > 0
     # The budget decides the batches: a larger one packs more pairs a forward pass.
-    assert 1 < summary["pairs_per_batch"]["512"] < summary["pairs_per_batch"]["4096"]
+    assert 1 < summary["pairs_per_batch"]["pairs/512"] < summary["pairs_per_batch"]["pairs/4096"]
     assert transforms.score.positive_probability is forward  # later tests in this process score with the model
+
+
+@pytest.mark.slow
+def test_neighbour_lists_are_scored_by_either_path_every_pair_once(capsys, monkeypatch):
+    """From neighbour lists, through ScoreNeighbours and through DistinctCandidates + ScorePairs: every distinct
+    pair the lists make comes out scored once (the count is checked inside the pipeline)."""
+    monkeypatch.setenv("QDEDUP_SHARED_DATA", str(shared_data("lcqmc/dev.tsv").parents[1]))
+    bench_feeding.main(["--pairs", "2800", "--small", "1400", "--budgets", "4096", "--paths", "lists,lists-made",
+                        "--repeats", "1"])
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert summary["order"] == ["lists/4096", "lists-made/4096"]
+    assert all(summary["cpu_us_per_pair"][variant]["median"] > 0 for variant in summary["order"])
+
+
+def test_neighbour_lists_make_the_pairs_they_are_said_to():
+    tokens = [b"\x01\x00", b"\x03\x00", b"\x04\x00\x05\x00"]
+    lists = list(bench_feeding._MakeLists(tokens).process(3))
+    assert len(lists) == bench_feeding.QUESTIONS and all(len(best) == 10 for _, (_, best) in lists)
+    pairs = {tuple(sorted((query, n))) for query, (_, best) in lists for n in best}
+    assert len(pairs) == bench_feeding.LIST_PAIRS == 700
+    assert all(300 <= q < 400 for pair in pairs for q in pair)
 
 
 def test_sizes_that_leave_nothing_to_measure_are_refused(capsys):
