@@ -14,6 +14,7 @@ from transforms.block import (
     BlockCandidates,
     BlockingSettings,
     DistinctCandidates,
+    OnePair,
     UnionCandidates,
     best_neighbours,
     block_count,
@@ -26,7 +27,6 @@ from transforms.block import (
     top_columns,
     train_centroids,
 )
-from transforms.pairs import OnePair
 from transforms.records import (
     CandidatePair,
     Embedded,

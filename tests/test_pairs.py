@@ -7,7 +7,7 @@ from apache_beam.testing.util import assert_that
 
 from tests.helpers import RUNNER_ARGS
 from transforms.block import DistinctCandidates
-from transforms.pairs import found_pairs, unite_pairs
+from transforms.records import found_pairs, unite_pairs
 
 
 def _found(rng: random.Random) -> list:

@@ -211,6 +211,18 @@ def test_a_run_says_what_it_does_and_nothing_else_unless_verbose(tiny_model, tmp
     assert "Loading weights" in loud.stderr and "apache_beam" in loud.stderr
 
 
+def test_each_long_phase_of_a_run_says_how_far_it_has_come(tiny_model, tmp_path, monkeypatch, capsys):
+    """Between reading and blocking, blocking and scoring, and after the last pair is scored, a 1M-row run
+    was silent for 5 to 12 minutes at a time; every such phase now logs its progress (here at every element)."""
+    monkeypatch.setattr("transforms.logs.PROGRESS_SECONDS", 0.0)
+    texts = ["怎么开初婚未育证明", "初婚未育证明怎么开", "开初婚未育证明", "今天天气怎么样", "今天天气如何"]
+    write_questions(list(enumerate(texts, 1)), tmp_path / "q.parquet")
+    run_qdedup(tmp_path / "q.parquet", tmp_path / "out", tiny_model, "--min-similarity=-1", "--threshold=0")
+    said = {line.split(": ")[1] for line in capsys.readouterr().err.splitlines() if " by this worker, " in line}
+    assert said >= {"normalizing", "embedding", "blocking", "scoring", "components", "writing pairs",
+                    "writing groups"}, " | ".join(sorted(said))
+
+
 def test_empty_and_all_rejected_inputs_give_empty_outputs(tiny_model, tmp_path):
     pq.write_table(pa.table({"id": pa.array([], pa.int64()), "question": pa.array([], pa.string())}),
                    tmp_path / "empty.parquet")

@@ -50,9 +50,9 @@ from apache_beam.metrics import Metrics
 
 from transforms.coders import packed, unpacked
 from transforms.joins import JoinByKey, only
+from transforms.logs import Progress
 from transforms.metrics import BundleCount, StageTimer, count_elements, largest, read_count
-from transforms.pairs import OnePair, candidate_pair, merge_sources, pairs_of
-from transforms.records import GivenCentroids, Neighbours
+from transforms.records import GivenCentroids, Neighbours, candidate_pair, merge_sources, one_pair, pairs_of
 from transforms.vectors import dot_rows, sparse_rows, to_dense
 
 _LOG = logging.getLogger(__name__)
@@ -375,6 +375,9 @@ class _AssignPartitions(beam.DoFn):
         self._role = role
         self._read = read
 
+    def setup(self):
+        self._progress = Progress(_LOG, "blocking", "questions assigned to partitions")
+
     def start_bundle(self):
         if self._read:
             self._read.start()
@@ -384,6 +387,7 @@ class _AssignPartitions(beam.DoFn):
             self._read.finish()
 
     def process(self, item, centroids, only=None):
+        self._progress.add()
         if self._read:
             self._read.add()
         for partition in nearest_partitions(item.vector, centroids, self._probes):
@@ -565,6 +569,27 @@ def _update_stored(element, k: int) -> Iterable[tuple]:
         best = _keep_best({nid: (sim, None) for sim, nid in kept},
                           (entry for found in joined["entering"] for entry in found), k)
         yield rep_id, (rep.text, best)
+
+
+class OnePair(beam.CombineFn):
+    """`records.one_pair` as a combiner: the accumulator is the (similarity, text_a, text_b) value itself,
+    not a list of them."""
+
+    def create_accumulator(self):
+        return None
+
+    def add_input(self, accumulator, value):
+        return one_pair(accumulator, value)
+
+    def merge_accumulators(self, accumulators):
+        merged = None
+        for accumulator in accumulators:
+            if accumulator is not None:
+                merged = one_pair(merged, accumulator)
+        return merged
+
+    def extract_output(self, accumulator):
+        return accumulator
 
 
 class UnionCandidates(beam.PTransform):

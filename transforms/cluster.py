@@ -23,6 +23,7 @@ from apache_beam.transforms.window import GlobalWindows
 from transforms.errors import QdedupError
 from transforms.graphs import UnionFind, connected_components
 from transforms.joins import JoinByKey, only
+from transforms.logs import Progress
 from transforms.metrics import largest
 from transforms.records import Representative, earliest_key
 
@@ -269,10 +270,14 @@ class _BundleStars(beam.DoFn):
     def __init__(self, max_nodes: int):
         self._max_nodes = max_nodes
 
+    def setup(self):
+        self._progress = Progress(_LOG, "components", "edges")
+
     def start_bundle(self):
         self._found = UnionFind()
 
     def process(self, edge):
+        self._progress.add()
         self._found.union(*edge)
         if len(self._found) >= self._max_nodes:
             yield from self._stars()

@@ -16,6 +16,7 @@ table lookup, with no model on the workers.
 from __future__ import annotations
 
 import functools
+import logging
 import zlib
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -26,6 +27,7 @@ from transforms import sources
 from transforms.errors import RejectedRow, failure
 from transforms.feeding import ModelSettings
 from transforms.inference import PackedBatchHandler, RunModel
+from transforms.logs import Progress
 from transforms.metrics import StageTimer
 from transforms.records import Embedded, Representative
 from transforms.vectors import SparseVector, to_dense, unit
@@ -33,6 +35,8 @@ from transforms.vectors import SparseVector, to_dense, unit
 # A character counts 1.5x a character pair. Measured on LCQMC dev (benchmarks/README.md): recall@5 of
 # positive pairs 97.5% with equal weights, 98.0% with 1.5 (1024 dimensions).
 UNIGRAM_WEIGHT = 1.5
+
+_LOG = logging.getLogger(__name__)
 
 
 def char_ngrams(text: str) -> list[str]:
@@ -159,8 +163,10 @@ class _Embed(beam.DoFn):
 
     def setup(self):
         self._loaded = self._load() if self._load else None
+        self._progress = Progress(_LOG, "embedding", "questions")
 
     def process(self, rep: Representative, parameters=None):
+        self._progress.add()
         try:
             with self._timer:
                 vector = self._vector_of(rep.normalized, self._loaded if parameters is None else parameters)

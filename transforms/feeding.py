@@ -37,7 +37,7 @@ class ModelSettings:
     torch_threads: int = 0         # CPU threads per model; 0 = the cores this process may use
     positive_label: int = 1        # pair classifiers: the label whose probability is the score
     int8_model: str = ""           # precision int8: the quantized model's folder, prepared at launch
-    progress_seconds: float = 30.0
+    progress_seconds: Optional[float] = None  # how often scoring logs how far it has come (None: PROGRESS_SECONDS)
 
 
 Encoding = tuple[list[int], list[int]]  # input_ids, token_type_ids

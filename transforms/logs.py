@@ -11,8 +11,9 @@ import io
 import logging
 import os
 import sys
+import time
 import warnings
-from typing import Iterator
+from typing import Iterator, Optional
 
 # Root-logger warnings libraries print on import or per bundle, whatever the run does.
 NOISE = ("apitools not found", "Resource module is not available")
@@ -20,6 +21,7 @@ NOISE = ("apitools not found", "Resource module is not available")
 QUIET_LOGGERS = {"apache_beam": logging.WARNING, "transformers": logging.ERROR, "huggingface_hub": logging.ERROR,
                  "faiss": logging.WARNING, "urllib3": logging.WARNING}
 VERBOSE = "QDEDUP_VERBOSE"
+PROGRESS_SECONDS = 30.0  # how often a worker says how far a long step has come
 _ENVIRONMENT = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
 
 
@@ -71,3 +73,37 @@ def silenced() -> Iterator[None]:
             contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         yield
+
+
+class Progress:
+    """How far one worker has come through a step, logged at most every `interval` seconds, so that a long run
+    says what it is doing between its other lines (at 1M rows, minutes pass between reading and blocking,
+    and after the last pair is scored): "<step>: N <things> by this worker, R <things>/s", with the share
+    done and the time left where the total is known (`at_most`: the total is a bound). Make it in a DoFn's
+    setup: it counts what that worker's instance does. `interval`: `PROGRESS_SECONDS` unless given."""
+
+    def __init__(self, logger: logging.Logger, step: str, things: str, interval: Optional[float] = None):
+        self._logger = logger
+        self._step = step
+        self._things = things
+        self._interval = PROGRESS_SECONDS if interval is None else interval
+        self._done = 0
+        self._started = self._last = None
+
+    def add(self, count: int = 1, total: Optional[int] = None, at_most: bool = False) -> None:
+        now = time.monotonic()
+        if self._started is None:
+            self._started = self._last = now
+        self._done += count
+        if now - self._last < self._interval or now <= self._started:
+            return
+        self._last = now
+        rate = self._done / (now - self._started)
+        if total is None:
+            self._logger.info("%s: %d %s by this worker, %.1f %s/s", self._step, self._done, self._things, rate,
+                              self._things)
+            return
+        self._logger.info("%s: %d of %s%d %s (%.1f%%) by this worker, %.1f %s/s, ~%.0f s left if it did the rest "
+                          "alone", self._step, self._done, "at most " if at_most else "", total, self._things,
+                          100.0 * self._done / max(total, 1), rate, self._things,
+                          max(total - self._done, 0) / rate)

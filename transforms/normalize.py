@@ -8,6 +8,7 @@ them.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import unicodedata
 from typing import Iterable, Iterator, NamedTuple
@@ -16,6 +17,7 @@ import apache_beam as beam
 
 from transforms.errors import RejectedRow, failure
 from transforms.joins import JoinByKey, only
+from transforms.logs import Progress
 from transforms.metrics import StageTimer, largest
 from transforms.records import (
     Columns,
@@ -29,6 +31,8 @@ _CJK = r"\u2e80-\u2fdf\u3040-\u30ff\u3100-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uac00
 _SPACES = re.compile(r"\s+")
 # A space next to a CJK character separates nothing: "你好 世界" == "你好世界".
 _SPACE_NEAR_CJK = re.compile(rf"(?<=[{_CJK}]) | (?=[{_CJK}])")
+
+_LOG = logging.getLogger(__name__)
 
 
 def _is_dropped(ch: str) -> bool:
@@ -81,7 +85,11 @@ class _Normalize(beam.DoFn):
         self._columns = columns
         self._timer = StageTimer("normalize")
 
+    def setup(self):
+        self._progress = Progress(_LOG, "normalizing", "rows")
+
     def process(self, question: Question):
+        self._progress.add()
         try:
             with self._timer:
                 normalized = normalize_text(question.text)

@@ -5,7 +5,7 @@ stage imports another. The data flow they follow is in `docs/design.md`.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Iterable, NamedTuple, Optional, Union
 
 
 class Columns(NamedTuple):
@@ -114,3 +114,63 @@ class ScoredPair(NamedTuple):
     similarity: Optional[float]
     source: str
     reused: bool = False
+
+
+# ---- Candidate pairs from neighbour lists: the rule blocking's `DistinctCandidates` and scoring's shards
+# (`score.ScoreNeighbours`) share, so that a pair is made the same way wherever it is made ----
+
+def pairs_of(element) -> Iterable[tuple[tuple, tuple]]:
+    """A question's neighbours as ((id_a, id_b), (similarity, text_a, text_b)), id_a < id_b.
+
+    The value is a bare tuple: the in-process runner holds every value of the distinct step's shuffle
+    decoded, once from each end of a pair, and a `CandidatePair` would add its ids, its source and
+    its class name to each; `candidate_pair` makes the record once the pair is one.
+    """
+    query_id, (query_text, best) = element
+    for nid, (sim, ntext) in best.items():
+        if query_id < nid:
+            yield (query_id, nid), (sim, query_text, ntext)
+        else:
+            yield (nid, query_id), (sim, ntext, query_text)
+
+
+def one_pair(value: Optional[tuple], other: tuple) -> tuple:
+    """The same pair found twice (from both of its ends, or by two embedders): (similarity, text_a, text_b)
+    with the highest similarity and every text that is known."""
+    if value is None:
+        return other
+    return (max(value[0], other[0]), value[1] if value[1] is not None else other[1],
+            value[2] if value[2] is not None else other[2])
+
+
+def candidate_pair(element: tuple, source: str) -> CandidatePair:
+    """((id_a, id_b), (similarity, text_a, text_b)) and the embedders that found it -> the record scoring takes."""
+    (id_a, id_b), (sim, text_a, text_b) = element
+    return CandidatePair(id_a, id_b, text_a, text_b, sim, source)
+
+
+def found_pairs(element, source: str) -> Iterable[tuple]:
+    """A question's neighbours -> (pair, (similarity, text_a, text_b), `source`), as `unite_pairs` takes them."""
+    for pair, value in pairs_of(element):
+        yield pair, value, source
+
+
+def unite_pairs(found: Iterable[tuple]) -> list[CandidatePair]:
+    """(pair, (similarity, text_a, text_b), source) as each end and each embedder found it -> one
+    `CandidatePair` a pair, as `DistinctCandidates` makes it: the best similarity, every known text, every
+    source. For the pairs of one scoring shard (`score.ScoreNeighbours`): `found` is bounded."""
+    values, sources = {}, {}
+    for pair, value, source in found:
+        values[pair] = one_pair(values.get(pair), value)
+        sources.setdefault(pair, set()).add(source)
+    return [candidate_pair((pair, value), ",".join(sorted(sources[pair]))) for pair, value in values.items()]
+
+
+def merge_sources(pairs: Iterable[CandidatePair]) -> CandidatePair:
+    """One pair several embedders found: the best similarity, every known text, every source."""
+    pairs = list(pairs)
+    value = None
+    for pair in pairs:
+        value = one_pair(value, (pair.similarity, pair.text_a, pair.text_b))
+    sources = sorted({source for pair in pairs for source in pair.source.split(",")})
+    return candidate_pair((pairs[0][:2], value), ",".join(sources))

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from operator import attrgetter, itemgetter
-from typing import Iterable, NamedTuple
+from typing import Iterable, NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -25,9 +24,9 @@ from transforms.errors import RejectedRow
 from transforms.feeding import ModelSettings, ahead_of_scoring, positive_probability
 from transforms.inference import ModelOutputs, PackedBatchHandler, RunModel
 from transforms.joins import DealIntoShards, JoinByKey, dealt
+from transforms.logs import Progress
 from transforms.metrics import COUNT_NAMESPACE
-from transforms.pairs import found_pairs, unite_pairs
-from transforms.records import CandidatePair, ScoredPair
+from transforms.records import CandidatePair, ScoredPair, found_pairs, unite_pairs
 
 _LOG = logging.getLogger(__name__)
 
@@ -71,27 +70,16 @@ class _ToScoredPair(beam.DoFn):
     at a steady interval (one step for both: a step a pair passes costs CPU that keeps the model waiting).
     `at_most`: the total it is given is a bound, not a count."""
 
-    def __init__(self, interval_seconds: float, at_most: bool = False):
+    def __init__(self, interval_seconds: Optional[float], at_most: bool = False):
         self._interval = interval_seconds
-        self._of = "at most " if at_most else ""
+        self._at_most = at_most
 
     def setup(self):
-        self._scored = 0
-        self._started = self._last = None
+        self._progress = Progress(_LOG, "scoring", "pairs", self._interval)
 
     def process(self, element, total: int):
         key, score = element
-        now = time.monotonic()
-        if self._started is None:
-            self._started = self._last = now
-        self._scored += 1
-        if now - self._last >= self._interval and now > self._started:
-            self._last = now
-            rate = self._scored / (now - self._started)
-            left = max(total - self._scored, 0) / rate
-            _LOG.info("scoring: %d of %s%d pairs (%.1f%%) scored by this worker, %.1f pairs/s, "
-                      "~%.0f s left if it scored the rest alone", self._scored, self._of, total,
-                      100.0 * self._scored / max(total, 1), rate, left)
+        self._progress.add(1, total, self._at_most)
         yield ScoredPair(key[0], key[1], float(score), key[2], key[3])
 
 
@@ -160,7 +148,7 @@ def _nothing_reused(scoring: PairScores) -> Scored:
 
 
 class _ShardCandidates:
-    """A scoring shard's dealt lists -> its candidate pairs, each once (`pairs.unite_pairs`), as model inputs;
+    """A scoring shard's dealt lists -> its candidate pairs, each once (`records.unite_pairs`), as model inputs;
     counted as report.json's `candidate_pairs` here, where a pair is one once both its ends and every
     embedder have been heard."""
 

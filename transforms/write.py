@@ -6,12 +6,18 @@ join on them without casts. Every file a run writes starts with its run id
 """
 from __future__ import annotations
 
+import logging
 import operator
+import posixpath
 
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.io.parquetio import WriteToParquetBatched
 from apache_beam.transforms.window import GlobalWindows
+
+from transforms.logs import Progress
+
+_LOG = logging.getLogger(__name__)
 
 
 def arrow_id_type(id_type: str) -> pa.DataType:
@@ -65,16 +71,19 @@ class _RecordsToTables(beam.DoFn):
     against 2.1%).
     """
 
-    def __init__(self, schema: pa.Schema):
+    def __init__(self, schema: pa.Schema, name: str):
         self._schema = schema
+        self._name = name
 
     def setup(self):
         self._fields = operator.attrgetter(*self._schema.names)
+        self._progress = Progress(_LOG, f"writing {self._name}", "rows")
 
     def start_bundle(self):
         self._rows, self._batches, self._bytes = [], [], 0
 
     def process(self, record):
+        self._progress.add()
         self._rows.append(self._fields(record))
         if len(self._rows) >= BATCH_ROWS:
             self._to_batch()
@@ -111,8 +120,9 @@ class WriteRecords(beam.PTransform):
         self._schema = schema
 
     def expand(self, records):
+        prefix = self._prefix
         return (
             records
-            | "ToTables" >> beam.ParDo(_RecordsToTables(self._schema))
-            | "WriteParquet" >> WriteToParquetBatched(self._prefix, self._schema, file_name_suffix=".parquet")
+            | "ToTables" >> beam.ParDo(_RecordsToTables(self._schema, posixpath.basename(posixpath.dirname(prefix))))
+            | "WriteParquet" >> WriteToParquetBatched(prefix, self._schema, file_name_suffix=".parquet")
         )
