@@ -150,6 +150,7 @@ def test_bundle_stars_keep_the_components_in_one_edge_per_node():
     nodes = len({n for e in edges for n in e})
     for max_nodes, most_edges in ((10**6, nodes - 30), (40, len(edges))):
         stars = _BundleStars(max_nodes)
+        stars.setup()
         stars.start_bundle()
         emitted = [star for edge in edges for star in stars.process(edge)]
         flushed = len(emitted)
