@@ -219,7 +219,7 @@ def test_each_long_phase_of_a_run_says_how_far_it_has_come(tiny_model, tmp_path,
     write_questions(list(enumerate(texts, 1)), tmp_path / "q.parquet")
     run_qdedup(tmp_path / "q.parquet", tmp_path / "out", tiny_model, "--min-similarity=-1", "--threshold=0")
     said = {line.split(": ")[1] for line in capsys.readouterr().err.splitlines() if " by this worker, " in line}
-    assert said >= {"normalizing", "embedding", "blocking", "scoring", "components", "writing pairs",
+    assert said >= {"normalizing", "embedding", "partitioning", "scoring", "components", "writing pairs",
                     "writing groups"}, " | ".join(sorted(said))
 
 
@@ -381,6 +381,7 @@ def test_report_html_is_self_contained_and_shows_the_run(reference_run):
     largest = max(read_part(out, "groups"), key=lambda g: (g["group_size"], -g["id"]))
     assert f"{largest['group_size']:,} rows" in page
     assert page.count("<tr>") >= 20  # counts, stages, borderline pairs, rejected reasons
+    assert "CPU seconds" in page and set(report["stage_cpu_seconds"]) == set(report["stage_seconds"]) > set()
     explained = [r for r in read_part(out, "explain") if r["group_id"] == largest["group_id"] and r["kind"] == "path"]
     assert "widest path to the canonical member" in page  # the largest groups explained, from explain/
     assert any(all(f"—{score:.3f} (" in page for score in r["path_scores"]) for r in explained)

@@ -27,7 +27,7 @@ from transforms.feeding import (
     tokenize,
 )
 from transforms.records import CandidatePair
-from transforms.score import ScoreNeighbours, ScorePairs, pair_scorer
+from transforms.score import PAIR_OF_FOUND, ScoreNeighbours, ScorePairs, pair_scorer
 from transforms.sources import load_tokenizer
 
 
@@ -302,6 +302,30 @@ def test_neighbour_lists_are_scored_once_a_pair_from_both_ends_and_every_embedde
     assert run_counts(result)["candidate_pairs"] == 35
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("scoring:")]
     assert progress and "of at most 55 pairs" in progress[-1]  # 45 lexical and 10 encoder entries: a bound
+
+
+def test_a_question_in_every_list_spreads_over_the_scoring_shards():
+    """Skew: one question is a neighbour of all 20,000 others (a template question). Its pairs differ, so
+    they are dealt over every shard; no shard holds more than about `sort_window` entries."""
+    import collections
+
+    from transforms.joins import DealIntoShards, dealt
+    from transforms.records import found_pairs
+    lists = [(q, (b"t", {0: (0.9, b"h"), q + 1: (0.5, b"t")})) for q in range(1, 20_001)]
+    entries, window = 2 * len(lists), 500
+    deal = DealIntoShards(0, PAIR_OF_FOUND, window, 1000, functools.partial(found_pairs, source="lexical"))
+    deal.start_bundle()
+    given = [out for element in lists for out in deal.process(element, keys=entries)]
+    given += [v.value for v in deal.finish_bundle()]
+    shards = collections.defaultdict(list)
+    for shard, value in given:
+        shards[shard].append(value)
+    sizes = {shard: sum(1 for _ in dealt(values, 0)) for shard, values in shards.items()}
+    assert len(sizes) == entries // window and sum(sizes.values()) == entries
+    assert max(sizes.values()) < 1.3 * window  # hash-balanced: the hot question's 20,000 pairs too
+    hot = collections.Counter(shard for shard, values in shards.items() for pair, _, _ in dealt(values, 0)
+                              if pair[0] == 0)
+    assert len(hot) == len(sizes) and max(hot.values()) < 1.3 * 20_000 / len(sizes)
 
 
 def test_symmetric_scoring_averages_both_orders(tiny_model, thirty_pairs):

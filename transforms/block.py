@@ -376,7 +376,7 @@ class _AssignPartitions(beam.DoFn):
         self._read = read
 
     def setup(self):
-        self._progress = Progress(_LOG, "blocking", "questions assigned to partitions")
+        self._progress = Progress(_LOG, "partitioning", "questions")
 
     def start_bundle(self):
         if self._read:

@@ -147,6 +147,9 @@ def _nothing_reused(scoring: PairScores) -> Scored:
     return Scored(scoring.scored, scoring.scored, reused, scoring.failed)
 
 
+PAIR_OF_FOUND = itemgetter(0)  # what a found pair is dealt by: the pair itself, unique, so no question is a hot key
+
+
 class _ShardCandidates:
     """A scoring shard's dealt lists -> its candidate pairs, each once (`records.unite_pairs`), as model inputs;
     counted as report.json's `candidate_pairs` here, where a pair is one once both its ends and every
@@ -191,7 +194,7 @@ class ScoreNeighbours(beam.PTransform):
         entries = beam.pvalue.AsSingleton(found_entries)
         dealt_pairs = tuple(
             lists | f"DealPairs[{kind}]" >> beam.ParDo(
-                DealIntoShards(0, itemgetter(0), settings.sort_window, self._batch,
+                DealIntoShards(0, PAIR_OF_FOUND, settings.sort_window, self._batch,
                                functools.partial(found_pairs, source=kind)), keys=entries)
             for kind, lists in found.items()
         ) | "AllDealt" >> beam.Flatten()
