@@ -133,7 +133,8 @@ def cpu_of_scoring(tokens: list, pairs: int, settings: ModelSettings, path: str 
             found = {"lexical": chunks | beam.ParDo(_MakeLists(tokens))}
             scored = (found | transforms.score.ScoreNeighbours(settings) if path == "lists"
                       else found | DistinctCandidates() | transforms.score.ScorePairs(settings))
-        _ = scored.scored | beam.combiners.Count.Globally() | beam.Map(_check_count, _made(pairs, path))
+        _ = (scored.scored | beam.Map(len) | beam.CombineGlobally(sum)  # scored batches: lists of pairs
+             | beam.Map(_check_count, _made(pairs, path)))
     return time.process_time() - start
 
 

@@ -177,7 +177,7 @@ def stage_scores(pairs: list, settings: ModelSettings, runner_args: list[str]) -
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from transforms.metrics import STAGE_NAMESPACE
-    from transforms.records import CandidatePair
+    from transforms.records import CandidatePair, pairs_in
     from transforms.score import ScorePairs
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -189,7 +189,7 @@ def stage_scores(pairs: list, settings: ModelSettings, runner_args: list[str]) -
             | beam.Create([CandidatePair(i, i + len(pairs), a, b, None) for i, (a, b) in enumerate(pairs)])
             | ScorePairs(settings)
         )
-        _ = (scoring.scored | beam.Map(lambda p: (p.id_a, p.score)) | beam.combiners.ToList()
+        _ = (scoring.scored | beam.FlatMap(pairs_in) | beam.Map(lambda p: (p.id_a, p.score)) | beam.combiners.ToList()
              | beam.Map(functools.partial(_write_json, out)))
         result = pipeline.run()
         result.wait_until_finish()

@@ -174,7 +174,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
         chaining.threshold, components, SplitChains(chaining, ScoreCandidates(scorer, known_scores), components, texts),
         AssignGroupIds(), ExplainGroups(chaining.threshold, options.explain_max_edges), options.canonical)
     groups = clustered.groups
-    all_pairs = (scoring.scored, clustered.scored) | "AllPairs" >> beam.Flatten()
+    all_pairs = (scoring.scored, clustered.scored) | "AllPairs" >> beam.Flatten()  # scored batches
     rejected = (
         (read.rejected, collapsed.rejected, *generated.failed, scoring.failed, clustered.failed)
         | "AllRejected" >> beam.Flatten()
@@ -183,7 +183,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
     failures = rejected | "ModelFailures" >> beam.Filter(lambda r: r.kind in ("question", "pair"))
 
     groups | "WriteGroups" >> WriteRecords(out.file_prefix("groups"), groups_schema(id_type))
-    all_pairs | "WritePairs" >> WriteRecords(out.file_prefix("pairs"), pairs_schema(id_type))
+    all_pairs | "WritePairs" >> WriteRecords(out.file_prefix("pairs"), pairs_schema(id_type), batched=True)
     rejected | "WriteRejected" >> WriteRecords(out.file_prefix("rejected"), REJECTED_SCHEMA)
     clustered.lineage | "WriteLineage" >> WriteRecords(out.file_prefix("lineage"), lineage_schema(id_type))
     clustered.explained | "WriteExplain" >> WriteRecords(out.file_prefix("explain"), explain_schema(id_type))
@@ -222,6 +222,8 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
     if candidates is not None:
         counted["candidate_pairs"] = candidates
     assert set(counted) <= set(COUNTED), set(counted) - set(COUNTED)
+    in_batches = {"pairs_scored", "pairs_reused", "resplit_pairs", "resplit_pairs_scored", "pairs_total"}
     for name, pcoll in counted.items():
         size = (lambda row: row.group_size) if name == "rows_out" else None
-        pcoll | f"Count{name.title().replace('_', '')}" >> count_elements(name, size)
+        items = len if name in in_batches else None
+        pcoll | f"Count{name.title().replace('_', '')}" >> count_elements(name, size, items)

@@ -19,7 +19,7 @@ from transforms.chaining import (
 )
 from transforms.cluster import ConnectedComponents, EdgeScores
 from transforms.graphs import connected_components
-from transforms.records import CandidatePair, ScoredPair
+from transforms.records import CandidatePair, ScoredPair, pairs_in
 from transforms.score import Scored
 
 A, B, CHAIN = [1, 2, 3, 4], [5, 6, 7, 8], [9, 10]
@@ -100,6 +100,11 @@ def _text(node) -> str:
     return f"text of {node}"
 
 
+def _in_batches(pairs: list, size: int = 3) -> list[list]:
+    """Scored pairs as scoring gives them: in lists (scored batches)."""
+    return [pairs[i:i + size] for i in range(0, len(pairs), size)]
+
+
 def _texts(pipeline, nodes):
     """(node, text) for SplitChains' `texts`."""
     return pipeline | "Texts" >> beam.Create([(n, _text(n)) for n in nodes])
@@ -121,7 +126,8 @@ class _DictScorer(beam.PTransform):
         self._model = model
 
     def expand(self, candidates):
-        scored = candidates | beam.Map(_scored_with_texts, self._model)
+        scored = (candidates | beam.Map(_scored_with_texts, self._model)
+                  | "InBatches" >> beam.BatchElements(min_batch_size=2, max_batch_size=2))
         nothing = candidates.pipeline | "Nothing" >> beam.Create([])
         return Scored(scored, scored, nothing, candidates.pipeline | "NoFailures" >> beam.Create([]))
 
@@ -142,13 +148,15 @@ def _split_chains(scores: dict, nodes: int, settings: ChainingSettings, scorer, 
     out = tmp_path / "labels.pickle"
     pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
     components = pipeline | "C" >> beam.Create([(n, 0) for n in range(nodes)])
-    scored = pipeline | "S" >> beam.Create([ScoredPair(a, b, s, 0.5, "lexical") for (a, b), s in scores.items()])
+    scored = pipeline | "S" >> beam.Create(_in_batches([ScoredPair(a, b, s, 0.5, "lexical")
+                                                        for (a, b), s in scores.items()]))
     chained = (components, scored) | SplitChains(settings, scorer, ConnectedComponents(2, 10**6),
                                                  _texts(pipeline, range(nodes)))
     found = {
         "labels": chained.labels | "L" >> beam.combiners.ToList(),
         "edges": chained.edges | beam.CombinePerKey(EdgeScores()) | "E" >> beam.combiners.ToList(),
-        "extra": chained.scored | beam.Map(lambda p: ((p.id_a, p.id_b), p.score)) | "X" >> beam.combiners.ToList(),
+        "extra": chained.scored | beam.FlatMap(pairs_in) | beam.Map(lambda p: ((p.id_a, p.id_b), p.score))
+        | "X" >> beam.combiners.ToList(),
     }
     _ = (pipeline | beam.Create([None]) | beam.Map(
         lambda _, **lists: out.write_bytes(pickle.dumps({name: dict(items) for name, items in lists.items()})),
@@ -173,11 +181,13 @@ def test_split_chains_in_beam_scores_missing_pairs_and_splits(tmp_path, density)
     out = tmp_path / "labels.txt"
     with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as p:
         components = p | "C" >> beam.Create([(n, 1) for n in nodes])
-        scored = p | "S" >> beam.Create([ScoredPair(a, b, s, 0.5, "lexical") for (a, b), s in scores.items()])
+        scored = p | "S" >> beam.Create(_in_batches([ScoredPair(a, b, s, 0.5, "lexical")
+                                                     for (a, b), s in scores.items()]))
         result = ((components, scored)
                   | SplitChains(ChainingSettings(min_density=density, max_size=100), _DictScorer(),
                                 ConnectedComponents(3, 10**6), _texts(p, nodes)))
-        ((result.labels | beam.Map(repr)), (result.scored | beam.Map(lambda x: "extra " + repr(tuple(x[:3])))))\
+        ((result.labels | beam.Map(repr)), (result.scored | beam.FlatMap(pairs_in)
+                                                    | beam.Map(lambda x: "extra " + repr(tuple(x[:3])))))\
             | beam.Flatten() | beam.combiners.ToList() | beam.Map(lambda lines: out.write_text("\n".join(lines)))
     lines = out.read_text().splitlines()
     labels = dict(eval(line) for line in lines if not line.startswith("extra"))

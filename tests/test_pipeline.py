@@ -213,11 +213,13 @@ def test_a_run_says_what_it_does_and_nothing_else_unless_verbose(tiny_model, tmp
 
 def test_each_long_phase_of_a_run_says_how_far_it_has_come(tiny_model, tmp_path, monkeypatch, capsys):
     """Between reading and blocking, blocking and scoring, and after the last pair is scored, a 1M-row run
-    was silent for 5 to 12 minutes at a time; every such phase now logs its progress (here at every element)."""
+    was silent for 5 to 12 minutes at a time; every such phase now logs its progress (here at every element, the
+    pairs in shards of 2 so that they are scored and written in several batches: a line needs two)."""
     monkeypatch.setattr("transforms.logs.PROGRESS_SECONDS", 0.0)
     texts = ["怎么开初婚未育证明", "初婚未育证明怎么开", "开初婚未育证明", "今天天气怎么样", "今天天气如何"]
     write_questions(list(enumerate(texts, 1)), tmp_path / "q.parquet")
-    run_qdedup(tmp_path / "q.parquet", tmp_path / "out", tiny_model, "--min-similarity=-1", "--threshold=0")
+    run_qdedup(tmp_path / "q.parquet", tmp_path / "out", tiny_model, "--min-similarity=-1", "--threshold=0",
+               "--sort-window=2")
     said = {line.split(": ")[1] for line in capsys.readouterr().err.splitlines() if " by this worker, " in line}
     assert said >= {"normalizing", "embedding", "partitioning", "scoring", "components", "writing pairs",
                     "writing groups"}, " | ".join(sorted(said))

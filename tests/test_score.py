@@ -26,7 +26,7 @@ from transforms.feeding import (
     token_dtype,
     tokenize,
 )
-from transforms.records import CandidatePair
+from transforms.records import CandidatePair, ScoredPair, pairs_in
 from transforms.score import PAIR_OF_FOUND, ScoreNeighbours, ScorePairs, pair_scorer
 from transforms.sources import load_tokenizer
 
@@ -240,7 +240,7 @@ def test_cuda_half_precision_scores_close_to_fp32(tiny_model, thirty_pairs):
 def _run_score_pairs(candidates, settings, check):
     """Runs ScorePairs; `check` sees the scored pairs inside the pipeline (where assert_that runs)."""
     with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
-        assert_that((pipeline | beam.Create(candidates) | ScorePairs(settings)).scored, check)
+        assert_that((pipeline | beam.Create(candidates) | ScorePairs(settings)).scored | beam.FlatMap(pairs_in), check)
 
 
 @pytest.mark.parametrize("extra", [{"token_budget": 64, "sort_window": 7}, {"model_copies": 1}])
@@ -258,9 +258,24 @@ def test_score_pairs_transform_keeps_ids_and_similarity(tiny_model, thirty_pairs
     _run_score_pairs(candidates, ModelSettings(tiny_model, device="cpu", **extra), check)
 
 
+def test_scored_pairs_leave_the_model_in_the_batches_it_scored(tiny_model, thirty_pairs):
+    """What follows scoring takes a batch as one element: 30 pairs in shards of 7 come as 5 or more lists
+    (a shard packs into one batch or more), never a pair alone unless its shard held one."""
+    candidates = [CandidatePair(i, 100 + i, a, b, 0.5) for i, (a, b) in enumerate(thirty_pairs)]
+
+    def check(batches):
+        assert all(isinstance(batch, list) and all(isinstance(p, ScoredPair) for p in batch) for batch in batches)
+        assert sorted(p.id_a for batch in batches for p in batch) == list(range(30))
+        assert 5 <= len(batches) < 30 and max(len(batch) for batch in batches) <= 7
+
+    with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
+        assert_that((pipeline | beam.Create(candidates)
+                     | ScorePairs(ModelSettings(tiny_model, device="cpu", sort_window=7))).scored, check)
+
+
 def test_progress_is_logged_with_counts_and_rate(tiny_model, thirty_pairs, caplog):
     candidates = [CandidatePair(i, 100 + i, a, b, 0.5) for i, (a, b) in enumerate(thirty_pairs)]
-    settings = ModelSettings(tiny_model, device="cpu", progress_seconds=0.0)
+    settings = ModelSettings(tiny_model, device="cpu", progress_seconds=0.0, sort_window=7)  # several batches
     with caplog.at_level("INFO", logger="transforms.score"):
         _run_score_pairs(candidates, settings, lambda scored: None)
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("scoring:")]
@@ -294,7 +309,7 @@ def test_neighbour_lists_are_scored_once_a_pair_from_both_ends_and_every_embedde
     found = {"lexical": pipeline | "Lexical" >> beam.Create(lexical),
              "encoder": pipeline | "Encoder" >> beam.Create(encoder)}
     scoring = found | ScoreNeighbours(settings, batch=4)
-    assert_that(scoring.scored, check)
+    assert_that(scoring.scored | beam.FlatMap(pairs_in), check)
     assert_that(scoring.reused, lambda reused: reused == [] or pytest.fail(reused), label="NoneReused")
     with caplog.at_level("INFO", logger="transforms.score"):
         result = pipeline.run()
@@ -390,4 +405,4 @@ def test_sharing_a_model_goes_through_beams_public_constructor(tiny_model):
 def test_a_batchs_size_for_beams_metrics_is_its_ids_counted_not_pickled():
     batch = [TokenizedItem("k", (([101, 7, 102], [0, 0, 0]),), False),
              TokenizedItem("j", (([101, 8, 102, 9, 102], [0, 0, 0, 1, 1]), ([101, 9, 102], [0, 0, 0])), False)]
-    assert pair_scorer(ModelSettings("unused")).get_num_bytes(batch) == 16 * (3 + 5 + 3)
+    assert pair_scorer(ModelSettings("unused")).get_num_bytes([batch]) == 16 * (3 + 5 + 3)

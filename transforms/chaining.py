@@ -34,7 +34,7 @@ from apache_beam.metrics import Metrics
 
 from transforms.joins import JoinByKey, LookUp, only, pairs_within
 from transforms.metrics import largest
-from transforms.records import CandidatePair, Edge
+from transforms.records import CandidatePair, Edge, pairs_in
 
 RESPLIT = "resplit"  # the `source` of pairs that chaining control scored
 
@@ -250,6 +250,16 @@ def _route_by_end_b(element: tuple, route: Optional[tuple], threshold: float) ->
         yield from _routed(label, found, pair, threshold)
 
 
+def _edge_degrees(batch: list, threshold: float) -> Iterator[tuple]:
+    """A scored batch -> (node, its edges in the batch) for every end of an edge (score >= threshold)."""
+    degrees: dict = {}
+    for pair in batch:
+        if pair.score >= threshold:
+            degrees[pair.id_a] = degrees.get(pair.id_a, 0) + 1
+            degrees[pair.id_b] = degrees.get(pair.id_b, 0) + 1
+    return iter(degrees.items())
+
+
 def _level_edges(pair, thresholds: list) -> Iterator[tuple]:
     """A pair of a component being cut -> its edge at every level whose threshold it reaches."""
     for level, cut_at in enumerate(thresholds, 1):
@@ -358,7 +368,8 @@ class Chained(NamedTuple):
 
 
 class SplitChains(beam.PTransform):
-    """(components as (node, label), every scored pair) -> `Chained`.
+    """(components as (node, label), every scored pair in scored batches) -> `Chained` (its `scored` and `new`
+    as scored batches too).
 
     Args:
         settings: when to re-split, and how much one re-split may gather and score.
@@ -396,15 +407,14 @@ class SplitChains(beam.PTransform):
         return routed.kept, routed_pairs.kept, routed.resplit, routed_pairs.resplit, routed.cut, routed_pairs.cut
 
     def _judge_components(self, components, scored, last: bool):
-        """(components as (node, label), every scored pair) -> as `_judge`. A component's verdict comes from
+        """(components as (node, label), scored batches) -> as `_judge`. A component's verdict comes from
         its nodes and their degrees, so each pair is joined once, on its first end, and on its second only
         when it is a non-edge whose first end's component is re-split or cut."""
         settings = self._settings
         threshold = settings.threshold
         degrees = (
             scored
-            | "WholeEdges" >> beam.Filter(lambda pair: pair.score >= threshold)
-            | "WholeEdgeEnds" >> beam.FlatMap(lambda pair: ((pair.id_a, 1), (pair.id_b, 1)))
+            | "WholeEdgeEnds" >> beam.FlatMap(_edge_degrees, threshold)
             | "WholeDegrees" >> beam.CombinePerKey(sum)
         )
         labelled = {"label": components, "degree": degrees} | "WholeNodeDegrees" >> JoinByKey(_label_degree)
@@ -419,7 +429,7 @@ class SplitChains(beam.PTransform):
             _route_nodes, self._counters, True, outputs=("resplit", "cut", "routes"), main="kept")
         by_a = (scored, routed.routes) | "WholeRouteByA" >> LookUp(
             _route_by_end_a, attrgetter("id_a"), threshold, shard_keys=settings.join_shard_keys,
-            outputs=("resplit", "cut", "end_b"), main="kept")
+            outputs=("resplit", "cut", "end_b"), main="kept", items=pairs_in)
         by_b = (by_a.end_b, routed.routes) | "WholeRouteByB" >> LookUp(
             _route_by_end_b, lambda element: element[2].id_b, threshold, shard_keys=settings.join_shard_keys,
             outputs=("resplit", "cut"), main="kept")
@@ -467,7 +477,7 @@ class SplitChains(beam.PTransform):
         )
         scoring = plan.ask | "ScoreMissingPairs" >> self._score
         extra_by_root = (
-            {"root": plan.missing, "pair": scoring.scored}
+            {"root": plan.missing, "pair": scoring.scored | "ScoredMissing" >> beam.FlatMap(pairs_in)}
             | "JoinExtraRoot" >> JoinByKey(_extra_by_root, keys={"pair": attrgetter("id_a", "id_b")})
         )
         resplit = (

@@ -148,6 +148,11 @@ def _group_rows(element) -> Iterable[GroupRow]:
                        low, mean, assigned.since_run)
 
 
+def edge_ends(batch: list, threshold: float) -> list[tuple]:
+    """A scored batch -> (a, b) for each of its pairs that is an edge (score >= threshold)."""
+    return [(pair.id_a, pair.id_b) for pair in batch if pair.score >= threshold]
+
+
 def _both_ways(edge: tuple, _=None) -> list[tuple]:
     return [(edge[0], edge[1]), (edge[1], edge[0])]
 
@@ -338,7 +343,7 @@ def _component_of(element) -> Iterable[tuple[object, Representative]]:
 
 class Clustered(NamedTuple):
     """What `ClusterGroups` gives: one `GroupRow` per accepted row; the pairs chaining control asked for
-    (reused or new) and the new ones alone; the pairs it could not score; lineage rows;
+    (reused or new) and the new ones alone, as scored batches; the pairs it could not score; lineage rows;
     (group label, assigned id) per group; and what `explain` makes of each group."""
 
     groups: beam.PCollection
@@ -351,12 +356,12 @@ class Clustered(NamedTuple):
 
 
 class ClusterGroups(beam.PTransform):
-    """(representatives, memberships, scored pairs, a previous run's group rows) -> `Clustered`.
+    """(representatives, memberships, scored batches, a previous run's group rows) -> `Clustered`.
 
     Args:
         threshold: a pair scoring at least this joins its two questions.
         components: edges -> (node, component label) (`ConnectedComponents` in a run).
-        split_chains: chaining control, (components, scored pairs) -> `Chained`-like: group labels
+        split_chains: chaining control, (components, scored batches) -> `Chained`-like: group labels
             and the edge scores inside each group (`SplitChains` in a run).
         assign_ids: (row labels, group canonical ids, previous rows) -> ids and lineage
             (`AssignGroupIds` in a run).
@@ -380,11 +385,7 @@ class ClusterGroups(beam.PTransform):
         representatives, members, scored, previous = inputs
         threshold = self._threshold
         components = (
-            scored
-            | "KeepDuplicateEdges" >> beam.Filter(lambda pair: pair.score >= threshold)
-            | "EdgeEnds" >> beam.Map(lambda pair: (pair.id_a, pair.id_b))
-            | "ConnectedComponents" >> self._components
-        )
+            scored | "EdgeEnds" >> beam.FlatMap(edge_ends, threshold) | "ConnectedComponents" >> self._components)
         chained = (components, scored) | "SplitChains" >> self._split_chains
         labels = chained.labels
         edge_scores = chained.edges | "EdgeScores" >> beam.CombinePerKey(EdgeScores())

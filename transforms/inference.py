@@ -12,7 +12,10 @@ retry that scores the same set of inputs.
 One ModelHandler, `PackedBatchHandler`, runs every model qdedup uses, in the way
 of Beam's `PytorchModelHandlerTensor`: which Hugging Face class is loaded and what
 its forward pass computes are given to its constructor, and so is sharing a model
-between a worker's processes (Beam's own `model_copies` / `large_model`).
+between a worker's processes (Beam's own `model_copies` / `large_model`). Its
+example is a whole packed batch and its inference the batch's outputs, so that
+what follows the model can take a batch as one element (`RunModel(batched=True)`):
+a step each input passes costs CPU that keeps the model waiting.
 `RunModel` is the whole stage: tokenize, pack, run, and set aside what fails.
 """
 from __future__ import annotations
@@ -22,12 +25,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import (
-    KeyedModelHandler,
-    ModelHandler,
-    PredictionResult,
-    RunInference,
-)
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from transforms.errors import failure
 from transforms.feeding import (
@@ -50,7 +48,9 @@ class ModelFailure(NamedTuple):
 
 
 class _PackShard(beam.DoFn):
-    """(shard, [(key, inputs in one or more orders)]) -> batches of (key, `TokenizedItem`) under the budget.
+    """(shard, [(key, inputs in one or more orders)]) -> packed batches under the budget, each a list of
+    `TokenizedItem`s in a 1-tuple (RunInference without batching takes an element as a sequence of examples,
+    and a packed batch is one example of `PackedBatchHandler`).
 
     The shard is sorted by key, tokenized in one call per order, sorted by length and packed: the
     batches follow from the shard's contents alone. `prepare`: the shard's grouped values -> its
@@ -99,12 +99,13 @@ class _PackShard(beam.DoFn):
             batches = pack_batches([item.cost for item in items], self._budget)
         self._truncated.inc(sum(item.truncated for item in items))
         for indices in batches:
-            yield [(items[i].key, items[i]) for i in indices]
+            yield ([items[i] for i in indices],)
 
 
 
 class TokenizeAndPack(beam.PTransform):
-    """(key, inputs in one or more orders) -> `.batches`: lists of (key, `TokenizedItem`); `.failed`: (key, detail).
+    """(key, inputs in one or more orders) -> `.batches`: packed batches (lists of `TokenizedItem`, each in a
+    1-tuple); `.failed`: (key, detail).
 
     Inputs are dealt into shards of about `sort_window` by a hash of their key (a key must be
     unique, sortable, and have a stable repr), so that similar lengths meet in a batch whatever the
@@ -141,8 +142,10 @@ class TokenizeAndPack(beam.PTransform):
 
 
 
-class PackedBatchHandler(ModelHandler[TokenizedItem, Any, LoadedModel]):
-    """RunInference handler: pre-packed batches of `TokenizedItem`s in, one output per item out.
+class PackedBatchHandler(ModelHandler[list, list, LoadedModel]):
+    """RunInference handler: an example is a packed batch (a list of `TokenizedItem`s), its inference the list
+    of the items' outputs (a `ModelFailure` for an item the model failed on). Used without batching
+    (`with_no_batching`): the batches are packed already (`TokenizeAndPack`).
 
     Args:
         settings: how the model is loaded and shared (`model_copies` > 0: that many copies per
@@ -170,47 +173,58 @@ class PackedBatchHandler(ModelHandler[TokenizedItem, Any, LoadedModel]):
         model, device, pad_id = self._load(self._settings)
         return LoadedModel(model, device, pad_id, self._forward)
 
-    def run_inference(self, batch: Sequence[TokenizedItem], model: LoadedModel,
+    def run_inference(self, batch: Sequence[list[TokenizedItem]], model: LoadedModel,
                       inference_args: Optional[dict] = None) -> Iterable[PredictionResult]:
-        flat = [encoding for item in batch for encoding in item.encodings]
+        return [PredictionResult(packed, self._outputs(packed, model)) for packed in batch]
+
+    def _outputs(self, packed: list[TokenizedItem], model: LoadedModel) -> list:
+        flat = [encoding for item in packed for encoding in item.encodings]
         with self._timer:
             forwarded = model.run(flat)
         self._oom_splits.inc(forwarded.oom_splits)
-        results, start = [], 0
-        for item in batch:
+        outputs, start = [], 0
+        for item in packed:
             end = start + len(item.encodings)
             errors = [forwarded.errors[i] for i in range(start, end) if i in forwarded.errors]
             if errors:
-                output = ModelFailure(errors[0])
+                outputs.append(ModelFailure(errors[0]))
             elif end - start == 1:
-                output = forwarded.outputs[start]
+                outputs.append(forwarded.outputs[start])
             else:
-                output = np.mean(forwarded.outputs[start:end], axis=0)
-            results.append(PredictionResult(item, output))
+                outputs.append(np.mean(forwarded.outputs[start:end], axis=0))
             start = end
-        return results
+        return outputs
 
-    def get_num_bytes(self, batch: Sequence[TokenizedItem]) -> int:
-        """The batch's token and segment ids as int64, unpadded (Beam's default pickles the batch to count)."""
-        return 16 * sum(len(ids) for item in batch for ids, _ in item.encodings)
+    def get_num_bytes(self, batch: Sequence[list[TokenizedItem]]) -> int:
+        """The batches' token and segment ids as int64, unpadded (Beam's default pickles the batch to count)."""
+        return 16 * sum(len(ids) for packed in batch for item in packed for ids, _ in item.encodings)
 
     def get_metrics_namespace(self) -> str:
         return f"qdedup.{self._stage}"
 
 
 class ModelOutputs(NamedTuple):
-    """What `RunModel` gives: (key, output) per input, and (key, reason, detail, stage) per input set aside."""
+    """What `RunModel` gives: (key, output) per input, or ([keys], [outputs]) per batch (`batched`), and
+    (key, reason, detail, stage) per input set aside."""
 
     outputs: beam.PCollection
     failed: beam.PCollection
 
 
-def _outcome(element: tuple, stage: str) -> Iterable:
-    key, result = element
-    if isinstance(result.inference, ModelFailure):
-        yield beam.pvalue.TaggedOutput("failed", (key, f"{stage}_error", result.inference.detail, stage))
-    else:
-        yield key, result.inference
+def _outcome(result: PredictionResult, stage: str, batched: bool) -> Iterable:
+    """A packed batch's result -> its inputs' outputs, as (key, output) each or as one ([keys], [outputs]);
+    an input the model failed on to "failed"."""
+    keys, outputs = [], []
+    for item, output in zip(result.example, result.inference):
+        if isinstance(output, ModelFailure):
+            yield beam.pvalue.TaggedOutput("failed", (item.key, f"{stage}_error", output.detail, stage))
+        else:
+            keys.append(item.key)
+            outputs.append(output)
+    if not batched:
+        yield from zip(keys, outputs)
+    elif keys:
+        yield keys, outputs
 
 
 class RunModel(beam.PTransform):
@@ -218,14 +232,15 @@ class RunModel(beam.PTransform):
 
     An input the tokenizer or the model fails on is set aside with its reason (`tokenize_error` at
     stage `<counter>_tokenize`, `<stage>_error` at `stage`); the others go on. `count`, `prepare`: as
-    `TokenizeAndPack`'s.
+    `TokenizeAndPack`'s. `batched`: the outputs come as one element per batch, ([keys], [outputs]).
     """
 
     def __init__(self, settings: ModelSettings, handler: PackedBatchHandler, load_tokenizer: Callable[[str], Any],
                  counter: str, stage: str, count: Optional[beam.PCollection] = None,
-                 prepare: Optional[Callable[[Iterable], list]] = None):
+                 prepare: Optional[Callable[[Iterable], list]] = None, batched: bool = False):
         super().__init__()
         self._prepare = prepare
+        self._batched = batched
         self._load_tokenizer = load_tokenizer
         self._settings = settings
         self._handler = handler
@@ -238,8 +253,8 @@ class RunModel(beam.PTransform):
                                                                   self._count, self._prepare)
         ran = (
             tokenized.batches
-            | "RunInference" >> RunInference(KeyedModelHandler(self._handler).with_no_batching())
-            | "Outcome" >> beam.FlatMap(_outcome, self._stage).with_outputs("failed", main="outputs")
+            | "RunInference" >> RunInference(self._handler.with_no_batching())
+            | "Outcome" >> beam.FlatMap(_outcome, self._stage, self._batched).with_outputs("failed", main="outputs")
         )
         tokenize_stage = f"{self._counter}_tokenize"
         failed = (

@@ -195,11 +195,14 @@ class LookUp(beam.PTransform):
     keys by a hash of the key, in lists of up to `batch` (`DealIntoShards`), and each shard's values are
     held while its elements are walked. A shard holds about `shard_keys` values, whatever the number of
     elements or how many share a key. `outputs` / `main`: as `JoinByKey`'s.
+    `items`: element -> the elements to look up (as `DealIntoShards`'), where they come in lists.
     """
 
     def __init__(self, fn: Callable, key: Callable, *args, shard_keys: int, batch: int = 1000,
-                 outputs: tuple[str, ...] = (), main: Optional[str] = None):
+                 outputs: tuple[str, ...] = (), main: Optional[str] = None,
+                 items: Optional[Callable[[Any], Iterable]] = None):
         super().__init__()
+        self._items = items
         self._fn = fn
         self._key = key
         self._args = args
@@ -214,8 +217,8 @@ class LookUp(beam.PTransform):
         dealt = [
             lookup | "DealValues" >> beam.ParDo(DealIntoShards(0, itemgetter(0), self._shard_keys, self._batch),
                                                 keys=keys),
-            elements | "DealElements" >> beam.ParDo(DealIntoShards(1, self._key, self._shard_keys, self._batch),
-                                                    keys=keys),
+            elements | "DealElements" >> beam.ParDo(
+                DealIntoShards(1, self._key, self._shard_keys, self._batch, self._items), keys=keys),
         ]
         call = beam.ParDo(_LookUpShard(self._fn, self._key, self._args))
         if self._outputs:

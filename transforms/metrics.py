@@ -63,8 +63,8 @@ class BundleCount:
     def start(self) -> None:
         self._count = 0
 
-    def add(self) -> None:
-        self._count += 1
+    def add(self, count: int = 1) -> None:
+        self._count += count
 
     def finish(self) -> None:
         if self._count:
@@ -72,11 +72,13 @@ class BundleCount:
 
 
 class _CountElements(beam.DoFn):
-    """Adds the elements of each bundle to a counter (and their largest `size` to a distribution)."""
+    """Adds the elements of each bundle to a counter (and their largest `size` to a distribution); with
+    `items`, what each element holds (element -> count)."""
 
-    def __init__(self, name: str, size=None):
+    def __init__(self, name: str, size=None, items=None):
         self._name = name
         self._size = size
+        self._items = items
 
     def setup(self) -> None:
         self._count = BundleCount(COUNT_NAMESPACE, self._name)
@@ -87,7 +89,7 @@ class _CountElements(beam.DoFn):
         self._max = None
 
     def process(self, element):
-        self._count.add()
+        self._count.add(1 if self._items is None else self._items(element))
         if self._size:
             size = self._size(element)
             self._max = size if self._max is None or size > self._max else self._max
@@ -99,10 +101,11 @@ class _CountElements(beam.DoFn):
             self._largest.update(self._max)
 
 
-def count_elements(name: str, size=None) -> beam.ParDo:
+def count_elements(name: str, size=None, items=None) -> beam.ParDo:
     """A step counting a collection into report.json's count `name` (read back by `pipelines.report.run_counts`);
-    with `size` (element -> int), also the largest size it saw, as the distribution `name`."""
-    return beam.ParDo(_CountElements(name, size))
+    with `size` (element -> int), also the largest size it saw, as the distribution `name`; with `items`
+    (element -> int), an element counts as that many (a scored batch as its pairs)."""
+    return beam.ParDo(_CountElements(name, size, items))
 
 
 READ_NAMESPACE = "qdedup.read"

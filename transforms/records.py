@@ -116,6 +116,12 @@ class ScoredPair(NamedTuple):
     reused: bool = False
 
 
+def pairs_in(batch: list) -> list:
+    """A scored batch's pairs, for a step that takes them one by one (`beam.FlatMap(pairs_in)`). Scoring gives
+    its pairs in lists (`score.Scored`): a step a list passes costs what a step a pair passes would."""
+    return batch
+
+
 # ---- Candidate pairs from neighbour lists: the rule blocking's `DistinctCandidates` and scoring's shards
 # (`score.ScoreNeighbours`) share, so that a pair is made the same way wherever it is made ----
 

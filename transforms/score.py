@@ -65,10 +65,10 @@ class TokenizeAhead(beam.PTransform):
         return texts | "Tokenize" >> beam.ParDo(_TokenizeAhead(self._settings))
 
 
-class _ToScoredPair(beam.DoFn):
-    """(model key, score) -> `ScoredPair`; logs pairs scored, pairs/s and the estimated time left in this worker,
-    at a steady interval (one step for both: a step a pair passes costs CPU that keeps the model waiting).
-    `at_most`: the total it is given is a bound, not a count."""
+class _ToScoredPairs(beam.DoFn):
+    """A scored batch ([model keys], [scores]) -> the list of its `ScoredPair`s; logs pairs scored, pairs/s and
+    the estimated time left in this worker, at a steady interval. `at_most`: the total it is given is a bound,
+    not a count."""
 
     def __init__(self, interval_seconds: Optional[float], at_most: bool = False):
         self._interval = interval_seconds
@@ -78,9 +78,10 @@ class _ToScoredPair(beam.DoFn):
         self._progress = Progress(_LOG, "scoring", "pairs", self._interval)
 
     def process(self, element, total: int):
-        key, score = element
-        self._progress.add(1, total, self._at_most)
-        yield ScoredPair(key[0], key[1], float(score), key[2], key[3])
+        keys, scores = element
+        self._progress.add(len(keys), total, self._at_most)
+        yield [ScoredPair(id_a, id_b, float(score), similarity, source)
+               for (id_a, id_b, similarity, source), score in zip(keys, scores)]
 
 
 def _failed_pair(key: tuple, reason: str, detail: str, stage: str) -> RejectedRow:
@@ -95,7 +96,8 @@ def _model_inputs(candidate: CandidatePair, symmetric: bool):
 
 
 class PairScores(NamedTuple):
-    """What `ScorePairs` gives: `ScoredPair`s, and `RejectedRow`s (kind "pair") of the pairs it could not score."""
+    """What `ScorePairs` gives: scored batches (lists of `ScoredPair`s, as the model scored them), and
+    `RejectedRow`s (kind "pair") of the pairs it could not score."""
 
     scored: beam.PCollection
     failed: beam.PCollection
@@ -104,13 +106,13 @@ class PairScores(NamedTuple):
 def _pair_scores(ran: ModelOutputs, settings: ModelSettings, total: beam.PCollection, at_most: bool = False
                  ) -> PairScores:
     """What the cross-encoder's stage gave -> `PairScores` (applied inside a scoring transform's expand)."""
-    scored = ran.outputs | "ToScoredPair" >> beam.ParDo(
-        _ToScoredPair(settings.progress_seconds, at_most), total=beam.pvalue.AsSingleton(total))
+    scored = ran.outputs | "ToScoredPairs" >> beam.ParDo(
+        _ToScoredPairs(settings.progress_seconds, at_most), total=beam.pvalue.AsSingleton(total))
     return PairScores(scored, ran.failed | "FailedPairs" >> beam.MapTuple(_failed_pair))
 
 
 class ScorePairs(beam.PTransform):
-    """`CandidatePair`s with texts -> {"scored": `ScoredPair`s, "failed": `RejectedRow`s of kind "pair"}.
+    """`CandidatePair`s with texts -> `PairScores`: scored batches, and `RejectedRow`s of kind "pair".
 
     Through RunInference with pre-packed batches; a pair the tokenizer or the
     model fails on is set aside, the others are scored.
@@ -126,14 +128,16 @@ class ScorePairs(beam.PTransform):
             candidates
             | "ModelInputs" >> beam.Map(_model_inputs, self._settings.symmetric)
             | "CrossEncoder" >> RunModel(
-                self._settings, pair_scorer(self._settings), sources.load_tokenizer, "score", "score", total)
+                self._settings, pair_scorer(self._settings), sources.load_tokenizer, "score", "score", total,
+                batched=True)
         )
         return _pair_scores(ran, self._settings, total)
 
 
 class Scored(NamedTuple):
     """What `ScoreCandidates` gives: every candidate with a score (reused or new), the new ones alone,
-    the reused ones alone, and the pairs that could not be scored."""
+    the reused ones alone, each as lists of `ScoredPair`s (a scored batch: what follows takes a list as
+    one element, see docs/design.md "Scored batches"), and the pairs that could not be scored."""
 
     scored: beam.PCollection
     new: beam.PCollection
@@ -143,10 +147,11 @@ class Scored(NamedTuple):
 
 def _nothing_reused(scoring: PairScores) -> Scored:
     """The new scores are all of them, with no step between."""
-    reused = scoring.scored.pipeline | "NothingReused" >> beam.Create([]).with_output_types(ScoredPair)
+    reused = scoring.scored.pipeline | "NothingReused" >> beam.Create([])
     return Scored(scoring.scored, scoring.scored, reused, scoring.failed)
 
 
+REUSED_BATCH = 1000  # pairs a list of reused scores holds (new ones come as the model scored them)
 PAIR_OF_FOUND = itemgetter(0)  # what a found pair is dealt by: the pair itself, unique, so no question is a hot key
 
 
@@ -200,7 +205,7 @@ class ScoreNeighbours(beam.PTransform):
         ) | "AllDealt" >> beam.Flatten()
         ran = dealt_pairs | "CrossEncoder" >> RunModel(
             settings, pair_scorer(settings), sources.load_tokenizer, "score", "score",
-            prepare=_ShardCandidates(settings.symmetric))
+            prepare=_ShardCandidates(settings.symmetric), batched=True)
         return _nothing_reused(_pair_scores(ran, settings, found_entries, at_most=True))
 
 
@@ -259,7 +264,9 @@ class ScoreCandidates(beam.PTransform):
                 | "ReuseScores" >> JoinByKey(_reuse, keys={"candidate": attrgetter("id_a", "id_b")},
                                              outputs=("reused",), main="unknown")
             )
-            candidates, reused = looked_up.unknown, looked_up.reused
+            candidates = looked_up.unknown
+            reused = looked_up.reused | "BatchReused" >> beam.BatchElements(
+                min_batch_size=REUSED_BATCH, max_batch_size=REUSED_BATCH)
         if self._texts is not None:
             complete = candidates | "HaveTexts" >> beam.Filter(lambda p: p.text_a is not None and p.text_b is not None)
             fetched = (

@@ -64,16 +64,17 @@ TABLE_BYTES = 64 * 1024 * 1024
 
 
 class _RecordsToTables(beam.DoFn):
-    """NamedTuples -> Arrow tables of the schema, a column at a time.
+    """NamedTuples, or lists of them (`batched`), -> Arrow tables of the schema, a column at a time.
 
     Beam's WriteToParquet takes one dict a row and appends its fields one by one; records already hold
     their fields, so a batch's columns come from one `zip` (in a 30k-row run's profile: 0.1% of the samples
     against 2.1%).
     """
 
-    def __init__(self, schema: pa.Schema, name: str):
+    def __init__(self, schema: pa.Schema, name: str, batched: bool = False):
         self._schema = schema
         self._name = name
+        self._batched = batched
 
     def setup(self):
         self._fields = operator.attrgetter(*self._schema.names)
@@ -82,9 +83,13 @@ class _RecordsToTables(beam.DoFn):
     def start_bundle(self):
         self._rows, self._batches, self._bytes = [], [], 0
 
-    def process(self, record):
-        self._progress.add()
-        self._rows.append(self._fields(record))
+    def process(self, element):
+        if self._batched:
+            self._progress.add(len(element))
+            self._rows += map(self._fields, element)
+        else:
+            self._progress.add()
+            self._rows.append(self._fields(element))
         if len(self._rows) >= BATCH_ROWS:
             self._to_batch()
             if self._bytes >= TABLE_BYTES:
@@ -111,18 +116,20 @@ class _RecordsToTables(beam.DoFn):
 
 
 class WriteRecords(beam.PTransform):
-    """NamedTuples (fields named as the schema's columns) -> Parquet files `<prefix>-00000-of-000NN.parquet`
-    with a fixed schema."""
+    """NamedTuples (fields named as the schema's columns), or lists of them (`batched`: scored batches), ->
+    Parquet files `<prefix>-00000-of-000NN.parquet` with a fixed schema."""
 
-    def __init__(self, prefix: str, schema: pa.Schema):
+    def __init__(self, prefix: str, schema: pa.Schema, batched: bool = False):
         super().__init__()
         self._prefix = prefix
         self._schema = schema
+        self._batched = batched
 
     def expand(self, records):
         prefix = self._prefix
         return (
             records
-            | "ToTables" >> beam.ParDo(_RecordsToTables(self._schema, posixpath.basename(posixpath.dirname(prefix))))
+            | "ToTables" >> beam.ParDo(_RecordsToTables(self._schema, posixpath.basename(posixpath.dirname(prefix)),
+                                                      self._batched))
             | "WriteParquet" >> WriteToParquetBatched(prefix, self._schema, file_name_suffix=".parquet")
         )
