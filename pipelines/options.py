@@ -96,6 +96,10 @@ class QdedupOptions(PipelineOptions):
         add("--block-fanout", "--block_fanout", dest="block_fanout", type=int, default=_BLOCKING.max_fanout,
             help="a partition cut into at most this many blocks is searched block by block, exactly; one cut "
                  "into more, block by block alone (approximate, counted)")
+        add("--search-threads", "--search_threads", dest="search_threads", type=int,
+            default=_BLOCKING.search_threads,
+            help="threads one blocking work item's lexical search is split over (the same lists); 0 = the cores "
+                 "the process may use, divided by --direct_num_workers in a local multi_processing run")
         add("--embedders", default="lexical",
             help="comma-separated candidate generators, their candidates united: lexical, encoder:MODEL "
                  "(a Hugging Face encoder id or directory), static:DIR (made by qdedup train-blocker)")
@@ -240,7 +244,7 @@ def blocking_settings(options: QdedupOptions) -> BlockingSettings:
     return BlockingSettings(
         top_k=options.top_k, min_similarity=options.min_similarity, partitions=options.partitions,
         partition_size=options.partition_size, probes=options.probes, max_block=options.max_block,
-        max_sample=options.max_sample, max_fanout=options.block_fanout)
+        max_sample=options.max_sample, max_fanout=options.block_fanout, search_threads=options.search_threads)
 
 
 def chaining_settings(options: QdedupOptions) -> ChainingSettings:

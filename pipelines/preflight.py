@@ -163,6 +163,7 @@ def validate(options: QdedupOptions) -> None:
         (8 <= options.max_length <= 512, "--max-length must be between 8 and 512"),
         (options.model_copies >= 0, "--model-copies must be 0 or more"),
         (options.torch_threads >= 0, "--torch-threads must be 0 or more"),
+        (options.search_threads >= 0, "--search-threads must be 0 or more"),
         (options.lexical_dim >= 16, "--lexical-dim must be at least 16"),
         (options.max_text_chars >= 1, "--max-text-chars must be at least 1"),
         (options.id_column != options.text_column, "--id-column and --text-column must differ"),
@@ -501,15 +502,16 @@ def _local_processes(pipeline_options: PipelineOptions) -> bool:
 
 def divide_local_threads(options: QdedupOptions, pipeline_options: PipelineOptions) -> None:
     """Local worker processes share this machine's cores: with --torch-threads 0 each model gets its
-    share (2 processes x 2 threads on 2 cores made scoring 22x slower, benchmarks/README.md), and so do
-    faiss's and BLAS's thread pools, through the environment the worker processes inherit (a variable
-    already set is kept)."""
+    share (2 processes x 2 threads on 2 cores made scoring 22x slower, benchmarks/README.md), with
+    --search-threads 0 each blocking search, and so do faiss's and BLAS's thread pools, through the
+    environment the worker processes inherit (a variable already set is kept)."""
     if not _local_processes(pipeline_options):
         return
     direct = pipeline_options.view_as(DirectOptions)
     cores = len(os.sched_getaffinity(0))
     share = max(1, cores // (direct.direct_num_workers or cores))
     options.torch_threads = options.torch_threads or share
+    options.search_threads = options.search_threads or share
     for variable in THREAD_VARIABLES:
         os.environ.setdefault(variable, str(share))
 

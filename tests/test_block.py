@@ -126,6 +126,29 @@ def test_sparse_queries_find_the_lists_faiss_finds(k, floor):
         knn_lists(ids[some], dense[some], ids, dense, k, floor)
 
 
+def test_a_sparse_search_split_over_threads_gives_the_same_lists(monkeypatch):
+    """--search-threads: a work item's sparse queries are split into parts of at least MIN_THREAD_QUERIES,
+    searched in threads; every query's list is the one a single search gives."""
+    rng = np.random.default_rng(5)
+    vectors = _sparse_unit(rng, 2500, 256, 12)
+    dense = np.stack([to_dense(v) for v in vectors])
+    ids = [int(i) for i in rng.permutation(2500)]
+    alone = knn_lists(ids, dense, ids, dense, 10, 0.1, sparse_queries=sparse_rows(vectors))
+    proposed = []
+    propose = block.propose
+
+    def counted(queries, *args):
+        proposed.append(len(queries))
+        return propose(queries, *args)
+
+    monkeypatch.setattr(block, "propose", counted)
+    assert knn_lists(ids, dense, ids, dense, 10, 0.1, sparse_queries=sparse_rows(vectors), threads=4) == alone
+    assert sorted(proposed) == [1250, 1250]  # 4 asked, 2 parts of >= 1,000 queries
+    proposed.clear()
+    assert knn_lists(ids, dense, ids, dense, 10, 0.1, threads=4) == alone and proposed == [2500]  # faiss: one
+    assert len(alone) > 2000
+
+
 def test_sparse_similarities_are_the_dense_ones_to_the_bit():
     """Summing only a sparse query's non-zero products gives the dense routine's float32, bit for bit: for
     vectors with signs too, a query without non-zeros, and candidates that are -1."""

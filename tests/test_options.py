@@ -134,7 +134,12 @@ def test_local_worker_processes_divide_the_cores_between_their_models(monkeypatc
         options = pipeline_options.view_as(QdedupOptions)
         divide_local_threads(options, pipeline_options)
         assert options.torch_threads == threads, argv
+        assert options.search_threads == 1, argv  # its own flag (default 1), not --torch-threads
         assert [os.environ.get(variable) for variable in THREAD_VARIABLES] == [pools] * 3, argv
+    pipeline_options = _options(["--input", "x", "--output", "y", "--direct_running_mode=multi_processing",
+                                 "--direct_num_workers=2", "--search-threads=0"])
+    divide_local_threads(pipeline_options.view_as(QdedupOptions), pipeline_options)
+    assert pipeline_options.view_as(QdedupOptions).search_threads == share  # 0: the process's share of cores
     monkeypatch.setenv("OMP_NUM_THREADS", "7")  # a pool size the user chose is kept
     pipeline_options = _options(["--input", "x", "--output", "y", "--direct_running_mode=multi_processing"])
     divide_local_threads(pipeline_options.view_as(QdedupOptions), pipeline_options)

@@ -49,6 +49,7 @@ def test_dataflow_presets_hold_what_a_dataflow_job_needs(preset):
         assert (qdedup.device, qdedup.model_copies) == ("cuda", 1)
     else:
         assert (qdedup.device, qdedup.model_copies, qdedup.torch_threads) == ("cpu", 0, 1)
+    assert qdedup.search_threads == 1  # a Dataflow worker runs an SDK process a core: one thread each
 
 
 def test_local_preset_runs_in_process():
@@ -56,6 +57,7 @@ def test_local_preset_runs_in_process():
     assert options.view_as(StandardOptions).runner == "FnApiRunner"
     assert options.view_as(DirectOptions).direct_running_mode == "in_memory"
     assert options.view_as(QdedupOptions).device == "cpu"
+    assert options.view_as(QdedupOptions).search_threads == 0  # one process: its searches use every core
 
 
 def test_parallel_local_preset_runs_a_worker_process_per_core_with_its_share_of_threads(monkeypatch):
@@ -71,6 +73,7 @@ def test_parallel_local_preset_runs_a_worker_process_per_core_with_its_share_of_
     qdedup = options.view_as(QdedupOptions)
     divide_local_threads(qdedup, options)
     assert qdedup.torch_threads == 1 and os.environ["OMP_NUM_THREADS"] == "1"  # cores // one worker per core
+    assert qdedup.search_threads == 1
 
 
 def test_unfilled_placeholders_stop_the_launch(capsys):

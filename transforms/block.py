@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Iterable, Iterator, NamedTuple, Optional, Sequence
@@ -75,6 +77,7 @@ class BlockingSettings:
     max_sample: int = 65_536         # most vectors one k-means trains on (each level, each partition)
     margin: int = 10                 # extra neighbours faiss proposes, re-ranked by exact similarity
     seed: int = 0
+    search_threads: int = 1          # threads a work item's sparse (lexical) search is split over; 0 = the cores
 
 
 def rank(entry: tuple) -> tuple:
@@ -269,26 +272,52 @@ def top_columns(values: np.ndarray, count: int, floor: float) -> np.ndarray:
     return found
 
 
+# Fewest queries a search thread is given: below that, splitting costs more than it saves.
+MIN_THREAD_QUERIES = 1_000
+
+
+def search_threads(settings: BlockingSettings) -> int:
+    """The threads a work item's sparse search uses: `search_threads`, or 0 for the cores this process may use."""
+    return settings.search_threads or len(os.sched_getaffinity(0))
+
+
 def knn_lists(query_ids: Sequence, queries: np.ndarray, index_ids: Sequence, index: np.ndarray, k: int,
               min_similarity: float, margin: int = 10,
-              sparse_queries: Optional[scipy.sparse.csr_matrix] = None) -> dict[object, Neighbours]:
+              sparse_queries: Optional[scipy.sparse.csr_matrix] = None, threads: int = 1) -> dict[object, Neighbours]:
     """{query id: up to k (similarity, neighbour id), best first}, never the query itself.
 
     `propose` finds k + 1 + margin neighbours (from `sparse_queries` where given: the same queries as
-    a sparse matrix); they are ranked by their exact similarity.
+    a sparse matrix); they are ranked by their exact similarity. With sparse queries the rows are split
+    over up to `threads` threads (at least `MIN_THREAD_QUERIES` each): numpy and scipy release the GIL
+    in the products, partitions and sums, and each query's list depends on that query and the index
+    alone, so the lists are the same however they are split. faiss's dense search has threads of its own.
     """
     if not len(query_ids) or not len(index_ids) or k < 1:
         return {}
     index = np.ascontiguousarray(index, dtype=np.float32)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    found = propose(queries, index, min(k + 1 + margin, len(index_ids)), min_similarity, sparse_queries)
-    sims = exact_similarities(queries, index, found, sparse_queries)
+    count = min(k + 1 + margin, len(index_ids))
+
+    def search(part: slice) -> dict:
+        sparse = sparse_queries[part] if sparse_queries is not None else None
+        found = propose(queries[part], index, count, min_similarity, sparse)
+        sims = exact_similarities(queries[part], index, found, sparse)
+        lists: dict[object, Neighbours] = {}
+        for query_id, row_sims, row_found in zip(query_ids[part], sims, found):
+            neighbours = sorted(((float(s), index_ids[j]) for s, j in zip(row_sims, row_found)
+                                 if j >= 0 and s >= min_similarity and index_ids[j] != query_id), key=rank)
+            if neighbours:
+                lists[query_id] = neighbours[:k]
+        return lists
+
+    parts = min(threads, len(query_ids) // MIN_THREAD_QUERIES) if sparse_queries is not None else 1
+    if parts <= 1:
+        return search(slice(None))
+    bounds = np.linspace(0, len(query_ids), parts + 1).astype(int)
     lists: dict[object, Neighbours] = {}
-    for query_id, row_sims, row_found in zip(query_ids, sims, found):
-        neighbours = sorted(((float(s), index_ids[j]) for s, j in zip(row_sims, row_found)
-                             if j >= 0 and s >= min_similarity and index_ids[j] != query_id), key=rank)
-        if neighbours:
-            lists[query_id] = neighbours[:k]
+    with ThreadPoolExecutor(parts) as pool:
+        for part_lists in pool.map(search, [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]):
+            lists.update(part_lists)
     return lists
 
 
@@ -525,7 +554,8 @@ def _search(queries: list, index: list, settings: BlockingSettings) -> dict:
     vectors = [item.vector for item in queries]
     return knn_lists([item.rep.id for item in queries], np.stack([to_dense(vector) for vector in vectors]),
                      [item.rep.id for item in index], np.stack([to_dense(item.vector) for item in index]),
-                     settings.top_k, settings.min_similarity, settings.margin, sparse_rows(vectors))
+                     settings.top_k, settings.min_similarity, settings.margin, sparse_rows(vectors),
+                     search_threads(settings))
 
 
 def _keep_best(best: dict, found: Iterable[tuple], k: int) -> dict:
