@@ -149,6 +149,25 @@ def test_a_sparse_search_split_over_threads_gives_the_same_lists(monkeypatch):
     assert len(alone) > 2000
 
 
+@pytest.mark.parametrize("setting", [0, 3])
+def test_a_work_item_searches_on_the_threads_its_setting_gives(monkeypatch, setting):
+    """--search-threads reaches the search of a work item; 0 means the cores this process may use."""
+    import os
+    rng = np.random.default_rng(6)
+    items = [Embedded(Representative(i, f"t{i}", f"t{i}", f"t{i}", 1), v)
+             for i, v in enumerate(_sparse_unit(rng, 50, 64, 6))]
+    asked = []
+    search = block.knn_lists
+
+    def counted(*args, **kwargs):
+        asked.append(args[-1])
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(block, "knn_lists", counted)
+    lists = block._search(items, items, BlockingSettings(search_threads=setting))
+    assert lists and asked == [setting or len(os.sched_getaffinity(0))]
+
+
 def test_sparse_similarities_are_the_dense_ones_to_the_bit():
     """Summing only a sparse query's non-zero products gives the dense routine's float32, bit for bit: for
     vectors with signs too, a query without non-zeros, and candidates that are -1."""
