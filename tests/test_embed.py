@@ -45,6 +45,21 @@ def test_hashed_ngrams_use_crc32_buckets_and_weigh_characters_more():
     assert UNIGRAM_WEIGHT > 1
 
 
+def test_hashed_ngrams_equal_the_weights_summed_over_every_ngram():
+    """Bucket ids ascending and each bucket's weights summed exactly as numpy's unique and bincount sum them,
+    on real questions (with spaces, repeats, one character, none) and in a small space where buckets collide."""
+    texts = [t for a, b, _ in lcqmc_pairs(200) for t in (a, b)] + ["", "银", "a b  c", "哈哈哈哈"]
+    for dim in (16, 1024):
+        for text in texts:
+            grams = char_ngrams(text)
+            unique, inverse = np.unique(ngram_buckets(text, dim), return_inverse=True)
+            weights = np.array([UNIGRAM_WEIGHT if len(g) == 1 else 1.0 for g in grams])
+            buckets, summed = hashed_ngrams(text, dim)
+            assert buckets.dtype == np.int64 and summed.dtype == np.float64
+            assert buckets.tolist() == unique.tolist()
+            assert summed.tolist() == np.bincount(inverse, weights=weights, minlength=len(unique)).tolist()
+
+
 def test_vectors_are_unit_length_and_rank_by_shared_ngrams():
     idf = np.ones(256, dtype=np.float32)
     a, b, c = (tfidf_vector(t, idf) for t in ["信用卡怎么提额", "信用卡如何提额", "今天天气很好"])

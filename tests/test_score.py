@@ -27,7 +27,7 @@ from transforms.feeding import (
     tokenize,
 )
 from transforms.records import CandidatePair, ScoredPair, pairs_in
-from transforms.score import PAIR_OF_FOUND, ScoreNeighbours, ScorePairs, pair_scorer
+from transforms.score import AHEAD_BATCH, PAIR_OF_FOUND, ScoreNeighbours, ScorePairs, TokenizeAhead, pair_scorer
 from transforms.sources import load_tokenizer
 
 
@@ -119,7 +119,7 @@ def test_texts_tokenized_ahead_give_the_ids_of_their_pairs_tokenized_whole(tiny_
     rng = random.Random(max_length)
     texts = [t for pair in thirty_pairs for t in pair] + ["长" * n for n in (3, 5, 6, 7, 8, 9, 11, 20, 300)]
     pairs = [(rng.choice(texts), rng.choice(texts)) for _ in range(400)]
-    forms = {text: ahead(text) for text in texts}
+    forms = dict(zip(texts, ahead(texts)))
     kinds = {type(form) for form in forms.values()}
     assert kinds == {bytes, str}  # short texts ahead, long ones not (300 ids are more than half of 512)
     for (a, b), from_ahead in zip(pairs, tokenize(tokenizer, [(forms[a], forms[b]) for a, b in pairs], max_length)):
@@ -135,23 +135,41 @@ def test_texts_stay_texts_where_tokenizing_ahead_would_not_be_exact(tiny_model, 
 
     import transforms.feeding
     tokenizer = load_tokenizer(tiny_model)
-    form = ahead_of_scoring(tokenizer, 512)("怎么开通网银")
+    form = ahead_of_scoring(tokenizer, 512)(["怎么开通网银"])[0]
     assert token_dtype(tokenizer) == np.dtype("<u2") and isinstance(form, bytes)
     assert np.frombuffer(form, "<u2").tolist() == tokenizer("怎么开通网银", add_special_tokens=False)["input_ids"]
-    assert ahead_of_scoring(tokenizer, 13)("长" * 6) == "长" * 6  # (13 - 3) // 2 = 5 ids at most
+    assert ahead_of_scoring(tokenizer, 13)(["长" * 6])[0] == "长" * 6  # (13 - 3) // 2 = 5 ids at most
     left = copy.deepcopy(tokenizer)
     left.truncation_side = "left"
     from transformers import BertTokenizerLegacy  # Python, no fast backend
     slow = BertTokenizerLegacy.from_pretrained(tiny_model)
     assert not hasattr(slow, "backend_tokenizer")
     for other in (left, slow):
-        assert ahead_of_scoring(other, 512)("怎么开通网银") == "怎么开通网银"
-    assert ahead_of_scoring(tokenizer, 512)(None) is None  # one the tokenizer fails on stays as it is
+        assert ahead_of_scoring(other, 512)(["怎么开通网银"])[0] == "怎么开通网银"
+    # one the tokenizer fails on stays as it is; the others of its call are still tokenized
+    assert ahead_of_scoring(tokenizer, 512)(["怎么开通网银", None, "长" * 6]) == [form, None, ahead_of_scoring(
+        tokenizer, 512)(["长" * 6])[0]]
     monkeypatch.setattr(transforms.feeding, "_template", lambda backend, count: None)  # no one template
-    assert ahead_of_scoring(tokenizer, 512)("怎么开通网银") == "怎么开通网银"
+    assert ahead_of_scoring(tokenizer, 512)(["怎么开通网银"])[0] == "怎么开通网银"
     monkeypatch.undo()
     with pytest.raises(ValueError, match="another max_length"):
-        tokenize(tokenizer, [(ahead_of_scoring(tokenizer, 64)("长" * 20), "短" * 20)], 24)
+        tokenize(tokenizer, [(ahead_of_scoring(tokenizer, 64)(["长" * 20])[0], "短" * 20)], 24)
+
+
+def test_tokenize_ahead_gives_every_text_its_own_form_whatever_the_calls(tiny_model, thirty_pairs):
+    """Texts are encoded many a call (`AHEAD_BATCH`); each key still gets its own text's form, the one
+    the text gets alone, and a text the tokenizer fails on stays as it is beside the others."""
+    tokenizer = load_tokenizer(tiny_model)
+    texts = [t for pair in thirty_pairs for t in pair]
+    elements = [(i, texts[i % len(texts)] + str(i)) for i in range(2 * AHEAD_BATCH + 17)] + [(-1, None)]
+    expected = {key: ahead_of_scoring(tokenizer, 512)([text])[0] for key, text in elements}
+    assert sum(isinstance(form, bytes) for form in expected.values()) == len(elements) - 1
+
+    def check(formed):
+        assert len(formed) == len(elements) and dict(formed) == expected
+
+    with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
+        assert_that(pipeline | beam.Create(elements) | TokenizeAhead(ModelSettings(tiny_model)), check)
 
 
 def test_pack_batches_respects_the_budget_and_keeps_every_element():

@@ -348,10 +348,9 @@ def _resplit(element, threshold: float) -> Iterable[tuple]:
             yield beam.pvalue.TaggedOutput("edges", (labels[a], Edge(a, b, score, sources[(a, b)])))
 
 
-def _extra_by_root(element) -> Iterator[tuple]:
-    _, joined = element
-    root = only(joined["root"])
-    for pair in joined["pair"]:
+def _by_root(pair, root) -> Iterator[tuple]:
+    """A pair a re-split asked for, scored, and the root of the component that asked -> (root, pair)."""
+    if root is not None:
         yield root, pair
 
 
@@ -476,10 +475,8 @@ class SplitChains(beam.PTransform):
             | "PlanResplit" >> JoinByKey(_Plan(settings), outputs=("resplit", "missing", "ask"), main="none")
         )
         scoring = plan.ask | "ScoreMissingPairs" >> self._score
-        extra_by_root = (
-            {"root": plan.missing, "pair": scoring.scored | "ScoredMissing" >> beam.FlatMap(pairs_in)}
-            | "JoinExtraRoot" >> JoinByKey(_extra_by_root, keys={"pair": attrgetter("id_a", "id_b")})
-        )
+        extra_by_root = (scoring.scored, plan.missing) | "JoinExtraRoot" >> LookUp(
+            _by_root, attrgetter("id_a", "id_b"), shard_keys=settings.join_shard_keys, items=pairs_in)
         resplit = (
             {"plan": plan.resplit, "extra": extra_by_root}
             | "AverageLinkage" >> JoinByKey(_resplit, settings.threshold, outputs=("edges",), main="labels")

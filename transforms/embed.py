@@ -56,12 +56,16 @@ def ngram_buckets(text: str, dim: int) -> np.ndarray:
 
 
 def hashed_ngrams(text: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(bucket ids, summed n-gram weights)."""
+    """(bucket ids, ascending; summed n-gram weights), summed per bucket in one pass over the n-grams (a
+    third less CPU than numpy's unique and bincount on arrays this short; every question is hashed twice,
+    for the document frequencies and for its vector)."""
     grams = char_ngrams(text)
-    buckets = _buckets(grams, dim)
-    weights = np.fromiter((UNIGRAM_WEIGHT if len(g) == 1 else 1.0 for g in grams), dtype=np.float64, count=len(grams))
-    unique, inverse = np.unique(buckets, return_inverse=True)
-    return unique, np.bincount(inverse, weights=weights, minlength=len(unique))
+    unigrams = (len(grams) + 1) // 2  # n characters, then n - 1 pairs
+    summed: dict = {}
+    for i, bucket in enumerate(_buckets(grams, dim).tolist()):
+        summed[bucket] = summed.get(bucket, 0.0) + (UNIGRAM_WEIGHT if i < unigrams else 1.0)
+    buckets = sorted(summed)
+    return np.array(buckets, dtype=np.int64), np.array([summed[b] for b in buckets], dtype=np.float64)
 
 
 def idf_weights(document_frequency: np.ndarray, documents: int) -> np.ndarray:

@@ -131,8 +131,8 @@ def token_dtype(tokenizer) -> np.dtype:
     return np.dtype("<u2") if len(tokenizer) <= 2 ** 16 else np.dtype("<u4")
 
 
-def ahead_of_scoring(tokenizer, max_length: int) -> Callable[[str], Text]:
-    """text -> the text as pair scoring with this tokenizer and `max_length` takes it: the bytes of its
+def ahead_of_scoring(tokenizer, max_length: int) -> Callable[[Sequence[str]], list[Text]]:
+    """texts -> each text as pair scoring with this tokenizer and `max_length` takes it: the bytes of its
     token ids (`token_dtype`, no special tokens), or, where that would not be exact, the text itself.
 
     Scoring then assembles a pair from its two texts' ids without tokenizing them again: a question
@@ -141,22 +141,34 @@ def ahead_of_scoring(tokenizer, max_length: int) -> Callable[[str], Text]:
     right and whose pairs follow one template, and a text with more than half the tokens a pair may
     hold stays a text: a pair with a text tokenized ahead is then cut on its other side alone, as the
     tokenizer's longest-first truncation cuts it, and a pair of two never needs cutting. A text the
-    tokenizer fails on stays a text too: scoring sets aside the pairs it fails on again.
+    tokenizer fails on stays a text too: scoring sets aside the pairs it fails on again. The texts are
+    encoded in one call (half the CPU of one call a text); where it fails, one by one.
     """
     if not hasattr(tokenizer, "backend_tokenizer") or getattr(tokenizer, "truncation_side", "right") != "right":
-        return lambda text: text
+        return list
     backend = _plain(tokenizer)
     template = _template(backend, 2)
     if template is None:
-        return lambda text: text
+        return list
     limit, dtype = _half(template, max_length), token_dtype(tokenizer)
 
-    def ahead(text: str) -> Text:
+    def form(text: str, encoding) -> Text:
+        ids = encoding.ids
+        return text if len(ids) > limit else np.asarray(ids, dtype=dtype).tobytes()
+
+    def one(text: str) -> Text:
         try:
-            ids = backend.encode(text, add_special_tokens=False).ids
+            encoding = backend.encode(text, add_special_tokens=False)
         except Exception:  # scoring tokenizes it again, and sets aside the pairs it fails on
             return text
-        return text if len(ids) > limit else np.asarray(ids, dtype=dtype).tobytes()
+        return form(text, encoding)
+
+    def ahead(texts: Sequence[str]) -> list[Text]:
+        try:
+            encodings = backend.encode_batch(list(texts), add_special_tokens=False)
+        except Exception:
+            return [one(text) for text in texts]
+        return [form(text, encoding) for text, encoding in zip(texts, encodings)]
 
     return ahead
 

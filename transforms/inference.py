@@ -20,6 +20,7 @@ a step each input passes costs CPU that keeps the model waiting.
 """
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
@@ -36,7 +37,7 @@ from transforms.feeding import (
     token_budget,
     tokenize,
 )
-from transforms.joins import shard_of
+from transforms.joins import DealIntoShards, dealt
 from transforms.logs import quiet_libraries
 from transforms.metrics import StageTimer
 
@@ -102,14 +103,21 @@ class _PackShard(beam.DoFn):
             yield ([items[i] for i in indices],)
 
 
+DEAL_BATCH = 1000  # inputs a dealt list holds at most
+
+
+def _dealt_inputs(grouped: Iterable) -> list:
+    return list(dealt(grouped, 0))
+
 
 class TokenizeAndPack(beam.PTransform):
     """(key, inputs in one or more orders) -> `.batches`: packed batches (lists of `TokenizedItem`, each in a
     1-tuple); `.failed`: (key, detail).
 
     Inputs are dealt into shards of about `sort_window` by a hash of their key (a key must be
-    unique, sortable, and have a stable repr), so that similar lengths meet in a batch whatever the
-    bundles, and a batch's make-up, hence every float it produces, depends only on the set of inputs.
+    unique, sortable, and have a stable repr), in lists of up to `DEAL_BATCH` (`joins.DealIntoShards`),
+    so that similar lengths meet in a batch whatever the bundles, and a batch's make-up, hence every
+    float it produces, depends only on the set of inputs.
     `count`: a one-element PCollection holding the number of inputs, where the caller counts them
     already (counted here otherwise: one global count of every input is a step each input passes).
     `prepare`: where the caller deals its inputs into shards itself, in another form (e.g. lists, see
@@ -127,13 +135,14 @@ class TokenizeAndPack(beam.PTransform):
         self._prepare = prepare
 
     def expand(self, inputs):
-        dealt = inputs
-        if self._prepare is None:
-            size = self._settings.sort_window
+        dealt, prepare = inputs, self._prepare
+        if prepare is None:  # dealt here, in lists: no input crosses the shuffle on its own
             count = beam.pvalue.AsSingleton(
                 self._count if self._count is not None else inputs | "CountInputs" >> beam.combiners.Count.Globally())
-            dealt = inputs | "DealIntoShards" >> beam.Map(lambda e, n: (shard_of(e[0], n, size), e), n=count)
-        pack = _PackShard(self._settings, self._stage, self._load_tokenizer, self._prepare)
+            dealt = inputs | "DealIntoShards" >> beam.ParDo(
+                DealIntoShards(0, itemgetter(0), self._settings.sort_window, DEAL_BATCH), keys=count)
+            prepare = _dealt_inputs
+        pack = _PackShard(self._settings, self._stage, self._load_tokenizer, prepare)
         return (
             dealt
             | "GatherShard" >> beam.GroupByKey()

@@ -14,10 +14,11 @@ from __future__ import annotations
 import functools
 import logging
 from operator import attrgetter, itemgetter
-from typing import Iterable, NamedTuple, Optional
+from typing import Iterable, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 
 from transforms import sources
 from transforms.errors import RejectedRow
@@ -30,6 +31,8 @@ from transforms.records import CandidatePair, ScoredPair, found_pairs, unite_pai
 
 _LOG = logging.getLogger(__name__)
 
+AHEAD_BATCH = 1000  # texts `TokenizeAhead` encodes in one call: what a bundle holds at most
+
 
 def pair_scorer(settings: ModelSettings) -> PackedBatchHandler:
     """The RunInference handler that scores tokenized pairs with the cross-encoder of `settings`."""
@@ -39,15 +42,29 @@ def pair_scorer(settings: ModelSettings) -> PackedBatchHandler:
 
 
 class _TokenizeAhead(beam.DoFn):
+    """(key, text) -> (key, its form ahead of scoring), tokenized `AHEAD_BATCH` texts a call."""
+
     def __init__(self, settings: ModelSettings):
         self._settings = settings
 
     def setup(self):
         self._ahead = ahead_of_scoring(sources.load_tokenizer(self._settings.model), self._settings.max_length)
 
+    def start_bundle(self):
+        self._held = []
+
     def process(self, element):
-        key, text = element
-        yield key, self._ahead(text)
+        self._held.append(element)
+        if len(self._held) >= AHEAD_BATCH:
+            yield from self._give()
+
+    def finish_bundle(self):
+        for element in self._give():
+            yield GlobalWindows.windowed_value(element)
+
+    def _give(self) -> Iterator[tuple]:
+        held, self._held = self._held, []
+        return zip((key for key, _ in held), self._ahead([text for _, text in held]))
 
 
 class TokenizeAhead(beam.PTransform):
