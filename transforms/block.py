@@ -392,11 +392,14 @@ def _train_sub(element, sizes: dict, settings: BlockingSettings) -> Iterator[tup
 
 
 class _AssignPartitions(beam.DoFn):
-    """item -> (partition, (role, item)) for its nearest partitions; with `only`, for those among them.
+    """item -> (partition, (role, id, the item `packed`)) for its nearest partitions; with `only`, for those
+    among them.
 
     role "both": searched and searchable; "stored": a stored question of an extended run, searchable
     only (and searched against the queries for the newcomers that enter its k nearest). `read`: counts
-    the items read (`read_count`).
+    the items read (`read_count`). The item is packed once here: the steps that count, sample, split and
+    deal the entries into work items read them (each once per probe) and need only the id, and the
+    in-process runner holds a packed entry at about its encoded size.
     """
 
     def __init__(self, probes: int, role: str = "both", read: Optional[BundleCount] = None):
@@ -419,9 +422,11 @@ class _AssignPartitions(beam.DoFn):
         self._progress.add()
         if self._read:
             self._read.add()
+        entry = None
         for partition in nearest_partitions(item.vector, centroids, self._probes):
             if only is None or partition in only:
-                yield partition, (self._role, item)
+                entry = entry or (self._role, item.rep.id, packed(item))
+                yield partition, entry
 
 
 class _SampleForCentroids(beam.DoFn):
@@ -459,14 +464,15 @@ def _route(element, probes: int) -> Iterator[tuple]:
     """(partition, {entry, sub}) -> ((partition, sub-partition), entry) for the entry's nearest sub-partitions."""
     partition, joined = element
     sub = only(joined["sub"])
-    for role, item in joined["entry"]:
-        for part in nearest_partitions(item.vector, sub, probes):
-            yield (partition, part), (role, item)
+    for entry in joined["entry"]:
+        for part in nearest_partitions(unpacked(entry[2]).vector, sub, probes):
+            yield (partition, part), entry
 
 
 class _ToWorkItems(beam.DoFn):
-    """((partition, sub-partition), entry) -> (work item key, entry `packed`: the shuffle into work items holds
-    every question's vector probes times over, and the in-process runner holds it decoded otherwise).
+    """((partition, sub-partition), (role, id, packed item)) -> (work item key, (role, packed item)): the
+    shuffle into work items holds every question's vector probes times over, packed (the in-process runner
+    would hold it decoded otherwise).
 
     A (sub-)partition of at most `max_block` is one work item. A larger one is cut into b blocks by a
     hash of the id: while b <= `fanout` it is searched exactly as b x b (query block, index block) work
@@ -481,10 +487,10 @@ class _ToWorkItems(beam.DoFn):
         self._approximate = Metrics.counter("qdedup", "blocking_items_hash_blocked")
 
     def process(self, element, sizes: dict):
-        key, (role, item) = element
+        key, (role, rep_id, item) = element
         blocks = block_count(sizes[key], self._max_block)
-        mine = stable_hash(item.rep.id) % blocks
-        entry = packed((role, item))
+        mine = stable_hash(rep_id) % blocks
+        entry = role, item
         if blocks > self._fanout:
             self._approximate.inc()
             yield (*key, mine, mine), entry
@@ -493,7 +499,7 @@ class _ToWorkItems(beam.DoFn):
             for other in range(blocks):
                 yield (*key, other, mine), entry
             return
-        as_query, as_index = packed(("query", item)), packed(("index", item))
+        as_query, as_index = ("query", item), ("index", item)
         for other in range(blocks):
             if other == mine:
                 yield (*key, mine, mine), entry
@@ -513,7 +519,8 @@ class _SearchWorkItem(beam.DoFn):
     def process(self, element):
         _, members = element
         queries, index, stored, entries = [], [], [], 0
-        for role, item in map(unpacked, members):
+        for role, packed_item in members:
+            item = unpacked(packed_item)
             entries += 1
             if role in ("both", "query"):
                 queries.append(item)
@@ -705,8 +712,8 @@ class BlockCandidates(beam.PTransform):
             sub_centroids = (
                 assigned
                 | "SampleHot" >> beam.Filter(_in_sub_sample, sizes=sizes, settings=settings)
-                | "HotIdAndVector" >> beam.MapTuple(lambda partition, entry: (partition, (entry[1].rep.id,
-                                                                                          entry[1].vector)))
+                | "HotIdAndVector" >> beam.MapTuple(lambda partition, entry: (partition, (entry[1],
+                                                                                          unpacked(entry[2]).vector)))
                 | "CapHotSample" >> beam.CombinePerKey(_lowest_ranks(settings))
                 | "TrainSubCentroids" >> beam.FlatMap(_train_sub, sizes=sizes, settings=settings)
             )
@@ -741,7 +748,7 @@ class BlockCandidates(beam.PTransform):
 
 def _in_sub_sample(element, sizes: dict, settings: BlockingSettings) -> bool:
     """Whether an entry of a partition that is split again is in the sample its second level trains on."""
-    partition, (_, item) = element
+    partition, (_, rep_id, _) = element
     size = sizes[partition]
     count = sub_partition_count(size, settings)
-    return bool(count) and in_sample(item.rep.id, size, count, settings)
+    return bool(count) and in_sample(rep_id, size, count, settings)
