@@ -71,7 +71,7 @@ def question_tokens(model_dir: str) -> list[bytes]:
     path = os.path.join(os.environ.get("QDEDUP_SHARED_DATA", SHARED_DATA), "lcqmc", "dev.tsv")
     texts = sorted({text for a, b, _ in read_labelled_pairs(path) for text in (a, b)})
     ahead = ahead_of_scoring(load_tokenizer(model_dir), 512)
-    return [ahead(text) for text in texts]
+    return ahead(texts)
 
 
 CHUNK = 1000  # pairs a made element becomes (`pairs`)

@@ -154,7 +154,7 @@ def test_a_failure_inside_any_stage_sets_the_element_aside(tiny_model, tmp_path,
                         lambda t, idf: (_ for _ in ()).throw(ValueError("no vector")) if "向量" in t
                         else tfidf_sparse(t, idf))
 
-    def fragile(way, texts):  # the fast tokenizer's backend: ahead of scoring ("one") and in scoring ("batch")
+    def fragile(way, texts):  # the fast backend, ahead of scoring and in scoring: a batch, or one text
         if any("分词" in text for text in texts):
             raise RuntimeError("tokenizer broke")
 

@@ -249,24 +249,26 @@ def test_truncated_pairs_are_counted(tiny_model, tmp_path):
 
 
 def test_each_question_is_tokenized_once_not_again_with_each_pair(tiny_model, tmp_path, monkeypatch):
-    """Questions are tokenized ahead, one at a time; scoring assembles pairs from their ids and hands the
-    tokenizer's batch encoder none of the corpus's texts."""
+    """Questions are tokenized ahead, many a call; scoring assembles pairs from their ids and hands the
+    tokenizer none of the corpus's texts."""
     texts = ["怎么开初婚未育证明", "初婚未育证明怎么开", "开初婚未育证明", "今天天气怎么样", "今天天气如何"]
     pq.write_table(pa.table({"id": list(range(1, 6)), "question": texts}), tmp_path / "q.parquet")
     log = tmp_path / "tokenized.jsonl"
 
-    def note(way, texts):
+    def note(way, texts):  # called by the watched backend, itself called by qdedup's function: whose?
+        caller = sys._getframe(2).f_code.co_name
         with open(log, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps([way, list(texts)], ensure_ascii=False) + "\n")
+            handle.write(json.dumps([way, caller, list(texts)], ensure_ascii=False) + "\n")
 
     watch_tokenizer(monkeypatch, note)
     report = run_qdedup(tmp_path / "q.parquet", tmp_path / "out", tiny_model, "--min-similarity=-1")
     assert report["pairs_scored"] == len(blocking_pairs(tmp_path / "out")) > 0
-    seen = {"one": set(), "batch": set()}
+    seen = {}
     for line in log.read_text(encoding="utf-8").splitlines():
-        way, batch = json.loads(line)
-        seen[way].update(batch)
-    assert set(texts) <= seen["one"] and not set(texts) & seen["batch"]
+        way, caller, batch = json.loads(line)
+        seen.setdefault((way, caller), set()).update(batch)
+    assert set(texts) <= seen[("batch", "ahead")]  # all of them in a call of their own, ahead of scoring
+    assert not any(set(texts) & heard for (_, caller), heard in seen.items() if caller != "ahead")
 
 
 def test_encoder_candidates_are_united_with_lexical_and_sourced(tiny_model, tmp_path):

@@ -139,6 +139,8 @@ def test_texts_stay_texts_where_tokenizing_ahead_would_not_be_exact(tiny_model, 
     assert token_dtype(tokenizer) == np.dtype("<u2") and isinstance(form, bytes)
     assert np.frombuffer(form, "<u2").tolist() == tokenizer("怎么开通网银", add_special_tokens=False)["input_ids"]
     assert ahead_of_scoring(tokenizer, 13)(["长" * 6])[0] == "长" * 6  # (13 - 3) // 2 = 5 ids at most
+    with pytest.raises(TypeError, match="not one text"):
+        ahead_of_scoring(tokenizer, 512)("怎么开通网银")
     left = copy.deepcopy(tokenizer)
     left.truncation_side = "left"
     from transformers import BertTokenizerLegacy  # Python, no fast backend

@@ -144,13 +144,12 @@ def ahead_of_scoring(tokenizer, max_length: int) -> Callable[[Sequence[str]], li
     tokenizer fails on stays a text too: scoring sets aside the pairs it fails on again. The texts are
     encoded in one call (half the CPU of one call a text); where it fails, one by one.
     """
-    if not hasattr(tokenizer, "backend_tokenizer") or getattr(tokenizer, "truncation_side", "right") != "right":
-        return list
-    backend = _plain(tokenizer)
-    template = _template(backend, 2)
-    if template is None:
-        return list
-    limit, dtype = _half(template, max_length), token_dtype(tokenizer)
+    backend = template = None
+    if hasattr(tokenizer, "backend_tokenizer") and getattr(tokenizer, "truncation_side", "right") == "right":
+        backend = _plain(tokenizer)
+        template = _template(backend, 2)
+    if template is not None:
+        limit, dtype = _half(template, max_length), token_dtype(tokenizer)
 
     def form(text: str, encoding) -> Text:
         ids = encoding.ids
@@ -164,8 +163,13 @@ def ahead_of_scoring(tokenizer, max_length: int) -> Callable[[Sequence[str]], li
         return form(text, encoding)
 
     def ahead(texts: Sequence[str]) -> list[Text]:
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("ahead_of_scoring's function takes a sequence of texts, not one text")
+        texts = list(texts)
+        if template is None:
+            return texts
         try:
-            encodings = backend.encode_batch(list(texts), add_special_tokens=False)
+            encodings = backend.encode_batch(texts, add_special_tokens=False)
         except Exception:
             return [one(text) for text in texts]
         return [form(text, encoding) for text, encoding in zip(texts, encodings)]
