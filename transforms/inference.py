@@ -135,16 +135,16 @@ class TokenizeAndPack(beam.PTransform):
         self._prepare = prepare
 
     def expand(self, inputs):
-        dealt, prepare = inputs, self._prepare
+        shards, prepare = inputs, self._prepare
         if prepare is None:  # dealt here, in lists: no input crosses the shuffle on its own
             count = beam.pvalue.AsSingleton(
                 self._count if self._count is not None else inputs | "CountInputs" >> beam.combiners.Count.Globally())
-            dealt = inputs | "DealIntoShards" >> beam.ParDo(
+            shards = inputs | "DealIntoShards" >> beam.ParDo(
                 DealIntoShards(0, itemgetter(0), self._settings.sort_window, DEAL_BATCH), keys=count)
             prepare = _dealt_inputs
         pack = _PackShard(self._settings, self._stage, self._load_tokenizer, prepare)
         return (
-            dealt
+            shards
             | "GatherShard" >> beam.GroupByKey()
             | "PackShard" >> beam.ParDo(pack).with_outputs("failed", main="batches")
         )
