@@ -18,7 +18,6 @@ from typing import Iterable, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import GlobalWindows
 
 from transforms import sources
 from transforms.errors import RejectedRow
@@ -31,7 +30,7 @@ from transforms.records import CandidatePair, ScoredPair, found_pairs, unite_pai
 
 _LOG = logging.getLogger(__name__)
 
-AHEAD_BATCH = 1000  # texts `TokenizeAhead` encodes in one call: what a bundle holds at most
+AHEAD_BATCH = 1000  # texts `TokenizeAhead` encodes in one call (held by `beam.BatchElements`)
 
 
 def pair_scorer(settings: ModelSettings) -> PackedBatchHandler:
@@ -42,7 +41,7 @@ def pair_scorer(settings: ModelSettings) -> PackedBatchHandler:
 
 
 class _TokenizeAhead(beam.DoFn):
-    """(key, text) -> (key, its form ahead of scoring), tokenized `AHEAD_BATCH` texts a call."""
+    """A list of (key, text) -> (key, its form ahead of scoring) each, the texts tokenized in one call."""
 
     def __init__(self, settings: ModelSettings):
         self._settings = settings
@@ -50,21 +49,8 @@ class _TokenizeAhead(beam.DoFn):
     def setup(self):
         self._ahead = ahead_of_scoring(sources.load_tokenizer(self._settings.model), self._settings.max_length)
 
-    def start_bundle(self):
-        self._held = []
-
-    def process(self, element):
-        self._held.append(element)
-        if len(self._held) >= AHEAD_BATCH:
-            yield from self._give()
-
-    def finish_bundle(self):
-        for element in self._give():
-            yield GlobalWindows.windowed_value(element)
-
-    def _give(self) -> Iterator[tuple]:
-        held, self._held = self._held, []
-        return zip((key for key, _ in held), self._ahead([text for _, text in held]))
+    def process(self, batch: list) -> Iterator[tuple]:
+        return zip((key for key, _ in batch), self._ahead([text for _, text in batch]))
 
 
 class TokenizeAhead(beam.PTransform):
@@ -79,7 +65,11 @@ class TokenizeAhead(beam.PTransform):
         self._settings = settings
 
     def expand(self, texts):
-        return texts | "Tokenize" >> beam.ParDo(_TokenizeAhead(self._settings))
+        return (
+            texts
+            | "Batch" >> beam.BatchElements(min_batch_size=AHEAD_BATCH, max_batch_size=AHEAD_BATCH)
+            | "Tokenize" >> beam.ParDo(_TokenizeAhead(self._settings))
+        )
 
 
 class _ToScoredPairs(beam.DoFn):
