@@ -98,7 +98,8 @@ def _run_components(edges, rounds, tmp_path, max_unsettled=10**9, bundle_nodes=B
             pickle.dump(dict(found), handle)
 
     pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
-    _ = (pipeline | beam.Create(edges) | ConnectedComponents(rounds, max_unsettled, bundle_nodes)
+    lists = [edges[i:i + 7] for i in range(0, len(edges), 7)]  # as scored batches give them: a list an element
+    _ = (pipeline | beam.Create(lists) | ConnectedComponents(rounds, max_unsettled, bundle_nodes)
          | beam.combiners.ToList() | beam.Map(save))
     result = pipeline.run()
     result.wait_until_finish()
@@ -152,7 +153,7 @@ def test_bundle_stars_keep_the_components_in_one_edge_per_node():
         stars = _BundleStars(max_nodes)
         stars.setup()
         stars.start_bundle()
-        emitted = [star for edge in edges for star in stars.process(edge)]
+        emitted = [star for i in range(0, len(edges), 5) for star in stars.process(edges[i:i + 5])]
         flushed = len(emitted)
         emitted += [windowed.value for windowed in stars.finish_bundle()]
         assert (flushed > 0) == (max_nodes == 40)  # a full union-find gives its stars and starts again
@@ -203,7 +204,7 @@ def test_a_remainder_larger_than_the_bound_fails_saying_what_to_raise():
 def test_components_are_finished_without_side_inputs():
     """Nothing the size of the graph is broadcast: no step of the component search takes a side input."""
     pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
-    _ = pipeline | beam.Create([(1, 2)]) | "Components" >> ConnectedComponents(2, 100)
+    _ = pipeline | beam.Create([[(1, 2)]]) | "Components" >> ConnectedComponents(2, 100)
     proto = pipeline.to_runner_api()
     pardos = [t for t in proto.components.transforms.values()
               if t.unique_name.startswith("Components/") and t.spec.urn == "beam:transform:pardo:v1"]

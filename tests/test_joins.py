@@ -56,7 +56,7 @@ def test_pairs_within_keeps_the_pairs_whose_ends_share_a_label():
     labels = [(1, 1), (2, 1), (3, 1), (4, 4)]  # 9 has no label: its pair is dropped
     expected = [(1, pairs[0]), (1, pairs[1])]
     with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
-        scored = pipeline | "Pairs" >> beam.Create(pairs)
+        scored = pipeline | "Pairs" >> beam.Create([pairs[:3], pairs[3:]])  # in lists, as chaining control has them
         labelled = pipeline | "Labels" >> beam.Create(labels)
         for shard_keys in (1, 2):  # one shard, and several
             assert_that(pairs_within(scored, labelled, f"Plain{shard_keys}", shard_keys), equal_to(expected),
@@ -88,6 +88,43 @@ def test_look_up_gives_each_element_its_keys_value_in_any_number_of_shards(shard
         )
         assert_that(looked_up.found, equal_to(found), label="CheckFound")
         assert_that(looked_up.missing, equal_to(missing), label="CheckMissing")
+
+
+def _lists_of(most: int):
+    """A check that every element is a list of 1 to `most` items."""
+    def check(lists):
+        assert lists and all(isinstance(items, list) and 1 <= len(items) <= most for items in lists), lists
+    return check
+
+
+def test_look_up_gives_the_outputs_asked_for_in_lists():
+    """`lists`: the outputs named come in lists of at most `batch` (the main one by its name), holding what they
+    would hold one by one; the others as they come."""
+    elements = [(i, i % 40) for i in range(1000)]  # 40 keys; even keys have a value
+    values = [(key, key * 10) for key in range(0, 40, 2)]
+    found = [((i, key), key * 10 + 1) for i, key in elements if key % 2 == 0]
+    missing = [(i, key) for i, key in elements if key % 2]
+    with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
+        inputs = (pipeline | "Elements" >> beam.Create([elements[i:i + 30] for i in range(0, 1000, 30)]),
+                  pipeline | "Values" >> beam.Create(values))
+        both = inputs | "Both" >> LookUp(_routed, itemgetter(1), 1, shard_keys=7, batch=40, outputs=("missing",),
+                                         main="found", items=iter, lists=("found", "missing"))
+        one = inputs | "One" >> LookUp(_routed, itemgetter(1), 1, shard_keys=7, batch=40, outputs=("missing",),
+                                       main="found", items=iter, lists=("missing",))
+        for name, listed in (("Found", both.found), ("Missing", both.missing), ("OneMissing", one.missing)):
+            assert_that(listed, _lists_of(40), label=f"Check{name}Lists")
+        assert_that(both.found | "FlatFound" >> beam.FlatMap(iter), equal_to(found), label="CheckFound")
+        assert_that(both.missing | "FlatMissing" >> beam.FlatMap(iter), equal_to(missing), label="CheckMissing")
+        assert_that(one.found, equal_to(found), label="CheckOneFound")  # not asked: one by one
+        assert_that(one.missing | "FlatOneMissing" >> beam.FlatMap(iter), equal_to(missing), label="CheckOne")
+        main_only = inputs | "MainOnly" >> LookUp(lambda element, value: [value], itemgetter(1), shard_keys=7,
+                                                  items=iter, lists=("main",))
+        assert_that(main_only, _lists_of(1000), label="CheckMainLists")
+
+
+def test_look_up_refuses_lists_of_an_output_it_does_not_have():
+    with pytest.raises(ValueError, match=r"does not have: \['cut'\]"):
+        LookUp(_routed, itemgetter(1), shard_keys=7, outputs=("missing",), main="found", lists=("found", "cut"))
 
 
 def test_look_up_refuses_a_key_with_two_values():
@@ -140,4 +177,10 @@ def test_a_hot_key_shard_streams_its_lists_and_holds_only_its_values():
     shard = _LookUpShard(lambda element, value: [(value, element[0])], itemgetter(1), ())
     counted, peak = peak_bytes(lambda: collections.Counter(value for value, _ in shard.process((0, grouped))))
     assert counted == {"label": 300_000}
+    assert peak < 2_000_000, peak
+    # Its outputs in lists: a list of 1,000 held at a time.
+    shard = _LookUpShard(lambda element, value: [(value, element[0])], itemgetter(1), (), frozenset({None}), 1000)
+    counted, peak = peak_bytes(lambda: collections.Counter(
+        (len(items), value) for items in shard.process((0, grouped)) for value, _ in items[:1]))
+    assert counted == {(1000, "label"): 300}
     assert peak < 2_000_000, peak

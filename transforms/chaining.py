@@ -260,11 +260,10 @@ def _edge_degrees(batch: list, threshold: float) -> Iterator[tuple]:
     return iter(degrees.items())
 
 
-def _level_edges(pair, thresholds: list) -> Iterator[tuple]:
-    """A pair of a component being cut -> its edge at every level whose threshold it reaches."""
-    for level, cut_at in enumerate(thresholds, 1):
-        if pair.score >= cut_at:
-            yield (level, pair.id_a), (level, pair.id_b)
+def _level_edges(pairs: list, thresholds: list) -> list[tuple]:
+    """A list of pairs of components being cut -> their edges at every level whose threshold they reach."""
+    return [((level, pair.id_a), (level, pair.id_b))
+            for pair in pairs for level, cut_at in enumerate(thresholds, 1) if pair.score >= cut_at]
 
 
 def _sized(element) -> Iterator[tuple]:
@@ -374,7 +373,7 @@ class SplitChains(beam.PTransform):
         settings: when to re-split, and how much one re-split may gather and score.
         score: `CandidatePair`s with texts -> `Scored` (`ScoreCandidates` in a run, which reuses
             scores an earlier run made).
-        components: edges (a, b) -> (node, component label) (`ConnectedComponents` in a run), for
+        components: lists of edges (a, b) -> (node, component label) (`ConnectedComponents` in a run), for
             cutting components larger than `settings.max_gather`.
         texts: (node, its text as `score` takes it) for every node (`TokenizeAhead` in a run).
     """
@@ -406,9 +405,10 @@ class SplitChains(beam.PTransform):
         return routed.kept, routed_pairs.kept, routed.resplit, routed_pairs.resplit, routed.cut, routed_pairs.cut
 
     def _judge_components(self, components, scored, last: bool):
-        """(components as (node, label), scored batches) -> as `_judge`. A component's verdict comes from
-        its nodes and their degrees, so each pair is joined once, on its first end, and on its second only
-        when it is a non-edge whose first end's component is re-split or cut."""
+        """(components as (node, label), scored batches) -> as `_judge`, the pairs of components to cut in
+        lists. A component's verdict comes from its nodes and their degrees, so each pair is joined once, on
+        its first end, and on its second only when it is a non-edge whose first end's component is re-split
+        or cut."""
         settings = self._settings
         threshold = settings.threshold
         degrees = (
@@ -428,10 +428,10 @@ class SplitChains(beam.PTransform):
             _route_nodes, self._counters, True, outputs=("resplit", "cut", "routes"), main="kept")
         by_a = (scored, routed.routes) | "WholeRouteByA" >> LookUp(
             _route_by_end_a, attrgetter("id_a"), threshold, shard_keys=settings.join_shard_keys,
-            outputs=("resplit", "cut", "end_b"), main="kept", items=pairs_in)
+            outputs=("resplit", "cut", "end_b"), main="kept", items=pairs_in, lists=("cut", "end_b"))
         by_b = (by_a.end_b, routed.routes) | "WholeRouteByB" >> LookUp(
             _route_by_end_b, lambda element: element[2].id_b, threshold, shard_keys=settings.join_shard_keys,
-            outputs=("resplit", "cut"), main="kept")
+            outputs=("resplit", "cut"), main="kept", items=iter, lists=("cut",))
         return (routed.kept, (by_a.kept, by_b.kept) | "WholeKeptEdges" >> beam.Flatten(),
                 routed.resplit, (by_a.resplit, by_b.resplit) | "WholeResplitPairs" >> beam.Flatten(),
                 routed.cut, (by_a.cut, by_b.cut) | "WholeCutPairs" >> beam.Flatten())
@@ -448,7 +448,7 @@ class SplitChains(beam.PTransform):
             # (level, node) graphs), then each node's piece at the lowest level where it fits.
             pieces = (
                 cut_pairs
-                | "LevelEdges" >> beam.FlatMap(_level_edges, thresholds)
+                | "LevelEdges" >> beam.Map(_level_edges, thresholds)
                 | "CutComponents" >> self._components
                 | "ByPiece" >> beam.MapTuple(lambda level_node, piece: (piece, level_node[1]))
             )

@@ -263,7 +263,7 @@ BUNDLE_NODES = 1_000_000
 
 
 class _BundleStars(beam.DoFn):
-    """Edges -> the same components as stars: (node, smallest node joined to it by this bundle's edges),
+    """Lists of edges -> the same components as stars: (node, smallest node joined to it by this bundle's edges),
     one edge per node, none for the smallest.
 
     Connectivity is unchanged, so the rounds that follow give the same labels; they only see fewer edges
@@ -281,11 +281,12 @@ class _BundleStars(beam.DoFn):
     def start_bundle(self):
         self._found = UnionFind()
 
-    def process(self, edge):
-        self._progress.add()
-        self._found.union(*edge)
-        if len(self._found) >= self._max_nodes:
-            yield from self._stars()
+    def process(self, edges: list):
+        self._progress.add(len(edges))
+        for edge in edges:
+            self._found.union(*edge)
+            if len(self._found) >= self._max_nodes:
+                yield from self._stars()
 
     def finish_bundle(self):
         for edge in self._stars():
@@ -297,9 +298,10 @@ class _BundleStars(beam.DoFn):
 
 
 class ConnectedComponents(beam.PTransform):
-    """Edges (a, b) -> (node, smallest node of its component) for every node with an edge.
+    """Edges (a, b) in lists (a scored batch's edges, one element) -> (node, smallest node of its component) for
+    every node with an edge.
 
-    No side input and no list: each bundle's edges first become stars (`_BundleStars`, holding up to
+    No side input and no list of the graph: each bundle's edges first become stars (`_BundleStars`, holding up to
     `bundle_nodes` nodes), then the rounds run; the unsettled remainder is finished on one worker
     (bounded by `max_unsettled` edges) and its labels reach the other nodes by joins on node and on
     star centre.
@@ -360,7 +362,7 @@ class ClusterGroups(beam.PTransform):
 
     Args:
         threshold: a pair scoring at least this joins its two questions.
-        components: edges -> (node, component label) (`ConnectedComponents` in a run).
+        components: lists of edges -> (node, component label) (`ConnectedComponents` in a run).
         split_chains: chaining control, (components, scored batches) -> `Chained`-like: group labels
             and the edge scores inside each group (`SplitChains` in a run).
         assign_ids: (row labels, group canonical ids, previous rows) -> ids and lineage
@@ -385,7 +387,7 @@ class ClusterGroups(beam.PTransform):
         representatives, members, scored, previous = inputs
         threshold = self._threshold
         components = (
-            scored | "EdgeEnds" >> beam.FlatMap(edge_ends, threshold) | "ConnectedComponents" >> self._components)
+            scored | "EdgeEnds" >> beam.Map(edge_ends, threshold) | "ConnectedComponents" >> self._components)
         chained = (components, scored) | "SplitChains" >> self._split_chains
         labels = chained.labels
         edge_scores = chained.edges | "EdgeScores" >> beam.CombinePerKey(EdgeScores())

@@ -9,6 +9,7 @@ twice (e.g. the single value of one side first, then the many of the other), nev
 """
 from __future__ import annotations
 
+import itertools
 import math
 import pickle
 import zlib
@@ -16,6 +17,7 @@ from operator import attrgetter, itemgetter
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import apache_beam as beam
+from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
@@ -170,10 +172,12 @@ def dealt(grouped: Iterable[tuple[int, bytes]], tag: int) -> Iterator:
 
 
 class _LookUpShard(beam.DoFn):
-    def __init__(self, fn: Callable, key: Callable, args: tuple):
+    def __init__(self, fn: Callable, key: Callable, args: tuple, lists: frozenset = frozenset(), batch: int = 1000):
         self._fn = fn
         self._key = key
         self._args = args
+        self._lists = lists
+        self._batch = batch
 
     def process(self, element):
         _, grouped = element
@@ -182,8 +186,30 @@ class _LookUpShard(beam.DoFn):
             if key in values:
                 raise ValueError(f"more than one value to look up for the key {key!r}")
             values[key] = value
-        for element in dealt(grouped, 1):  # then its elements, list by list, never gathered
-            yield from self._fn(element, values.get(self._key(element)), *self._args)
+        found = (self._fn(element, values.get(self._key(element)), *self._args)
+                 for element in dealt(grouped, 1))  # then its elements, list by list, never gathered
+        if self._lists:
+            yield from self._listed(itertools.chain.from_iterable(found))
+        else:
+            for outputs in found:
+                yield from outputs
+
+    def _listed(self, outputs: Iterable) -> Iterator:
+        """The outputs of the tags in `lists` in lists of up to `batch` (a shard's last ones shorter); the
+        others as they come. A shard holds at most `batch` outputs of each listed tag."""
+        held: dict = {}
+        for output in outputs:
+            tag = output.tag if isinstance(output, TaggedOutput) else None
+            if tag not in self._lists:
+                yield output
+                continue
+            items = held.setdefault(tag, [])
+            items.append(output if tag is None else output.value)
+            if len(items) >= self._batch:
+                del held[tag]
+                yield items if tag is None else TaggedOutput(tag, items)
+        for tag, items in held.items():
+            yield items if tag is None else TaggedOutput(tag, items)
 
 
 class LookUp(beam.PTransform):
@@ -196,12 +222,19 @@ class LookUp(beam.PTransform):
     held while its elements are walked. A shard holds about `shard_keys` values, whatever the number of
     elements or how many share a key. `outputs` / `main`: as `JoinByKey`'s.
     `items`: element -> the elements to look up (as `DealIntoShards`'), where they come in lists.
+    `lists`: the outputs (by tag; the main one by `main`'s name, or "main") given in lists of up to `batch`, for
+    steps that take a list as one element (a step a list passes costs what a step an element passes would).
     """
 
     def __init__(self, fn: Callable, key: Callable, *args, shard_keys: int, batch: int = 1000,
                  outputs: tuple[str, ...] = (), main: Optional[str] = None,
-                 items: Optional[Callable[[Any], Iterable]] = None):
+                 items: Optional[Callable[[Any], Iterable]] = None, lists: tuple[str, ...] = ()):
         super().__init__()
+        main_name = main or "main"
+        unknown = set(lists) - set(outputs) - {main_name}
+        if unknown:
+            raise ValueError(f"outputs to give in lists that the look-up does not have: {sorted(unknown)}")
+        self._lists = frozenset(None if tag == main_name else tag for tag in lists)
         self._items = items
         self._fn = fn
         self._key = key
@@ -220,7 +253,7 @@ class LookUp(beam.PTransform):
             elements | "DealElements" >> beam.ParDo(
                 DealIntoShards(1, self._key, self._shard_keys, self._batch, self._items), keys=keys),
         ]
-        call = beam.ParDo(_LookUpShard(self._fn, self._key, self._args))
+        call = beam.ParDo(_LookUpShard(self._fn, self._key, self._args, self._lists, self._batch))
         if self._outputs:
             call = call.with_outputs(*self._outputs, main=self._main)
         return dealt | "Flatten" >> beam.Flatten() | "Group" >> beam.GroupByKey() | "LookUp" >> call
@@ -239,7 +272,8 @@ def _same_label(element, label) -> Iterable[tuple]:
 
 def pairs_within(pairs, labels, name: str, shard_keys: int):
     """(label, pair) for every scored pair whose two ends carry the same label; pairs outside are dropped.
-    `labels`: (node, label); `shard_keys`: as `LookUp`'s."""
-    by_a = (pairs, labels) | f"{name}JoinA" >> LookUp(_label_end_a, attrgetter("id_a"), shard_keys=shard_keys)
+    `pairs`: lists of scored pairs; `labels`: (node, label); `shard_keys`: as `LookUp`'s."""
+    by_a = (pairs, labels) | f"{name}JoinA" >> LookUp(_label_end_a, attrgetter("id_a"), shard_keys=shard_keys,
+                                                      items=iter, lists=("main",))
     return (by_a, labels) | f"{name}JoinB" >> LookUp(
-        _same_label, lambda element: element[1].id_b, shard_keys=shard_keys)
+        _same_label, lambda element: element[1].id_b, shard_keys=shard_keys, items=iter)
