@@ -59,8 +59,10 @@ def test_pairs_within_keeps_the_pairs_whose_ends_share_a_label():
         scored = pipeline | "Pairs" >> beam.Create([pairs[:3], pairs[3:]])  # in lists, as chaining control has them
         labelled = pipeline | "Labels" >> beam.Create(labels)
         for shard_keys in (1, 2):  # one shard, and several
-            assert_that(pairs_within(scored, labelled, f"Plain{shard_keys}", shard_keys), equal_to(expected),
+            within = pairs_within(scored, labelled, f"Plain{shard_keys}", shard_keys)
+            assert_that(within | f"Flat{shard_keys}" >> beam.FlatMap(iter), equal_to(expected),
                         label=f"CheckPlain{shard_keys}")
+            assert_that(within, _lists_of(1000), label=f"CheckLists{shard_keys}")
 
 
 def _routed(element, value, offset):

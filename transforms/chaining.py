@@ -221,12 +221,19 @@ def _routed(label, found: Optional[str], pair, threshold: float) -> Iterator:
         yield label, Edge(pair.id_a, pair.id_b, pair.score, pair.source)
 
 
-def _route_pairs(element, threshold: float) -> Iterator:
-    """(label, {pair, verdict}) -> each of the component's pairs `_routed`."""
-    label, joined = element
-    found = only(joined["verdict"])
-    for pair in joined["pair"]:
-        yield from _routed(label, found, pair, threshold)
+def _route_labelled(element: tuple, found: Optional[str], threshold: float) -> Iterator:
+    """(label, pair) and its component's verdict -> the pair `_routed`."""
+    label, pair = element
+    yield from _routed(label, found, pair, threshold)
+
+
+def _edge_counts(labelled: list, threshold: float) -> Iterator[tuple]:
+    """A list of (label, pair) -> (label, its edges in the list) for every label with an edge (score >= threshold)."""
+    counts: dict = {}
+    for label, pair in labelled:
+        if pair.score >= threshold:
+            counts[label] = counts.get(label, 0) + 1
+    return iter(counts.items())
 
 
 def _route_by_end_a(pair, route: Optional[tuple], threshold: float) -> Iterator:
@@ -389,19 +396,21 @@ class SplitChains(beam.PTransform):
         self._counters["resplit"] = Metrics.counter("qdedup", "components_resplit")
 
     def _judge(self, name: str, nodes, internal, last: bool):
-        """(nodes as (label, node), the pairs inside them as (label, pair)) -> kept (node, label) and the edge
-        scores of those kept, then the nodes and pairs of pieces to re-split, then those of pieces to cut."""
+        """(nodes as (label, node), the pairs inside them as lists of (label, pair)) -> kept (node, label) and
+        the edge scores of those kept, then the nodes and pairs of pieces to re-split, then those of pieces to
+        cut. A pair finds its component's verdict by a look-up: pairs travel in lists, never grouped."""
         settings = self._settings
         verdicts = (
             {"nodes": nodes | f"{name}CountNodes" >> beam.combiners.Count.PerKey(),
-             "edges": internal | f"{name}Edges" >> beam.Filter(lambda kv: kv[1].score >= settings.threshold)
-             | f"{name}CountEdges" >> beam.combiners.Count.PerKey()}
+             "edges": internal | f"{name}Edges" >> beam.FlatMap(_edge_counts, settings.threshold)
+             | f"{name}CountEdges" >> beam.CombinePerKey(sum)}
             | f"{name}Verdicts" >> JoinByKey(_verdicts, settings, last)
         )
         routed = {"node": nodes, "verdict": verdicts} | f"{name}RouteNodes" >> JoinByKey(
             _route_nodes, self._counters, outputs=("resplit", "cut"), main="kept")
-        routed_pairs = {"pair": internal, "verdict": verdicts} | f"{name}RoutePairs" >> JoinByKey(
-            _route_pairs, settings.threshold, outputs=("resplit", "cut"), main="kept")
+        routed_pairs = (internal, verdicts) | f"{name}RoutePairs" >> LookUp(
+            _route_labelled, itemgetter(0), settings.threshold, shard_keys=settings.join_shard_keys,
+            outputs=("resplit", "cut"), main="kept", items=iter)
         return routed.kept, routed_pairs.kept, routed.resplit, routed_pairs.resplit, routed.cut, routed_pairs.cut
 
     def _judge_components(self, components, scored, last: bool):

@@ -271,9 +271,9 @@ def _same_label(element, label) -> Iterable[tuple]:
 
 
 def pairs_within(pairs, labels, name: str, shard_keys: int):
-    """(label, pair) for every scored pair whose two ends carry the same label; pairs outside are dropped.
-    `pairs`: lists of scored pairs; `labels`: (node, label); `shard_keys`: as `LookUp`'s."""
+    """Lists of (label, pair) for every scored pair whose two ends carry the same label; pairs outside are
+    dropped. `pairs`: lists of scored pairs; `labels`: (node, label); `shard_keys`: as `LookUp`'s."""
     by_a = (pairs, labels) | f"{name}JoinA" >> LookUp(_label_end_a, attrgetter("id_a"), shard_keys=shard_keys,
                                                       items=iter, lists=("main",))
     return (by_a, labels) | f"{name}JoinB" >> LookUp(
-        _same_label, lambda element: element[1].id_b, shard_keys=shard_keys, items=iter)
+        _same_label, lambda element: element[1].id_b, shard_keys=shard_keys, items=iter, lists=("main",))
