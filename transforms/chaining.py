@@ -23,6 +23,7 @@ that plan asks for it (through the scorer given, `ScoreCandidates`).
 """
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from dataclasses import dataclass
@@ -268,9 +269,15 @@ def _edge_degrees(batch: list, threshold: float) -> Iterator[tuple]:
 
 
 def _level_edges(pairs: list, thresholds: list) -> list[tuple]:
-    """A list of pairs of components being cut -> their edges at every level whose threshold they reach."""
-    return [((level, pair.id_a), (level, pair.id_b))
-            for pair in pairs for level, cut_at in enumerate(thresholds, 1) if pair.score >= cut_at]
+    """A list of pairs of components being cut -> their edges at every level whose threshold they reach: the
+    thresholds rise, so a pair is an edge at levels 1 to the number of thresholds at or below its score."""
+    edges = []
+    for pair in pairs:
+        top = bisect.bisect_right(thresholds, pair.score)
+        if top:
+            a, b = pair.id_a, pair.id_b
+            edges += [((level, a), (level, b)) for level in range(1, top + 1)]
+    return edges
 
 
 def _sized(element) -> Iterator[tuple]:
