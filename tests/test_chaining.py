@@ -238,6 +238,21 @@ def test_verdicts_and_cut_thresholds():
     assert verdict(11, 55, settings, last=True) == "too_large"    # no step left: kept as it is
 
 
+def test_level_edges_and_edge_counts_of_a_list():
+    """A list of pairs -> an edge at every level whose threshold a pair reaches (scores on and just below each
+    threshold), and per label the edges at the threshold."""
+    from transforms.chaining import _edge_counts, _level_edges
+    thresholds = cut_thresholds(ChainingSettings(threshold=0.5, cut_steps=3))  # 0.75, 0.875, 0.9375
+    scores = [0.1, 0.5, 0.75, 0.75 - 1e-9, 0.875, 0.9, 0.9375, 1.0]
+    pairs = [ScoredPair(i, i + 100, score, None, "lexical") for i, score in enumerate(scores)]
+    expected = [((level, p.id_a), (level, p.id_b)) for p in pairs
+                for level, cut_at in enumerate(thresholds, 1) if p.score >= cut_at]
+    assert _level_edges(pairs, thresholds) == expected
+    assert {a[1] for a, _ in expected} == {2, 4, 5, 6, 7} and len(expected) == 1 + 2 + 2 + 3 + 3
+    labelled = [("x", p) for p in pairs[:4]] + [("y", p) for p in pairs[4:]]
+    assert dict(_edge_counts(labelled, 0.5)) == {"x": 3, "y": 4}  # 0.5 is an edge, 0.1 not
+
+
 def _random_scores(nodes: int, degree: int, seed: int) -> dict:
     rng = random.Random(seed)
     scores = {}
