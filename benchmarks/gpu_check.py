@@ -176,6 +176,7 @@ def stage_scores(pairs: list, settings: ModelSettings, runner_args: list[str]) -
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from pipelines.preflight import send_local_inputs_whole
     from transforms.metrics import STAGE_NAMESPACE
     from transforms.records import CandidatePair, pairs_in
     from transforms.score import ScorePairs
@@ -183,7 +184,9 @@ def stage_scores(pairs: list, settings: ModelSettings, runner_args: list[str]) -
     with tempfile.TemporaryDirectory() as scratch:
         out = os.path.join(scratch, "scores.json")
         started = time.perf_counter()
-        pipeline = beam.Pipeline(options=PipelineOptions(runner_args))
+        options = PipelineOptions(runner_args)
+        send_local_inputs_whole(options)
+        pipeline = beam.Pipeline(options=options)
         scoring = (
             pipeline
             | beam.Create([CandidatePair(i, i + len(pairs), a, b, None) for i, (a, b) in enumerate(pairs)])
