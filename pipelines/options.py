@@ -129,11 +129,6 @@ class QdedupOptions(PipelineOptions):
             help="0: one model per SDK process; N: N copies shared by all processes of a worker")
         add("--torch-threads", "--torch_threads", dest="torch_threads", type=int, default=_SCORER.torch_threads,
             help="CPU threads per model; 0 = the cores the process may use")
-        add("--multi-process-max-rows", "--multi_process_max_rows", dest="multi_process_max_rows", type=int,
-            default=300_000,
-            help="local runs with --direct_running_mode=multi_processing are refused above this many input rows: "
-                 "at 1M rows Beam's local runner lost elements in that mode (benchmarks/README.md, \"1M rows\"); "
-                 "0 = no limit (the launcher still refuses a run whose counts do not add up)")
         add("--existing", default=None,
             help="a previous run's --output to extend: only --input's new questions are embedded, searched and "
                  "scored; the output holds old and new rows; ids are kept as with --previous-groups")

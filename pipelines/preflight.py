@@ -563,20 +563,6 @@ def _remove_quietly(path: str) -> None:
         os.remove(path)
 
 
-def check_local_processes(options: QdedupOptions, pipeline_options: PipelineOptions, rows: int) -> None:
-    """Beam's local multi-process runner lost elements at 1M rows here and gave three candidate sets in three
-    runs of one corpus (cause not found; up to 300k rows it always matched one process: benchmarks/README.md,
-    "1M rows"), so larger inputs are refused in that mode rather than written short. `rows`: the input's,
-    plus those of the run an extension extends (it searches and clusters them too)."""
-    limit = options.multi_process_max_rows
-    if _local_processes(pipeline_options) and 0 < limit < rows:
-        raise QdedupError(
-            f"the run holds {rows:,} rows, more than --multi-process-max-rows {limit:,} allows with "
-            "--direct_running_mode=multi_processing (Beam's local runner lost elements in that mode at 1M rows: "
-            "benchmarks/README.md, \"1M rows\"): run in one process (configs/local.yaml) or on Dataflow, or pass "
-            "--multi-process-max-rows 0 to try anyway (a run whose counts do not add up is still refused)")
-
-
 def check_run(options: QdedupOptions, pipeline_options: PipelineOptions) -> Launch:
     """Every check `qdedup run` makes once its output is locked: input, previous groups, device, models,
     and the run it builds on. Raises `QdedupError` naming the option to fix."""
@@ -600,6 +586,4 @@ def check_run(options: QdedupOptions, pipeline_options: PipelineOptions) -> Laun
                            [kind for kind, _ in parse_embedders(options.embedders)])
         if options.existing:
             check_previous_groups(options.existing, info.id_type)
-    extended = prior.committed.report.get("rows_out", 0) if prior and prior.extend else 0
-    check_local_processes(options, pipeline_options, info.rows + extended)
     return Launch(info, previous_groups, configuration, prior)

@@ -10,7 +10,6 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 
 from pipelines.cli import main
 from tests.helpers import (
-    MULTI_PROCESSING,
     RUNNER_ARGS,
     break_scorer,
     group_members,
@@ -223,23 +222,6 @@ def test_a_scorer_with_more_than_two_labels_needs_positive_label(tiny_model, tmp
     report = run_qdedup(tmp_path / "in" / "a.parquet", tmp_path / "nli_out", three, "--positive-label=0",
                         "--min-similarity=0.1")
     assert report["pairs_scored"] > 0 and report["configuration"]["positive_label"] == 0
-
-
-def test_a_multi_process_run_over_its_row_limit_is_refused_before_anything_runs(yesterday, tiny_model, tmp_path,
-                                                                                 capsys):
-    before = snapshot(yesterday)
-    rows = len(read_part(yesterday, "groups"))
-    assert main(_argv(tmp_path, tiny_model, "--overwrite", *MULTI_PROCESSING, f"--multi-process-max-rows={rows - 1}",
-                      input_="in/*.parquet")) == 2
-    err = capsys.readouterr().err
-    assert f"the run holds {rows:,} rows, more than --multi-process-max-rows {rows - 1:,}" in err
-    assert "configs/local.yaml" in err and "--multi-process-max-rows 0" in err
-    new = len(read_part(tmp_path, "new"))  # an extension counts the rows of the run it extends too
-    assert main(_argv(tmp_path, tiny_model, "--overwrite", *MULTI_PROCESSING, f"--existing={yesterday}",
-                      f"--multi-process-max-rows={rows + new - 1}")) == 2
-    assert f"the run holds {rows + new:,} rows" in capsys.readouterr().err
-    assert snapshot(yesterday) == before
-    assert not [name for name in os.listdir(tmp_path) if name.startswith(".out.qdedup-2")]  # no run folder
 
 
 def test_a_second_run_on_an_output_being_written_is_refused(yesterday, tiny_model, tmp_path, capsys):
