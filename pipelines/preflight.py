@@ -521,7 +521,7 @@ def send_local_inputs_whole(pipeline_options: PipelineOptions) -> None:
     `multi_threading`) through a stream that a background thread flushes every second: a flush sends what
     was written, then clears the buffer without holding the writer off, so what the runner writes while
     the flush waits on a full send queue is cleared unsent (`TimeBasedBufferingClosableOutputStream`).
-    That lost 12-44% of a collection in 1M-row runs in two processes, and ~21% of 8M elements in a
+    That lost 2.7-44% of a collection in 1M-row runs in two processes, and 10-20% of 8M elements in a
     pipeline of Beam's own transforms (benchmarks/README.md, "The two-process loss found"). With the
     runner's time limit 0 its streams are flushed only when the runner closes them: every element sent.
     Set in the launcher, where the runner makes its data server; a runner that is not local ignores it."""
