@@ -6,6 +6,7 @@ import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import worker_handlers
 
 from pipelines.dedup import build_pipeline
 from pipelines.options import QdedupOptions
@@ -53,11 +54,13 @@ def test_two_runs_give_identical_outputs(reference_run, corpus, tiny_model, tmp_
 
 
 def test_two_worker_processes_give_the_same_outputs_and_keep_library_noise_quiet(reference_run, corpus, tiny_model,
-                                                                                 tmp_path, capfd):
+                                                                                 tmp_path, capfd, monkeypatch):
     out, report = reference_run
     directory, _ = corpus
     capfd.readouterr()
+    monkeypatch.setattr(worker_handlers, "DATA_BUFFER_TIME_LIMIT_MS", 1000)  # Beam's own, which loses elements
     other = run_qdedup(directory / "*.parquet", tmp_path / "other", tiny_model, *MULTI_PROCESSING)
+    assert worker_handlers.DATA_BUFFER_TIME_LIMIT_MS == 0  # the launcher turned the timed flush off (test_local_runner)
     assert_same(outputs(out), outputs(tmp_path / "other"))
     assert {k: other[k] for k in COUNTS} == {k: report[k] for k in COUNTS}
     # The worker processes' own lines (theirs go straight to the terminal): qdedup's, and no library's INFO.
