@@ -49,6 +49,7 @@ from pipelines.recall import read_labelled_pairs
 from transforms.devices import resolve_device
 from transforms.feeding import ModelSettings
 from transforms.feeding import token_budget as token_budget_for
+from transforms.sources import model_width
 
 RUNNER = ["--runner=FnApiRunner"]
 WARM_PAIRS = 8  # what the pipelines' own start-up is measured with
@@ -139,7 +140,7 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="bench_scoring_")
     model_dir = args.model or make_erlangshen_shaped_model(os.path.join(work, "model"))
     settings = ModelSettings(model_dir, device=device, precision="fp32", token_budget=args.token_budget)
-    budget = token_budget_for(settings)
+    budget = token_budget_for(settings, model_width(model_dir))
     encodings, _ = encode(model_dir, pairs, settings.max_length)
     longest = max(len(ids) for ids, _ in encodings)
     print(json.dumps({"machine": machine(), "threads": torch.get_num_threads(),

@@ -23,12 +23,14 @@ from transforms.feeding import (
     collate,
     pack_batches,
     positive_probability,
+    token_budget,
     token_dtype,
     tokenize,
 )
+from transforms.inference import TokenizeAndPack
 from transforms.records import CandidatePair, ScoredPair, pairs_in
 from transforms.score import AHEAD_BATCH, PAIR_OF_FOUND, ScoreNeighbours, ScorePairs, TokenizeAhead, pair_scorer
-from transforms.sources import load_tokenizer
+from transforms.sources import load_tokenizer, model_width
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +187,30 @@ def test_pack_batches_respects_the_budget_and_keeps_every_element():
     assert flat == sorted(flat)  # length-sorted: padding only to similar lengths
     padded = sum(len(b) * max(costs[i] for i in b) for b in batches)
     assert padded < 1.2 * sum(costs)
+
+
+def test_automatic_token_budget_follows_the_model_width_on_the_cpu(monkeypatch):
+    cpu = ModelSettings("m", device="cpu")
+    assert [token_budget(cpu, width) for width in (0, 768, 1024, 384, 256, 32)] == [2048, 2048, 2048, 4096, 6144, 8192]
+    assert token_budget(ModelSettings("m", device="cpu", token_budget=300), 32) == 300  # asked for: kept
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert token_budget(ModelSettings("m", device="cuda"), 32) == 32768  # the GPU's budget was not measured by width
+
+
+@pytest.mark.parametrize("asked, largest", [(0, 8192), (2048, 2048)])
+def test_packing_takes_the_automatic_budget_of_the_models_width(tiny_model, asked, largest):
+    assert model_width(tiny_model) == 32
+    pairs = [((i, j), ((a, b),)) for i, (a, b, _) in enumerate(lcqmc_pairs(600)) for j in range(2)]
+    settings = ModelSettings(tiny_model, device="cpu", token_budget=asked)
+
+    def check(batches):
+        padded = [len(batch) * max(item.cost for item in batch) for (batch,) in batches]
+        assert sum(len(batch) for (batch,) in batches) == len(pairs)
+        assert max(padded) <= largest and max(padded) > largest // 2  # full batches, under the budget
+
+    with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
+        packed = pipeline | beam.Create(pairs) | TokenizeAndPack(settings, "score", load_tokenizer)
+        assert_that(packed.batches, check)
 
 
 def test_collate_pads_right_with_a_mask():

@@ -18,8 +18,11 @@ import numpy as np
 from transforms.devices import resolve_device
 from transforms.errors import failure
 
-# Padded tokens per batch when --token-budget is 0, chosen by benchmarks/bench_scoring.py.
+# Padded tokens per batch when --token-budget is 0, chosen by benchmarks/bench_scoring.py for a 768-wide model.
 AUTO_TOKEN_BUDGET = {"cpu": 2048, "cuda": 32768}
+# On the CPU a narrower model gets proportionally more tokens (its activations are as large at the same
+# cache cost), up to the budget where the tests' 32-wide scorer stopped getting cheaper a pair (benchmarks/README.md).
+AUTO_WIDTH, AUTO_CPU_MAX_TOKEN_BUDGET = 768, 8192
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,16 @@ class TokenizedItem(NamedTuple):
         return len(self.encodings) * max(len(ids) for ids, _ in self.encodings)
 
 
-def token_budget(settings: ModelSettings) -> int:
-    return settings.token_budget or AUTO_TOKEN_BUDGET[resolve_device(settings.device)]
+def token_budget(settings: ModelSettings, width: int = 0) -> int:
+    """Padded tokens per batch: `--token-budget`, or the device's automatic budget for a model `width` wide
+    (its hidden size; 0: unknown, taken as `AUTO_WIDTH`)."""
+    if settings.token_budget:
+        return settings.token_budget
+    device = resolve_device(settings.device)
+    budget = AUTO_TOKEN_BUDGET[device]
+    if device == "cpu" and 0 < width < AUTO_WIDTH:
+        budget = min(AUTO_CPU_MAX_TOKEN_BUDGET, budget * AUTO_WIDTH // width)
+    return budget
 
 
 def tokenize(tokenizer, inputs: Sequence[tuple[Text, ...]], max_length: int) -> list[tuple[Encoding, bool]]:

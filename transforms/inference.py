@@ -20,6 +20,7 @@ a step each input passes costs CPU that keeps the model waiting.
 """
 from __future__ import annotations
 
+import logging
 from operator import itemgetter
 from typing import Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
@@ -28,6 +29,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
+from transforms.devices import resolve_device
 from transforms.errors import failure
 from transforms.feeding import (
     LoadedModel,
@@ -40,6 +42,9 @@ from transforms.feeding import (
 from transforms.joins import DealIntoShards, dealt
 from transforms.logs import quiet_libraries
 from transforms.metrics import StageTimer
+from transforms.sources import model_width
+
+_LOG = logging.getLogger(__name__)
 
 
 class ModelFailure(NamedTuple):
@@ -61,6 +66,7 @@ class _PackShard(beam.DoFn):
     def __init__(self, settings: ModelSettings, stage: str, load_tokenizer: Callable[[str], Any],
                  prepare: Optional[Callable[[Iterable], list]] = None):
         self._settings = settings
+        self._stage = stage
         self._load_tokenizer = load_tokenizer
         self._prepare = prepare
         self._truncated = Metrics.counter("qdedup", f"{stage}_truncated")
@@ -68,7 +74,11 @@ class _PackShard(beam.DoFn):
 
     def setup(self):
         self._tokenizer = self._load_tokenizer(self._settings.model)
-        self._budget = token_budget(self._settings)
+        width = 0 if self._settings.token_budget else model_width(self._settings.model)
+        self._budget = token_budget(self._settings, width)
+        if width:
+            _LOG.info("%s: batches of up to %d padded tokens (automatic for a %d-wide model on %s)", self._stage,
+                      self._budget, width, resolve_device(self._settings.device))
 
     def process(self, element):
         _, elements = element

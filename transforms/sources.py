@@ -186,6 +186,13 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(model_path(name), trust_remote_code=False)
 
 
+def model_width(name: str) -> int:
+    """The model's hidden size as its config.json gives it (0 where it gives none): what the automatic
+    token budget follows (`feeding.token_budget`)."""
+    from transformers import AutoConfig
+    return int(getattr(AutoConfig.from_pretrained(model_path(name), trust_remote_code=False), "hidden_size", 0) or 0)
+
+
 def load_pretrained(settings, model_class: str) -> tuple[Any, str, int]:
     """(model on its device in its precision, device, pad token id) for `settings` (`ModelSettings`).
 
