@@ -30,7 +30,7 @@ from transforms.feeding import (
 from transforms.inference import TokenizeAndPack
 from transforms.records import CandidatePair, ScoredPair, pairs_in
 from transforms.score import AHEAD_BATCH, PAIR_OF_FOUND, ScoreNeighbours, ScorePairs, TokenizeAhead, pair_scorer
-from transforms.sources import load_tokenizer, model_width
+from transforms.sources import load_tokenizer, load_tokenizer_and_width, model_width
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +209,7 @@ def test_packing_takes_the_automatic_budget_of_the_models_width(tiny_model, aske
         assert max(padded) <= largest and max(padded) > largest // 2  # full batches, under the budget
 
     with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
-        packed = pipeline | beam.Create(pairs) | TokenizeAndPack(settings, "score", load_tokenizer)
+        packed = pipeline | beam.Create(pairs) | TokenizeAndPack(settings, "score", load_tokenizer_and_width)
         assert_that(packed.batches, check)
 
 

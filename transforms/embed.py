@@ -289,7 +289,7 @@ class EmbedEncoder(beam.PTransform):
             representatives
             | "EncoderInputs" >> beam.Map(lambda rep: (rep, ((rep.text,),)))
             | "Encoder" >> RunModel(self._settings, text_encoder(self._settings, self._pooling),
-                                    sources.load_tokenizer, "encoder", "encode")
+                                    sources.load_tokenizer_and_width, "encoder", "encode")
         )
         pooled = ran.outputs
         failed = ran.failed | "FailedQuestions" >> beam.MapTuple(failed_question)

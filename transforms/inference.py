@@ -42,7 +42,6 @@ from transforms.feeding import (
 from transforms.joins import DealIntoShards, dealt
 from transforms.logs import quiet_libraries
 from transforms.metrics import StageTimer
-from transforms.sources import model_width
 
 _LOG = logging.getLogger(__name__)
 
@@ -63,20 +62,19 @@ class _PackShard(beam.DoFn):
     (key, inputs), where they were dealt in another form.
     """
 
-    def __init__(self, settings: ModelSettings, stage: str, load_tokenizer: Callable[[str], Any],
+    def __init__(self, settings: ModelSettings, stage: str, load_tokenizer_and_width: Callable[[str], tuple[Any, int]],
                  prepare: Optional[Callable[[Iterable], list]] = None):
         self._settings = settings
         self._stage = stage
-        self._load_tokenizer = load_tokenizer
+        self._load_tokenizer_and_width = load_tokenizer_and_width
         self._prepare = prepare
         self._truncated = Metrics.counter("qdedup", f"{stage}_truncated")
         self._timer = StageTimer(f"{stage}_tokenize")
 
     def setup(self):
-        self._tokenizer = self._load_tokenizer(self._settings.model)
-        width = 0 if self._settings.token_budget else model_width(self._settings.model)
+        self._tokenizer, width = self._load_tokenizer_and_width(self._settings.model)
         self._budget = token_budget(self._settings, width)
-        if width:
+        if not self._settings.token_budget:
             _LOG.info("%s: batches of up to %d padded tokens (automatic for a %d-wide model on %s)", self._stage,
                       self._budget, width, resolve_device(self._settings.device))
 
@@ -128,6 +126,8 @@ class TokenizeAndPack(beam.PTransform):
     unique, sortable, and have a stable repr), in lists of up to `DEAL_BATCH` (`joins.DealIntoShards`),
     so that similar lengths meet in a batch whatever the bundles, and a batch's make-up, hence every
     float it produces, depends only on the set of inputs.
+    `load_tokenizer_and_width(model)` -> (tokenizer, hidden width): batches are packed under `--token-budget`,
+    or the automatic budget for the device and that width (`feeding.token_budget`).
     `count`: a one-element PCollection holding the number of inputs, where the caller counts them
     already (counted here otherwise: one global count of every input is a step each input passes).
     `prepare`: where the caller deals its inputs into shards itself, in another form (e.g. lists, see
@@ -135,12 +135,12 @@ class TokenizeAndPack(beam.PTransform):
     into its (key, inputs); `count` is not used.
     """
 
-    def __init__(self, settings: ModelSettings, stage: str, load_tokenizer: Callable[[str], Any],
+    def __init__(self, settings: ModelSettings, stage: str, load_tokenizer_and_width: Callable[[str], tuple[Any, int]],
                  count: Optional[beam.PCollection] = None, prepare: Optional[Callable[[Iterable], list]] = None):
         super().__init__()
         self._settings = settings
         self._stage = stage
-        self._load_tokenizer = load_tokenizer
+        self._load_tokenizer_and_width = load_tokenizer_and_width
         self._count = count
         self._prepare = prepare
 
@@ -152,7 +152,7 @@ class TokenizeAndPack(beam.PTransform):
             shards = inputs | "DealIntoShards" >> beam.ParDo(
                 DealIntoShards(0, itemgetter(0), self._settings.sort_window, DEAL_BATCH), keys=count)
             prepare = _dealt_inputs
-        pack = _PackShard(self._settings, self._stage, self._load_tokenizer, prepare)
+        pack = _PackShard(self._settings, self._stage, self._load_tokenizer_and_width, prepare)
         return (
             shards
             | "GatherShard" >> beam.GroupByKey()
@@ -254,13 +254,14 @@ class RunModel(beam.PTransform):
     `TokenizeAndPack`'s. `batched`: the outputs come as one element per batch, ([keys], [outputs]).
     """
 
-    def __init__(self, settings: ModelSettings, handler: PackedBatchHandler, load_tokenizer: Callable[[str], Any],
+    def __init__(self, settings: ModelSettings, handler: PackedBatchHandler,
+                 load_tokenizer_and_width: Callable[[str], tuple[Any, int]],
                  counter: str, stage: str, count: Optional[beam.PCollection] = None,
                  prepare: Optional[Callable[[Iterable], list]] = None, batched: bool = False):
         super().__init__()
         self._prepare = prepare
         self._batched = batched
-        self._load_tokenizer = load_tokenizer
+        self._load_tokenizer_and_width = load_tokenizer_and_width
         self._settings = settings
         self._handler = handler
         self._counter = counter
@@ -268,8 +269,8 @@ class RunModel(beam.PTransform):
         self._count = count
 
     def expand(self, inputs):
-        tokenized = inputs | "TokenizeAndPack" >> TokenizeAndPack(self._settings, self._counter, self._load_tokenizer,
-                                                                  self._count, self._prepare)
+        tokenized = inputs | "TokenizeAndPack" >> TokenizeAndPack(
+            self._settings, self._counter, self._load_tokenizer_and_width, self._count, self._prepare)
         ran = (
             tokenized.batches
             | "RunInference" >> RunInference(self._handler.with_no_batching())

@@ -135,7 +135,7 @@ class ScorePairs(beam.PTransform):
             candidates
             | "ModelInputs" >> beam.Map(_model_inputs, self._settings.symmetric)
             | "CrossEncoder" >> RunModel(
-                self._settings, pair_scorer(self._settings), sources.load_tokenizer, "score", "score", total,
+                self._settings, pair_scorer(self._settings), sources.load_tokenizer_and_width, "score", "score", total,
                 batched=True)
         )
         return _pair_scores(ran, self._settings, total)
@@ -211,7 +211,7 @@ class ScoreNeighbours(beam.PTransform):
             for kind, lists in found.items()
         ) | "AllDealt" >> beam.Flatten()
         ran = dealt_pairs | "CrossEncoder" >> RunModel(
-            settings, pair_scorer(settings), sources.load_tokenizer, "score", "score",
+            settings, pair_scorer(settings), sources.load_tokenizer_and_width, "score", "score",
             prepare=_ShardCandidates(settings.symmetric), batched=True)
         return _nothing_reused(_pair_scores(ran, settings, found_entries, at_most=True))
 

@@ -193,6 +193,11 @@ def model_width(name: str) -> int:
     return int(getattr(AutoConfig.from_pretrained(model_path(name), trust_remote_code=False), "hidden_size", 0) or 0)
 
 
+def load_tokenizer_and_width(name: str) -> tuple[Any, int]:
+    """(tokenizer, hidden width) of model `name`: what packing its inputs needs (`inference.TokenizeAndPack`)."""
+    return load_tokenizer(name), model_width(name)
+
+
 def load_pretrained(settings, model_class: str) -> tuple[Any, str, int]:
     """(model on its device in its precision, device, pad token id) for `settings` (`ModelSettings`).
 
