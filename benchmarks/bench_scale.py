@@ -20,7 +20,8 @@ Reported: wall seconds; CPU seconds (user + sys of every process, from the
 kernel's children accounting); CPU outside the model and blocking per
 candidate pair = (CPU - `score` stage - `block` stage seconds) / candidate
 pairs; blocking CPU per question; peak RSS summed over the run's process tree
-(sampled every 0.5 s from /proc, so Linux only); the stage seconds and the
+(sampled every 0.5 s from /proc, so Linux only), and each process's own peak
+(the launcher, which runs Beam's runner, and any worker processes); the stage seconds and the
 largest element each bounded step held, from report.json.
 
     python -m benchmarks.bench_scale [--sizes 100000,300000,1000000] [--repo DIR] [--work DIR]
@@ -98,8 +99,8 @@ def write_corpus(n: int, folder: str) -> list[str]:
     return paths
 
 
-def _tree_rss(root: int) -> int:
-    """Resident bytes of `root` and every process below it."""
+def _tree_rss(root: int) -> dict:
+    """{pid: resident bytes} of `root` and every process below it."""
     children: dict = {}
     rss: dict = {}
     for entry in os.listdir("/proc"):
@@ -113,12 +114,12 @@ def _tree_rss(root: int) -> int:
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(ppid, []).append(int(entry))
-    total, stack = 0, [root]
+    tree, stack = {}, [root]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
+        tree[pid] = rss.get(pid, 0)
         stack.extend(children.get(pid, []))
-    return total
+    return tree
 
 
 def _kill_tree(root: int) -> None:
@@ -157,11 +158,15 @@ def run_size(n: int, repo: str, work: str, model: str, extra: list[str], max_rss
     process = subprocess.Popen(command, cwd=repo, stdout=log, stderr=subprocess.STDOUT,
                                env={**os.environ, "PYTHONPATH": repo})
     peak = [0]
+    peaks: dict = {}  # pid -> its own peak: where the memory is when the run has worker processes
     stopped = []
 
     def sample():
         while process.poll() is None:
-            peak[0] = max(peak[0], _tree_rss(process.pid))
+            tree = _tree_rss(process.pid)
+            peak[0] = max(peak[0], sum(tree.values()))
+            for pid, resident in tree.items():
+                peaks[pid] = max(peaks.get(pid, 0), resident)
             if peak[0] > max_rss_gib * 2**30 and not stopped:
                 stopped.append(time.perf_counter() - started)
                 _kill_tree(process.pid)
@@ -187,7 +192,10 @@ def run_size(n: int, repo: str, work: str, model: str, extra: list[str], max_rss
     outside = cpu - stages.get("score", 0.0) - stages.get("block", 0.0)
     stage_cpu = report.get("stage_cpu_seconds", {})
     outside_cpu = cpu - stage_cpu.get("score", 0.0) - stage_cpu.get("block", 0.0)
+    others = sorted((resident for pid, resident in peaks.items() if pid != process.pid), reverse=True)
     return {"rows": n, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "peak_rss_gib": round(peak[0] / 2**30, 2),
+            "peak_rss_gib_launcher": round(peaks.get(process.pid, 0) / 2**30, 2),
+            "peak_rss_gib_other_processes": [round(resident / 2**30, 2) for resident in others if resident > 2**26],
             "representatives": report["representatives"], "candidate_pairs": report["candidate_pairs"],
             "resplit_pairs_scored": report.get("resplit_pairs_scored", 0),
             "cpu_outside_model_us_per_pair": round(outside / max(pairs, 1) * 1e6, 1),
