@@ -11,7 +11,7 @@ from apache_beam.testing.util import assert_that
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
 from pipelines.preflight import check_scorer_model
-from pipelines.report import run_counts
+from pipelines.report import largest_distributions, run_counts
 from tests.helpers import RUNNER_ARGS, lcqmc_pairs, reference_scores
 from transforms.devices import resolve_device
 from transforms.errors import QdedupError
@@ -208,9 +208,13 @@ def test_packing_takes_the_automatic_budget_of_the_models_width(tiny_model, aske
         assert sum(len(batch) for (batch,) in batches) == len(pairs)
         assert max(padded) <= largest and max(padded) > largest // 2  # full batches, under the budget
 
-    with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
-        packed = pipeline | beam.Create(pairs) | TokenizeAndPack(settings, "score", load_tokenizer_and_width)
-        assert_that(packed.batches, check)
+    pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
+    packed = pipeline | beam.Create(pairs) | TokenizeAndPack(settings, "score", load_tokenizer_and_width)
+    assert_that(packed.batches, check)
+    result = pipeline.run()
+    result.wait_until_finish()
+    biggest = max(value.max for value in largest_distributions(result)["score_batch_tokens"])
+    assert largest // 2 < biggest <= largest  # report.json's figure: the largest batch packed
 
 
 def test_collate_pads_right_with_a_mask():

@@ -41,7 +41,7 @@ from transforms.feeding import (
 )
 from transforms.joins import DealIntoShards, dealt
 from transforms.logs import quiet_libraries
-from transforms.metrics import StageTimer
+from transforms.metrics import StageTimer, largest
 
 _LOG = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class _PackShard(beam.DoFn):
         self._prepare = prepare
         self._truncated = Metrics.counter("qdedup", f"{stage}_truncated")
         self._timer = StageTimer(f"{stage}_tokenize")
+        self._batch_tokens = largest(f"{stage}_batch_tokens")  # report.json: the budget at work
 
     def setup(self):
         self._tokenizer, width = self._load_tokenizer_and_width(self._settings.model)
@@ -108,7 +109,9 @@ class _PackShard(beam.DoFn):
             batches = pack_batches([item.cost for item in items], self._budget)
         self._truncated.inc(sum(item.truncated for item in items))
         for indices in batches:
-            yield ([items[i] for i in indices],)
+            batch = [items[i] for i in indices]
+            self._batch_tokens.update(len(batch) * max(item.cost for item in batch))
+            yield (batch,)
 
 
 DEAL_BATCH = 1000  # inputs a dealt list holds at most
