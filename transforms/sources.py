@@ -194,8 +194,10 @@ def model_width(name: str) -> int:
 
 
 def load_tokenizer_and_width(name: str) -> tuple[Any, int]:
-    """(tokenizer, hidden width) of model `name`: what packing its inputs needs (`inference.TokenizeAndPack`)."""
-    return load_tokenizer(name), model_width(name)
+    """(tokenizer, hidden width) of model `name`: what packing its inputs needs (`inference.TokenizeAndPack`).
+    The model is found once (a remote directory listed once), then both are read from it."""
+    local = model_path(name)
+    return load_tokenizer(local), model_width(local)
 
 
 def load_pretrained(settings, model_class: str) -> tuple[Any, str, int]:
