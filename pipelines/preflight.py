@@ -532,6 +532,26 @@ def send_local_inputs_whole(pipeline_options: PipelineOptions) -> None:
     worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
 
 
+# Seconds a local run's in-process worker keeps a finished stage's bundle processor before shutting it down.
+LOCAL_STAGE_IDLE_S = 1.0
+
+
+def release_finished_local_stages(pipeline_options: PipelineOptions) -> None:
+    """Beam's worker (2.77) keeps each stage's bundle processor after its bundle, to reuse it, and shuts down
+    those idle for `DEFAULT_BUNDLE_PROCESSOR_CACHE_SHUTDOWN_THRESHOLD_S` (60 s), checked as often. A kept
+    processor holds its DoFns and the buffers its outputs were written through (up to ~16 MB each, kept
+    when cleared), and the local runner runs each stage once: in one process, a run held the processors of
+    the last one to two minutes' stages, 0.7 GiB at 100k rows (benchmarks/README.md, "2026-12-03
+    (seventeenth session)"). At `LOCAL_STAGE_IDLE_S` they are shut down a second after their stage.
+    Set in the launcher before the runner makes its in-process worker (the worker reads it when it is
+    made); worker processes and a runner that is not local keep Beam's default."""
+    runner = pipeline_options.view_as(StandardOptions).runner or ""
+    if "Dataflow" in runner:
+        return
+    from apache_beam.runners.worker import sdk_worker
+    sdk_worker.DEFAULT_BUNDLE_PROCESSOR_CACHE_SHUTDOWN_THRESHOLD_S = LOCAL_STAGE_IDLE_S
+
+
 _WORKER_OPTIONS = "qdedup-worker-options-"
 
 
@@ -574,6 +594,7 @@ def check_run(options: QdedupOptions, pipeline_options: PipelineOptions) -> Laun
     fit_sizes_to_input(options, info.rows)
     divide_local_threads(options, pipeline_options)
     send_local_inputs_whole(pipeline_options)
+    release_finished_local_stages(pipeline_options)
     pass_log_levels_to_local_processes(pipeline_options)
     configuration = effective_configuration(pipeline_options)
     configuration["fingerprints"] = check_models(options)

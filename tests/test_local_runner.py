@@ -1,4 +1,5 @@
-"""Beam's local runner in worker processes: every element a stage is sent arrives.
+"""Beam's local runner: in worker processes every element a stage is sent arrives; in one process a finished
+stage's bundle processor is let go.
 
 Beam 2.77's runner sends a stage's input to gRPC workers through a stream a background thread flushes
 every `DATA_BUFFER_TIME_LIMIT_MS`; a flush sends, then clears, and what was written meanwhile is cleared
@@ -10,13 +11,17 @@ from __future__ import annotations
 
 import time
 
+import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import worker_handlers
+from apache_beam.runners.worker import sdk_worker
 from apache_beam.runners.worker.data_plane import ClosableOutputStream
+from apache_beam.testing.util import assert_that, equal_to
 
 from benchmarks.bench_runner_loss import RUNNER, made_and_read, main
-from pipelines.preflight import send_local_inputs_whole
+from pipelines.preflight import LOCAL_STAGE_IDLE_S, release_finished_local_stages, send_local_inputs_whole
+from tests.helpers import RUNNER_ARGS
 
 
 def _written_and_received(time_limit_ms: int) -> tuple[int, int]:
@@ -67,3 +72,41 @@ def test_a_dataflow_run_leaves_the_local_runner_as_it_is(monkeypatch):
     monkeypatch.setattr(worker_handlers, "DATA_BUFFER_TIME_LIMIT_MS", 1000)
     send_local_inputs_whole(PipelineOptions(["--runner=DataflowRunner"]))
     assert worker_handlers.DATA_BUFFER_TIME_LIMIT_MS == 1000
+
+
+_TORN_DOWN: list = []
+
+
+class _FirstStage(beam.DoFn):
+    def teardown(self):
+        _TORN_DOWN.append(True)
+
+    def process(self, element):
+        yield element
+
+
+class _WaitForFirstStageTeardown(beam.DoFn):
+    """Waits up to 10 s for the first stage's DoFn to be torn down (Beam's default keeps it 60 to 120 s)."""
+
+    def process(self, element):
+        deadline = time.monotonic() + 10
+        while not _TORN_DOWN and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield bool(_TORN_DOWN)
+
+
+def test_a_local_run_lets_a_finished_stage_go_while_later_stages_run(monkeypatch):
+    monkeypatch.setattr(sdk_worker, "DEFAULT_BUNDLE_PROCESSOR_CACHE_SHUTDOWN_THRESHOLD_S", 60)
+    release_finished_local_stages(PipelineOptions(RUNNER_ARGS))
+    assert sdk_worker.DEFAULT_BUNDLE_PROCESSOR_CACHE_SHUTDOWN_THRESHOLD_S == LOCAL_STAGE_IDLE_S
+    _TORN_DOWN.clear()
+    with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:  # in this process: one _TORN_DOWN
+        waited = (pipeline | beam.Create([1, 2, 3]) | beam.ParDo(_FirstStage()) | beam.Map(lambda x: (0, x))
+                  | beam.GroupByKey() | beam.ParDo(_WaitForFirstStageTeardown()))
+        assert_that(waited, equal_to([True]))  # its processor, DoFns and output buffers let go mid-run
+
+
+def test_a_dataflow_run_keeps_beams_worker_cache(monkeypatch):
+    monkeypatch.setattr(sdk_worker, "DEFAULT_BUNDLE_PROCESSOR_CACHE_SHUTDOWN_THRESHOLD_S", 60)
+    release_finished_local_stages(PipelineOptions(["--runner=DataflowRunner"]))
+    assert sdk_worker.DEFAULT_BUNDLE_PROCESSOR_CACHE_SHUTDOWN_THRESHOLD_S == 60
