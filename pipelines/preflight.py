@@ -493,11 +493,16 @@ def fit_sizes_to_input(options: QdedupOptions, rows: int) -> None:
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+def _on_dataflow(pipeline_options: PipelineOptions) -> bool:
+    """Whether the run goes to Dataflow, which ignores the local runner's settings (`--direct_*`, Beam's
+    local worker constants) and makes its workers itself."""
+    return "Dataflow" in (pipeline_options.view_as(StandardOptions).runner or "")
+
+
 def _local_processes(pipeline_options: PipelineOptions) -> bool:
     """Whether this run's workers are local processes (Dataflow ignores --direct_running_mode)."""
-    runner = pipeline_options.view_as(StandardOptions).runner or ""
     return (pipeline_options.view_as(DirectOptions).direct_running_mode == "multi_processing"
-            and "Dataflow" not in runner)
+            and not _on_dataflow(pipeline_options))
 
 
 def divide_local_threads(options: QdedupOptions, pipeline_options: PipelineOptions) -> None:
@@ -525,8 +530,7 @@ def send_local_inputs_whole(pipeline_options: PipelineOptions) -> None:
     pipeline of Beam's own transforms (benchmarks/README.md, "The two-process loss found"). With the
     runner's time limit 0 its streams are flushed only when the runner closes them: every element sent.
     Set in the launcher, where the runner makes its data server; a runner that is not local ignores it."""
-    runner = pipeline_options.view_as(StandardOptions).runner or ""
-    if "Dataflow" in runner:
+    if _on_dataflow(pipeline_options):
         return
     from apache_beam.runners.portability.fn_api_runner import worker_handlers
     worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
@@ -545,8 +549,7 @@ def release_finished_local_stages(pipeline_options: PipelineOptions) -> None:
     (seventeenth session)"). At `LOCAL_STAGE_IDLE_S` they are shut down a second after their stage.
     Set in the launcher before the runner makes its in-process worker (the worker reads it when it is
     made); worker processes and a runner that is not local keep Beam's default."""
-    runner = pipeline_options.view_as(StandardOptions).runner or ""
-    if "Dataflow" in runner:
+    if _on_dataflow(pipeline_options):
         return
     from apache_beam.runners.worker import sdk_worker
     sdk_worker.DEFAULT_BUNDLE_PROCESSOR_CACHE_SHUTDOWN_THRESHOLD_S = LOCAL_STAGE_IDLE_S
