@@ -54,8 +54,14 @@ def test_beams_timed_flush_loses_what_is_written_while_it_sends_and_no_timed_flu
 @pytest.mark.e2e
 def test_a_stage_in_worker_processes_reads_every_element_once_the_launcher_sets_the_runner(monkeypatch, tmp_path):
     monkeypatch.setattr(worker_handlers, "DATA_BUFFER_TIME_LIMIT_MS", 1)
-    made, read = made_and_read(200_000, str(tmp_path / "timed"))
-    assert made == 200_000 and read < made  # lost with a timed flush (every millisecond here, every second by default)
+    lost = []
+    for attempt in range(3):  # a race: on a loaded machine one run may not hit it (seen alongside other Beam tests)
+        made, read = made_and_read(200_000, str(tmp_path / f"timed{attempt}"))
+        assert made == 200_000
+        lost.append(made - read)
+        if lost[-1]:
+            break
+    assert any(lost), lost  # lost with a timed flush (every millisecond here, every second by default)
     send_local_inputs_whole(PipelineOptions(RUNNER))
     assert worker_handlers.DATA_BUFFER_TIME_LIMIT_MS == 0
     assert made_and_read(200_000, str(tmp_path / "whole")) == (200_000, 200_000)
