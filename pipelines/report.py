@@ -27,6 +27,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from pipelines.estimates import FIGURES
 from transforms.metrics import (
     COUNT_NAMESPACE,
+    HARDWARE_NAMESPACE,
     LARGEST_NAMESPACE,
     READ_NAMESPACE,
     STAGE_CPU_NAMESPACE,
@@ -87,6 +88,15 @@ def largest_distributions(result) -> dict:
     for name, value in _metric_values(result, "distributions", LARGEST_NAMESPACE):
         if value.count:
             found.setdefault(name, []).append(value)
+    return found
+
+
+def forward_hardware(result) -> dict:
+    """{model stage: {hardware: rows forwarded on it}} (`transforms.metrics.hardware_rows`)."""
+    found: dict = {}
+    for name, rows in sorted(counter_totals(result, HARDWARE_NAMESPACE).items()):
+        stage, hardware = name.split(": ", 1)
+        found.setdefault(stage, {})[hardware] = rows
     return found
 
 
@@ -167,6 +177,7 @@ def run_totals(report: dict, result) -> dict:
         "explain_groups_too_large": counts.get("explain_groups_too_large", 0),
         "blocking_items_hash_blocked": counts.get("blocking_items_hash_blocked", 0),
         "largest_elements": {name: max(v.max for v in values) for name, values in sorted(largest.items())},
+        "forward_hardware": forward_hardware(result),
         "scoring_pairs_per_second": round(report["pairs_scored"] / score_seconds, 2) if score_seconds else None,
     }
 
@@ -388,6 +399,8 @@ def render(report: dict, figures: dict, evaluation: Optional[dict] = None) -> st
     borderline = _table(("score", "similarity", "source", "id_a", "text_a", "id_b", "text_b"),
                         ((f"{score:.3f}", "" if sim is None else f"{sim:.3f}", source, a, ta, b, tb)
                          for a, b, score, sim, source, ta, tb in figures["borderline"]))
+    hardware = "; ".join(f"{stage}: " + ", ".join(f"{name} ({rows:,} rows)" for name, rows in kinds.items())
+                         for stage, kinds in report.get("forward_hardware", {}).items())
     accounting = "holds" if report.get("accounting_ok") else "DOES NOT HOLD"
     config = report.get("configuration", {})
     int8 = _table(("model", "key", "calibration pairs", "in-sample fidelity to fp32"),
@@ -411,6 +424,7 @@ Row accounting (rows in + existing = rows out + rejected) <b class="{'ok' if rep
 {accounting}</b>.</p>
 <h2>Counts</h2>{counts}
 <h2>Time per stage (seconds, summed over workers)</h2>{_table(("stage", "wall seconds", "CPU seconds"), stage_rows)}
+<p>Models ran on (scores differ at float rounding from one kind to another): {html.escape(hardware or "-")}.</p>
 <h2>Pair scores</h2><p>{sum(figures["histogram"]):,} scored pairs; pairs right of the line are duplicates.</p>
 {_bars(figures["histogram"], bins, marker=threshold)}
 <h2>Group sizes (groups per size, in rows)</h2>

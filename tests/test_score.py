@@ -13,7 +13,7 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 from pipelines.preflight import check_scorer_model
 from pipelines.report import largest_distributions, run_counts
 from tests.helpers import RUNNER_ARGS, lcqmc_pairs, reference_scores
-from transforms.devices import resolve_device
+from transforms.devices import hardware, resolve_device
 from transforms.errors import QdedupError
 from transforms.feeding import (
     LoadedModel,
@@ -274,6 +274,16 @@ def test_cuda_without_a_gpu_is_a_clear_error():
     with pytest.raises(RuntimeError, match="device cuda asked for, but no usable GPU"):
         resolve_device("cuda")
     assert resolve_device("auto") == "cpu"
+
+
+def test_the_hardware_a_forward_ran_on_names_the_cpu_model_and_instruction_set(monkeypatch):
+    with open("/proc/cpuinfo", encoding="utf-8") as info:
+        model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert hardware("cpu", "auto") == hardware("cpu", "fp32") == f"cpu {model} ({capability})"
+    assert hardware("cpu", "int8") == f"cpu int8 {model} ({capability})"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H200")
+    assert hardware("cuda", "bf16") == "cuda NVIDIA H200"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -21,3 +21,31 @@ def resolve_dtype(precision: str, device: str):
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def hardware(device: str, precision: str) -> str:
+    """What a model's forward pass ran on, as report.json's `forward_hardware` names it: the GPU's name, or
+    the CPU's model and the instruction set torch's kernels use (int8: OpenVINO's, on that CPU).
+
+    The same batch scored on another kind of CPU or GPU gives scores that differ at float rounding (about
+    1e-6 with the tiny scorer; benchmarks/README.md, "Scores across CPU kinds"), enough to move a pair that
+    close to a threshold; a run scored on several kinds shows each with its rows.
+    """
+    import torch
+    if device == "cuda":
+        return f"cuda {torch.cuda.get_device_name()}"
+    kind = "cpu int8" if precision == "int8" else "cpu"
+    return f"{kind} {_cpu_model()} ({torch.backends.cpu.get_cpu_capability()})"
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), or the machine architecture where it is not there."""
+    import platform
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

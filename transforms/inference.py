@@ -29,7 +29,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
-from transforms.devices import resolve_device
+from transforms.devices import hardware, resolve_device
 from transforms.errors import failure
 from transforms.feeding import (
     LoadedModel,
@@ -41,7 +41,7 @@ from transforms.feeding import (
 )
 from transforms.joins import DealIntoShards, dealt
 from transforms.logs import quiet_libraries
-from transforms.metrics import StageTimer, largest
+from transforms.metrics import StageTimer, hardware_rows, largest
 
 _LOG = logging.getLogger(__name__)
 
@@ -189,6 +189,7 @@ class PackedBatchHandler(ModelHandler[list, list, LoadedModel]):
         self._stage = stage
         self._oom_splits = Metrics.counter("qdedup", "oom_splits")
         self._timer = StageTimer(stage)
+        self._hardware_rows = None  # made where the model runs: the launcher's hardware is not the workers'
 
     def load_model(self) -> LoadedModel:
         quiet_libraries()  # in a worker process: before transformers speaks
@@ -204,6 +205,11 @@ class PackedBatchHandler(ModelHandler[list, list, LoadedModel]):
         with self._timer:
             forwarded = model.run(flat)
         self._oom_splits.inc(forwarded.oom_splits)
+        if self._hardware_rows is None:
+            settings = self._settings
+            device = "cpu" if settings.precision == "int8" else resolve_device(settings.device)
+            self._hardware_rows = hardware_rows(self._stage, hardware(device, settings.precision))
+        self._hardware_rows.inc(len(flat))
         outputs, start = [], 0
         for item in packed:
             end = start + len(item.encodings)

@@ -49,6 +49,15 @@ def largest(step: str):
     return Metrics.distribution(LARGEST_NAMESPACE, step)
 
 
+HARDWARE_NAMESPACE = "qdedup.hardware"
+
+
+def hardware_rows(stage: str, hardware: str):
+    """A counter of the rows a model stage forwarded on one kind of hardware (`devices.hardware`): report.json's
+    `forward_hardware` gives them by stage, so a run whose workers differed says so."""
+    return Metrics.counter(HARDWARE_NAMESPACE, f"{stage}: {hardware}")
+
+
 COUNT_NAMESPACE = "qdedup.count"
 
 
