@@ -204,7 +204,8 @@ def run_size(n: int, repo: str, work: str, model: str, extra: list[str], max_rss
             "stage_seconds": stages, "stage_cpu_seconds": stage_cpu, "largest": report.get("largest_elements",
                                                            {"blocking_work_item":
                                                             report.get("largest_blocking_work_item")}),
-            "groups": report["groups"], "largest_group": report["largest_group"]}
+            "groups": report["groups"], "largest_group": report["largest_group"],
+            "forward_hardware": report.get("forward_hardware")}
 
 
 def main() -> None:

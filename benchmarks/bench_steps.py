@@ -204,7 +204,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                       "main_thread_outside_us_per_pair": round((main_cpu - model_and_blocking) / pairs * 1e6, 1),
                       "hops_per_pair": round(sum(elements.values()) / pairs, 1),
                       "peak_rss_gib": round(after.ru_maxrss / 2**20, 2), "stage_seconds": stages,
-                      "stage_cpu_seconds": stage_cpu}))
+                      "stage_cpu_seconds": stage_cpu, "forward_hardware": report.get("forward_hardware")}))
     print(f"{'step':48} {'s':>8} {'µs/pair':>8} {'hops/pair':>9}")
     for step in sorted(msecs, key=msecs.get, reverse=True)[:args.top]:
         print(f"{step:48} {msecs[step] / 1000:8.1f} {msecs[step] / pairs * 1000:8.0f} "
