@@ -536,35 +536,46 @@ def send_local_inputs_whole(pipeline_options: PipelineOptions) -> None:
     worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
 
 
-# Seconds a local run's in-process worker keeps a finished stage's bundle processor before shutting it down.
+# Seconds a local run's workers keep a finished stage's bundle processor before shutting it down.
 LOCAL_STAGE_IDLE_S = 1.0
 
+# Imported by Beam in each worker process of a local multi-process run, before the process makes its worker.
+LOCAL_WORKER_PLUGIN = "pipelines.local_worker"
 
-def release_finished_local_stages(pipeline_options: PipelineOptions) -> None:
+
+def release_finished_stages_here() -> None:
     """Beam's worker (2.77) keeps each stage's bundle processor after its bundle, to reuse it, and shuts down
     those idle for `DEFAULT_BUNDLE_PROCESSOR_CACHE_SHUTDOWN_THRESHOLD_S` (60 s), checked as often. A kept
     processor holds its DoFns and the buffers its outputs were written through (up to ~16 MB each, kept
     when cleared), and the local runner runs each stage once: in one process, a run held the processors of
     the last one to two minutes' stages, 0.7 GiB at 100k rows (benchmarks/README.md, "2026-12-03
     (seventeenth session)"). At `LOCAL_STAGE_IDLE_S` they are shut down a second after their stage.
-    Set in the launcher before the runner makes its in-process worker (the worker reads it when it is
-    made); worker processes and a runner that is not local keep Beam's default."""
-    if _on_dataflow(pipeline_options):
-        return
+    Takes effect for a worker made after it in this process: Beam reads the setting, and the interval of
+    its check, when it makes one."""
     from apache_beam.runners.worker import sdk_worker
     sdk_worker.DEFAULT_BUNDLE_PROCESSOR_CACHE_SHUTDOWN_THRESHOLD_S = LOCAL_STAGE_IDLE_S
+
+
+def release_finished_local_stages(pipeline_options: PipelineOptions) -> None:
+    """`release_finished_stages_here` in the launcher, before the runner makes its in-process worker, for a
+    local run (the worker processes of a multi-process run get it from `pass_settings_to_local_processes`);
+    a runner that is not local keeps Beam's default."""
+    if not _on_dataflow(pipeline_options):
+        release_finished_stages_here()
 
 
 _WORKER_OPTIONS = "qdedup-worker-options-"
 
 
-def pass_log_levels_to_local_processes(pipeline_options: PipelineOptions) -> None:
+def pass_settings_to_local_processes(pipeline_options: PipelineOptions) -> None:
     """Beam's local multi-process runner starts its SDK workers with empty pipeline options, so the log
     levels the launcher gives workers (`--sdk_harness_log_level_overrides`, `pipelines.cli.worker_log_levels`)
-    would not reach them and every library's INFO lines would fill the terminal. A worker reads its options
-    from the file `PIPELINE_OPTIONS_FILE` names, an environment the worker processes inherit: the levels go
-    there (plus the harness's own start-up lines), in a file removed when the launcher exits. Only for the
-    FnApiRunner, where this was seen and tested: a runner that does pass options must not have them
+    would not reach them and every library's INFO lines would fill the terminal, and a setting the launcher
+    makes in its own process (`release_finished_local_stages`) would not hold there. A worker reads its
+    options from the file `PIPELINE_OPTIONS_FILE` names, an environment the worker processes inherit: the
+    levels go there (plus the harness's own start-up lines), with `LOCAL_WORKER_PLUGIN` as a Beam plugin,
+    which the worker imports before it makes its worker, in a file removed when the launcher exits. Only
+    for the FnApiRunner, where this was seen and tested: a runner that does pass options must not have them
     replaced by the file."""
     if os.path.basename(os.environ.get("PIPELINE_OPTIONS_FILE", "")).startswith(_WORKER_OPTIONS):
         del os.environ["PIPELINE_OPTIONS_FILE"]  # an earlier run's in this process: not this run's to inherit
@@ -576,7 +587,8 @@ def pass_log_levels_to_local_processes(pipeline_options: PipelineOptions) -> Non
         overrides = {**overrides, "__main__": "WARNING"}  # the harness's module, run as a script
     handle, path = tempfile.mkstemp(prefix=_WORKER_OPTIONS, suffix=".json")
     with os.fdopen(handle, "w") as options_file:
-        json.dump({"options": {"sdk_harness_log_level_overrides": overrides}}, options_file)
+        json.dump({"options": {"sdk_harness_log_level_overrides": overrides, "beam_plugins": [LOCAL_WORKER_PLUGIN]}},
+                  options_file)
     atexit.register(_remove_quietly, path)
     os.environ["PIPELINE_OPTIONS_FILE"] = path
 
@@ -598,7 +610,7 @@ def check_run(options: QdedupOptions, pipeline_options: PipelineOptions) -> Laun
     divide_local_threads(options, pipeline_options)
     send_local_inputs_whole(pipeline_options)
     release_finished_local_stages(pipeline_options)
-    pass_log_levels_to_local_processes(pipeline_options)
+    pass_settings_to_local_processes(pipeline_options)
     configuration = effective_configuration(pipeline_options)
     configuration["fingerprints"] = check_models(options)
     configuration["scoring_precision"] = scoring_precision(options, pipeline_options)

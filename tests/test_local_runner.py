@@ -9,6 +9,7 @@ first ever stops losing anything, Beam has fixed its stream and the setting can 
 """
 from __future__ import annotations
 
+import os
 import time
 
 import apache_beam as beam
@@ -20,8 +21,13 @@ from apache_beam.runners.worker.data_plane import ClosableOutputStream
 from apache_beam.testing.util import assert_that, equal_to
 
 from benchmarks.bench_runner_loss import RUNNER, made_and_read, main
-from pipelines.preflight import LOCAL_STAGE_IDLE_S, release_finished_local_stages, send_local_inputs_whole
-from tests.helpers import RUNNER_ARGS
+from pipelines.preflight import (
+    LOCAL_STAGE_IDLE_S,
+    pass_settings_to_local_processes,
+    release_finished_local_stages,
+    send_local_inputs_whole,
+)
+from tests.helpers import MULTI_PROCESSING, RUNNER_ARGS
 
 
 def _written_and_received(time_limit_ms: int) -> tuple[int, int]:
@@ -110,6 +116,47 @@ def test_a_local_run_lets_a_finished_stage_go_while_later_stages_run(monkeypatch
         waited = (pipeline | beam.Create([1, 2, 3]) | beam.ParDo(_FirstStage()) | beam.Map(lambda x: (0, x))
                   | beam.GroupByKey() | beam.ParDo(_WaitForFirstStageTeardown()))
         assert_that(waited, equal_to([True]))  # its processor, DoFns and output buffers let go mid-run
+
+
+class _FirstStageInAProcess(beam.DoFn):
+    """Leaves a file in `folder` when torn down (worker processes share no memory with the test)."""
+
+    def __init__(self, folder: str):
+        self._folder = folder
+
+    def teardown(self):
+        with open(os.path.join(self._folder, f"torn-down-{os.getpid()}"), "w"):
+            pass
+
+    def process(self, element):
+        yield element
+
+
+class _WaitForATeardownFile(beam.DoFn):
+    """Waits up to 10 s for a file of `_FirstStageInAProcess`'s teardown."""
+
+    def __init__(self, folder: str):
+        self._folder = folder
+
+    def process(self, element):
+        deadline = time.monotonic() + 10
+        while not os.listdir(self._folder) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield bool(os.listdir(self._folder))
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("plugin", [True, False], ids=["launcher-settings", "beam-default"])
+def test_worker_processes_let_a_finished_stage_go_while_later_stages_run(monkeypatch, tmp_path, plugin):
+    monkeypatch.delenv("PIPELINE_OPTIONS_FILE", raising=False)  # restored (unset) after the test
+    options = PipelineOptions(RUNNER_ARGS + MULTI_PROCESSING)
+    if plugin:
+        pass_settings_to_local_processes(options)  # the file the workers read names the plugin
+    folder = str(tmp_path)
+    with beam.Pipeline(options=options) as pipeline:
+        waited = (pipeline | beam.Create([1, 2, 3]) | beam.ParDo(_FirstStageInAProcess(folder))
+                  | beam.Map(lambda x: (0, x)) | beam.GroupByKey() | beam.ParDo(_WaitForATeardownFile(folder)))
+        assert_that(waited, equal_to([plugin]))  # with Beam's 60 s, nothing is torn down in 10 s
 
 
 def test_a_dataflow_run_keeps_beams_worker_cache(monkeypatch):
