@@ -1,6 +1,7 @@
 """End-to-end runs of `qdedup run` on the in-process Beam runner with a tiny random model."""
 import html
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -63,7 +64,8 @@ def test_the_report_gives_the_largest_element_of_each_bounded_step(reference_run
 def test_the_report_names_the_hardware_every_pair_was_forwarded_on(reference_run):
     _, report = reference_run
     forwarded = report["pairs_scored"] + report["resplit_pairs_scored"] + report["pairs_failed"]
-    assert report["forward_hardware"] == {"score": {hardware("cpu", "auto"): forwarded}}
+    threads = report["configuration"]["torch_threads"] or len(os.sched_getaffinity(0))  # the run's cores: this one's
+    assert report["forward_hardware"] == {"score": {hardware("cpu", "auto", threads): forwarded}}
 
 
 def test_each_kind_of_bad_row_has_its_reason(reference_run):
@@ -393,7 +395,8 @@ def test_report_html_is_self_contained_and_shows_the_run(reference_run):
     assert sum(bars) == len(read_part(out, "pairs"))  # the score histogram covers every scored pair
     largest = max(read_part(out, "groups"), key=lambda g: (g["group_size"], -g["id"]))
     assert f"{largest['group_size']:,} rows" in page
-    assert html.escape(hardware("cpu", "auto")) in page  # what the model ran on
+    [label] = report["forward_hardware"]["score"]
+    assert label.startswith("cpu ") and html.escape(label) in page  # what the model ran on
     assert page.count("<tr>") >= 20  # counts, stages, borderline pairs, rejected reasons
     assert "CPU seconds" in page and set(report["stage_cpu_seconds"]) == set(report["stage_seconds"]) > set()
     explained = [r for r in read_part(out, "explain") if r["group_id"] == largest["group_id"] and r["kind"] == "path"]

@@ -1,4 +1,5 @@
 import functools
+import os
 import random
 from types import SimpleNamespace
 
@@ -13,7 +14,7 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 from pipelines.preflight import check_scorer_model
 from pipelines.report import largest_distributions, run_counts
 from tests.helpers import RUNNER_ARGS, lcqmc_pairs, reference_scores
-from transforms.devices import hardware, resolve_device
+from transforms.devices import cpu_threads, hardware, resolve_device
 from transforms.errors import QdedupError
 from transforms.feeding import (
     LoadedModel,
@@ -280,10 +281,11 @@ def test_the_hardware_a_forward_ran_on_names_the_cpu_model_and_instruction_set(m
     with open("/proc/cpuinfo", encoding="utf-8") as info:
         model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
     capability = torch.backends.cpu.get_cpu_capability()
-    assert hardware("cpu", "auto") == hardware("cpu", "fp32") == f"cpu {model} ({capability})"
-    assert hardware("cpu", "int8") == f"cpu int8 {model} ({capability})"
+    assert hardware("cpu", "auto", 2) == hardware("cpu", "fp32", 2) == f"cpu {model} ({capability}, 2 threads)"
+    assert hardware("cpu", "int8", 1) == f"cpu int8 {model} ({capability}, 1 threads)"
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H200")
-    assert hardware("cuda", "bf16") == "cuda NVIDIA H200"
+    assert hardware("cuda", "bf16", 2) == "cuda NVIDIA H200"
+    assert cpu_threads(3) == 3 and cpu_threads(0) == len(os.sched_getaffinity(0))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -1,6 +1,8 @@
 """Which device a model runs on, and in which precision: the same answer for the launcher and the workers."""
 from __future__ import annotations
 
+import os
+
 
 def resolve_device(device: str) -> str:
     """`auto` means CUDA when usable; `cuda` without a GPU is an error, never a silent CPU fallback."""
@@ -23,19 +25,26 @@ def resolve_dtype(precision: str, device: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def hardware(device: str, precision: str) -> str:
+def cpu_threads(torch_threads: int) -> int:
+    """The threads a model runs on the CPU: `torch_threads` (`ModelSettings`), or the cores this process may use."""
+    return torch_threads or len(os.sched_getaffinity(0))
+
+
+def hardware(device: str, precision: str, threads: int) -> str:
     """What a model's forward pass ran on, as report.json's `forward_hardware` names it: the GPU's name, or
-    the CPU's model and the instruction set torch's kernels use (int8: OpenVINO's, on that CPU).
+    the CPU's model, the instruction set torch's kernels use there (int8: OpenVINO on that CPU) and the
+    model's threads.
 
     The same batch scored on another kind of CPU or GPU gives scores that differ at float rounding (about
-    1e-6 with the tiny scorer; benchmarks/README.md, "Scores across CPU kinds"), enough to move a pair that
-    close to a threshold; a run scored on several kinds shows each with its rows.
+    1e-6 with the tiny scorer), and so, on a few small batches, does another thread count (one float32 step:
+    benchmarks/README.md, "Scores across CPU kinds"), enough to move a pair that close to a threshold; a run
+    scored on several kinds shows each with its rows.
     """
     import torch
     if device == "cuda":
         return f"cuda {torch.cuda.get_device_name()}"
     kind = "cpu int8" if precision == "int8" else "cpu"
-    return f"{kind} {_cpu_model()} ({torch.backends.cpu.get_cpu_capability()})"
+    return f"{kind} {_cpu_model()} ({torch.backends.cpu.get_cpu_capability()}, {threads} threads)"
 
 
 def _cpu_model() -> str:

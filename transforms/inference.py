@@ -29,7 +29,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
-from transforms.devices import hardware, resolve_device
+from transforms.devices import cpu_threads, hardware, resolve_device
 from transforms.errors import failure
 from transforms.feeding import (
     LoadedModel,
@@ -208,7 +208,8 @@ class PackedBatchHandler(ModelHandler[list, list, LoadedModel]):
         if self._hardware_rows is None:
             settings = self._settings
             device = "cpu" if settings.precision == "int8" else resolve_device(settings.device)
-            self._hardware_rows = hardware_rows(self._stage, hardware(device, settings.precision))
+            self._hardware_rows = hardware_rows(
+                self._stage, hardware(device, settings.precision, cpu_threads(settings.torch_threads)))
         self._hardware_rows.inc(len(flat))
         outputs, start = [], 0
         for item in packed:

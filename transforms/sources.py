@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from transforms.devices import resolve_device, resolve_dtype
+from transforms.devices import cpu_threads, resolve_device, resolve_dtype
 from transforms.errors import QdedupError
 from transforms.paths import is_remote
 
@@ -211,7 +211,7 @@ def load_pretrained(settings, model_class: str) -> tuple[Any, str, int]:
     import transformers
     pad_id = load_tokenizer(settings.model).pad_token_id or 0
     if settings.precision == "int8":  # on the CPU, whatever --device says: the launcher refuses cuda
-        threads = settings.torch_threads or len(os.sched_getaffinity(0))
+        threads = cpu_threads(settings.torch_threads)
         model = load_int8(model_path(settings.int8_model), threads)
         _LOG.info("loaded %s on cpu (int8, OpenVINO, %d threads)", settings.model, threads)
         return model, "cpu", pad_id
@@ -219,7 +219,7 @@ def load_pretrained(settings, model_class: str) -> tuple[Any, str, int]:
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.precision, device)
     if device == "cpu":
-        torch.set_num_threads(settings.torch_threads or len(os.sched_getaffinity(0)))
+        torch.set_num_threads(cpu_threads(settings.torch_threads))
     model = auto_class.from_pretrained(model_path(settings.model), attn_implementation="sdpa",
                                        use_safetensors=True, trust_remote_code=False)
     model = model.eval().to(device=device, dtype=dtype)
