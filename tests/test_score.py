@@ -282,7 +282,7 @@ def test_the_hardware_a_forward_ran_on_names_the_cpu_model_and_instruction_set(m
         model = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
     capability = torch.backends.cpu.get_cpu_capability()
     assert hardware("cpu", "auto", 2) == hardware("cpu", "fp32", 2) == f"cpu {model} ({capability}, 2 threads)"
-    assert hardware("cpu", "int8", 1) == f"cpu int8 {model} ({capability}, 1 threads)"
+    assert hardware("cpu", "int8", 1) == f"cpu int8 {model} ({capability}, 1 thread)"
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H200")
     assert hardware("cuda", "bf16", 2) == "cuda NVIDIA H200"
     assert cpu_threads(3) == 3 and cpu_threads(0) == len(os.sched_getaffinity(0))

@@ -44,7 +44,8 @@ def hardware(device: str, precision: str, threads: int) -> str:
     if device == "cuda":
         return f"cuda {torch.cuda.get_device_name()}"
     kind = "cpu int8" if precision == "int8" else "cpu"
-    return f"{kind} {_cpu_model()} ({torch.backends.cpu.get_cpu_capability()}, {threads} threads)"
+    plural = "" if threads == 1 else "s"
+    return f"{kind} {_cpu_model()} ({torch.backends.cpu.get_cpu_capability()}, {threads} thread{plural})"
 
 
 def _cpu_model() -> str:
