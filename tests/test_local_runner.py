@@ -86,39 +86,7 @@ def test_a_dataflow_run_leaves_the_local_runner_as_it_is(monkeypatch):
     assert worker_handlers.DATA_BUFFER_TIME_LIMIT_MS == 1000
 
 
-_TORN_DOWN: list = []
-
-
 class _FirstStage(beam.DoFn):
-    def teardown(self):
-        _TORN_DOWN.append(True)
-
-    def process(self, element):
-        yield element
-
-
-class _WaitForFirstStageTeardown(beam.DoFn):
-    """Waits up to 10 s for the first stage's DoFn to be torn down (Beam's default keeps it 60 to 120 s)."""
-
-    def process(self, element):
-        deadline = time.monotonic() + 10
-        while not _TORN_DOWN and time.monotonic() < deadline:
-            time.sleep(0.05)
-        yield bool(_TORN_DOWN)
-
-
-def test_a_local_run_lets_a_finished_stage_go_while_later_stages_run(monkeypatch):
-    monkeypatch.setattr(sdk_worker, "DEFAULT_BUNDLE_PROCESSOR_CACHE_SHUTDOWN_THRESHOLD_S", 60)
-    release_finished_local_stages(PipelineOptions(RUNNER_ARGS))
-    assert sdk_worker.DEFAULT_BUNDLE_PROCESSOR_CACHE_SHUTDOWN_THRESHOLD_S == LOCAL_STAGE_IDLE_S
-    _TORN_DOWN.clear()
-    with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:  # in this process: one _TORN_DOWN
-        waited = (pipeline | beam.Create([1, 2, 3]) | beam.ParDo(_FirstStage()) | beam.Map(lambda x: (0, x))
-                  | beam.GroupByKey() | beam.ParDo(_WaitForFirstStageTeardown()))
-        assert_that(waited, equal_to([True]))  # its processor, DoFns and output buffers let go mid-run
-
-
-class _FirstStageInAProcess(beam.DoFn):
     """Leaves a file in `folder` when torn down (worker processes share no memory with the test)."""
 
     def __init__(self, folder: str):
@@ -133,7 +101,7 @@ class _FirstStageInAProcess(beam.DoFn):
 
 
 class _WaitForATeardownFile(beam.DoFn):
-    """Waits up to 10 s for a file of `_FirstStageInAProcess`'s teardown."""
+    """Waits up to 10 s for a file of `_FirstStage`'s teardown."""
 
     def __init__(self, folder: str):
         self._folder = folder
@@ -145,6 +113,23 @@ class _WaitForATeardownFile(beam.DoFn):
         yield bool(os.listdir(self._folder))
 
 
+def test_a_local_run_lets_a_finished_stage_go_while_later_stages_run(monkeypatch, tmp_path):
+    monkeypatch.setattr(sdk_worker, "DEFAULT_BUNDLE_PROCESSOR_CACHE_SHUTDOWN_THRESHOLD_S", 60)
+    release_finished_local_stages(PipelineOptions(RUNNER_ARGS))
+    assert sdk_worker.DEFAULT_BUNDLE_PROCESSOR_CACHE_SHUTDOWN_THRESHOLD_S == LOCAL_STAGE_IDLE_S
+    _check_a_first_stage_is_torn_down_while_a_later_one_waits(PipelineOptions(RUNNER_ARGS), str(tmp_path), True)
+
+
+def _check_a_first_stage_is_torn_down_while_a_later_one_waits(options: PipelineOptions, folder: str,
+                                                              expected: bool) -> None:
+    """Runs a pipeline whose later stage waits up to 10 s for its first stage's DoFn to be torn down (its
+    processor, DoFns and output buffers let go), and checks whether it was."""
+    with beam.Pipeline(options=options) as pipeline:
+        waited = (pipeline | beam.Create([1, 2, 3]) | beam.ParDo(_FirstStage(folder))
+                  | beam.Map(lambda x: (0, x)) | beam.GroupByKey() | beam.ParDo(_WaitForATeardownFile(folder)))
+        assert_that(waited, equal_to([expected]))
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("plugin", [True, False], ids=["launcher-settings", "beam-default"])
 def test_worker_processes_let_a_finished_stage_go_while_later_stages_run(monkeypatch, tmp_path, plugin):
@@ -152,11 +137,8 @@ def test_worker_processes_let_a_finished_stage_go_while_later_stages_run(monkeyp
     options = PipelineOptions(RUNNER_ARGS + MULTI_PROCESSING)
     if plugin:
         pass_settings_to_local_processes(options)  # the file the workers read names the plugin
-    folder = str(tmp_path)
-    with beam.Pipeline(options=options) as pipeline:
-        waited = (pipeline | beam.Create([1, 2, 3]) | beam.ParDo(_FirstStageInAProcess(folder))
-                  | beam.Map(lambda x: (0, x)) | beam.GroupByKey() | beam.ParDo(_WaitForATeardownFile(folder)))
-        assert_that(waited, equal_to([plugin]))  # with Beam's 60 s, nothing is torn down in 10 s
+    # with Beam's 60 s, nothing is torn down in 10 s
+    _check_a_first_stage_is_torn_down_while_a_later_one_waits(options, str(tmp_path), plugin)
 
 
 def test_a_dataflow_run_keeps_beams_worker_cache(monkeypatch):
