@@ -14,7 +14,7 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 from pipelines.preflight import check_scorer_model
 from pipelines.report import largest_distributions, run_counts
 from tests.helpers import RUNNER_ARGS, lcqmc_pairs, reference_scores
-from transforms.devices import cpu_threads, hardware, resolve_device
+from transforms.devices import cpu_threads, hardware, model_device, resolve_device
 from transforms.errors import QdedupError
 from transforms.feeding import (
     LoadedModel,
@@ -286,6 +286,12 @@ def test_the_hardware_a_forward_ran_on_names_the_cpu_model_and_instruction_set(m
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "NVIDIA H200")
     assert hardware("cuda", "bf16", 2) == "cuda NVIDIA H200"
     assert cpu_threads(3) == 3 and cpu_threads(0) == len(os.sched_getaffinity(0))
+
+
+def test_int8_models_run_on_the_cpu_whatever_the_device_says_and_are_batched_for_it():
+    assert model_device("cuda", "int8") == model_device("auto", "int8") == model_device("cpu", "fp32") == "cpu"
+    assert token_budget(ModelSettings("m", device="cuda", precision="int8"), 768) == token_budget(
+        ModelSettings("m", device="cpu"), 768)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -16,6 +16,12 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def model_device(device: str, precision: str) -> str:
+    """Where a model of `--device`/`--precision` runs: int8 on the CPU (OpenVINO) whatever `device` says,
+    the others where `resolve_device` puts them."""
+    return "cpu" if precision == "int8" else resolve_device(device)
+
+
 def resolve_dtype(precision: str, device: str):
     import torch
     if precision == "auto":

@@ -15,7 +15,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
-from transforms.devices import resolve_device
+from transforms.devices import model_device
 from transforms.errors import failure
 
 # Padded tokens per batch when --token-budget is 0, chosen by benchmarks/bench_scoring.py for a 768-wide model.
@@ -64,7 +64,7 @@ def token_budget(settings: ModelSettings, width: int = 0) -> int:
     (its hidden size; 0: unknown, taken as `AUTO_WIDTH`)."""
     if settings.token_budget:
         return settings.token_budget
-    device = resolve_device(settings.device)
+    device = model_device(settings.device, settings.precision)
     budget = AUTO_TOKEN_BUDGET[device]
     if device == "cpu" and 0 < width < AUTO_WIDTH:
         budget = min(AUTO_CPU_MAX_TOKEN_BUDGET, budget * AUTO_WIDTH // width)

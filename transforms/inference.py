@@ -29,7 +29,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
-from transforms.devices import cpu_threads, hardware, resolve_device
+from transforms.devices import cpu_threads, hardware, model_device
 from transforms.errors import failure
 from transforms.feeding import (
     LoadedModel,
@@ -77,7 +77,7 @@ class _PackShard(beam.DoFn):
         self._budget = token_budget(self._settings, width)
         if not self._settings.token_budget:
             _LOG.info("%s: batches of up to %d padded tokens (automatic for a %d-wide model on %s)", self._stage,
-                      self._budget, width, resolve_device(self._settings.device))
+                      self._budget, width, model_device(self._settings.device, self._settings.precision))
 
     def process(self, element):
         _, elements = element
@@ -207,7 +207,7 @@ class PackedBatchHandler(ModelHandler[list, list, LoadedModel]):
         self._oom_splits.inc(forwarded.oom_splits)
         if self._hardware_rows is None:
             settings = self._settings
-            device = "cpu" if settings.precision == "int8" else resolve_device(settings.device)
+            device = model_device(settings.device, settings.precision)
             self._hardware_rows = hardware_rows(
                 self._stage, hardware(device, settings.precision, cpu_threads(settings.torch_threads)))
         self._hardware_rows.inc(len(flat))

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from transforms.devices import cpu_threads, resolve_device, resolve_dtype
+from transforms.devices import cpu_threads, model_device, resolve_dtype
 from transforms.errors import QdedupError
 from transforms.paths import is_remote
 
@@ -210,13 +210,13 @@ def load_pretrained(settings, model_class: str) -> tuple[Any, str, int]:
     import torch
     import transformers
     pad_id = load_tokenizer(settings.model).pad_token_id or 0
-    if settings.precision == "int8":  # on the CPU, whatever --device says: the launcher refuses cuda
+    device = model_device(settings.device, settings.precision)
+    if settings.precision == "int8":  # the launcher refuses --device cuda with it
         threads = cpu_threads(settings.torch_threads)
         model = load_int8(model_path(settings.int8_model), threads)
         _LOG.info("loaded %s on cpu (int8, OpenVINO, %d threads)", settings.model, threads)
-        return model, "cpu", pad_id
+        return model, device, pad_id
     auto_class = getattr(transformers, model_class)
-    device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.precision, device)
     if device == "cpu":
         torch.set_num_threads(cpu_threads(settings.torch_threads))
