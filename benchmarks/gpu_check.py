@@ -176,7 +176,7 @@ def stage_scores(pairs: list, settings: ModelSettings, runner_args: list[str]) -
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines.preflight import send_local_inputs_whole
+    from pipelines.local_runner import prepare
     from transforms.metrics import STAGE_NAMESPACE
     from transforms.records import CandidatePair, pairs_in
     from transforms.score import ScorePairs
@@ -185,7 +185,7 @@ def stage_scores(pairs: list, settings: ModelSettings, runner_args: list[str]) -
         out = os.path.join(scratch, "scores.json")
         started = time.perf_counter()
         options = PipelineOptions(runner_args)
-        send_local_inputs_whole(options)
+        prepare(options)
         pipeline = beam.Pipeline(options=options)
         scoring = (
             pipeline

@@ -7,12 +7,8 @@ seconds, with a message naming the option to fix, instead of after reading and b
 """
 from __future__ import annotations
 
-import atexit
-import contextlib
-import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, NamedTuple, Optional
 
@@ -23,6 +19,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, PipelineOptions, StandardOptions
 
+from pipelines import local_runner
 from pipelines.options import (
     QdedupOptions,
     effective_configuration,
@@ -493,24 +490,12 @@ def fit_sizes_to_input(options: QdedupOptions, rows: int) -> None:
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def _on_dataflow(pipeline_options: PipelineOptions) -> bool:
-    """Whether the run goes to Dataflow, which ignores the local runner's settings (`--direct_*`, Beam's
-    local worker constants) and makes its workers itself."""
-    return "Dataflow" in (pipeline_options.view_as(StandardOptions).runner or "")
-
-
-def _local_processes(pipeline_options: PipelineOptions) -> bool:
-    """Whether this run's workers are local processes (Dataflow ignores --direct_running_mode)."""
-    return (pipeline_options.view_as(DirectOptions).direct_running_mode == "multi_processing"
-            and not _on_dataflow(pipeline_options))
-
-
 def divide_local_threads(options: QdedupOptions, pipeline_options: PipelineOptions) -> None:
     """Local worker processes share this machine's cores: with --torch-threads 0 each model gets its
     share (2 processes x 2 threads on 2 cores made scoring 22x slower, benchmarks/README.md), with
     --search-threads 0 each blocking search, and so do faiss's and BLAS's thread pools, through the
     environment the worker processes inherit (a variable already set is kept)."""
-    if not _local_processes(pipeline_options):
+    if not local_runner.local_processes(pipeline_options):
         return
     direct = pipeline_options.view_as(DirectOptions)
     cores = len(os.sched_getaffinity(0))
@@ -519,83 +504,6 @@ def divide_local_threads(options: QdedupOptions, pipeline_options: PipelineOptio
     options.search_threads = options.search_threads or share
     for variable in THREAD_VARIABLES:
         os.environ.setdefault(variable, str(share))
-
-
-def send_local_inputs_whole(pipeline_options: PipelineOptions) -> None:
-    """Beam's local runner (2.77) sends a stage's input to workers it reaches over gRPC (`multi_processing`,
-    `multi_threading`) through a stream that a background thread flushes every second: a flush sends what
-    was written, then clears the buffer without holding the writer off, so what the runner writes while
-    the flush waits on a full send queue is cleared unsent (`TimeBasedBufferingClosableOutputStream`).
-    That lost 2.7-44% of a collection in 1M-row runs in two processes, and 10-20% of 8M elements in a
-    pipeline of Beam's own transforms (benchmarks/README.md, "The two-process loss found"). With the
-    runner's time limit 0 its streams are flushed only when the runner closes them: every element sent.
-    Set in the launcher, where the runner makes its data server; a runner that is not local ignores it."""
-    if _on_dataflow(pipeline_options):
-        return
-    from apache_beam.runners.portability.fn_api_runner import worker_handlers
-    worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
-
-
-# Seconds a local run's workers keep a finished stage's bundle processor before shutting it down.
-LOCAL_STAGE_IDLE_S = 1.0
-
-# Imported by Beam in each worker process of a local multi-process run, before the process makes its worker.
-LOCAL_WORKER_PLUGIN = "pipelines.local_worker"
-
-
-def release_finished_stages_here() -> None:
-    """Beam's worker (2.77) keeps each stage's bundle processor after its bundle, to reuse it, and shuts down
-    those idle for `DEFAULT_BUNDLE_PROCESSOR_CACHE_SHUTDOWN_THRESHOLD_S` (60 s), checked as often. A kept
-    processor holds its DoFns and the buffers its outputs were written through (up to ~16 MB each, kept
-    when cleared), and the local runner runs each stage once: in one process, a run held the processors of
-    the last one to two minutes' stages, 0.7 GiB at 100k rows (benchmarks/README.md, "2026-12-03
-    (seventeenth session)"). At `LOCAL_STAGE_IDLE_S` they are shut down a second after their stage.
-    Takes effect for a worker made after it in this process: Beam reads the setting, and the interval of
-    its check, when it makes one."""
-    from apache_beam.runners.worker import sdk_worker
-    sdk_worker.DEFAULT_BUNDLE_PROCESSOR_CACHE_SHUTDOWN_THRESHOLD_S = LOCAL_STAGE_IDLE_S
-
-
-def release_finished_local_stages(pipeline_options: PipelineOptions) -> None:
-    """`release_finished_stages_here` in the launcher, before the runner makes its in-process worker, for a
-    local run (the worker processes of a multi-process run get it from `pass_settings_to_local_processes`);
-    a runner that is not local keeps Beam's default."""
-    if not _on_dataflow(pipeline_options):
-        release_finished_stages_here()
-
-
-_WORKER_OPTIONS = "qdedup-worker-options-"
-
-
-def pass_settings_to_local_processes(pipeline_options: PipelineOptions) -> None:
-    """Beam's local multi-process runner starts its SDK workers with empty pipeline options, so the log
-    levels the launcher gives workers (`--sdk_harness_log_level_overrides`, `pipelines.cli.worker_log_levels`)
-    would not reach them and every library's INFO lines would fill the terminal, and a setting the launcher
-    makes in its own process (`release_finished_local_stages`) would not hold there. A worker reads its
-    options from the file `PIPELINE_OPTIONS_FILE` names, an environment the worker processes inherit: the
-    levels go there (plus the harness's own start-up lines), with `LOCAL_WORKER_PLUGIN` as a Beam plugin,
-    which the worker imports before it makes its worker, in a file removed when the launcher exits. Only
-    for the FnApiRunner, where this was seen and tested: a runner that does pass options must not have them
-    replaced by the file."""
-    if os.path.basename(os.environ.get("PIPELINE_OPTIONS_FILE", "")).startswith(_WORKER_OPTIONS):
-        del os.environ["PIPELINE_OPTIONS_FILE"]  # an earlier run's in this process: not this run's to inherit
-    runner = pipeline_options.view_as(StandardOptions).runner or ""
-    if not _local_processes(pipeline_options) or runner.split(".")[-1] != "FnApiRunner":
-        return
-    overrides = pipeline_options.get_all_options().get("sdk_harness_log_level_overrides") or {}
-    if overrides:
-        overrides = {**overrides, "__main__": "WARNING"}  # the harness's module, run as a script
-    handle, path = tempfile.mkstemp(prefix=_WORKER_OPTIONS, suffix=".json")
-    with os.fdopen(handle, "w") as options_file:
-        json.dump({"options": {"sdk_harness_log_level_overrides": overrides, "beam_plugins": [LOCAL_WORKER_PLUGIN]}},
-                  options_file)
-    atexit.register(_remove_quietly, path)
-    os.environ["PIPELINE_OPTIONS_FILE"] = path
-
-
-def _remove_quietly(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.remove(path)
 
 
 def check_run(options: QdedupOptions, pipeline_options: PipelineOptions) -> Launch:
@@ -608,9 +516,7 @@ def check_run(options: QdedupOptions, pipeline_options: PipelineOptions) -> Laun
     check_device_here(pipeline_options, options.device)
     fit_sizes_to_input(options, info.rows)
     divide_local_threads(options, pipeline_options)
-    send_local_inputs_whole(pipeline_options)
-    release_finished_local_stages(pipeline_options)
-    pass_settings_to_local_processes(pipeline_options)
+    local_runner.prepare(pipeline_options)
     configuration = effective_configuration(pipeline_options)
     configuration["fingerprints"] = check_models(options)
     configuration["scoring_precision"] = scoring_precision(options, pipeline_options)

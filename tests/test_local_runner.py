@@ -3,7 +3,7 @@ stage's bundle processor is let go.
 
 Beam 2.77's runner sends a stage's input to gRPC workers through a stream a background thread flushes
 every `DATA_BUFFER_TIME_LIMIT_MS`; a flush sends, then clears, and what was written meanwhile is cleared
-unsent. `preflight.send_local_inputs_whole` turns the timed flush off. These tests show the loss with a
+unsent. `local_runner.send_local_inputs_whole` turns the timed flush off. These tests show the loss with a
 flush every millisecond (so a run of seconds hits it), and that the launcher's setting removes it. If the
 first ever stops losing anything, Beam has fixed its stream and the setting can go.
 """
@@ -21,7 +21,7 @@ from apache_beam.runners.worker.data_plane import ClosableOutputStream
 from apache_beam.testing.util import assert_that, equal_to
 
 from benchmarks.bench_runner_loss import RUNNER, made_and_read, main
-from pipelines.preflight import (
+from pipelines.local_runner import (
     LOCAL_STAGE_IDLE_S,
     pass_settings_to_local_processes,
     release_finished_local_stages,

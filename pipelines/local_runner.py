@@ -1,0 +1,229 @@
+"""Settings of Beam's local runner (FnApiRunner, Beam 2.77) that a local run needs, made by the launcher
+before the runner starts (`prepare`) and, for the worker processes of a multi-process run, in each of them
+(`pipelines/local_worker.py`). Each one is measured in benchmarks/README.md; a run on Dataflow, which makes
+its workers itself, gets none of them.
+
+- Inputs sent whole: the runner's timed flush of a worker's input stream lost elements
+  (`send_local_inputs_whole`).
+- Inputs streamed: a stage's input goes to a worker process in pieces, sent while the worker runs the
+  bundle, instead of as one message built whole first (`stream_local_inputs`).
+- Finished stages let go a second after their stage (`release_finished_stages_here`).
+- The launcher's settings reach the worker processes (`pass_settings_to_local_processes`).
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import tempfile
+import threading
+from typing import Any, Callable, Iterable
+
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+
+def on_dataflow(pipeline_options: PipelineOptions) -> bool:
+    """Whether the run goes to Dataflow, which ignores the local runner's settings (`--direct_*`, Beam's
+    local worker constants) and makes its workers itself."""
+    return "Dataflow" in (pipeline_options.view_as(StandardOptions).runner or "")
+
+
+def local_processes(pipeline_options: PipelineOptions) -> bool:
+    """Whether this run's workers are local processes (Dataflow ignores --direct_running_mode)."""
+    return (pipeline_options.view_as(DirectOptions).direct_running_mode == "multi_processing"
+            and not on_dataflow(pipeline_options))
+
+
+def send_local_inputs_whole(pipeline_options: PipelineOptions) -> None:
+    """Beam's local runner (2.77) sends a stage's input to workers it reaches over gRPC (`multi_processing`,
+    `multi_threading`) through a stream that a background thread flushes every second: a flush sends what
+    was written, then clears the buffer without holding the writer off, so what the runner writes while
+    the flush waits on a full send queue is cleared unsent (`TimeBasedBufferingClosableOutputStream`).
+    That lost 2.7-44% of a collection in 1M-row runs in two processes, and 10-20% of 8M elements in a
+    pipeline of Beam's own transforms (benchmarks/README.md, "The two-process loss found"). With the
+    runner's time limit 0 its streams are flushed only by their writer: every element sent.
+    Set in the launcher, where the runner makes its data server; a runner that is not local ignores it."""
+    if on_dataflow(pipeline_options):
+        return
+    from apache_beam.runners.portability.fn_api_runner import worker_handlers
+    worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
+
+
+# Bytes of encoded elements the runner puts in one piece of a grouped stage input (Beam flushes a data
+# stream at 10 MB; a piece never splits an element).
+INPUT_PIECE_BYTES = 4 << 20
+
+
+def _grouped_in_pieces(beam_partition: Callable) -> Callable:
+    """`GroupingBuffer.partition` making each worker's part a list of pieces of about `INPUT_PIECE_BYTES`
+    instead of one bytes object the size of the part: the same keys to the same parts, in the same
+    order. Each key's decoded values are let go as its group is encoded, so the grouped values and their
+    encoding are not both held whole. Windowed groupings (not the global window) keep Beam's code."""
+    from apache_beam.coders.coder_impl import create_OutputStream
+    from apache_beam.transforms.window import GlobalWindow, GlobalWindows
+    from apache_beam.utils import windowed_value
+
+    def partition(self, n: int) -> list[list[bytes]]:
+        if self._grouped_output or not self._windowing.is_default():
+            return beam_partition(self, n)
+        in_window = GlobalWindows.windowed_value(
+            None, timestamp=GlobalWindow().max_timestamp(),
+            pane_info=windowed_value.PaneInfo(is_first=True, is_last=True, timing=windowed_value.PaneInfoTiming.ON_TIME,
+                                              index=0, nonspeculative_index=0)).with_value
+        coder_impl = self._post_grouped_coder.get_impl()
+        key_coder_impl = self._key_coder.get_impl()
+        parts: list[list[bytes]] = [[] for _ in range(n)]
+        streams = [create_OutputStream() for _ in range(n)]
+        for index, encoded_key in enumerate(list(self._table)):
+            stream = streams[index % n]
+            values = self._table.pop(encoded_key)
+            coder_impl.encode_to_stream(in_window((key_coder_impl.decode(encoded_key), values)), stream, True)
+            if stream.size() >= INPUT_PIECE_BYTES:
+                parts[index % n].append(stream.get())
+                streams[index % n] = create_OutputStream()
+        for part, stream in zip(parts, streams):
+            if stream.size() or not part:
+                part.append(stream.get())
+        self._grouped_output = parts
+        return parts
+
+    return partition
+
+
+def _sent_while_bundle_runs(beam_process_bundle: Callable) -> tuple[Callable, Callable]:
+    """`BundleManager._send_input_to_worker` and `process_bundle` for a worker reached over gRPC: the
+    input is written piece by piece, each flushed when the stream holds Beam's 10 MB, from a thread of
+    its own, so the runner asks the worker to run the bundle and collects its outputs while the input is
+    still being sent. Beam's runner writes the whole input into one stream first and sends it as one
+    message on close: the worker starts only once the launcher has made the whole part four more times
+    (the stream's buffer, the message, gRPC's copy; benchmarks/README.md, "2026-12-03 (eighteenth
+    session)"). A piece waits in Beam's send queues (100 MB each) while the worker is behind, so what
+    is in flight stays bounded; the thread must not write in the runner's thread, since a worker that
+    has not been asked to run the bundle takes only 5 messages before it stops reading. The in-process
+    worker runs a bundle when asked, on what was sent before: there the pieces are written first, as
+    Beam does, only flushed as they go."""
+    from apache_beam.runners.portability.fn_api_runner.worker_handlers import EmbeddedWorkerHandler
+
+    def send_input(self, process_bundle_id: str, read_transform_id: str, byte_streams: Iterable[bytes]) -> None:
+        data_out = self._worker_handler.data_conn.output_stream(process_bundle_id, read_transform_id)
+
+        def send() -> None:
+            for byte_stream in byte_streams or []:
+                data_out.write(byte_stream)
+                data_out.maybe_flush()
+            data_out.close()
+
+        def send_in_thread() -> None:
+            try:
+                send()
+            except BaseException as error:  # noqa: BLE001 - given to the bundle's thread, which raises it
+                self._input_errors.append(error)
+
+        if isinstance(self._worker_handler, EmbeddedWorkerHandler):
+            send()
+            return
+        sender = threading.Thread(target=send_in_thread, name=f"send-{process_bundle_id}", daemon=True)
+        self._input_senders.append(sender)
+        sender.start()
+
+    def process_bundle(self, *args: Any, **kwargs: Any):
+        self._input_senders, self._input_errors = [], []
+        result = beam_process_bundle(self, *args, **kwargs)
+        # The worker ran the bundle to its end only after reading every input's last piece: the senders are
+        # done or about to be. (A bundle that failed raised above; its senders are daemons left to the
+        # closed channel.)
+        for sender in self._input_senders:
+            sender.join()
+        if self._input_errors:
+            raise self._input_errors[0]
+        return result
+
+    return send_input, process_bundle
+
+
+def stream_local_inputs(pipeline_options: PipelineOptions) -> None:
+    """A local run's grouped stage inputs made in pieces (`_grouped_in_pieces`), and every stage input
+    sent to worker processes while their bundle runs (`_sent_while_bundle_runs`). In the launcher, once;
+    a runner that is not local ignores it."""
+    if on_dataflow(pipeline_options):
+        return
+    from apache_beam.runners.portability.fn_api_runner import execution, fn_runner
+    if getattr(execution.GroupingBuffer.partition, "in_pieces", False):
+        return
+    partition = _grouped_in_pieces(execution.GroupingBuffer.partition)
+    partition.in_pieces = True
+    execution.GroupingBuffer.partition = partition
+    send_input, process_bundle = _sent_while_bundle_runs(fn_runner.BundleManager.process_bundle)
+    fn_runner.BundleManager._send_input_to_worker = send_input
+    fn_runner.BundleManager.process_bundle = process_bundle
+
+
+# Seconds a local run's workers keep a finished stage's bundle processor before shutting it down.
+LOCAL_STAGE_IDLE_S = 1.0
+
+# Imported by Beam in each worker process of a local multi-process run, before the process makes its worker.
+LOCAL_WORKER_PLUGIN = "pipelines.local_worker"
+
+
+def release_finished_stages_here() -> None:
+    """Beam's worker (2.77) keeps each stage's bundle processor after its bundle, to reuse it, and shuts down
+    those idle for `DEFAULT_BUNDLE_PROCESSOR_CACHE_SHUTDOWN_THRESHOLD_S` (60 s), checked as often. A kept
+    processor holds its DoFns and the buffers its outputs were written through (up to ~16 MB each, kept
+    when cleared), and the local runner runs each stage once: in one process, a run held the processors of
+    the last one to two minutes' stages, 0.7 GiB at 100k rows (benchmarks/README.md, "2026-12-03
+    (seventeenth session)"). At `LOCAL_STAGE_IDLE_S` they are shut down a second after their stage.
+    Takes effect for a worker made after it in this process: Beam reads the setting, and the interval of
+    its check, when it makes one."""
+    from apache_beam.runners.worker import sdk_worker
+    sdk_worker.DEFAULT_BUNDLE_PROCESSOR_CACHE_SHUTDOWN_THRESHOLD_S = LOCAL_STAGE_IDLE_S
+
+
+def release_finished_local_stages(pipeline_options: PipelineOptions) -> None:
+    """`release_finished_stages_here` in the launcher, before the runner makes its in-process worker, for a
+    local run (the worker processes of a multi-process run get it from `pass_settings_to_local_processes`);
+    a runner that is not local keeps Beam's default."""
+    if not on_dataflow(pipeline_options):
+        release_finished_stages_here()
+
+
+_WORKER_OPTIONS = "qdedup-worker-options-"
+
+
+def pass_settings_to_local_processes(pipeline_options: PipelineOptions) -> None:
+    """Beam's local multi-process runner starts its SDK workers with empty pipeline options, so the log
+    levels the launcher gives workers (`--sdk_harness_log_level_overrides`, `pipelines.cli.worker_log_levels`)
+    would not reach them and every library's INFO lines would fill the terminal, and a setting the launcher
+    makes in its own process (`release_finished_local_stages`) would not hold there. A worker reads its
+    options from the file `PIPELINE_OPTIONS_FILE` names, an environment the worker processes inherit: the
+    levels go there (plus the harness's own start-up lines), with `LOCAL_WORKER_PLUGIN` as a Beam plugin,
+    which the worker imports before it makes its worker, in a file removed when the launcher exits. Only
+    for the FnApiRunner, where this was seen and tested: a runner that does pass options must not have them
+    replaced by the file."""
+    if os.path.basename(os.environ.get("PIPELINE_OPTIONS_FILE", "")).startswith(_WORKER_OPTIONS):
+        del os.environ["PIPELINE_OPTIONS_FILE"]  # an earlier run's in this process: not this run's to inherit
+    runner = pipeline_options.view_as(StandardOptions).runner or ""
+    if not local_processes(pipeline_options) or runner.split(".")[-1] != "FnApiRunner":
+        return
+    overrides = pipeline_options.get_all_options().get("sdk_harness_log_level_overrides") or {}
+    if overrides:
+        overrides = {**overrides, "__main__": "WARNING"}  # the harness's module, run as a script
+    handle, path = tempfile.mkstemp(prefix=_WORKER_OPTIONS, suffix=".json")
+    with os.fdopen(handle, "w") as options_file:
+        json.dump({"options": {"sdk_harness_log_level_overrides": overrides, "beam_plugins": [LOCAL_WORKER_PLUGIN]}},
+                  options_file)
+    atexit.register(_remove_quietly, path)
+    os.environ["PIPELINE_OPTIONS_FILE"] = path
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
+def prepare(pipeline_options: PipelineOptions) -> None:
+    """Every setting above the launcher makes, before the runner starts."""
+    send_local_inputs_whole(pipeline_options)
+    stream_local_inputs(pipeline_options)
+    release_finished_local_stages(pipeline_options)
+    pass_settings_to_local_processes(pipeline_options)
