@@ -18,9 +18,14 @@ import json
 import os
 import tempfile
 import threading
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable, Optional
 
+from apache_beam.coders.coder_impl import create_OutputStream
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.runners.portability.fn_api_runner import execution, fn_runner, worker_handlers
+from apache_beam.runners.worker import sdk_worker
+from apache_beam.transforms.window import GlobalWindow, GlobalWindows
+from apache_beam.utils import windowed_value
 
 
 def on_dataflow(pipeline_options: PipelineOptions) -> bool:
@@ -46,7 +51,6 @@ def send_local_inputs_whole(pipeline_options: PipelineOptions) -> None:
     Set in the launcher, where the runner makes its data server; a runner that is not local ignores it."""
     if on_dataflow(pipeline_options):
         return
-    from apache_beam.runners.portability.fn_api_runner import worker_handlers
     worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
 
 
@@ -54,109 +58,98 @@ def send_local_inputs_whole(pipeline_options: PipelineOptions) -> None:
 # stream at 10 MB; a piece never splits an element).
 INPUT_PIECE_BYTES = 4 << 20
 
+# Beam's own, which the local runner's methods below replace and fall back on.
+_BEAM_PARTITION = execution.GroupingBuffer.partition
+_BEAM_PROCESS_BUNDLE = fn_runner.BundleManager.process_bundle
 
-def _grouped_in_pieces(beam_partition: Callable) -> Callable:
+
+def _partition_in_pieces(self: execution.GroupingBuffer, n: int) -> list[list[bytes]]:
     """`GroupingBuffer.partition` making each worker's part a list of pieces of about `INPUT_PIECE_BYTES`
     instead of one bytes object the size of the part: the same keys to the same parts, in the same
     order. Each key's decoded values are let go as its group is encoded, so the grouped values and their
     encoding are not both held whole. Windowed groupings (not the global window) keep Beam's code."""
-    from apache_beam.coders.coder_impl import create_OutputStream
-    from apache_beam.transforms.window import GlobalWindow, GlobalWindows
-    from apache_beam.utils import windowed_value
-
-    def partition(self, n: int) -> list[list[bytes]]:
-        if self._grouped_output or not self._windowing.is_default():
-            return beam_partition(self, n)
-        in_window = GlobalWindows.windowed_value(
-            None, timestamp=GlobalWindow().max_timestamp(),
-            pane_info=windowed_value.PaneInfo(is_first=True, is_last=True, timing=windowed_value.PaneInfoTiming.ON_TIME,
-                                              index=0, nonspeculative_index=0)).with_value
-        coder_impl = self._post_grouped_coder.get_impl()
-        key_coder_impl = self._key_coder.get_impl()
-        parts: list[list[bytes]] = [[] for _ in range(n)]
-        streams = [create_OutputStream() for _ in range(n)]
-        for index, encoded_key in enumerate(list(self._table)):
-            stream = streams[index % n]
-            values = self._table.pop(encoded_key)
-            coder_impl.encode_to_stream(in_window((key_coder_impl.decode(encoded_key), values)), stream, True)
-            if stream.size() >= INPUT_PIECE_BYTES:
-                parts[index % n].append(stream.get())
-                streams[index % n] = create_OutputStream()
-        for part, stream in zip(parts, streams):
-            if stream.size() or not part:
-                part.append(stream.get())
-        self._grouped_output = parts
-        return parts
-
-    return partition
+    if self._grouped_output or not self._windowing.is_default():
+        return _BEAM_PARTITION(self, n)
+    in_window = GlobalWindows.windowed_value(
+        None, timestamp=GlobalWindow().max_timestamp(),
+        pane_info=windowed_value.PaneInfo(is_first=True, is_last=True, timing=windowed_value.PaneInfoTiming.ON_TIME,
+                                          index=0, nonspeculative_index=0)).with_value
+    coder_impl = self._post_grouped_coder.get_impl()
+    key_coder_impl = self._key_coder.get_impl()
+    parts: list[list[bytes]] = [[] for _ in range(n)]
+    streams = [create_OutputStream() for _ in range(n)]
+    for index, encoded_key in enumerate(list(self._table)):
+        stream = streams[index % n]
+        values = self._table.pop(encoded_key)
+        coder_impl.encode_to_stream(in_window((key_coder_impl.decode(encoded_key), values)), stream, True)
+        if stream.size() >= INPUT_PIECE_BYTES:
+            parts[index % n].append(stream.get())
+            streams[index % n] = create_OutputStream()
+    for part, stream in zip(parts, streams):
+        if stream.size() or not part:
+            part.append(stream.get())
+    self._grouped_output = parts
+    return parts
 
 
-def _sent_while_bundle_runs(beam_process_bundle: Callable) -> tuple[Callable, Callable]:
-    """`BundleManager._send_input_to_worker` and `process_bundle` for a worker reached over gRPC: the
-    input is written piece by piece, each flushed when the stream holds Beam's 10 MB, from a thread of
-    its own, so the runner asks the worker to run the bundle and collects its outputs while the input is
-    still being sent. Beam's runner writes the whole input into one stream first and sends it as one
-    message on close: the worker starts only once the launcher has made the whole part four more times
-    (the stream's buffer, the message, gRPC's copy; benchmarks/README.md, "2026-12-03 (eighteenth
-    session)"). A piece waits in Beam's send queues (100 MB each) while the worker is behind, so what
-    is in flight stays bounded; the thread must not write in the runner's thread, since a worker that
-    has not been asked to run the bundle takes only 5 messages before it stops reading. The in-process
-    worker runs a bundle when asked, on what was sent before: there the pieces are written first, as
-    Beam does, only flushed as they go."""
-    from apache_beam.runners.portability.fn_api_runner.worker_handlers import EmbeddedWorkerHandler
+def _send_input_to_worker(self: fn_runner.BundleManager, process_bundle_id: str, read_transform_id: str,
+                          byte_streams: Optional[Iterable[bytes]]) -> None:
+    """`BundleManager._send_input_to_worker` sending a stage's input piece by piece (a grouped input's
+    pieces are `_partition_in_pieces`'s, another's are the messages its producers' workers sent) and, to a
+    worker reached over gRPC, from a thread of its own, so that the runner asks the worker to run the
+    bundle and collects its outputs while the input is still being sent. Beam's runner writes the whole
+    input into one stream and sends it as one message on close: the worker starts only once the launcher
+    has made its whole part three more times (the stream's buffer, the message, gRPC's copy;
+    benchmarks/README.md, "2026-12-03 (eighteenth session)"), and a part over 2 GB cannot be sent. A piece
+    waits in Beam's send queues (100 MB each) while the worker is behind, so what is in flight stays
+    bounded; they must not be filled from the runner's thread, which asks the worker to run the bundle
+    only after its inputs are sent. The in-process worker runs a bundle when asked, on what was sent
+    before: there the pieces are sent first, as Beam does."""
+    data_out = self._worker_handler.data_conn.output_stream(process_bundle_id, read_transform_id)
 
-    def send_input(self, process_bundle_id: str, read_transform_id: str, byte_streams: Iterable[bytes]) -> None:
-        data_out = self._worker_handler.data_conn.output_stream(process_bundle_id, read_transform_id)
+    def send() -> None:
+        for byte_stream in byte_streams or []:
+            data_out.write(byte_stream)
+            data_out.flush()
+        data_out.close()
 
-        def send() -> None:
-            for byte_stream in byte_streams or []:
-                data_out.write(byte_stream)
-                data_out.maybe_flush()
-            data_out.close()
-
-        def send_in_thread() -> None:
-            try:
-                send()
-            except BaseException as error:  # noqa: BLE001 - given to the bundle's thread, which raises it
-                self._input_errors.append(error)
-
-        if isinstance(self._worker_handler, EmbeddedWorkerHandler):
+    def send_in_thread() -> None:
+        try:
             send()
-            return
-        sender = threading.Thread(target=send_in_thread, name=f"send-{process_bundle_id}", daemon=True)
-        self._input_senders.append(sender)
-        sender.start()
+        except BaseException as error:  # noqa: BLE001 - handed to the bundle's thread, which raises it
+            self._input_errors.append(error)
 
-    def process_bundle(self, *args: Any, **kwargs: Any):
-        self._input_senders, self._input_errors = [], []
-        result = beam_process_bundle(self, *args, **kwargs)
-        # The worker ran the bundle to its end only after reading every input's last piece: the senders are
-        # done or about to be. (A bundle that failed raised above; its senders are daemons left to the
-        # closed channel.)
-        for sender in self._input_senders:
-            sender.join()
-        if self._input_errors:
-            raise self._input_errors[0]
-        return result
+    if isinstance(self._worker_handler, worker_handlers.EmbeddedWorkerHandler):
+        send()
+        return
+    sender = threading.Thread(target=send_in_thread, name=f"send-{process_bundle_id}", daemon=True)
+    self._input_senders.append(sender)
+    sender.start()
 
-    return send_input, process_bundle
+
+def _process_bundle(self: fn_runner.BundleManager, *args: Any, **kwargs: Any):
+    """Beam's `BundleManager.process_bundle`, then waits for the threads sending its inputs and raises
+    what they raised. The worker ran the bundle to its end only after reading each input's last piece,
+    so they are done or about to be; a bundle that failed raises in Beam's code, and the worker discards
+    what its senders still send."""
+    self._input_senders, self._input_errors = [], []
+    result = _BEAM_PROCESS_BUNDLE(self, *args, **kwargs)
+    for sender in self._input_senders:
+        sender.join()
+    if self._input_errors:
+        raise self._input_errors[0]
+    return result
 
 
 def stream_local_inputs(pipeline_options: PipelineOptions) -> None:
-    """A local run's grouped stage inputs made in pieces (`_grouped_in_pieces`), and every stage input
-    sent to worker processes while their bundle runs (`_sent_while_bundle_runs`). In the launcher, once;
-    a runner that is not local ignores it."""
+    """A local run's grouped stage inputs made in pieces (`_partition_in_pieces`) and every stage input
+    sent while its bundle runs (`_send_input_to_worker`). In the launcher, where the runner runs; a runner
+    that is not local ignores it."""
     if on_dataflow(pipeline_options):
         return
-    from apache_beam.runners.portability.fn_api_runner import execution, fn_runner
-    if getattr(execution.GroupingBuffer.partition, "in_pieces", False):
-        return
-    partition = _grouped_in_pieces(execution.GroupingBuffer.partition)
-    partition.in_pieces = True
-    execution.GroupingBuffer.partition = partition
-    send_input, process_bundle = _sent_while_bundle_runs(fn_runner.BundleManager.process_bundle)
-    fn_runner.BundleManager._send_input_to_worker = send_input
-    fn_runner.BundleManager.process_bundle = process_bundle
+    execution.GroupingBuffer.partition = _partition_in_pieces
+    fn_runner.BundleManager._send_input_to_worker = _send_input_to_worker
+    fn_runner.BundleManager.process_bundle = _process_bundle
 
 
 # Seconds a local run's workers keep a finished stage's bundle processor before shutting it down.
@@ -175,7 +168,6 @@ def release_finished_stages_here() -> None:
     (seventeenth session)"). At `LOCAL_STAGE_IDLE_S` they are shut down a second after their stage.
     Takes effect for a worker made after it in this process: Beam reads the setting, and the interval of
     its check, when it makes one."""
-    from apache_beam.runners.worker import sdk_worker
     sdk_worker.DEFAULT_BUNDLE_PROCESSOR_CACHE_SHUTDOWN_THRESHOLD_S = LOCAL_STAGE_IDLE_S
 
 

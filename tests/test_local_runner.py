@@ -1,5 +1,5 @@
-"""Beam's local runner: in worker processes every element a stage is sent arrives; in one process a finished
-stage's bundle processor is let go.
+"""Beam's local runner: in worker processes every element a stage is sent arrives, streamed in pieces while
+the bundle runs; a finished stage's bundle processor is let go.
 
 Beam 2.77's runner sends a stage's input to gRPC workers through a stream a background thread flushes
 every `DATA_BUFFER_TIME_LIMIT_MS`; a flush sends, then clears, and what was written meanwhile is cleared
@@ -14,18 +14,25 @@ import time
 
 import apache_beam as beam
 import pytest
+from apache_beam import coders
+from apache_beam.coders.coder_impl import create_InputStream, create_OutputStream
+from apache_beam.coders.coders import GlobalWindowCoder
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.runners.portability.fn_api_runner import worker_handlers
-from apache_beam.runners.worker import sdk_worker
+from apache_beam.portability.api import beam_fn_api_pb2
+from apache_beam.runners.portability.fn_api_runner import execution, fn_runner, worker_handlers
+from apache_beam.runners.worker import data_plane, sdk_worker
 from apache_beam.runners.worker.data_plane import ClosableOutputStream
 from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms import core, window
 
 from benchmarks.bench_runner_loss import RUNNER, made_and_read, main
+from pipelines import local_runner
 from pipelines.local_runner import (
     LOCAL_STAGE_IDLE_S,
     pass_settings_to_local_processes,
     release_finished_local_stages,
     send_local_inputs_whole,
+    stream_local_inputs,
 )
 from tests.helpers import MULTI_PROCESSING, RUNNER_ARGS
 
@@ -145,3 +152,104 @@ def test_a_dataflow_run_keeps_beams_worker_cache(monkeypatch):
     monkeypatch.setattr(sdk_worker, "DEFAULT_BUNDLE_PROCESSOR_CACHE_SHUTDOWN_THRESHOLD_S", 60)
     release_finished_local_stages(PipelineOptions(["--runner=DataflowRunner"]))
     assert sdk_worker.DEFAULT_BUNDLE_PROCESSOR_CACHE_SHUTDOWN_THRESHOLD_S == 60
+
+
+_PRE_GROUPED = coders.WindowedValueCoder(coders.TupleCoder([coders.StrUtf8Coder(), coders.VarIntCoder()]),
+                                         GlobalWindowCoder())
+_POST_GROUPED = coders.WindowedValueCoder(
+    coders.TupleCoder([coders.StrUtf8Coder(), coders.IterableCoder(coders.VarIntCoder())]), GlobalWindowCoder())
+
+
+def _grouped(elements: int, keys: int) -> execution.GroupingBuffer:
+    """A grouping buffer as the runner fills it: integers 0..elements-1 under `keys` keys, in 3 messages."""
+    buffer = execution.GroupingBuffer(_PRE_GROUPED, _POST_GROUPED, core.Windowing(window.GlobalWindows()))
+    for message in range(3):
+        stream = create_OutputStream()
+        for value in range(message, elements, 3):
+            _PRE_GROUPED.get_impl().encode_to_stream(window.GlobalWindows.windowed_value((f"k{value % keys}", value)),
+                                                     stream, True)
+        buffer.append(stream.get())
+    return buffer
+
+
+def _decoded(part: list[bytes]) -> list[tuple[str, list[int]]]:
+    groups = []
+    for piece in part:
+        stream = create_InputStream(piece)
+        while stream.size() > 0:
+            key, values = _POST_GROUPED.get_impl().decode_from_stream(stream, True).value
+            groups.append((key, list(values)))
+    return groups
+
+
+def test_a_grouped_input_comes_in_pieces_with_beams_keys_parts_and_order(monkeypatch):
+    monkeypatch.setattr(local_runner, "INPUT_PIECE_BYTES", 1024)
+    beams = local_runner._BEAM_PARTITION(_grouped(20_000, 700), 2)
+    parts = local_runner._partition_in_pieces(_grouped(20_000, 700), 2)
+    assert [len(part) for part in beams] == [1, 1]  # Beam's: one blob per worker
+    assert [_decoded(part) for part in parts] == [_decoded(part) for part in beams]
+    assert min(len(part) for part in parts) > 20  # 29 KB a part
+    assert max(len(piece) for part in parts for piece in part) < 1024 + 200  # a piece: up to 1 KiB, plus a group
+    assert sorted(value for part in parts for _, values in _decoded(part) for value in values) == list(range(20_000))
+    buffer = _grouped(0, 1)
+    assert local_runner._partition_in_pieces(buffer, 2) == [[b""], [b""]] == local_runner._BEAM_PARTITION(
+        _grouped(0, 1), 2)
+
+
+def _streamed_for_this_test(monkeypatch) -> None:
+    """`stream_local_inputs` in this process, undone after the test."""
+    for owner, name in ((execution.GroupingBuffer, "partition"), (fn_runner.BundleManager, "_send_input_to_worker"),
+                        (fn_runner.BundleManager, "process_bundle")):
+        monkeypatch.setattr(owner, name, getattr(owner, name))
+    stream_local_inputs(PipelineOptions(RUNNER_ARGS))
+
+
+def _fail_on_key_7(group):
+    if group[0] == 7:
+        raise ValueError("a stage that fails on key 7")
+    return group[0], len(list(group[1]))
+
+
+@pytest.mark.e2e
+def test_worker_processes_run_a_bundle_while_its_input_is_still_being_sent(monkeypatch):
+    """With pieces of 16 KiB and the launcher's send queues at 64 KiB, the launcher sends part of a
+    bundle's grouped input after asking the worker to run it (Beam's runner sends all of it first: this
+    fails with `send` run in the runner's thread); the result is exact, and a failing stage still fails
+    the run, its worker discarding the rest of its input."""
+    _streamed_for_this_test(monkeypatch)
+    monkeypatch.setattr(local_runner, "INPUT_PIECE_BYTES", 16 << 10)
+    monkeypatch.setattr(data_plane, "_DEFAULT_SEND_QUEUE_MAX_BYTES", 64 << 10)
+    events = []
+    enqueue, push = data_plane._GrpcDataChannel._enqueue_to_send, worker_handlers.ControlConnection.push
+
+    def recorded_enqueue(self, element):
+        if isinstance(element, beam_fn_api_pb2.Elements.Data) and element.data:
+            events.append(("data", element.instruction_id))
+        return enqueue(self, element)
+
+    def recorded_push(self, request):
+        if isinstance(request, beam_fn_api_pb2.InstructionRequest) and request.HasField("process_bundle"):
+            events.append(("run", request.instruction_id))
+        return push(self, request)
+
+    monkeypatch.setattr(data_plane._GrpcDataChannel, "_enqueue_to_send", recorded_enqueue)
+    monkeypatch.setattr(worker_handlers.ControlConnection, "push", recorded_push)
+    elements, keys = 40_000, 1_000
+    options = PipelineOptions(RUNNER_ARGS + MULTI_PROCESSING)
+    with beam.Pipeline(options=options) as pipeline:
+        counted = (pipeline | beam.Create(range(elements)) | beam.Map(lambda i: (i % keys, "x" * 200))
+                   | beam.GroupByKey() | beam.MapTuple(lambda key, texts: (key, len(list(texts)))))
+        assert_that(counted, equal_to([(key, elements // keys) for key in range(keys)]))
+    started, sent_after_start = set(), set()
+    for kind, instruction in events:
+        if kind == "run":
+            started.add(instruction)
+        elif instruction in started:
+            sent_after_start.add(instruction)
+    assert sent_after_start, "no input was sent to a worker already running its bundle"
+    assert sum(kind == "data" for kind, _ in events) > 100  # ~5 MB of grouped input in pieces of 16 KiB
+
+    with pytest.raises(Exception, match="a stage that fails on key 7"):
+        with beam.Pipeline(options=options) as pipeline:
+            _ = (pipeline | beam.Create(range(elements)) | beam.Map(lambda i: (i % keys, "x" * 200))
+                 | beam.GroupByKey() | beam.Map(_fail_on_key_7))
