@@ -54,8 +54,8 @@ def send_local_inputs_whole(pipeline_options: PipelineOptions) -> None:
     worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
 
 
-# Bytes of encoded elements the runner puts in one piece of a grouped stage input (Beam flushes a data
-# stream at 10 MB; a piece never splits an element).
+# Bytes of encoded groups in one piece of a grouped stage input, sent as one message (a piece never splits a
+# group; Beam's workers send their outputs in messages of ~10 MB, which are the pieces of other inputs).
 INPUT_PIECE_BYTES = 4 << 20
 
 # Beam's own, which the local runner's methods below replace and fall back on.
@@ -129,9 +129,9 @@ def _send_input_to_worker(self: fn_runner.BundleManager, process_bundle_id: str,
 
 def _process_bundle(self: fn_runner.BundleManager, *args: Any, **kwargs: Any):
     """Beam's `BundleManager.process_bundle`, then waits for the threads sending its inputs and raises
-    what they raised. The worker ran the bundle to its end only after reading each input's last piece,
-    so they are done or about to be; a bundle that failed raises in Beam's code, and the worker discards
-    what its senders still send."""
+    what they raised. A worker ends a bundle that succeeds only after reading each input's last piece, so
+    the senders are done or about to be; one that fails discards the rest of its input, so they finish
+    too, and the runner raises the bundle's error after this returns (tested)."""
     self._input_senders, self._input_errors = [], []
     result = _BEAM_PROCESS_BUNDLE(self, *args, **kwargs)
     for sender in self._input_senders:
