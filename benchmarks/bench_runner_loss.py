@@ -4,7 +4,7 @@ A collection made by two worker processes is read by a stage that waits on a sid
 runner holds the collection and sends it to that stage, as blocking reads its questions), and counted
 where made and where read. Beam 2.77's runner flushes the stream that sends a stage's input every
 `DATA_BUFFER_TIME_LIMIT_MS` (1,000 by default) from a background thread, and a flush clears what was
-written while it sent; `pipelines.preflight.send_local_inputs_whole` sets the limit to 0.
+written while it sent; `pipelines.local_runner.turn_off_timed_flush` sets the limit to 0.
 
     python -m benchmarks.bench_runner_loss [--elements 8000000] [--limits 1000,0]
 

@@ -3,8 +3,8 @@ before the runner starts (`prepare`) and, for the worker processes of a multi-pr
 (`pipelines/local_worker.py`). Each one is measured in benchmarks/README.md; a run on Dataflow, which makes
 its workers itself, gets none of them.
 
-- Inputs sent whole: the runner's timed flush of a worker's input stream lost elements
-  (`send_local_inputs_whole`).
+- No timed flush: the runner's timed flush of a worker's input stream lost elements
+  (`turn_off_timed_flush`).
 - Inputs streamed: a stage's input goes to a worker process in pieces, sent while the worker runs the
   bundle, instead of as one message built whole first (`stream_local_inputs`).
 - Finished stages let go a second after their stage (`release_finished_stages_here`).
@@ -40,7 +40,7 @@ def local_processes(pipeline_options: PipelineOptions) -> bool:
             and not on_dataflow(pipeline_options))
 
 
-def send_local_inputs_whole(pipeline_options: PipelineOptions) -> None:
+def turn_off_timed_flush(pipeline_options: PipelineOptions) -> None:
     """Beam's local runner (2.77) sends a stage's input to workers it reaches over gRPC (`multi_processing`,
     `multi_threading`) through a stream that a background thread flushes every second: a flush sends what
     was written, then clears the buffer without holding the writer off, so what the runner writes while
@@ -215,7 +215,7 @@ def _remove_quietly(path: str) -> None:
 
 def prepare(pipeline_options: PipelineOptions) -> None:
     """Every setting above the launcher makes, before the runner starts."""
-    send_local_inputs_whole(pipeline_options)
+    turn_off_timed_flush(pipeline_options)
     stream_local_inputs(pipeline_options)
     release_finished_local_stages(pipeline_options)
     pass_settings_to_local_processes(pipeline_options)

@@ -3,7 +3,7 @@ the bundle runs; a finished stage's bundle processor is let go.
 
 Beam 2.77's runner sends a stage's input to gRPC workers through a stream a background thread flushes
 every `DATA_BUFFER_TIME_LIMIT_MS`; a flush sends, then clears, and what was written meanwhile is cleared
-unsent. `local_runner.send_local_inputs_whole` turns the timed flush off. These tests show the loss with a
+unsent. `local_runner.turn_off_timed_flush` turns the timed flush off. These tests show the loss with a
 flush every millisecond (so a run of seconds hits it), and that the launcher's setting removes it. If the
 first ever stops losing anything, Beam has fixed its stream and the setting can go.
 """
@@ -31,8 +31,8 @@ from pipelines.local_runner import (
     LOCAL_STAGE_IDLE_S,
     pass_settings_to_local_processes,
     release_finished_local_stages,
-    send_local_inputs_whole,
     stream_local_inputs,
+    turn_off_timed_flush,
 )
 from tests.helpers import MULTI_PROCESSING, RUNNER_ARGS
 
@@ -84,7 +84,7 @@ def test_a_stage_in_worker_processes_reads_every_element_once_the_launcher_sets_
         if lost[-1]:
             break
     assert any(lost), lost  # lost with a timed flush (every millisecond here, every second by default)
-    send_local_inputs_whole(PipelineOptions(RUNNER))
+    turn_off_timed_flush(PipelineOptions(RUNNER))
     assert worker_handlers.DATA_BUFFER_TIME_LIMIT_MS == 0
     assert made_and_read(200_000, str(tmp_path / "whole")) == (200_000, 200_000)
 
@@ -98,7 +98,7 @@ def test_the_loss_benchmark_counts_each_limit_it_is_given(capsys):
 
 def test_a_dataflow_run_leaves_the_local_runner_as_it_is(monkeypatch):
     monkeypatch.setattr(worker_handlers, "DATA_BUFFER_TIME_LIMIT_MS", 1000)
-    send_local_inputs_whole(PipelineOptions(["--runner=DataflowRunner"]))
+    turn_off_timed_flush(PipelineOptions(["--runner=DataflowRunner"]))
     assert worker_handlers.DATA_BUFFER_TIME_LIMIT_MS == 1000
 
 
