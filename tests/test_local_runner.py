@@ -261,3 +261,12 @@ def test_worker_processes_run_a_bundle_while_its_input_is_still_being_sent(monke
         with beam.Pipeline(options=options) as pipeline:
             _ = (pipeline | beam.Create(range(elements)) | beam.Map(lambda i: (i % keys, "x" * 200))
                  | beam.GroupByKey() | beam.Map(_fail_on_key_7))
+
+
+def test_a_dataflow_run_keeps_beams_runner_methods(monkeypatch):
+    for (owner, name), method in _BEAMS_RUNNER.items():
+        monkeypatch.setattr(owner, name, method)
+    stream_local_inputs(PipelineOptions(["--runner=DataflowRunner"]))
+    assert all(getattr(owner, name) is method for (owner, name), method in _BEAMS_RUNNER.items())
+    stream_local_inputs(PipelineOptions(RUNNER_ARGS))
+    assert not any(getattr(owner, name) is method for (owner, name), method in _BEAMS_RUNNER.items())
