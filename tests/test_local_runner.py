@@ -270,3 +270,42 @@ def test_a_dataflow_run_keeps_beams_runner_methods(monkeypatch):
     assert all(getattr(owner, name) is method for (owner, name), method in _BEAMS_RUNNER.items())
     stream_local_inputs(PipelineOptions(RUNNER_ARGS))
     assert not any(getattr(owner, name) is method for (owner, name), method in _BEAMS_RUNNER.items())
+
+
+_ARENAS_AFTER_THREADS = """
+import ctypes, os, sys, threading
+from apache_beam.options.pipeline_options import PipelineOptions
+from pipelines.local_runner import cap_malloc_arenas
+cap_malloc_arenas(PipelineOptions(sys.argv[1:]))
+print(os.environ.get("MALLOC_ARENA_MAX"), flush=True)
+all_started = threading.Barrier(6)
+def allocate():
+    held = [bytearray(4096) for _ in range(50)]  # over pymalloc's 512 bytes: glibc's malloc
+    all_started.wait()
+threads = [threading.Thread(target=allocate) for _ in range(6)]
+for thread in threads: thread.start()
+for thread in threads: thread.join()
+ctypes.CDLL(None).malloc_stats()  # an "Arena N:" block per arena, on stderr
+"""
+
+
+@pytest.mark.parametrize("args, capped", [(MULTI_PROCESSING, True), (RUNNER_ARGS, False),
+                                          (["--runner=DataflowRunner"], False)])
+def test_a_multi_process_run_caps_malloc_arenas_in_the_launcher_and_the_workers(args, capped):
+    """Six threads allocating at once get an arena each, unless the cap holds; the worker processes inherit
+    the variable that caps theirs."""
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "MALLOC_ARENA_MAX"}
+    done = subprocess.run([sys.executable, "-c", _ARENAS_AFTER_THREADS, *args], env=env, capture_output=True,
+                          text=True, timeout=120, check=True)
+    arenas = done.stderr.count("Arena ")
+    assert done.stdout.split() == ([str(local_runner.MALLOC_ARENAS)] if capped else ["None"])
+    assert (arenas <= local_runner.MALLOC_ARENAS) if capped else (arenas >= 7), done.stderr
+
+
+def test_a_users_malloc_arena_max_is_kept(monkeypatch):
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    local_runner.cap_malloc_arenas(PipelineOptions(MULTI_PROCESSING))
+    assert os.environ["MALLOC_ARENA_MAX"] == "4"
