@@ -13,7 +13,9 @@ at most 250,000 rows in row groups of 50,000:
 - the rest: each shared question once, then copies with 1-3 random character
   edits (substitution, deletion or insertion of a character of the corpus).
 
-Each size runs `qdedup run --config configs/local.yaml` with the tiny random
+Each size runs `qdedup run --config configs/local.yaml` (a worker process per core;
+`--config configs/local-one-process.yaml` for one process; before 2026-12-03's twentieth
+session `configs/local.yaml` was the one-process preset) with the tiny random
 scorer of `pipelines.random_model` in its own process tree, from the code in
 `--repo` (default: this checkout; give an older checkout for a before/after).
 Reported: wall seconds; CPU seconds (user + sys of every process, from the
@@ -25,7 +27,7 @@ pairs; blocking CPU per question; peak RSS summed over the run's process tree
 largest element each bounded step held, from report.json.
 
     python -m benchmarks.bench_scale [--sizes 100000,300000,1000000] [--repo DIR] [--work DIR]
-        [--max-rss-gib 16] [--allow-edits] [-- EXTRA FLAGS]
+        [--config configs/local.yaml] [--max-rss-gib 16] [--allow-edits] [-- EXTRA FLAGS]
 
 --repo must have no uncommitted changes (a worktree of a commit: an edit during an hour-long run would
 reach its worker processes half-way).
@@ -143,14 +145,15 @@ def _kill_tree(root: int) -> None:
             pass
 
 
-def run_size(n: int, repo: str, work: str, model: str, extra: list[str], max_rss_gib: float) -> dict:
+def run_size(n: int, repo: str, work: str, model: str, extra: list[str], max_rss_gib: float,
+             config: str = "configs/local.yaml") -> dict:
     data = os.path.join(work, f"corpus-{n}")
     if not os.path.isdir(data):
         write_corpus(n, data)
     out = os.path.join(work, f"out-{n}")
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-c", "from pipelines.cli import main; raise SystemExit(main())", "run",
-               "--config", "configs/local.yaml", "--input", os.path.join(data, "*.parquet"), "--output", out,
+               "--config", config, "--input", os.path.join(data, "*.parquet"), "--output", out,
                "--scorer-model", model, *extra]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -213,6 +216,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000,300000,1000000")
     parser.add_argument("--repo", default=os.getcwd(), help="the checkout whose code runs (default: this one)")
     parser.add_argument("--work", default="/tmp/qdedup-scale", help="corpora, model, outputs and logs go here")
+    parser.add_argument("--config", default="configs/local.yaml", help="the preset, relative to --repo")
     parser.add_argument("--max-rss-gib", type=float, default=16.0,
                         help="a run whose processes hold more is stopped, and reported as stopped")
     parser.add_argument("extra", nargs="*", help="more `qdedup run` flags, after --")
@@ -232,7 +236,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "pipelines.random_model", model], check=True)
     previous = None
     for n in map(int, args.sizes.split(",")):
-        result = run_size(n, os.path.abspath(args.repo), args.work, model, args.extra, args.max_rss_gib)
+        result = run_size(n, os.path.abspath(args.repo), args.work, model, args.extra, args.max_rss_gib, args.config)
         if previous and "stopped" not in result:
             result["time_growth_vs_linear"] = round(
                 (result["wall_s"] / previous["wall_s"]) / (n / previous["rows"]), 2)

@@ -1,7 +1,7 @@
 """Where a run's CPU goes, step by step: Beam's own per-step timings and element counts, per candidate pair.
 
 `bench_scale.py` gives a run's CPU outside the model per pair; this says which
-steps spend it. It runs one `qdedup run` (`configs/local.yaml`, `bench_scale.py`'s
+steps spend it. It runs one `qdedup run` (`configs/local-one-process.yaml`, `bench_scale.py`'s
 corpus and tiny random scorer) in this process on the in-process runner, then
 reads the runner's monitoring data:
 
@@ -176,8 +176,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     shutil.rmtree(out, ignore_errors=True)
     before = resource.getrusage(resource.RUSAGE_SELF)
     main_before, started = time.thread_time(), time.perf_counter()
-    run_args = ["--config", "configs/local.yaml", "--input", os.path.join(data, "*.parquet"), "--output", out,
-                "--scorer-model", model, *args.extra]
+    run_args = ["--config", "configs/local-one-process.yaml", "--input", os.path.join(data, "*.parquet"),
+                "--output", out, "--scorer-model", model, *args.extra]
     if args.stage_memory:
         with StageMemory(args.stage_memory):
             code, result, producers = run_once(run_args)

@@ -506,6 +506,14 @@ def divide_local_threads(options: QdedupOptions, pipeline_options: PipelineOptio
         os.environ.setdefault(variable, str(share))
 
 
+def prepare_local_run(options: QdedupOptions, pipeline_options: PipelineOptions) -> None:
+    """What every command that runs a pipeline does before it starts one (`run`, `recall`, `review`): the
+    cores divided between local worker processes, and Beam's local runner set up (`local_runner.prepare`:
+    without it, worker processes lose elements). Nothing for Dataflow."""
+    divide_local_threads(options, pipeline_options)
+    local_runner.prepare(pipeline_options)
+
+
 def check_run(options: QdedupOptions, pipeline_options: PipelineOptions) -> Launch:
     """Every check `qdedup run` makes once its output is locked: input, previous groups, device, models,
     and the run it builds on. Raises `QdedupError` naming the option to fix."""
@@ -515,8 +523,7 @@ def check_run(options: QdedupOptions, pipeline_options: PipelineOptions) -> Laun
         previous_groups = check_previous_groups(options.previous_groups, info.id_type).paths("groups", ".parquet")
     check_device_here(pipeline_options, options.device)
     fit_sizes_to_input(options, info.rows)
-    divide_local_threads(options, pipeline_options)
-    local_runner.prepare(pipeline_options)
+    prepare_local_run(options, pipeline_options)
     configuration = effective_configuration(pipeline_options)
     configuration["fingerprints"] = check_models(options)
     configuration["scoring_precision"] = scoring_precision(options, pipeline_options)

@@ -28,7 +28,7 @@ from pipelines.options import (
     effective_configuration,
     expand_argv,
 )
-from pipelines.preflight import check_embedders, check_int8, validate
+from pipelines.preflight import check_embedders, check_int8, prepare_local_run, validate
 from transforms.block import DistinctCandidates
 from transforms.errors import QdedupError
 from transforms.records import Columns
@@ -124,6 +124,7 @@ def recall(argv: Sequence[str]) -> int:
     options = pipeline_options.view_as(QdedupOptions)
     validate(options)
     int8_models = check_int8(options, pipeline_options, check_embedders(options))
+    prepare_local_run(options, pipeline_options)
     columns = Columns("id", "question")
     with beam.Pipeline(options=pipeline_options) as pipeline:
         generated = generate_candidates(pipeline, options, columns, int8_models=int8_models)

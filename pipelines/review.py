@@ -335,7 +335,7 @@ def extra_neighbours(committed: Committed, k: int, min_similarity: float, id_typ
 
     from pipelines.dedup import generate_candidates
     from pipelines.options import QdedupOptions, input_columns, parse_embedders
-    from pipelines.preflight import load_prior
+    from pipelines.preflight import load_prior, prepare_local_run
     from transforms.block import DistinctCandidates
     from transforms.joins import JoinByKey
     from transforms.write import WriteRecords, arrow_id_type
@@ -357,6 +357,7 @@ def extra_neighbours(committed: Committed, k: int, min_similarity: float, id_typ
     options = pipeline_options.view_as(QdedupOptions)
     kinds = [kind for kind, _ in parse_embedders(options.embedders)]
     prior = load_prior(committed.root, False, configuration, kinds)
+    prepare_local_run(options, pipeline_options)
     with beam.Pipeline(options=pipeline_options) as pipeline:
         generated = generate_candidates(pipeline, options, input_columns(options), prior,
                                         configuration.get("int8_models") or None)

@@ -12,6 +12,8 @@ import pytest
 from pipelines.cli import main
 from pipelines.recall import read_labelled_pairs
 
+# The repository checkout (presets, samples, the package).
+ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("QDEDUP_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 # The in-process runner: DirectRunner would first try to download the Prism runner.

@@ -2,13 +2,10 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import shared_data
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, shared_data
 
 # Runs the module as `python -m` would, with Beam, faiss and pyarrow made unimportable first.
 WITHOUT_BEAM = """

@@ -19,8 +19,8 @@ from apache_beam.options.pipeline_options import (
 from pipelines.cli import main
 from pipelines.options import QdedupOptions, expand_argv
 from pipelines.preflight import validate
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 IO = ["--input", "gs://bucket/questions/*.parquet", "--output", "gs://bucket/qdedup/out"]
 
 
@@ -52,28 +52,34 @@ def test_dataflow_presets_hold_what_a_dataflow_job_needs(preset):
     assert qdedup.search_threads == 1  # a Dataflow worker runs an SDK process a core: one thread each
 
 
-def test_local_preset_runs_in_process():
-    options = _options("local.yaml")
+def test_one_process_preset_runs_in_process():
+    options = _options("local-one-process.yaml")
     assert options.view_as(StandardOptions).runner == "FnApiRunner"
     assert options.view_as(DirectOptions).direct_running_mode == "in_memory"
     assert options.view_as(QdedupOptions).device == "cpu"
     assert options.view_as(QdedupOptions).search_threads == 0  # one process: its searches use every core
 
 
-def test_parallel_local_preset_runs_a_worker_process_per_core_with_its_share_of_threads(monkeypatch):
+def test_local_preset_runs_a_worker_process_per_core_with_its_share_of_threads(monkeypatch):
     import os
 
     from pipelines.preflight import THREAD_VARIABLES, divide_local_threads
-    for variable in THREAD_VARIABLES:
-        monkeypatch.delenv(variable, raising=False)
-    options = _options("local-parallel.yaml")
+    for variable in THREAD_VARIABLES:  # set first so that monkeypatch puts back what was (or was not) there
+        monkeypatch.setenv(variable, "")
+        monkeypatch.delenv(variable)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    options = _options("local.yaml")
     assert options.view_as(StandardOptions).runner == "FnApiRunner"
     direct = options.view_as(DirectOptions)
     assert (direct.direct_running_mode, direct.direct_num_workers) == ("multi_processing", 0)
     qdedup = options.view_as(QdedupOptions)
     divide_local_threads(qdedup, options)
-    assert qdedup.torch_threads == 1 and os.environ["OMP_NUM_THREADS"] == "1"  # cores // one worker per core
+    assert qdedup.torch_threads == 1 and os.environ["OMP_NUM_THREADS"] == "1"  # 4 cores // one worker per core
     assert qdedup.search_threads == 1
+    options = _options("local.yaml", "--direct_num_workers=2")  # two workers on four cores: two threads each
+    qdedup = options.view_as(QdedupOptions)
+    divide_local_threads(qdedup, options)
+    assert (qdedup.torch_threads, qdedup.search_threads) == (2, 2)
 
 
 def test_unfilled_placeholders_stop_the_launch(capsys):

@@ -3,10 +3,11 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.runners.portability.fn_api_runner import worker_handlers
 
 from pipelines.cli import main
 from pipelines.recall import read_labelled_pairs, recall_figures
-from tests.helpers import RUNNER_ARGS
+from tests.helpers import ROOT, RUNNER_ARGS
 from transforms.errors import QdedupError
 
 # Worked by hand. Questions sharing no character have cosine 0; the three 银行卡丢了怎么… questions share
@@ -23,11 +24,16 @@ LABELLED = [
 
 
 @pytest.mark.e2e
-def test_recall_on_a_hand_made_file(tmp_path, capsys):
+@pytest.mark.parametrize("runner", [RUNNER_ARGS, ["--config", str(ROOT / "configs" / "local.yaml")]],
+                         ids=["one process", "the local preset's worker processes"])
+def test_recall_on_a_hand_made_file(tmp_path, capsys, monkeypatch, runner):
+    monkeypatch.setattr(worker_handlers, "DATA_BUFFER_TIME_LIMIT_MS", 1000)
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("".join(f"{a}\t{b}\t{label}\n" for a, b, label in LABELLED), encoding="utf-8")
     report = tmp_path / "recall.json"
-    assert main(["recall", "--pairs", str(pairs), "--report", str(report), "--top-k=10", *RUNNER_ARGS]) == 0
+    assert main(["recall", "--pairs", str(pairs), "--report", str(report), "--top-k=10", *runner]) == 0
+    # the local runner set up as for `qdedup run`: no timed flush to lose elements in worker processes
+    assert worker_handlers.DATA_BUFFER_TIME_LIMIT_MS == 0
     figures = json.loads(report.read_text())
     assert (figures["positives"], figures["positives_found"]) == (3, 2)
     assert (figures["negatives"], figures["negatives_found"]) == (2, 1)
