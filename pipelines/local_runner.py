@@ -223,9 +223,9 @@ _M_ARENA_MAX = -8
 def cap_malloc_arenas(pipeline_options: PipelineOptions) -> None:
     """glibc gives each thread that allocates an arena of its own, up to 8 a core, and keeps what is freed in
     an arena for that arena: the launcher of a multi-process run, whose gRPC and sender threads pass every
-    stage's input and output, held ~0.3 GiB more at 100k rows than it had live. At `MALLOC_ARENAS` its peak
-    fell from 1.24 to 0.94 GiB, wall time not shown different (benchmarks/README.md, "2026-12-03
-    (nineteenth session)"). Set here through mallopt, since glibc reads `MALLOC_ARENA_MAX` only when a
+    stage's input and output, kept well above what it held live (memray at 300k rows). At `MALLOC_ARENAS`
+    its peak at 100k rows fell from 1.25 to 0.96 GiB, wall time not shown different (benchmarks/README.md,
+    "2026-12-03 (twentieth session)"). Set here through mallopt, since glibc reads `MALLOC_ARENA_MAX` only when a
     process starts, and in that variable for the worker processes, which inherit it; a variable the user
     set is kept. A no-op for one process and on Dataflow, and where the C library has no mallopt."""
     if not local_processes(pipeline_options) or "MALLOC_ARENA_MAX" in os.environ:
