@@ -101,25 +101,28 @@ def write_corpus(n: int, folder: str) -> list[str]:
     return paths
 
 
-def _tree_rss(root: int) -> dict:
-    """{pid: resident bytes} of `root` and every process below it."""
+def _tree_usage(root: int) -> dict:
+    """{pid: (resident bytes, CPU seconds so far)} of `root` and every process below it."""
     children: dict = {}
-    rss: dict = {}
+    found: dict = {}
+    ticks = os.sysconf("SC_CLK_TCK")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as handle:
-                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+                fields = handle.read().rsplit(")", 1)[1].split()
             with open(f"/proc/{entry}/statm") as handle:
-                rss[int(entry)] = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                resident = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, ValueError, IndexError):
             continue
+        ppid, cpu = int(fields[1]), (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+        found[int(entry)] = (resident, cpu)
         children.setdefault(ppid, []).append(int(entry))
     tree, stack = {}, [root]
     while stack:
         pid = stack.pop()
-        tree[pid] = rss.get(pid, 0)
+        tree[pid] = found.get(pid, (0, 0.0))
         stack.extend(children.get(pid, []))
     return tree
 
@@ -162,14 +165,16 @@ def run_size(n: int, repo: str, work: str, model: str, extra: list[str], max_rss
                                env={**os.environ, "PYTHONPATH": repo})
     peak = [0]
     peaks: dict = {}  # pid -> its own peak: where the memory is when the run has worker processes
+    cpus: dict = {}  # pid -> its CPU seconds when last sampled (up to 0.5 s short of its total)
     stopped = []
 
     def sample():
         while process.poll() is None:
-            tree = _tree_rss(process.pid)
-            peak[0] = max(peak[0], sum(tree.values()))
-            for pid, resident in tree.items():
+            tree = _tree_usage(process.pid)
+            peak[0] = max(peak[0], sum(resident for resident, _ in tree.values()))
+            for pid, (resident, cpu_so_far) in tree.items():
                 peaks[pid] = max(peaks.get(pid, 0), resident)
+                cpus[pid] = cpu_so_far
             if peak[0] > max_rss_gib * 2**30 and not stopped:
                 stopped.append(time.perf_counter() - started)
                 _kill_tree(process.pid)
@@ -199,6 +204,9 @@ def run_size(n: int, repo: str, work: str, model: str, extra: list[str], max_rss
     return {"rows": n, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "peak_rss_gib": round(peak[0] / 2**30, 2),
             "peak_rss_gib_launcher": round(peaks.get(process.pid, 0) / 2**30, 2),
             "peak_rss_gib_other_processes": [round(resident / 2**30, 2) for resident in others if resident > 2**26],
+            "cpu_s_launcher": round(cpus.get(process.pid, 0.0), 1),
+            "cpu_s_other_processes": sorted((round(c, 1) for pid, c in cpus.items() if pid != process.pid and c > 1),
+                                            reverse=True),
             "representatives": report["representatives"], "candidate_pairs": report["candidate_pairs"],
             "resplit_pairs_scored": report.get("resplit_pairs_scored", 0),
             "cpu_outside_model_us_per_pair": round(outside / max(pairs, 1) * 1e6, 1),
