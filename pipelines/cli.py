@@ -14,6 +14,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
+from pipelines import local_runner
 from pipelines.dedup import build_pipeline
 from pipelines.evaluate import evaluate
 from pipelines.explain import explain_command
@@ -212,7 +213,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except Exception as exc:  # a failure inside the pipeline: one line here, the traceback in the log
         _LOG.debug("pipeline failure", exc_info=True)
-        print(f"qdedup: error: the pipeline failed: {_pipeline_failure(exc)}", file=sys.stderr)
+        cause = local_runner.ended_workers_hint() or _pipeline_failure(exc)
+        print(f"qdedup: error: the pipeline failed: {cause}", file=sys.stderr)
         return 1
 
 

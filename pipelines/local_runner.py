@@ -10,6 +10,8 @@ its workers itself, gets none of them.
 - Finished stages let go a second after their stage (`release_finished_stages_here`).
 - The launcher's settings reach the worker processes (`pass_settings_to_local_processes`).
 - Fewer malloc arenas in a multi-process run's processes (`cap_malloc_arenas`).
+- A worker process that ends during the run is remembered, so that the run's error can say why
+  (`watch_local_workers`, `ended_workers_hint`).
 """
 from __future__ import annotations
 
@@ -18,12 +20,14 @@ import contextlib
 import ctypes
 import json
 import os
+import signal
 import tempfile
 import threading
 from typing import Any, Iterable, Optional
 
 from apache_beam.coders.coder_impl import create_OutputStream
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.runners.portability import local_job_service
 from apache_beam.runners.portability.fn_api_runner import execution, fn_runner, worker_handlers
 from apache_beam.runners.worker import sdk_worker
 from apache_beam.transforms.window import GlobalWindow, GlobalWindows
@@ -236,9 +240,56 @@ def cap_malloc_arenas(pipeline_options: PipelineOptions) -> None:
         mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
 
 
+# Beam's own, which `watch_local_workers` wraps.
+_BEAM_RUN_WORKER = local_job_service.SubprocessSdkWorker.run
+_ended: list[str] = []  # what Beam said of each worker process that ended during this process's latest local run
+
+
+def _run_worker(self: local_job_service.SubprocessSdkWorker) -> None:
+    """Beam's `SubprocessSdkWorker.run`, which waits for its worker process and raises, in a thread no one
+    joins, if that process ends with an exit code other than 0: what it raised is remembered."""
+    try:
+        _BEAM_RUN_WORKER(self)
+    except Exception as error:
+        _ended.append(str(error))
+        raise
+
+
+def watch_local_workers(pipeline_options: PipelineOptions) -> None:
+    """Remembers why a worker process of a local multi-process run ended during the run, for
+    `ended_workers_hint`. Beam's runner then fails the run with its lost connection's words alone ("Channel
+    closed prematurely."), and says why the process ended only in a thread's traceback in the log; a
+    worker killed for memory, the likely end of an over-large local run, looks like any other failure."""
+    _ended.clear()
+    if local_processes(pipeline_options):
+        local_job_service.SubprocessSdkWorker.run = _run_worker
+
+
+def ended_workers_hint() -> Optional[str]:
+    """What to tell a user whose local run failed after a worker process ended (None if none ended).
+
+    Beam starts each worker through a shell, which gives 128 + N for a process that signal N ended;
+    SIGKILL (137) is, on Linux, most often the kernel's out-of-memory killer.
+    """
+    if not _ended:
+        return None
+    said = _ended[0]
+    code = said.rsplit(" ", 1)[-1]
+    reason = ""
+    if code.isdigit() and int(code) > 128:
+        number = int(code) - 128
+        name = signal.Signals(number).name if number in signal.valid_signals() else "unknown"
+        reason = f" (signal {number}, {name}"
+        reason += ": most often the kernel's out-of-memory killer)" if number == signal.SIGKILL else ")"
+    return (f"a worker process of this local run ended: {said}{reason}; give the run more memory, or fewer "
+            f"worker processes (--direct_num_workers, or configs/local-one-process.yaml, which holds the "
+            f"least)")
+
+
 def prepare(pipeline_options: PipelineOptions) -> None:
     """Every setting above the launcher makes, before the runner starts."""
     turn_off_timed_flush(pipeline_options)
+    watch_local_workers(pipeline_options)
     cap_malloc_arenas(pipeline_options)
     stream_local_inputs(pipeline_options)
     release_finished_local_stages(pipeline_options)

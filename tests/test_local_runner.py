@@ -1,5 +1,6 @@
 """Beam's local runner: in worker processes every element a stage is sent arrives, streamed in pieces while
-the bundle runs; a finished stage's bundle processor is let go.
+the bundle runs; a finished stage's bundle processor is let go; a worker process that dies fails the run
+saying so.
 
 Beam 2.77's runner sends a stage's input to gRPC workers through a stream a background thread flushes
 every `DATA_BUFFER_TIME_LIMIT_MS`; a flush sends, then clears, and what was written meanwhile is cleared
@@ -10,6 +11,9 @@ first ever stops losing anything, Beam has fixed its stream and the setting can 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import apache_beam as beam
@@ -19,6 +23,7 @@ from apache_beam.coders.coder_impl import create_InputStream, create_OutputStrea
 from apache_beam.coders.coders import GlobalWindowCoder
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability.api import beam_fn_api_pb2
+from apache_beam.runners.portability import local_job_service
 from apache_beam.runners.portability.fn_api_runner import execution, fn_runner, worker_handlers
 from apache_beam.runners.worker import data_plane, sdk_worker
 from apache_beam.runners.worker.data_plane import ClosableOutputStream
@@ -26,6 +31,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import core, window
 
 from benchmarks.bench_runner_loss import RUNNER, made_and_read, main
+from benchmarks.bench_scale import _tree_usage
 from pipelines import local_runner
 from pipelines.local_runner import (
     LOCAL_STAGE_IDLE_S,
@@ -309,3 +315,67 @@ def test_a_users_malloc_arena_max_is_kept(monkeypatch):
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     local_runner.cap_malloc_arenas(PipelineOptions(MULTI_PROCESSING))
     assert os.environ["MALLOC_ARENA_MAX"] == "4"
+
+
+def test_a_worker_process_that_ends_is_remembered_only_in_a_multi_process_run(monkeypatch):
+    beams = local_runner._BEAM_RUN_WORKER
+    monkeypatch.setattr(local_job_service.SubprocessSdkWorker, "run", beams)
+    local_runner.watch_local_workers(PipelineOptions(["--runner=DataflowRunner", *MULTI_PROCESSING]))
+    local_runner.watch_local_workers(PipelineOptions(RUNNER_ARGS))
+    assert local_job_service.SubprocessSdkWorker.run is beams
+    local_runner.watch_local_workers(PipelineOptions([*RUNNER_ARGS, *MULTI_PROCESSING]))
+    assert local_job_service.SubprocessSdkWorker.run is local_runner._run_worker
+
+
+@pytest.mark.parametrize("said, hint", [
+    ("Worker subprocess exited with return code 137", "(signal 9, SIGKILL: most often the kernel's out-of-memory"),
+    ("Worker subprocess exited with return code 143", "(signal 15, SIGTERM)"),
+    ("Worker subprocess exited with return code 1", "return code 1; give the run more memory"),
+])
+def test_the_hint_says_what_ended_a_worker_process_and_what_to_do(monkeypatch, said, hint):
+    monkeypatch.setattr(local_runner, "_ended", [said])
+    found = local_runner.ended_workers_hint()
+    assert found.startswith(f"a worker process of this local run ended: {said}")
+    assert hint in found and "--direct_num_workers" in found and "configs/local-one-process.yaml" in found
+    local_runner.watch_local_workers(PipelineOptions(RUNNER_ARGS))  # a new run forgets the last one's
+    assert local_runner.ended_workers_hint() is None
+
+
+def _worker_processes(root: int) -> list[int]:
+    """The Beam SDK worker processes (Python, not the shells that start them) below `root`."""
+    found = []
+    for pid in _tree_usage(root):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                words = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if "python" in os.path.basename(words[0].decode()) and b"apache_beam.runners.worker.sdk_worker_main" in words:
+            found.append(pid)
+    return found
+
+
+@pytest.mark.e2e
+def test_a_killed_worker_process_fails_the_run_saying_why_and_replaces_nothing(corpus, tiny_model, tmp_path):
+    directory, _ = corpus
+    out = tmp_path / "out"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "run", "--input", str(directory / "*.parquet"), "--output",
+         str(out), "--scorer-model", tiny_model, *RUNNER_ARGS, *MULTI_PROCESSING],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (workers := _worker_processes(run.pid)) and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert workers, "no worker process started"
+        time.sleep(2)  # connected to the runner, and running its stages
+        os.kill(workers[0], signal.SIGKILL)  # as the kernel's out-of-memory killer ends a process
+        _, stderr = run.communicate(timeout=120)  # fails; does not hang
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 1, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("qdedup: error: the pipeline failed: a worker process of this local run ended: "), last
+    assert "return code 137 (signal 9, SIGKILL: most often the kernel's out-of-memory killer)" in last, last
+    assert not out.exists()  # nothing appeared where the output was to be: a failed run replaces nothing
