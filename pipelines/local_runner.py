@@ -259,7 +259,10 @@ def watch_local_workers(pipeline_options: PipelineOptions) -> None:
     """Remembers why a worker process of a local multi-process run ended during the run, for
     `ended_workers_hint`. Beam's runner then fails the run with its lost connection's words alone ("Channel
     closed prematurely."), and says why the process ended only in a thread's traceback in the log; a
-    worker killed for memory, the likely end of an over-large local run, looks like any other failure."""
+    worker killed for memory, the likely end of an over-large local run, looks like any other failure.
+    The runner joins its worker threads before it raises (`close_all` in `run_stages`' finally), so what
+    they raised is here by then; a run that fails in a stage ends its workers with exit code 0 (none
+    remembered, tried)."""
     _ended.clear()
     if local_processes(pipeline_options):
         local_job_service.SubprocessSdkWorker.run = _run_worker
