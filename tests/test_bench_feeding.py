@@ -1,6 +1,7 @@
 """benchmarks/bench_feeding.py measures the scoring stage with a forward pass that costs nothing, and checks that
 every pair it made came out scored."""
 import json
+import math
 
 import pytest
 
@@ -18,8 +19,8 @@ def test_the_feeding_benchmark_scores_every_pair_in_batches_and_reports_cpu_a_pa
     summary = lines[-1]
     assert [f"{line['path']}/{line['token_budget']}" for line in lines[:-1]] == summary["order"] == [
         "pairs/512", "pairs/4096"]
-    for variant in ("pairs/512", "pairs/4096"):
-        assert summary["cpu_us_per_pair"][variant]["median"] > 0
+    for variant in ("pairs/512", "pairs/4096"):  # a figure for each (its size is the machine's: not asserted)
+        assert math.isfinite(summary["cpu_us_per_pair"][variant]["median"])
     # The budget decides the batches: a larger one packs more pairs a forward pass.
     assert 1 < summary["pairs_per_batch"]["pairs/512"] < summary["pairs_per_batch"]["pairs/4096"]
     assert transforms.score.positive_probability is forward  # later tests in this process score with the model
@@ -34,7 +35,9 @@ def test_neighbour_lists_are_scored_by_either_path_every_pair_once(capsys, monke
                         "--repeats", "1"])
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert summary["order"] == ["lists/4096", "lists-made/4096"]
-    assert all(summary["cpu_us_per_pair"][variant]["median"] > 0 for variant in summary["order"])
+    # A figure for each path, not its size: a CPU difference between two short runs is the machine's to
+    # decide (it came out below 0 once, with other work running beside the suite).
+    assert all(math.isfinite(summary["cpu_us_per_pair"][variant]["median"]) for variant in summary["order"])
 
 
 def test_neighbour_lists_make_the_pairs_they_are_said_to():
