@@ -26,8 +26,8 @@ peak during it, sampled every 0.2 s, and after it, the stage's name) and prints
 the stages where memory peaked: the in-process runner holds each shuffle's
 values in memory, so the peak names the shuffle that sets it.
 
-    python -m benchmarks.bench_steps [--rows 30000] [--work DIR] [--top 20] [--stage-memory LOG]
-        [-- EXTRA qdedup FLAGS]
+    python -m benchmarks.bench_steps [--rows 30000] [--work DIR] [--top 20] [--split STEP,...]
+        [--stage-memory LOG] [-- EXTRA qdedup FLAGS]
 
 One run: the figures are shares, not A/B ratios.
 """
@@ -43,7 +43,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Optional
+from typing import Collection, Optional
 
 from apache_beam.metrics import monitoring_infos
 from apache_beam.runners.portability.fn_api_runner import fn_runner
@@ -56,24 +56,28 @@ _TIMINGS = (monitoring_infos.START_BUNDLE_MSECS_URN, monitoring_infos.PROCESS_BU
 _NESTED = ("ClusterGroups", "ScoreCandidates")  # steps reported by their second name too
 
 
-def step_of(transform: str) -> str:
-    """The top-level step a transform belongs to (two names deep inside `_NESTED` steps)."""
+def step_of(transform: str, split: Collection[str] = ()) -> str:
+    """The step a transform is counted under: its first name (two inside `_NESTED` steps), and one name
+    deeper for each step named in `split` that it is inside (`--split`)."""
     parts = transform.split("/")
-    return "/".join(parts[:2]) if parts[0] in _NESTED and len(parts) > 1 else parts[0]
+    depth = 2 if parts[0] in _NESTED else 1
+    while depth < len(parts) and "/".join(parts[:depth]) in split:
+        depth += 1
+    return "/".join(parts[:depth])
 
 
-def step_costs(infos, producers: dict) -> tuple[dict, dict]:
+def step_costs(infos, producers: dict, split: Collection[str] = ()) -> tuple[dict, dict]:
     """({step: milliseconds}, {step: elements produced}) from a run's monitoring infos; `producers` maps a
-    PCollection id to the transform that makes it."""
+    PCollection id to the transform that makes it; `split`: as `step_of`'s."""
     msecs, elements = collections.Counter(), collections.Counter()
     for info in infos:
         labels = info.labels
         if info.urn in _TIMINGS:
-            msecs[step_of(labels.get(monitoring_infos.PTRANSFORM_LABEL, "?"))] += \
+            msecs[step_of(labels.get(monitoring_infos.PTRANSFORM_LABEL, "?"), split)] += \
                 monitoring_infos.extract_counter_value(info)
         elif info.urn == monitoring_infos.ELEMENT_COUNT_URN:
             producer = producers.get(labels.get(monitoring_infos.PCOLLECTION_LABEL), "(runner)")
-            elements[step_of(producer)] += monitoring_infos.extract_counter_value(info)
+            elements[step_of(producer, split)] += monitoring_infos.extract_counter_value(info)
     return dict(msecs), dict(elements)
 
 
@@ -163,6 +167,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--rows", type=int, default=30_000)
     parser.add_argument("--work", default="/tmp/qdedup-scale")
     parser.add_argument("--top", type=int, default=20, help="steps listed, most CPU first")
+    parser.add_argument("--split", default="", metavar="STEP,...",
+                        help="steps to list by their parts, one name deeper (e.g. "
+                             "ClusterGroups/SplitChains,BlockLexical; a part named here too is split again)")
     parser.add_argument("--stage-memory", metavar="LOG", help="log each stage's RSS to LOG; print where it peaked")
     parser.add_argument("extra", nargs="*", help="more `qdedup run` flags, after --")
     args = parser.parse_args(argv)
@@ -191,7 +198,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     with open(os.path.join(out, "report.json")) as handle:
         report = json.load(handle)
     pairs = report["candidate_pairs"] + report["resplit_pairs"]
-    msecs, elements = step_costs(result.monitoring_infos(), producers)
+    msecs, elements = step_costs(result.monitoring_infos(), producers, set(filter(None, args.split.split(","))))
     timed = sum(msecs.values()) / 1000
     stages = report["stage_seconds"]
     model_and_blocking = stages.get("score", 0.0) + stages.get("block", 0.0)

@@ -15,6 +15,16 @@ def test_step_of_names_nested_steps_two_deep():
     assert step_of("AllPairs") == "AllPairs"
 
 
+def test_split_steps_are_named_one_name_deeper_each_time_they_are_named():
+    split = {"BlockLexical", "ClusterGroups/SplitChains", "ClusterGroups/SplitChains/CutComponents"}
+    assert step_of("BlockLexical/SearchWorkItem/ParDo(_SearchWorkItem)", split) == "BlockLexical/SearchWorkItem"
+    assert step_of("ClusterGroups/SplitChains/PieceOf/Call", split) == "ClusterGroups/SplitChains/PieceOf"
+    assert step_of("ClusterGroups/SplitChains/CutComponents/Final/Group", split) == \
+        "ClusterGroups/SplitChains/CutComponents/Final"
+    assert step_of("ClusterGroups/AssignGroupIds/Lineage", split) == "ClusterGroups/AssignGroupIds"
+    assert step_of("BlockLexical", split) == "BlockLexical"  # nothing deeper to name
+
+
 def test_step_costs_sums_timings_and_elements_by_step():
     infos = [
         mi.int64_counter(mi.PROCESS_BUNDLE_MSECS_URN, 5, ptransform="ClusterGroups/SplitChains/A"),
