@@ -58,11 +58,18 @@ def test_scores_equal_reference_for_any_batching(tiny_model, thirty_pairs, budge
     np.testing.assert_allclose(_score_packed(classifier, encodings, budget, order), expected, atol=1e-5)
 
 
+def _as_lists(encoded: list) -> list:
+    """`tokenize`'s output with each encoding's arrays as lists, to compare with the tokenizer's."""
+    return [((ids.tolist(), types.tolist()), truncated) for (ids, types), truncated in encoded]
+
+
 def test_tokenize_pairs_matches_the_pair_encoding_and_counts_truncation(tiny_model):
     tokenizer = load_tokenizer(tiny_model)
     short = [("怎么开通网银", "网银怎么开通"), ("iPhone多少钱", "手机价格"), ("你好", "您好！")]
     long_pair = ("长" * 40, "短问题")
     encoded = tokenize(tokenizer, short + [long_pair], max_length=16)
+    assert all(ids.dtype == token_dtype(tokenizer) and types.dtype == np.uint8 for (ids, types), _ in encoded)
+    encoded = _as_lists(encoded)
     for (a, b), ((ids, types), truncated) in zip(short, encoded):
         reference = tokenizer(a, b)
         assert len(reference["input_ids"]) <= 16 and not truncated
@@ -81,11 +88,11 @@ def test_tokenize_equals_encoding_each_input_whole(tiny_model, thirty_pairs):
     tokenizer = load_tokenizer(tiny_model)
     assert _template(tokenizer.backend_tokenizer, 1) and _template(tokenizer.backend_tokenizer, 2)  # no fallback
     pairs = thirty_pairs + [(b, a) for a, b in thirty_pairs[:10]] + [(thirty_pairs[0][0], b) for _, b in thirty_pairs]
-    for (a, b), ((ids, types), truncated) in zip(pairs, tokenize(tokenizer, pairs, 512)):
+    for (a, b), ((ids, types), truncated) in zip(pairs, _as_lists(tokenize(tokenizer, pairs, 512))):
         whole = tokenizer(a, b)
         assert (ids, types, truncated) == (whole["input_ids"], whole["token_type_ids"], False)
     texts = [(a,) for a, _ in pairs]
-    for (a,), ((ids, types), _) in zip(texts, tokenize(tokenizer, texts, 512)):
+    for (a,), ((ids, types), _) in zip(texts, _as_lists(tokenize(tokenizer, texts, 512))):
         assert (ids, types) == (tokenizer(a)["input_ids"], tokenizer(a)["token_type_ids"])
 
 
@@ -106,7 +113,7 @@ def test_tokenize_follows_other_post_processors(tiny_model, thirty_pairs, proces
     else:
         monkeypatch.setattr(transforms.feeding, "_template", lambda backend, count: None)
     pairs = thirty_pairs + [(thirty_pairs[0][0], b) for _, b in thirty_pairs]
-    for (a, b), ((ids, types), _) in zip(pairs, tokenize(tokenizer, pairs, 512)):
+    for (a, b), ((ids, types), _) in zip(pairs, _as_lists(tokenize(tokenizer, pairs, 512))):
         whole = backend.encode(a, b)
         assert (ids, types) == (whole.ids, whole.type_ids)
     if processor == "roberta":
@@ -125,12 +132,14 @@ def test_texts_tokenized_ahead_give_the_ids_of_their_pairs_tokenized_whole(tiny_
     forms = dict(zip(texts, ahead(texts)))
     kinds = {type(form) for form in forms.values()}
     assert kinds == {bytes, str}  # short texts ahead, long ones not (300 ids are more than half of 512)
-    for (a, b), from_ahead in zip(pairs, tokenize(tokenizer, [(forms[a], forms[b]) for a, b in pairs], max_length)):
+    for (a, b), from_ahead in zip(pairs, _as_lists(tokenize(tokenizer, [(forms[a], forms[b]) for a, b in pairs],
+                                                            max_length))):
         whole = tokenizer(a, b, truncation="longest_first", max_length=max_length)
         assert from_ahead == ((whole["input_ids"], whole["token_type_ids"]),
                               len(tokenizer(a, b)["input_ids"]) > max_length)
     mixed = [(forms[a], b) for a, b in pairs] + [(forms[a], forms[b]) for a, b in pairs]
-    assert tokenize(tokenizer, mixed, max_length) == tokenize(tokenizer, pairs + pairs, max_length)
+    assert _as_lists(tokenize(tokenizer, mixed, max_length)) == _as_lists(
+        tokenize(tokenizer, pairs + pairs, max_length))
 
 
 def test_texts_stay_texts_where_tokenizing_ahead_would_not_be_exact(tiny_model, monkeypatch):

@@ -9,9 +9,8 @@ torch and transformers but no Beam.
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -43,7 +42,7 @@ class ModelSettings:
     progress_seconds: Optional[float] = None  # how often scoring logs how far it has come (None: PROGRESS_SECONDS)
 
 
-Encoding = tuple[list[int], list[int]]  # input_ids, token_type_ids
+Encoding = tuple[np.ndarray, np.ndarray]  # input_ids, token_type_ids (`token_dtype`, uint8): views of a window's
 Text = Union[str, bytes]  # a text, or its token ids as `ahead_of_scoring` stores them
 
 
@@ -85,17 +84,22 @@ def tokenize(tokenizer, inputs: Sequence[tuple[Text, ...]], max_length: int) -> 
         return tokenizer([first[i] for i in indices], [second[i] for i in indices] if second else None,
                          return_token_type_ids=True, verbose=False, **options)
 
+    dtype = token_dtype(tokenizer)
     if hasattr(tokenizer, "backend_tokenizer"):
         encoded = _encode_whole(tokenizer, inputs, max_length)
     else:  # a slow (Python) tokenizer: each input encoded as it is
         full = encode(range(len(inputs)), truncation=False)
-        encoded = [((ids, types), False) for ids, types in zip(full["input_ids"], full["token_type_ids"])]
+        encoded = [(_arrays(ids, types, dtype), False) for ids, types in zip(full["input_ids"], full["token_type_ids"])]
     too_long = [i for i, (enc, _) in enumerate(encoded) if len(enc[0]) > max_length]
     if too_long:  # texts only: `_encode_whole` has cut those with a text tokenized ahead
         cut = encode(too_long, truncation="longest_first", max_length=max_length)
         for j, i in enumerate(too_long):
-            encoded[i] = ((cut["input_ids"][j], cut["token_type_ids"][j]), True)
+            encoded[i] = (_arrays(cut["input_ids"][j], cut["token_type_ids"][j], dtype), True)
     return encoded
+
+
+def _arrays(ids: Sequence[int], types: Sequence[int], dtype: np.dtype) -> Encoding:
+    return np.asarray(ids, dtype=dtype), np.asarray(types, dtype=np.uint8)
 
 
 def _encode_whole(tokenizer, inputs: Sequence[tuple[Text, ...]], max_length: int) -> list[tuple[Encoding, bool]]:
@@ -109,32 +113,83 @@ def _encode_whole(tokenizer, inputs: Sequence[tuple[Text, ...]], max_length: int
     here, as the tokenizer cuts it (`_cut_beside`); other inputs too long are left to the caller.
     """
     backend = _plain(tokenizer)
+    dtype = token_dtype(tokenizer)
     distinct = list(dict.fromkeys(text for texts in inputs for text in texts))
     strings = [text for text in distinct if isinstance(text, str)]
     pieces = dict(zip(strings, backend.encode_batch(strings, add_special_tokens=False)))
     ahead = len(strings) < len(distinct)
-    dtype = token_dtype(tokenizer) if ahead else None
-    ids_of = {text: pieces[text].ids if isinstance(text, str) else np.frombuffer(text, dtype).tolist()
-              for text in distinct}
-    templates: dict = {}
-    encoded = []
-    for texts in inputs:
+    packed = {text: np.asarray(pieces[text].ids, dtype).tobytes() if isinstance(text, str) else text
+              for text in distinct}  # every text's ids as bytes of `dtype`
+    templates: dict = {}  # text count -> (template, its special tokens' count)
+    encoded: list = [None] * len(inputs)
+    assembled = _Assembled(dtype)
+    for i, texts in enumerate(inputs):
         count = len(texts)
         if count not in templates:
-            templates[count] = _template(backend, count)
-        template = templates[count]
+            found = _template(backend, count)
+            templates[count] = found, found and _length(found, [])
+        template, special = templates[count]
         if template is None:
             if ahead:
                 raise ValueError("texts tokenized ahead need a tokenizer whose inputs follow one template")
             whole = backend.post_process(*(pieces[text] for text in texts), add_special_tokens=True)
-            encoded.append(((whole.ids, whole.type_ids), False))
+            encoded[i] = (_arrays(whole.ids, whole.type_ids, dtype), False)
             continue
-        text_ids = [ids_of[text] for text in texts]
-        truncated = False
-        if ahead and _length(template, text_ids) > max_length and any(isinstance(t, bytes) for t in texts):
-            text_ids, truncated = _cut_beside(template, texts, text_ids, max_length), True
-        encoded.append((_assemble(template, text_ids), truncated))
+        text_bytes = [packed[text] for text in texts]
+        if ahead and special + sum(map(len, text_bytes)) // dtype.itemsize > max_length and any(
+                isinstance(t, bytes) for t in texts):
+            text_ids = [np.frombuffer(b, dtype).tolist() for b in text_bytes]
+            cut = _cut_beside(template, texts, text_ids, max_length)
+            text_bytes = [np.asarray(ids, dtype).tobytes() for ids in cut]
+            encoded[i] = (None, True)
+        else:
+            encoded[i] = (None, False)
+        assembled.add(i, template, text_bytes)
+    for i, encoding in assembled.encodings():
+        encoded[i] = (encoding, encoded[i][1])
     return encoded
+
+
+class _Assembled:
+    """Inputs assembled in their templates a window at a time: each input's ids and type ids are written as
+    bytes and read back as one array each, of which every input's encoding is a view (a Python list of ids
+    an input cost ~9 µs a pair to build and collate; `benchmarks/README.md`, twenty-first session)."""
+
+    def __init__(self, dtype: np.dtype):
+        self._dtype = dtype
+        self._ids: list[bytes] = []
+        self._types: list[bytes] = []
+        self._where: list[tuple[int, int]] = []  # (input, length)
+        self._specials: dict = {}
+
+    def add(self, index: int, template: tuple, text_bytes: Sequence[bytes]) -> None:
+        specials = self._specials.get(template)
+        if specials is None:
+            special_ids, text_types = template
+            specials = self._specials[template] = (
+                [np.asarray(ids, self._dtype).tobytes() for ids, _ in special_ids],
+                [bytes(types) for _, types in special_ids], [bytes([t]) for t in text_types])
+        ids_bytes, types_bytes, text_type_bytes = specials
+        ids, types, size = self._ids, self._types, self._dtype.itemsize
+        ids.append(ids_bytes[0])
+        types.append(types_bytes[0])
+        length = len(ids_bytes[0])
+        for text, text_type, after_ids, after_types in zip(text_bytes, text_type_bytes, ids_bytes[1:],
+                                                           types_bytes[1:]):
+            ids += (text, after_ids)
+            types += (text_type * (len(text) // size), after_types)
+            length += len(text) + len(after_ids)
+        self._where.append((index, length // size))
+
+    def encodings(self) -> Iterator[tuple[int, Encoding]]:
+        """(input index, its encoding) for every input added."""
+        ids = np.frombuffer(b"".join(self._ids), self._dtype)
+        types = np.frombuffer(b"".join(self._types), np.uint8)
+        start = 0
+        for index, length in self._where:
+            end = start + length
+            yield index, (ids[start:end], types[start:end])
+            start = end
 
 
 def token_dtype(tokenizer) -> np.dtype:
@@ -249,18 +304,6 @@ def _template(backend, count: int) -> Optional[tuple]:
     return found
 
 
-def _assemble(template: tuple, texts: Sequence[list[int]]) -> Encoding:
-    """An input's (ids, type ids): its texts' ids set in the template's special tokens."""
-    specials, text_types = template
-    ids, types = list(specials[0][0]), list(specials[0][1])
-    for text_ids, text_type, (after_ids, after_types) in zip(texts, text_types, specials[1:]):
-        ids += text_ids
-        types += [text_type] * len(text_ids)
-        ids += after_ids
-        types += after_types
-    return ids, types
-
-
 def pack_batches(costs: Sequence[int], budget: int) -> list[list[int]]:
     """Indices sorted by cost, cut into batches whose padded size (count x largest) fits the budget.
 
@@ -290,11 +333,9 @@ def collate(encodings: Sequence[Encoding], pad_id: int) -> dict[str, Any]:
     lengths = np.fromiter((len(ids) for ids, _ in encodings), dtype=np.int64, count=len(encodings))
     real = np.arange(lengths.max()) < lengths[:, None]
     input_ids = np.full(real.shape, pad_id, dtype=np.int64)
-    input_ids[real] = np.fromiter(itertools.chain.from_iterable(ids for ids, _ in encodings), dtype=np.int64,
-                                  count=int(lengths.sum()))
+    input_ids[real] = np.concatenate([ids for ids, _ in encodings])
     token_type_ids = np.zeros(real.shape, dtype=np.int64)
-    token_type_ids[real] = np.fromiter(itertools.chain.from_iterable(types for _, types in encodings),
-                                       dtype=np.int64, count=int(lengths.sum()))
+    token_type_ids[real] = np.concatenate([types for _, types in encodings])
     return {"input_ids": torch.from_numpy(input_ids), "token_type_ids": torch.from_numpy(token_type_ids),
             "attention_mask": torch.from_numpy(real.astype(np.int64))}
 
