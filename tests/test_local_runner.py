@@ -11,6 +11,7 @@ first ever stops losing anything, Beam has fixed its stream and the setting can 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,7 +41,7 @@ from pipelines.local_runner import (
     stream_local_inputs,
     turn_off_timed_flush,
 )
-from tests.helpers import MULTI_PROCESSING, RUNNER_ARGS
+from tests.helpers import MULTI_PROCESSING, RUNNER_ARGS, snapshot
 
 # Beam's own runner methods, which `local_runner.stream_local_inputs` replaces in a process that ran a
 # pipeline through `qdedup run`; taken when pytest imports this module, before any test runs one.
@@ -356,26 +357,32 @@ def _worker_processes(root: int) -> list[int]:
 
 
 @pytest.mark.e2e
-def test_a_killed_worker_process_fails_the_run_saying_why_and_replaces_nothing(corpus, tiny_model, tmp_path):
+def test_a_killed_worker_process_fails_the_run_saying_why_and_replaces_nothing(corpus, reference_run, tiny_model,
+                                                                               tmp_path):
     directory, _ = corpus
     out = tmp_path / "out"
-    run = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "run", "--input", str(directory / "*.parquet"), "--output",
-         str(out), "--scorer-model", tiny_model, *RUNNER_ARGS, *MULTI_PROCESSING],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (workers := _worker_processes(run.pid)) and run.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert workers, "no worker process started"
-        time.sleep(2)  # connected to the runner, and running its stages
-        os.kill(workers[0], signal.SIGKILL)  # as the kernel's out-of-memory killer ends a process
-        _, stderr = run.communicate(timeout=120)  # fails; does not hang
-    finally:
-        if run.poll() is None:
-            run.kill()
-    assert run.returncode == 1, stderr
-    last = stderr.strip().splitlines()[-1]
+    shutil.copytree(reference_run[0], out)  # a previous run's output, which the failed run must leave as it was
+    before = snapshot(out)
+    log = tmp_path / "run.log"  # a file, not a pipe nobody reads while the run goes on
+    with open(log, "w") as handle:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.cli", "run", "--input", str(directory / "*.parquet"), "--output",
+             str(out), "--overwrite", "--scorer-model", tiny_model, *RUNNER_ARGS, *MULTI_PROCESSING],
+            stdout=handle, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while not (workers := _worker_processes(run.pid)) and run.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert workers, "no worker process started"
+            time.sleep(2)  # connected to the runner, and running its stages
+            os.kill(workers[0], signal.SIGKILL)  # as the kernel's out-of-memory killer ends a process
+            run.wait(timeout=120)  # fails; does not hang
+        finally:
+            if run.poll() is None:
+                run.kill()
+    said = log.read_text()
+    assert run.returncode == 1, said
+    last = said.strip().splitlines()[-1]
     assert last.startswith("qdedup: error: the pipeline failed: a worker process of this local run ended: "), last
     assert "return code 137 (signal 9, SIGKILL: most often the kernel's out-of-memory killer)" in last, last
-    assert not out.exists()  # nothing appeared where the output was to be: a failed run replaces nothing
+    assert snapshot(out) == before  # the previous output, file for file, byte for byte
