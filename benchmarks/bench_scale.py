@@ -9,9 +9,19 @@ at most 250,000 rows in row groups of 50,000:
 - one hot template: 3% of the rows are near-copies of one question (one
   character substituted or inserted), which all fall into one blocking
   partition (30,000 at 1M rows);
-- 10% exact copies of shared questions;
-- the rest: each shared question once, then copies with 1-3 random character
+- 10% exact copies of base questions;
+- the rest: each base question once, then copies with 1-3 random character
   edits (substitution, deletion or insertion of a character of the corpus).
+
+The base questions are the 22,840 shared ones, and, where the rest would hold
+more than `ROWS_PER_BASE` rows per base question, as many more as keep it at
+that: each the first half of one shared question joined to the second half of
+another (`base_families`). So a question has about as many near-copies at every
+size (3.4 rows a base question, as the 100k corpus has with the shared
+questions alone, which it still is, row for row). Before the twenty-second
+session (2026-12-03) the shared questions were the only base at every size: the
+300k corpus had 10 rows per base question and the 1M corpus 34, so each row of
+the 1M corpus brought 1.51x the pairs of a 300k row (benchmarks/README.md).
 
 Each size runs `qdedup run --config configs/local.yaml` (a worker process per core;
 `--config configs/local-one-process.yaml` for one process; before 2026-12-03's twentieth
@@ -39,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import resource
@@ -59,6 +70,25 @@ ROW_GROUP = 50_000
 HOT_SHARE = 0.03
 EXACT_SHARE = 0.10
 MAX_COPIES = 100_000
+ROWS_PER_BASE = 3.4  # near-copy rows per base question in the rest: the 100k corpus's with the shared questions
+
+
+def _rest(n: int) -> int:
+    """Rows of the N-row corpus that are base questions or their edited copies."""
+    return n - min(MAX_COPIES, n // 10) - int(n * HOT_SHARE) - int(n * EXACT_SHARE)
+
+
+def base_families(shared: list[str], n: int) -> list[str]:
+    """The N-row corpus's base questions: the shared ones, then, while the rest would have more than
+    `ROWS_PER_BASE` rows per base, spliced ones (half of one shared question, half of another, seeded by
+    their index), so that a question's near-copies do not grow in number with the corpus."""
+    wanted = math.ceil(_rest(n) / ROWS_PER_BASE)
+    bases = list(shared)
+    for j in range(len(shared), wanted):
+        rng = random.Random(2**40 + j)
+        first, second = shared[rng.randrange(len(shared))], shared[rng.randrange(len(shared))]
+        bases.append(first[:max(1, len(first) // 2)] + second[len(second) // 2:])
+    return bases
 
 
 def corpus_text(i: int, n: int, base: list[str], alphabet: str) -> str:
@@ -86,8 +116,9 @@ def corpus_text(i: int, n: int, base: list[str], alphabet: str) -> str:
 
 def write_corpus(n: int, folder: str) -> list[str]:
     """The N-row corpus as Parquet files (id, question) under `folder`; returns their paths."""
-    base = base_questions()
-    alphabet = "".join(sorted({ch for text in base for ch in text}))
+    shared = base_questions()
+    alphabet = "".join(sorted({ch for text in shared for ch in text}))
+    base = base_families(shared, n)
     order = np.random.default_rng(n).permutation(n)
     os.makedirs(folder, exist_ok=True)
     paths = []
