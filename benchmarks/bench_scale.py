@@ -73,16 +73,18 @@ MAX_COPIES = 100_000
 ROWS_PER_BASE = 3.4  # near-copy rows per base question in the rest: the 100k corpus's with the shared questions
 
 
-def _rest(n: int) -> int:
-    """Rows of the N-row corpus that are base questions or their edited copies."""
-    return n - min(MAX_COPIES, n // 10) - int(n * HOT_SHARE) - int(n * EXACT_SHARE)
+def _sections(n: int) -> tuple[int, int, int, int]:
+    """The N-row corpus's rows in order: copies of one text, near-copies of the hot template, exact copies
+    of base questions, and the rest (base questions and their edited copies)."""
+    copies, hot, exact = min(MAX_COPIES, n // 10), int(n * HOT_SHARE), int(n * EXACT_SHARE)
+    return copies, hot, exact, n - copies - hot - exact
 
 
 def base_families(shared: list[str], n: int) -> list[str]:
     """The N-row corpus's base questions: the shared ones, then, while the rest would have more than
     `ROWS_PER_BASE` rows per base, spliced ones (half of one shared question, half of another, seeded by
     their index), so that a question's near-copies do not grow in number with the corpus."""
-    wanted = math.ceil(_rest(n) / ROWS_PER_BASE)
+    wanted = math.ceil(_sections(n)[3] / ROWS_PER_BASE)
     bases = list(shared)
     for j in range(len(shared), wanted):
         rng = random.Random(2**40 + j)
@@ -93,9 +95,7 @@ def base_families(shared: list[str], n: int) -> list[str]:
 
 def corpus_text(i: int, n: int, base: list[str], alphabet: str) -> str:
     """Row i's text (before shuffling) of the N-row corpus."""
-    copies = min(MAX_COPIES, n // 10)
-    hot = int(n * HOT_SHARE)
-    exact = int(n * EXACT_SHARE)
+    copies, hot, exact, _ = _sections(n)
     if i < copies:
         return base[len(base) // 2]
     i -= copies

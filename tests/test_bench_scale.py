@@ -28,13 +28,14 @@ def test_a_larger_corpus_gets_more_base_questions_not_more_copies_of_each():
     before), then spliced ones, as many as keep `ROWS_PER_BASE` near-copy rows per base; seeded."""
     import random
 
-    from benchmarks.bench_scale import ROWS_PER_BASE, _rest, base_families
+    from benchmarks.bench_scale import ROWS_PER_BASE, _sections, base_families
     rng = random.Random(0)
     shared = sorted({"".join(rng.choice("如何怎么办信用卡额度还款利息贷款") for _ in range(rng.randint(6, 20)))
                      for _ in range(22_840)})
     assert base_families(shared, 100_000) == shared
     for n in (300_000, 1_000_000):
         bases = base_families(shared, n)
-        assert bases[:len(shared)] == shared and _rest(n) / len(bases) <= ROWS_PER_BASE
-        assert _rest(n) / (len(bases) - 1) > ROWS_PER_BASE  # no more than that takes
+        rest = _sections(n)[3]
+        assert bases[:len(shared)] == shared and rest / len(bases) <= ROWS_PER_BASE
+        assert rest / (len(bases) - 1) > ROWS_PER_BASE  # no more than that takes
         assert len(set(bases)) > 0.99 * len(bases) and bases == base_families(shared, n)
