@@ -133,12 +133,16 @@ def _random_graphs():
 def test_distributed_components_equal_graph_search(name, edges, tmp_path):
     expected = _components_by_search([e for e in edges if e[0] != e[1]])
     # bundle_nodes=2: every edge leaves the bundle as it came, so the rounds and the finish do the work;
-    # by default the bundle's edges reach the rounds as stars. With no rounds the finish takes what the
-    # bundles' stars did not settle: everything left of a chain, nothing of one bundle's stars.
+    # by default the bundle's edges reach the rounds as stars. With no rounds the finish takes the bundles'
+    # stars whole: one edge a node and bundle, no more than the graph's edges.
     for rounds, bundle_nodes in ((1, 2), (6, 2), (1, BUNDLE_NODES), (0, 2), (0, BUNDLE_NODES)):
         got, unsettled = _run_components(edges, rounds, tmp_path, bundle_nodes=bundle_nodes)
         assert got == expected, (name, rounds, bundle_nodes)
-        if name == "stars" or bundle_nodes == BUNDLE_NODES:
+        if rounds == 0:
+            assert 0 < unsettled <= len(edges)
+            if bundle_nodes == BUNDLE_NODES:  # one bundle: its stars, one edge a node that is not its root
+                assert unsettled == len(expected) - len(set(expected.values()))
+        elif name == "stars" or bundle_nodes == BUNDLE_NODES:
             assert unsettled == 0  # stars are done after the rounds; nothing is left to finish
         if name == "chain" and rounds <= 1 and bundle_nodes == 2:
             assert unsettled > 0  # one round cannot settle a 10,000-long chain: the finishing step did

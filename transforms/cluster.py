@@ -199,9 +199,8 @@ def rounds_for(nodes: int, edges_per_node: int, max_unsettled: int) -> int:
     """Large-star / small-star rounds for a graph of up to `nodes` nodes and `edges_per_node` x nodes edges.
 
     When every edge could be finished on one worker (within `max_unsettled`), none: the bundles' stars
-    (`_BundleStars`) go to the finish as they are, which then holds only the edges of nodes that
-    different bundles joined to different stars (none at 30k rows in one process, 1.44M edges at 1M
-    rows; at most `max_unsettled` in any run). Otherwise ceil(log2 nodes) + 2: measured, not proven,
+    (`_BundleStars`: no more edges than the graph has) go to the finish whole, which labels every node
+    (at most `max_unsettled` edges in any run). Otherwise ceil(log2 nodes) + 2: measured, not proven,
     a path, the slowest shape tried, settled in 10, 14 and 17 rounds at 1e3, 1e4 and 1e5 nodes with
     ids in path order (8, 11 and 13 with shuffled ids); the proven bound is O(log^2 n). Whatever is
     left unsettled is finished exactly, within `max_unsettled` edges.
@@ -233,6 +232,7 @@ def finish_unsettled(element, max_edges: int) -> Iterator[tuple]:
 
     labels = connected_components(counted())
     beam.metrics.Metrics.counter("qdedup", "components_unsettled_edges").inc(count)
+    largest("component_finish_nodes").update(len(labels))
     _LOG.info("components: %d edges left unsettled by the rounds finished on one worker (%d nodes)",
               count, len(labels))
     yield from labels.items()
@@ -297,6 +297,17 @@ class _BundleStars(beam.DoFn):
         return ((node, root) for node, root in labels.items() if node != root)
 
 
+def _finished(edges, max_unsettled: int):
+    """Edges (a, b) -> (node, smallest node of its component) for every node of them, by `finish_unsettled` on
+    one worker."""
+    return (
+        edges
+        | "OneKey" >> beam.Map(lambda edge: (None, edge))
+        | "GatherUnsettled" >> beam.GroupByKey()
+        | "FinishUnsettled" >> beam.FlatMap(finish_unsettled, max_unsettled)
+    )
+
+
 class ConnectedComponents(beam.PTransform):
     """Edges (a, b) in lists (a scored batch's edges, one element) -> (node, smallest node of its component) for
     every node with an edge.
@@ -304,7 +315,8 @@ class ConnectedComponents(beam.PTransform):
     No side input and no list of the graph: each bundle's edges first become stars (`_BundleStars`, holding up to
     `bundle_nodes` nodes), then the rounds run; the unsettled remainder is finished on one worker
     (bounded by `max_unsettled` edges) and its labels reach the other nodes by joins on node and on
-    star centre.
+    star centre. With no rounds (`rounds_for`: the whole graph fits that bound) the bundles' stars are
+    finished whole.
     """
 
     def __init__(self, rounds: int, max_unsettled: int, bundle_nodes: int = BUNDLE_NODES):
@@ -315,6 +327,11 @@ class ConnectedComponents(beam.PTransform):
 
     def expand(self, edges):
         edges = edges | "BundleStars" >> beam.ParDo(_BundleStars(self._bundle_nodes))
+        if not self._rounds:
+            # Every edge fits the finishing worker (`rounds_for`), so do the bundles' stars, at most one a node
+            # and bundle: the finish labels every node, with no neighbourhoods, star labels or joins between
+            # (~5 elements a node fewer; benchmarks/README.md, "twenty-third session").
+            return _finished(edges, self._max_unsettled)
         keyed = False  # the rounds' edges are distinct and keyed ((a, b), None)
         for i in range(self._rounds):
             edges = _distinct(_neighbourhoods(edges, f"Large{i}", keyed)
@@ -324,12 +341,7 @@ class ConnectedComponents(beam.PTransform):
             keyed = True
         labelled = _neighbourhoods(edges, "Final", keyed) | "StarLabel" >> beam.ParDo(_LabelNodes()).with_outputs(
             "unsettled", main="labels")
-        finished = (
-            labelled.unsettled
-            | "OneKey" >> beam.Map(lambda edge: (None, edge))
-            | "GatherUnsettled" >> beam.GroupByKey()
-            | "FinishUnsettled" >> beam.FlatMap(finish_unsettled, self._max_unsettled)
-        )
+        finished = _finished(labelled.unsettled, self._max_unsettled)
         by_node = {"label": labelled.labels, "finished": finished} | "FinishNodes" >> JoinByKey(
             _finish_node, outputs=("pending",), main="done")
         by_star = {"node": by_node.pending, "finished": finished} | "FinishStars" >> JoinByKey(_finish_star)
