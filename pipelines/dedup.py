@@ -172,7 +172,8 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
     components = ConnectedComponents(options.component_rounds, options.max_unsettled_edges)
     clustered = (representatives, members, scoring.scored, previous) | "ClusterGroups" >> ClusterGroups(
         chaining.threshold, components, SplitChains(chaining, ScoreCandidates(scorer, known_scores), components, texts),
-        AssignGroupIds(), ExplainGroups(chaining.threshold, options.explain_max_edges), options.canonical)
+        AssignGroupIds(first_run=not previous_groups), ExplainGroups(chaining.threshold, options.explain_max_edges),
+        options.canonical)
     groups = clustered.groups
     all_pairs = (scoring.scored, clustered.scored) | "AllPairs" >> beam.Flatten()  # scored batches
     rejected = (

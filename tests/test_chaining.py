@@ -141,6 +141,13 @@ def _edge_scores_of_groups(labels: dict, scores: dict, threshold: float) -> dict
     return {label: (min(found), sum(found) / len(found)) for label, found in inside.items()}
 
 
+def _edge_counts_at(scores: dict, threshold: float, nodes) -> list[tuple]:
+    """The edge counts `ConnectedComponents` gives with its labels, for one component of these nodes: here
+    spread over several nodes, as bundles give them."""
+    edges = [pair for pair, score in scores.items() if score >= threshold]
+    return [(pair[0], 1) for pair in edges[1:]] + ([(min(nodes), 1)] if edges else [])
+
+
 def _split_chains(scores: dict, nodes: int, settings: ChainingSettings, scorer, tmp_path):
     """SplitChains over one component of nodes 0..nodes-1 with these scored pairs: (labels, qdedup counters).
 
@@ -148,9 +155,10 @@ def _split_chains(scores: dict, nodes: int, settings: ChainingSettings, scorer, 
     out = tmp_path / "labels.pickle"
     pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
     components = pipeline | "C" >> beam.Create([(n, 0) for n in range(nodes)])
+    edges = pipeline | "EdgeCounts" >> beam.Create(_edge_counts_at(scores, settings.threshold, range(nodes)))
     scored = pipeline | "S" >> beam.Create(_in_batches([ScoredPair(a, b, s, 0.5, "lexical")
                                                         for (a, b), s in scores.items()]))
-    chained = (components, scored) | SplitChains(settings, scorer, ConnectedComponents(2, 10**6),
+    chained = (components, edges, scored) | SplitChains(settings, scorer, ConnectedComponents(2, 10**6),
                                                  _texts(pipeline, range(nodes)))
     found = {
         "labels": chained.labels | "L" >> beam.combiners.ToList(),
@@ -181,9 +189,10 @@ def test_split_chains_in_beam_scores_missing_pairs_and_splits(tmp_path, density)
     out = tmp_path / "labels.txt"
     with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as p:
         components = p | "C" >> beam.Create([(n, 1) for n in nodes])
+        edges = p | "EdgeCounts" >> beam.Create(_edge_counts_at(scores, 0.5, nodes))
         scored = p | "S" >> beam.Create(_in_batches([ScoredPair(a, b, s, 0.5, "lexical")
                                                      for (a, b), s in scores.items()]))
-        result = ((components, scored)
+        result = ((components, edges, scored)
                   | SplitChains(ChainingSettings(min_density=density, max_size=100), _DictScorer(),
                                 ConnectedComponents(3, 10**6), _texts(p, nodes)))
         ((result.labels | beam.Map(repr)), (result.scored | beam.FlatMap(pairs_in)

@@ -1,5 +1,6 @@
 import pickle
 import random
+from collections import Counter
 
 import apache_beam as beam
 import pytest
@@ -90,22 +91,32 @@ def test_match_kind():
     assert match_kind(GroupInfo(1, "k1", 2), "k1", 1) == "model"  # canonical joined only by the model
 
 
-def _run_components(edges, rounds, tmp_path, max_unsettled=10**9, bundle_nodes=BUNDLE_NODES):
+def _run_components(edges, rounds, tmp_path, max_unsettled=10**9, bundle_nodes=BUNDLE_NODES, counts=False):
+    """{node: label} and the count of unsettled edges; with `counts`, also each label's edge count as the
+    components' edge counts sum to."""
     path = tmp_path / "components.pickle"
 
-    def save(found):
+    def save(found, edge_counts):
+        labels = dict(found)
+        by_label = Counter()
+        for node, count in edge_counts:
+            by_label[labels[node]] += count
         with open(path, "wb") as handle:
-            pickle.dump(dict(found), handle)
+            pickle.dump((labels, dict(by_label)), handle)
 
     pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
     lists = [edges[i:i + 7] for i in range(0, len(edges), 7)]  # as scored batches give them: a list an element
-    _ = (pipeline | beam.Create(lists) | ConnectedComponents(rounds, max_unsettled, bundle_nodes)
-         | beam.combiners.ToList() | beam.Map(save))
+    components = pipeline | beam.Create(lists) | ConnectedComponents(rounds, max_unsettled, bundle_nodes)
+    _ = (components.labels | beam.combiners.ToList()
+         | beam.Map(save, beam.pvalue.AsList(components.edges)))
     result = pipeline.run()
     result.wait_until_finish()
     unsettled = result.metrics().query(MetricsFilter().with_name("components_unsettled_edges"))["counters"]
     with open(path, "rb") as handle:
-        return pickle.load(handle), sum(c.committed for c in unsettled)
+        labels, by_label = pickle.load(handle)
+    if counts:
+        return labels, sum(c.committed for c in unsettled), by_label
+    return labels, sum(c.committed for c in unsettled)
 
 
 _PERMUTATION = random.Random(5).sample(range(3000), 3000)
@@ -135,9 +146,11 @@ def test_distributed_components_equal_graph_search(name, edges, tmp_path):
     # bundle_nodes=2: every edge leaves the bundle as it came, so the rounds and the finish do the work;
     # by default the bundle's edges reach the rounds as stars. With no rounds the finish takes the bundles'
     # stars whole: one edge a node and bundle, no more than the graph's edges.
+    edge_counts = Counter(expected[a] for a, b in edges if a != b)  # each component's edges, as given
     for rounds, bundle_nodes in ((1, 2), (6, 2), (1, BUNDLE_NODES), (0, 2), (0, BUNDLE_NODES)):
-        got, unsettled = _run_components(edges, rounds, tmp_path, bundle_nodes=bundle_nodes)
+        got, unsettled, counted = _run_components(edges, rounds, tmp_path, bundle_nodes=bundle_nodes, counts=True)
         assert got == expected, (name, rounds, bundle_nodes)
+        assert counted == edge_counts, (name, rounds, bundle_nodes)
         if rounds == 0:
             assert 0 < unsettled <= len(edges)
             if bundle_nodes == BUNDLE_NODES:  # one bundle: its stars, one edge a node that is not its root
@@ -157,12 +170,24 @@ def test_bundle_stars_keep_the_components_in_one_edge_per_node():
         stars = _BundleStars(max_nodes)
         stars.setup()
         stars.start_bundle()
-        emitted = [star for i in range(0, len(edges), 5) for star in stars.process(edges[i:i + 5])]
-        flushed = len(emitted)
-        emitted += [windowed.value for windowed in stars.finish_bundle()]
+        given = [star for i in range(0, len(edges), 5) for star in stars.process(edges[i:i + 5])]
+        flushed = len(given)
+        given += [beam.pvalue.TaggedOutput(out.tag, out.value.value) if isinstance(out, beam.pvalue.TaggedOutput)
+                  else out.value for out in stars.finish_bundle()]
+        emitted = [star for star in given if not isinstance(star, beam.pvalue.TaggedOutput)]
+        counted = [out.value for out in given if isinstance(out, beam.pvalue.TaggedOutput)]
         assert (flushed > 0) == (max_nodes == 40)  # a full union-find gives its stars and starts again
         assert all(a > b for a, b in emitted) and len(emitted) <= most_edges
         assert connected_components(emitted) == expected
+        # Edge counts under the smallest node of each bundle component: one a component when nothing was
+        # flushed; summed by component, its edges (self-loops aside).
+        assert {out.tag for out in given if isinstance(out, beam.pvalue.TaggedOutput)} == {"edges"}
+        by_component = Counter()
+        for node, count in counted:
+            by_component[expected[node]] += count
+        assert by_component == Counter(expected[a] for a, b in edges if a != b)
+        if max_nodes == 10**6:
+            assert sorted(node for node, _ in counted) == sorted(set(expected.values()))
 
 
 def test_star_steps():

@@ -43,7 +43,7 @@ def test_rules_as_functions():
         "a": "q~1", "b": "q~~"}
 
 
-def _assign(previous, groups, tmp_path, name="assigned"):
+def _assign(previous, groups, tmp_path, name="assigned", first_run=False):
     """groups: {label: (canonical id, member ids)} -> ({label: (id, since run, inherited)}, lineage)."""
     out = tmp_path / f"{name}.json"
     rows = [(member, label) for label, (_, members) in groups.items() for member in members]
@@ -52,7 +52,7 @@ def _assign(previous, groups, tmp_path, name="assigned"):
             p | "Rows" >> beam.Create(rows),
             p | "Canonical" >> beam.Create([(label, canonical) for label, (canonical, _) in groups.items()]),
             p | "Previous" >> beam.Create([PreviousRow(*row) for row in previous]),
-        ) | AssignGroupIds()
+        ) | AssignGroupIds(first_run)
         ids = result.ids | beam.MapTuple(lambda label, a: ["id", label, list(a)])
         lineage = result.lineage | beam.Map(lambda r: ["lineage", *r])
         ((ids, lineage) | beam.Flatten() | beam.combiners.ToList()
@@ -188,6 +188,13 @@ def test_a_question_that_splits_off_rejoins_and_splits_off_again_gets_an_id_no_o
 def test_first_run_ids_are_canonicalgroup_members(tmp_path):
     ids, lineage = _assign([], {1: (3, [1, 3]), 5: (5, [5])}, tmp_path)
     assert ids == {1: (3, 1, False), 5: (5, 1, False)} and lineage == []
+    # A run known to be the first takes the canonical ids without looking for previous groups: the same ids.
+    rng = random.Random(3)
+    rows = rng.sample(range(-50, 50), 60)
+    groups = {min(g): (rng.choice(sorted(g)), sorted(g)) for g in _next_partition(rng, rows, [{r} for r in rows])}
+    general = _assign([], groups, tmp_path, "general")
+    assert _assign([], groups, tmp_path, "first", first_run=True) == general
+    assert general == ({label: (canonical, 1, False) for label, (canonical, _) in groups.items()}, [])
     assert assign_ids([], {1: (3, [1, 3]), 5: (5, [5])}) == ({1: AssignedId(3, 1, False),
                                                                5: AssignedId(5, 1, False)}, [])
 

@@ -170,29 +170,6 @@ def _verdicts(element, settings: ChainingSettings, last: bool) -> Iterator[tuple
         yield label, found
 
 
-def _label_degree(element) -> Iterator[tuple]:
-    """(node, {label, degree}) -> (label, (node, degree)) for a node of a component (degree 0: no edge)."""
-    node, joined = element
-    label = only(joined["label"])
-    if label is not None:
-        yield label, (node, only(joined["degree"], 0))
-
-
-def _sum_sizes(sizes: Iterable[tuple[int, int]]) -> tuple[int, int]:
-    """(nodes, degrees) summed: a component's node count and twice its edge count."""
-    nodes = degrees = 0
-    for n, d in sizes:
-        nodes, degrees = nodes + n, degrees + d
-    return nodes, degrees
-
-
-def _component_verdict(element, settings: ChainingSettings, last: bool) -> Iterator[tuple]:
-    label, (nodes, degrees) = element
-    found = verdict(nodes, degrees // 2, settings, last)
-    if found:
-        yield label, found
-
-
 def _route_nodes(element, counters: dict, routes: bool = False) -> Iterator:
     """(label, {node, verdict}) -> (node, label) kept, or to "resplit" as (label, node), or to "cut"; with
     `routes`, also (node, (label, verdict)) to "routes" for every node (for its pairs to follow)."""
@@ -237,6 +214,11 @@ def _edge_counts(labelled: list, threshold: float) -> Iterator[tuple]:
     return iter(counts.items())
 
 
+def _component_edges(counted: tuple, label) -> Iterator[tuple]:
+    """(a node, edges counted under it) and the node's component label -> (label, edges)."""
+    yield label, counted[1]
+
+
 def _route_by_end_a(pair, route: Optional[tuple], threshold: float) -> Iterator:
     """A pair and the route of its end a -> the pair `_routed` by a's component: an edge lies inside it; a
     non-edge matters only to a component re-split or cut, and goes to "end_b" to find out whether b is in it
@@ -256,16 +238,6 @@ def _route_by_end_b(element: tuple, route: Optional[tuple], threshold: float) ->
     label, found, pair = element
     if route is not None and route[0] == label:
         yield from _routed(label, found, pair, threshold)
-
-
-def _edge_degrees(batch: list, threshold: float) -> Iterator[tuple]:
-    """A scored batch -> (node, its edges in the batch) for every end of an edge (score >= threshold)."""
-    degrees: dict = {}
-    for pair in batch:
-        if pair.score >= threshold:
-            degrees[pair.id_a] = degrees.get(pair.id_a, 0) + 1
-            degrees[pair.id_b] = degrees.get(pair.id_b, 0) + 1
-    return iter(degrees.items())
 
 
 def _level_edges(pairs: list, thresholds: list) -> list[tuple]:
@@ -380,14 +352,14 @@ class Chained(NamedTuple):
 
 
 class SplitChains(beam.PTransform):
-    """(components as (node, label), every scored pair in scored batches) -> `Chained` (its `scored` and `new`
-    as scored batches too).
+    """(components as (node, label), their edge counts as `cluster.Components.edges` gives them, every scored pair
+    in scored batches) -> `Chained` (its `scored` and `new` as scored batches too).
 
     Args:
         settings: when to re-split, and how much one re-split may gather and score.
         score: `CandidatePair`s with texts -> `Scored` (`ScoreCandidates` in a run, which reuses
             scores an earlier run made).
-        components: lists of edges (a, b) -> (node, component label) (`ConnectedComponents` in a run), for
+        components: lists of edges (a, b) -> `cluster.Components` (`ConnectedComponents` in a run), for
             cutting components larger than `settings.max_gather`.
         texts: (node, its text as `score` takes it) for every node (`TokenizeAhead` in a run).
     """
@@ -402,17 +374,22 @@ class SplitChains(beam.PTransform):
         self._counters = {name: Metrics.counter("qdedup", f"components_{name}") for name in ("cut", "too_large")}
         self._counters["resplit"] = Metrics.counter("qdedup", "components_resplit")
 
+    def _verdicts(self, name: str, nodes, edges, last: bool):
+        """(nodes as (label, node), edge counts as (label, count), several a label) -> (label, verdict) for each
+        component not kept as it is."""
+        return (
+            {"nodes": nodes | f"{name}CountNodes" >> beam.combiners.Count.PerKey(),
+             "edges": edges | f"{name}CountEdges" >> beam.CombinePerKey(sum)}
+            | f"{name}Verdicts" >> JoinByKey(_verdicts, self._settings, last)
+        )
+
     def _judge(self, name: str, nodes, internal, last: bool):
         """(nodes as (label, node), the pairs inside them as lists of (label, pair)) -> kept (node, label) and
         the edge scores of those kept, then the nodes and pairs of pieces to re-split, then those of pieces to
         cut. A pair finds its component's verdict by a look-up: pairs travel in lists, never grouped."""
         settings = self._settings
-        verdicts = (
-            {"nodes": nodes | f"{name}CountNodes" >> beam.combiners.Count.PerKey(),
-             "edges": internal | f"{name}Edges" >> beam.FlatMap(_edge_counts, settings.threshold)
-             | f"{name}CountEdges" >> beam.CombinePerKey(sum)}
-            | f"{name}Verdicts" >> JoinByKey(_verdicts, settings, last)
-        )
+        verdicts = self._verdicts(
+            name, nodes, internal | f"{name}Edges" >> beam.FlatMap(_edge_counts, settings.threshold), last)
         routed = {"node": nodes, "verdict": verdicts} | f"{name}RouteNodes" >> JoinByKey(
             _route_nodes, self._counters, outputs=("resplit", "cut"), main="kept")
         routed_pairs = (internal, verdicts) | f"{name}RoutePairs" >> LookUp(
@@ -420,26 +397,17 @@ class SplitChains(beam.PTransform):
             outputs=("resplit", "cut"), main="kept", items=iter)
         return routed.kept, routed_pairs.kept, routed.resplit, routed_pairs.resplit, routed.cut, routed_pairs.cut
 
-    def _judge_components(self, components, scored, last: bool):
-        """(components as (node, label), scored batches) -> as `_judge`, the pairs of components to cut in
-        lists. A component's verdict comes from its nodes and their degrees, so each pair is joined once, on
-        its first end, and on its second only when it is a non-edge whose first end's component is re-split
-        or cut."""
+    def _judge_components(self, labels, edge_counts, scored, last: bool):
+        """(components as (node, label), their edge counts as `Components.edges` gives them, scored batches) -> as
+        `_judge`, the pairs of components to cut in lists. A component's verdict comes from its nodes and the
+        edge counts of its nodes, so each pair is joined once, on its first end, and on its second only when it
+        is a non-edge whose first end's component is re-split or cut."""
         settings = self._settings
         threshold = settings.threshold
-        degrees = (
-            scored
-            | "WholeEdgeEnds" >> beam.FlatMap(_edge_degrees, threshold)
-            | "WholeDegrees" >> beam.CombinePerKey(sum)
-        )
-        labelled = {"label": components, "degree": degrees} | "WholeNodeDegrees" >> JoinByKey(_label_degree)
-        verdicts = (
-            labelled
-            | "WholeNodeSize" >> beam.MapTuple(lambda label, node_degree: (label, (1, node_degree[1])))
-            | "WholeSizes" >> beam.CombinePerKey(_sum_sizes)
-            | "WholeVerdicts" >> beam.FlatMap(_component_verdict, settings, last)
-        )
-        nodes = labelled | "WholeNodes" >> beam.MapTuple(lambda label, node_degree: (label, node_degree[0]))
+        nodes = labels | "WholeNodes" >> beam.KvSwap()
+        edges = (edge_counts, labels) | "WholeEdgeLabels" >> LookUp(
+            _component_edges, itemgetter(0), shard_keys=settings.join_shard_keys)
+        verdicts = self._verdicts("Whole", nodes, edges, last)
         routed = {"node": nodes, "verdict": verdicts} | "WholeRouteNodes" >> JoinByKey(
             _route_nodes, self._counters, True, outputs=("resplit", "cut", "routes"), main="kept")
         by_a = (scored, routed.routes) | "WholeRouteByA" >> LookUp(
@@ -453,21 +421,18 @@ class SplitChains(beam.PTransform):
                 routed.cut, (by_a.cut, by_b.cut) | "WholeCutPairs" >> beam.Flatten())
 
     def expand(self, inputs):
-        components, scored = inputs
+        labels, edge_counts, scored = inputs
         settings = self._settings
         thresholds = cut_thresholds(settings)
         kept, kept_edges, resplit_nodes, resplit_pairs, cut_nodes, cut_pairs = self._judge_components(
-            components, scored, last=not thresholds)
+            labels, edge_counts, scored, last=not thresholds)
         kept, edges, to_resplit = [kept], [kept_edges], [(resplit_nodes, resplit_pairs)]
         if thresholds:
             # Components too large to gather: their components at every cut level at once (one search over
             # (level, node) graphs), then each node's piece at the lowest level where it fits.
-            pieces = (
-                cut_pairs
-                | "LevelEdges" >> beam.Map(_level_edges, thresholds)
-                | "CutComponents" >> self._components
-                | "ByPiece" >> beam.MapTuple(lambda level_node, piece: (piece, level_node[1]))
-            )
+            levels = (cut_pairs | "LevelEdges" >> beam.Map(_level_edges, thresholds)
+                      | "CutComponents" >> self._components)
+            pieces = levels.labels | "ByPiece" >> beam.MapTuple(lambda level_node, piece: (piece, level_node[1]))
             sized = (
                 {"node": pieces, "size": pieces | "PieceSizes" >> beam.combiners.Count.PerKey()}
                 | "SizedPieces" >> JoinByKey(_sized)

@@ -264,7 +264,8 @@ BUNDLE_NODES = 1_000_000
 
 class _BundleStars(beam.DoFn):
     """Lists of edges -> the same components as stars: (node, smallest node joined to it by this bundle's edges),
-    one edge per node, none for the smallest.
+    one edge per node, none for the smallest; and to "edges" (that smallest node, the bundle's edges joined to
+    it), which summed by component are its edge count.
 
     Connectivity is unchanged, so the rounds that follow give the same labels; they only see fewer edges
     (a bundle's edges between a few nodes become one per node, and a bundle holding a whole component
@@ -279,22 +280,35 @@ class _BundleStars(beam.DoFn):
         self._progress = Progress(_LOG, "components", "edges")
 
     def start_bundle(self):
-        self._found = UnionFind()
+        self._found, self._edges = UnionFind(), {}
 
     def process(self, edges: list):
         self._progress.add(len(edges))
+        counts = self._edges
         for edge in edges:
             self._found.union(*edge)
+            if edge[0] != edge[1]:
+                counts[edge[0]] = counts.get(edge[0], 0) + 1
             if len(self._found) >= self._max_nodes:
                 yield from self._stars()
+                counts = self._edges
 
     def finish_bundle(self):
         for edge in self._stars():
-            yield GlobalWindows.windowed_value(edge)
+            if isinstance(edge, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(edge.tag, GlobalWindows.windowed_value(edge.value))
+            else:
+                yield GlobalWindows.windowed_value(edge)
 
-    def _stars(self) -> Iterator[tuple]:
-        labels, self._found = self._found.labels(), UnionFind()
-        return ((node, root) for node, root in labels.items() if node != root)
+    def _stars(self) -> Iterator:
+        labels, counts = self._found.labels(), self._edges
+        self._found, self._edges = UnionFind(), {}
+        by_root: dict = {}
+        for node, count in counts.items():
+            root = labels[node]
+            by_root[root] = by_root.get(root, 0) + count
+        return itertools.chain(((node, root) for node, root in labels.items() if node != root),
+                               (beam.pvalue.TaggedOutput("edges", counted) for counted in by_root.items()))
 
 
 def _finished(edges, max_unsettled: int):
@@ -308,9 +322,17 @@ def _finished(edges, max_unsettled: int):
     )
 
 
+class Components(NamedTuple):
+    """What `ConnectedComponents` gives: (node, smallest node of its component) for every node with an edge; and
+    (node, edge count) whose counts, summed by their node's component, are the component's edges (one for each
+    component of each bundle's edges: far fewer than nodes where components are large)."""
+
+    labels: beam.PCollection
+    edges: beam.PCollection
+
+
 class ConnectedComponents(beam.PTransform):
-    """Edges (a, b) in lists (a scored batch's edges, one element) -> (node, smallest node of its component) for
-    every node with an edge.
+    """Edges (a, b) in lists (a scored batch's edges, one element) -> `Components`.
 
     No side input and no list of the graph: each bundle's edges first become stars (`_BundleStars`, holding up to
     `bundle_nodes` nodes), then the rounds run; the unsettled remainder is finished on one worker
@@ -326,12 +348,14 @@ class ConnectedComponents(beam.PTransform):
         self._bundle_nodes = bundle_nodes
 
     def expand(self, edges):
-        edges = edges | "BundleStars" >> beam.ParDo(_BundleStars(self._bundle_nodes))
+        bundled = edges | "BundleStars" >> beam.ParDo(_BundleStars(self._bundle_nodes)).with_outputs(
+            "edges", main="stars")
+        edges = bundled.stars
         if not self._rounds:
             # Every edge fits the finishing worker (`rounds_for`), so do the bundles' stars, at most one a node
             # and bundle: the finish labels every node, with no neighbourhoods, star labels or joins between
             # (~5 elements a node fewer; benchmarks/README.md, "twenty-third session").
-            return _finished(edges, self._max_unsettled)
+            return Components(_finished(edges, self._max_unsettled), bundled.edges)
         keyed = False  # the rounds' edges are distinct and keyed ((a, b), None)
         for i in range(self._rounds):
             edges = _distinct(_neighbourhoods(edges, f"Large{i}", keyed)
@@ -345,7 +369,7 @@ class ConnectedComponents(beam.PTransform):
         by_node = {"label": labelled.labels, "finished": finished} | "FinishNodes" >> JoinByKey(
             _finish_node, outputs=("pending",), main="done")
         by_star = {"node": by_node.pending, "finished": finished} | "FinishStars" >> JoinByKey(_finish_star)
-        return (by_node.done, by_star) | "AllLabels" >> beam.Flatten()
+        return Components((by_node.done, by_star) | "AllLabels" >> beam.Flatten(), bundled.edges)
 
 
 def _component_of(element) -> Iterable[tuple[object, Representative]]:
@@ -374,9 +398,9 @@ class ClusterGroups(beam.PTransform):
 
     Args:
         threshold: a pair scoring at least this joins its two questions.
-        components: lists of edges -> (node, component label) (`ConnectedComponents` in a run).
-        split_chains: chaining control, (components, scored batches) -> `Chained`-like: group labels
-            and the edge scores inside each group (`SplitChains` in a run).
+        components: lists of edges -> `Components` (`ConnectedComponents` in a run).
+        split_chains: chaining control, (component labels, their edge counts, scored batches) -> `Chained`-like:
+            group labels and the edge scores inside each group (`SplitChains` in a run).
         assign_ids: (row labels, group canonical ids, previous rows) -> ids and lineage
             (`AssignGroupIds` in a run).
         explain: (edges as (label, `Edge`), groups as (label, (GroupInfo, edge scores)), ids as (label,
@@ -400,7 +424,7 @@ class ClusterGroups(beam.PTransform):
         threshold = self._threshold
         components = (
             scored | "EdgeEnds" >> beam.Map(edge_ends, threshold) | "ConnectedComponents" >> self._components)
-        chained = (components, scored) | "SplitChains" >> self._split_chains
+        chained = (components.labels, components.edges, scored) | "SplitChains" >> self._split_chains
         labels = chained.labels
         edge_scores = chained.edges | "EdgeScores" >> beam.CombinePerKey(EdgeScores())
         reps_by_group = (

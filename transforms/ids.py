@@ -279,10 +279,23 @@ class AssignGroupIds(beam.PTransform):
 
     Returns {"ids": (label, AssignedId), "lineage": LineageRow}, by the rules of `assign_ids`.
     With no previous rows every group is new, its id its canonical member's, in run 1.
+
+    Args:
+        first_run: there are no previous rows (a run with no earlier groups files, known at launch): each group
+            takes its canonical id in run 1 straight away, without the joins on every row that look for
+            previous groups (~2.8 elements a candidate pair fewer; benchmarks/README.md, "twenty-third session").
     """
+
+    def __init__(self, first_run: bool = False):
+        super().__init__()
+        self._first_run = first_run
 
     def expand(self, inputs):
         row_labels, canonical, previous = inputs
+        if self._first_run:
+            ids = canonical | "FirstRunIds" >> beam.MapTuple(
+                lambda label, canonical_id: (label, AssignedId(canonical_id, 1, False)))
+            return AssignedIds(ids, canonical.pipeline | "NoLineage" >> beam.Create([]))
         this_run = beam.pvalue.AsSingleton(
             previous
             | "SinceRuns" >> beam.Map(lambda row: row.group_since_run)
