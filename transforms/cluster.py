@@ -211,10 +211,11 @@ def rounds_for(nodes: int, edges_per_node: int, max_unsettled: int) -> int:
 
 
 def finish_unsettled(element, max_edges: int) -> Iterator[tuple]:
-    """(None, unsettled edges) -> (node, smallest node of its component) by union-find over those edges.
+    """(None, edges) -> (node, smallest node of its component) by union-find over those edges: what the rounds left
+    unsettled, or with no rounds every bundle's stars.
 
-    The only step of the component search that meets on one worker: it holds the unsettled nodes (at
-    most 2 x `max_edges`) and fails, saying what to do, beyond that.
+    The only step of the component search that meets on one worker: it holds their nodes (at most
+    2 x `max_edges`) and fails, saying what to do, beyond that.
     """
     _, edges = element
     count = 0
@@ -233,8 +234,8 @@ def finish_unsettled(element, max_edges: int) -> Iterator[tuple]:
     labels = connected_components(counted())
     beam.metrics.Metrics.counter("qdedup", "components_unsettled_edges").inc(count)
     largest("component_finish_nodes").update(len(labels))
-    _LOG.info("components: %d edges left unsettled by the rounds finished on one worker (%d nodes)",
-              count, len(labels))
+    _LOG.info("components: %d edges (the bundles' stars, or what the rounds left unsettled) finished on one worker "
+              "(%d nodes)", count, len(labels))
     yield from labels.items()
 
 
