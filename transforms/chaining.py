@@ -374,7 +374,7 @@ class SplitChains(beam.PTransform):
         self._counters = {name: Metrics.counter("qdedup", f"components_{name}") for name in ("cut", "too_large")}
         self._counters["resplit"] = Metrics.counter("qdedup", "components_resplit")
 
-    def _verdicts(self, name: str, nodes, edges, last: bool):
+    def _verdicts_of(self, name: str, nodes, edges, last: bool):
         """(nodes as (label, node), edge counts as (label, count), several a label) -> (label, verdict) for each
         component not kept as it is."""
         return (
@@ -388,7 +388,7 @@ class SplitChains(beam.PTransform):
         the edge scores of those kept, then the nodes and pairs of pieces to re-split, then those of pieces to
         cut. A pair finds its component's verdict by a look-up: pairs travel in lists, never grouped."""
         settings = self._settings
-        verdicts = self._verdicts(
+        verdicts = self._verdicts_of(
             name, nodes, internal | f"{name}Edges" >> beam.FlatMap(_edge_counts, settings.threshold), last)
         routed = {"node": nodes, "verdict": verdicts} | f"{name}RouteNodes" >> JoinByKey(
             _route_nodes, self._counters, outputs=("resplit", "cut"), main="kept")
@@ -407,7 +407,7 @@ class SplitChains(beam.PTransform):
         nodes = labels | "WholeNodes" >> beam.KvSwap()
         edges = (edge_counts, labels) | "WholeEdgeLabels" >> LookUp(
             _component_edges, itemgetter(0), shard_keys=settings.join_shard_keys)
-        verdicts = self._verdicts("Whole", nodes, edges, last)
+        verdicts = self._verdicts_of("Whole", nodes, edges, last)
         routed = {"node": nodes, "verdict": verdicts} | "WholeRouteNodes" >> JoinByKey(
             _route_nodes, self._counters, True, outputs=("resplit", "cut", "routes"), main="kept")
         by_a = (scored, routed.routes) | "WholeRouteByA" >> LookUp(
