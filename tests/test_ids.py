@@ -5,6 +5,9 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines.dedup import build_pipeline
+from pipelines.options import QdedupOptions
+from pipelines.preflight import check_run, output_run
 from tests.helpers import (
     RUNNER_ARGS,
     group_members,
@@ -197,6 +200,33 @@ def test_first_run_ids_are_canonicalgroup_members(tmp_path):
     assert general == ({label: (canonical, 1, False) for label, (canonical, _) in groups.items()}, [])
     assert assign_ids([], {1: (3, [1, 3]), 5: (5, [5])}) == ({1: AssignedId(3, 1, False),
                                                                5: AssignedId(5, 1, False)}, [])
+
+
+@pytest.mark.e2e
+def test_only_a_run_with_no_earlier_groups_skips_the_previous_group_joins(corpus, reference_run, tiny_model,
+                                                                          tmp_path):
+    """The assembly takes the first-run path exactly when no earlier groups files are given."""
+    directory, _ = corpus
+    earlier, _ = reference_run
+
+    def steps(name: str, *extra: str) -> set:
+        argv = ["--input", str(directory / "*.parquet"), "--output", str(tmp_path / name),
+                "--scorer-model", tiny_model, *RUNNER_ARGS, *extra]
+        pipeline_options = PipelineOptions(argv)
+        options = pipeline_options.view_as(QdedupOptions)
+        with output_run(options) as out:  # built, never run: nothing is committed
+            launch = check_run(options, pipeline_options)
+            pipeline = beam.Pipeline(options=pipeline_options)
+            build_pipeline(pipeline, options, launch.info.id_type, launch.configuration, out, launch.prior,
+                           launch.previous_groups)
+        return {label for label in pipeline.applied_labels if label.startswith("ClusterGroups/AssignGroupIds/")}
+
+    first = steps("first")
+    later = steps("later", f"--previous-groups={earlier / 'groups'}")
+    assert "ClusterGroups/AssignGroupIds/FirstRunIds" in first
+    assert not any(label.startswith("ClusterGroups/AssignGroupIds/Overlaps") for label in first)
+    assert "ClusterGroups/AssignGroupIds/FirstRunIds" not in later
+    assert any(label.startswith("ClusterGroups/AssignGroupIds/Overlaps") for label in later)
 
 
 @pytest.mark.e2e
