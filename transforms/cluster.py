@@ -120,23 +120,9 @@ class EdgeScores(beam.CombineFn):
 
 
 def _summarize(element, canonical: str) -> Iterable[tuple]:
-    """Per group: its summary, and each representative's tie to it (the members walked twice, never listed)."""
+    """Per group: its summary (the members walked once, never listed)."""
     label, joined = element
-    members = joined["reps"]
-    info = summarize_group(members, canonical)
-    yield label, (info, only(joined["scores"], (None, None)))
-    for rep in members:
-        yield beam.pvalue.TaggedOutput("reps", (rep.id, (label, rep.key, rep.count)))
-
-
-def _label_rows(element) -> Iterable[tuple]:
-    """(representative id, {rep: (label, key, count), members}) -> (label, (row id, key, count, rep id))."""
-    rep_id, joined = element
-    tie = only(joined["rep"])
-    if tie is not None:
-        label, key, count = tie
-        for member in joined["members"]:
-            yield label, (member.id, key, count, rep_id)
+    yield label, (summarize_group(joined["reps"], canonical), only(joined["scores"], (None, None)))
 
 
 def _group_rows(element) -> Iterable[GroupRow]:
@@ -373,11 +359,18 @@ class ConnectedComponents(beam.PTransform):
         return Components((by_node.done, by_star) | "AllLabels" >> beam.Flatten(), bundled.edges)
 
 
-def _component_of(element) -> Iterable[tuple[object, Representative]]:
+def _component_of(element) -> Iterable[tuple]:
+    """(representative id, {rep, component, members}) -> (group label, rep), and to "rows" (group label, (row
+    id, key, count, rep id)) for each of its rows: the rows learn their group in the join that gives it to
+    their representative (a representative with no edge is a group of its own)."""
     rep_id, joined = element
+    rep = only(joined["rep"])
+    if rep is None:
+        return
     component = only(joined["component"], rep_id)
-    for rep in joined["rep"]:
-        yield component, rep
+    yield component, rep
+    for member in joined["members"]:
+        yield beam.pvalue.TaggedOutput("rows", (component, (member.id, rep.key, rep.count, rep_id)))
 
 
 class Clustered(NamedTuple):
@@ -428,27 +421,25 @@ class ClusterGroups(beam.PTransform):
         chained = (components.labels, components.edges, scored) | "SplitChains" >> self._split_chains
         labels = chained.labels
         edge_scores = chained.edges | "EdgeScores" >> beam.CombinePerKey(EdgeScores())
-        reps_by_group = (
-            {"rep": representatives, "component": labels}
-            | "AssignGroup" >> JoinByKey(_component_of, keys={"rep": attrgetter("id")})
+        by_group = (
+            {"rep": representatives, "component": labels, "members": members}
+            | "AssignGroup" >> JoinByKey(_component_of, keys={"rep": attrgetter("id"), "members": attrgetter("rep_id")},
+                                         outputs=("rows",), main="reps")
         )
+        rows = by_group.rows
         summaries = (
-            {"reps": reps_by_group, "scores": edge_scores}
-            | "SummarizeGroup" >> JoinByKey(_summarize, self._canonical, outputs=("reps",), main="groups")
-        )
-        rows = (
-            {"rep": summaries.reps, "members": members}
-            | "LabelRows" >> JoinByKey(_label_rows, keys={"members": attrgetter("rep_id")})
+            {"reps": by_group.reps, "scores": edge_scores}
+            | "SummarizeGroup" >> JoinByKey(_summarize, self._canonical)
         )
         assigned = (
             rows | "RowLabel" >> beam.MapTuple(lambda label, row: (row[0], label)),
-            summaries.groups | "Canonical" >> beam.MapTuple(lambda label, group: (label, group[0].canonical_id)),
+            summaries | "Canonical" >> beam.MapTuple(lambda label, group: (label, group[0].canonical_id)),
             previous,
         ) | "AssignGroupIds" >> self._assign_ids
         group_rows = (
-            {"group": summaries.groups, "id": assigned.ids, "rows": rows}
+            {"group": summaries, "id": assigned.ids, "rows": rows}
             | "GroupRows" >> JoinByKey(_group_rows)
         )
-        explained = (chained.edges, summaries.groups, assigned.ids, rows) | "ExplainGroups" >> self._explain
+        explained = (chained.edges, summaries, assigned.ids, rows) | "ExplainGroups" >> self._explain
         return Clustered(group_rows, chained.scored, chained.new, chained.failed, assigned.lineage, assigned.ids,
                          explained)
