@@ -1,8 +1,10 @@
+import collections
 import itertools
 import pickle
 import random
 
 import apache_beam as beam
+import numpy as np
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -11,13 +13,17 @@ from tests.helpers import RUNNER_ARGS, peak_bytes
 from transforms.chaining import (
     ChainingSettings,
     SplitChains,
+    _choose_piece,
+    _finish_cut,
     average_linkage,
+    cut_pieces,
     cut_thresholds,
     missing_pairs,
     needs_resplit,
     verdict,
 )
 from transforms.cluster import ConnectedComponents, EdgeScores
+from transforms.errors import QdedupError
 from transforms.graphs import connected_components
 from transforms.records import CandidatePair, ScoredPair, pairs_in
 from transforms.score import Scored
@@ -273,6 +279,49 @@ def _random_scores(nodes: int, degree: int, seed: int) -> dict:
     return scores
 
 
+def _pieces_as_the_search_chooses(scores: dict, thresholds: list, max_gather: int) -> dict:
+    """{node: piece} by the distributed cut's rule: the components of every level's (level, node) graph, then
+    `_choose_piece` for each node."""
+    found = connected_components(((level, a), (level, b)) for (a, b), score in scores.items()
+                                 for level, cut_at in enumerate(thresholds, 1) if score >= cut_at)
+    sizes = collections.Counter(found.values())
+    pieces = {}
+    for (level, node), root in found.items():
+        pieces.setdefault(node, []).append((level, root[1], sizes[root]))
+    chosen = {}
+    for node, its in pieces.items():
+        for piece, each in _choose_piece((node, {"label": ["c"], "piece": its}), max_gather, len(thresholds)):
+            chosen[each] = piece
+    return chosen
+
+
+@pytest.mark.parametrize("steps", [1, 3, 6])
+@pytest.mark.parametrize("max_gather", [1, 4, 25, 400, 10**6])
+@pytest.mark.parametrize("as_text", [False, True])
+def test_pieces_on_one_worker_equal_the_distributed_cut(steps, max_gather, as_text):
+    """Random graphs with tied scores, some below the first cut level: every node with an edge at the first
+    level gets the piece the component search and `_choose_piece` give it (text ids sort otherwise)."""
+    thresholds = cut_thresholds(ChainingSettings(threshold=0.5, cut_steps=steps))
+    name = (lambda n: f"q{n}") if as_text else (lambda n: n)
+    for seed in range(3):
+        scores = {(name(a), name(b)): score for (a, b), score in _random_scores(400, 2 + seed, seed).items()}
+        expected = _pieces_as_the_search_chooses(scores, thresholds, max_gather)
+        ends_a, ends_b, values = (np.array(column, dtype=object if as_text and i < 2 else None)
+                                  for i, column in enumerate(zip(*((a, b, s) for (a, b), s in scores.items()))))
+        nodes, pieces = cut_pieces(ends_a, ends_b, values.astype(float), thresholds, max_gather)
+        assert dict(zip(nodes, pieces)) == expected
+        assert len(nodes) == len(expected) and len(set(pieces)) > (1 if max_gather < 400 else 0)
+        assert all(type(node) is type(name(0)) for node in nodes + pieces)
+
+
+def test_the_one_worker_cut_holds_at_most_its_bound():
+    arrays = (np.array([1, 2, 3]), np.array([2, 3, 4]), np.array([0.9, 0.95, 0.99]))
+    thresholds = [0.75, 0.875]
+    assert dict(_finish_cut((None, [arrays, arrays]), thresholds, 10, max_edges=6)) == {n: 1 for n in (1, 2, 3, 4)}
+    with pytest.raises(QdedupError, match="--component-rounds"):
+        list(_finish_cut((None, [arrays, arrays]), thresholds, 10, max_edges=5))
+
+
 @pytest.mark.parametrize("budget", [1, 50, 5000])
 def test_bounded_missing_pairs_equal_the_unbounded_ones(budget):
     scores = _random_scores(300, 6, budget)
@@ -342,10 +391,11 @@ def _reference_labels(scores: dict, settings: ChainingSettings, model) -> dict:
 
 
 @pytest.mark.slow
-def test_a_10k_node_component_is_cut_then_re_split_as_on_one_machine(tmp_path):
+@pytest.mark.parametrize("one_worker", [0, 10**6])
+def test_a_10k_node_component_is_cut_then_re_split_as_on_one_machine(tmp_path, one_worker):
     size = 10
     scores = _chained_groups(1000, size)
-    settings = ChainingSettings(threshold=0.5, max_gather=1000, pair_budget=20)
+    settings = ChainingSettings(threshold=0.5, max_gather=1000, pair_budget=20, cut_on_one_worker=one_worker)
     model = _model_by_group(size)
     expected = _reference_labels(scores, settings, model)
     # The reference itself: the 0.6 links are cut, no group spans two true groups, dense groups stay whole
@@ -360,18 +410,20 @@ def test_a_10k_node_component_is_cut_then_re_split_as_on_one_machine(tmp_path):
     assert counters["components_resplit"] == 100  # the path-shaped groups
 
 
-def test_a_piece_still_too_large_after_the_last_cut_is_kept_whole_and_counted(tmp_path):
+@pytest.mark.parametrize("one_worker", [0, 10**6])
+def test_a_piece_still_too_large_after_the_last_cut_is_kept_whole_and_counted(tmp_path, one_worker):
     """30 questions all scoring 0.999 together, 10 more chained to them at 0.6; a worker may gather 10."""
     core = {pair: 0.999 for pair in itertools.combinations(range(30), 2)}
     tail = {(i, i + 1): 0.6 for i in range(29, 39)}
     scores = {**core, **tail}
-    settings = ChainingSettings(threshold=0.5, max_size=20, max_gather=10, cut_steps=2)
+    settings = ChainingSettings(threshold=0.5, max_size=20, max_gather=10, cut_steps=2, cut_on_one_worker=one_worker)
     labels, counters = _split_chains(scores, 40, settings, _DictScorer(), tmp_path)
     assert labels == {**{n: 0 for n in range(30)}, **{n: n for n in range(30, 40)}}  # the tail falls off alone
     assert counters["components_cut"] == 1 and counters["components_too_large"] == 1
 
 
-def test_a_node_too_crowded_at_its_highest_edge_level_stands_alone_above_it(tmp_path):
+@pytest.mark.parametrize("one_worker", [0, 10**6])
+def test_a_node_too_crowded_at_its_highest_edge_level_stands_alone_above_it(tmp_path, one_worker):
     """12 questions all scoring 0.8 together and 10 more scoring 0.9 together, chained at 0.6; a worker may
     gather 10, and more than 5 are re-split. At 0.75 the twelve still make one piece too large; at 0.875
     they have no edge left and each is a piece of its own, while the ten, which fit at 0.75, stay one
@@ -379,7 +431,7 @@ def test_a_node_too_crowded_at_its_highest_edge_level_stands_alone_above_it(tmp_
     loose = {pair: 0.8 for pair in itertools.combinations(range(12), 2)}
     tight = {pair: 0.9 for pair in itertools.combinations(range(12, 22), 2)}
     scores = {**loose, **tight, (11, 12): 0.6}
-    settings = ChainingSettings(threshold=0.5, max_size=5, max_gather=10, cut_steps=2)
+    settings = ChainingSettings(threshold=0.5, max_size=5, max_gather=10, cut_steps=2, cut_on_one_worker=one_worker)
     expected = _reference_labels(scores, settings, _model_by_group(100))
     assert expected == {**{n: n for n in range(12)}, **{n: 12 for n in range(12, 22)}}
     labels, counters = _split_chains(scores, 22, settings, _DictScorer(), tmp_path)

@@ -117,6 +117,19 @@ def test_sizes_that_follow_the_input_are_fitted_at_launch():
         assert chosen.component_rounds == rounds
 
 
+def test_the_cut_runs_on_one_worker_exactly_when_the_components_do():
+    """No component rounds (the whole graph fits the finishing worker): chaining control's cut finds its pieces
+    there too, within the same bound; with rounds it runs as the distributed component search."""
+    from pipelines.options import chaining_settings
+    from pipelines.preflight import fit_sizes_to_input
+    for rows, flags, one_worker in ((1_000_000, [], 20_000_000), (10_000_000, [], 0),
+                                    (1_000_000, ["--component-rounds=3"], 0),
+                                    (1_000_000, ["--max-unsettled-edges=50000000"], 50_000_000)):
+        options = _parsed(flags)
+        fit_sizes_to_input(options, rows)
+        assert chaining_settings(options).cut_on_one_worker == one_worker, (rows, flags)
+
+
 def test_local_worker_processes_divide_the_cores_between_their_models(monkeypatch):
     import os
 

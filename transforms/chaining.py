@@ -15,7 +15,10 @@ Only components that are re-split meet on one worker, and only up to
 `max_gather` representatives: a larger one is first cut in a distributed way,
 its connected components recomputed over its edges at rising thresholds
 (`cut_thresholds`) until the pieces fit; a piece still too large after the last
-step keeps its components at that step, is not re-split, and is counted.
+step keeps its components at that step, is not re-split, and is counted. Where
+the whole graph fits one worker (a run with no component rounds), the pieces of
+every level are found there at once instead (`cut_pieces`), from the pairs
+scoring at least the first cut threshold.
 
 Only this run's blocking pairs decide which components are re-split and which
 pairs their re-split asks for; a pair an earlier run scored is reused only when
@@ -25,18 +28,24 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import logging
 import math
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 from typing import Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.metrics import Metrics
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
+from transforms.errors import QdedupError
 from transforms.joins import JoinByKey, LookUp, only, pairs_within
 from transforms.metrics import largest
 from transforms.records import CandidatePair, Edge, pairs_in
 
+_LOG = logging.getLogger(__name__)
 RESPLIT = "resplit"  # the `source` of pairs that chaining control scored
 
 
@@ -52,6 +61,7 @@ class ChainingSettings:
     max_gather: int = 5000       # representatives a re-split may gather on one worker; larger components are cut
     cut_steps: int = 6           # rising edge thresholds a too-large component is cut at
     join_shard_keys: int = 50_000  # nodes whose label one shard of a look-up join holds (`joins.LookUp`)
+    cut_on_one_worker: int = 0   # > 0: cut pieces found on one worker from at most this many edges (`cut_pieces`)
 
 
 def cut_thresholds(settings: ChainingSettings) -> list[float]:
@@ -75,6 +85,48 @@ def verdict(nodes: int, edges: int, settings: ChainingSettings, last: bool) -> O
     if nodes <= settings.max_gather:
         return "resplit"
     return "too_large" if last else "cut"
+
+
+def cut_pieces(ends_a: np.ndarray, ends_b: np.ndarray, scores: np.ndarray, thresholds: Sequence[float],
+               max_gather: int) -> tuple[list, list]:
+    """The pairs of components being cut -> each node's piece, as the distributed cut chooses it (`_choose_piece`).
+
+    A node's piece is its component at the lowest level (the edges scoring at least that level's threshold)
+    that has at most `max_gather` nodes; where none has, the last level's if the node has an edge there,
+    else the node alone (a piece above its highest edge). Levels nest, so a node still unplaced at a level
+    has all its edges there to unplaced nodes: each level searches only theirs, in C (scipy).
+
+    Args:
+        ends_a, ends_b, scores: the pairs, as arrays (ids of one type).
+        thresholds: the cut levels' thresholds, rising (`cut_thresholds`).
+        max_gather: most nodes a piece may have.
+
+    Returns:
+        The nodes with an edge at the first level, and each one's piece, named by its smallest node.
+    """
+    first = scores >= thresholds[0]
+    nodes, index = np.unique(np.concatenate([ends_a[first], ends_b[first]]), return_inverse=True)
+    count, found = len(nodes), int(first.sum())
+    if not count:
+        return [], []
+    ends_a, ends_b, scores = index[:found], index[found:], scores[first]
+    piece, last = np.arange(count), np.arange(count)  # a node is a piece of its own until placed
+    unplaced = np.ones(count, dtype=bool)
+    for threshold in thresholds:
+        at = (scores >= threshold) & unplaced[ends_a]
+        a, b = ends_a[at], ends_b[at]
+        edged = np.zeros(count, dtype=bool)
+        edged[a] = edged[b] = True
+        graph = coo_matrix((np.ones(len(a), dtype=np.int32), (a, b)), shape=(count, count))
+        _, labels = connected_components(graph, directed=False)
+        _, smallest = np.unique(labels, return_index=True)  # nodes sorted: a component's first is its smallest
+        root, size = smallest[labels], np.bincount(labels)[labels]
+        fits = unplaced & edged & (size <= max_gather)
+        crowded = unplaced & edged & ~fits
+        piece[fits], last[crowded] = root[fits], root[crowded]
+        unplaced = crowded  # the rest are placed: in a piece that fits, or alone above their highest edge
+    piece[unplaced] = last[unplaced]  # too large even at the last level: that level's component, kept whole
+    return nodes.tolist(), nodes[piece].tolist()
 
 
 def missing_pairs(scores: Mapping[tuple, float], threshold: float, budget: int, fanout: int) -> list[tuple]:
@@ -282,6 +334,52 @@ def _choose_piece(element, max_gather: int, levels: int) -> Iterator[tuple]:
         yield pieces[-1][1], node
 
 
+def _id_array(ids: Sequence) -> np.ndarray:
+    """Ids as an array: int64 where they are integers, else Python objects (not text of a fixed width)."""
+    found = np.asarray(ids)
+    return found if found.dtype.kind in "iu" else np.asarray(ids, dtype=object)
+
+
+def _cut_arrays(pairs: list, first: float) -> Iterator[tuple]:
+    """A list of pairs of components being cut -> (ends a, ends b, scores) of those scoring at least the first
+    cut threshold, as arrays: a list stays one element all the way to the one worker that cuts."""
+    kept = [(p.id_a, p.id_b, p.score) for p in pairs if p.score >= first]
+    if kept:
+        ends_a, ends_b, scores = zip(*kept)
+        yield _id_array(ends_a), _id_array(ends_b), np.asarray(scores, dtype=np.float64)
+
+
+def _finish_cut(element, thresholds: list, max_gather: int, max_edges: int) -> Iterator[tuple]:
+    """(None, every list's arrays) -> (node, its piece) by `cut_pieces`, on one worker: it holds at most
+    `max_edges` pairs, and fails beyond, saying what to do."""
+    _, lists = element
+    held, count = [], 0
+    for arrays in lists:
+        count += len(arrays[0])
+        if count > max_edges:
+            raise QdedupError(
+                f"chaining control: the components to cut have more than {max_edges:,} pairs scoring at least "
+                f"{thresholds[0]}, more than the one worker that cuts them may hold; set --component-rounds above 0 "
+                f"(the cut then runs as a distributed component search) or raise --max-unsettled-edges")
+        held.append(arrays)
+    if not held:
+        return
+    ends_a, ends_b, scores = (np.concatenate(column) for column in zip(*held))
+    largest("cut_finish_edges").update(count)
+    nodes, pieces = cut_pieces(ends_a, ends_b, scores, thresholds, max_gather)
+    _LOG.info("chaining control: %d pairs of the components to cut placed %d nodes in %d pieces on one worker",
+              count, len(nodes), len(set(pieces)))
+    yield from zip(nodes, pieces)
+
+
+def _take_piece(element) -> Iterator[tuple]:
+    """(node, {label, piece}) -> (its piece, node) for a node of a component being cut: a piece of its own where it
+    has no edge at the first cut level."""
+    node, joined = element
+    if only(joined["label"]) is not None:
+        yield only(joined["piece"], node), node
+
+
 def _node_text(element) -> Iterator[tuple]:
     """(node, {label, text}) -> (label, (node, text)) for a node of a component to re-split."""
     node, joined = element
@@ -360,7 +458,7 @@ class SplitChains(beam.PTransform):
         score: `CandidatePair`s with texts -> `Scored` (`ScoreCandidates` in a run, which reuses
             scores an earlier run made).
         components: lists of edges (a, b) -> `cluster.Components` (`ConnectedComponents` in a run), for
-            cutting components larger than `settings.max_gather`.
+            cutting components larger than `settings.max_gather` (unless `settings.cut_on_one_worker`).
         texts: (node, its text as `score` takes it) for every node (`TokenizeAhead` in a run).
     """
 
@@ -420,6 +518,30 @@ class SplitChains(beam.PTransform):
                 routed.resplit, (by_a.resplit, by_b.resplit) | "WholeResplitPairs" >> beam.Flatten(),
                 routed.cut, (by_a.cut, by_b.cut) | "WholeCutPairs" >> beam.Flatten())
 
+    def _pieces(self, cut_nodes, cut_pairs, thresholds: list):
+        """Components too large to gather, as (node, label) and lists of their pairs -> (piece, node): their
+        components at every cut level at once, each node in its piece at the lowest level where it fits. On one
+        worker where the whole graph fits one (`ChainingSettings.cut_on_one_worker`), else by the component
+        search over (level, node) graphs."""
+        settings = self._settings
+        if settings.cut_on_one_worker:
+            pieces = (cut_pairs
+                      | "CutArrays" >> beam.FlatMap(_cut_arrays, thresholds[0])
+                      | "OneKey" >> beam.Map(lambda arrays: (None, arrays))
+                      | "GatherCut" >> beam.GroupByKey()
+                      | "CutPieces" >> beam.FlatMap(_finish_cut, thresholds, settings.max_gather,
+                                                    settings.cut_on_one_worker))
+            return {"label": cut_nodes, "piece": pieces} | "ChoosePiece" >> JoinByKey(_take_piece)
+        levels = (cut_pairs | "LevelEdges" >> beam.Map(_level_edges, thresholds)
+                  | "CutComponents" >> self._components)
+        pieces = levels.labels | "ByPiece" >> beam.MapTuple(lambda level_node, piece: (piece, level_node[1]))
+        sized = (
+            {"node": pieces, "size": pieces | "PieceSizes" >> beam.combiners.Count.PerKey()}
+            | "SizedPieces" >> JoinByKey(_sized)
+        )
+        return ({"label": cut_nodes, "piece": sized}
+                | "ChoosePiece" >> JoinByKey(_choose_piece, settings.max_gather, len(thresholds)))
+
     def expand(self, inputs):
         labels, edge_counts, scored = inputs
         settings = self._settings
@@ -428,19 +550,7 @@ class SplitChains(beam.PTransform):
             labels, edge_counts, scored, last=not thresholds)
         kept, edges, to_resplit = [kept], [kept_edges], [(resplit_nodes, resplit_pairs)]
         if thresholds:
-            # Components too large to gather: their components at every cut level at once (one search over
-            # (level, node) graphs), then each node's piece at the lowest level where it fits.
-            levels = (cut_pairs | "LevelEdges" >> beam.Map(_level_edges, thresholds)
-                      | "CutComponents" >> self._components)
-            pieces = levels.labels | "ByPiece" >> beam.MapTuple(lambda level_node, piece: (piece, level_node[1]))
-            sized = (
-                {"node": pieces, "size": pieces | "PieceSizes" >> beam.combiners.Count.PerKey()}
-                | "SizedPieces" >> JoinByKey(_sized)
-            )
-            chosen = (
-                {"label": cut_nodes, "piece": sized}
-                | "ChoosePiece" >> JoinByKey(_choose_piece, settings.max_gather, len(thresholds))
-            )
+            chosen = self._pieces(cut_nodes, cut_pairs, thresholds)
             labels = chosen | "NodePiece" >> beam.KvSwap()
             piece_kept, piece_edges, piece_nodes, piece_pairs, _, _ = self._judge(
                 "Piece", chosen, pairs_within(cut_pairs, labels, "PiecePairs", settings.join_shard_keys), last=True)
