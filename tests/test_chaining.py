@@ -15,6 +15,8 @@ from transforms.chaining import (
     SplitChains,
     _choose_piece,
     _finish_cut,
+    _piece_end_a,
+    _piece_end_b,
     average_linkage,
     cut_pieces,
     cut_thresholds,
@@ -280,19 +282,20 @@ def _random_scores(nodes: int, degree: int, seed: int) -> dict:
 
 
 def _pieces_as_the_search_chooses(scores: dict, thresholds: list, max_gather: int) -> dict:
-    """{node: piece} by the distributed cut's rule: the components of every level's (level, node) graph, then
-    `_choose_piece` for each node."""
+    """{node: (piece, threshold of its level)} by the distributed cut's rule: the components of every level's
+    (level, node) graph, then `_choose_piece` for each node."""
     found = connected_components(((level, a), (level, b)) for (a, b), score in scores.items()
                                  for level, cut_at in enumerate(thresholds, 1) if score >= cut_at)
     sizes = collections.Counter(found.values())
     pieces = {}
     for (level, node), root in found.items():
         pieces.setdefault(node, []).append((level, root[1], sizes[root]))
-    chosen = {}
+    routes = {}
     for node, its in pieces.items():
-        for piece, each in _choose_piece((node, {"label": ["c"], "piece": its}), max_gather, len(thresholds)):
-            chosen[each] = piece
-    return chosen
+        outputs = list(_choose_piece((node, {"label": ["c"], "piece": its}), max_gather, thresholds))
+        assert outputs[0] == (outputs[1].value[1][0], node) and outputs[1].tag == "route"
+        routes[node] = outputs[1].value[1]
+    return routes
 
 
 @pytest.mark.parametrize("steps", [1, 3, 6])
@@ -300,7 +303,9 @@ def _pieces_as_the_search_chooses(scores: dict, thresholds: list, max_gather: in
 @pytest.mark.parametrize("as_text", [False, True])
 def test_pieces_on_one_worker_equal_the_distributed_cut(steps, max_gather, as_text):
     """Random graphs with tied scores, some below the first cut level: every node with an edge at the first
-    level gets the piece the component search and `_choose_piece` give it (text ids sort otherwise)."""
+    level gets the piece (and level) the component search and `_choose_piece` give it (text ids sort
+    otherwise); and a pair is found inside a piece, by its end a's route alone or by b's too, exactly when its
+    two ends share a piece."""
     thresholds = cut_thresholds(ChainingSettings(threshold=0.5, cut_steps=steps))
     name = (lambda n: f"q{n}") if as_text else (lambda n: n)
     for seed in range(3):
@@ -308,16 +313,32 @@ def test_pieces_on_one_worker_equal_the_distributed_cut(steps, max_gather, as_te
         expected = _pieces_as_the_search_chooses(scores, thresholds, max_gather)
         ends_a, ends_b, values = (np.array(column, dtype=object if as_text and i < 2 else None)
                                   for i, column in enumerate(zip(*((a, b, s) for (a, b), s in scores.items()))))
-        nodes, pieces = cut_pieces(ends_a, ends_b, values.astype(float), thresholds, max_gather)
-        assert dict(zip(nodes, pieces)) == expected
-        assert len(nodes) == len(expected) and len(set(pieces)) > (1 if max_gather < 400 else 0)
+        nodes, pieces, levels = cut_pieces(ends_a, ends_b, values.astype(float), thresholds, max_gather)
+        routes = {node: (piece, thresholds[level - 1] if level else None)
+                  for node, piece, level in zip(nodes, pieces, levels)}
+        assert routes == expected
+        assert len(set(pieces)) > (1 if max_gather < 400 else 0)
         assert all(type(node) is type(name(0)) for node in nodes + pieces)
+
+        routes.update({n: (n, None) for pair in scores for n in pair if n not in routes})  # alone below the first
+        inside, asked_b = set(), 0
+        for (a, b), score in scores.items():
+            pair = ScoredPair(a, b, score, None, "lexical")
+            for found in _piece_end_a(pair, routes[a]):
+                if getattr(found, "tag", None) == "end_b":
+                    asked_b += 1
+                    found = next(iter(_piece_end_b(found.value, routes[b])), None)
+                if found is not None:
+                    inside.add((a, b))
+                    assert found == (routes[a][0], pair)
+        assert inside == {(a, b) for a, b in scores if routes[a][0] == routes[b][0]}
+        assert asked_b < len(scores)
 
 
 def test_the_one_worker_cut_holds_at_most_its_bound():
     arrays = (np.array([1, 2, 3]), np.array([2, 3, 4]), np.array([0.9, 0.95, 0.99]))
     thresholds = [0.75, 0.875]
-    assert dict(_finish_cut((None, [arrays, arrays]), thresholds, 10, max_edges=6)) == {n: 1 for n in (1, 2, 3, 4)}
+    assert dict(_finish_cut((None, [arrays, arrays]), thresholds, 10, max_edges=6)) == {n: (1, 1) for n in (1, 2, 3, 4)}
     with pytest.raises(QdedupError, match="--component-rounds"):
         list(_finish_cut((None, [arrays, arrays]), thresholds, 10, max_edges=5))
 

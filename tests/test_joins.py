@@ -9,8 +9,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from tests.helpers import RUNNER_ARGS
-from transforms.joins import DealIntoShards, JoinByKey, Joined, LookUp, _LookUpShard, dealt, only, pairs_within
-from transforms.records import ScoredPair
+from transforms.joins import DealIntoShards, JoinByKey, Joined, LookUp, _LookUpShard, dealt, only
 
 
 def _summary(element):
@@ -48,21 +47,6 @@ def test_a_one_value_side_with_two_values_is_an_error_not_a_choice():
     assert list(joined["right"]) == ["x"] and list(joined) == ["left", "right"]
     with pytest.raises(ValueError, match="at most one"):
         only(joined["left"])
-
-
-def test_pairs_within_keeps_the_pairs_whose_ends_share_a_label():
-    pairs = [ScoredPair(1, 2, 0.9, 0.5, "lexical"), ScoredPair(2, 3, 0.2, 0.5, "lexical"),
-             ScoredPair(3, 4, 0.1, 0.5, "lexical"), ScoredPair(4, 9, 0.1, 0.5, "lexical")]
-    labels = [(1, 1), (2, 1), (3, 1), (4, 4)]  # 9 has no label: its pair is dropped
-    expected = [(1, pairs[0]), (1, pairs[1])]
-    with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
-        scored = pipeline | "Pairs" >> beam.Create([pairs[:3], pairs[3:]])  # in lists, as chaining control has them
-        labelled = pipeline | "Labels" >> beam.Create(labels)
-        for shard_keys in (1, 2):  # one shard, and several
-            within = pairs_within(scored, labelled, f"Plain{shard_keys}", shard_keys)
-            assert_that(within | f"Flat{shard_keys}" >> beam.FlatMap(iter), equal_to(expected),
-                        label=f"CheckPlain{shard_keys}")
-            assert_that(within, _lists_of(1000), label=f"CheckLists{shard_keys}")
 
 
 def _routed(element, value, offset):

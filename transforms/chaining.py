@@ -41,7 +41,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from transforms.errors import QdedupError
-from transforms.joins import JoinByKey, LookUp, only, pairs_within
+from transforms.joins import JoinByKey, LookUp, only
 from transforms.metrics import largest
 from transforms.records import CandidatePair, Edge, pairs_in
 
@@ -102,17 +102,19 @@ def cut_pieces(ends_a: np.ndarray, ends_b: np.ndarray, scores: np.ndarray, thres
         max_gather: most nodes a piece may have.
 
     Returns:
-        The nodes with an edge at the first level, and each one's piece, named by its smallest node.
+        The nodes with an edge at the first level, each one's piece, named by its smallest node, and the
+        piece's level (1 for the first threshold; 0 for a node alone).
     """
     first = scores >= thresholds[0]
     nodes, index = np.unique(np.concatenate([ends_a[first], ends_b[first]]), return_inverse=True)
     count, found = len(nodes), int(first.sum())
     if not count:
-        return [], []
+        return [], [], []
     ends_a, ends_b, scores = index[:found], index[found:], scores[first]
     piece, last = np.arange(count), np.arange(count)  # a node is a piece of its own until placed
+    level = np.zeros(count, dtype=np.int64)
     unplaced = np.ones(count, dtype=bool)
-    for threshold in thresholds:
+    for at_level, threshold in enumerate(thresholds, 1):
         at = (scores >= threshold) & unplaced[ends_a]
         a, b = ends_a[at], ends_b[at]
         edged = np.zeros(count, dtype=bool)
@@ -123,10 +125,10 @@ def cut_pieces(ends_a: np.ndarray, ends_b: np.ndarray, scores: np.ndarray, thres
         root, size = smallest[labels], np.bincount(labels)[labels]
         fits = unplaced & edged & (size <= max_gather)
         crowded = unplaced & edged & ~fits
-        piece[fits], last[crowded] = root[fits], root[crowded]
+        piece[fits], last[crowded], level[fits] = root[fits], root[crowded], at_level
         unplaced = crowded  # the rest are placed: in a piece that fits, or alone above their highest edge
-    piece[unplaced] = last[unplaced]  # too large even at the last level: that level's component, kept whole
-    return nodes.tolist(), nodes[piece].tolist()
+    piece[unplaced], level[unplaced] = last[unplaced], len(thresholds)  # too large at the last level: kept whole
+    return nodes.tolist(), nodes[piece].tolist(), level.tolist()
 
 
 def missing_pairs(scores: Mapping[tuple, float], threshold: float, budget: int, fanout: int) -> list[tuple]:
@@ -313,8 +315,15 @@ def _sized(element) -> Iterator[tuple]:
         yield node, (level, root, size)
 
 
-def _choose_piece(element, max_gather: int, levels: int) -> Iterator[tuple]:
-    """(node, {label, piece: its pieces at the levels where it has an edge}) -> (piece root, node).
+def _placed(node, piece, level: int, thresholds: list) -> Iterator:
+    """A node of a component being cut in its piece (at `level`, 1 for the first threshold, 0 alone) -> (piece,
+    node), and to "route" (node, (piece, the threshold of the piece's level, None alone)) for its pairs."""
+    yield piece, node
+    yield beam.pvalue.TaggedOutput("route", (node, (piece, thresholds[level - 1] if level else None)))
+
+
+def _choose_piece(element, max_gather: int, thresholds: list) -> Iterator:
+    """(node, {label, piece: its pieces at the levels where it has an edge}) -> the node `_placed` in its piece.
 
     Levels nest (an edge at one level is an edge at every lower one), so a node has an edge at levels 1 to
     `top` and is a piece of its own, which fits, above `top`. Its piece is the one at the lowest level that
@@ -327,11 +336,11 @@ def _choose_piece(element, max_gather: int, levels: int) -> Iterator[tuple]:
     pieces = sorted(joined["piece"])  # one per level: bounded by --resplit-cut-steps
     fits = next((piece for piece in pieces if piece[2] <= max_gather), None)
     if fits is not None:
-        yield fits[1], node
-    elif len(pieces) < levels:
-        yield node, node
+        yield from _placed(node, fits[1], fits[0], thresholds)
+    elif len(pieces) < len(thresholds):
+        yield from _placed(node, node, 0, thresholds)
     else:
-        yield pieces[-1][1], node
+        yield from _placed(node, pieces[-1][1], pieces[-1][0], thresholds)
 
 
 def _id_array(ids: Sequence) -> np.ndarray:
@@ -366,18 +375,38 @@ def _finish_cut(element, thresholds: list, max_gather: int, max_edges: int) -> I
         return
     ends_a, ends_b, scores = (np.concatenate(column) for column in zip(*held))
     largest("cut_finish_edges").update(count)
-    nodes, pieces = cut_pieces(ends_a, ends_b, scores, thresholds, max_gather)
+    nodes, pieces, levels = cut_pieces(ends_a, ends_b, scores, thresholds, max_gather)
     _LOG.info("chaining control: %d pairs of the components to cut placed %d nodes in %d pieces on one worker",
               count, len(nodes), len(set(pieces)))
-    yield from zip(nodes, pieces)
+    yield from zip(nodes, zip(pieces, levels))
 
 
-def _take_piece(element) -> Iterator[tuple]:
-    """(node, {label, piece}) -> (its piece, node) for a node of a component being cut: a piece of its own where it
-    has no edge at the first cut level."""
+def _take_piece(element, thresholds: list) -> Iterator:
+    """(node, {label, piece: (piece, level)}) -> the node `_placed` in its piece, for a node of a component being
+    cut: a piece of its own where it has no edge at the first cut level."""
     node, joined = element
     if only(joined["label"]) is not None:
-        yield only(joined["piece"], node), node
+        yield from _placed(node, *only(joined["piece"], (node, 0)), thresholds)
+
+
+def _piece_end_a(pair, route: Optional[tuple]) -> Iterator:
+    """A pair of a component being cut and its end a's route (`_placed`) -> (piece, pair) where b is in a's piece
+    for sure: joined to a at the piece's level (levels nest, so b's lowest level that fits is a's); to "end_b"
+    where only b's piece can tell; nothing where a is a piece of its own."""
+    if route is None or route[1] is None:
+        return
+    piece, cut_at = route
+    if pair.score >= cut_at:
+        yield piece, pair
+    else:
+        yield beam.pvalue.TaggedOutput("end_b", (piece, pair))
+
+
+def _piece_end_b(element: tuple, route: Optional[tuple]) -> Iterator:
+    """(a's piece, pair) and its end b's route -> (piece, pair) if b is in the same piece."""
+    piece, pair = element
+    if route is not None and route[0] == piece:
+        yield piece, pair
 
 
 def _node_text(element) -> Iterator[tuple]:
@@ -519,8 +548,9 @@ class SplitChains(beam.PTransform):
                 routed.cut, (by_a.cut, by_b.cut) | "WholeCutPairs" >> beam.Flatten())
 
     def _pieces(self, cut_nodes, cut_pairs, thresholds: list):
-        """Components too large to gather, as (node, label) and lists of their pairs -> (piece, node): their
-        components at every cut level at once, each node in its piece at the lowest level where it fits. On one
+        """Components too large to gather, as (node, label) and lists of their pairs -> (piece, node) and each
+        node's route (`_placed`): their components at every cut level at once, each node in its piece at the
+        lowest level where it fits. On one
         worker where the whole graph fits one (`ChainingSettings.cut_on_one_worker`), else by the component
         search over (level, node) graphs."""
         settings = self._settings
@@ -531,7 +561,8 @@ class SplitChains(beam.PTransform):
                       | "GatherCut" >> beam.GroupByKey()
                       | "CutPieces" >> beam.FlatMap(_finish_cut, thresholds, settings.max_gather,
                                                     settings.cut_on_one_worker))
-            return {"label": cut_nodes, "piece": pieces} | "ChoosePiece" >> JoinByKey(_take_piece)
+            return {"label": cut_nodes, "piece": pieces} | "ChoosePiece" >> JoinByKey(
+                _take_piece, thresholds, outputs=("route",), main="chosen")
         levels = (cut_pairs | "LevelEdges" >> beam.Map(_level_edges, thresholds)
                   | "CutComponents" >> self._components)
         pieces = levels.labels | "ByPiece" >> beam.MapTuple(lambda level_node, piece: (piece, level_node[1]))
@@ -540,7 +571,8 @@ class SplitChains(beam.PTransform):
             | "SizedPieces" >> JoinByKey(_sized)
         )
         return ({"label": cut_nodes, "piece": sized}
-                | "ChoosePiece" >> JoinByKey(_choose_piece, settings.max_gather, len(thresholds)))
+                | "ChoosePiece" >> JoinByKey(_choose_piece, settings.max_gather, thresholds, outputs=("route",),
+                                             main="chosen"))
 
     def expand(self, inputs):
         labels, edge_counts, scored = inputs
@@ -550,10 +582,15 @@ class SplitChains(beam.PTransform):
             labels, edge_counts, scored, last=not thresholds)
         kept, edges, to_resplit = [kept], [kept_edges], [(resplit_nodes, resplit_pairs)]
         if thresholds:
-            chosen = self._pieces(cut_nodes, cut_pairs, thresholds)
-            labels = chosen | "NodePiece" >> beam.KvSwap()
+            placed = self._pieces(cut_nodes, cut_pairs, thresholds)
+            shard_keys = settings.join_shard_keys
+            by_a = (cut_pairs, placed.route) | "PiecePairsJoinA" >> LookUp(
+                _piece_end_a, attrgetter("id_a"), shard_keys=shard_keys, outputs=("end_b",), main="inside",
+                items=iter, lists=("inside", "end_b"))
+            by_b = (by_a.end_b, placed.route) | "PiecePairsJoinB" >> LookUp(
+                _piece_end_b, lambda element: element[1].id_b, shard_keys=shard_keys, items=iter, lists=("main",))
             piece_kept, piece_edges, piece_nodes, piece_pairs, _, _ = self._judge(
-                "Piece", chosen, pairs_within(cut_pairs, labels, "PiecePairs", settings.join_shard_keys), last=True)
+                "Piece", placed.chosen, (by_a.inside, by_b) | "PiecePairs" >> beam.Flatten(), last=True)
             kept.append(piece_kept)
             edges.append(piece_edges)
             to_resplit.append((piece_nodes, piece_pairs))

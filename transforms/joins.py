@@ -13,7 +13,7 @@ import itertools
 import math
 import pickle
 import zlib
-from operator import attrgetter, itemgetter
+from operator import itemgetter
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import apache_beam as beam
@@ -257,23 +257,3 @@ class LookUp(beam.PTransform):
         if self._outputs:
             call = call.with_outputs(*self._outputs, main=self._main)
         return dealt | "Flatten" >> beam.Flatten() | "Group" >> beam.GroupByKey() | "LookUp" >> call
-
-
-def _label_end_a(pair, label) -> Iterable[tuple]:
-    if label is not None:
-        yield label, pair
-
-
-def _same_label(element, label) -> Iterable[tuple]:
-    label_a, pair = element
-    if label_a == label:
-        yield label, pair
-
-
-def pairs_within(pairs, labels, name: str, shard_keys: int):
-    """Lists of (label, pair) for every scored pair whose two ends carry the same label; pairs outside are
-    dropped. `pairs`: lists of scored pairs; `labels`: (node, label); `shard_keys`: as `LookUp`'s."""
-    by_a = (pairs, labels) | f"{name}JoinA" >> LookUp(_label_end_a, attrgetter("id_a"), shard_keys=shard_keys,
-                                                      items=iter, lists=("main",))
-    return (by_a, labels) | f"{name}JoinB" >> LookUp(
-        _same_label, lambda element: element[1].id_b, shard_keys=shard_keys, items=iter, lists=("main",))
