@@ -20,7 +20,7 @@ setup(
         "faiss-cpu>=1.8",
         "numpy>=1.24",
         "pyyaml>=6",
-        "scipy>=1.10",  # evaluate --sheet: Korn-Graubard intervals (beta and t quantiles)
+        "scipy>=1.10",  # sparse lexical search, the one-worker cut's component search, evaluate --sheet's intervals
     ],
     extras_require={
         # --precision int8 on CPU workers: OpenVINO runs the model, NNCF quantizes it (benchmarks/README.md)

@@ -61,7 +61,7 @@ class ChainingSettings:
     max_gather: int = 5000       # representatives a re-split may gather on one worker; larger components are cut
     cut_steps: int = 6           # rising edge thresholds a too-large component is cut at
     join_shard_keys: int = 50_000  # nodes whose label one shard of a look-up join holds (`joins.LookUp`)
-    cut_on_one_worker: int = 0   # > 0: cut pieces found on one worker from at most this many edges (`cut_pieces`)
+    cut_on_one_worker: int = 0   # > 0: cut pieces found on one worker from at most this many pairs (`cut_pieces`)
 
 
 def cut_thresholds(settings: ChainingSettings) -> list[float]:
@@ -88,7 +88,7 @@ def verdict(nodes: int, edges: int, settings: ChainingSettings, last: bool) -> O
 
 
 def cut_pieces(ends_a: np.ndarray, ends_b: np.ndarray, scores: np.ndarray, thresholds: Sequence[float],
-               max_gather: int) -> tuple[list, list]:
+               max_gather: int) -> tuple[list, list, list]:
     """The pairs of components being cut -> each node's piece, as the distributed cut chooses it (`_choose_piece`).
 
     A node's piece is its component at the lowest level (the edges scoring at least that level's threshold)
@@ -359,8 +359,8 @@ def _cut_arrays(pairs: list, first: float) -> Iterator[tuple]:
 
 
 def _finish_cut(element, thresholds: list, max_gather: int, max_edges: int) -> Iterator[tuple]:
-    """(None, every list's arrays) -> (node, its piece) by `cut_pieces`, on one worker: it holds at most
-    `max_edges` pairs, and fails beyond, saying what to do."""
+    """(None, every list's arrays) -> (node, (its piece, the piece's level)) by `cut_pieces`, on one worker: it
+    holds at most `max_edges` pairs, and fails beyond, saying what to do."""
     _, lists = element
     held, count = [], 0
     for arrays in lists:
@@ -550,9 +550,8 @@ class SplitChains(beam.PTransform):
     def _pieces(self, cut_nodes, cut_pairs, thresholds: list):
         """Components too large to gather, as (node, label) and lists of their pairs -> (piece, node) and each
         node's route (`_placed`): their components at every cut level at once, each node in its piece at the
-        lowest level where it fits. On one
-        worker where the whole graph fits one (`ChainingSettings.cut_on_one_worker`), else by the component
-        search over (level, node) graphs."""
+        lowest level where it fits. On one worker where the whole graph fits one (`ChainingSettings.
+        cut_on_one_worker`), else by the component search over (level, node) graphs."""
         settings = self._settings
         if settings.cut_on_one_worker:
             pieces = (cut_pairs
