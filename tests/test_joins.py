@@ -9,7 +9,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from tests.helpers import RUNNER_ARGS
-from transforms.joins import DealIntoShards, JoinByKey, Joined, LookUp, _LookUpShard, dealt, only
+from transforms.joins import DealIntoShards, JoinByKey, Joined, LookUp, _LookUpShard, dealt, only, shard_of
 
 
 def _summary(element):
@@ -132,6 +132,7 @@ def test_a_bundle_gives_its_lists_when_full_and_what_it_holds_at_its_end():
     dealt = sorted(element for _, (tag, held) in given + at_end for element in held)
     assert dealt == list(range(30)) and {tag for _, (tag, _) in given + at_end} == {1}
     assert {shard for shard, _ in given + at_end} == {0, 1, 2}
+    assert all(shard == shard_of(element, 3, 1) for shard, (_, held) in given + at_end for element in held)
 
 
 def test_what_an_element_makes_is_dealt_item_by_item_and_read_back_whole():

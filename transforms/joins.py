@@ -66,9 +66,14 @@ def only(values: Iterable, default: Any = None) -> Any:
 _NOTHING = object()
 
 
+def shard_count(count: int, shard_size: int) -> int:
+    """How many shards `count` keys take at about `shard_size` a shard."""
+    return max(1, math.ceil(count / shard_size))
+
+
 def shard_of(key: object, count: int, shard_size: int) -> int:
-    """Which of ceil(count / shard_size) shards a key goes to: by a hash stable across processes and runs."""
-    return zlib.crc32(repr(key).encode("utf-8")) % max(1, math.ceil(count / shard_size))
+    """Which of `shard_count(count, shard_size)` shards a key goes to: by a hash stable across processes and runs."""
+    return zlib.crc32(repr(key).encode("utf-8")) % shard_count(count, shard_size)
 
 
 class _Call(beam.DoFn):
@@ -142,16 +147,17 @@ class DealIntoShards(beam.DoFn):
         self._lists, self._held = {}, 0
 
     def process(self, element, keys: int):
+        shards, key, batch, crc32 = shard_count(keys, self._shard_keys), self._key, self._batch, zlib.crc32
         for item in (element,) if self._items is None else self._items(element):
-            shard = shard_of(self._key(item), keys, self._shard_keys)
+            shard = crc32(repr(key(item)).encode("utf-8")) % shards  # `shard_of`, its count worked out once
             held = self._lists.setdefault(shard, [])
             held.append(item)
             self._held += 1
-            if len(held) >= self._batch:
+            if len(held) >= batch:
                 del self._lists[shard]
                 self._held -= len(held)
                 yield shard, (self._tag, pickle.dumps(held, pickle.HIGHEST_PROTOCOL))
-            elif self._held >= 8 * self._batch:
+            elif self._held >= 8 * batch:
                 yield from self._give()
 
     def finish_bundle(self):
