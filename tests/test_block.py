@@ -16,6 +16,7 @@ from transforms.block import (
     DistinctCandidates,
     OnePair,
     UnionCandidates,
+    _TopNeighbours,
     best_neighbours,
     block_count,
     enters,
@@ -441,3 +442,27 @@ def test_an_extension_updates_stored_neighbours_to_exactly_what_a_full_search_fi
     assert ext_lists == full_lists
     assert ext_pairs == full_pairs
     assert any(old_lists[i] != full_lists[i] for i in old)  # newcomers did enter stored lists
+
+
+@pytest.mark.parametrize("as_text", [False, True])
+def test_a_questions_k_nearest_over_its_work_items_are_the_k_best_best_first(as_text):
+    """Found lists from several work items (a neighbour found in more than one, its text in some): the combiner
+    keeps the k best by (similarity, then the lower id), best first, each with a text wherever one came."""
+    import random
+    rng = random.Random(5)
+    name = (lambda n: f"q{n:03d}") if as_text else (lambda n: n)
+    combine = _TopNeighbours(4)
+    for _ in range(300):
+        sims = {name(n): rng.choice([0.3, 0.5, 0.7, 0.9]) for n in range(12)}  # a pair's similarity is exact
+        lists = [[(sims[n], n, rng.choice([None, f"t{n}"])) for n in rng.sample(sorted(sims), rng.randint(0, 6))]
+                 for _ in range(rng.randint(1, 4))]
+        accumulators = [combine.add_input(combine.create_accumulator(), ("text", found)) for found in lists[:2]]
+        for found in lists[2:]:
+            accumulators[0] = combine.add_input(accumulators[0], ("text", found))
+        _, best = combine.extract_output(combine.merge_accumulators(accumulators))
+        seen = {n for found in lists for _, n, _ in found}
+        expected = sorted(seen, key=lambda n: (-sims[n], n))[:4]
+        assert list(best) == expected
+        for n in expected:
+            texts = {t for found in lists for _, m, t in found if m == n and t is not None}
+            assert best[n][0] == sims[n] and (best[n][1] in texts if texts else best[n][1] is None)

@@ -568,9 +568,10 @@ def _search(queries: list, index: list, settings: BlockingSettings) -> dict:
 def _keep_best(best: dict, found: Iterable[tuple], k: int) -> dict:
     """{neighbour id: (sim, text)} with `found` (sim, id, text) entries added, cut to the k best."""
     for sim, nid, ntext in found:
-        if nid not in best or sim > best[nid][0] or (ntext is not None and best[nid][1] is None):
-            best[nid] = (sim, ntext if ntext is not None else best.get(nid, (None, None))[1])
-    keep = sorted(((sim, nid) for nid, (sim, _) in best.items()), key=rank)[:k]
+        held = best.get(nid)
+        if held is None or sim > held[0] or (ntext is not None and held[1] is None):
+            best[nid] = (sim, ntext if ntext is not None or held is None else held[1])
+    keep = sorted([(-sim, nid) for nid, (sim, _) in best.items()])[:k]  # `rank`'s order, with no call an entry
     return {nid: best[nid] for _, nid in keep}
 
 
