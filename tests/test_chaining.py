@@ -9,7 +9,7 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from tests.helpers import RUNNER_ARGS, peak_bytes
+from tests.helpers import MULTI_PROCESSING, RUNNER_ARGS, peak_bytes
 from transforms.chaining import (
     ChainingSettings,
     SplitChains,
@@ -156,12 +156,12 @@ def _edge_counts_at(scores: dict, threshold: float, nodes) -> list[tuple]:
     return [(pair[0], 1) for pair in edges[1:]] + ([(min(nodes), 1)] if edges else [])
 
 
-def _split_chains(scores: dict, nodes: int, settings: ChainingSettings, scorer, tmp_path):
+def _split_chains(scores: dict, nodes: int, settings: ChainingSettings, scorer, tmp_path, runner_args=()):
     """SplitChains over one component of nodes 0..nodes-1 with these scored pairs: (labels, qdedup counters).
 
     Also checks the edge scores it gives per group against those of its labels over every scored pair."""
     out = tmp_path / "labels.pickle"
-    pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
+    pipeline = beam.Pipeline(options=PipelineOptions([*RUNNER_ARGS, *runner_args]))
     components = pipeline | "C" >> beam.Create([(n, 0) for n in range(nodes)])
     edges = pipeline | "EdgeCounts" >> beam.Create(_edge_counts_at(scores, settings.threshold, range(nodes)))
     scored = pipeline | "S" >> beam.Create(_in_batches([ScoredPair(a, b, s, 0.5, "lexical")
@@ -443,8 +443,9 @@ def test_a_piece_still_too_large_after_the_last_cut_is_kept_whole_and_counted(tm
     assert counters["components_cut"] == 1 and counters["components_too_large"] == 1
 
 
-@pytest.mark.parametrize("one_worker", [0, 10**6])
-def test_a_node_too_crowded_at_its_highest_edge_level_stands_alone_above_it(tmp_path, one_worker):
+@pytest.mark.parametrize("one_worker, runner_args", [
+    (0, ()), (10**6, ()), pytest.param(10**6, MULTI_PROCESSING, marks=pytest.mark.slow)])
+def test_a_node_too_crowded_at_its_highest_edge_level_stands_alone_above_it(tmp_path, one_worker, runner_args):
     """12 questions all scoring 0.8 together and 10 more scoring 0.9 together, chained at 0.6; a worker may
     gather 10, and more than 5 are re-split. At 0.75 the twelve still make one piece too large; at 0.875
     they have no edge left and each is a piece of its own, while the ten, which fit at 0.75, stay one
@@ -455,6 +456,6 @@ def test_a_node_too_crowded_at_its_highest_edge_level_stands_alone_above_it(tmp_
     settings = ChainingSettings(threshold=0.5, max_size=5, max_gather=10, cut_steps=2, cut_on_one_worker=one_worker)
     expected = _reference_labels(scores, settings, _model_by_group(100))
     assert expected == {**{n: n for n in range(12)}, **{n: 12 for n in range(12, 22)}}
-    labels, counters = _split_chains(scores, 22, settings, _DictScorer(), tmp_path)
+    labels, counters = _split_chains(scores, 22, settings, _DictScorer(), tmp_path, runner_args)  # pickled too
     assert labels == expected
     assert counters["components_cut"] == 1 and counters.get("components_too_large", 0) == 0
