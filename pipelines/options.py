@@ -54,9 +54,10 @@ class QdedupOptions(PipelineOptions):
         add("--component-rounds", "--component_rounds", dest="component_rounds", type=int, default=None,
             help="large-star/small-star rounds before unsettled components are finished by union-find; "
                  "default: from the input's row count at launch: none when rows x --top-k x embedders is within "
-                 "--max-unsettled-edges, else ceil(log2 rows) + 2")
+                 "--max-unsettled-edges (chaining control's cut then runs on one worker too), else ceil(log2 rows) + 2")
         add("--max-unsettled-edges", "--max_unsettled_edges", dest="max_unsettled_edges", type=int,
-            default=20_000_000, help="most edges left unsettled after the rounds that one worker finishes; "
+            default=20_000_000, help="most edges left unsettled after the rounds that one worker finishes (with "
+                                    "no rounds, also the most pairs chaining control's cut takes on one worker); "
                                     "more fails the run, asking for more --component-rounds")
         add("--resplit-size", "--resplit_size", dest="resplit_size", type=int, default=_CHAINING.max_size,
             help="chaining control: a component with more distinct questions is re-split")
