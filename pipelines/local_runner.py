@@ -10,8 +10,9 @@ its workers itself, gets none of them.
 - Finished stages let go a second after their stage (`release_finished_stages_here`).
 - The launcher's settings reach the worker processes (`pass_settings_to_local_processes`).
 - Fewer malloc arenas in a multi-process run's processes (`cap_malloc_arenas`).
-- A worker process that ends during the run is remembered, so that the run's error can say why
-  (`watch_local_workers`, `ended_workers_hint`).
+- A worker process that ends during the run fails the run instead of leaving it waiting for that worker's
+  answer, and is remembered, so that the run's error can say why (`watch_local_workers`,
+  `ended_workers_hint`).
 """
 from __future__ import annotations
 
@@ -255,17 +256,48 @@ def _run_worker(self: local_job_service.SubprocessSdkWorker) -> None:
         raise
 
 
+# Beam's own, which `watch_local_workers` wraps; what a connection whose worker is lost holds, under this name.
+_BEAM_READ_ANSWERS = worker_handlers.ControlConnection._read
+_BEAM_PUSH_REQUEST = worker_handlers.ControlConnection.push
+_LOST = "_qdedup_lost"
+
+
+def _read_answers(self: worker_handlers.ControlConnection) -> None:
+    """Beam's `ControlConnection._read`, which reads a worker's answers until its connection ends. When the
+    connection breaks instead (the worker process died), each request still unanswered fails: Beam leaves
+    it waiting forever, and the run with it, when the worker died after sending a bundle's outputs or
+    before it was given the bundle (a killed worker hung one run in four, tried)."""
+    try:
+        _BEAM_READ_ANSWERS(self)
+    except Exception as error:  # noqa: BLE001 - what broke the connection is said in the failure
+        lost = RuntimeError(f"the connection to a worker process broke before it answered: {error!r}")
+        setattr(self, _LOST, lost)  # before the unanswered are failed: a request pushed meanwhile is caught
+        for future in list(self._futures_by_id.values()):
+            future.abort(lost)
+
+
+def _push_request(self: worker_handlers.ControlConnection, request: Any) -> Any:
+    """Beam's `ControlConnection.push`; a request to a worker whose connection broke fails at once."""
+    future = _BEAM_PUSH_REQUEST(self, request)
+    lost = getattr(self, _LOST, None)
+    if future is not None and lost is not None:
+        future.abort(lost)
+    return future
+
+
 def watch_local_workers(pipeline_options: PipelineOptions) -> None:
-    """Remembers why a worker process of a local multi-process run ended during the run, for
-    `ended_workers_hint`. Beam's runner then fails the run with its lost connection's words alone ("Channel
-    closed prematurely."), and says why the process ended only in a thread's traceback in the log; a
-    worker killed for memory, the likely end of an over-large local run, looks like any other failure.
-    The runner joins its worker threads before it raises (`close_all` in `run_stages`' finally), so what
-    they raised is here by then; a run that fails in a stage ends its workers with exit code 0 (none
-    remembered, tried)."""
+    """A local multi-process run fails when one of its worker processes ends during the run
+    (`_read_answers`), and remembers why it ended, for `ended_workers_hint`. Beam's runner fails the run
+    with its lost connection's words alone ("Channel closed prematurely."), and says why the process ended
+    only in a thread's traceback in the log; a worker killed for memory, the likely end of an over-large
+    local run, looks like any other failure. The runner joins its worker threads before it raises
+    (`close_all` in `run_stages`' finally), so what they raised is here by then; a run that fails in a
+    stage ends its workers with exit code 0 (none remembered, tried)."""
     _ended.clear()
     if local_processes(pipeline_options):
         local_job_service.SubprocessSdkWorker.run = _run_worker
+        worker_handlers.ControlConnection._read = _read_answers
+        worker_handlers.ControlConnection.push = _push_request
 
 
 def ended_workers_hint() -> Optional[str]:

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import apache_beam as beam
@@ -318,14 +319,21 @@ def test_a_users_malloc_arena_max_is_kept(monkeypatch):
     assert os.environ["MALLOC_ARENA_MAX"] == "4"
 
 
-def test_a_worker_process_that_ends_is_remembered_only_in_a_multi_process_run(monkeypatch):
-    beams = local_runner._BEAM_RUN_WORKER
-    monkeypatch.setattr(local_job_service.SubprocessSdkWorker, "run", beams)
+def test_a_worker_process_that_ends_is_watched_only_in_a_multi_process_run(monkeypatch):
+    beams = local_runner._BEAM_RUN_WORKER, local_runner._BEAM_READ_ANSWERS, local_runner._BEAM_PUSH_REQUEST
+    monkeypatch.setattr(local_job_service.SubprocessSdkWorker, "run", beams[0])
+    monkeypatch.setattr(worker_handlers.ControlConnection, "_read", beams[1])
+    monkeypatch.setattr(worker_handlers.ControlConnection, "push", beams[2])
+
+    def watching():
+        return (local_job_service.SubprocessSdkWorker.run, worker_handlers.ControlConnection._read,
+                worker_handlers.ControlConnection.push)
+
     local_runner.watch_local_workers(PipelineOptions(["--runner=DataflowRunner", *MULTI_PROCESSING]))
     local_runner.watch_local_workers(PipelineOptions(RUNNER_ARGS))
-    assert local_job_service.SubprocessSdkWorker.run is beams
+    assert watching() == beams
     local_runner.watch_local_workers(PipelineOptions([*RUNNER_ARGS, *MULTI_PROCESSING]))
-    assert local_job_service.SubprocessSdkWorker.run is local_runner._run_worker
+    assert watching() == (local_runner._run_worker, local_runner._read_answers, local_runner._push_request)
 
 
 @pytest.mark.parametrize("said, hint", [
@@ -340,6 +348,42 @@ def test_the_hint_says_what_ended_a_worker_process_and_what_to_do(monkeypatch, s
     assert hint in found and "--direct_num_workers" in found and "configs/local-one-process.yaml" in found
     local_runner.watch_local_workers(PipelineOptions(RUNNER_ARGS))  # a new run forgets the last one's
     assert local_runner.ended_workers_hint() is None
+
+
+def _answers(*answers: beam_fn_api_pb2.InstructionResponse, broken: threading.Event | None = None):
+    """A worker's answers on its control connection: these, then the end, or, once `broken` is set, what
+    gRPC's request iterator raises when the worker process is gone."""
+    yield from answers
+    if broken is not None:
+        broken.wait(10)
+        raise RuntimeError("Socket closed")
+
+
+def test_a_broken_worker_connection_fails_its_unanswered_requests_and_later_ones(monkeypatch):
+    """Beam waits forever on a request that a dead worker never answers: a killed worker hung the run."""
+    for name in ("_read", "push"):
+        monkeypatch.setattr(worker_handlers.ControlConnection, name, getattr(worker_handlers.ControlConnection, name))
+    monkeypatch.setattr(local_job_service.SubprocessSdkWorker, "run", local_job_service.SubprocessSdkWorker.run)
+    local_runner.watch_local_workers(PipelineOptions([*RUNNER_ARGS, *MULTI_PROCESSING]))
+
+    ended = worker_handlers.ControlConnection()  # a connection that ends as it should: its answers stand
+    asked = ended.push(beam_fn_api_pb2.InstructionRequest(instruction_id="a"))
+    ended.set_input(_answers(beam_fn_api_pb2.InstructionResponse(instruction_id="a")))
+    ended._read_thread.join(10)
+    assert asked.get(timeout=10).instruction_id == "a"
+
+    broken = threading.Event()
+    lost = worker_handlers.ControlConnection()
+    answered = lost.push(beam_fn_api_pb2.InstructionRequest(instruction_id="c"))
+    unanswered = lost.push(beam_fn_api_pb2.InstructionRequest(instruction_id="d"))
+    lost.set_input(_answers(beam_fn_api_pb2.InstructionResponse(instruction_id="c"), broken=broken))
+    assert answered.get(timeout=10).instruction_id == "c"
+    broken.set()
+    with pytest.raises(RuntimeError, match="broke before it answered: RuntimeError.'Socket closed'"):
+        unanswered.get(timeout=10)
+    lost._read_thread.join(10)
+    with pytest.raises(RuntimeError, match="broke before it answered"):
+        lost.push(beam_fn_api_pb2.InstructionRequest(instruction_id="e")).get(timeout=0.1)
 
 
 def _worker_processes(root: int) -> list[int]:
