@@ -19,6 +19,7 @@ from transforms.block import (
     _TopNeighbours,
     best_neighbours,
     block_count,
+    by_dimension,
     enters,
     exact_similarities,
     knn_lists,
@@ -258,11 +259,27 @@ def test_partition_and_block_counts():
 
 
 def test_nearest_partitions():
-    centroids = np.eye(4, dtype=np.float32)
+    centroids = by_dimension(np.eye(4, dtype=np.float32))
     vector = np.array([0.1, 0.9, 0.5, 0.0], dtype=np.float32)
     assert nearest_partitions(vector, centroids, 2) == [1, 2]
     assert nearest_partitions(vector, centroids, 9) == [0, 1, 2, 3]
     assert nearest_partitions(vector, None, 2) == [0]
+    assert nearest_partitions(vector, by_dimension(np.ones((1, 4), dtype=np.float32)), 2) == [0]
+    tied = np.array([0.5, 0.0, 0.5, 0.5], dtype=np.float32)
+    assert nearest_partitions(tied, centroids, 2) == [0, 2]  # of equal products, the lower partitions
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_nearest_partitions_of_sparse_and_dense_vectors_are_the_largest_products(seed):
+    rng = np.random.default_rng(seed)
+    centroids = rng.standard_normal((200, 64)).astype(np.float32)
+    for _ in range(50):
+        indices = np.sort(rng.choice(64, 12, replace=False)).astype(np.int32)
+        sparse = SparseVector(indices, rng.standard_normal(12).astype(np.float32), 64)
+        dense = to_dense(sparse)
+        expected = sorted(np.argsort(-(centroids.astype(np.float64) @ dense))[:3].tolist())
+        assert nearest_partitions(sparse, by_dimension(centroids), 3) == expected
+        assert nearest_partitions(dense, by_dimension(centroids), 3) == expected
 
 
 def _items(vectors, ids=None):
@@ -427,8 +444,9 @@ def test_an_extension_updates_stored_neighbours_to_exactly_what_a_full_search_fi
     centroids = GivenCentroids(train_centroids(vectors[old], 4, 0))
     sub = None
     if second_level:
-        sub = [(p, train_centroids(vectors[[i for i in old if p in nearest_partitions(vectors[i], centroids[0], 2)]],
-                                   5, 0)) for p in range(4)]
+        first = by_dimension(centroids[0])
+        sub = [(p, train_centroids(vectors[[i for i in old if p in nearest_partitions(vectors[i], first, 2)]], 5, 0))
+               for p in range(4)]
     settings = BlockingSettings(top_k=6, min_similarity=0.2, partitions=4, probes=2, max_block=500)
     for name in ("full", "old", "extension"):
         (tmp_path / name).mkdir()

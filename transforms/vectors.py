@@ -24,13 +24,6 @@ def to_dense(vector) -> np.ndarray:
     return vector
 
 
-def dot_rows(matrix: np.ndarray, vector) -> np.ndarray:
-    """matrix @ vector for a dense or sparse vector."""
-    if isinstance(vector, SparseVector):
-        return matrix[:, vector.indices] @ vector.values
-    return matrix @ vector
-
-
 def unit(vector: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(vector)
     return (vector / norm if norm > 0 else vector).astype(np.float32)
