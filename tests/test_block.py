@@ -472,8 +472,8 @@ def test_a_questions_k_nearest_over_its_work_items_are_the_k_best_best_first(as_
     combine = _TopNeighbours(4)
     for _ in range(300):
         sims = {name(n): rng.choice([0.3, 0.5, 0.7, 0.9]) for n in range(12)}  # a pair's similarity is exact
-        lists = [[(sims[n], n, rng.choice([None, f"t{n}"])) for n in rng.sample(sorted(sims), rng.randint(0, 6))]
-                 for _ in range(rng.randint(1, 4))]
+        lists = [[(sims[n], n, rng.choice([None, f"t{n}"])) for n in rng.sample(sorted(sims), rng.randint(0, 12))]
+                 for _ in range(rng.randint(1, 6))]  # at times more than 8 x k entries: cut on the way
         accumulators = [combine.add_input(combine.create_accumulator(), ("text", found)) for found in lists[:2]]
         for found in lists[2:]:
             accumulators[0] = combine.add_input(accumulators[0], ("text", found))

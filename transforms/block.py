@@ -589,28 +589,37 @@ def _keep_best(best: dict, found: Iterable[tuple], k: int) -> dict:
 
 
 class _TopNeighbours(beam.CombineFn):
-    """Per question: its text and its best k neighbours over all work items."""
+    """Per question: its text and its best k neighbours over all work items. The found lists are gathered,
+    and cut to the k best (`_keep_best`) once, at the end, or whenever more than `8 x k` entries are held:
+    a question is found in a few work items (one a probe), so most are cut once instead of at each step."""
 
     def __init__(self, k: int):
         self._k = k
 
     def create_accumulator(self):
-        return None, {}
+        return None, []
+
+    def _held(self, entries: list, more: Iterable[tuple]) -> list:
+        entries.extend(more)
+        if len(entries) > 8 * self._k:
+            return [(sim, nid, ntext) for nid, (sim, ntext) in _keep_best({}, entries, self._k).items()]
+        return entries
 
     def add_input(self, accumulator, found):
-        _, best = accumulator
+        _, entries = accumulator
         query_text, neighbours = found
-        return query_text, _keep_best(best, neighbours, self._k)
+        return query_text, self._held(entries, neighbours)
 
     def merge_accumulators(self, accumulators):
-        text, best = None, {}
+        text, entries = None, []
         for other_text, other in accumulators:
             text = text or other_text
-            best = _keep_best(best, ((sim, nid, ntext) for nid, (sim, ntext) in other.items()), self._k)
-        return text, best
+            entries = self._held(entries, other)
+        return text, entries
 
     def extract_output(self, accumulator):
-        return accumulator
+        text, entries = accumulator
+        return text, _keep_best({}, entries, self._k)
 
 
 def _update_stored(element, k: int) -> Iterable[tuple]:
