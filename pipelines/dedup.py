@@ -70,6 +70,7 @@ class Candidates(NamedTuple):
     stored: Optional[Stored]   # what ReadPrior read, with a prior run
     failed: list               # RejectedRow PCollections of questions no vector was made for
     embedded: list             # PCollections of the representatives each embedder embedded
+    tokenized: Optional[beam.PCollection] = None  # (id, text as the scorer takes it): `tokenized_texts`
 
 
 def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns: Columns,
@@ -96,7 +97,7 @@ def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns
         | "NormalizeAndCollapse" >> NormalizeAndCollapse(columns, extend)
     representatives = collapsed.representatives
     settings = blocking_settings(options)
-    found, embedders, failed, embedded_reps = {}, {}, [], []
+    found, embedders, failed, embedded_reps, tokenized = {}, {}, [], [], None
     for kind, model in parse_embedders(options.embedders):
         label = kind.title()
         to_embed, known = representatives, None
@@ -130,11 +131,24 @@ def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns
         else:
             all_vectors = vectors
             blocked = carried | f"Block{label}" >> BlockCandidates(settings)
+        if scorer is not None and not prior and len(kinds) == 1:
+            tokenized = carried | f"{label}TokenizedTexts" >> beam.Map(lambda item: (item.rep.id, item.rep.text))
         found[kind] = blocked.found
         embedders[kind] = EmbedderOutputs(
             all_vectors | f"{label}ById" >> beam.MapTuple(lambda rep, vector: (rep.id, (rep.key, vector))),
             blocked.neighbours, embedded.params, blocked.centroids, blocked.sub_centroids)
-    return Candidates(read, collapsed, found, embedders, stored, failed, embedded_reps)
+    return Candidates(read, collapsed, found, embedders, stored, failed, embedded_reps, tokenized)
+
+
+def tokenized_texts(generated: Candidates, scorer: ModelSettings) -> beam.PCollection:
+    """(id, text as `scorer` takes it) for every question chaining control may re-split: a node of a component
+    is an end of a scored pair, so a question blocking searched. With no prior run and one embedder those
+    are the texts its items carried into blocking, tokenized already (`Candidates.tokenized`); otherwise
+    every representative's, tokenized here (a prior run's stored questions, several embedders' questions)."""
+    if generated.tokenized is not None:
+        return generated.tokenized
+    return (generated.collapsed.representatives | "RepresentativeText" >> beam.Map(lambda rep: (rep.id, rep.text))
+            | "TextsAhead" >> TokenizeAhead(scorer))
 
 
 def _tokenized_ahead(items, scorer: ModelSettings, label: str):
@@ -157,8 +171,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
     read, collapsed = generated.read, generated.collapsed
     representatives, members = collapsed.representatives, collapsed.members
     known_scores = generated.stored.pairs if prior else None
-    texts = (representatives | "RepresentativeText" >> beam.Map(lambda rep: (rep.id, rep.text))
-             | "TextsAhead" >> TokenizeAhead(scorer))
+    texts = tokenized_texts(generated, scorer)
     if prior:
         candidates = generated.found | "DistinctCandidates" >> DistinctCandidates()
         scoring = candidates | "ScoreCandidates" >> ScoreCandidates(scorer, known_scores, texts)

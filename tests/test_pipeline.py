@@ -342,6 +342,28 @@ def test_chaining_control_resplits_sparse_components(reference_run):
     assert split_apart and all(components[p["id_a"]] == components[p["id_b"]] for p in split_apart)
 
 
+def test_chaining_control_takes_the_texts_blocking_tokenized_as_it_would_tokenize_them_again(
+        corpus, tiny_model, reference_run, tmp_path, monkeypatch):
+    """With no prior run and one embedder the re-split's texts are those blocking carried, tokenized once;
+    tokenizing every representative's text again for it (the path of other runs) gives the same run."""
+    from pipelines import dedup
+    given = dedup.tokenized_texts
+
+    def every_text_again(generated, scorer):
+        assert generated.tokenized is not None  # a default run takes the texts blocking carried
+        return given(generated._replace(tokenized=None), scorer)
+
+    monkeypatch.setattr(dedup, "tokenized_texts", every_text_again)
+    directory, _ = corpus
+    report = run_qdedup(directory / "*.parquet", tmp_path / "out", tiny_model)
+    out, reference = reference_run
+    assert reference["components_resplit"] > 0 and reference["resplit_pairs_scored"] > 0
+    assert report["resplit_pairs_scored"] == reference["resplit_pairs_scored"]
+    for part, key in (("groups", "id"), ("pairs", ("id_a", "id_b"))):
+        order = (lambda row: row[key]) if isinstance(key, str) else (lambda row: tuple(row[k] for k in key))
+        assert sorted(read_part(tmp_path / "out", part), key=order) == sorted(read_part(out, part), key=order)
+
+
 def test_without_chaining_control_groups_are_connected_components(corpus, tiny_model, tmp_path):
     directory, _ = corpus
     out = tmp_path / "out"
