@@ -49,7 +49,8 @@ def _spin(seconds: float) -> None:
 
 
 class _TimedWork(beam.DoFn):
-    """Waits inside one stage while it sleeps, inside another while a helper thread works (as torch's pool does)."""
+    """Waits inside one stage while it sleeps, inside another while a helper thread works (as torch's pool does),
+    and in a third works itself after a helper's work, timed by its own thread's clock."""
 
     def process(self, element):
         with StageTimer("asleep"):
@@ -58,6 +59,11 @@ class _TimedWork(beam.DoFn):
             helper = threading.Thread(target=_spin, args=(0.3,))
             helper.start()
             helper.join()
+        with StageTimer("own thread", helpers=False):  # the helper's CPU is not the thread's
+            helper = threading.Thread(target=_spin, args=(0.3,))
+            helper.start()
+            helper.join()
+            _spin(0.2)
         yield element
 
 
@@ -71,6 +77,7 @@ def test_stage_cpu_seconds_count_helper_threads_and_not_waiting():
     wall, cpu = totals["stage_seconds"], totals["stage_cpu_seconds"]
     assert wall["asleep"] >= 0.3 and cpu["asleep"] < 0.1
     assert wall["helped"] >= 0.25 and cpu["helped"] >= 0.25
+    assert wall["own thread"] >= 0.45 and 0.15 <= cpu["own thread"] < 0.45
 
 
 def test_no_metrics_at_all_is_told_apart_from_zero_counts():

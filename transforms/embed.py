@@ -169,7 +169,7 @@ class _Embed(beam.DoFn):
     def __init__(self, vector_of: Callable[[str, Any], Any], load: Optional[Callable[[], Any]] = None):
         self._vector_of = vector_of
         self._load = load
-        self._timer = StageTimer("embed")
+        self._timer = StageTimer("embed", helpers=False)  # numpy on vectors this short: no helper threads
 
     def setup(self):
         self._loaded = self._load() if self._load else None

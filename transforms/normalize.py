@@ -83,7 +83,7 @@ def memberships(rep: Representative, questions: Iterable[Question]) -> Iterator[
 class _Normalize(beam.DoFn):
     def __init__(self, columns: Columns):
         self._columns = columns
-        self._timer = StageTimer("normalize")
+        self._timer = StageTimer("normalize", helpers=False)
 
     def setup(self):
         self._progress = Progress(_LOG, "normalizing", "rows")
