@@ -263,21 +263,24 @@ _LOST = "_qdedup_lost"
 
 
 def _read_answers(self: worker_handlers.ControlConnection) -> None:
-    """Beam's `ControlConnection._read`, which reads a worker's answers until its connection ends. When the
-    connection breaks instead (the worker process died), each request still unanswered fails: Beam leaves
-    it waiting forever, and the run with it, when the worker died after sending a bundle's outputs or
-    before it was given the bundle (a killed worker hung one run in four, tried)."""
+    """Beam's `ControlConnection._read`, which reads a worker's answers until its connection ends; then each
+    request still unanswered fails, and each later one (`_push_request`). Beam leaves such a request waiting
+    forever, and the run with it, when the worker died after sending a bundle's outputs or before it was
+    given the bundle (a killed worker hung one run in four, tried). A connection the runner closes has
+    none: it closes it after the last answer."""
     try:
         _BEAM_READ_ANSWERS(self)
+        ended = "ended"
     except Exception as error:  # noqa: BLE001 - what broke the connection is said in the failure
-        lost = RuntimeError(f"the connection to a worker process broke before it answered: {error!r}")
-        setattr(self, _LOST, lost)  # before the unanswered are failed: a request pushed meanwhile is caught
-        for future in list(self._futures_by_id.values()):
-            future.abort(lost)
+        ended = f"broke ({error!r})"
+    lost = RuntimeError(f"the connection to a worker process {ended} before it answered")
+    setattr(self, _LOST, lost)  # before the unanswered are failed: a request pushed meanwhile is caught
+    for future in list(self._futures_by_id.values()):
+        future.abort(lost)
 
 
 def _push_request(self: worker_handlers.ControlConnection, request: Any) -> Any:
-    """Beam's `ControlConnection.push`; a request to a worker whose connection broke fails at once."""
+    """Beam's `ControlConnection.push`; a request to a worker whose connection ended fails at once."""
     future = _BEAM_PUSH_REQUEST(self, request)
     lost = getattr(self, _LOST, None)
     if future is not None and lost is not None:

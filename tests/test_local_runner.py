@@ -359,31 +359,28 @@ def _answers(*answers: beam_fn_api_pb2.InstructionResponse, broken: threading.Ev
         raise RuntimeError("Socket closed")
 
 
-def test_a_broken_worker_connection_fails_its_unanswered_requests_and_later_ones(monkeypatch):
+def test_a_worker_connection_that_ends_fails_its_unanswered_requests_and_later_ones(monkeypatch):
     """Beam waits forever on a request that a dead worker never answers: a killed worker hung the run."""
     for name in ("_read", "push"):
         monkeypatch.setattr(worker_handlers.ControlConnection, name, getattr(worker_handlers.ControlConnection, name))
     monkeypatch.setattr(local_job_service.SubprocessSdkWorker, "run", local_job_service.SubprocessSdkWorker.run)
     local_runner.watch_local_workers(PipelineOptions([*RUNNER_ARGS, *MULTI_PROCESSING]))
 
-    ended = worker_handlers.ControlConnection()  # a connection that ends as it should: its answers stand
-    asked = ended.push(beam_fn_api_pb2.InstructionRequest(instruction_id="a"))
-    ended.set_input(_answers(beam_fn_api_pb2.InstructionResponse(instruction_id="a")))
-    ended._read_thread.join(10)
-    assert asked.get(timeout=10).instruction_id == "a"
-
-    broken = threading.Event()
-    lost = worker_handlers.ControlConnection()
-    answered = lost.push(beam_fn_api_pb2.InstructionRequest(instruction_id="c"))
-    unanswered = lost.push(beam_fn_api_pb2.InstructionRequest(instruction_id="d"))
-    lost.set_input(_answers(beam_fn_api_pb2.InstructionResponse(instruction_id="c"), broken=broken))
-    assert answered.get(timeout=10).instruction_id == "c"
-    broken.set()
-    with pytest.raises(RuntimeError, match="broke before it answered: RuntimeError.'Socket closed'"):
-        unanswered.get(timeout=10)
-    lost._read_thread.join(10)
-    with pytest.raises(RuntimeError, match="broke before it answered"):
-        lost.push(beam_fn_api_pb2.InstructionRequest(instruction_id="e")).get(timeout=0.1)
+    for broken in (None, threading.Event()):  # the connection ends, or breaks (its process gone)
+        connection = worker_handlers.ControlConnection()
+        answered = connection.push(beam_fn_api_pb2.InstructionRequest(instruction_id="a"))
+        unanswered = connection.push(beam_fn_api_pb2.InstructionRequest(instruction_id="b"))
+        connection.set_input(_answers(beam_fn_api_pb2.InstructionResponse(instruction_id="a"), broken=broken))
+        assert answered.get(timeout=10).instruction_id == "a"
+        if broken is not None:
+            broken.set()
+        said = "broke .RuntimeError.'Socket closed'.. " if broken else "ended "
+        with pytest.raises(RuntimeError, match=f"connection to a worker process {said}before it answered"):
+            unanswered.get(timeout=10)
+        connection._read_thread.join(10)
+        assert answered.get(timeout=0).instruction_id == "a"  # an answer given stands
+        with pytest.raises(RuntimeError, match="before it answered"):
+            connection.push(beam_fn_api_pb2.InstructionRequest(instruction_id="c")).get(timeout=0.1)
 
 
 def _worker_processes(root: int) -> list[int]:
