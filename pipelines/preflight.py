@@ -423,8 +423,9 @@ def differing_option(earlier: dict, now: dict, names: Iterable[str]) -> Optional
                             f"{str(after)[:12]}: its weights, vocabulary or config differ)")
         elif name == "int8_keys" and earlier.get(name) != now.get(name) and earlier.get("scoring_precision") == \
                 now.get("scoring_precision"):
-            return ("another int8 quantization (its calibration pairs, max length or OpenVINO/NNCF/torch/"
-                    f"transformers versions differ: {earlier.get(name)}, this run's {now.get(name)})")
+            return ("another int8 quantization (its calibration pairs, max length, qdedup's quantization settings "
+                    f"or OpenVINO/NNCF/torch/transformers versions differ: {earlier.get(name)}, this run's "
+                    f"{now.get(name)})")
         elif earlier.get(name) != now.get(name):
             return f"--{name.replace('_', '-')}={earlier.get(name)!r}, this run has {now.get(name)!r}"
     return None
