@@ -24,6 +24,7 @@ import os
 import signal
 import tempfile
 import threading
+import weakref
 from typing import Any, Iterable, Optional
 
 from apache_beam.coders.coder_impl import create_OutputStream
@@ -253,6 +254,13 @@ def _run_worker(self: local_job_service.SubprocessSdkWorker) -> None:
         _BEAM_RUN_WORKER(self)
     except Exception as error:
         _ended.append(str(error))
+        # A worker that dies before it connects never answers on its connection, which is never read: every
+        # request of the run fails instead of waiting (the run fails anyway).
+        lost = RuntimeError(f"a worker process of this run ended: {error}")
+        for connection in list(_connections):
+            setattr(connection, _LOST, lost)
+            for future in list(connection._futures_by_id.values()):
+                future.abort(lost)
         raise
 
 
@@ -260,6 +268,7 @@ def _run_worker(self: local_job_service.SubprocessSdkWorker) -> None:
 _BEAM_READ_ANSWERS = worker_handlers.ControlConnection._read
 _BEAM_PUSH_REQUEST = worker_handlers.ControlConnection.push
 _LOST = "_qdedup_lost"
+_connections: weakref.WeakSet = weakref.WeakSet()  # the control connections requests were pushed to
 
 
 def _read_answers(self: worker_handlers.ControlConnection) -> None:
@@ -281,6 +290,7 @@ def _read_answers(self: worker_handlers.ControlConnection) -> None:
 
 def _push_request(self: worker_handlers.ControlConnection, request: Any) -> Any:
     """Beam's `ControlConnection.push`; a request to a worker whose connection ended fails at once."""
+    _connections.add(self)
     future = _BEAM_PUSH_REQUEST(self, request)
     lost = getattr(self, _LOST, None)
     if future is not None and lost is not None:
@@ -297,6 +307,7 @@ def watch_local_workers(pipeline_options: PipelineOptions) -> None:
     (`close_all` in `run_stages`' finally), so what they raised is here by then; a run that fails in a
     stage ends its workers with exit code 0 (none remembered, tried)."""
     _ended.clear()
+    _connections.clear()
     if local_processes(pipeline_options):
         local_job_service.SubprocessSdkWorker.run = _run_worker
         worker_handlers.ControlConnection._read = _read_answers

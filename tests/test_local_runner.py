@@ -383,6 +383,29 @@ def test_a_worker_connection_that_ends_fails_its_unanswered_requests_and_later_o
             connection.push(beam_fn_api_pb2.InstructionRequest(instruction_id="c")).get(timeout=0.1)
 
 
+def test_a_worker_process_that_ends_before_it_connects_fails_every_request_of_the_run(monkeypatch):
+    """A worker killed while it starts never connects: its connection is never read, so `_read_answers`
+    cannot fail its requests; the process's end does."""
+    for name in ("_read", "push"):
+        monkeypatch.setattr(worker_handlers.ControlConnection, name, getattr(worker_handlers.ControlConnection, name))
+    monkeypatch.setattr(local_job_service.SubprocessSdkWorker, "run", local_job_service.SubprocessSdkWorker.run)
+    local_runner.watch_local_workers(PipelineOptions([*RUNNER_ARGS, *MULTI_PROCESSING]))
+    never_read = worker_handlers.ControlConnection()
+    waiting = never_read.push(beam_fn_api_pb2.InstructionRequest(instruction_id="a"))
+
+    def killed(self):
+        raise RuntimeError("Worker subprocess exited with return code 137")
+
+    monkeypatch.setattr(local_runner, "_BEAM_RUN_WORKER", killed)
+    with pytest.raises(RuntimeError, match="137"):
+        local_runner._run_worker(None)
+    with pytest.raises(RuntimeError, match="a worker process of this run ended: .* 137"):
+        waiting.get(timeout=10)
+    with pytest.raises(RuntimeError, match="a worker process of this run ended"):
+        never_read.push(beam_fn_api_pb2.InstructionRequest(instruction_id="b")).get(timeout=0.1)
+    assert local_runner.ended_workers_hint().startswith("a worker process of this local run ended")
+
+
 def _worker_processes(root: int) -> list[int]:
     """The Beam SDK worker processes (Python, not the shells that start them) below `root`."""
     found = []
