@@ -258,9 +258,7 @@ def _run_worker(self: local_job_service.SubprocessSdkWorker) -> None:
         # request of the run fails instead of waiting (the run fails anyway).
         lost = RuntimeError(f"a worker process of this run ended: {error}")
         for connection in list(_connections):
-            setattr(connection, _LOST, lost)
-            for future in list(connection._futures_by_id.values()):
-                future.abort(lost)
+            _fail_requests(connection, lost)
         raise
 
 
@@ -282,9 +280,13 @@ def _read_answers(self: worker_handlers.ControlConnection) -> None:
         ended = "ended"
     except Exception as error:  # noqa: BLE001 - what broke the connection is said in the failure
         ended = f"broke ({error!r})"
-    lost = RuntimeError(f"the connection to a worker process {ended} before it answered")
-    setattr(self, _LOST, lost)  # before the unanswered are failed: a request pushed meanwhile is caught
-    for future in list(self._futures_by_id.values()):
+    _fail_requests(self, RuntimeError(f"the connection to a worker process {ended} before it answered"))
+
+
+def _fail_requests(connection: worker_handlers.ControlConnection, lost: Exception) -> None:
+    """Every request of `connection` still unanswered fails with `lost`, and every later one (`_push_request`)."""
+    setattr(connection, _LOST, lost)  # before the unanswered are failed: a request pushed meanwhile is caught
+    for future in list(connection._futures_by_id.values()):
         future.abort(lost)
 
 
