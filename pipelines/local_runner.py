@@ -29,6 +29,7 @@ from typing import Any, Iterable, Optional
 
 from apache_beam.coders.coder_impl import create_OutputStream
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.portability.api import beam_fn_api_pb2
 from apache_beam.runners.portability import local_job_service
 from apache_beam.runners.portability.fn_api_runner import execution, fn_runner, worker_handlers
 from apache_beam.runners.worker import sdk_worker
@@ -255,8 +256,10 @@ def _run_worker(self: local_job_service.SubprocessSdkWorker) -> None:
     except Exception as error:
         _ended.append(str(error))
         # A worker that dies before it connects never answers on its connection, which is never read: every
-        # request of the run fails instead of waiting (the run fails anyway).
+        # request of the run fails instead of waiting (the run fails anyway), those pushed so far and, to
+        # any connection, those pushed later (`_push_request`: a connection first pushed to after the end).
         lost = RuntimeError(f"a worker process of this run ended: {error}")
+        _run_lost.append(lost)  # before the pushed are failed: a request pushed meanwhile is caught
         for connection in list(_connections):
             _fail_requests(connection, lost)
         raise
@@ -265,8 +268,10 @@ def _run_worker(self: local_job_service.SubprocessSdkWorker) -> None:
 # Beam's own, which `watch_local_workers` wraps; what a connection whose worker is lost holds, under this name.
 _BEAM_READ_ANSWERS = worker_handlers.ControlConnection._read
 _BEAM_PUSH_REQUEST = worker_handlers.ControlConnection.push
+_BEAM_CLOSE_CONNECTION = worker_handlers.ControlConnection.close
 _LOST = "_qdedup_lost"
 _connections: weakref.WeakSet = weakref.WeakSet()  # the control connections requests were pushed to
+_run_lost: list[Exception] = []  # why every request of this process's latest local run fails, once one does
 
 
 def _read_answers(self: worker_handlers.ControlConnection) -> None:
@@ -287,17 +292,39 @@ def _fail_requests(connection: worker_handlers.ControlConnection, lost: Exceptio
     """Every request of `connection` still unanswered fails with `lost`, and every later one (`_push_request`)."""
     setattr(connection, _LOST, lost)  # before the unanswered are failed: a request pushed meanwhile is caught
     for future in list(connection._futures_by_id.values()):
-        future.abort(lost)
+        _abort(future, lost)
+
+
+def _abort(future: worker_handlers.ControlFuture, lost: Exception) -> None:
+    """`future.get()` raises `lost`, and the future is done, with `lost` as its answer's error: Beam's runner
+    waits for a bundle's outputs until the worker's data connection closes or the bundle's future is done
+    with an error (`abort_callback` in `BundleManager.process_bundle`); an aborted future is not done, and
+    the data connection of a worker that died before it connected never closes (a killed worker hung a
+    run so)."""
+    future.abort(lost)
+    future.set(beam_fn_api_pb2.InstructionResponse(instruction_id=future.instruction_id, error=str(lost)))
 
 
 def _push_request(self: worker_handlers.ControlConnection, request: Any) -> Any:
-    """Beam's `ControlConnection.push`; a request to a worker whose connection ended fails at once."""
+    """Beam's `ControlConnection.push`; a request to a worker whose connection ended, or in a run one of
+    whose worker processes ended, fails at once."""
     _connections.add(self)
     future = _BEAM_PUSH_REQUEST(self, request)
-    lost = getattr(self, _LOST, None)
+    lost = getattr(self, _LOST, None) or next(iter(_run_lost), None)
     if future is not None and lost is not None:
-        future.abort(lost)
+        _abort(future, lost)
     return future
+
+
+def _close_connection(self: worker_handlers.ControlConnection) -> None:
+    """Beam's `ControlConnection.close`, which tells the worker to end only if it has connected: a run that
+    fails before one of its workers connects (another worker died; the run then fails at once) closed that
+    connection unstarted, and the worker, connecting later, waited for requests while the runner waited
+    for its process to end (tried: 2 runs in 3 hung when a worker was killed as it started). Here the
+    worker is told to end when it connects."""
+    if self._state == worker_handlers.BeamFnControlServicer.UNSTARTED_STATE:
+        self._push_queue.put(worker_handlers.BeamFnControlServicer._DONE_MARKER)  # a second, if it connects now
+    _BEAM_CLOSE_CONNECTION(self)
 
 
 def watch_local_workers(pipeline_options: PipelineOptions) -> None:
@@ -307,13 +334,16 @@ def watch_local_workers(pipeline_options: PipelineOptions) -> None:
     only in a thread's traceback in the log; a worker killed for memory, the likely end of an over-large
     local run, looks like any other failure. The runner joins its worker threads before it raises
     (`close_all` in `run_stages`' finally), so what they raised is here by then; a run that fails in a
-    stage ends its workers with exit code 0 (none remembered, tried)."""
+    stage ends its workers with exit code 0 (none remembered, tried). A worker that connects after the
+    run closed its connection is told to end (`_close_connection`)."""
     _ended.clear()
     _connections.clear()
+    _run_lost.clear()
     if local_processes(pipeline_options):
         local_job_service.SubprocessSdkWorker.run = _run_worker
         worker_handlers.ControlConnection._read = _read_answers
         worker_handlers.ControlConnection.push = _push_request
+        worker_handlers.ControlConnection.close = _close_connection
 
 
 def ended_workers_hint() -> Optional[str]:

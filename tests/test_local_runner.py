@@ -11,6 +11,7 @@ first ever stops losing anything, Beam has fixed its stream and the setting can 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -320,20 +321,22 @@ def test_a_users_malloc_arena_max_is_kept(monkeypatch):
 
 
 def test_a_worker_process_that_ends_is_watched_only_in_a_multi_process_run(monkeypatch):
-    beams = local_runner._BEAM_RUN_WORKER, local_runner._BEAM_READ_ANSWERS, local_runner._BEAM_PUSH_REQUEST
+    beams = (local_runner._BEAM_RUN_WORKER, local_runner._BEAM_READ_ANSWERS, local_runner._BEAM_PUSH_REQUEST,
+             local_runner._BEAM_CLOSE_CONNECTION)
     monkeypatch.setattr(local_job_service.SubprocessSdkWorker, "run", beams[0])
-    monkeypatch.setattr(worker_handlers.ControlConnection, "_read", beams[1])
-    monkeypatch.setattr(worker_handlers.ControlConnection, "push", beams[2])
+    for name, beams_own in zip(("_read", "push", "close"), beams[1:]):
+        monkeypatch.setattr(worker_handlers.ControlConnection, name, beams_own)
 
     def watching():
         return (local_job_service.SubprocessSdkWorker.run, worker_handlers.ControlConnection._read,
-                worker_handlers.ControlConnection.push)
+                worker_handlers.ControlConnection.push, worker_handlers.ControlConnection.close)
 
     local_runner.watch_local_workers(PipelineOptions(["--runner=DataflowRunner", *MULTI_PROCESSING]))
     local_runner.watch_local_workers(PipelineOptions(RUNNER_ARGS))
     assert watching() == beams
     local_runner.watch_local_workers(PipelineOptions([*RUNNER_ARGS, *MULTI_PROCESSING]))
-    assert watching() == (local_runner._run_worker, local_runner._read_answers, local_runner._push_request)
+    assert watching() == (local_runner._run_worker, local_runner._read_answers, local_runner._push_request,
+                          local_runner._close_connection)
 
 
 @pytest.mark.parametrize("said, hint", [
@@ -361,7 +364,7 @@ def _answers(*answers: beam_fn_api_pb2.InstructionResponse, broken: threading.Ev
 
 def test_a_worker_connection_that_ends_fails_its_unanswered_requests_and_later_ones(monkeypatch):
     """Beam waits forever on a request that a dead worker never answers: a killed worker hung the run."""
-    for name in ("_read", "push"):
+    for name in ("_read", "push", "close"):
         monkeypatch.setattr(worker_handlers.ControlConnection, name, getattr(worker_handlers.ControlConnection, name))
     monkeypatch.setattr(local_job_service.SubprocessSdkWorker, "run", local_job_service.SubprocessSdkWorker.run)
     local_runner.watch_local_workers(PipelineOptions([*RUNNER_ARGS, *MULTI_PROCESSING]))
@@ -377,16 +380,36 @@ def test_a_worker_connection_that_ends_fails_its_unanswered_requests_and_later_o
         said = "broke .RuntimeError.'Socket closed'.. " if broken else "ended "
         with pytest.raises(RuntimeError, match=f"connection to a worker process {said}before it answered"):
             unanswered.get(timeout=10)
+        assert unanswered.is_done() and unanswered._response.error  # what ends Beam's wait for a bundle's outputs
         connection._read_thread.join(10)
         assert answered.get(timeout=0).instruction_id == "a"  # an answer given stands
         with pytest.raises(RuntimeError, match="before it answered"):
             connection.push(beam_fn_api_pb2.InstructionRequest(instruction_id="c")).get(timeout=0.1)
 
 
+def _wait_for_outputs(bundle: worker_handlers.ControlFuture) -> Exception | None:
+    """What Beam's runner raises waiting for `bundle`'s outputs on a data connection its worker never opened
+    (as `BundleManager.process_bundle` waits), or None if it still waits after 10 s."""
+    raised: list[Exception] = []
+
+    def wait() -> None:
+        outputs = data_plane._GrpcDataChannel().input_elements(
+            bundle.instruction_id, ["out"], abort_callback=lambda: bundle.is_done() and bool(bundle.get().error))
+        try:
+            list(outputs)
+        except Exception as error:  # noqa: BLE001 - returned to the test
+            raised.append(error)
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    waiter.join(10)
+    return raised[0] if raised else None
+
+
 def test_a_worker_process_that_ends_before_it_connects_fails_every_request_of_the_run(monkeypatch):
     """A worker killed while it starts never connects: its connection is never read, so `_read_answers`
     cannot fail its requests; the process's end does."""
-    for name in ("_read", "push"):
+    for name in ("_read", "push", "close"):
         monkeypatch.setattr(worker_handlers.ControlConnection, name, getattr(worker_handlers.ControlConnection, name))
     monkeypatch.setattr(local_job_service.SubprocessSdkWorker, "run", local_job_service.SubprocessSdkWorker.run)
     local_runner.watch_local_workers(PipelineOptions([*RUNNER_ARGS, *MULTI_PROCESSING]))
@@ -403,7 +426,16 @@ def test_a_worker_process_that_ends_before_it_connects_fails_every_request_of_th
         waiting.get(timeout=10)
     with pytest.raises(RuntimeError, match="a worker process of this run ended"):
         never_read.push(beam_fn_api_pb2.InstructionRequest(instruction_id="b")).get(timeout=0.1)
+    # the worker's own connection, first pushed to after its process ended, and the runner's wait for that
+    # bundle's outputs on a data connection the worker never opened, as Beam waits (a killed worker hung a
+    # run so: the wait ends only when the data connection closes or the future is done with an error)
+    for pushed in (waiting, worker_handlers.ControlConnection().push(beam_fn_api_pb2.InstructionRequest(
+            instruction_id="c"))):
+        assert re.match("a worker process of this run ended: .* 137", str(_wait_for_outputs(pushed)))
     assert local_runner.ended_workers_hint().startswith("a worker process of this local run ended")
+    local_runner.watch_local_workers(PipelineOptions([*RUNNER_ARGS, *MULTI_PROCESSING]))  # the next run's wait
+    next_run = worker_handlers.ControlConnection().push(beam_fn_api_pb2.InstructionRequest(instruction_id="d"))
+    assert not next_run.is_done()
 
 
 def _worker_processes(root: int) -> list[int]:
@@ -420,14 +452,35 @@ def _worker_processes(root: int) -> list[int]:
     return found
 
 
+class _Connecting:
+    """The gRPC context of a worker's control connection, as Beam's control servicer reads it."""
+
+    def invocation_metadata(self):
+        return [("worker_id", "worker_7")]
+
+
+def test_a_worker_that_connects_after_the_run_closed_its_connection_is_told_to_end(monkeypatch):
+    """A run that failed before a worker connected closed that worker's connection unstarted; the worker,
+    connecting later, waited for requests while the runner waited for it to end (a killed worker's run hung
+    so)."""
+    monkeypatch.setattr(worker_handlers.ControlConnection, "close", worker_handlers.ControlConnection.close)
+    local_runner.watch_local_workers(PipelineOptions([*RUNNER_ARGS, *MULTI_PROCESSING]))
+    servicer = worker_handlers.BeamFnControlServicer(worker_manager=None)
+    servicer.get_conn_by_worker_id("worker_7").close()  # the run's end, before the worker connected
+    requests: list = []
+    connected = threading.Thread(target=lambda: requests.extend(servicer.Control(iter(()), _Connecting())),
+                                 daemon=True)
+    connected.start()
+    connected.join(10)
+    assert not connected.is_alive() and requests == []  # the worker's stream ended, with no request: it ends
+
+
 @pytest.mark.e2e
-@pytest.mark.xfail(raises=subprocess.TimeoutExpired, strict=False, reason=(
-    "a known hang, not yet found: with other end-to-end tests beside it (2 of 2 runs of this file with "
-    "test_determinism.py and test_pipeline.py, 2026-12-04) the killed worker's run can still wait forever, "
-    "though it no longer does alone (14 of 14) after the two hang paths mended in local_runner; any other "
-    "failure of this test still fails it"))
+@pytest.mark.parametrize("after_s", [0, 2], ids=["as-it-starts", "running"])
 def test_a_killed_worker_process_fails_the_run_saying_why_and_replaces_nothing(corpus, reference_run, tiny_model,
-                                                                               tmp_path):
+                                                                               tmp_path, after_s):
+    """Killed as it starts (before it connects: 2 runs in 3 hung before the fixes) or while it runs stages
+    (one in four hung)."""
     directory, _ = corpus
     out = tmp_path / "out"
     shutil.copytree(reference_run[0], out)  # a previous run's output, which the failed run must leave as it was
@@ -441,9 +494,9 @@ def test_a_killed_worker_process_fails_the_run_saying_why_and_replaces_nothing(c
         try:
             deadline = time.monotonic() + 120
             while not (workers := _worker_processes(run.pid)) and run.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.2)
+                time.sleep(0.05)
             assert workers, "no worker process started"
-            time.sleep(2)  # connected to the runner, and running its stages
+            time.sleep(after_s)  # 2 s: connected to the runner, and running its stages
             os.kill(workers[0], signal.SIGKILL)  # as the kernel's out-of-memory killer ends a process
             run.wait(timeout=120)  # fails; does not hang
         finally:
