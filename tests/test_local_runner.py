@@ -85,14 +85,21 @@ def test_a_stage_in_worker_processes_reads_every_element_once_the_launcher_sets_
     for (owner, name), method in _BEAMS_RUNNER.items():  # Beam's send, whose timed flush lost elements
         monkeypatch.setattr(owner, name, method)
     monkeypatch.setattr(worker_handlers, "DATA_BUFFER_TIME_LIMIT_MS", 1)
+    # The race made likelier: each send waits 2 ms, as on a full send queue, and what is written meanwhile is
+    # cleared unsent (unaided, 3 runs in a row on a loaded machine once lost nothing, 2026-12-04; with the
+    # wait, 1 run in 8 did, alone).
+    beams_send = data_plane._GrpcDataChannel._enqueue_to_send
+    monkeypatch.setattr(data_plane._GrpcDataChannel, "_enqueue_to_send",
+                        lambda channel, element: (time.sleep(0.002), beams_send(channel, element))[1])
     lost = []
-    for attempt in range(3):  # a race: on a loaded machine one run may not hit it (seen alongside other Beam tests)
+    for attempt in range(3):
         made, read = made_and_read(200_000, str(tmp_path / f"timed{attempt}"))
         assert made == 200_000
         lost.append(made - read)
         if lost[-1]:
             break
     assert any(lost), lost  # lost with a timed flush (every millisecond here, every second by default)
+    monkeypatch.setattr(data_plane._GrpcDataChannel, "_enqueue_to_send", beams_send)
     turn_off_timed_flush(PipelineOptions(RUNNER))
     assert worker_handlers.DATA_BUFFER_TIME_LIMIT_MS == 0
     assert made_and_read(200_000, str(tmp_path / "whole")) == (200_000, 200_000)
