@@ -11,7 +11,7 @@ from apache_beam.typehints import typehints
 
 from tests.helpers import RUNNER_ARGS
 from transforms.cluster import GroupRow
-from transforms.coders import RecordCoder, packed, unpacked, use_record_coder
+from transforms.coders import RecordCoder, Records, packed, unpacked, use_record_coder
 from transforms.errors import RejectedRow
 from transforms.records import CandidatePair, Representative, ScoredPair, StoredItem
 
@@ -44,6 +44,27 @@ def test_records_come_back_equal_and_of_their_own_class():
             assert back == value
         assert type(back) is type(value)
     assert type(_round_trip((7, (0, values[0])))[1][1]) is ScoredPair
+
+
+def test_records_lists_come_back_equal_as_records_lists_of_their_own_classes():
+    scored = Records(ScoredPair(i, i + 1, 0.5, None if i % 2 else 0.25, "lexical") for i in range(50))
+    nested = Records([StoredItem(Representative(1, "t", "t", "k", 1), None, [(0.5, 7)])] * 2)
+    for value in (scored, nested, Records(), Records([1, "a", (2, 3), None]), Records([_Local(1), _Local(2)]),
+                  Records([scored[0], GroupRow(1, 1, 1, 2, "model", 0.5, 0.75, 3)]), (3, scored), [scored, scored]):
+        back = _round_trip(value)
+        assert back == value and type(back) is type(value)
+        inner, given = (back, value) if isinstance(value, Records) else (back[1], value[1])
+        assert type(inner) is Records and [type(item) for item in inner] == [type(item) for item in given]
+    assert type(_round_trip(nested)[0].rep) is Representative
+    assert _round_trip(scored) == list(scored) and _round_trip(list(scored)) == scored  # equal to the plain list
+
+
+def test_records_of_one_class_are_written_as_its_name_once_and_their_fields():
+    scored = [ScoredPair(i, i + 1, 0.5, None, "lexical") for i in range(100)]
+    as_records, as_list = RecordCoder().encode(Records(scored)), RecordCoder().encode(scored)
+    name = b"transforms.records:ScoredPair"
+    assert as_records.count(name) == 1 and as_list.count(name) == 100
+    assert len(as_records) < len(as_list) - 100 * len(name) + len(name) + 100  # the names, and little else, saved
 
 
 def test_numpy_arrays_come_back_equal_writeable_and_smaller_than_pickled():

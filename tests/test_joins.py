@@ -18,9 +18,9 @@ from transforms.joins import (
     _LookUpShard,
     dealt,
     only,
-    packed,
+    pickled_list,
     shard_of,
-    unpacked,
+    unpickled_list,
 )
 from transforms.records import ScoredPair
 
@@ -138,9 +138,9 @@ def test_a_bundle_gives_its_lists_when_full_and_what_it_holds_at_its_end():
     deal = DealIntoShards(1, lambda element: element, shard_keys=1, batch=4)
     deal.start_bundle()
     given = [out for element in range(30) for out in deal.process(element, keys=3)]  # 3 shards
-    given = [(shard, (tag, unpacked(held))) for shard, (tag, held) in given]
+    given = [(shard, (tag, unpickled_list(held))) for shard, (tag, held) in given]
     assert all(len(held) == 4 for _, (_, held) in given)
-    at_end = [(shard, (tag, unpacked(held))) for shard, (tag, held) in (v.value for v in deal.finish_bundle())]
+    at_end = [(shard, (tag, unpickled_list(held))) for shard, (tag, held) in (v.value for v in deal.finish_bundle())]
     assert all(len(held) < 4 for _, (_, held) in at_end)
     dealt = sorted(element for _, (tag, held) in given + at_end for element in held)
     assert dealt == list(range(30)) and {tag for _, (tag, _) in given + at_end} == {1}
@@ -165,7 +165,7 @@ class _OtherPoint(NamedTuple):
     [(1, "a"), (2, "b")], [5, "x", None], [],
 ])
 def test_a_packed_list_reads_back_equal_and_of_the_same_classes(items):
-    back = unpacked(packed(items))
+    back = unpickled_list(pickled_list(items))
     assert back == items and [type(item) for item in back] == [type(item) for item in items]
     assert [type(item.y) for item in back if isinstance(item, _Point)] == \
         [type(item.y) for item in items if isinstance(item, _Point)]
@@ -174,9 +174,9 @@ def test_a_packed_list_reads_back_equal_and_of_the_same_classes(items):
 def test_a_list_of_one_record_class_is_packed_as_its_class_and_plain_tuples():
     """What makes it cheaper: each record is not pickled as a record of its own."""
     items = [ScoredPair(i, i + 1, 0.5, None, "lexical") for i in range(100)]
-    cls, rows = pickle.loads(packed(items))
+    cls, rows = pickle.loads(pickled_list(items))
     assert cls is ScoredPair and all(type(row) is tuple for row in rows)
-    assert len(packed(items)) < len(pickle.dumps(items, pickle.HIGHEST_PROTOCOL))
+    assert len(pickled_list(items)) < len(pickle.dumps(items, pickle.HIGHEST_PROTOCOL))
 
 
 def test_what_an_element_makes_is_dealt_item_by_item_and_read_back_whole():
@@ -192,8 +192,8 @@ def test_what_an_element_makes_is_dealt_item_by_item_and_read_back_whole():
     assert sorted(item for found in items.values() for item in found) == [(n, k) for n in range(8) for k in range(n)]
     shard_of_key = {k: shard for shard, found in items.items() for _, k in found}
     assert all(shard_of_key[k] == shard for shard, found in items.items() for _, k in found)  # a key in one shard
-    assert len(items) > 1 and all(len(unpacked(held)) <= 3 for _, (_, held) in given)
-    assert list(dealt([(1, packed([5]))], 0)) == [] and list(dealt([(1, packed([5]))], 1)) == [5]
+    assert len(items) > 1 and all(len(unpickled_list(held)) <= 3 for _, (_, held) in given)
+    assert list(dealt([(1, pickled_list([5]))], 0)) == [] and list(dealt([(1, pickled_list([5]))], 1)) == [5]
 
 
 def test_a_hot_key_shard_streams_its_lists_and_holds_only_its_values():
@@ -202,8 +202,8 @@ def test_a_hot_key_shard_streams_its_lists_and_holds_only_its_values():
     import collections
 
     from tests.helpers import Lazy, peak_bytes
-    one_list = packed([(i, 7) for i in range(1000)])
-    values = packed([(7, "label"), (8, "other")])
+    one_list = pickled_list([(i, 7) for i in range(1000)])
+    values = pickled_list([(7, "label"), (8, "other")])
     grouped = Lazy(lambda: iter([(1, one_list)] * 150 + [(0, values)] + [(1, one_list)] * 150))
     shard = _LookUpShard(lambda element, value: [(value, element[0])], itemgetter(1), ())
     counted, peak = peak_bytes(lambda: collections.Counter(value for value, _ in shard.process((0, grouped))))

@@ -23,8 +23,18 @@ import numpy as np
 from apache_beam.coders import coder_impl, coders, typecoders
 from apache_beam.typehints import typehints
 
-_PICKLED, _RECORD, _ARRAY = 0, 1, 2
+_PICKLED, _RECORD, _ARRAY, _RECORDS, _ANY_ITEMS = 0, 1, 2, 3, 4
 _UNSEEN = object()
+
+
+class Records(list):
+    """A list of records of one class (scored pairs, a batch of them) that travels between steps as the
+    class's name once and each record's fields as a plain tuple: a plain list of records is written record
+    by record, each with its class's name, and each made again through `_make` (4.7 `ScoredPair`s coded
+    a candidate pair in a 100k-row run). A list otherwise: equal to the plain list of its items. One with
+    items of several classes, or not records, is written item by item, and comes back a `Records`."""
+
+    __slots__ = ()
 
 
 def _name_of(cls: type):
@@ -46,8 +56,9 @@ def _class_named(name: bytes) -> type:
 
 
 class _RecordCoderImpl(coder_impl.StreamCoderImpl):
-    """A marker byte, then (class name, fields) for a record, (dtype, shape, bytes) for a numpy array of
-    numbers, or the pickle of anything else."""
+    """A marker byte, then (class name, fields) for a record, (class name, [fields]) for `Records` of one
+    record class (their items for other `Records`), (dtype, shape, bytes) for a numpy array of numbers,
+    or the pickle of anything else."""
 
     def __init__(self):
         self._fields = coder_impl.FastPrimitivesCoderImpl(self)  # records nested in fields come back here
@@ -65,9 +76,10 @@ class _RecordCoderImpl(coder_impl.StreamCoderImpl):
                 stream.write_var_int64(size)
             stream.write(np.ascontiguousarray(value).tobytes(), True)
             return
-        name = self._names.get(cls, _UNSEEN)
-        if name is _UNSEEN:
-            name = self._names[cls] = _name_of(cls)
+        if cls is Records:
+            self._encode_records(value, stream)
+            return
+        name = self._name(cls)
         if name is None:
             stream.write_byte(_PICKLED)
             self._pickle.encode_to_stream(value, stream, nested)
@@ -76,19 +88,43 @@ class _RecordCoderImpl(coder_impl.StreamCoderImpl):
         stream.write(name, True)
         self._fields.encode_to_stream(tuple(value), stream, True)
 
+    def _name(self, cls: type):
+        name = self._names.get(cls, _UNSEEN)
+        if name is _UNSEEN:
+            name = self._names[cls] = _name_of(cls)
+        return name
+
+    def _encode_records(self, records: Records, stream) -> None:
+        cls = type(records[0]) if records else None
+        name = self._name(cls) if records else None
+        if name is None or any(type(record) is not cls for record in records):
+            stream.write_byte(_ANY_ITEMS)
+            self._fields.encode_to_stream(list(records), stream, True)
+            return
+        stream.write_byte(_RECORDS)
+        stream.write(name, True)
+        self._fields.encode_to_stream([tuple(record) for record in records], stream, True)
+
+    def _class(self, name: bytes) -> type:
+        cls = self._classes.get(name)
+        if cls is None:
+            cls = self._classes[name] = _class_named(name)
+        return cls
+
     def decode_from_stream(self, stream, nested):
         marker = stream.read_byte()
         if marker == _PICKLED:
             return self._pickle.decode_from_stream(stream, nested)
+        if marker == _RECORDS:
+            cls, new = self._class(stream.read_all(True)), tuple.__new__  # as a NamedTuple's own __new__ does
+            return Records([new(cls, fields) for fields in self._fields.decode_from_stream(stream, True)])
+        if marker == _ANY_ITEMS:
+            return Records(self._fields.decode_from_stream(stream, True))
         if marker == _ARRAY:
             dtype = np.dtype(stream.read_all(True).decode("ascii"))
             shape = tuple(stream.read_var_int64() for _ in range(stream.read_var_int64()))
             return np.frombuffer(stream.read_all(True), dtype).reshape(shape).copy()  # writeable, as unpickled
-        name = stream.read_all(True)
-        cls = self._classes.get(name)
-        if cls is None:
-            cls = self._classes[name] = _class_named(name)
-        return cls._make(self._fields.decode_from_stream(stream, True))
+        return self._class(stream.read_all(True))._make(self._fields.decode_from_stream(stream, True))
 
 
 class _RecordFallbackCoder(coders.Coder):

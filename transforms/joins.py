@@ -21,6 +21,8 @@ from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
+from transforms.coders import Records
+
 
 class TagView:
     """The values of one tag among a key's grouped (tag, value) pairs, re-iterable, never held."""
@@ -126,11 +128,11 @@ class JoinByKey(beam.PTransform):
         return tagged | "Flatten" >> beam.Flatten() | "Group" >> beam.GroupByKey() | "Call" >> call
 
 
-def packed(items: list) -> bytes:
+def pickled_list(items: list) -> bytes:
     """A list pickled; a list of one NamedTuple class as that class and plain tuples, which pickle and
     unpickle in about a third of the time: pickle reduces each NamedTuple through Python calls of its own
     (1.6-2.1 µs a `ScoredPair` dumped, 0.5-0.7 loaded; 0.3-0.4 and 0.35-0.55 as a class and tuples). Read
-    back with `unpacked`."""
+    back with `unpickled_list`."""
     cls = type(items[0]) if items else tuple
     if cls is tuple or not (issubclass(cls, tuple) and hasattr(cls, "_fields")) or any(
             type(item) is not cls for item in items):
@@ -138,8 +140,8 @@ def packed(items: list) -> bytes:
     return pickle.dumps((cls, [tuple(item) for item in items]), pickle.HIGHEST_PROTOCOL)
 
 
-def unpacked(data: bytes) -> list:
-    """The list `packed` made."""
+def unpickled_list(data: bytes) -> list:
+    """The list `pickled_list` made."""
     cls, items = pickle.loads(data)
     if cls is None:
         return items
@@ -149,7 +151,7 @@ def unpacked(data: bytes) -> list:
 
 class DealIntoShards(beam.DoFn):
     """Elements -> (shard, (tag, packed list)): lists of up to `batch` elements of one shard, so that a
-    shuffle moves a list where it would move each element, pickled once (`packed`; the runner then copies
+    shuffle moves a list where it would move each element, pickled once (`pickled_list`; the runner then copies
     bytes where it would encode and decode each record three times: 1.6 µs a record pickled and unpickled,
     2.0 µs a record each time `RecordCoder` codes it). A bundle holds at most 8 x `batch` elements before
     it gives them all; what it holds at its end is given then. `items`: element -> the items to deal
@@ -177,7 +179,7 @@ class DealIntoShards(beam.DoFn):
             if len(held) >= batch:
                 del self._lists[shard]
                 self._held -= len(held)
-                yield shard, (self._tag, packed(held))
+                yield shard, (self._tag, pickled_list(held))
             elif self._held >= 8 * batch:
                 yield from self._give()
 
@@ -188,14 +190,14 @@ class DealIntoShards(beam.DoFn):
     def _give(self) -> Iterator[tuple]:
         lists, self._lists, self._held = self._lists, {}, 0
         for shard, held in lists.items():
-            yield shard, (self._tag, packed(held))
+            yield shard, (self._tag, pickled_list(held))
 
 
 def dealt(grouped: Iterable[tuple[int, bytes]], tag: int) -> Iterator:
     """The elements `DealIntoShards` dealt under `tag` into one shard's grouped values, list by list."""
     for t, elements in grouped:
         if t == tag:
-            yield from unpacked(elements)
+            yield from unpickled_list(elements)
 
 
 class _LookUpShard(beam.DoFn):
@@ -230,7 +232,7 @@ class _LookUpShard(beam.DoFn):
             if tag not in self._lists:
                 yield output
                 continue
-            items = held.setdefault(tag, [])
+            items = held.setdefault(tag, Records())
             items.append(output if tag is None else output.value)
             if len(items) >= self._batch:
                 del held[tag]

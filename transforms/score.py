@@ -20,6 +20,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms import sources
+from transforms.coders import Records
 from transforms.errors import RejectedRow
 from transforms.feeding import ModelSettings, ahead_of_scoring, positive_probability
 from transforms.inference import ModelOutputs, PackedBatchHandler, RunModel
@@ -87,8 +88,8 @@ class _ToScoredPairs(beam.DoFn):
     def process(self, element, total: int):
         keys, scores = element
         self._progress.add(len(keys), total, self._at_most)
-        yield [ScoredPair(id_a, id_b, float(score), similarity, source)
-               for (id_a, id_b, similarity, source), score in zip(keys, scores)]
+        yield Records(ScoredPair(id_a, id_b, float(score), similarity, source)
+                      for (id_a, id_b, similarity, source), score in zip(keys, scores))
 
 
 def _failed_pair(key: tuple, reason: str, detail: str, stage: str) -> RejectedRow:
