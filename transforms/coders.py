@@ -13,7 +13,10 @@ pickled into each pipeline, so workers need no set-up of their own. Keys are
 untouched: Beam encodes a NamedTuple key deterministically without this coder.
 Numpy arrays (embedding vectors, a sparse vector's indices and values) are
 written as dtype, shape and raw bytes rather than pickled: at 30k questions a
-run pickled 641,040 of them, 3.7 for every candidate pair.
+run pickled 641,040 of them, 3.7 for every candidate pair. A `Records` list of
+one record class (scored batches) is written as the class's name once and
+each record's fields (benchmarks/README.md, "2026-12-04 (twenty-sixth
+session)").
 """
 from __future__ import annotations
 
