@@ -130,9 +130,9 @@ class JoinByKey(beam.PTransform):
 
 def pickled_list(items: list) -> bytes:
     """A list pickled; a list of one NamedTuple class as that class and plain tuples, which pickle and
-    unpickle in about a third of the time: pickle reduces each NamedTuple through Python calls of its own
-    (1.6-2.1 µs a `ScoredPair` dumped, 0.5-0.7 loaded; 0.3-0.4 and 0.35-0.55 as a class and tuples). Read
-    back with `unpickled_list`."""
+    unpickle in about half the time: pickle reduces each NamedTuple through Python calls of its own (a
+    `ScoredPair` dumped and loaded in 1.92 µs, 0.93 as tuples: benchmarks/README.md, "2026-12-04
+    (twenty-sixth session)"). Read back with `unpickled_list`."""
     cls = type(items[0]) if items else tuple
     if cls is tuple or not (issubclass(cls, tuple) and hasattr(cls, "_fields")) or any(
             type(item) is not cls for item in items):
@@ -150,7 +150,7 @@ def unpickled_list(data: bytes) -> list:
 
 
 class DealIntoShards(beam.DoFn):
-    """Elements -> (shard, (tag, packed list)): lists of up to `batch` elements of one shard, so that a
+    """Elements -> (shard, (tag, pickled list)): lists of up to `batch` elements of one shard, so that a
     shuffle moves a list where it would move each element, pickled once (`pickled_list`; the runner then copies
     bytes where it would encode and decode each record three times: 1.6 µs a record pickled and unpickled,
     2.0 µs a record each time `RecordCoder` codes it). A bundle holds at most 8 x `batch` elements before
