@@ -1,8 +1,6 @@
 """`JoinByKey`: what CoGroupByKey followed by a function gives, without listing a key's values; `LookUp`: the
 same where one side has one value a key, in shards."""
-import pickle
 from operator import itemgetter
-from typing import NamedTuple
 
 import apache_beam as beam
 import pytest
@@ -10,6 +8,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from tests.helpers import RUNNER_ARGS
+from transforms.coders import Records, pickled_list, unpickled_list
 from transforms.joins import (
     DealIntoShards,
     JoinByKey,
@@ -18,11 +17,8 @@ from transforms.joins import (
     _LookUpShard,
     dealt,
     only,
-    pickled_list,
     shard_of,
-    unpickled_list,
 )
-from transforms.records import ScoredPair
 
 
 def _summary(element):
@@ -90,9 +86,9 @@ def test_look_up_gives_each_element_its_keys_value_in_any_number_of_shards(shard
 
 
 def _lists_of(most: int):
-    """A check that every element is a list of 1 to `most` items."""
+    """A check that every element is a list of 1 to `most` items (`Records`: of records, the class once a list)."""
     def check(lists):
-        assert lists and all(isinstance(items, list) and 1 <= len(items) <= most for items in lists), lists
+        assert lists and all(type(items) is Records and 1 <= len(items) <= most for items in lists), lists
     return check
 
 
@@ -146,37 +142,6 @@ def test_a_bundle_gives_its_lists_when_full_and_what_it_holds_at_its_end():
     assert dealt == list(range(30)) and {tag for _, (tag, _) in given + at_end} == {1}
     assert {shard for shard, _ in given + at_end} == {0, 1, 2}
     assert all(shard == shard_of(element, 3, 1) for shard, (_, held) in given + at_end for element in held)
-
-
-class _Point(NamedTuple):
-    x: int
-    y: object = None
-
-
-class _OtherPoint(NamedTuple):
-    x: int
-    y: object = None
-
-
-@pytest.mark.parametrize("items", [
-    [ScoredPair(i, i + 1, 0.5, None, "lexical") for i in range(5)],   # one NamedTuple class: as tuples
-    [_Point(1, _Point(2)), _Point(3, [4])],                            # nested records and lists kept
-    [_Point(1), _OtherPoint(1), (1, None)],                            # mixed classes: pickled as they are
-    [(1, "a"), (2, "b")], [5, "x", None], [],
-])
-def test_a_packed_list_reads_back_equal_and_of_the_same_classes(items):
-    back = unpickled_list(pickled_list(items))
-    assert back == items and [type(item) for item in back] == [type(item) for item in items]
-    assert [type(item.y) for item in back if isinstance(item, _Point)] == \
-        [type(item.y) for item in items if isinstance(item, _Point)]
-
-
-def test_a_list_of_one_record_class_is_packed_as_its_class_and_plain_tuples():
-    """What makes it cheaper: each record is not pickled as a record of its own."""
-    items = [ScoredPair(i, i + 1, 0.5, None, "lexical") for i in range(100)]
-    cls, rows = pickle.loads(pickled_list(items))
-    assert cls is ScoredPair and all(type(row) is tuple for row in rows)
-    assert len(pickled_list(items)) < len(pickle.dumps(items, pickle.HIGHEST_PROTOCOL))
 
 
 def test_what_an_element_makes_is_dealt_item_by_item_and_read_back_whole():

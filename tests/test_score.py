@@ -14,6 +14,7 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 from pipelines.preflight import check_scorer_model
 from pipelines.report import largest_distributions, run_counts
 from tests.helpers import RUNNER_ARGS, lcqmc_pairs, reference_scores
+from transforms.coders import Records
 from transforms.devices import cpu_threads, hardware, model_device, resolve_device
 from transforms.errors import QdedupError
 from transforms.feeding import (
@@ -341,7 +342,8 @@ def test_scored_pairs_leave_the_model_in_the_batches_it_scored(tiny_model, thirt
     candidates = [CandidatePair(i, 100 + i, a, b, 0.5) for i, (a, b) in enumerate(thirty_pairs)]
 
     def check(batches):
-        assert all(isinstance(batch, list) and all(isinstance(p, ScoredPair) for p in batch) for batch in batches)
+        assert all(type(batch) is Records and all(isinstance(p, ScoredPair) for p in batch)  # the class once a list
+                   for batch in batches)
         assert sorted(p.id_a for batch in batches for p in batch) == list(range(30))
         assert 5 <= len(batches) < 30 and max(len(batch) for batch in batches) <= 7
 

@@ -14,28 +14,51 @@ untouched: Beam encodes a NamedTuple key deterministically without this coder.
 Numpy arrays (embedding vectors, a sparse vector's indices and values) are
 written as dtype, shape and raw bytes rather than pickled: at 30k questions a
 run pickled 641,040 of them, 3.7 for every candidate pair. A `Records` list of
-one record class (scored batches) is written as the class's name once and
-each record's fields (benchmarks/README.md, "2026-12-04 (twenty-sixth
-session)").
+one record class (scored batches) is pickled as the class once and each
+record's fields as a tuple (`pickled_list`; benchmarks/README.md, "2026-12-04
+(twenty-sixth session)").
 """
 from __future__ import annotations
 
 import importlib
+import pickle
 
 import numpy as np
 from apache_beam.coders import coder_impl, coders, typecoders
 from apache_beam.typehints import typehints
 
-_PICKLED, _RECORD, _ARRAY, _RECORDS, _ANY_ITEMS = 0, 1, 2, 3, 4
+_PICKLED, _RECORD, _ARRAY, _RECORDS = 0, 1, 2, 3
 _UNSEEN = object()
 
 
+def pickled_list(items: list) -> bytes:
+    """A list pickled; a list of one NamedTuple class as that class and plain tuples, which pickle and
+    unpickle in about half the time: pickle reduces each NamedTuple through Python calls of its own (a
+    `ScoredPair` dumped and loaded in 1.92 µs, 0.93 as tuples: benchmarks/README.md, "2026-12-04
+    (twenty-sixth session)"). How `Records` travel, and the lists `joins.DealIntoShards` deals. Read back
+    with `unpickled_list`."""
+    cls = type(items[0]) if items else tuple
+    if cls is tuple or not (issubclass(cls, tuple) and hasattr(cls, "_fields")) or any(
+            type(item) is not cls for item in items):
+        return pickle.dumps((None, items), pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps((cls, [tuple(item) for item in items]), pickle.HIGHEST_PROTOCOL)
+
+
+def unpickled_list(data: bytes) -> list:
+    """The list `pickled_list` made."""
+    cls, items = pickle.loads(data)
+    if cls is None:
+        return items
+    new = tuple.__new__  # a NamedTuple's own __new__ makes its fields the same way, through a call more
+    return [new(cls, item) for item in items]
+
+
 class Records(list):
-    """A list of records of one class (scored pairs, a batch of them) that travels between steps as the
-    class's name once and each record's fields as a plain tuple: a plain list of records is written record
-    by record, each with its class's name, and each made again through `_make` (4.7 `ScoredPair`s coded
-    a candidate pair in a 100k-row run). A list otherwise: equal to the plain list of its items. One with
-    items of several classes, or not records, is written item by item, and comes back a `Records`."""
+    """A list of records of one class (scored pairs, a batch of them) that travels between steps as
+    `pickled_list` writes it: the class once and each record's fields as a plain tuple. A plain list of
+    records is written record by record, each with its class's name, and each made again through `_make`
+    (4.7 `ScoredPair`s coded a candidate pair in a 100k-row run). A list otherwise: equal to the plain
+    list of its items; one of other items is pickled whole, and comes back a `Records`."""
 
     __slots__ = ()
 
@@ -59,9 +82,8 @@ def _class_named(name: bytes) -> type:
 
 
 class _RecordCoderImpl(coder_impl.StreamCoderImpl):
-    """A marker byte, then (class name, fields) for a record, (class name, [fields]) for `Records` of one
-    record class (their items for other `Records`), (dtype, shape, bytes) for a numpy array of numbers,
-    or the pickle of anything else."""
+    """A marker byte, then (class name, fields) for a record, `pickled_list`'s bytes for `Records`,
+    (dtype, shape, bytes) for a numpy array of numbers, or the pickle of anything else."""
 
     def __init__(self):
         self._fields = coder_impl.FastPrimitivesCoderImpl(self)  # records nested in fields come back here
@@ -80,9 +102,12 @@ class _RecordCoderImpl(coder_impl.StreamCoderImpl):
             stream.write(np.ascontiguousarray(value).tobytes(), True)
             return
         if cls is Records:
-            self._encode_records(value, stream)
+            stream.write_byte(_RECORDS)
+            stream.write(pickled_list(value), True)
             return
-        name = self._name(cls)
+        name = self._names.get(cls, _UNSEEN)
+        if name is _UNSEEN:
+            name = self._names[cls] = _name_of(cls)
         if name is None:
             stream.write_byte(_PICKLED)
             self._pickle.encode_to_stream(value, stream, nested)
@@ -91,43 +116,21 @@ class _RecordCoderImpl(coder_impl.StreamCoderImpl):
         stream.write(name, True)
         self._fields.encode_to_stream(tuple(value), stream, True)
 
-    def _name(self, cls: type):
-        name = self._names.get(cls, _UNSEEN)
-        if name is _UNSEEN:
-            name = self._names[cls] = _name_of(cls)
-        return name
-
-    def _encode_records(self, records: Records, stream) -> None:
-        cls = type(records[0]) if records else None
-        name = self._name(cls) if records else None
-        if name is None or any(type(record) is not cls for record in records):
-            stream.write_byte(_ANY_ITEMS)
-            self._fields.encode_to_stream(list(records), stream, True)
-            return
-        stream.write_byte(_RECORDS)
-        stream.write(name, True)
-        self._fields.encode_to_stream([tuple(record) for record in records], stream, True)
-
-    def _class(self, name: bytes) -> type:
-        cls = self._classes.get(name)
-        if cls is None:
-            cls = self._classes[name] = _class_named(name)
-        return cls
-
     def decode_from_stream(self, stream, nested):
         marker = stream.read_byte()
         if marker == _PICKLED:
             return self._pickle.decode_from_stream(stream, nested)
         if marker == _RECORDS:
-            cls, new = self._class(stream.read_all(True)), tuple.__new__  # as a NamedTuple's own __new__ does
-            return Records([new(cls, fields) for fields in self._fields.decode_from_stream(stream, True)])
-        if marker == _ANY_ITEMS:
-            return Records(self._fields.decode_from_stream(stream, True))
+            return Records(unpickled_list(stream.read_all(True)))
         if marker == _ARRAY:
             dtype = np.dtype(stream.read_all(True).decode("ascii"))
             shape = tuple(stream.read_var_int64() for _ in range(stream.read_var_int64()))
             return np.frombuffer(stream.read_all(True), dtype).reshape(shape).copy()  # writeable, as unpickled
-        return self._class(stream.read_all(True))._make(self._fields.decode_from_stream(stream, True))
+        name = stream.read_all(True)
+        cls = self._classes.get(name)
+        if cls is None:
+            cls = self._classes[name] = _class_named(name)
+        return cls._make(self._fields.decode_from_stream(stream, True))
 
 
 class _RecordFallbackCoder(coders.Coder):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import pickle
 import zlib
 from operator import itemgetter
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
@@ -21,7 +20,7 @@ from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.coders import Records
+from transforms.coders import Records, pickled_list, unpickled_list
 
 
 class TagView:
@@ -126,27 +125,6 @@ class JoinByKey(beam.PTransform):
         if self._outputs:
             call = call.with_outputs(*self._outputs, main=self._main)
         return tagged | "Flatten" >> beam.Flatten() | "Group" >> beam.GroupByKey() | "Call" >> call
-
-
-def pickled_list(items: list) -> bytes:
-    """A list pickled; a list of one NamedTuple class as that class and plain tuples, which pickle and
-    unpickle in about half the time: pickle reduces each NamedTuple through Python calls of its own (a
-    `ScoredPair` dumped and loaded in 1.92 µs, 0.93 as tuples: benchmarks/README.md, "2026-12-04
-    (twenty-sixth session)"). Read back with `unpickled_list`."""
-    cls = type(items[0]) if items else tuple
-    if cls is tuple or not (issubclass(cls, tuple) and hasattr(cls, "_fields")) or any(
-            type(item) is not cls for item in items):
-        return pickle.dumps((None, items), pickle.HIGHEST_PROTOCOL)
-    return pickle.dumps((cls, [tuple(item) for item in items]), pickle.HIGHEST_PROTOCOL)
-
-
-def unpickled_list(data: bytes) -> list:
-    """The list `pickled_list` made."""
-    cls, items = pickle.loads(data)
-    if cls is None:
-        return items
-    new = tuple.__new__  # a NamedTuple's own __new__ makes its fields the same way, through a call more
-    return [new(cls, item) for item in items]
 
 
 class DealIntoShards(beam.DoFn):
