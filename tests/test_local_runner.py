@@ -5,8 +5,8 @@ saying so.
 Beam 2.77's runner sends a stage's input to gRPC workers through a stream a background thread flushes
 every `DATA_BUFFER_TIME_LIMIT_MS`; a flush sends, then clears, and what was written meanwhile is cleared
 unsent. `local_runner.turn_off_timed_flush` turns the timed flush off. These tests show the loss with a
-flush every millisecond (so a run of seconds hits it), and that the launcher's setting removes it. If the
-first ever stops losing anything, Beam has fixed its stream and the setting can go.
+flush every millisecond and a write made to land inside one, and that the launcher's setting removes it. If
+the first ever stops losing anything, Beam has fixed its stream and the setting can go.
 """
 from __future__ import annotations
 
@@ -80,26 +80,47 @@ def test_beams_timed_flush_loses_what_is_written_while_it_sends_and_no_timed_flu
     assert received == written
 
 
+def _make_a_timed_flush_meet_a_write(monkeypatch) -> None:
+    """Beam's race made to happen in every run, not by chance: a runner-side stream written more than once
+    holds its second write until a timed flush is inside its send, and that send waits (up to 1 s) for the
+    write. Beam's flush then clears what the write added, unsent, unless Beam has fixed its stream (a
+    write that waited for the flush, or a flush that cleared only what it sent, loses nothing here)."""
+    stream_class = data_plane.TimeBasedBufferingClosableOutputStream
+    beams_init, beams_write = stream_class.__init__, stream_class.write
+
+    def init(stream, close_callback=None, flush_callback=None, *args, **kwargs):
+        stream.writes, stream.writer_waits = 0, False
+        stream.sending, stream.wrote_again = threading.Event(), threading.Event()
+
+        def send(data: bytes) -> None:
+            if isinstance(threading.current_thread(), data_plane.PeriodicThread) and stream.writer_waits:
+                stream.sending.set()
+                stream.wrote_again.wait(1)
+            flush_callback(data)
+
+        beams_init(stream, close_callback, send, *args, **kwargs)
+
+    def write(stream, data: bytes) -> None:
+        if stream.writes and not stream.sending.is_set():
+            stream.writer_waits = True
+            stream.sending.wait(1)
+        beams_write(stream, data)
+        stream.writes += 1
+        if stream.sending.is_set():
+            stream.wrote_again.set()
+
+    monkeypatch.setattr(stream_class, "__init__", init)
+    monkeypatch.setattr(stream_class, "write", write)
+
+
 @pytest.mark.e2e
 def test_a_stage_in_worker_processes_reads_every_element_once_the_launcher_sets_the_runner(monkeypatch, tmp_path):
     for (owner, name), method in _BEAMS_RUNNER.items():  # Beam's send, whose timed flush lost elements
         monkeypatch.setattr(owner, name, method)
     monkeypatch.setattr(worker_handlers, "DATA_BUFFER_TIME_LIMIT_MS", 1)
-    # The race made likelier: each send waits 2 ms, as on a full send queue, and what is written meanwhile is
-    # cleared unsent (unaided, 3 runs in a row on a loaded machine once lost nothing, 2026-12-04; with the
-    # wait, 1 run in 8 did, alone).
-    beams_send = data_plane._GrpcDataChannel._enqueue_to_send
-    monkeypatch.setattr(data_plane._GrpcDataChannel, "_enqueue_to_send",
-                        lambda channel, element: (time.sleep(0.002), beams_send(channel, element))[1])
-    lost = []
-    for attempt in range(3):
-        made, read = made_and_read(200_000, str(tmp_path / f"timed{attempt}"))
-        assert made == 200_000
-        lost.append(made - read)
-        if lost[-1]:
-            break
-    assert any(lost), lost  # lost with a timed flush (every millisecond here, every second by default)
-    monkeypatch.setattr(data_plane._GrpcDataChannel, "_enqueue_to_send", beams_send)
+    _make_a_timed_flush_meet_a_write(monkeypatch)  # by chance, 1 run in 8 lost nothing (2026-12-04)
+    made, read = made_and_read(200_000, str(tmp_path / "timed"))
+    assert made == 200_000 and read < made  # lost with a timed flush (every millisecond here, every second by default)
     turn_off_timed_flush(PipelineOptions(RUNNER))
     assert worker_handlers.DATA_BUFFER_TIME_LIMIT_MS == 0
     assert made_and_read(200_000, str(tmp_path / "whole")) == (200_000, 200_000)
