@@ -21,7 +21,7 @@ from transforms.cluster import ClusterGroups, ConnectedComponents
 from transforms.coders import use_record_coder
 from transforms.commit import OutputRun
 from transforms.embed import EmbedEncoder, EmbedLexical, EmbedStatic
-from transforms.explain import ExplainGroups
+from transforms.explain import Explainer
 from transforms.feeding import ModelSettings
 from transforms.ids import AssignGroupIds, ReadPreviousGroups
 from transforms.metrics import count_elements
@@ -185,7 +185,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
     components = ConnectedComponents(options.component_rounds, options.max_unsettled_edges)
     clustered = (representatives, members, scoring.scored, previous) | "ClusterGroups" >> ClusterGroups(
         chaining.threshold, components, SplitChains(chaining, ScoreCandidates(scorer, known_scores), components, texts),
-        AssignGroupIds(first_run=not previous_groups), ExplainGroups(chaining.threshold, options.explain_max_edges),
+        AssignGroupIds(first_run=not previous_groups), Explainer(chaining.threshold, options.explain_max_edges),
         options.canonical)
     groups = clustered.groups
     all_pairs = (scoring.scored, clustered.scored) | "AllPairs" >> beam.Flatten()  # scored batches

@@ -13,6 +13,8 @@ from transforms.cluster import (
     BUNDLE_NODES,
     ConnectedComponents,
     GroupInfo,
+    GroupRow,
+    _group_rows,
     connected_components,
     finish_unsettled,
     large_star,
@@ -23,7 +25,9 @@ from transforms.cluster import (
     summarize_group,
 )
 from transforms.errors import QdedupError
-from transforms.records import Representative
+from transforms.explain import Explainer
+from transforms.ids import AssignedId
+from transforms.records import Edge, Representative
 
 
 def _components_by_search(edges):
@@ -89,6 +93,25 @@ def test_match_kind():
     assert match_kind(group, "k1", 3) == "exact"
     assert match_kind(group, "k2", 1) == "model"
     assert match_kind(GroupInfo(1, "k1", 2), "k1", 1) == "model"  # canonical joined only by the model
+
+
+def test_a_groups_rows_and_their_explanations_come_from_one_join():
+    """Rows 1 and 2 share the canonical text (representative 1), row 3 joined it by a pair; a single row's
+    group is explained by nothing; a label with rows but no group fails, naming it."""
+    joined = {"group": [(GroupInfo(1, "k1", 3), (0.9, 0.9))], "id": [AssignedId(50, 2, True)],
+              "rows": [(1, "k1", 2, 1), (2, "k1", 2, 1), (3, "k3", 1, 3)], "edges": [Edge(1, 3, 0.9, "lexical")]}
+    made = list(_group_rows(("g", joined), Explainer(0.5, 10)))
+    assert made[:3] == [GroupRow(1, 50, 1, 3, "exact", 0.9, 0.9, 2), GroupRow(2, 50, 1, 3, "exact", 0.9, 0.9, 2),
+                        GroupRow(3, 50, 1, 3, "model", 0.9, 0.9, 2)]
+    assert {m.tag for m in made[3:]} == {"explained"} and len(made) == 6
+    assert [(e.value.id, e.value.kind, e.value.path_ids) for e in made[3:]] == [
+        (1, "canonical", []), (2, "exact", []), (3, "path", [3, 1])]
+    single = {"group": [(GroupInfo(4, "k4", 1), (None, None))], "id": [AssignedId(51, 2, False)],
+              "rows": [(4, "k4", 1, 4)], "edges": []}
+    assert list(_group_rows(("s", single), Explainer(0.5, 10))) == [GroupRow(4, 51, 4, 1, "single", None, None, 2)]
+    with pytest.raises(ValueError, match="'lost' has edges or rows but no group"):
+        list(_group_rows(("lost", {"group": [], "id": [], "rows": [(5, "k5", 1, 5)], "edges": []}),
+                         Explainer(0.5, 10)))
 
 
 def _run_components(edges, rounds, tmp_path, max_unsettled=10**9, bundle_nodes=BUNDLE_NODES, counts=False):

@@ -125,13 +125,19 @@ def _summarize(element, canonical: str) -> Iterable[tuple]:
     yield label, (summarize_group(joined["reps"], canonical), only(joined["scores"], (None, None)))
 
 
-def _group_rows(element) -> Iterable[GroupRow]:
+def _group_rows(element, explain: Callable) -> Iterator:
+    """(group label, {group, id, rows, edges}) -> a `GroupRow` per row, and to "explained" what `explain` makes
+    of the group: one join gives both, so a group's summary, id and rows are shuffled once."""
     _, joined = element
-    info, (low, mean) = only(joined["group"])
-    assigned = only(joined["id"])
-    for row_id, key, count, _ in joined["rows"]:
+    group = only(joined["group"])
+    if group is None:  # a label's edges always come with its group
+        raise ValueError(f"group label {element[0]!r} has edges or rows but no group")
+    (info, (low, mean)), assigned, rows = group, only(joined["id"]), joined["rows"]
+    for row_id, key, count, _ in rows:
         yield GroupRow(row_id, assigned.group_id, info.canonical_id, info.size, match_kind(info, key, count),
                        low, mean, assigned.since_run)
+    for row in explain(info, assigned, joined["edges"], rows):
+        yield beam.pvalue.TaggedOutput("explained", row)
 
 
 def edge_ends(batch: list, threshold: float) -> list[tuple]:
@@ -397,9 +403,8 @@ class ClusterGroups(beam.PTransform):
             group labels and the edge scores inside each group (`SplitChains` in a run).
         assign_ids: (row labels, group canonical ids, previous rows) -> ids and lineage
             (`AssignGroupIds` in a run).
-        explain: (edges as (label, `Edge`), groups as (label, (GroupInfo, edge scores)), ids as (label,
-            AssignedId), rows as (label, (row id, key, count, rep id))) -> explanation rows
-            (`ExplainGroups` in a run).
+        explain: (a group's GroupInfo, its AssignedId, its edges, its rows as (row id, key, count, rep id))
+            -> its explanation rows (`explain.Explainer` in a run), called where the group's rows are made.
         canonical: `frequent` or `earliest` (see `summarize_group`).
     """
 
@@ -437,9 +442,8 @@ class ClusterGroups(beam.PTransform):
             previous,
         ) | "AssignGroupIds" >> self._assign_ids
         group_rows = (
-            {"group": summaries, "id": assigned.ids, "rows": rows}
-            | "GroupRows" >> JoinByKey(_group_rows)
+            {"group": summaries, "id": assigned.ids, "rows": rows, "edges": chained.edges}
+            | "GroupRows" >> JoinByKey(_group_rows, self._explain, outputs=("explained",), main="rows")
         )
-        explained = (chained.edges, summaries, assigned.ids, rows) | "ExplainGroups" >> self._explain
-        return Clustered(group_rows, chained.scored, chained.new, chained.failed, assigned.lineage, assigned.ids,
-                         explained)
+        return Clustered(group_rows.rows, chained.scored, chained.new, chained.failed, assigned.lineage,
+                         assigned.ids, group_rows.explained)

@@ -6,19 +6,18 @@ the representative of its text to the representative of the canonical member's t
 row of the group, the group's weakest link (its lowest-scoring bridge, none when no single edge holds
 it together). `qdedup explain` answers with the same functions.
 
-The step gathers each group's edges, and only its edges, up to `max_edges` (a group with more is
-written with kind "too_large" and counted, never held whole); its rows are walked, never listed.
+`Explainer` gathers each group's edges, and only its edges, up to `max_edges` (a group with more is
+written with kind "too_large" and counted, never held whole); its rows are walked, never listed. It runs
+inside `cluster.ClusterGroups`' per-group step, beside the group's rows.
 """
 from __future__ import annotations
 
 from collections import deque
 from typing import Hashable, Iterable, Iterator, NamedTuple, Optional
 
-import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms.graphs import UnionFind
-from transforms.joins import JoinByKey, only
 from transforms.records import Edge
 
 
@@ -199,36 +198,41 @@ class ExplainRow(NamedTuple):
     weakest_source: Optional[str]
 
 
-class _Explain:
-    """(group label, {edges, group, id, rows}) -> an `ExplainRow` per row of a multi-row group."""
+class Explainer:
+    """What explains a group's rows: an `ExplainRow` per row of a multi-row group, from the group's summary,
+    its assigned id, its edges (gathered up to `max_edges`: a group with more has its rows written "too_large"
+    and is counted) and its rows as (row id, key, count, representative id), walked twice, never listed.
+    `ClusterGroups` calls it in the step that writes the group's rows, so that a group's rows, summary and id
+    are shuffled once for both.
+
+    Args:
+        threshold: the run's --threshold (edges below it explain nothing).
+        max_edges: most edges of one group gathered (--explain-max-edges).
+    """
 
     def __init__(self, threshold: float, max_edges: int):
         self._threshold = threshold
         self._max_edges = max_edges
         self._too_large = Metrics.counter("qdedup", "explain_groups_too_large")
 
-    def __call__(self, element) -> Iterator[ExplainRow]:
-        _, joined = element
-        group = only(joined["group"])
-        if group is None or group[0].size < 2:
+    def __call__(self, info, assigned, edges: Iterable[Edge], rows: Iterable[tuple]) -> Iterator[ExplainRow]:
+        if info.size < 2:
             return
-        info, assigned = group[0], only(joined["id"])
-        edges = []
-        for edge in joined["edges"]:
-            edges.append(edge)
-            if len(edges) > self._max_edges:
-                edges = None
+        gathered = []
+        for edge in edges:
+            gathered.append(edge)
+            if len(gathered) > self._max_edges:
+                gathered = None
                 break
-        rows = joined["rows"]  # walked twice, never listed
         canonical_rep = next(rep for row_id, _, _, rep in rows if row_id == info.canonical_id)
-        if edges is None:
+        if gathered is None:
             self._too_large.inc()
             for row_id, _, _, _ in rows:
                 yield ExplainRow(row_id, assigned.group_id, info.canonical_id, "too_large", [], [], [], None,
                                  None, None, None, None)
             return
-        paths = widest_paths_to(edges, canonical_rep, self._threshold)
-        link = weakest_link(edges, self._threshold)
+        paths = widest_paths_to(gathered, canonical_rep, self._threshold)
+        link = weakest_link(gathered, self._threshold)
         weakest = (link.a, link.b, link.score, link.source) if link else (None, None, None, None)
         for row_id, _, _, rep in rows:
             path = paths.get(rep, [])
@@ -241,23 +245,3 @@ class _Explain:
             yield ExplainRow(row_id, assigned.group_id, info.canonical_id, kind,
                              [rep] + [e.b for e in path] if path else [], [e.score for e in path],
                              [e.source for e in path], min((e.score for e in path), default=None), *weakest)
-
-
-class ExplainGroups(beam.PTransform):
-    """(edges as (label, `Edge`), groups as (label, (GroupInfo, edge scores)), ids as (label, AssignedId),
-    rows as (label, (row id, key, count, representative id))) -> `ExplainRow`s.
-
-    Args:
-        threshold: the run's --threshold (edges below it explain nothing).
-        max_edges: most edges of one group gathered (--explain-max-edges).
-    """
-
-    def __init__(self, threshold: float, max_edges: int):
-        super().__init__()
-        self._threshold = threshold
-        self._max_edges = max_edges
-
-    def expand(self, inputs):
-        edges, groups, ids, rows = inputs
-        return {"edges": edges, "group": groups, "id": ids, "rows": rows} | "PerGroup" >> JoinByKey(
-            _Explain(self._threshold, self._max_edges))
