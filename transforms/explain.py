@@ -173,7 +173,7 @@ def weakest_link(edges: Iterable[Edge], threshold: float) -> Optional[Edge]:
     return min(bridges, key=lambda e: (e.score, sorted((order_key(e.a), order_key(e.b)))), default=None)
 
 
-# ---- Beam glue ----
+# ---- per group, in the pipeline (`cluster.ClusterGroups` calls it) ----
 
 class ExplainRow(NamedTuple):
     """A row of a multi-row group, and why it is there (explain/).
