@@ -8,9 +8,9 @@ from benchmarks.bench_scale import _tree_usage
 def test_resident_memory_and_cpu_are_given_for_each_process_of_the_tree():
     child = subprocess.Popen([sys.executable, "-c",
                               "import time; x = bytearray(64 << 20); end = time.process_time() + 0.5\n"
-                              "while time.process_time() < end: pass\ntime.sleep(30)"])
+                              "while time.process_time() < end: pass\ntime.sleep(120)"])
     try:
-        for _ in range(100):  # until the child holds its 64 MiB and has spent its half second of CPU (in clock ticks)
+        for _ in range(600):  # until the child holds its 64 MiB and has spent its half second of CPU (in clock ticks)
             tree = _tree_usage(os.getpid())
             resident, cpu = tree.get(child.pid, (0, 0.0))
             if resident > 64 << 20 and cpu >= 0.45:
