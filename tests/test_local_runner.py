@@ -82,8 +82,8 @@ def test_beams_timed_flush_loses_what_is_written_while_it_sends_and_no_timed_flu
 
 def _make_a_timed_flush_meet_a_write(monkeypatch) -> None:
     """Beam's race made to happen in every run, not by chance: a runner-side stream written more than once
-    holds its second write until a timed flush is inside its send, and that send waits (up to 1 s) for the
-    write. Beam's flush then clears what the write added, unsent, unless Beam has fixed its stream (a
+    holds its second write until a timed flush is inside its send, and that send waits for the write (each
+    up to 10 s). Beam's flush then clears what the write added, unsent, unless Beam has fixed its stream (a
     write that waited for the flush, or a flush that cleared only what it sent, loses nothing here)."""
     stream_class = data_plane.TimeBasedBufferingClosableOutputStream
     beams_init, beams_write = stream_class.__init__, stream_class.write
@@ -95,7 +95,7 @@ def _make_a_timed_flush_meet_a_write(monkeypatch) -> None:
         def send(data: bytes) -> None:
             if isinstance(threading.current_thread(), data_plane.PeriodicThread) and stream.writer_waits:
                 stream.sending.set()
-                stream.wrote_again.wait(1)
+                stream.wrote_again.wait(10)
             flush_callback(data)
 
         beams_init(stream, close_callback, send, *args, **kwargs)
@@ -103,7 +103,7 @@ def _make_a_timed_flush_meet_a_write(monkeypatch) -> None:
     def write(stream, data: bytes) -> None:
         if stream.writes and not stream.sending.is_set():
             stream.writer_waits = True
-            stream.sending.wait(1)
+            stream.sending.wait(10)
         beams_write(stream, data)
         stream.writes += 1
         if stream.sending.is_set():
