@@ -38,8 +38,7 @@ def pickled_list(items: list) -> bytes:
     (twenty-sixth session)"). How `Records` travel, and the lists `joins.DealIntoShards` deals. Read back
     with `unpickled_list`."""
     cls = type(items[0]) if items else tuple
-    if cls is tuple or not (issubclass(cls, tuple) and hasattr(cls, "_fields")) or any(
-            type(item) is not cls for item in items):
+    if not _is_record(cls) or any(type(item) is not cls for item in items):
         return pickle.dumps((None, items), pickle.HIGHEST_PROTOCOL)
     return pickle.dumps((cls, [tuple(item) for item in items]), pickle.HIGHEST_PROTOCOL)
 
@@ -63,10 +62,15 @@ class Records(list):
     __slots__ = ()
 
 
+def _is_record(cls: type) -> bool:
+    """Whether `cls` is a NamedTuple class (a plain tuple is not)."""
+    return issubclass(cls, tuple) and hasattr(cls, "_fields") and hasattr(cls, "_make")
+
+
 def _name_of(cls: type):
     """The importable name of a NamedTuple class (b"module:qualname"), or None (not a record, or one that
     cannot be found again by name: defined in a function or in __main__)."""
-    if not (issubclass(cls, tuple) and hasattr(cls, "_fields") and hasattr(cls, "_make")):
+    if not _is_record(cls):
         return None
     if "<locals>" in cls.__qualname__ or cls.__module__ == "__main__":
         return None
