@@ -168,8 +168,7 @@ def configure_logging(verbose: bool) -> None:
     """qdedup's progress lines at INFO on stderr; libraries quiet unless `verbose` (then every logger at INFO)."""
     if verbose:
         os.environ[logs.VERBOSE] = "1"  # inherited by the worker processes a local run starts
-    logging.basicConfig(level=logging.INFO, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, force=True, format=logs.LINE_FORMAT)
     logs.quiet_libraries()
 
 

@@ -164,8 +164,16 @@ def stream_local_inputs(pipeline_options: PipelineOptions) -> None:
 # Seconds a local run's workers keep a finished stage's bundle processor before shutting it down.
 LOCAL_STAGE_IDLE_S = 1.0
 
-# Imported by Beam in each worker process of a local multi-process run, before the process makes its worker.
+# Each worker process of a local multi-process run: started in place of Beam's harness module, and imported by
+# Beam as a plugin before the process makes its worker.
 LOCAL_WORKER_PLUGIN = "pipelines.local_worker"
+_BEAM_WORKER_MAIN = "-m apache_beam.runners.worker.sdk_worker_main"
+
+
+def worker_command(command: str) -> str:
+    """Beam's command for a local worker process with `LOCAL_WORKER_PLUGIN` in place of Beam's harness module,
+    which it runs once it has quieted the process's start-up lines (`pipelines/local_worker.py`)."""
+    return command.replace(_BEAM_WORKER_MAIN, f"-m {LOCAL_WORKER_PLUGIN}")
 
 
 def release_finished_stages_here() -> None:
@@ -197,8 +205,9 @@ def pass_settings_to_local_processes(pipeline_options: PipelineOptions) -> None:
     would not reach them and every library's INFO lines would fill the terminal, and a setting the launcher
     makes in its own process (`release_finished_local_stages`) would not hold there. A worker reads its
     options from the file `PIPELINE_OPTIONS_FILE` names, an environment the worker processes inherit: the
-    levels go there (plus the harness's own start-up lines), with `LOCAL_WORKER_PLUGIN` as a Beam plugin,
-    which the worker imports before it makes its worker, in a file removed when the launcher exits. Only
+    levels go there (the harness's own lines are Beam's: it runs under its module's name, `worker_command`),
+    with `LOCAL_WORKER_PLUGIN` as a Beam plugin, which the worker imports before it makes its worker, in a
+    file removed when the launcher exits. Only
     for the FnApiRunner, where this was seen and tested: a runner that does pass options must not have them
     replaced by the file."""
     if os.path.basename(os.environ.get("PIPELINE_OPTIONS_FILE", "")).startswith(_WORKER_OPTIONS):
@@ -207,8 +216,6 @@ def pass_settings_to_local_processes(pipeline_options: PipelineOptions) -> None:
     if not local_processes(pipeline_options) or runner.split(".")[-1] != "FnApiRunner":
         return
     overrides = pipeline_options.get_all_options().get("sdk_harness_log_level_overrides") or {}
-    if overrides:
-        overrides = {**overrides, "__main__": "WARNING"}  # the harness's module, run as a script
     handle, path = tempfile.mkstemp(prefix=_WORKER_OPTIONS, suffix=".json")
     with os.fdopen(handle, "w") as options_file:
         json.dump({"options": {"sdk_harness_log_level_overrides": overrides, "beam_plugins": [LOCAL_WORKER_PLUGIN]}},
@@ -250,7 +257,9 @@ _ended: list[str] = []  # what Beam said of each worker process that ended durin
 
 def _run_worker(self: local_job_service.SubprocessSdkWorker) -> None:
     """Beam's `SubprocessSdkWorker.run`, which waits for its worker process and raises, in a thread no one
-    joins, if that process ends with an exit code other than 0: what it raised is remembered."""
+    joins, if that process ends with an exit code other than 0: what it raised is remembered. The process
+    runs `worker_command`."""
+    self._worker_command_line = worker_command(self._worker_command_line)
     try:
         _BEAM_RUN_WORKER(self)
     except Exception as error:

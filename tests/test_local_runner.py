@@ -448,8 +448,11 @@ def test_a_worker_process_that_ends_before_it_connects_fails_every_request_of_th
         raise RuntimeError("Worker subprocess exited with return code 137")
 
     monkeypatch.setattr(local_runner, "_BEAM_RUN_WORKER", killed)
+    worker = local_job_service.SubprocessSdkWorker(
+        f"{sys.executable} -m apache_beam.runners.worker.sdk_worker_main".encode(), "localhost:1", None)
     with pytest.raises(RuntimeError, match="137"):
-        local_runner._run_worker(None)
+        local_runner._run_worker(worker)
+    assert worker._worker_command_line == f"{sys.executable} -m pipelines.local_worker"  # quiet as it starts
     with pytest.raises(RuntimeError, match="a worker process of this run ended: .* 137"):
         waiting.get(timeout=10)
     with pytest.raises(RuntimeError, match="a worker process of this run ended"):
@@ -467,7 +470,7 @@ def test_a_worker_process_that_ends_before_it_connects_fails_every_request_of_th
 
 
 def _worker_processes(root: int) -> list[int]:
-    """The Beam SDK worker processes (Python, not the shells that start them) below `root`."""
+    """The local worker processes (Python, not the shells that start them) below `root`."""
     found = []
     for pid in _tree_usage(root):
         try:
@@ -475,7 +478,7 @@ def _worker_processes(root: int) -> list[int]:
                 words = handle.read().split(b"\0")
         except OSError:
             continue
-        if "python" in os.path.basename(words[0].decode()) and b"apache_beam.runners.worker.sdk_worker_main" in words:
+        if "python" in os.path.basename(words[0].decode()) and local_runner.LOCAL_WORKER_PLUGIN.encode() in words:
             found.append(pid)
     return found
 

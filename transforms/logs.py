@@ -15,8 +15,10 @@ import time
 import warnings
 from typing import Iterator, Optional
 
-# Root-logger warnings libraries print on import or per bundle, whatever the run does.
-NOISE = ("apitools not found", "Resource module is not available")
+# Warnings libraries print on import, per bundle or as a local worker process starts, whatever the run does.
+NOISE = ("apitools not found", "Resource module is not available", "No semi_persistent_directory found")
+# How every process of a run writes its lines on stderr (the launcher's and its local worker processes').
+LINE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Loggers whose INFO lines are the runner's and the libraries' business, not the user's.
 QUIET_LOGGERS = {"apache_beam": logging.WARNING, "transformers": logging.ERROR, "huggingface_hub": logging.ERROR,
                  "faiss": logging.WARNING, "urllib3": logging.WARNING}
@@ -34,12 +36,15 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE) == "1"
 
 
-def quiet_libraries() -> None:
-    """Drops `NOISE`, quiets `QUIET_LOGGERS` and turns off Hugging Face progress bars; verbose, undoes that."""
-    root = logging.getLogger()
+def quiet_libraries(*noisy: str) -> None:
+    """Drops `NOISE` (said to the root logger, or to one named in `noisy`), quiets `QUIET_LOGGERS` and turns
+    off Hugging Face progress bars; verbose, undoes that. A filter drops a record only where it is said: a
+    library logging through a logger of its own has that logger named in `noisy`."""
+    said = [logging.getLogger(), *map(logging.getLogger, noisy)]
     if verbose():
-        for noise in [f for f in root.filters if isinstance(f, _DropNoise)]:
-            root.removeFilter(noise)
+        for logger in said:
+            for noise in [f for f in logger.filters if isinstance(f, _DropNoise)]:
+                logger.removeFilter(noise)
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.NOTSET)
         for name, value in _ENVIRONMENT.items():
@@ -52,8 +57,9 @@ def quiet_libraries() -> None:
         return
     for name, value in _ENVIRONMENT.items():  # read when huggingface_hub and transformers are imported
         os.environ.setdefault(name, value)
-    if not any(isinstance(f, _DropNoise) for f in root.filters):
-        root.addFilter(_DropNoise())
+    for logger in said:
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise())
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
     if "transformers" in sys.modules:  # imported before the environment was set
