@@ -55,7 +55,7 @@ def _read_each_signature_once() -> None:
         key, bound = (f.__func__, True) if isinstance(f, types.MethodType) else (f, False)
         try:
             found = known.setdefault(key, {})
-        except TypeError:  # an object a weak dictionary cannot hold (a builtin, a partial)
+        except TypeError:  # an object a weak dictionary cannot hold (a method descriptor such as str.strip)
             return read(f)
         if bound not in found:
             found[bound] = read(f)
@@ -138,4 +138,3 @@ def reference_run(corpus, tiny_model, tmp_path_factory):
         if to_make:
             run_qdedup(directory / "*.parquet", folder / "out", tiny_model)
     return folder / "out", json.loads((folder / "out" / "report.json").read_text())
-
