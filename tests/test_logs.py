@@ -1,5 +1,6 @@
 """A long step says how far it has come (`transforms.logs.Progress`), at most every interval."""
 import logging
+import sys
 
 from transforms import logs
 from transforms.logs import Progress
@@ -43,3 +44,31 @@ def test_progress_without_a_total_or_with_a_bound(monkeypatch, caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "writing: 4 rows by this worker, 2.0 rows/s",
         "dealing: 2 of at most 10 rows (20.0%) by this worker, 1.0 rows/s, ~8 s left if it did the rest alone"]
+
+
+def test_noise_said_through_a_named_logger_is_dropped_there_unless_verbose(monkeypatch, caplog):
+    """A library's own logger (Beam's harness says "No semi_persistent_directory found" under its module's
+    name) is filtered where the message is said: the root logger's filter does not see it."""
+    harness = logging.getLogger("qdedup.test.harness")
+    said = []
+
+    def say():
+        caplog.clear()
+        harness.warning("No semi_persistent_directory found: %s", "none staged")
+        harness.warning("a warning that is not noise")
+        said.append([r.getMessage() for r in caplog.records])
+
+    monkeypatch.delenv(logs.VERBOSE, raising=False)
+    monkeypatch.delitem(sys.modules, "transformers", raising=False)  # its progress bars left as they are
+    with caplog.at_level("WARNING", logger="qdedup.test.harness"):
+        say()                                   # before: the root's filter misses it
+        logs.quiet_libraries("qdedup.test.harness")
+        say()
+        monkeypatch.setenv(logs.VERBOSE, "1")
+        logs.quiet_libraries("qdedup.test.harness")
+        say()
+    monkeypatch.delenv(logs.VERBOSE)
+    logs.quiet_libraries()  # the suite's quiet settings back
+    assert said == [["No semi_persistent_directory found: none staged", "a warning that is not noise"],
+                    ["a warning that is not noise"],
+                    ["No semi_persistent_directory found: none staged", "a warning that is not noise"]]
