@@ -36,7 +36,7 @@ from transforms.records import (
     Representative,
     StoredItem,
 )
-from transforms.vectors import SparseVector, sparse_rows, to_dense
+from transforms.vectors import SparseVector, dense_rows, sparse_rows, to_dense
 
 
 def _brute_force(ids, vectors, k, floor):
@@ -111,6 +111,20 @@ def _sparse_unit(rng, n, d, nonzeros):
         values = rng.random(nonzeros).astype(np.float32) + 0.1
         vectors.append(SparseVector(indices, (values / np.linalg.norm(values)).astype(np.float32), d))
     return vectors
+
+
+def test_dense_rows_lay_sparse_vectors_out_at_once_as_they_would_be_one_by_one():
+    """A work item's matrices: the same float32 rows as `to_dense` vector by vector, and the sparse rows too;
+    dense vectors (an encoder's) are stacked, with no sparse rows."""
+    rng = np.random.default_rng(3)
+    vectors = _sparse_unit(rng, 300, 64, 9) + [SparseVector(np.zeros(0, np.int32), np.zeros(0, np.float32), 64)]
+    dense, sparse = dense_rows(vectors)
+    expected = np.stack([to_dense(v) for v in vectors])
+    assert dense.dtype == expected.dtype == np.float32 and np.array_equal(dense, expected)
+    assert (sparse != sparse_rows(vectors)).nnz == 0 and not dense[-1].any()
+    encoded = [rng.random(8).astype(np.float32) for _ in range(5)]
+    stacked, none = dense_rows(encoded)
+    assert none is None and np.array_equal(stacked, np.stack(encoded))
 
 
 @pytest.mark.parametrize("k, floor", [(1, -1.0), (5, 0.0), (10, 0.3), (40, 0.1)])

@@ -55,7 +55,7 @@ from transforms.joins import JoinByKey, only
 from transforms.logs import Progress
 from transforms.metrics import BundleCount, StageTimer, count_elements, largest, read_count
 from transforms.records import GivenCentroids, Neighbours, candidate_pair, merge_sources, one_pair, pairs_of
-from transforms.vectors import SparseVector, sparse_rows, to_dense
+from transforms.vectors import SparseVector, dense_rows
 
 _LOG = logging.getLogger(__name__)
 _SAMPLE_BUCKETS = 1_000_003
@@ -390,7 +390,7 @@ def _train(sample: list, n: int, settings: BlockingSettings) -> Optional[np.ndar
     if n_partitions == 1 or not sample:
         return None
     sample = sorted(sample, key=lambda pair: pair[0])
-    return train_centroids(np.stack([to_dense(vector) for _, vector in sample]), n_partitions, settings.seed)
+    return train_centroids(dense_rows([vector for _, vector in sample])[0], n_partitions, settings.seed)
 
 
 def _train_sub(element, sizes: dict, settings: BlockingSettings) -> Iterator[tuple]:
@@ -400,7 +400,7 @@ def _train_sub(element, sizes: dict, settings: BlockingSettings) -> Iterator[tup
     count = sub_partition_count(sizes[partition], settings)
     sample = sorted(sample, key=lambda pair: pair[0])
     if count and len(sample) > 1:
-        yield partition, train_centroids(np.stack([to_dense(vector) for _, vector in sample]), count,
+        yield partition, train_centroids(dense_rows([vector for _, vector in sample])[0], count,
                                          settings.seed + 1 + partition)
 
 
@@ -571,11 +571,12 @@ def _search(queries: list, index: list, settings: BlockingSettings) -> dict:
     # In id order: which rows the search sees first does not depend on the order items arrived in.
     queries = sorted(queries, key=lambda item: item.rep.id)
     index = sorted(index, key=lambda item: item.rep.id)
-    vectors = [item.vector for item in queries]
-    return knn_lists([item.rep.id for item in queries], np.stack([to_dense(vector) for vector in vectors]),
-                     [item.rep.id for item in index], np.stack([to_dense(item.vector) for item in index]),
-                     settings.top_k, settings.min_similarity, settings.margin, sparse_rows(vectors),
-                     search_threads(settings))
+    query_ids, index_ids = [item.rep.id for item in queries], [item.rep.id for item in index]
+    dense_queries, sparse_queries = dense_rows([item.vector for item in queries])
+    # Most work items search their questions against themselves: the same rows, made dense once.
+    dense_index = dense_queries if index_ids == query_ids else dense_rows([item.vector for item in index])[0]
+    return knn_lists(query_ids, dense_queries, index_ids, dense_index, settings.top_k, settings.min_similarity,
+                     settings.margin, sparse_queries, search_threads(settings))
 
 
 def _keep_best(best: dict, found: Iterable[tuple], k: int) -> dict:
