@@ -1,4 +1,5 @@
 import pickle
+import tracemalloc
 
 import apache_beam as beam
 import faiss
@@ -15,6 +16,7 @@ from transforms.block import (
     BlockingSettings,
     DistinctCandidates,
     OnePair,
+    SearchEntry,
     UnionCandidates,
     _TopNeighbours,
     best_neighbours,
@@ -25,9 +27,11 @@ from transforms.block import (
     knn_lists,
     knn_pairs,
     nearest_partitions,
+    pack_entry,
     partition_count,
     top_columns,
     train_centroids,
+    unpack_entry,
 )
 from transforms.records import (
     CandidatePair,
@@ -113,6 +117,42 @@ def _sparse_unit(rng, n, d, nonzeros):
     return vectors
 
 
+def test_a_packed_entry_gives_the_search_what_it_reads_and_is_held_in_a_fraction_of_the_memory():
+    """Blocking entries travel packed: a question's id, text (str or token bytes) and vector (sparse, or dense as
+    an encoder's), and a stored question's k nearest, come back equal; held as bytes, a fraction of them decoded."""
+    rng = np.random.default_rng(11)
+    vectors = _sparse_unit(rng, 2000, 1024, 20)
+    items = [Embedded(Representative(10_000 + i, f"花呗怎么还款第{i}次了呢", "n", "k", 1), v)
+             for i, v in enumerate(vectors)]
+    items.append(Embedded(Representative("id-7", np.arange(9, dtype=np.uint16).tobytes(), "n", "k", 2),
+                          rng.random(16).astype(np.float32)))
+    items.append(StoredItem(Representative(3, "存着的问题", "n", "k", 1), vectors[0], [(0.9, 5), (0.7, 8)]))
+    for item in items:
+        entry = unpack_entry(pack_entry(item))
+        assert isinstance(entry, SearchEntry) and (entry.id, entry.text) == (item.rep.id, item.rep.text)
+        assert entry.neighbours == (item.neighbours if isinstance(item, StoredItem) else None)
+        assert type(entry.vector) is type(item.vector)
+        if isinstance(item.vector, SparseVector):
+            assert entry.vector.dim == item.vector.dim
+            for got, want in ((entry.vector.indices, item.vector.indices), (entry.vector.values, item.vector.values)):
+                assert got.dtype == want.dtype and np.array_equal(got, want)
+        else:
+            assert entry.vector.dtype == item.vector.dtype and np.array_equal(entry.vector, item.vector)
+
+    def held(make) -> int:  # bytes allocated to hold what make() returns, as a shuffle holds its values
+        tracemalloc.start()
+        kept = make()
+        size = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        assert kept
+        return size
+
+    encoded = [pack_entry(item) for item in items[:2000]]
+    decoded = held(lambda: [unpack_entry(data) for data in encoded])
+    compact = held(lambda: [pack_entry(item) for item in items[:2000]])
+    assert compact < decoded / 2, (compact, decoded)
+
+
 def test_dense_rows_lay_sparse_vectors_out_at_once_as_they_would_be_one_by_one():
     """A work item's matrices: the same float32 rows as `to_dense` vector by vector, and the sparse rows too;
     dense vectors (an encoder's) are stacked, with no sparse rows."""
@@ -170,8 +210,7 @@ def test_a_work_item_searches_on_the_threads_its_setting_gives(monkeypatch, sett
     """--search-threads reaches the search of a work item; 0 means the cores this process may use."""
     import os
     rng = np.random.default_rng(6)
-    items = [Embedded(Representative(i, f"t{i}", f"t{i}", f"t{i}", 1), v)
-             for i, v in enumerate(_sparse_unit(rng, 50, 64, 6))]
+    items = [SearchEntry(i, f"t{i}", v) for i, v in enumerate(_sparse_unit(rng, 50, 64, 6))]
     asked = []
     search = block.knn_lists
 

@@ -1,6 +1,5 @@
 """RecordCoder: records travel as their fields and come back as the same records; the rest is pickled."""
 import pickle
-import tracemalloc
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -13,7 +12,7 @@ from apache_beam.typehints import typehints
 
 from tests.helpers import RUNNER_ARGS
 from transforms.cluster import GroupRow
-from transforms.coders import RecordCoder, Records, packed, pickled_list, unpacked, unpickled_list, use_record_coder
+from transforms.coders import RecordCoder, Records, pickled_list, unpickled_list, use_record_coder
 from transforms.errors import RejectedRow
 from transforms.records import CandidatePair, Representative, ScoredPair, StoredItem
 
@@ -118,26 +117,6 @@ def test_numpy_arrays_come_back_equal_writeable_and_smaller_than_pickled():
 def test_a_keyed_pair_is_smaller_than_pickled():
     keyed = (123456, (0, ScoredPair(123456, 234567, 0.73, 0.61, "lexical")))
     assert len(RecordCoder().encode(keyed)) < len(FastPrimitivesCoder().encode(keyed))
-
-
-def test_a_packed_pair_comes_back_equal_and_is_held_in_a_fraction_of_the_memory():
-    pairs = [CandidatePair(10_000 + i, 20_000 + i, f"花呗怎么还款第{i}次了呢", f"借呗如何提前还款{i}", 0.5 + i / 1e6)
-             for i in range(2000)]
-    pairs.append(CandidatePair(1, 2, None, "只有一边", None, "lexical,encoder"))
-    assert [unpacked(packed(pair)) for pair in pairs] == pairs
-
-    def held(make) -> int:  # bytes allocated to hold what make() returns, as a shuffle holds its values
-        tracemalloc.start()
-        kept = make()
-        size = tracemalloc.get_traced_memory()[0]
-        tracemalloc.stop()
-        assert kept
-        return size
-
-    encoded = [packed(pair) for pair in pairs]
-    decoded = held(lambda: [unpacked(data) for data in encoded])
-    compact = held(lambda: [packed(pair) for pair in pairs])
-    assert compact < decoded / 2, (compact, decoded)
 
 
 def test_pipelines_built_after_use_record_coder_shuffle_records_with_it():

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -50,11 +51,10 @@ import numpy as np
 import scipy.sparse
 from apache_beam.metrics import Metrics
 
-from transforms.coders import packed, unpacked
 from transforms.joins import JoinByKey, only
 from transforms.logs import Progress
 from transforms.metrics import BundleCount, StageTimer, count_elements, largest, read_count
-from transforms.records import GivenCentroids, Neighbours, candidate_pair, merge_sources, one_pair, pairs_of
+from transforms.records import GivenCentroids, Neighbours, StoredItem, candidate_pair, merge_sources, one_pair, pairs_of
 from transforms.vectors import SparseVector, dense_rows
 
 _LOG = logging.getLogger(__name__)
@@ -404,9 +404,43 @@ def _train_sub(element, sizes: dict, settings: BlockingSettings) -> Iterator[tup
                                          settings.seed + 1 + partition)
 
 
+class SearchEntry(NamedTuple):
+    """What a work item needs of a question: its id, its text (as scoring takes it) and its unit vector; a stored
+    question of an extended run, its k nearest too (`Neighbours`)."""
+
+    id: object
+    text: object
+    vector: object
+    neighbours: Optional[Neighbours] = None
+
+
+def pack_entry(item) -> bytes:
+    """An `Embedded` or `StoredItem` as the bytes its blocking entry carries into the work items: a `SearchEntry`'s
+    fields as plain values, pickled once (a sparse vector as its arrays' dtypes and bytes). The in-process runner
+    holds each shuffled value decoded until its group is read; as bytes, at about their size. A lexical question
+    packs into 249 bytes in 2.8 µs and unpacks in 3.9 µs, against 408 bytes, 8.6 and 12.9 µs for the whole record
+    as `RecordCoder` writes it (`benchmarks/bench_entries.py`; benchmarks/README.md, "twenty-ninth session").
+    Read with `unpack_entry`."""
+    vector = item.vector
+    if isinstance(vector, SparseVector):
+        vector = (vector.indices.dtype.str, vector.indices.tobytes(), vector.values.dtype.str, vector.values.tobytes(),
+                  vector.dim)
+    neighbours = item.neighbours if isinstance(item, StoredItem) else None
+    return pickle.dumps((item.rep.id, item.rep.text, vector, neighbours), pickle.HIGHEST_PROTOCOL)
+
+
+def unpack_entry(data: bytes) -> SearchEntry:
+    """The `SearchEntry` `pack_entry` packed; a sparse vector's arrays are read-only views of its bytes."""
+    rep_id, text, vector, neighbours = pickle.loads(data)
+    if isinstance(vector, tuple):
+        index_type, indices, value_type, values, dim = vector
+        vector = SparseVector(np.frombuffer(indices, index_type), np.frombuffer(values, value_type), dim)
+    return SearchEntry(rep_id, text, vector, neighbours)
+
+
 class _AssignPartitions(beam.DoFn):
-    """item -> (partition, (role, id, the item `packed`)) for its nearest partitions; with `only`, for those
-    among them.
+    """item -> (partition, (role, id, the item packed by `pack_entry`)) for its nearest partitions; with `only`,
+    for those among them.
 
     role "both": searched and searchable; "stored": a stored question of an extended run, searchable
     only (and searched against the queries for the newcomers that enter its k nearest). `read`: counts
@@ -438,7 +472,7 @@ class _AssignPartitions(beam.DoFn):
         entry = None
         for partition in nearest_partitions(item.vector, centroids, self._probes):
             if only is None or partition in only:
-                entry = entry or (self._role, item.rep.id, packed(item))
+                entry = entry or (self._role, item.rep.id, pack_entry(item))
                 yield partition, entry
 
 
@@ -478,7 +512,7 @@ def _route(element, probes: int) -> Iterator[tuple]:
     partition, joined = element
     sub = by_dimension(only(joined["sub"]))
     for entry in joined["entry"]:
-        for part in nearest_partitions(unpacked(entry[2]).vector, sub, probes):
+        for part in nearest_partitions(unpack_entry(entry[2]).vector, sub, probes):
             yield (partition, part), entry
 
 
@@ -533,7 +567,7 @@ class _SearchWorkItem(beam.DoFn):
         _, members = element
         queries, index, stored, entries = [], [], [], 0
         for role, packed_item in members:
-            item = unpacked(packed_item)
+            item = unpack_entry(packed_item)
             entries += 1
             if role in ("both", "query"):
                 queries.append(item)
@@ -545,7 +579,7 @@ class _SearchWorkItem(beam.DoFn):
         if not queries or not index:
             return
         settings = self._settings
-        texts = {item.rep.id: item.rep.text for item in index}
+        texts = {item.id: item.text for item in index}
         started = time.perf_counter()
         with self._timer:
             lists = _search(queries, index, settings)
@@ -556,22 +590,22 @@ class _SearchWorkItem(beam.DoFn):
         _LOG.info("blocking: partition %s, sub-partition %d, blocks %d x %d: %d questions searched against %d "
                   "in %.1f s", partition, sub, query_block, index_block, len(queries), len(index),
                   time.perf_counter() - started)
-        query_text = {item.rep.id: item.rep.text for item in queries}
+        query_text = {item.id: item.text for item in queries}
         for query_id, neighbours in lists.items():
             yield query_id, (query_text[query_id], [(sim, nid, texts[nid]) for sim, nid in neighbours])
         k = settings.top_k
-        for rep, _, kept in stored:
-            entering = [(sim, nid, query_text[nid]) for sim, nid in reverse.get(rep.id, [])
-                        if enters((sim, nid), kept, k)]
+        for item in stored:
+            entering = [(sim, nid, query_text[nid]) for sim, nid in reverse.get(item.id, [])
+                        if enters((sim, nid), item.neighbours, k)]
             if entering:
-                yield beam.pvalue.TaggedOutput("entering", (rep.id, entering))
+                yield beam.pvalue.TaggedOutput("entering", (item.id, entering))
 
 
 def _search(queries: list, index: list, settings: BlockingSettings) -> dict:
     # In id order: which rows the search sees first does not depend on the order items arrived in.
-    queries = sorted(queries, key=lambda item: item.rep.id)
-    index = sorted(index, key=lambda item: item.rep.id)
-    query_ids, index_ids = [item.rep.id for item in queries], [item.rep.id for item in index]
+    queries = sorted(queries, key=attrgetter("id"))
+    index = sorted(index, key=attrgetter("id"))
+    query_ids, index_ids = [item.id for item in queries], [item.id for item in index]
     dense_queries, sparse_queries = dense_rows([item.vector for item in queries])
     # Most work items search their questions against themselves: the same rows, made dense once.
     dense_index = dense_queries if index_ids == query_ids else dense_rows([item.vector for item in index])[0]
@@ -737,7 +771,7 @@ class BlockCandidates(beam.PTransform):
                 assigned
                 | "SampleHot" >> beam.Filter(_in_sub_sample, sizes=sizes, settings=settings)
                 | "HotIdAndVector" >> beam.MapTuple(lambda partition, entry: (partition, (entry[1],
-                                                                                          unpacked(entry[2]).vector)))
+                                                                                          unpack_entry(entry[2]).vector)))
                 | "CapHotSample" >> beam.CombinePerKey(_lowest_ranks(settings))
                 | "TrainSubCentroids" >> beam.FlatMap(_train_sub, sizes=sizes, settings=settings)
             )

@@ -171,31 +171,6 @@ def _name_of_hint(typehint) -> bool:
     return isinstance(typehint, type) and _name_of(typehint) is not None
 
 
-_IMPL = None
-
-
-def _impl():
-    global _IMPL
-    if _IMPL is None:
-        _IMPL = RecordCoder().get_impl()
-    return _IMPL
-
-
-def packed(value) -> bytes:
-    """`value` as `RecordCoder`'s bytes, for a value grouped by a shuffle that is held in memory: the
-    in-process runner holds every value of a shuffle decoded, as Python objects (a blocking work item's
-    entry: a question with its text and vector), until its group is read; as one bytes object it holds
-    about its encoded size. Used only where that pays: values of a plain grouping, not a combiner's
-    (packing the candidate pairs lowered no peak at 1M rows and lost their precombine). `unpacked`
-    gives the value back."""
-    return _impl().encode(value)
-
-
-def unpacked(data: bytes):
-    """What `packed` packed."""
-    return _impl().decode(data)
-
-
 _registered = False
 
 
