@@ -43,8 +43,9 @@ def sparse_rows(vectors: Sequence) -> Optional[scipy.sparse.csr_matrix]:
 def dense_rows(vectors: Sequence) -> tuple[np.ndarray, Optional[scipy.sparse.csr_matrix]]:
     """(the vectors as the rows of a dense float32 array, the same rows as a sparse matrix where every
     vector is a `SparseVector`, else None). Sparse vectors are laid out once as a sparse matrix and made
-    dense in one call, not one by one (`to_dense` and `np.stack` took 58-211 ms for 12,000 lexical
-    vectors here, against 18 ms: benchmarks/README.md, "twenty-ninth session")."""
+    dense in one call, not one by one (a work item's two matrices of 12,000 lexical vectors: 19 ms, against
+    156 ms by `to_dense` and `np.stack`; `benchmarks/bench_search.py --tables layout`, benchmarks/README.md,
+    "twenty-ninth session")."""
     rows = sparse_rows(vectors)
     if rows is not None:
         return rows.toarray(), rows
