@@ -211,6 +211,8 @@ class PackedBatchHandler(ModelHandler[list, list, LoadedModel]):
             self._hardware_rows = hardware_rows(
                 self._stage, hardware(device, settings.precision, cpu_threads(settings.torch_threads)))
         self._hardware_rows.inc(len(flat))
+        if not forwarded.errors and len(flat) == len(packed):  # one encoding an item, none failed: the outputs
+            return forwarded.outputs
         outputs, start = [], 0
         for item in packed:
             end = start + len(item.encodings)
