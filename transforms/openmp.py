@@ -1,12 +1,12 @@
 """OpenMP's idle threads set for a data pipeline: they sleep a fraction of a millisecond after their work, not ~9 ms.
 
 torch's CPU kernels and faiss's search run on GNU OpenMP threads. Between parallel regions an idle thread
-spins before it sleeps, by default 300,000 times (GOMP_SPINCOUNT): about 9 ms on this project's test
-machine, which a thread burns after every batch the model scores or the search runs, while the pipeline's
-own Python runs on. On two cores (likely one physical core's two threads) that spin took a sixth of a
-one-process run's CPU and slowed its main thread (benchmarks/README.md, "thirtieth session"). At
-`SPIN_COUNT` a thread still spins across the short gaps inside a forward pass (its speed is unchanged) and
-sleeps soon after the pass.
+spins before it sleeps, by default 300,000 times (GOMP_SPINCOUNT): about 9 ms of CPU on this project's test
+machine after every batch the model scores and every search faiss runs, while the pipeline's own Python
+goes on beside it. At `SPIN_COUNT` a thread still spins across the short gaps inside a forward pass, which
+is as fast, and burns next to nothing after it (benchmarks/README.md, "thirtieth session"). Only processes
+whose model or search runs on several threads spin: the one-process local preset's; each worker of the
+multi-process one runs on one.
 
 Set when the package is imported, before torch or faiss loads OpenMP (it reads the setting once, then):
 in the launcher, in local worker processes and on Dataflow workers alike. A user's own GOMP_SPINCOUNT or
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 
-SPIN_COUNT = 10_000  # about 0.3 ms of spinning on this project's test machine
+SPIN_COUNT = 10_000  # a thirtieth of the default: ~0.3 ms of spinning on this project's test machine
 
 
 def tune() -> None:
