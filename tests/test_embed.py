@@ -116,6 +116,26 @@ def test_mean_covariance_combine_matches_numpy():
     assert fn.extract_output(fn.create_accumulator()) is None
 
 
+def test_mean_covariance_adds_vectors_a_batch_at_a_time_and_leaves_merged_accumulators_alone():
+    """Vectors past a batch go into the sums as one product; the rest are held until they are needed."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(23, 4)).astype(np.float32)
+    fn = MeanCovariance(batch=5)
+    first = fn.create_accumulator()
+    for vector in x[:12]:
+        first = fn.add_input(first, vector)
+    assert first[0] == 10 and len(first[3]) == 2  # two batches added, two vectors held
+    second = fn.add_inputs(fn.create_accumulator(), x[12:])
+    held = [list(a[3]) for a in (first, second)]
+    merged = fn.merge_accumulators([fn.create_accumulator(), first, second])
+    assert [list(a[3]) for a in (first, second)] == held  # merging changed neither
+    assert merged[0] == 23
+    np.testing.assert_allclose(merged[1], x.astype(np.float64).sum(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(merged[2], x.astype(np.float64).T @ x.astype(np.float64), rtol=1e-12)
+    compacted = fn.compact(second)
+    assert compacted[0] == 11 and compacted[3] == []
+
+
 def _encoder_vectors(tiny_model, texts, pooling, whiten, tmp_path):
     reps = [Representative(i, t, t, f"k{i}", 1) for i, t in enumerate(texts)]
     path = tmp_path / f"vectors-{pooling}-{whiten}.npy"
