@@ -106,6 +106,10 @@ def test_numpy_arrays_come_back_equal_writeable_and_smaller_than_pickled():
         back = _round_trip(value)
         assert back.dtype == value.dtype and back.shape == value.shape and np.array_equal(back, value)
         back[...] = 0  # writeable, as an unpickled array is
+    writer, reader = RecordCoder().get_impl(), RecordCoder().get_impl()  # one coder's dtypes looked up once each
+    for value in arrays * 2:
+        back = reader.decode(writer.encode(value))
+        assert back.dtype == value.dtype and back.shape == value.shape and np.array_equal(back, value)
     vector = np.random.default_rng(0).random(1024, dtype=np.float32)
     assert len(RecordCoder().encode(vector)) < len(FastPrimitivesCoder().encode(vector))
     # Arrays of objects or of named fields are pickled, as before.

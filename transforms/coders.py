@@ -31,6 +31,9 @@ _PICKLED, _RECORD, _ARRAY, _RECORDS = 0, 1, 2, 3
 _UNSEEN = object()
 
 
+_new_tuple = tuple.__new__  # makes a NamedTuple from its fields as its own `_make` does, through a call fewer
+
+
 def pickled_list(items: list) -> bytes:
     """A list pickled; a list of one NamedTuple class as that class and plain tuples, which pickle and
     unpickle in about half the time: pickle reduces each NamedTuple through Python calls of its own (a
@@ -48,8 +51,7 @@ def unpickled_list(data: bytes) -> list:
     cls, items = pickle.loads(data)
     if cls is None:
         return items
-    new = tuple.__new__  # a NamedTuple's own __new__ makes its fields the same way, through a call more
-    return [new(cls, item) for item in items]
+    return [_new_tuple(cls, item) for item in items]
 
 
 class Records(list):
@@ -94,12 +96,17 @@ class _RecordCoderImpl(coder_impl.StreamCoderImpl):
         self._pickle = coders.PickleCoder().get_impl()
         self._names: dict = {}    # class -> name, or None where it is pickled
         self._classes: dict = {}  # name -> class
+        self._dtype_names: dict = {}  # dtype -> its name as written
+        self._dtypes: dict = {}       # name as written -> dtype
 
     def encode_to_stream(self, value, stream, nested):
         cls = type(value)
         if cls is np.ndarray and value.dtype.kind in "biufcmM":  # numbers: no objects, no named fields
             stream.write_byte(_ARRAY)
-            stream.write(value.dtype.str.encode("ascii"), True)
+            dtype_name = self._dtype_names.get(value.dtype)
+            if dtype_name is None:
+                dtype_name = self._dtype_names[value.dtype] = value.dtype.str.encode("ascii")
+            stream.write(dtype_name, True)
             stream.write_var_int64(value.ndim)
             for size in value.shape:
                 stream.write_var_int64(size)
@@ -127,14 +134,19 @@ class _RecordCoderImpl(coder_impl.StreamCoderImpl):
         if marker == _RECORDS:
             return Records(unpickled_list(stream.read_all(True)))
         if marker == _ARRAY:
-            dtype = np.dtype(stream.read_all(True).decode("ascii"))
-            shape = tuple(stream.read_var_int64() for _ in range(stream.read_var_int64()))
-            return np.frombuffer(stream.read_all(True), dtype).reshape(shape).copy()  # writeable, as unpickled
+            dtype_name = stream.read_all(True)
+            dtype = self._dtypes.get(dtype_name)
+            if dtype is None:
+                dtype = self._dtypes[dtype_name] = np.dtype(dtype_name.decode("ascii"))
+            ndim = stream.read_var_int64()
+            shape = tuple(stream.read_var_int64() for _ in range(ndim))
+            array = np.frombuffer(stream.read_all(True), dtype)
+            return (array if ndim == 1 else array.reshape(shape)).copy()  # writeable, as unpickled
         name = stream.read_all(True)
         cls = self._classes.get(name)
         if cls is None:
             cls = self._classes[name] = _class_named(name)
-        return cls._make(self._fields.decode_from_stream(stream, True))
+        return _new_tuple(cls, self._fields.decode_from_stream(stream, True))  # as `cls._make`, one call fewer
 
 
 class _RecordFallbackCoder(coders.Coder):
