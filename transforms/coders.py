@@ -14,9 +14,9 @@ untouched: Beam encodes a NamedTuple key deterministically without this coder.
 Numpy arrays (embedding vectors, a sparse vector's indices and values) are
 written as dtype, shape and raw bytes rather than pickled: at 30k questions a
 run pickled 641,040 of them, 3.7 for every candidate pair. A `Records` list of
-one record class (scored batches) is pickled as the class once and each
-record's fields as a tuple (`pickled_list`; benchmarks/README.md, "2026-12-04
-(twenty-sixth session)").
+one record class (scored batches) is pickled as the class once and its fields
+in columns (`pickled_list`; benchmarks/README.md, "2026-12-04 (twenty-sixth
+session)" and "thirty-first session").
 """
 from __future__ import annotations
 
@@ -35,15 +35,16 @@ _new_tuple = tuple.__new__  # makes a NamedTuple from its fields as its own `_ma
 
 
 def pickled_list(items: list) -> bytes:
-    """A list pickled; a list of one NamedTuple class as that class and plain tuples, which pickle and
-    unpickle in about half the time: pickle reduces each NamedTuple through Python calls of its own (a
-    `ScoredPair` dumped and loaded in 1.92 µs, 0.93 as tuples: benchmarks/README.md, "2026-12-04
-    (twenty-sixth session)"). How `Records` travel, and the lists `joins.DealIntoShards` deals. Read back
-    with `unpickled_list`."""
+    """A list pickled; a list of one NamedTuple class as that class and its fields in columns (a tuple of
+    each field's values), which pickle about twice as fast as the records: pickle reduces each NamedTuple
+    through Python calls of its own (a `ScoredPair` dumped and loaded in 1.92 µs, 0.93 as a plain tuple:
+    benchmarks/README.md, "2026-12-04 (twenty-sixth session)"), and it remembers each tuple it writes (in
+    columns there are a few: about a third less CPU to pickle, as fast to read back, "thirty-first session").
+    How `Records` travel, and the lists `joins.DealIntoShards` deals. Read back with `unpickled_list`."""
     cls = type(items[0]) if items else tuple
-    if not _is_record(cls) or any(type(item) is not cls for item in items):
+    if not _is_record(cls) or not cls._fields or len(set(map(type, items))) != 1:
         return pickle.dumps((None, items), pickle.HIGHEST_PROTOCOL)
-    return pickle.dumps((cls, [tuple(item) for item in items]), pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps((cls, tuple(zip(*items))), pickle.HIGHEST_PROTOCOL)
 
 
 def unpickled_list(data: bytes) -> list:
@@ -51,12 +52,12 @@ def unpickled_list(data: bytes) -> list:
     cls, items = pickle.loads(data)
     if cls is None:
         return items
-    return [_new_tuple(cls, item) for item in items]
+    return [_new_tuple(cls, fields) for fields in zip(*items)]
 
 
 class Records(list):
     """A list of records of one class (scored pairs, a batch of them) that travels between steps as
-    `pickled_list` writes it: the class once and each record's fields as a plain tuple. A plain list of
+    `pickled_list` writes it: the class once and its fields in columns. A plain list of
     records is written record by record, each with its class's name, and each made again through `_make`
     (4.7 `ScoredPair`s coded a candidate pair in a 100k-row run). A list otherwise: equal to the plain
     list of its items; one of other items is pickled whole, and comes back a `Records`."""
