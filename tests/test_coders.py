@@ -82,7 +82,7 @@ class _Empty(NamedTuple):
 
 
 @pytest.mark.parametrize("items", [
-    [ScoredPair(i, i + 1, 0.5, None, "lexical") for i in range(5)],   # one NamedTuple class: as tuples
+    [ScoredPair(i, i + 1, 0.5, None, "lexical") for i in range(5)],   # one NamedTuple class: in columns
     [_Point(1, _Point(2)), _Point(3, [4])],                            # nested records and lists kept
     [_Point(1), _OtherPoint(1), (1, None)],                            # mixed classes: pickled as they are
     [_Empty(), _Empty()],                                              # no fields: no columns to count them
