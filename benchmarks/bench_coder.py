@@ -7,7 +7,9 @@ deal into shards, `pickled_list`). Before, each array's dtype was made again fro
 (and its name from the dtype on every encode), a one-dimensional array was reshaped to its own shape, each
 record was made through its class's `_make`, and a list of one record class was pickled as the class and a
 plain tuple a record; now dtypes are looked up once a coder, a vector is not reshaped, a record is made by
-`tuple.__new__` as `_make` makes it, and a list of one record class is pickled as its fields in columns.
+`tuple.__new__` as `_make` makes it, a sparse vector is written in one piece (its dimension, then each array's
+dtype and bytes) rather than as a record of two arrays, and a list of one record class is pickled as its fields
+in columns.
 The "before" coder is the old code, kept here only. Both run in this process on the same items, interleaved
 A B B A ...: `Embedded` items as `bench_entries.py` makes them, and scored batches of `--batch` random
 `ScoredPair`s; every item must decode to an equal one of the same class.
@@ -29,8 +31,9 @@ import time
 import numpy as np
 
 from benchmarks.bench_entries import make_items
-from transforms.coders import _ARRAY, _PICKLED, _RECORDS, Records, _class_named, _is_record, _RecordCoderImpl
+from transforms.coders import _ARRAY, _PICKLED, _RECORD, _RECORDS, Records, _class_named, _is_record, _RecordCoderImpl
 from transforms.records import ScoredPair
+from transforms.vectors import SparseVector
 
 
 def _pickled_rows(items: list) -> bytes:
@@ -51,7 +54,7 @@ def _unpickled_rows(data: bytes) -> list:
 
 class _BeforeImpl(_RecordCoderImpl):
     """`RecordCoder`'s element coder as it was before: dtypes made from their names each time, arrays reshaped,
-    records made by `_make`, lists of records pickled a tuple a record."""
+    records made by `_make`, a sparse vector as a record, lists of records pickled a tuple a record."""
 
     def encode_to_stream(self, value, stream, nested):
         if type(value) is np.ndarray and value.dtype.kind in "biufcmM":
@@ -65,6 +68,11 @@ class _BeforeImpl(_RecordCoderImpl):
         if type(value) is Records:
             stream.write_byte(_RECORDS)
             stream.write(_pickled_rows(value), True)
+            return
+        if type(value) is SparseVector:  # a record of its two arrays and its dimension
+            stream.write_byte(_RECORD)
+            stream.write(b"transforms.vectors:SparseVector", True)
+            self._fields.encode_to_stream(tuple(value), stream, True)
             return
         super().encode_to_stream(value, stream, nested)
 

@@ -2,10 +2,10 @@
 an item that does not come back equal."""
 import json
 
-import numpy as np
 import pytest
 
 from benchmarks import bench_coder
+from transforms.vectors import SparseVector
 
 
 def test_the_benchmark_times_both_ways_on_the_same_items(capsys):
@@ -26,7 +26,7 @@ def test_an_item_decoded_unequal_is_refused(monkeypatch):
 
     def lossy(self, stream, nested):
         found = decode(self, stream, nested)
-        return found[:-1] if isinstance(found, np.ndarray) and found.dtype == np.float32 else found
+        return found._replace(values=found.values[:-1]) if isinstance(found, SparseVector) else found
 
     monkeypatch.setattr(bench_coder._RecordCoderImpl, "decode_from_stream", lossy)
     with pytest.raises(AssertionError, match="^_RecordCoderImpl: an item decoded unequal"):

@@ -15,6 +15,7 @@ from transforms.cluster import GroupRow
 from transforms.coders import RecordCoder, Records, pickled_list, unpickled_list, use_record_coder
 from transforms.errors import RejectedRow
 from transforms.records import CandidatePair, Representative, ScoredPair, StoredItem
+from transforms.vectors import SparseVector
 
 
 class _Local(NamedTuple):
@@ -121,6 +122,25 @@ def test_numpy_arrays_come_back_equal_writeable_and_smaller_than_pickled():
     for value in (np.array([{"a": 1}, None], dtype=object), np.array([(1, 2.0)], dtype=[("a", "i4"), ("b", "f8")])):
         back = _round_trip(value)
         assert back.dtype == value.dtype and back.tolist() == value.tolist()
+
+
+def test_sparse_vectors_come_back_equal_writeable_and_in_one_piece():
+    """A lexical vector is written in one piece (its dimension, then each array's dtype and bytes), not as a
+    record of two arrays; one that is not as the embedders make it goes as a record, and comes back as well."""
+    plain = SparseVector(np.array([3, 17, 900], dtype=np.int32), np.array([0.5, 0.5, 0.7071], dtype=np.float32), 1024)
+    odd = [SparseVector(np.array([1, 2]), np.array([[0.6], [0.8]]), 8),        # two-dimensional values
+           SparseVector(np.array([1], dtype=np.int64), np.array([1.0]), np.int64(8)),  # a numpy dimension
+           SparseVector([1, 2], [0.6, 0.8], 4)]                                # lists
+    writer, reader = RecordCoder().get_impl(), RecordCoder().get_impl()
+    for vector in [plain, *odd, plain]:
+        back = reader.decode(writer.encode(vector))
+        assert type(back) is SparseVector and type(back.dim) is type(vector.dim) and back.dim == vector.dim
+        for got, given in zip(back[:2], vector[:2]):
+            assert type(got) is type(given) and np.array_equal(got, given)
+            if isinstance(got, np.ndarray):
+                assert got.dtype == given.dtype and got.shape == given.shape
+                got[...] = 0  # writeable, as an unpickled array is
+    assert b"SparseVector" not in writer.encode(plain) and b"SparseVector" in writer.encode(odd[0])
 
 
 def test_a_keyed_pair_is_smaller_than_pickled():

@@ -13,7 +13,9 @@ pickled into each pipeline, so workers need no set-up of their own. Keys are
 untouched: Beam encodes a NamedTuple key deterministically without this coder.
 Numpy arrays (embedding vectors, a sparse vector's indices and values) are
 written as dtype, shape and raw bytes rather than pickled: at 30k questions a
-run pickled 641,040 of them, 3.7 for every candidate pair. A `Records` list of
+run pickled 641,040 of them, 3.7 for every candidate pair. A lexical question's
+`SparseVector` is written in one piece (its dimension, then each array's dtype
+and bytes), not as a record of two arrays. A `Records` list of
 one record class (scored batches) is pickled as the class once and its fields
 in columns (`pickled_list`; benchmarks/README.md, "2026-12-04 (twenty-sixth
 session)" and "thirty-first session").
@@ -27,7 +29,9 @@ import numpy as np
 from apache_beam.coders import coder_impl, coders, typecoders
 from apache_beam.typehints import typehints
 
-_PICKLED, _RECORD, _ARRAY, _RECORDS = 0, 1, 2, 3
+from transforms.vectors import SparseVector
+
+_PICKLED, _RECORD, _ARRAY, _RECORDS, _SPARSE = 0, 1, 2, 3, 4
 _UNSEEN = object()
 
 
@@ -88,6 +92,14 @@ def _class_named(name: bytes) -> type:
     return found
 
 
+def _plain_sparse(vector: SparseVector) -> bool:
+    """Whether a sparse vector is as the embedders make it (two one-dimensional arrays of numbers, an int
+    dimension), which `RecordCoder` writes in one piece; another is written as a record."""
+    indices, values = vector.indices, vector.values
+    return (type(vector.dim) is int and type(indices) is np.ndarray and type(values) is np.ndarray
+            and indices.ndim == 1 and values.ndim == 1 and indices.dtype.kind in "biuf" and values.dtype.kind in "biuf")
+
+
 class _RecordCoderImpl(coder_impl.StreamCoderImpl):
     """A marker byte, then (class name, fields) for a record, `pickled_list`'s bytes for `Records`,
     (dtype, shape, bytes) for a numpy array of numbers, or the pickle of anything else."""
@@ -100,14 +112,30 @@ class _RecordCoderImpl(coder_impl.StreamCoderImpl):
         self._dtype_names: dict = {}  # dtype -> its name as written
         self._dtypes: dict = {}       # name as written -> dtype
 
+    def _dtype_name(self, array: np.ndarray) -> bytes:
+        name = self._dtype_names.get(array.dtype)
+        if name is None:
+            name = self._dtype_names[array.dtype] = array.dtype.str.encode("ascii")
+        return name
+
+    def _dtype(self, name: bytes) -> np.dtype:
+        dtype = self._dtypes.get(name)
+        if dtype is None:
+            dtype = self._dtypes[name] = np.dtype(name.decode("ascii"))
+        return dtype
+
     def encode_to_stream(self, value, stream, nested):
         cls = type(value)
+        if cls is SparseVector and _plain_sparse(value):  # a lexical vector: one call, not a record of two arrays
+            stream.write_byte(_SPARSE)
+            stream.write_var_int64(value.dim)
+            for array in (value.indices, value.values):
+                stream.write(self._dtype_name(array), True)
+                stream.write(np.ascontiguousarray(array).tobytes(), True)
+            return
         if cls is np.ndarray and value.dtype.kind in "biufcmM":  # numbers: no objects, no named fields
             stream.write_byte(_ARRAY)
-            dtype_name = self._dtype_names.get(value.dtype)
-            if dtype_name is None:
-                dtype_name = self._dtype_names[value.dtype] = value.dtype.str.encode("ascii")
-            stream.write(dtype_name, True)
+            stream.write(self._dtype_name(value), True)
             stream.write_var_int64(value.ndim)
             for size in value.shape:
                 stream.write_var_int64(size)
@@ -134,11 +162,15 @@ class _RecordCoderImpl(coder_impl.StreamCoderImpl):
             return self._pickle.decode_from_stream(stream, nested)
         if marker == _RECORDS:
             return Records(unpickled_list(stream.read_all(True)))
+        if marker == _SPARSE:
+            dim = stream.read_var_int64()
+            arrays = []
+            for _ in range(2):  # indices, values: each its dtype's name, then its bytes
+                dtype = self._dtype(stream.read_all(True))
+                arrays.append(np.frombuffer(stream.read_all(True), dtype).copy())  # writeable, as unpickled
+            return _new_tuple(SparseVector, (*arrays, dim))
         if marker == _ARRAY:
-            dtype_name = stream.read_all(True)
-            dtype = self._dtypes.get(dtype_name)
-            if dtype is None:
-                dtype = self._dtypes[dtype_name] = np.dtype(dtype_name.decode("ascii"))
+            dtype = self._dtype(stream.read_all(True))
             ndim = stream.read_var_int64()
             shape = tuple(stream.read_var_int64() for _ in range(ndim))
             array = np.frombuffer(stream.read_all(True), dtype)
