@@ -102,7 +102,9 @@ def _plain_sparse(vector: SparseVector) -> bool:
 
 class _RecordCoderImpl(coder_impl.StreamCoderImpl):
     """A marker byte, then (class name, fields) for a record, `pickled_list`'s bytes for `Records`,
-    (dtype, shape, bytes) for a numpy array of numbers, or the pickle of anything else."""
+    (dtype, shape, bytes) for a numpy array of numbers, (dimension, then dtype and bytes of the indices and of
+    the values) for a `SparseVector` as the embedders make it (`_plain_sparse`), or the pickle of anything
+    else."""
 
     def __init__(self):
         self._fields = coder_impl.FastPrimitivesCoderImpl(self)  # records nested in fields come back here
