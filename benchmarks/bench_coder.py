@@ -31,7 +31,17 @@ import time
 import numpy as np
 
 from benchmarks.bench_entries import make_items
-from transforms.coders import _ARRAY, _PICKLED, _RECORD, _RECORDS, Records, _class_named, _is_record, _RecordCoderImpl
+from transforms.coders import (
+    _ARRAY,
+    _PICKLED,
+    _RECORD,
+    _RECORDS,
+    Records,
+    _class_named,
+    _is_record,
+    _name_of,
+    _RecordCoderImpl,
+)
 from transforms.records import ScoredPair
 from transforms.vectors import SparseVector
 
@@ -71,7 +81,7 @@ class _BeforeImpl(_RecordCoderImpl):
             return
         if type(value) is SparseVector:  # a record of its two arrays and its dimension
             stream.write_byte(_RECORD)
-            stream.write(b"transforms.vectors:SparseVector", True)
+            stream.write(_name_of(SparseVector), True)
             self._fields.encode_to_stream(tuple(value), stream, True)
             return
         super().encode_to_stream(value, stream, nested)
