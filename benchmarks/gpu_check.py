@@ -14,13 +14,18 @@ Steps, each written to the JSON of --out:
   LCQMC dev pairs, on the full-shape model with spread-out scores (weights drawn
   with initializer_range 0.1): mean and largest |difference|, decisions at 0.5
   that flip;
+- precision: pairs/s of the core alone in fp32, bf16 and fp16 (CUDA; fp32 and
+  bf16 on the CPU) at the device's automatic token budget on --pairs pairs,
+  interleaved (fp32, bf16, fp16, fp16, bf16, fp32, ...) --repeat times each
+  after one untimed pass each: what each precision costs beside what it changes;
 - sweep: pairs/s over token budgets (--budgets) on --pairs pairs (LCQMC dev,
   then seeded recombinations of its questions), bf16/fp16 as `--precision auto`
   picks: the core alone (tokenized once beforehand; packing, padding and the
   forward timed) and, with Beam, the whole RunInference stage on the in-process
   runner (tokenizing, shuffles and model loading included, and the seconds
   inside the forward pass apart), interleaved (core, stage, stage, core, ...)
-  --repeat times each; peak GPU memory per budget; the largest difference
+  --repeat times each, after one untimed pass of the core at each budget (its
+  batch shapes met once); peak GPU memory per budget; the largest difference
   between the stage's and the core's scores;
 - oom: --oom-pairs inputs of --max-length tokens in one batch, which the GPU
   cannot hold: the batch is halved until it fits and every input is scored, as
@@ -33,6 +38,7 @@ Steps, each written to the JSON of --out:
     python -m benchmarks.gpu_check [--out gpu_check.json] [--data ../shared/data/lcqmc/dev.tsv]
     python -m benchmarks.gpu_check --dry-run     # tiny model, few pairs, CPU: keeps the script working in CI
     python -m benchmarks.gpu_check --steps sweep  # one step again
+    python -m benchmarks.gpu_check --model DIR    # the real model's agreement and speed instead of a random one's
 """
 from __future__ import annotations
 
@@ -59,6 +65,7 @@ from transforms.feeding import (
     pack_batches,
     positive_probability,
     run_splitting_on_failure,
+    token_budget,
     tokenize,
 )
 from transforms.sources import load_pretrained, load_tokenizer
@@ -76,7 +83,7 @@ def _importable(module: str) -> bool:
 
 
 HAS_BEAM = _importable("apache_beam")
-STEPS = ("agreement", "sweep", "oom", "copies")
+STEPS = ("agreement", "precision", "sweep", "oom", "copies")
 
 
 def read_pairs(path: str, count: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -215,18 +222,39 @@ def _summary(values: list[float]) -> dict:
             "max": round(max(values), 3), "runs": len(values)}
 
 
+def _interleaved(methods: list[str], repeat: int) -> list[str]:
+    """A B C C B A A B C ...: each method as often early as late in the run."""
+    rounds = [methods if turn % 2 == 0 else methods[::-1] for turn in range(repeat)]
+    return [method for methods_ in rounds for method in methods_]
+
+
+def precision_speed(model_dir: str, pairs: list, device: str, precisions: list[str], repeat: int) -> dict:
+    """Core pairs/s of each precision at the device's automatic budget, interleaved, each after an untimed pass."""
+    encodings, _ = encode(model_dir, pairs, 512)
+    budget = token_budget(ModelSettings(model_dir, device=device))
+    scorers = {precision: Scorer(model_dir, device, precision) for precision in precisions}
+    for scorer in scorers.values():
+        scorer.score(encodings, budget)
+    runs = {precision: [] for precision in precisions}
+    for precision in _interleaved(precisions, repeat):
+        _, figures = scorers[precision].score(encodings, budget)
+        runs[precision].append(len(pairs) / figures["seconds"])
+    return {"pairs": len(pairs), "token_budget": budget,
+            **{precision: {"dtype": scorers[precision].dtype, "core_pairs_per_s": _summary(values)}
+               for precision, values in runs.items()}}
+
+
 def sweep(model_dir: str, pairs: list, device: str, budgets: list[int], repeat: int) -> dict:
     """Pairs/s of the core and of the stage at each token budget, interleaved core, stage, stage, core, ..."""
     encodings, tokenize_seconds = encode(model_dir, pairs, 512)
     scorer = Scorer(model_dir, device, "auto")
-    scorer.score(encodings[:256], budgets[0])  # warm-up: kernels chosen, memory pools filled
     found = {"pairs": len(pairs), "dtype": scorer.dtype, "tokenize_seconds_once": round(tokenize_seconds, 2),
              "by_budget": {}}
     for budget in budgets:
         runs = {"core": [], "stage": [], "stage_forward": []}
         figures, reference, largest_diff = {}, None, 0.0
-        order = ["core", "stage", "stage", "core"] * repeat
-        for method in order[:2 * repeat] if HAS_BEAM else ["core"] * repeat:
+        scorer.score(encodings, budget)  # untimed: this budget's batch shapes met once
+        for method in _interleaved(["core", "stage"], repeat) if HAS_BEAM else ["core"] * repeat:
             if method == "core":
                 reference, figures = scorer.score(encodings, budget)
                 runs["core"].append(len(pairs) / figures["seconds"])
@@ -323,6 +351,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--oom-rows", type=int, default=4, help="CPU only: rows above which OOM is injected")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--copies-pairs", type=int, default=10_000)
+    parser.add_argument("--model", default=None, help="a model folder to measure (the real scorer, say) instead "
+                                                        "of random models of Erlangshen's shape")
     parser.add_argument("--steps", default=",".join(STEPS), help="which steps to run (to rerun one, say)")
     args = parser.parse_args(argv)
     device = "cpu" if args.dry_run else resolve_device("auto")
@@ -346,7 +376,9 @@ def main(argv: Optional[list[str]] = None) -> dict:
     steps = set(args.steps.split(","))
     if steps - set(STEPS):
         parser.error(f"--steps: {', '.join(sorted(steps - set(STEPS)))} not among {', '.join(STEPS)}")
-    if args.dry_run:
+    if args.model:
+        full = spread = args.model
+    elif args.dry_run:
         full = spread = make_random_model(os.path.join(work, "tiny"))
     else:
         full = make_erlangshen_shaped_model(os.path.join(work, "erlangshen"))
@@ -355,6 +387,8 @@ def main(argv: Optional[list[str]] = None) -> dict:
     lower = ["bf16", "fp16"] if device == "cuda" else ["bf16"]
     runs = {
         "agreement": lambda: agreement(spread, read_pairs(args.data, args.agreement_pairs), device, lower),
+        "precision": lambda: precision_speed(full, read_pairs(args.data, args.pairs), device, ["fp32", *lower],
+                                             args.repeat),
         "sweep": lambda: sweep(full, read_pairs(args.data, args.pairs), device, budgets, args.repeat),
         "oom": lambda: oom(full, read_pairs(args.data, args.oom_pairs), device, args.max_length, args.oom_rows),
         "copies": lambda: copies(full, read_pairs(args.data, args.copies_pairs), device),

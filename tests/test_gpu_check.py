@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from benchmarks.gpu_check import _interleaved
 from tests.helpers import ROOT, shared_data
 
 # Runs the module as `python -m` would, with Beam, faiss and pyarrow made unimportable first.
@@ -34,6 +35,9 @@ def _check_core_steps(results: dict) -> None:
     assert results["agreement"]["fp32_score_std"] > 0.05  # scores spread out: agreement means something
     for entry in results["sweep"]["by_budget"].values():
         assert entry["core_pairs_per_s"]["runs"] == 1 and entry["batches"] >= 1
+    speed = results["precision"]
+    assert speed["token_budget"] > 0 and {speed["fp32"]["dtype"], speed["bf16"]["dtype"]} == {"float32", "bfloat16"}
+    assert speed["fp32"]["core_pairs_per_s"]["runs"] == speed["bf16"]["core_pairs_per_s"]["runs"] == 1
     oom = results["oom"]
     assert oom["out_of_memory_splits"] >= 1 and oom["unscored"] == 0
     assert oom["largest_diff_from_small_batches"] < 1e-5
@@ -58,3 +62,8 @@ def test_the_gpu_check_runs_the_stage_and_shared_model_with_beam(tmp_path):
         assert entry["stage_vs_core_largest_score_diff"] < 1e-6  # the stage scores what the core scores
     assert results["copies"]["largest_score_diff"] < 1e-6
     assert set(results["copies"]) >= {"model_copies_1", "one_model_per_process"}
+
+
+def test_methods_are_interleaved_as_often_early_as_late():
+    assert _interleaved(["a", "b", "c"], 3) == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
+    assert _interleaved(["core", "stage"], 2) == ["core", "stage", "stage", "core"]
