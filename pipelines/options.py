@@ -113,7 +113,7 @@ class QdedupOptions(PipelineOptions):
         add("--device", choices=("auto", "cpu", "cuda"), default=_SCORER.device,
             help="where the cross-encoder runs; cuda without a GPU is an error")
         add("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"), default=_SCORER.precision,
-            help="auto: bf16 (fp16 where unsupported) on CUDA, fp32 on CPU; int8: CPU only, the scorer and the "
+            help="auto: fp16 on CUDA, fp32 on CPU; int8: CPU only, the scorer and the "
                  "encoder quantized once by the launcher (OpenVINO + NNCF, static; needs qdedup[int8])")
         add("--calibration-pairs", "--calibration_pairs", dest="calibration_pairs", default=None,
             help="--precision int8: CSV with columns text_a, text_b whose pairs fix the int8 scales "

@@ -219,10 +219,10 @@ def scoring_precision(options: QdedupOptions, pipeline_options: PipelineOptions)
     """The precision scores are computed in, as far as the launcher can tell (state compares it)."""
     if options.precision != "auto":
         return options.precision
-    if _is_local(pipeline_options):
-        device = resolve_device(options.device)
-        return str(resolve_dtype("auto", device)).replace("torch.", "")
-    return "float32" if options.device == "cpu" else f"auto on {options.device}"
+    device = resolve_device(options.device) if _is_local(pipeline_options) else options.device
+    if device == "auto":  # a remote run's workers decide, out of the launcher's sight
+        return "auto on auto"
+    return str(resolve_dtype("auto", device)).replace("torch.", "")
 
 
 def check_int8(options: QdedupOptions, pipeline_options: PipelineOptions, fingerprints: dict) -> dict:

@@ -11,13 +11,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
-from pipelines.preflight import check_scorer_model
+from pipelines.options import QdedupOptions
+from pipelines.preflight import check_scorer_model, scoring_precision
 from pipelines.report import largest_distributions, run_counts
 from tests.helpers import RUNNER_ARGS, lcqmc_pairs, reference_scores
 from transforms.coders import Records
-from transforms.devices import cpu_threads, hardware, model_device, resolve_device
+from transforms.devices import cpu_threads, hardware, model_device, resolve_device, resolve_dtype
 from transforms.errors import QdedupError
 from transforms.feeding import (
+    NOT_FINITE,
     LoadedModel,
     ModelSettings,
     TokenizedItem,
@@ -25,13 +27,21 @@ from transforms.feeding import (
     collate,
     pack_batches,
     positive_probability,
+    run_splitting_on_failure,
     token_budget,
     token_dtype,
     tokenize,
 )
 from transforms.inference import TokenizeAndPack
 from transforms.records import CandidatePair, ScoredPair, pairs_in
-from transforms.score import AHEAD_BATCH, PAIR_OF_FOUND, ScoreNeighbours, ScorePairs, TokenizeAhead, pair_scorer
+from transforms.score import (
+    AHEAD_BATCH,
+    PAIR_OF_FOUND,
+    ScoreNeighbours,
+    ScorePairs,
+    TokenizeAhead,
+    pair_scorer,
+)
 from transforms.sources import load_tokenizer, load_tokenizer_and_width, model_width
 
 
@@ -238,9 +248,10 @@ def test_collate_pads_right_with_a_mask():
 class _FakeModel:
     """Raises CUDA-style out-of-memory above `limit` rows; otherwise logit 1 = first token id."""
 
-    def __init__(self, limit, poison=None):
+    def __init__(self, limit, poison=None, overflow=None):
         self.limit = limit
         self.poison = poison
+        self.overflow = overflow  # a first token id whose logits come out as inf and NaN
         self.calls = []
 
     def __call__(self, input_ids, token_type_ids, attention_mask):
@@ -250,6 +261,8 @@ class _FakeModel:
         if self.poison is not None and bool((input_ids[:, 0] == self.poison).any()):
             raise ValueError(f"cannot handle token {self.poison}")
         logits = torch.stack([torch.zeros(len(input_ids)), input_ids[:, 0].float() / 10], dim=1)
+        if self.overflow is not None:
+            logits[input_ids[:, 0] == self.overflow] = torch.tensor([float("inf"), float("nan")])
         return SimpleNamespace(logits=logits)
 
 
@@ -275,6 +288,26 @@ def test_a_pair_the_model_fails_on_is_set_aside_and_the_rest_scored():
                                np.delete(expected.numpy(), 7), atol=1e-6)
 
 
+def test_a_score_that_is_not_a_finite_number_fails_its_pair_and_says_what_to_do():
+    """fp16 can overflow: a NaN score must not pass for a decision (a NaN compares below every threshold)."""
+    encodings = [([i, 1], [0, 0]) for i in range(10)]
+    model = _FakeModel(limit=100, overflow=4)
+    scored = _fake_scorer(model).run(encodings)
+    assert model.calls == [10]  # the batch is not split for it: the other pairs' scores stand as they came
+    assert scored.outputs[4] is None and scored.errors == {4: NOT_FINITE} and "--precision fp32" in NOT_FINITE
+    expected = torch.softmax(torch.stack([torch.zeros(10), torch.arange(10) / 10], dim=1), dim=-1)[:, 1]
+    np.testing.assert_allclose([s for i, s in enumerate(scored.outputs) if i != 4],
+                               np.delete(expected.numpy(), 4), atol=1e-6)
+
+
+def test_vectors_with_a_non_finite_component_are_failed_whole():
+    vectors = np.ones((3, 4), dtype=np.float32)
+    vectors[1, 2] = np.inf
+    forwarded = run_splitting_on_failure(lambda batch: vectors, [([1], [0])] * 3, 0, "cpu")
+    assert forwarded.outputs[1] is None and set(forwarded.errors) == {1}
+    np.testing.assert_array_equal(forwarded.outputs[2], vectors[2])
+
+
 def test_out_of_memory_on_a_single_pair_is_raised():
     with pytest.raises(torch.OutOfMemoryError):
         _fake_scorer(_FakeModel(limit=0)).run([([1, 2], [0, 0])])
@@ -285,6 +318,23 @@ def test_cuda_without_a_gpu_is_a_clear_error():
     with pytest.raises(RuntimeError, match="device cuda asked for, but no usable GPU"):
         resolve_device("cuda")
     assert resolve_device("auto") == "cpu"
+
+
+def test_auto_precision_is_fp16_on_cuda_and_a_state_records_what_scores_ran_in(monkeypatch):
+    """fp16 on CUDA (the GPU check's agreement figures), bf16 support or not; a remote run names it too, so that
+    an extension of a run scored in another precision is refused."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert resolve_dtype("auto", "cuda") == torch.float16 and resolve_dtype("auto", "cpu") == torch.float32
+
+    def recorded(*args):
+        pipeline_options = PipelineOptions(list(args))
+        return scoring_precision(pipeline_options.view_as(QdedupOptions), pipeline_options)
+
+    assert recorded("--runner=DataflowRunner", "--device=cuda") == "float16"
+    assert recorded("--runner=DataflowRunner", "--device=cpu") == "float32"
+    assert recorded("--runner=DataflowRunner") == "auto on auto"
+    assert recorded("--runner=DataflowRunner", "--device=cuda", "--precision=bf16") == "bf16"
+    assert recorded(*RUNNER_ARGS, "--device=cpu") == "float32"
 
 
 def test_the_hardware_a_forward_ran_on_names_the_cpu_model_and_instruction_set(monkeypatch):

@@ -352,6 +352,22 @@ class Forwarded(NamedTuple):
     errors: dict              # encoding index -> what failed
 
 
+NOT_FINITE = ("the model's output is not a finite number (half precision overflowing, say): "
+              "run again with --precision fp32 or bf16")
+
+
+def _finite(outputs: np.ndarray) -> Forwarded:
+    """The outputs of one batch, those with a NaN or an infinity set aside as failed (`NOT_FINITE`)."""
+    rows = np.asarray(outputs).reshape(len(outputs), -1)
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+    if not len(bad):
+        return Forwarded(list(outputs), 0, {})
+    kept = list(outputs)
+    for i in bad:
+        kept[i] = None
+    return Forwarded(kept, 0, {int(i): NOT_FINITE for i in bad})
+
+
 def run_splitting_on_failure(forward: Callable[[dict], np.ndarray], encodings: Sequence[Encoding], pad_id: int,
                              device: str) -> Forwarded:
     """forward(padded batch) over the encodings.
@@ -359,12 +375,14 @@ def run_splitting_on_failure(forward: Callable[[dict], np.ndarray], encodings: S
     A batch that fails is halved and retried: out of memory, down to one input
     (which then fails the run: it is the hardware, not the data); any other
     error, down to the inputs that fail on their own, which are reported, not raised.
+    An output that is not all finite numbers (half precision overflowing, say) is
+    reported as its input's failure, never passed on as a score or a vector.
     """
     import torch
     try:
         batch = {k: v.to(device, non_blocking=True) for k, v in collate(encodings, pad_id).items()}
         with torch.inference_mode():
-            return Forwarded(list(forward(batch)), 0, {})
+            return _finite(forward(batch))
     except Exception as exc:
         out_of_memory = _is_out_of_memory(exc)
         if len(encodings) == 1:
