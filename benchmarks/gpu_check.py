@@ -25,7 +25,9 @@ Steps, each written to the JSON of --out:
   runner (tokenizing, shuffles and model loading included, and the seconds
   inside the forward pass apart), interleaved (core, stage, stage, core, ...)
   --repeat times each, after one untimed pass of the core at each budget (its
-  batch shapes met once); peak GPU memory per budget; the largest difference
+  batch shapes met once); beside the first budget's, the pipeline around the
+  stage alone (the pairs created, their scores collected), so that the stage's
+  own µs a pair is the difference; peak GPU memory per budget; the largest difference
   between the stage's and the core's scores;
 - oom: --oom-pairs inputs of --max-length tokens in one batch, which the GPU
   cannot hold: the batch is halved until it fits and every input is scored, as
@@ -177,9 +179,10 @@ def agreement(model_dir: str, pairs: list, device: str, precisions: list[str]) -
     return found
 
 
-def stage_scores(pairs: list, settings: ModelSettings, runner_args: list[str]) -> tuple[np.ndarray, dict]:
+def stage_scores(pairs: list, settings: Optional[ModelSettings], runner_args: list[str]) -> tuple[np.ndarray, dict]:
     """ScorePairs through RunInference: scores in input order, and its seconds (the whole pipeline, and
-    those inside the forward pass from the stage's own timer)."""
+    those inside the forward pass from the stage's own timer). `settings` None: the pipeline around the
+    stage alone (the pairs made, their ids collected; every score 0), whose seconds the stage's include."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -194,13 +197,13 @@ def stage_scores(pairs: list, settings: ModelSettings, runner_args: list[str]) -
         options = PipelineOptions(runner_args)
         prepare(options)
         pipeline = beam.Pipeline(options=options)
-        scoring = (
-            pipeline
-            | beam.Create([CandidatePair(i, i + len(pairs), a, b, None) for i, (a, b) in enumerate(pairs)])
-            | ScorePairs(settings)
-        )
-        _ = (scoring.scored | beam.FlatMap(pairs_in) | beam.Map(lambda p: (p.id_a, p.score)) | beam.combiners.ToList()
-             | beam.Map(functools.partial(_write_json, out)))
+        made = pipeline | beam.Create([CandidatePair(i, i + len(pairs), a, b, None) for i, (a, b) in enumerate(pairs)])
+        if settings is None:
+            scores = made | beam.Map(lambda c: (c.id_a, 0.0))
+        else:
+            scored = (made | ScorePairs(settings)).scored
+            scores = scored | beam.FlatMap(pairs_in) | beam.Map(lambda p: (p.id_a, p.score))
+        _ = scores | beam.combiners.ToList() | beam.Map(functools.partial(_write_json, out))
         result = pipeline.run()
         result.wait_until_finish()
         wall = time.perf_counter() - started
@@ -250,14 +253,18 @@ def sweep(model_dir: str, pairs: list, device: str, budgets: list[int], repeat: 
     scorer = Scorer(model_dir, device, "auto")
     found = {"pairs": len(pairs), "dtype": scorer.dtype, "tokenize_seconds_once": round(tokenize_seconds, 2),
              "by_budget": {}}
+    around = []  # seconds of the pipeline around the stage, measured beside the first budget's runs
     for budget in budgets:
         runs = {"core": [], "stage": [], "stage_forward": []}
         figures, reference, largest_diff = {}, None, 0.0
         scorer.score(encodings, budget)  # untimed: this budget's batch shapes met once
-        for method in _interleaved(["core", "stage"], repeat) if HAS_BEAM else ["core"] * repeat:
+        methods = ["core", "stage", "around"] if budget == budgets[0] else ["core", "stage"]
+        for method in _interleaved(methods, repeat) if HAS_BEAM else ["core"] * repeat:
             if method == "core":
                 reference, figures = scorer.score(encodings, budget)
                 runs["core"].append(len(pairs) / figures["seconds"])
+            elif method == "around":
+                around.append(stage_scores(pairs, None, ["--runner=FnApiRunner"])[1]["seconds"])
             else:
                 settings = ModelSettings(model_dir, device=device, token_budget=budget)
                 scores, seconds = stage_scores(pairs, settings, ["--runner=FnApiRunner"])
@@ -270,7 +277,11 @@ def sweep(model_dir: str, pairs: list, device: str, budgets: list[int], repeat: 
         if runs["stage"]:
             entry.update(stage_pairs_per_s=_summary(runs["stage"]),
                          stage_forward_pairs_per_s=_summary(runs["stage_forward"]),
-                         stage_vs_core_largest_score_diff=largest_diff)
+                         stage_vs_core_largest_score_diff=largest_diff,
+                         stage_less_around_us_per_pair=round(
+                             1e6 * (1 / statistics.median(runs["stage"]) - statistics.median(around) / len(pairs)), 1))
+        if around and "around_pairs_per_s" not in found:
+            found["around_pairs_per_s"] = _summary([len(pairs) / seconds for seconds in around])
         found["by_budget"][str(budget)] = entry
         print(f"  budget {budget}: {json.dumps(entry)}", flush=True)
     return found

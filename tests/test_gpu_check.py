@@ -60,6 +60,8 @@ def test_the_gpu_check_runs_the_stage_and_shared_model_with_beam(tmp_path):
     for entry in results["sweep"]["by_budget"].values():
         assert entry["stage_pairs_per_s"]["runs"] == 1
         assert entry["stage_vs_core_largest_score_diff"] < 1e-6  # the stage scores what the core scores
+        assert entry["stage_less_around_us_per_pair"] > 0  # the stage's work beyond the pipeline around it
+    assert results["sweep"]["around_pairs_per_s"]["runs"] == 1
     assert results["copies"]["largest_score_diff"] < 1e-6
     assert set(results["copies"]) >= {"model_copies_1", "one_model_per_process"}
 
