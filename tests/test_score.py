@@ -34,14 +34,7 @@ from transforms.feeding import (
 )
 from transforms.inference import TokenizeAndPack
 from transforms.records import CandidatePair, ScoredPair, pairs_in
-from transforms.score import (
-    AHEAD_BATCH,
-    PAIR_OF_FOUND,
-    ScoreNeighbours,
-    ScorePairs,
-    TokenizeAhead,
-    pair_scorer,
-)
+from transforms.score import AHEAD_BATCH, PAIR_OF_FOUND, ScoreNeighbours, ScorePairs, TokenizeAhead, pair_scorer
 from transforms.sources import load_tokenizer, load_tokenizer_and_width, model_width
 
 

@@ -358,8 +358,8 @@ NOT_FINITE = ("the model's output is not a finite number (half precision overflo
 
 def _finite(outputs: np.ndarray) -> Forwarded:
     """The outputs of one batch, those with a NaN or an infinity set aside as failed (`NOT_FINITE`)."""
-    rows = np.asarray(outputs).reshape(len(outputs), -1)
-    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+    finite = np.isfinite(np.asarray(outputs))
+    bad = np.flatnonzero(~finite.reshape(len(finite), -1).all(axis=1)) if finite.size else ()
     if not len(bad):
         return Forwarded(list(outputs), 0, {})
     kept = list(outputs)
