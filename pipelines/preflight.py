@@ -220,8 +220,8 @@ def scoring_precision(options: QdedupOptions, pipeline_options: PipelineOptions)
     if options.precision != "auto":
         return options.precision
     device = resolve_device(options.device) if _is_local(pipeline_options) else options.device
-    if device == "auto":  # a remote run's workers decide, out of the launcher's sight
-        return "auto on auto"
+    if device == "auto":  # a remote run's workers decide, out of the launcher's sight; named apart from the
+        return "auto on auto (fp16 on a GPU)"  # "auto on auto" of runs whose GPUs ran bf16, which an extension refuses
     return str(resolve_dtype("auto", device)).replace("torch.", "")
 
 

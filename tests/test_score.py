@@ -325,7 +325,7 @@ def test_auto_precision_is_fp16_on_cuda_and_a_state_records_what_scores_ran_in(m
 
     assert recorded("--runner=DataflowRunner", "--device=cuda") == "float16"
     assert recorded("--runner=DataflowRunner", "--device=cpu") == "float32"
-    assert recorded("--runner=DataflowRunner") == "auto on auto"
+    assert recorded("--runner=DataflowRunner") == "auto on auto (fp16 on a GPU)"  # GPUs ran bf16 under "auto on auto"
     assert recorded("--runner=DataflowRunner", "--device=cuda", "--precision=bf16") == "bf16"
     assert recorded(*RUNNER_ARGS, "--device=cpu") == "float32"
 
