@@ -1,4 +1,5 @@
 import functools
+import json
 import os
 import random
 from types import SimpleNamespace
@@ -14,7 +15,7 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 from pipelines.options import QdedupOptions
 from pipelines.preflight import check_scorer_model, scoring_precision
 from pipelines.report import largest_distributions, run_counts
-from tests.helpers import RUNNER_ARGS, lcqmc_pairs, reference_scores
+from tests.helpers import RUNNER_ARGS, break_scorer, lcqmc_pairs, reference_scores
 from transforms.coders import Records
 from transforms.devices import cpu_threads, hardware, model_device, resolve_device, resolve_dtype
 from transforms.errors import QdedupError
@@ -299,6 +300,32 @@ def test_vectors_with_a_non_finite_component_are_failed_whole():
     forwarded = run_splitting_on_failure(lambda batch: vectors, [([1], [0])] * 3, 0, "cpu")
     assert forwarded.outputs[1] is None and set(forwarded.errors) == {1}
     np.testing.assert_array_equal(forwarded.outputs[2], vectors[2])
+
+
+def test_pairs_scored_nan_in_the_stage_go_to_the_failed_output_with_what_to_do(tiny_model, thirty_pairs,
+                                                                               monkeypatch):
+    """The Beam glue of the finiteness check: the pairs whose score overflowed are dead letters naming the
+    precision to use, the others scored as always."""
+    token = "么"
+    holding = {i for i, (a, b) in enumerate(thirty_pairs) if token in a + b}
+    assert 0 < len(holding) < 30
+    break_scorer(monkeypatch, tiny_model, token, overflow=True)
+    expected = reference_scores(tiny_model, thirty_pairs)
+    candidates = [CandidatePair(i, 100 + i, a, b, 0.5) for i, (a, b) in enumerate(thirty_pairs)]
+
+    def check_scored(scored):
+        assert sorted(p.id_a for p in scored) == sorted(set(range(30)) - holding)
+        assert all(p.score == pytest.approx(expected[p.id_a], abs=1e-5) for p in scored)
+
+    def check_failed(failed):
+        assert sorted(json.loads(r.row)["id_a"] for r in failed) == sorted(holding)
+        assert {(r.stage, r.kind, r.reason) for r in failed} == {("score", "pair", "score_error")}
+        assert all(NOT_FINITE in r.detail for r in failed)
+
+    with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
+        scoring = pipeline | beam.Create(candidates) | ScorePairs(ModelSettings(tiny_model, device="cpu"))
+        assert_that(scoring.scored | beam.FlatMap(pairs_in), check_scored, label="Scored")
+        assert_that(scoring.failed, check_failed, label="Failed")
 
 
 def test_out_of_memory_on_a_single_pair_is_raised():
