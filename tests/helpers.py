@@ -93,18 +93,21 @@ def break_scorer(monkeypatch, model_dir: str, token: str | None = None, overflow
     """Makes the scorer's forward pass fail on every batch holding `token` (on every batch if None), the
     way a kernel or a device fails, for the pipeline's workers in this process; with `overflow`, the pairs
     holding it score NaN instead, the way half precision overflows."""
+    import torch
+
     import transforms.score
     from transforms.sources import load_tokenizer
     forward = transforms.score.positive_probability
     poison = None if token is None else load_tokenizer(model_dir).convert_tokens_to_ids(token)
 
     def fragile(model, batch, label):
-        holding = (batch["input_ids"] == poison).any(dim=1) if poison is not None else None
+        ids = batch["input_ids"]
+        holding = (ids == poison).any(dim=1) if poison is not None else torch.ones(len(ids), dtype=torch.bool)
         if overflow:
             scores = forward(model, batch, label)
             scores[holding.numpy()] = float("nan")
             return scores
-        if poison is None or bool(holding.any()):
+        if bool(holding.any()):
             raise RuntimeError("kernel failed: CUDA error: device-side assert triggered")
         return forward(model, batch, label)
     monkeypatch.setattr(transforms.score, "positive_probability", fragile)
