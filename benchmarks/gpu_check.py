@@ -19,16 +19,17 @@ Steps, each written to the JSON of --out:
   interleaved (fp32, bf16, fp16, fp16, bf16, fp32, ...) --repeat times each
   after one untimed pass each: what each precision costs beside what it changes;
 - sweep: pairs/s over token budgets (--budgets) on --pairs pairs (LCQMC dev,
-  then seeded recombinations of its questions), bf16/fp16 as `--precision auto`
-  picks: the core alone (tokenized once beforehand; packing, padding and the
-  forward timed) and, with Beam, the whole RunInference stage on the in-process
-  runner (tokenizing, shuffles and model loading included, and the seconds
-  inside the forward pass apart), interleaved (core, stage, stage, core, ...)
-  --repeat times each, after one untimed pass of the core at each budget (its
-  batch shapes met once); beside the first budget's, the pipeline around the
-  stage alone (the pairs created, their scores collected), so that the stage's
-  own µs a pair is the difference; peak GPU memory per budget; the largest difference
-  between the stage's and the core's scores;
+  then seeded recombinations of its questions), in the precision `--precision
+  auto` picks (fp16 on CUDA; bf16 before 2026-12-04): the core alone
+  (tokenized once beforehand; packing, padding and the forward timed) and,
+  with Beam, the whole RunInference stage on the in-process runner
+  (tokenizing, shuffles and model loading included, and the seconds inside the
+  forward pass apart), interleaved (core, stage, stage, core, ...) --repeat
+  times each, after one untimed pass of the core at each budget (its batch
+  shapes met once); beside the first budget's, the pipeline around the stage
+  alone (the pairs created, their scores collected), so that the stage's own
+  µs a pair is the difference; peak GPU memory per budget; the largest
+  difference between the stage's and the core's scores;
 - oom: --oom-pairs inputs of --max-length tokens in one batch, which the GPU
   cannot hold: the batch is halved until it fits and every input is scored, as
   in normal batches (on the CPU an out-of-memory error is raised above
@@ -395,6 +396,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         full = make_erlangshen_shaped_model(os.path.join(work, "erlangshen"))
         spread = (make_erlangshen_shaped_model(os.path.join(work, "erlangshen-spread"), spread=True)
                   if "agreement" in steps else None)
+    results["models"] = {"measured": full, "agreement": spread}  # the folders scored (random ones: in --work)
     lower = ["bf16", "fp16"] if device == "cuda" else ["bf16"]
     runs = {
         "agreement": lambda: agreement(spread, read_pairs(args.data, args.agreement_pairs), device, lower),

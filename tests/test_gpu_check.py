@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from benchmarks.gpu_check import _interleaved
+from benchmarks.gpu_check import _interleaved, main
 from tests.helpers import ROOT, shared_data
 
 # Runs the module as `python -m` would, with Beam, faiss and pyarrow made unimportable first.
@@ -69,3 +69,13 @@ def test_the_gpu_check_runs_the_stage_and_shared_model_with_beam(tmp_path):
 def test_methods_are_interleaved_as_often_early_as_late():
     assert _interleaved(["a", "b", "c"], 3) == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
     assert _interleaved(["core", "stage"], 2) == ["core", "stage", "stage", "core"]
+
+
+def test_the_gpu_check_measures_a_given_model_instead_of_making_random_ones(tmp_path, tiny_model):
+    """`--model DIR`: the real scorer's agreement and speed, no random model made."""
+    results = main(["--dry-run", "--model", str(tiny_model), "--steps", "agreement,precision", "--work",
+                    str(tmp_path / "models"), "--out", str(tmp_path / "check.json"),
+                    "--data", str(shared_data("lcqmc/dev.tsv"))])
+    assert results["models"] == {"measured": str(tiny_model), "agreement": str(tiny_model)}
+    assert not (tmp_path / "models").exists()  # no random model written
+    assert results["agreement"]["pairs"] == 32 and results["precision"]["fp32"]["core_pairs_per_s"]["runs"] == 1
