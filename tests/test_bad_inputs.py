@@ -149,10 +149,10 @@ def test_a_failure_inside_any_stage_sets_the_element_aside(tiny_model, tmp_path,
     normalize_text = transforms.normalize.normalize_text
     monkeypatch.setattr(transforms.normalize, "normalize_text",
                         lambda t: 1 / 0 if "规范化" in t else normalize_text(t))
-    tfidf_sparse = transforms.embed.tfidf_sparse
-    monkeypatch.setattr(transforms.embed, "tfidf_sparse",
-                        lambda t, idf: (_ for _ in ()).throw(ValueError("no vector")) if "向量" in t
-                        else tfidf_sparse(t, idf))
+    tfidf_rows = transforms.embed.tfidf_rows  # a batch holding the question fails, then the question alone
+    monkeypatch.setattr(transforms.embed, "tfidf_rows",
+                        lambda ts, idf: (_ for _ in ()).throw(ValueError("no vector")) if any("向量" in t for t in ts)
+                        else tfidf_rows(ts, idf))
 
     def fragile(way, texts):  # the fast backend, ahead of scoring and in scoring: a batch, or one text
         if any("分词" in text for text in texts):

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 import zlib
@@ -16,11 +17,14 @@ from transforms.embed import (
     DocumentFrequency,
     EmbedEncoder,
     MeanCovariance,
-    char_ngrams,
+    _Embed,
+    hashed_ngram_rows,
     hashed_ngrams,
     idf_weights,
     ngram_buckets,
+    static_rows,
     static_vector,
+    tfidf_rows,
     tfidf_vector,
     whitening,
 )
@@ -30,9 +34,28 @@ from transforms.records import Representative
 from transforms.sources import load_static_embedder, static_fingerprint
 
 
-def test_char_ngrams_are_characters_and_pairs():
-    assert char_ngrams("银行卡") == ["银", "行", "卡", "银行", "行卡"]
-    assert char_ngrams("a b") == ["a", "b", "ab"]
+def _reference_ngrams(text: str) -> list[str]:
+    """The n-grams as the design defines them: characters, then adjacent pairs, spaces left out."""
+    text = text.replace(" ", "")
+    return list(text) + [text[i:i + 2] for i in range(len(text) - 1)]
+
+
+def _reference_buckets(text: str, dim: int) -> list[int]:
+    return [zlib.crc32(gram.encode("utf-8")) % dim for gram in _reference_ngrams(text)]
+
+
+# Real questions and the odd ones: none, one character, spaces, 2-, 3- and 4-byte UTF-8, the ends of each length.
+_TEXTS = [t for a, b, _ in lcqmc_pairs(300) for t in (a, b)] + [
+    "", "银", "a b  c", "哈哈哈哈", "  ", "é😀中x", "😀😀", "\x7f\x80ÿĀ\u07ff\u0800\uffff\U00010000\U0010ffff", "Ab1２"]
+
+
+def test_ngram_buckets_are_the_crc32_of_each_character_then_each_pair():
+    grams = ["银", "行", "卡", "银行", "行卡"]
+    assert ngram_buckets("银行卡", 1 << 32).tolist() == [zlib.crc32(g.encode()) for g in grams]
+    assert ngram_buckets("a b", 97).tolist() == [zlib.crc32(g.encode()) % 97 for g in ["a", "b", "ab"]]
+    for text in _TEXTS:
+        buckets = ngram_buckets(text, 1024)
+        assert buckets.dtype == np.int64 and buckets.tolist() == _reference_buckets(text, 1024), text
 
 
 def test_hashed_ngrams_use_crc32_buckets_and_weigh_characters_more():
@@ -45,19 +68,52 @@ def test_hashed_ngrams_use_crc32_buckets_and_weigh_characters_more():
     assert UNIGRAM_WEIGHT > 1
 
 
-def test_hashed_ngrams_equal_the_weights_summed_over_every_ngram():
-    """Bucket ids ascending and each bucket's weights summed exactly as numpy's unique and bincount sum them,
-    on real questions (with spaces, repeats, one character, none) and in a small space where buckets collide."""
-    texts = [t for a, b, _ in lcqmc_pairs(200) for t in (a, b)] + ["", "银", "a b  c", "哈哈哈哈"]
+def test_many_texts_hashed_together_equal_each_hashed_alone_by_zlib():
+    """Bucket ids ascending and each bucket's weights summed, text by text, as zlib's crc32 of each n-gram and
+    numpy's unique and bincount give them, on real questions and odd ones, in a small space where buckets
+    collide and in a large one."""
     for dim in (16, 1024):
-        for text in texts:
-            grams = char_ngrams(text)
-            unique, inverse = np.unique(ngram_buckets(text, dim), return_inverse=True)
-            weights = np.array([UNIGRAM_WEIGHT if len(g) == 1 else 1.0 for g in grams])
-            buckets, summed = hashed_ngrams(text, dim)
-            assert buckets.dtype == np.int64 and summed.dtype == np.float64
-            assert buckets.tolist() == unique.tolist()
-            assert summed.tolist() == np.bincount(inverse, weights=weights, minlength=len(unique)).tolist()
+        starts, buckets, weights = hashed_ngram_rows(_TEXTS, dim)
+        assert buckets.dtype == np.int64 and weights.dtype == np.float64 and len(starts) == len(_TEXTS) + 1
+        for i, text in enumerate(_TEXTS):
+            grams = _reference_ngrams(text)
+            unique, inverse = np.unique(np.array(_reference_buckets(text, dim), dtype=np.int64), return_inverse=True)
+            expected = np.bincount(inverse, weights=[UNIGRAM_WEIGHT if len(g) == 1 else 1.0 for g in grams],
+                                   minlength=len(unique))
+            assert buckets[starts[i]:starts[i + 1]].tolist() == unique.tolist(), text
+            assert weights[starts[i]:starts[i + 1]].tolist() == expected.tolist(), text
+            alone = hashed_ngrams(text, dim)
+            assert alone[0].tolist() == unique.tolist() and alone[1].tolist() == expected.tolist()
+    assert [len(rows) for rows in hashed_ngram_rows([], 8)] == [1, 0, 0]
+
+
+def test_a_text_utf8_cannot_encode_fails_as_encoding_it_would():
+    with pytest.raises(UnicodeEncodeError):
+        hashed_ngram_rows(["好", "坏\ud800"], 64)
+
+
+def test_tfidf_vectors_made_together_equal_the_definition_bit_for_bit():
+    """Each vector of a batch is the text's summed n-gram weights times the idf, in float32, divided by
+    np.linalg.norm of that row: the vector a text hashed and normalized alone gets, to the last bit."""
+    idf = idf_weights(np.random.default_rng(0).integers(0, 50, 1024), 60)
+    vectors = tfidf_rows(_TEXTS, idf)
+    assert len(vectors) == len(_TEXTS)
+    for text, vector in zip(_TEXTS, vectors):
+        buckets, weights = hashed_ngrams(text, 1024)
+        values = (weights * idf[buckets]).astype(np.float32)
+        norm = np.linalg.norm(values)
+        expected = values / norm if norm > 0 else values
+        assert vector.indices.dtype == np.int32 and vector.values.dtype == np.float32 and vector.dim == 1024
+        assert vector.indices.tolist() == buckets.tolist() and vector.values.tobytes() == expected.tobytes(), text
+
+
+def test_static_vectors_made_together_equal_each_made_alone_bit_for_bit():
+    table = np.random.default_rng(1).standard_normal((64, 8)).astype(np.float32)
+    for text, vector in zip(_TEXTS, static_rows(_TEXTS, table)):
+        buckets = _reference_buckets(text, 64)
+        expected = table[buckets].mean(axis=0) if buckets else np.zeros(8, np.float32)
+        expected = expected / np.linalg.norm(expected) if buckets else expected
+        assert vector.dtype == np.float32 and vector.tobytes() == expected.astype(np.float32).tobytes(), text
 
 
 def test_vectors_are_unit_length_and_rank_by_shared_ngrams():
@@ -82,8 +138,64 @@ def test_document_frequency_combine_merges_like_one_pass():
     np.testing.assert_array_equal(whole, merged)
     df = np.zeros(128, dtype=np.int64)
     for t in texts:
-        df[hashed_ngrams(t, 128)[0]] += 1
+        df[sorted(set(_reference_buckets(t, 128)))] += 1
     np.testing.assert_allclose(whole, idf_weights(df, len(texts)))
+
+
+def test_document_frequency_counts_texts_a_batch_at_a_time():
+    """Texts past a batch are counted together; the rest are held until compacted, merged or extracted."""
+    fn = DocumentFrequency(64, batch=5)
+    accumulator = fn.create_accumulator()
+    for text in _TEXTS[:12]:
+        accumulator = fn.add_input(accumulator, text)
+    assert accumulator[0] == 10 and len(accumulator[2]) == 2  # two batches counted, two texts held
+    df = np.zeros(64, dtype=np.int64)
+    for text in _TEXTS[:10]:
+        df[sorted(set(_reference_buckets(text, 64)))] += 1
+    np.testing.assert_array_equal(accumulator[1], df)
+    rest = fn.add_inputs(fn.create_accumulator(), _TEXTS[12:])
+    merged = fn.merge_accumulators([accumulator, rest])
+    assert merged[0] == len(_TEXTS) and merged[2] == []
+    np.testing.assert_array_equal(fn.extract_output(merged), fn.extract_output(
+        fn.add_inputs(DocumentFrequency(64).create_accumulator(), _TEXTS)))
+    compacted = fn.compact(fn.add_inputs(fn.create_accumulator(), _TEXTS[:3]))
+    assert compacted[0] == 3 and compacted[2] == []
+
+
+def test_a_batch_an_embedder_fails_on_is_made_again_text_by_text(tmp_path):
+    """Questions are embedded a batch at a time; where the batch fails, only the questions that fail alone are set
+    aside, each with its reason, and the others get the vectors they would have got."""
+    texts = [a for a, _, _ in lcqmc_pairs(12)] + ["向量会失败的问题"]
+    reps = [Representative(i, t, t, f"k{i}", 1) for i, t in enumerate(texts)]
+    idf = np.ones(64, dtype=np.float32)
+    calls = tmp_path / "calls.txt"
+
+    def fragile(batch, idf):  # run by the pipeline's copy of the DoFn: it notes its batch sizes in a file
+        with open(calls, "a") as handle:
+            handle.write(f"{len(batch)}\n")
+        if any("向量" in text for text in batch):
+            raise ValueError("no vector")
+        return tfidf_rows(batch, idf)
+
+    out = tmp_path / "embedded.json"
+    with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
+        embedded = pipeline | beam.Create(reps) | beam.ParDo(
+            _Embed(fragile, batch=5), beam.pvalue.AsSingleton(pipeline | "Idf" >> beam.Create([idf]))
+        ).with_outputs("failed", main="vectors")
+        vectors = embedded.vectors | "Vectors" >> beam.Map(lambda e: ("ok", e.rep.id, e.vector.indices.tolist(),
+                                                                      e.vector.values.tolist()))
+        failed = embedded.failed | "Failed" >> beam.Map(lambda r: ("failed", r.row, r.reason, r.detail))
+        _ = ((vectors, failed) | beam.Flatten() | beam.combiners.ToList()
+             | beam.Map(lambda items: out.write_text(json.dumps(items, ensure_ascii=False))))
+    found = json.loads(out.read_text())
+    failed = [item for item in found if item[0] == "failed"]
+    assert len(failed) == 1 and json.loads(failed[0][1])["id"] == 12 and failed[0][2] == "embed_error"
+    assert "no vector" in failed[0][3]
+    alone = {rep.id: tfidf_rows([rep.normalized], idf)[0] for rep in reps[:12]}
+    assert {item[1]: (item[2], item[3]) for item in found if item[0] == "ok"} == {
+        i: (v.indices.tolist(), v.values.tolist()) for i, v in alone.items()}
+    sizes = [int(size) for size in calls.read_text().split()]
+    assert max(sizes) == 5 and sizes.count(1) >= 1  # batches of 5; the failed one then text by text
 
 
 @pytest.mark.slow
