@@ -33,7 +33,7 @@ import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.block import BlockCandidates, BlockingSettings, partition_count
-from transforms.embed import hashed_ngrams, idf_weights, tfidf_sparse
+from transforms.embed import EMBED_BATCH, fit_idf, tfidf_rows
 from transforms.metrics import STAGE_NAMESPACE
 from transforms.normalize import normalize_text, text_key
 from transforms.records import Representative
@@ -72,23 +72,23 @@ def question(i: int, base: list[str], alphabet: str) -> str:
     return "".join(chars)
 
 
-def _embedded(i: int, base: list[str], alphabet: str, idf: np.ndarray):
-    text = question(i, base, alphabet)
-    normalized = normalize_text(text) or text
-    return Representative(i, text, normalized, text_key(normalized), 1), tfidf_sparse(normalized, idf)
+def _embedded(start: int, n: int, base: list[str], alphabet: str, idf: np.ndarray):
+    """Questions start to start + `EMBED_BATCH` (below n), embedded together as the pipeline embeds them."""
+    texts = [question(i, base, alphabet) for i in range(start, min(start + EMBED_BATCH, n))]
+    normalized = [normalize_text(text) or text for text in texts]
+    return [(Representative(i, text, norm, text_key(norm), 1), vector)
+            for i, text, norm, vector in zip(range(start, n), texts, normalized, tfidf_rows(normalized, idf))]
 
 
 def run_one(n: int, mode: str, block: bool, margin: int = BlockingSettings.margin) -> dict:
     base = base_questions()
     alphabet = "".join(sorted({ch for text in base for ch in text}))
-    df = np.zeros(DIM, dtype=np.int64)
-    for i in range(n):
-        df[hashed_ngrams(normalize_text(question(i, base, alphabet)), DIM)[0]] += 1
-    idf = idf_weights(df, n)
+    idf = fit_idf([normalize_text(question(i, base, alphabet)) for i in range(n)], DIM)
     settings = BlockingSettings(partitions=1, margin=margin) if mode == "single" else BlockingSettings(margin=margin)
     start = time.perf_counter()
     pipeline = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))
-    embedded = pipeline | beam.Create(range(n), reshuffle=False) | beam.Map(_embedded, base, alphabet, idf)
+    embedded = pipeline | beam.Create(range(0, n, EMBED_BATCH), reshuffle=False) | beam.FlatMap(
+        _embedded, n, base, alphabet, idf)
     out = (embedded | BlockCandidates(settings)).pairs if block else embedded
     _ = out | beam.combiners.Count.Globally()
     result = pipeline.run()

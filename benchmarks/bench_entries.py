@@ -25,7 +25,7 @@ import numpy as np
 from benchmarks.bench_blocking import DIM, base_questions
 from transforms.block import pack_entry, unpack_entry
 from transforms.coders import RecordCoder
-from transforms.embed import hashed_ngrams, idf_weights, tfidf_sparse
+from transforms.embed import fit_idf, tfidf_rows
 from transforms.normalize import normalize_text, text_key
 from transforms.records import Embedded, Representative
 
@@ -34,13 +34,10 @@ def make_items(count: int) -> list:
     """`Embedded` items of `count` questions (the shared ones, repeated with a suffix past their number)."""
     base = base_questions()
     texts = [normalize_text(base[i % len(base)]) + ("" if i < len(base) else str(i)) for i in range(count)]
-    df = np.zeros(DIM, dtype=np.int64)
-    for text in texts:
-        df[hashed_ngrams(text, DIM)[0]] += 1
-    idf = idf_weights(df, count)
+    vectors = tfidf_rows(texts, fit_idf(texts, DIM))
     return [Embedded(Representative(1_000_000 + i, np.arange(len(text) + 3, dtype=np.uint16).tobytes(), text,
-                                    text_key(text), 1), tfidf_sparse(text, idf))
-            for i, text in enumerate(texts)]
+                                    text_key(text), 1), vector)
+            for i, (text, vector) in enumerate(zip(texts, vectors))]
 
 
 def _records():

@@ -12,11 +12,9 @@ import argparse
 import os
 import time
 
-import numpy as np
-
 from pipelines.recall import read_labelled_pairs
+from pipelines.train_blocker import lexical_vectors
 from transforms.block import knn_pairs
-from transforms.embed import hashed_ngrams, idf_weights, tfidf_vector
 from transforms.normalize import normalize_text
 
 DEFAULT_PAIRS = os.path.normpath(
@@ -40,11 +38,7 @@ def main() -> None:
     print("| dim | k | recall of positives | candidate pairs per question | kNN seconds |")
     print("| --- | --- | --- | --- | --- |")
     for dim in map(int, args.dims.split(",")):
-        df = np.zeros(dim, dtype=np.int64)
-        for q in questions:
-            df[hashed_ngrams(q, dim)[0]] += 1
-        idf = idf_weights(df, len(questions))
-        vectors = np.stack([tfidf_vector(q, idf) for q in questions])
+        vectors = lexical_vectors(questions, dim)
         for k in map(int, args.ks.split(",")):
             start = time.perf_counter()
             candidates = knn_pairs(list(range(len(questions))), vectors, k, args.min_similarity)

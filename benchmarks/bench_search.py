@@ -30,7 +30,7 @@ import numpy as np
 
 from benchmarks.bench_blocking import DIM, base_questions, question
 from transforms.block import BlockingSettings, knn_lists
-from transforms.embed import hashed_ngrams, idf_weights, tfidf_sparse
+from transforms.embed import fit_idf, tfidf_rows
 from transforms.normalize import normalize_text
 from transforms.vectors import dense_rows, sparse_rows, to_dense
 
@@ -40,11 +40,7 @@ def work_item_vectors(n: int) -> list:
     base = base_questions()
     alphabet = "".join(sorted({ch for text in base for ch in text}))
     texts = [normalize_text(question(i, base, alphabet)) for i in range(n)]
-    df = np.zeros(DIM, dtype=np.int64)
-    for text in texts:
-        df[hashed_ngrams(text, DIM)[0]] += 1
-    idf = idf_weights(df, n)
-    return [tfidf_sparse(text, idf) for text in texts]
+    return tfidf_rows(texts, fit_idf(texts, DIM))
 
 
 def work_item(n: int) -> tuple[list, np.ndarray, object]:

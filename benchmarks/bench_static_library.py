@@ -42,14 +42,14 @@ from pipelines.train_blocker import (
     train_table,
     training_split,
 )
-from transforms.embed import ngram_buckets, static_vector
+from transforms.embed import ngram_bucket_rows, static_rows
 
 KS = (5, 10, 20)
 
 
 def bucket_text(text: str, buckets: int) -> str:
     """A question as the words a word-level tokenizer maps to our n-gram buckets."""
-    return " ".join(str(b) for b in ngram_buckets(text, buckets))
+    return " ".join(str(b) for b in ngram_bucket_rows([text], buckets)[0])
 
 
 def char_text(text: str) -> str:
@@ -140,7 +140,7 @@ def main() -> None:
     measure("lexical", split.lexical, 0.0)
     started = time.perf_counter()
     table = train_table(texts, split.kept, split.negatives, settings, lambda *_: None)
-    measure(f"qdedup lr={settings.learning_rate}", np.stack([static_vector(t, table) for t in texts]),
+    measure(f"qdedup lr={settings.learning_rate}", np.stack(static_rows(texts, table)),
             time.perf_counter() - started)
 
     bucket_inputs = [bucket_text(t, settings.buckets) for t in texts]
@@ -152,7 +152,7 @@ def main() -> None:
             started = time.perf_counter()
             other = train_table(texts, split.kept, split.negatives, replace(settings, learning_rate=rate),
                                 lambda *_: None)
-            measure(f"qdedup lr={rate}", np.stack([static_vector(t, other) for t in texts]),
+            measure(f"qdedup lr={rate}", np.stack(static_rows(texts, other)),
                     time.perf_counter() - started)
         started = time.perf_counter()
         buckets_model = train_st(bucket_inputs, bucket_vocabulary, split, settings, rate)
@@ -164,7 +164,7 @@ def main() -> None:
     # Speed from raw text, as a pipeline step gets it: ours maps text -> buckets -> mean of rows; the library's
     # gets text -> its tokenizer -> EmbeddingBag (the words its tokenizer splits are made inside the timing).
     variants = {
-        "qdedup static_vector": lambda: [static_vector(t, table) for t in texts],
+        "qdedup static_rows": lambda: static_rows(texts, table),
         "st-buckets encode": lambda: st_vectors(buckets_model, [bucket_text(t, settings.buckets) for t in texts]),
         "st-chars encode": lambda: st_vectors(chars_model, [char_text(t) for t in texts]),
     }

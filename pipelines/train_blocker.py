@@ -42,11 +42,12 @@ import numpy as np
 
 from pipelines.recall import read_labelled_pairs
 from transforms.commit import parquet_rows, read_committed
-from transforms.embed import DocumentFrequency, ngram_buckets, static_vector, tfidf_vector
+from transforms.embed import fit_idf, ngram_bucket_rows, static_rows, tfidf_rows
 from transforms.errors import QdedupError
 from transforms.normalize import normalize_text
 from transforms.paths import join
 from transforms.sources import save_static_embedder
+from transforms.vectors import to_dense
 
 _LOG = logging.getLogger("qdedup")
 HELDOUT_KS = (5, 10, 20)  # the k of the held-out recall figures printed and kept in embedder.json
@@ -139,19 +140,10 @@ def recall_at(embedders: Sequence[np.ndarray], pairs: Sequence[tuple[int, int]],
     return figures
 
 
-def fit_idf(texts: Sequence[str], dim: int) -> np.ndarray:
-    """The idf weights `EmbedLexical` would fit on these texts, on one machine."""
-    frequency = DocumentFrequency(dim)
-    accumulator = frequency.create_accumulator()
-    for text in texts:
-        accumulator = frequency.add_input(accumulator, text)
-    return frequency.extract_output(accumulator)
-
-
 def lexical_vectors(texts: Sequence[str], dim: int) -> np.ndarray:
     """TF-IDF vectors as `EmbedLexical` makes them, idf from these texts."""
     idf = fit_idf(texts, dim)
-    return np.stack([tfidf_vector(text, idf) for text in texts])
+    return np.stack([to_dense(vector) for vector in tfidf_rows(texts, idf)])
 
 
 def hard_negatives(anchors: Sequence[int], lexical: np.ndarray, duplicates: set, labelled: dict,
@@ -184,7 +176,7 @@ def train_table(texts: Sequence[str], positives: Sequence[tuple[int, int]], nega
 
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
-    bags = [torch.as_tensor(ngram_buckets(text, settings.buckets)) for text in texts]
+    bags = [torch.as_tensor(buckets) for buckets in ngram_bucket_rows(texts, settings.buckets)]
     table = torch.nn.EmbeddingBag(settings.buckets, settings.dims, mode="mean", sparse=True)
     torch.nn.init.normal_(table.weight, std=1.0 / math.sqrt(settings.dims))
     optimizer = torch.optim.SparseAdam(table.parameters(), lr=settings.learning_rate)
@@ -277,7 +269,7 @@ def _train(texts: Sequence[str], source: dict, negative_of: dict, settings: Trai
         _LOG.info("train-blocker: epoch %d of %d, loss %.4f, %.0f pairs/s", epoch, settings.epochs, loss, rate)
 
     table = train_table(texts, kept, split.negatives, settings, progress)
-    static = np.stack([static_vector(text, table) for text in texts])
+    static = np.stack(static_rows(texts, table))
 
     def measured(pairs: list) -> dict:
         figures = {"pairs": len(pairs)}

@@ -20,8 +20,9 @@ from tests.helpers import (
     run_qdedup,
     write_questions,
 )
-from transforms.embed import tfidf_vector
+from transforms.embed import tfidf_rows
 from transforms.normalize import normalize_text
+from transforms.vectors import to_dense
 
 pytestmark = pytest.mark.e2e  # every test here runs qdedup end to end
 
@@ -40,13 +41,12 @@ def _variants(base: str) -> list[str]:
 def cluster_corpus(bases: int = 16) -> list[tuple]:
     """LCQMC questions far apart (cosine < 0.3 on plain character n-grams), each with ten variants."""
     chosen, vectors = [], []
-    flat = np.ones(1024, np.float32)
-    for a, b, _ in lcqmc_pairs():
-        for text in (normalize_text(a), normalize_text(b)):
-            vector = tfidf_vector(text, flat)
-            if len(text) >= 8 and len(chosen) < bases and all(vector @ w < 0.3 for w in vectors):
-                chosen.append(text)
-                vectors.append(vector)
+    texts = [normalize_text(text) for a, b, _ in lcqmc_pairs() for text in (a, b)]
+    for text, vector in zip(texts, tfidf_rows(texts, np.ones(1024, np.float32))):
+        vector = to_dense(vector)
+        if len(text) >= 8 and len(chosen) < bases and all(vector @ w < 0.3 for w in vectors):
+            chosen.append(text)
+            vectors.append(vector)
     return [(10_000 + 10 * g + j, text) for g, base in enumerate(chosen) for j, text in enumerate(_variants(base))]
 
 

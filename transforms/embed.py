@@ -55,7 +55,7 @@ def _crc32_fed(state: np.ndarray, points: np.ndarray, sizes: np.ndarray) -> np.n
     """crc32 states after each code point's UTF-8 bytes (`sizes`: 1 to 4 of them) are fed to them: zlib's byte by
     byte update, every code point at once."""
     for k in range(4):
-        shift = (sizes - 1 - k).clip(0) * 6
+        shift = np.maximum(sizes - (k + 1), 0).astype(np.uint32) * 6  # the bits below this byte's
         byte = _UTF8_LEAD[sizes] | (points >> shift) if k == 0 else 0x80 | ((points >> shift) & 0x3F)
         state = np.where(sizes > k, _CRC32[(state ^ byte) & 0xFF] ^ (state >> 8), state)
     return state
@@ -74,7 +74,7 @@ def ngram_crcs(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     stripped = [text.replace(" ", "") for text in texts]
     lengths = np.fromiter(map(len, stripped), dtype=np.int64, count=len(stripped))
     points = np.frombuffer("".join(stripped).encode("utf-32-le"), dtype=np.uint32)
-    sizes = 1 + (points >= 0x80).astype(np.uint32) + (points >= 0x800) + (points >= 0x10000)
+    sizes = 1 + (points >= 0x80).astype(np.int64) + (points >= 0x800) + (points >= 0x10000)
     first = _crc32_fed(np.full(len(points), 0xFFFFFFFF, dtype=np.uint32), points, sizes)
     owner = np.repeat(np.arange(len(stripped)), lengths)
     paired = owner[:-1] == owner[1:]  # a character and the next one of the same text
@@ -82,11 +82,20 @@ def ngram_crcs(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return owner, first ^ 0xFFFFFFFF, owner[:-1][paired], second ^ 0xFFFFFFFF
 
 
+def ngram_bucket_rows(texts: Sequence[str], dim: int) -> list[np.ndarray]:
+    """The crc32 bucket of every character n-gram of each text, repeats kept: its characters, then its
+    character pairs (spaces left out), as int64; the texts hashed together (`ngram_crcs`)."""
+    character_of, characters, pair_of, pairs = ngram_crcs(texts)
+    of_text = np.concatenate([character_of, pair_of])
+    order = np.argsort(of_text, kind="stable")  # each text's characters, then its pairs
+    buckets = np.concatenate([characters, pairs]).astype(np.int64)[order] % dim
+    bounds = np.searchsorted(of_text[order], np.arange(len(texts) + 1)).tolist()
+    return [buckets[start:end] for start, end in zip(bounds[:-1], bounds[1:])]
+
+
 def ngram_buckets(text: str, dim: int) -> np.ndarray:
-    """The crc32 bucket of every character n-gram of the text, repeats kept: its characters, then its
-    character pairs (spaces left out)."""
-    _, characters, _, pairs = ngram_crcs([text])
-    return np.concatenate([characters, pairs]).astype(np.int64) % dim
+    """One text's `ngram_bucket_rows`."""
+    return ngram_bucket_rows([text], dim)[0]
 
 
 def hashed_ngram_rows(texts: Sequence[str], dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -177,6 +186,12 @@ class DocumentFrequency(beam.CombineFn):
         return idf_weights(df, documents)
 
 
+def fit_idf(texts: Sequence[str], dim: int) -> np.ndarray:
+    """The idf weights `EmbedLexical` would fit on these texts, on one machine."""
+    frequency = DocumentFrequency(dim)
+    return frequency.extract_output(frequency.add_inputs(frequency.create_accumulator(), texts))
+
+
 class Embeddings(NamedTuple):
     """What an embedder gives: `Embedded` unit vectors; `RejectedRow`s (kind "question") of the questions
     it could not embed; and one element of parameters as fitted or given ({"idf"}, the whitening
@@ -263,15 +278,18 @@ class _Embed(beam.DoFn):
 
     def _embedded(self) -> Iterator:
         reps, self._held = self._held, []
+        if not reps:
+            return
         try:
             with self._timer:
                 vectors = self._vectors_of([rep.normalized for rep in reps], self._parameters)
         except Exception:
             vectors = None
-        for i, rep in enumerate(reps):
-            if vectors is not None:
-                yield Embedded(rep, vectors[i])
-                continue
+        if vectors is not None:
+            for rep, vector in zip(reps, vectors):
+                yield Embedded(rep, vector)
+            return
+        for rep in reps:  # the batch failed: each question alone, and only those that fail set aside
             try:
                 with self._timer:
                     vector = self._vectors_of([rep.normalized], self._parameters)[0]
@@ -284,16 +302,10 @@ class _Embed(beam.DoFn):
 # ---- Static embedding: a table of hashed character n-grams trained on question pairs, averaged ----
 
 def static_rows(texts: Sequence[str], table: np.ndarray) -> list[np.ndarray]:
-    """The unit mean of the table's rows for each text's n-grams (`ngram_buckets`, repeats counted, as
-    `qdedup train-blocker` trains them), the texts hashed together; the zero vector for a text without any."""
-    character_of, characters, pair_of, pairs = ngram_crcs(texts)
-    buckets = np.concatenate([characters, pairs]).astype(np.int64) % len(table)
-    of_text = np.concatenate([character_of, pair_of])
-    order = np.argsort(of_text, kind="stable")  # each text's characters, then its pairs, as `ngram_buckets` lists them
-    starts = np.searchsorted(of_text[order], np.arange(len(texts) + 1))
-    buckets = buckets[order]
-    return [unit(table[buckets[start:end]].mean(axis=0)) if end > start else np.zeros(table.shape[1], np.float32)
-            for start, end in zip(starts[:-1].tolist(), starts[1:].tolist())]
+    """The unit mean of the table's rows for each text's n-grams (`ngram_bucket_rows`, repeats counted, as
+    `qdedup train-blocker` trains them); the zero vector for a text without any."""
+    return [unit(table[buckets].mean(axis=0)) if len(buckets) else np.zeros(table.shape[1], dtype=np.float32)
+            for buckets in ngram_bucket_rows(texts, len(table))]
 
 
 def static_vector(text: str, table: np.ndarray) -> np.ndarray:
