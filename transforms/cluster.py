@@ -18,11 +18,10 @@ from operator import attrgetter
 from typing import Callable, Iterable, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
-from apache_beam.transforms.window import GlobalWindows
 
 from transforms.errors import QdedupError
 from transforms.graphs import UnionFind, connected_components
-from transforms.joins import JoinByKey, only
+from transforms.joins import JoinByKey, at_bundle_end, only
 from transforms.logs import Progress
 from transforms.metrics import largest
 from transforms.records import Representative, earliest_key
@@ -287,11 +286,7 @@ class _BundleStars(beam.DoFn):
                 counts = self._edges
 
     def finish_bundle(self):
-        for edge in self._stars():
-            if isinstance(edge, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(edge.tag, GlobalWindows.windowed_value(edge.value))
-            else:
-                yield GlobalWindows.windowed_value(edge)
+        return at_bundle_end(self._stars())
 
     def _stars(self) -> Iterator:
         labels, counts = self._found.labels(), self._edges

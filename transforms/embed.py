@@ -21,12 +21,12 @@ from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.transforms.window import GlobalWindows
 
 from transforms import sources
 from transforms.errors import RejectedRow, failure
 from transforms.feeding import ModelSettings
 from transforms.inference import PackedBatchHandler, RunModel
+from transforms.joins import at_bundle_end
 from transforms.logs import Progress
 from transforms.metrics import StageTimer
 from transforms.records import Embedded, Representative
@@ -35,6 +35,7 @@ from transforms.vectors import SparseVector, to_dense, unit
 # A character counts 1.5x a character pair. Measured on LCQMC dev (benchmarks/README.md): recall@5 of
 # positive pairs 97.5% with equal weights, 98.0% with 1.5 (1024 dimensions).
 UNIGRAM_WEIGHT = 1.5
+EMBED_BATCH = 1000  # questions an embedder hashes and makes vectors for at once (`ngram_crcs`)
 
 _LOG = logging.getLogger(__name__)
 
@@ -123,7 +124,8 @@ def idf_weights(document_frequency: np.ndarray, documents: int) -> np.ndarray:
 
 def tfidf_rows(texts: Sequence[str], idf: np.ndarray) -> list[SparseVector]:
     """Unit-length TF-IDF vectors of many texts, their n-grams hashed together (`hashed_ngram_rows`); an
-    all-zero text gives the zero vector. Each equals `tfidf_sparse` of its text, bit for bit."""
+    all-zero text gives the zero vector. Each is the vector its text alone gets, to the last bit: the weights
+    are exact, and each row's norm is taken on its own."""
     starts, buckets, weights = hashed_ngram_rows(texts, len(idf))
     values = (weights * idf[buckets]).astype(np.float32)
     bounds = list(zip(starts[:-1].tolist(), starts[1:].tolist()))
@@ -150,7 +152,7 @@ class DocumentFrequency(beam.CombineFn):
     Texts are held until `batch` have come, then hashed together (`hashed_ngram_rows`); the accumulator is a
     list, changed in place, as `MeanCovariance`'s."""
 
-    def __init__(self, dim: int, batch: int = 1000):
+    def __init__(self, dim: int, batch: int = EMBED_BATCH):
         self._dim = dim
         self._batch = batch
 
@@ -235,9 +237,6 @@ def failed_question(rep: Representative, reason: str, detail: str, stage: str) -
                           detail, stage, "question")
 
 
-EMBED_BATCH = 1000  # questions an embedder's vectors are made for at once (hashed together: `ngram_crcs`)
-
-
 class _Embed(beam.DoFn):
     """reps -> `Embedded(rep, vector)`, `vectors_of(normalized texts, parameters)` making a batch's vectors at once;
     a question it fails on goes to "failed".
@@ -270,11 +269,7 @@ class _Embed(beam.DoFn):
             yield from self._embedded()
 
     def finish_bundle(self):
-        for output in self._embedded():
-            if isinstance(output, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
-            else:
-                yield GlobalWindows.windowed_value(output)
+        return at_bundle_end(self._embedded())
 
     def _embedded(self) -> Iterator:
         reps, self._held = self._held, []
@@ -283,6 +278,8 @@ class _Embed(beam.DoFn):
         try:
             with self._timer:
                 vectors = self._vectors_of([rep.normalized for rep in reps], self._parameters)
+            if len(vectors) != len(reps):
+                raise ValueError(f"{len(vectors)} vectors for {len(reps)} questions")
         except Exception:
             vectors = None
         if vectors is not None:

@@ -17,8 +17,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.windowed_value import WindowedValue
+from apache_beam.transforms.window import GlobalWindows
 
 from transforms.coders import Records, pickled_list, unpickled_list
 
@@ -65,6 +64,16 @@ def only(values: Iterable, default: Any = None) -> Any:
 
 
 _NOTHING = object()
+
+
+def at_bundle_end(outputs: Iterable) -> Iterator:
+    """What a DoFn held and gives in `finish_bundle`, each output in the global window (a batch pipeline's only
+    one; `finish_bundle` must name it), tagged outputs kept tagged."""
+    for output in outputs:
+        if isinstance(output, TaggedOutput):
+            yield TaggedOutput(output.tag, GlobalWindows.windowed_value(output.value))
+        else:
+            yield GlobalWindows.windowed_value(output)
 
 
 def shard_count(count: int, shard_size: int) -> int:
@@ -163,8 +172,7 @@ class DealIntoShards(beam.DoFn):
                 yield from self._give()
 
     def finish_bundle(self):
-        for element in self._give():
-            yield WindowedValue(element, GlobalWindow().max_timestamp(), [GlobalWindow()])
+        return at_bundle_end(self._give())
 
     def _give(self) -> Iterator[tuple]:
         lists, self._lists, self._held = self._lists, {}, 0
