@@ -1,3 +1,4 @@
+import functools
 import json
 import subprocess
 import sys
@@ -44,16 +45,20 @@ def _reference_buckets(text: str, dim: int) -> list[int]:
     return [zlib.crc32(gram.encode("utf-8")) % dim for gram in _reference_ngrams(text)]
 
 
-# Real questions and the odd ones: none, one character, spaces, 2-, 3- and 4-byte UTF-8, the ends of each length.
-_TEXTS = [t for a, b, _ in lcqmc_pairs(300) for t in (a, b)] + [
-    "", "银", "a b  c", "哈哈哈哈", "  ", "é😀中x", "😀😀", "\x7f\x80ÿĀ\u07ff\u0800\uffff\U00010000\U0010ffff", "Ab1２"]
+@functools.cache
+def _texts() -> tuple[str, ...]:
+    """Real questions and the odd ones: none, one character, spaces, 2-, 3- and 4-byte UTF-8, the ends of each
+    length."""
+    return tuple(t for a, b, _ in lcqmc_pairs(300) for t in (a, b)) + (
+        "", "银", "a b  c", "哈哈哈哈", "  ", "é😀中x", "😀😀", "Ab1２",
+        "\x7f\x80ÿĀ\u07ff\u0800\uffff\U00010000\U0010ffff")
 
 
 def test_ngram_buckets_are_the_crc32_of_each_character_then_each_pair():
     grams = ["银", "行", "卡", "银行", "行卡"]
     assert ngram_buckets("银行卡", 1 << 32).tolist() == [zlib.crc32(g.encode()) for g in grams]
     assert ngram_buckets("a b", 97).tolist() == [zlib.crc32(g.encode()) % 97 for g in ["a", "b", "ab"]]
-    for text in _TEXTS:
+    for text in _texts():
         buckets = ngram_buckets(text, 1024)
         assert buckets.dtype == np.int64 and buckets.tolist() == _reference_buckets(text, 1024), text
 
@@ -73,9 +78,9 @@ def test_many_texts_hashed_together_equal_each_hashed_alone_by_zlib():
     numpy's unique and bincount give them, on real questions and odd ones, in a small space where buckets
     collide and in a large one."""
     for dim in (16, 1024):
-        starts, buckets, weights = hashed_ngram_rows(_TEXTS, dim)
-        assert buckets.dtype == np.int64 and weights.dtype == np.float64 and len(starts) == len(_TEXTS) + 1
-        for i, text in enumerate(_TEXTS):
+        starts, buckets, weights = hashed_ngram_rows(_texts(), dim)
+        assert buckets.dtype == np.int64 and weights.dtype == np.float64 and len(starts) == len(_texts()) + 1
+        for i, text in enumerate(_texts()):
             grams = _reference_ngrams(text)
             unique, inverse = np.unique(np.array(_reference_buckets(text, dim), dtype=np.int64), return_inverse=True)
             expected = np.bincount(inverse, weights=[UNIGRAM_WEIGHT if len(g) == 1 else 1.0 for g in grams],
@@ -96,9 +101,9 @@ def test_tfidf_vectors_made_together_equal_the_definition_bit_for_bit():
     """Each vector of a batch is the text's summed n-gram weights times the idf, in float32, divided by
     np.linalg.norm of that row: the vector a text hashed and normalized alone gets, to the last bit."""
     idf = idf_weights(np.random.default_rng(0).integers(0, 50, 1024), 60)
-    vectors = tfidf_rows(_TEXTS, idf)
-    assert len(vectors) == len(_TEXTS)
-    for text, vector in zip(_TEXTS, vectors):
+    vectors = tfidf_rows(_texts(), idf)
+    assert len(vectors) == len(_texts())
+    for text, vector in zip(_texts(), vectors):
         buckets, weights = hashed_ngrams(text, 1024)
         values = (weights * idf[buckets]).astype(np.float32)
         norm = np.linalg.norm(values)
@@ -109,7 +114,7 @@ def test_tfidf_vectors_made_together_equal_the_definition_bit_for_bit():
 
 def test_static_vectors_made_together_equal_each_made_alone_bit_for_bit():
     table = np.random.default_rng(1).standard_normal((64, 8)).astype(np.float32)
-    for text, vector in zip(_TEXTS, static_rows(_TEXTS, table)):
+    for text, vector in zip(_texts(), static_rows(_texts(), table)):
         buckets = _reference_buckets(text, 64)
         expected = table[buckets].mean(axis=0) if buckets else np.zeros(8, np.float32)
         expected = expected / np.linalg.norm(expected) if buckets else expected
@@ -146,19 +151,19 @@ def test_document_frequency_counts_texts_a_batch_at_a_time():
     """Texts past a batch are counted together; the rest are held until compacted, merged or extracted."""
     fn = DocumentFrequency(64, batch=5)
     accumulator = fn.create_accumulator()
-    for text in _TEXTS[:12]:
+    for text in _texts()[:12]:
         accumulator = fn.add_input(accumulator, text)
     assert accumulator[0] == 10 and len(accumulator[2]) == 2  # two batches counted, two texts held
     df = np.zeros(64, dtype=np.int64)
-    for text in _TEXTS[:10]:
+    for text in _texts()[:10]:
         df[sorted(set(_reference_buckets(text, 64)))] += 1
     np.testing.assert_array_equal(accumulator[1], df)
-    rest = fn.add_inputs(fn.create_accumulator(), _TEXTS[12:])
+    rest = fn.add_inputs(fn.create_accumulator(), _texts()[12:])
     merged = fn.merge_accumulators([accumulator, rest])
-    assert merged[0] == len(_TEXTS) and merged[2] == []
+    assert merged[0] == len(_texts()) and merged[2] == []
     np.testing.assert_array_equal(fn.extract_output(merged), fn.extract_output(
-        fn.add_inputs(DocumentFrequency(64).create_accumulator(), _TEXTS)))
-    compacted = fn.compact(fn.add_inputs(fn.create_accumulator(), _TEXTS[:3]))
+        fn.add_inputs(DocumentFrequency(64).create_accumulator(), _texts())))
+    compacted = fn.compact(fn.add_inputs(fn.create_accumulator(), _texts()[:3]))
     assert compacted[0] == 3 and compacted[2] == []
 
 
