@@ -83,7 +83,7 @@ def _embedded(start: int, n: int, base: list[str], alphabet: str, idf: np.ndarra
 def run_one(n: int, mode: str, block: bool, margin: int = BlockingSettings.margin) -> dict:
     base = base_questions()
     alphabet = "".join(sorted({ch for text in base for ch in text}))
-    idf = fit_idf([normalize_text(question(i, base, alphabet)) for i in range(n)], DIM)
+    idf = fit_idf((normalize_text(question(i, base, alphabet)) for i in range(n)), DIM)  # streamed, not listed
     settings = BlockingSettings(partitions=1, margin=margin) if mode == "single" else BlockingSettings(margin=margin)
     start = time.perf_counter()
     pipeline = beam.Pipeline(options=PipelineOptions(["--runner=FnApiRunner"]))

@@ -47,9 +47,10 @@ from transforms.embed import ngram_bucket_rows, static_rows
 KS = (5, 10, 20)
 
 
-def bucket_text(text: str, buckets: int) -> str:
-    """A question as the words a word-level tokenizer maps to our n-gram buckets."""
-    return " ".join(str(b) for b in ngram_bucket_rows([text], buckets)[0])
+def bucket_texts(texts: list[str], buckets: int) -> list[str]:
+    """Questions as the words a word-level tokenizer maps to our n-gram buckets (hashed together, as qdedup's
+    embedders hash them)."""
+    return [" ".join(map(str, row.tolist())) for row in ngram_bucket_rows(texts, buckets)]
 
 
 def char_text(text: str) -> str:
@@ -143,7 +144,7 @@ def main() -> None:
     measure(f"qdedup lr={settings.learning_rate}", np.stack(static_rows(texts, table)),
             time.perf_counter() - started)
 
-    bucket_inputs = [bucket_text(t, settings.buckets) for t in texts]
+    bucket_inputs = bucket_texts(texts, settings.buckets)
     bucket_vocabulary = [str(i) for i in range(settings.buckets)]
     char_vocabulary = ["[UNK]", *sorted({c for t in texts for c in t})]
     char_inputs = [char_text(t) for t in texts]
@@ -165,7 +166,7 @@ def main() -> None:
     # gets text -> its tokenizer -> EmbeddingBag (the words its tokenizer splits are made inside the timing).
     variants = {
         "qdedup static_rows": lambda: static_rows(texts, table),
-        "st-buckets encode": lambda: st_vectors(buckets_model, [bucket_text(t, settings.buckets) for t in texts]),
+        "st-buckets encode": lambda: st_vectors(buckets_model, bucket_texts(texts, settings.buckets)),
         "st-chars encode": lambda: st_vectors(chars_model, [char_text(t) for t in texts]),
     }
     times: dict = {name: [] for name in variants}

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -188,8 +188,8 @@ class DocumentFrequency(beam.CombineFn):
         return idf_weights(df, documents)
 
 
-def fit_idf(texts: Sequence[str], dim: int) -> np.ndarray:
-    """The idf weights `EmbedLexical` would fit on these texts, on one machine."""
+def fit_idf(texts: Iterable[str], dim: int) -> np.ndarray:
+    """The idf weights `EmbedLexical` would fit on these texts, on one machine (held `EMBED_BATCH` at a time)."""
     frequency = DocumentFrequency(dim)
     return frequency.extract_output(frequency.add_inputs(frequency.create_accumulator(), texts))
 
