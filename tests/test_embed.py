@@ -159,12 +159,29 @@ def test_document_frequency_counts_texts_a_batch_at_a_time():
         df[sorted(set(_reference_buckets(text, 64)))] += 1
     np.testing.assert_array_equal(accumulator[1], df)
     rest = fn.add_inputs(fn.create_accumulator(), _texts()[12:])
+    held = [(a[0], a[1].copy(), list(a[2])) for a in (accumulator, rest)]
     merged = fn.merge_accumulators([accumulator, rest])
     assert merged[0] == len(_texts()) and merged[2] == []
+    for (documents, df, texts), a in zip(held, (accumulator, rest)):  # merging changed neither
+        assert a[0] == documents and np.array_equal(a[1], df) and a[2] == texts
+    assert len(accumulator[2]) == 2
     np.testing.assert_array_equal(fn.extract_output(merged), fn.extract_output(
         fn.add_inputs(DocumentFrequency(64).create_accumulator(), _texts())))
     compacted = fn.compact(fn.add_inputs(fn.create_accumulator(), _texts()[:3]))
     assert compacted[0] == 3 and compacted[2] == []
+
+
+def test_a_batch_given_the_wrong_number_of_vectors_is_made_again_text_by_text():
+    """No question is lost to a batch function that gives fewer vectors than texts: the batch is remade one by one."""
+    reps = [Representative(i, t, t, f"k{i}", 1) for i, t in enumerate(["银行卡", "信用卡", "怎么办"])]
+    idf = np.ones(64, dtype=np.float32)
+    embed = _Embed(lambda texts, idf: tfidf_rows(texts, idf)[:1], batch=3)  # one vector, whatever the batch
+    embed.setup()
+    embed.start_bundle()
+    made = [output for rep in reps for output in embed.process(rep, idf)]
+    made += [output.value for output in embed.finish_bundle()]
+    assert [e.rep.id for e in made] == [0, 1, 2]
+    assert all(e.vector.values.tobytes() == tfidf_rows([e.rep.normalized], idf)[0].values.tobytes() for e in made)
 
 
 def test_a_batch_an_embedder_fails_on_is_made_again_text_by_text(tmp_path):

@@ -163,13 +163,18 @@ class DocumentFrequency(beam.CombineFn):
         accumulator[2].append(text)
         return self._counted(accumulator) if len(accumulator[2]) >= self._batch else accumulator
 
+    def _sums(self, accumulator) -> tuple[int, np.ndarray]:
+        """(documents, df) with the held texts counted, the accumulator left as it is (a merge may change only
+        the accumulator it returns)."""
+        documents, df, held = accumulator
+        if not held:
+            return documents, df
+        _, buckets, _ = hashed_ngram_rows(held, self._dim)  # a bucket once per text: rows hold each once
+        return documents + len(held), df + np.bincount(buckets, minlength=self._dim)
+
     def _counted(self, accumulator):
-        held = accumulator[2]
-        if held:
-            _, buckets, _ = hashed_ngram_rows(held, self._dim)  # a bucket once per text: rows hold each once
-            accumulator[0] += len(held)
-            accumulator[1] += np.bincount(buckets, minlength=self._dim)
-            accumulator[2] = []
+        accumulator[0], accumulator[1] = self._sums(accumulator)
+        accumulator[2] = []
         return accumulator
 
     def compact(self, accumulator):
@@ -178,13 +183,13 @@ class DocumentFrequency(beam.CombineFn):
     def merge_accumulators(self, accumulators):
         merged = self.create_accumulator()
         for accumulator in accumulators:
-            documents, df, _ = self._counted(accumulator)
+            documents, df = self._sums(accumulator)
             merged[0] += documents
             merged[1] += df
         return merged
 
     def extract_output(self, accumulator):
-        documents, df, _ = self._counted(accumulator)
+        documents, df = self._sums(accumulator)
         return idf_weights(df, documents)
 
 
