@@ -153,12 +153,15 @@ def tokenized_texts(generated: Candidates, scorer: ModelSettings) -> beam.PColle
 
 def _tokenized_ahead(items, scorer: ModelSettings, label: str):
     """`Embedded` items -> the same, each representative's text as `scorer` takes it (`TokenizeAhead`)."""
-    return (
-        items
-        | f"{label}Texts" >> beam.Map(lambda item: (item, item.rep.text))
-        | f"{label}TokenizeAhead" >> TokenizeAhead(scorer)
-        | f"{label}CarryTokens" >> beam.MapTuple(lambda item, text: Embedded(item.rep._replace(text=text), item.vector))
-    )
+    return items | f"{label}TokenizeAhead" >> TokenizeAhead(scorer, _rep_text, _with_rep_text)
+
+
+def _rep_text(item: Embedded) -> str:
+    return item.rep.text
+
+
+def _with_rep_text(item: Embedded, text) -> Embedded:
+    return Embedded(item.rep._replace(text=text), item.vector)
 
 
 def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str, configuration: dict,

@@ -1,7 +1,9 @@
+import collections
 import functools
 import json
 import os
 import random
+from operator import attrgetter
 from types import SimpleNamespace
 
 import apache_beam as beam
@@ -10,6 +12,7 @@ import pytest
 import torch
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that
+from apache_beam.utils.windowed_value import WindowedValue
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
 from pipelines.options import QdedupOptions
@@ -35,7 +38,15 @@ from transforms.feeding import (
 )
 from transforms.inference import TokenizeAndPack
 from transforms.records import CandidatePair, ScoredPair, pairs_in
-from transforms.score import AHEAD_BATCH, PAIR_OF_FOUND, ScoreNeighbours, ScorePairs, TokenizeAhead, pair_scorer
+from transforms.score import (
+    AHEAD_BATCH,
+    PAIR_OF_FOUND,
+    ScoreNeighbours,
+    ScorePairs,
+    TokenizeAhead,
+    _TokenizeAhead,
+    pair_scorer,
+)
 from transforms.sources import load_tokenizer, load_tokenizer_and_width, model_width
 
 
@@ -189,6 +200,24 @@ def test_tokenize_ahead_gives_every_text_its_own_form_whatever_the_calls(tiny_mo
 
     with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
         assert_that(pipeline | beam.Create(elements) | TokenizeAhead(ModelSettings(tiny_model)), check)
+
+
+def test_tokenize_ahead_holds_a_bundles_texts_and_carries_each_form_back_into_its_element(tiny_model):
+    """Any element: its text taken by `text`, up to `AHEAD_BATCH` encoded in one call, each form put back by `carry`
+    into its own element; what a bundle holds at its end is given then, in the global window."""
+    calls = []
+    fn = _TokenizeAhead(ModelSettings(tiny_model), attrgetter("text"), lambda item, form: item._replace(text=form))
+    fn._ahead = lambda texts: calls.append(len(texts)) or [text.upper() for text in texts]
+    Item = collections.namedtuple("Item", "id text")
+    items = [Item(i, f"q{i}") for i in range(2 * AHEAD_BATCH + 5)]
+    fn.start_bundle()
+    given = [out for item in items for out in fn.process(item)]
+    assert calls == [AHEAD_BATCH, AHEAD_BATCH]
+    at_end = list(fn.finish_bundle())
+    assert calls == [AHEAD_BATCH, AHEAD_BATCH, 5] and all(isinstance(out, WindowedValue) for out in at_end)
+    assert given + [out.value for out in at_end] == [Item(i, f"Q{i}") for i in range(len(items))]
+    fn.start_bundle()
+    assert list(fn.finish_bundle()) == [] and len(calls) == 3  # nothing held: no call
 
 
 def test_pack_batches_respects_the_budget_and_keeps_every_element():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 from operator import attrgetter, itemgetter
-from typing import Iterable, Iterator, NamedTuple, Optional
+from typing import Callable, Iterable, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -24,14 +24,14 @@ from transforms.coders import Records
 from transforms.errors import RejectedRow
 from transforms.feeding import ModelSettings, ahead_of_scoring, positive_probability
 from transforms.inference import ModelOutputs, PackedBatchHandler, RunModel
-from transforms.joins import DealIntoShards, JoinByKey, dealt
+from transforms.joins import DealIntoShards, JoinByKey, at_bundle_end, dealt
 from transforms.logs import Progress
 from transforms.metrics import COUNT_NAMESPACE
 from transforms.records import CandidatePair, ScoredPair, found_pairs, unite_pairs
 
 _LOG = logging.getLogger(__name__)
 
-AHEAD_BATCH = 1000  # texts `TokenizeAhead` encodes in one call (held by `beam.BatchElements`)
+AHEAD_BATCH = 1000  # texts `TokenizeAhead` holds and encodes in one call
 
 
 def pair_scorer(settings: ModelSettings) -> PackedBatchHandler:
@@ -42,35 +42,56 @@ def pair_scorer(settings: ModelSettings) -> PackedBatchHandler:
 
 
 class _TokenizeAhead(beam.DoFn):
-    """A list of (key, text) -> (key, its form ahead of scoring) each, the texts tokenized in one call."""
+    """Elements -> `carry(element, its text ahead of scoring)` each: up to `AHEAD_BATCH` of a bundle's texts held
+    and tokenized in one call (half the CPU of a call a text), so that taking the text, batching and putting
+    the tokens back cost no step of their own (three elements a question fewer)."""
 
-    def __init__(self, settings: ModelSettings):
+    def __init__(self, settings: ModelSettings, text: Callable, carry: Callable):
         self._settings = settings
+        self._text = text
+        self._carry = carry
 
     def setup(self):
         self._ahead = ahead_of_scoring(sources.load_tokenizer(self._settings.model), self._settings.max_length)
 
-    def process(self, batch: list) -> Iterator[tuple]:
-        return zip((key for key, _ in batch), self._ahead([text for _, text in batch]))
+    def start_bundle(self):
+        self._held = []
+
+    def process(self, element) -> Iterator:
+        self._held.append(element)
+        if len(self._held) >= AHEAD_BATCH:
+            yield from self._give()
+
+    def finish_bundle(self):
+        return at_bundle_end(self._give())
+
+    def _give(self) -> Iterator:
+        held, self._held = self._held, []
+        if held:
+            text, carry = self._text, self._carry
+            yield from map(carry, held, self._ahead([text(element) for element in held]))
 
 
 class TokenizeAhead(beam.PTransform):
-    """(key, text) -> (key, the text as `ScorePairs` with `settings` takes it: `feeding.ahead_of_scoring`).
+    """(key, text) -> (key, the text as `ScorePairs` with `settings` takes it: `feeding.ahead_of_scoring`); with
+    `text` and `carry`, any element -> `carry(element, its text so taken)`, the text being `text(element)`.
 
     Applied to each question once, before its text travels into its pairs (about 20 at 1M rows), so
     that scoring assembles each pair from its texts' token ids instead of tokenizing both texts again.
     """
 
-    def __init__(self, settings: ModelSettings):
+    def __init__(self, settings: ModelSettings, text: Callable = itemgetter(1), carry: Optional[Callable] = None):
         super().__init__()
         self._settings = settings
+        self._text = text
+        self._carry = carry or _with_key
 
-    def expand(self, texts):
-        return (
-            texts
-            | "Batch" >> beam.BatchElements(min_batch_size=AHEAD_BATCH, max_batch_size=AHEAD_BATCH)
-            | "Tokenize" >> beam.ParDo(_TokenizeAhead(self._settings))
-        )
+    def expand(self, elements):
+        return elements | "Tokenize" >> beam.ParDo(_TokenizeAhead(self._settings, self._text, self._carry))
+
+
+def _with_key(element: tuple, text) -> tuple:
+    return element[0], text
 
 
 class _ToScoredPairs(beam.DoFn):
