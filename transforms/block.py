@@ -497,14 +497,22 @@ class _SampleForCentroids(beam.DoFn):
 
 
 class _SplitHot(beam.DoFn):
-    """(partition, entry) -> ((partition, 0), entry), or to "hot" as it is when the partition is split."""
+    """(partition, entry) -> ((partition, 0), entry), or to "hot" as it is when the partition is split. With
+    `sizes` (every partition's size, where the second level is trained here), a hot entry that falls in the
+    sample its partition's second level trains on (`_in_sub_sample`) goes to "sample" too, as (partition, (id,
+    vector)): one pass over the entries splits and samples them (only a split partition is sampled)."""
 
-    def process(self, element, split: dict):
+    def __init__(self, settings: BlockingSettings):
+        self._settings = settings
+
+    def process(self, element, split: dict, sizes: Optional[dict] = None):
         partition, entry = element
-        if partition in split:
-            yield beam.pvalue.TaggedOutput("hot", element)
-        else:
+        if partition not in split:
             yield (partition, 0), entry
+            return
+        yield beam.pvalue.TaggedOutput("hot", element)
+        if sizes is not None and _in_sub_sample(element, sizes, self._settings):
+            yield beam.pvalue.TaggedOutput("sample", (partition, (entry[1], unpack_entry(entry[2]).vector)))
 
 
 def _route(element, probes: int) -> Iterator[tuple]:
@@ -767,20 +775,20 @@ class BlockCandidates(beam.PTransform):
             counts = assigned | "PartitionSizes" >> beam.combiners.Count.PerKey()
             sizes = beam.pvalue.AsDict(counts)
             hot = counts | "HotPartitions" >> beam.Filter(lambda kv: kv[1] > settings.max_block)
+        else:
+            # An earlier run's structure is kept: the partitions it split, and only those, are split.
+            sizes, hot = None, self._sub_centroids or pipeline | "NoSubCentroids" >> beam.Create([])
+        split = assigned | "SplitHot" >> beam.ParDo(_SplitHot(settings), split=beam.pvalue.AsDict(
+            hot | "SplitPartitions" >> beam.Map(lambda kv: (kv[0], True))), sizes=sizes).with_outputs(
+            "hot", "sample", main="whole")
+        if self._centroids is None:
             sub_centroids = (
-                assigned
-                | "SampleHot" >> beam.Filter(_in_sub_sample, sizes=sizes, settings=settings)
-                | "HotIdAndVector" >> beam.MapTuple(lambda partition, entry: (partition, (entry[1],
-                                                                                          unpack_entry(entry[2]).vector)))
+                split.sample
                 | "CapHotSample" >> beam.CombinePerKey(_lowest_ranks(settings))
                 | "TrainSubCentroids" >> beam.FlatMap(_train_sub, sizes=sizes, settings=settings)
             )
         else:
-            # An earlier run's structure is kept: the partitions it split, and only those, are split.
-            sub_centroids = self._sub_centroids or pipeline | "NoSubCentroids" >> beam.Create([])
-            hot = sub_centroids
-        split = assigned | "SplitHot" >> beam.ParDo(_SplitHot(), split=beam.pvalue.AsDict(
-            hot | "SplitPartitions" >> beam.Map(lambda kv: (kv[0], True)))).with_outputs("hot", main="whole")
+            sub_centroids = hot
         routed = {"entry": split.hot, "sub": sub_centroids} | "RouteHot" >> JoinByKey(_route, settings.probes)
         part_sizes = beam.pvalue.AsDict(
             (split.whole | "WholeSizes" >> beam.combiners.Count.PerKey(),
