@@ -218,6 +218,11 @@ def test_tokenize_ahead_holds_a_bundles_texts_and_carries_each_form_back_into_it
     assert given + [out.value for out in at_end] == [Item(i, f"Q{i}") for i in range(len(items))]
     fn.start_bundle()
     assert list(fn.finish_bundle()) == [] and len(calls) == 3  # nothing held: no call
+    fn._ahead = lambda texts: texts[1:]  # one form short: the bundle fails rather than lose an element
+    fn.start_bundle()
+    assert [out for item in items[:5] for out in fn.process(item)] == []
+    with pytest.raises(ValueError, match="gave 4 forms for 5 texts"):
+        list(fn.finish_bundle())
 
 
 def test_pack_batches_respects_the_budget_and_keeps_every_element():

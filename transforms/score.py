@@ -68,8 +68,10 @@ class _TokenizeAhead(beam.DoFn):
     def _give(self) -> Iterator:
         held, self._held = self._held, []
         if held:
-            text, carry = self._text, self._carry
-            yield from map(carry, held, self._ahead([text(element) for element in held]))
+            forms = self._ahead([self._text(element) for element in held])
+            if len(forms) != len(held):  # a form short would lose its element without a word
+                raise ValueError(f"tokenizing ahead gave {len(forms)} forms for {len(held)} texts")
+            yield from map(self._carry, held, forms)
 
 
 class TokenizeAhead(beam.PTransform):
