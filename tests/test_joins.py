@@ -5,12 +5,15 @@ from operator import itemgetter
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.pvalue import TaggedOutput
 from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.utils.windowed_value import WindowedValue
 
 from tests.helpers import RUNNER_ARGS
 from transforms.coders import Records, pickled_list, unpickled_list
 from transforms.joins import (
     DealIntoShards,
+    HeldInBatches,
     JoinByKey,
     Joined,
     LookUp,
@@ -142,6 +145,41 @@ def test_a_bundle_gives_its_lists_when_full_and_what_it_holds_at_its_end():
     assert dealt == list(range(30)) and {tag for _, (tag, _) in given + at_end} == {1}
     assert {shard for shard, _ in given + at_end} == {0, 1, 2}
     assert all(shard == shard_of(element, 3, 1) for shard, (_, held) in given + at_end for element in held)
+
+
+class _Doubled(HeldInBatches):
+    """Each held element doubled; odd ones also to "odd"; the batches it was called with kept."""
+
+    def __init__(self, batch: int):
+        super().__init__(batch)
+        self.calls = []
+
+    def process(self, element):
+        return self.hold(element)
+
+    def outputs_of(self, held: list):
+        self.calls.append(list(held))
+        for element in held:
+            yield 2 * element
+            if element % 2:
+                yield TaggedOutput("odd", element)
+
+
+def test_held_in_batches_gives_each_full_batch_then_the_rest_at_the_bundles_end():
+    """Outputs come when `batch` are held, in order; the rest at the bundle's end, each in the global window,
+    tags kept; a bundle that holds nothing at its end makes no call."""
+    fn = _Doubled(batch=4)
+    fn.start_bundle()
+    given = [out for element in range(10) for out in fn.process(element)]
+    assert fn.calls == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert [out for out in given if not isinstance(out, TaggedOutput)] == [0, 2, 4, 6, 8, 10, 12, 14]
+    assert [out.value for out in given if isinstance(out, TaggedOutput)] == [1, 3, 5, 7]
+    at_end = list(fn.finish_bundle())
+    assert fn.calls[2:] == [[8, 9]]
+    assert [out.value for out in at_end if isinstance(out, WindowedValue)] == [16, 18]
+    assert [(out.tag, out.value.value) for out in at_end if isinstance(out, TaggedOutput)] == [("odd", 9)]
+    fn.start_bundle()
+    assert list(fn.finish_bundle()) == [] and len(fn.calls) == 3
 
 
 def test_what_an_element_makes_is_dealt_item_by_item_and_read_back_whole():

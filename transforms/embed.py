@@ -26,7 +26,7 @@ from transforms import sources
 from transforms.errors import RejectedRow, failure
 from transforms.feeding import ModelSettings
 from transforms.inference import PackedBatchHandler, RunModel
-from transforms.joins import at_bundle_end
+from transforms.joins import HeldInBatches
 from transforms.logs import Progress
 from transforms.metrics import StageTimer
 from transforms.records import Embedded, Representative
@@ -242,7 +242,7 @@ def failed_question(rep: Representative, reason: str, detail: str, stage: str) -
                           detail, stage, "question")
 
 
-class _Embed(beam.DoFn):
+class _Embed(HeldInBatches):
     """reps -> `Embedded(rep, vector)`, `vectors_of(normalized texts, parameters)` making a batch's vectors at once;
     a question it fails on goes to "failed".
 
@@ -253,9 +253,9 @@ class _Embed(beam.DoFn):
 
     def __init__(self, vectors_of: Callable[[Sequence[str], Any], list], load: Optional[Callable[[], Any]] = None,
                  batch: int = EMBED_BATCH):
+        super().__init__(batch)
         self._vectors_of = vectors_of
         self._load = load
-        self._batch = batch
         self._timer = StageTimer("embed", helpers=False)  # numpy on vectors this short: no helper threads
 
     def setup(self):
@@ -263,23 +263,16 @@ class _Embed(beam.DoFn):
         self._progress = Progress(_LOG, "embedding", "questions")
 
     def start_bundle(self):
-        self._held, self._parameters = [], self._loaded
+        super().start_bundle()
+        self._parameters = self._loaded
 
     def process(self, rep: Representative, parameters=None):
         self._progress.add()
         if parameters is not None:
             self._parameters = parameters  # a side input is read in `process`; the held reps need it at the end
-        self._held.append(rep)
-        if len(self._held) >= self._batch:
-            yield from self._embedded()
+        return self.hold(rep)
 
-    def finish_bundle(self):
-        return at_bundle_end(self._embedded())
-
-    def _embedded(self) -> Iterator:
-        reps, self._held = self._held, []
-        if not reps:
-            return
+    def outputs_of(self, reps: list) -> Iterator:
         try:
             with self._timer:
                 vectors = self._vectors_of([rep.normalized for rep in reps], self._parameters)

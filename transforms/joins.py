@@ -76,6 +76,36 @@ def at_bundle_end(outputs: Iterable) -> Iterator:
             yield GlobalWindows.windowed_value(output)
 
 
+class HeldInBatches(beam.DoFn):
+    """A DoFn that holds up to `batch` of a bundle's elements and gives what `outputs_of` makes of them together
+    (what is held at the bundle's end, then): for work that costs less a batch at once than an element at a
+    time (a tokenizer's call, a vector model's). A subclass's `process` returns `self.hold(element)`."""
+
+    def __init__(self, batch: int):
+        self._batch = batch
+
+    def start_bundle(self):
+        self._held = []
+
+    def hold(self, element) -> Iterator:
+        """Holds `element`; once `batch` are held, the outputs of them all."""
+        self._held.append(element)
+        if len(self._held) >= self._batch:
+            yield from self._release()
+
+    def finish_bundle(self):
+        return at_bundle_end(self._release())
+
+    def outputs_of(self, held: list) -> Iterable:
+        """What the held elements (never none) make: outputs as `process` would yield them."""
+        raise NotImplementedError
+
+    def _release(self) -> Iterator:
+        held, self._held = self._held, []
+        if held:
+            yield from self.outputs_of(held)
+
+
 def shard_count(count: int, shard_size: int) -> int:
     """How many shards `count` keys take at about `shard_size` a shard."""
     return max(1, math.ceil(count / shard_size))

@@ -24,7 +24,7 @@ from transforms.coders import Records
 from transforms.errors import RejectedRow
 from transforms.feeding import ModelSettings, ahead_of_scoring, positive_probability
 from transforms.inference import ModelOutputs, PackedBatchHandler, RunModel
-from transforms.joins import DealIntoShards, JoinByKey, at_bundle_end, dealt
+from transforms.joins import DealIntoShards, HeldInBatches, JoinByKey, dealt
 from transforms.logs import Progress
 from transforms.metrics import COUNT_NAMESPACE
 from transforms.records import CandidatePair, ScoredPair, found_pairs, unite_pairs
@@ -41,12 +41,13 @@ def pair_scorer(settings: ModelSettings) -> PackedBatchHandler:
         functools.partial(positive_probability, label=settings.positive_label), "score")
 
 
-class _TokenizeAhead(beam.DoFn):
+class _TokenizeAhead(HeldInBatches):
     """Elements -> `carry(element, its text ahead of scoring)` each: up to `AHEAD_BATCH` of a bundle's texts held
     and tokenized in one call (half the CPU of a call a text), so that taking the text, batching and putting
     the tokens back cost no step of their own (three elements a question fewer)."""
 
     def __init__(self, settings: ModelSettings, text: Callable, carry: Callable):
+        super().__init__(AHEAD_BATCH)
         self._settings = settings
         self._text = text
         self._carry = carry
@@ -54,24 +55,14 @@ class _TokenizeAhead(beam.DoFn):
     def setup(self):
         self._ahead = ahead_of_scoring(sources.load_tokenizer(self._settings.model), self._settings.max_length)
 
-    def start_bundle(self):
-        self._held = []
-
     def process(self, element) -> Iterator:
-        self._held.append(element)
-        if len(self._held) >= AHEAD_BATCH:
-            yield from self._give()
+        return self.hold(element)
 
-    def finish_bundle(self):
-        return at_bundle_end(self._give())
-
-    def _give(self) -> Iterator:
-        held, self._held = self._held, []
-        if held:
-            forms = self._ahead([self._text(element) for element in held])
-            if len(forms) != len(held):  # a form short would lose its element without a word
-                raise ValueError(f"tokenizing ahead gave {len(forms)} forms for {len(held)} texts")
-            yield from map(self._carry, held, forms)
+    def outputs_of(self, held: list) -> Iterator:
+        forms = self._ahead([self._text(element) for element in held])
+        if len(forms) != len(held):  # a form short would lose its element without a word
+            raise ValueError(f"tokenizing ahead gave {len(forms)} forms for {len(held)} texts")
+        return map(self._carry, held, forms)
 
 
 class TokenizeAhead(beam.PTransform):
