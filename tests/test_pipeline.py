@@ -48,6 +48,21 @@ def test_every_row_is_grouped_or_rejected_once(corpus, reference_run):
     assert sorted(grouped_ids + rejected_ids, key=repr) == sorted([r[0] for r in rows], key=repr)
 
 
+def test_the_state_keeps_every_questions_vector_and_its_k_nearest_as_blocking_found_them(reference_run):
+    """state/lexical/vectors/: a row per representative, its neighbours best first, each one a pair that was made
+    from it with that similarity (the row and its neighbours meet by a look-up in shards)."""
+    out, _ = reference_run
+    vectors = read_part(out, "state/lexical/vectors")
+    assert sorted(v["id"] for v in vectors) == sorted(r["id"] for r in read_part(out, "state/representatives"))
+    similarity = {(p["id_a"], p["id_b"]): p["similarity"] for p in blocking_pairs(out)}
+    assert sum(bool(v["top_ids"]) for v in vectors) > len(vectors) // 2
+    for v in vectors:
+        assert v["id"] not in v["top_ids"] and v["top_sims"] == sorted(v["top_sims"], reverse=True)
+        assert len(v["values"]) == len(v["indices"]) > 0 and v["dim"] > max(v["indices"])
+        for nid, sim in zip(v["top_ids"], v["top_sims"]):
+            assert similarity[min(v["id"], nid), max(v["id"], nid)] == pytest.approx(sim, abs=1e-6)
+
+
 def test_the_report_gives_the_largest_element_of_each_bounded_step(reference_run):
     out, report = reference_run
     largest = report["largest_elements"]
