@@ -189,7 +189,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
     clustered = (representatives, members, scoring.scored, previous) | "ClusterGroups" >> ClusterGroups(
         chaining.threshold, components, SplitChains(chaining, ScoreCandidates(scorer, known_scores), components, texts),
         AssignGroupIds(first_run=not previous_groups), Explainer(chaining.threshold, options.explain_max_edges),
-        options.canonical, options.join_shard_keys)
+        options.canonical)
     groups = clustered.groups
     all_pairs = (scoring.scored, clustered.scored) | "AllPairs" >> beam.Flatten()  # scored batches
     rejected = (
@@ -209,7 +209,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
     for kind, parts in generated.embedders.items():
         parts | f"Write{kind.title()}State" >> WriteEmbedderState(
             out.file_prefix("state", kind), out.file_prefix("state", kind, "vectors"),
-            out.file_prefix("state", kind, "subcentroids"), id_type, options.join_shard_keys)
+            out.file_prefix("state", kind, "subcentroids"), id_type)
 
     stored_members = generated.stored.members if prior and prior.extend else None
     embedded = (tuple(generated.embedded) | "AllEmbedded" >> beam.Flatten() if len(generated.embedded) > 1

@@ -14,9 +14,7 @@ from transforms.cluster import (
     ConnectedComponents,
     GroupInfo,
     GroupRow,
-    _group_of_rep,
     _group_rows,
-    _row_of_member,
     connected_components,
     finish_unsettled,
     large_star,
@@ -29,7 +27,7 @@ from transforms.cluster import (
 from transforms.errors import QdedupError
 from transforms.explain import Explainer
 from transforms.ids import AssignedId
-from transforms.records import Edge, Membership, Representative
+from transforms.records import Edge, Representative
 
 
 def _components_by_search(edges):
@@ -301,15 +299,3 @@ def test_a_long_path_and_a_100k_star_through_the_pipeline_are_exact(tmp_path):
     got, unsettled = _run_components(path + star, 2, tmp_path, max_unsettled=100_000, bundle_nodes=2)
     assert got == {**{i: 0 for i in range(30_001)}, **{200_000 + i: 200_000 for i in range(100_001)}}
     assert 0 < unsettled <= 100_000  # two rounds leave most of the path to the finishing step
-
-
-def test_a_representative_takes_its_components_label_and_its_rows_follow_it():
-    """A representative with an edge takes its component's label, one without stands for its own group; each row
-    takes its representative's label, text key and row count; a row whose representative is absent makes none."""
-    rep, alone = Representative(5, "问题", "问题", "k5", 2), Representative(9, "别的", "别的", "k9", 1)
-    out = list(_group_of_rep(rep, 3))
-    assert out[0] == (3, rep) and (out[1].tag, out[1].value) == ("routes", (5, (3, "k5", 2))) and len(out) == 2
-    out = list(_group_of_rep(alone, None))
-    assert out[0] == (9, alone) and out[1].value == (9, (9, "k9", 1))
-    assert list(_row_of_member(Membership(6, 5, "k5"), (3, "k5", 2))) == [(3, (6, "k5", 2, 5))]
-    assert list(_row_of_member(Membership(7, 8, "k8"), None)) == []

@@ -50,7 +50,7 @@ def test_every_row_is_grouped_or_rejected_once(corpus, reference_run):
 
 def test_the_state_keeps_every_questions_vector_and_its_k_nearest_as_blocking_found_them(reference_run):
     """state/lexical/vectors/: a row per representative, its neighbours best first, each one a pair that was made
-    from it with that similarity (the row and its neighbours meet by a look-up in shards)."""
+    from it with that similarity (the vector and its k nearest meet in a join before they are written)."""
     out, _ = reference_run
     vectors = read_part(out, "state/lexical/vectors")
     assert sorted(v["id"] for v in vectors) == sorted(r["id"] for r in read_part(out, "state/representatives"))

@@ -60,7 +60,7 @@ class ChainingSettings:
     fanout: int = 32             # strongest edges per node whose friend-of-friend pairs are considered
     max_gather: int = 5000       # representatives a re-split may gather on one worker; larger components are cut
     cut_steps: int = 6           # rising edge thresholds a too-large component is cut at
-    join_shard_keys: int = 50_000  # keys whose value one shard of a look-up join holds (`joins.LookUp`)
+    join_shard_keys: int = 50_000  # nodes whose label one shard of a look-up join holds (`joins.LookUp`)
     cut_on_one_worker: int = 0   # > 0: cut pieces found on one worker from at most this many pairs (`cut_pieces`)
 
 

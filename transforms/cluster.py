@@ -21,7 +21,7 @@ import apache_beam as beam
 
 from transforms.errors import QdedupError
 from transforms.graphs import UnionFind, connected_components
-from transforms.joins import JoinByKey, LookUp, at_bundle_end, only
+from transforms.joins import JoinByKey, at_bundle_end, only
 from transforms.logs import Progress
 from transforms.metrics import largest
 from transforms.records import Representative, earliest_key
@@ -360,20 +360,18 @@ class ConnectedComponents(beam.PTransform):
         return Components((by_node.done, by_star) | "AllLabels" >> beam.Flatten(), bundled.edges)
 
 
-def _group_of_rep(rep: Representative, component) -> Iterator[tuple]:
-    """A representative and its component's label (None: it has no edge, and is a group of its own) -> (group
-    label, rep), and to "routes" (rep id, (group label, text key, rows)): what its rows need of it."""
-    label = rep.id if component is None else component
-    yield label, rep
-    yield beam.pvalue.TaggedOutput("routes", (rep.id, (label, rep.key, rep.count)))
-
-
-def _row_of_member(member, route) -> Iterator[tuple]:
-    """A membership and its representative's route -> (group label, (row id, key, count, rep id)); none for a
-    membership whose representative this run does not have."""
-    if route is not None:
-        label, key, count = route
-        yield label, (member.id, key, count, member.rep_id)
+def _component_of(element) -> Iterable[tuple]:
+    """(representative id, {rep, component, members}) -> (group label, rep), and to "rows" (group label, (row
+    id, key, count, rep id)) for each of its rows: the rows learn their group in the join that gives it to
+    their representative (a representative with no edge is a group of its own)."""
+    rep_id, joined = element
+    rep = only(joined["rep"])
+    if rep is None:
+        return
+    component = only(joined["component"], rep_id)
+    yield component, rep
+    for member in joined["members"]:
+        yield beam.pvalue.TaggedOutput("rows", (component, (member.id, rep.key, rep.count, rep_id)))
 
 
 class Clustered(NamedTuple):
@@ -403,15 +401,11 @@ class ClusterGroups(beam.PTransform):
         explain: (a group's GroupInfo, its AssignedId, its edges, its rows as (row id, key, count, rep id))
             -> its explanation rows (`explain.Explainer` in a run), called where the group's rows are made.
         canonical: `frequent` or `earliest` (see `summarize_group`).
-        shard_keys: the representatives whose component, and whose route, one shard of a look-up holds
-            (`joins.LookUp`, `--join-shard-keys`).
     """
 
     def __init__(self, threshold: float, components: beam.PTransform, split_chains: beam.PTransform,
-                 assign_ids: beam.PTransform, explain: beam.PTransform, canonical: str = "frequent",
-                 shard_keys: int = 50_000):
+                 assign_ids: beam.PTransform, explain: beam.PTransform, canonical: str = "frequent"):
         super().__init__()
-        self._shard_keys = shard_keys
         self._threshold = threshold
         self._components = components
         self._split_chains = split_chains
@@ -427,15 +421,12 @@ class ClusterGroups(beam.PTransform):
         chained = (components.labels, components.edges, scored) | "SplitChains" >> self._split_chains
         labels = chained.labels
         edge_scores = chained.edges | "EdgeScores" >> beam.CombinePerKey(EdgeScores())
-        # Each representative looks its component up, then each row its representative's route: look-ups in
-        # shards (`joins.LookUp`), where a join would shuffle every rep, label and row one by one.
-        # Both look-ups' shards sized by the representatives (a label or route each at most): counting the
-        # labels or routes themselves would wait on the stage that makes them, which needs the count.
-        count = representatives | "CountRepresentatives" >> beam.combiners.Count.Globally()
-        by_group = (representatives, labels) | "RepresentativeGroup" >> LookUp(
-            _group_of_rep, attrgetter("id"), shard_keys=self._shard_keys, outputs=("routes",), main="reps", keys=count)
-        rows = (members, by_group.routes) | "RowGroup" >> LookUp(
-            _row_of_member, attrgetter("rep_id"), shard_keys=self._shard_keys, keys=count)
+        by_group = (
+            {"rep": representatives, "component": labels, "members": members}
+            | "AssignGroup" >> JoinByKey(_component_of, keys={"rep": attrgetter("id"), "members": attrgetter("rep_id")},
+                                         outputs=("rows",), main="reps")
+        )
+        rows = by_group.rows
         summaries = (
             {"reps": by_group.reps, "scores": edge_scores}
             | "SummarizeGroup" >> JoinByKey(_summarize, self._canonical)

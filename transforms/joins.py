@@ -270,15 +270,11 @@ class LookUp(beam.PTransform):
     `items`: element -> the elements to look up (as `DealIntoShards`'), where they come in lists.
     `lists`: the outputs (by tag; the main one by `main`'s name, or "main") given in lists of up to `batch`, for
     steps that take a list as one element (a step a list passes costs what a step an element passes would).
-    `keys`: a one-element PCollection, the number of keys of the look-up side or more (counted here when None).
-    Give it where the runner fuses the dealing of that side into the stage that makes it: the count would
-    wait on that stage, which waits on the count (the in-process runner stops: "watermark-pending bundles").
     """
 
     def __init__(self, fn: Callable, key: Callable, *args, shard_keys: int, batch: int = 1000,
                  outputs: tuple[str, ...] = (), main: Optional[str] = None,
-                 items: Optional[Callable[[Any], Iterable]] = None, lists: tuple[str, ...] = (),
-                 keys: Optional[beam.PCollection] = None):
+                 items: Optional[Callable[[Any], Iterable]] = None, lists: tuple[str, ...] = ()):
         super().__init__()
         main_name = main or "main"
         unknown = set(lists) - set(outputs) - {main_name}
@@ -293,12 +289,10 @@ class LookUp(beam.PTransform):
         self._batch = batch
         self._outputs = outputs
         self._main = main
-        self._keys = keys
 
     def expand(self, inputs):
         elements, lookup = inputs
-        keys = beam.pvalue.AsSingleton(
-            self._keys if self._keys is not None else lookup | "CountKeys" >> beam.combiners.Count.Globally())
+        keys = beam.pvalue.AsSingleton(lookup | "CountKeys" >> beam.combiners.Count.Globally())
         dealt = [
             lookup | "DealValues" >> beam.ParDo(DealIntoShards(0, itemgetter(0), self._shard_keys, self._batch),
                                                 keys=keys),

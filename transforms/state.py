@@ -30,7 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquet
 
 from transforms.commit import Committed
-from transforms.joins import JoinByKey, LookUp
+from transforms.joins import JoinByKey, only
 from transforms.records import (
     Embedded,
     Membership,
@@ -136,10 +136,11 @@ class Prior:
 
 # ---- Beam glue ----
 
-def _vector_records(element, neighbours) -> Iterator[VectorRecord]:
-    """(id, (key, vector)) and its k nearest as `LookUp` finds them (None: none) -> its row of vectors/."""
-    rep_id, (key, vector) = element
-    yield vector_record(rep_id, key, vector, neighbours or [])
+def _vector_records(element) -> Iterable[VectorRecord]:
+    rep_id, joined = element
+    neighbours = only(joined["neighbours"], [])
+    for key, vector in joined["vector"]:
+        yield vector_record(rep_id, key, vector, neighbours)
 
 
 def _sub_centroids_of(element) -> tuple:
@@ -170,18 +171,15 @@ class WriteEmbedderState(beam.PTransform):
     centroids as (partition, array)) -> state/<kind>/.
 
     `prefix`: the run's file prefix in state/<kind>/ (`OutputRun.file_prefix`); the vectors and the
-    second-level centroids go to the folders of `vectors_prefix` and `sub_prefix`. Each vector finds its k
-    nearest by a look-up in shards holding about `shard_keys` lists each (`joins.LookUp`), and its row goes
-    on in a list of rows: a list, not a row, passes each step after the vector's.
+    second-level centroids go to the folders of `vectors_prefix` and `sub_prefix`.
     """
 
-    def __init__(self, prefix: str, vectors_prefix: str, sub_prefix: str, id_type: str, shard_keys: int = 50_000):
+    def __init__(self, prefix: str, vectors_prefix: str, sub_prefix: str, id_type: str):
         super().__init__()
         self._prefix = prefix
         self._vectors_prefix = vectors_prefix
         self._sub_prefix = sub_prefix
         self._id_type = id_type
-        self._shard_keys = shard_keys
 
     def expand(self, inputs):
         vectors, neighbours, params, centroids, sub_centroids = inputs
@@ -192,9 +190,9 @@ class WriteEmbedderState(beam.PTransform):
             lambda c, path: _save_arrays(path, centroids=np.zeros((0,), np.float32) if c is None else c),
             f"{self._prefix}-centroids.npz")
         return (
-            (vectors, neighbours)
-            | "VectorRecords" >> LookUp(_vector_records, itemgetter(0), shard_keys=self._shard_keys, lists=("main",))
-            | "WriteVectors" >> WriteRecords(self._vectors_prefix, vectors_schema(self._id_type), batched=True)
+            {"vector": vectors, "neighbours": neighbours}
+            | "VectorRecords" >> JoinByKey(_vector_records)
+            | "WriteVectors" >> WriteRecords(self._vectors_prefix, vectors_schema(self._id_type))
         )
 
 
