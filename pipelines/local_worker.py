@@ -9,7 +9,8 @@ imports qdedup's steps). The launcher starts this module in its place (`local_ru
 process's lines get the launcher's format and `logs.NOISE` is dropped before Beam is imported, then Beam's
 harness runs as it would. Beam also imports this module as a plugin before it makes its worker, so that the
 worker lets a finished stage's bundle processor go a second after its stage, as the launcher's in-process
-worker does (`local_runner.release_finished_stages_here`).
+worker does (`local_runner.release_finished_stages_here`), and reads what Beam reads off its DoFns once
+(`local_runner.read_beam_introspection_once`).
 """
 import logging
 import sys
@@ -19,9 +20,10 @@ from transforms import logs
 if __name__ == "__main__":  # the worker process's entry, before Beam is imported: Beam warns on import
     logging.basicConfig(level=logging.INFO, format=logs.LINE_FORMAT)
 
-from pipelines.local_runner import release_finished_stages_here  # noqa: E402  (imports Beam)
+from pipelines.local_runner import read_beam_introspection_once, release_finished_stages_here  # noqa: E402
 
 release_finished_stages_here()
+read_beam_introspection_once()
 
 
 def main() -> None:

@@ -7,87 +7,19 @@ import tests.worker_cores  # noqa: F401  (first, before numpy, torch and faiss l
 import contextlib
 import fcntl
 import json
-import weakref
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.local_runner import read_beam_introspection_once
 from pipelines.random_model import make_random_model
 from samples.make_sample import build_rows
 from tests.helpers import run_qdedup
 
-
-def _introspect_each_dofn_once() -> None:
-    """Beam reads the signature of every method of a DoFn each time it asks whether the DoFn keeps state
-    (`userstate.get_dofn_specs`, about 8 times a ParDo while a pipeline is built and run: ~1.5 s of a small
-    test run's ~8.5). Nothing it reads changes for a DoFn object, so the suite asks once an object; a run
-    outside the tests is unchanged."""
-    from apache_beam.transforms import userstate
-
-    introspect, known = userstate.get_dofn_specs, weakref.WeakKeyDictionary()
-
-    def once(dofn):
-        try:
-            return known[dofn]
-        except KeyError:
-            found = known[dofn] = introspect(dofn)
-            return found
-        except TypeError:  # an object a weak dictionary cannot hold
-            return introspect(dofn)
-
-    userstate.get_dofn_specs = once
-
-
-def _read_each_signature_once() -> None:
-    """Beam reads a function's arguments with `inspect.signature` each time it wraps a DoFn's method
-    (`core.get_function_args_defaults`, ~26,000 times a small test run: every method of every DoFn of every
-    bundle, as each bundle unpickles its DoFns anew). A function's arguments do not change, so the suite reads
-    them once a function (a bound method's once its function, as binding drops the same first argument
-    whatever the object); a run outside the tests is unchanged."""
-    import types
-
-    from apache_beam.transforms import core
-
-    read, known = core.get_function_args_defaults, weakref.WeakKeyDictionary()
-
-    def once(f):
-        key, bound = (f.__func__, True) if isinstance(f, types.MethodType) else (f, False)
-        try:
-            found = known.setdefault(key, {})
-        except TypeError:  # an object a weak dictionary cannot hold (a method descriptor such as str.strip)
-            return read(f)
-        if bound not in found:
-            found[bound] = read(f)
-        args, defaults = found[bound]
-        return list(args), list(defaults)
-
-    core.get_function_args_defaults = once
-
-
-def _one_view_per_options_class() -> None:
-    """Beam asks a pipeline's options for a view of one of their classes (`PipelineOptions.view_as`) some
-    2,000 times a run, and each view builds an argument parser of its class and parses the flags again
-    (~1.4 s of a small test run's ~8). A view holds no value of its own (every view of an options object
-    shares its values), so the suite makes one view an options object, class and flag list; a run outside
-    the tests is unchanged."""
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    view_as, views = PipelineOptions.view_as, weakref.WeakKeyDictionary()
-
-    def once(options, cls):
-        known = views.setdefault(options, {})
-        view = known.get(cls)
-        if view is None or view._flags is not options._flags or view._all_options is not options._all_options:
-            view = known[cls] = view_as(options, cls)
-        return view
-
-    PipelineOptions.view_as = once
-
-
-_introspect_each_dofn_once()
-_read_each_signature_once()
-_one_view_per_options_class()
+# What Beam reads off DoFns, functions and options, read once in this process, as a local run's launcher and
+# worker processes do (`local_runner.read_beam_introspection_once`): also for the pipelines tests build alone.
+read_beam_introspection_once()
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ import pytest
 from apache_beam import coders
 from apache_beam.coders.coder_impl import create_InputStream, create_OutputStream
 from apache_beam.coders.coders import GlobalWindowCoder
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 from apache_beam.portability.api import beam_fn_api_pb2
 from apache_beam.runners.portability import local_job_service
 from apache_beam.runners.portability.fn_api_runner import execution, fn_runner, worker_handlers
@@ -198,6 +198,64 @@ def test_a_dataflow_run_keeps_beams_worker_cache(monkeypatch):
     monkeypatch.setattr(sdk_worker, "DEFAULT_BUNDLE_PROCESSOR_CACHE_SHUTDOWN_THRESHOLD_S", 60)
     release_finished_local_stages(PipelineOptions(["--runner=DataflowRunner"]))
     assert sdk_worker.DEFAULT_BUNDLE_PROCESSOR_CACHE_SHUTDOWN_THRESHOLD_S == 60
+
+
+class _Stateful(beam.DoFn):
+    COUNT = beam.transforms.userstate.CombiningValueStateSpec("count", sum)
+
+    def process(self, element, count=beam.DoFn.StateParam(COUNT), limit: int = 3):
+        yield element
+
+
+def test_what_beam_reads_off_dofns_functions_and_options_is_read_once_and_is_beams_answer(monkeypatch):
+    """The suite's process reads them once, as a local run's launcher and workers do (conftest.py)."""
+    from apache_beam.transforms import userstate
+
+    dofn = _Stateful()
+    specs = userstate.get_dofn_specs(dofn)
+    assert specs == local_runner._BEAM_DOFN_SPECS(dofn) and {s.name for s in specs[0]} == {"count"}
+    assert userstate.get_dofn_specs(dofn) is specs  # Beam's own makes new sets each time
+
+    reads = []
+    monkeypatch.setattr(core, "get_signature", lambda f: reads.append(f) or beam.typehints.decorators.get_signature(f))
+    for f in (_Stateful().process, _Stateful().process, _Stateful.process, str.strip, lambda a, b=2: a):
+        expected = local_runner._BEAM_FUNCTION_ARGS(f)
+        assert core.get_function_args_defaults(f) == expected
+    assert expected == (["a", "b"], [2])
+    reads.clear()
+    bound = _Stateful().process  # another object's method: its function's arguments are known already
+    assert core.get_function_args_defaults(bound) == (["element", "count", "limit"], [bound.__defaults__[0], 3])
+    assert reads == []
+
+    options = PipelineOptions(["--runner=FnApiRunner", "--direct_num_workers=3"])
+    view = options.view_as(DirectOptions)
+    assert options.view_as(DirectOptions) is view and view.direct_num_workers == 3
+    view.direct_num_workers = 2  # a view's value is the options': every later view sees it
+    assert options.view_as(DirectOptions).direct_num_workers == 2
+    assert local_runner._BEAM_VIEW_AS(options, DirectOptions).direct_num_workers == 2
+
+
+_READ_ONCE_HERE = """
+import sys
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms import userstate
+from pipelines import local_runner
+if sys.argv[1] == "worker":
+    import pipelines.local_worker  # what Beam's worker process imports as a plugin before it makes its worker
+else:
+    local_runner.prepare(PipelineOptions(sys.argv[2:]))
+print(userstate.get_dofn_specs is not local_runner._BEAM_DOFN_SPECS,
+      PipelineOptions.view_as is not local_runner._BEAM_VIEW_AS)
+"""
+
+
+@pytest.mark.parametrize("process, args, read_once", [
+    ("launcher", RUNNER_ARGS, True), ("launcher", RUNNER_ARGS + MULTI_PROCESSING, True),
+    ("worker", [], True), ("launcher", ["--runner=DataflowRunner"], False)])
+def test_a_local_runs_launcher_and_worker_processes_read_beams_introspection_once(process, args, read_once):
+    done = subprocess.run([sys.executable, "-c", _READ_ONCE_HERE, process, *args], capture_output=True, text=True,
+                          timeout=120, check=True, env={**os.environ, "PIPELINE_OPTIONS_FILE": ""})
+    assert done.stdout.split() == [str(read_once)] * 2, done.stderr
 
 
 _PRE_GROUPED = coders.WindowedValueCoder(coders.TupleCoder([coders.StrUtf8Coder(), coders.VarIntCoder()]),
