@@ -223,9 +223,12 @@ def test_what_beam_reads_off_dofns_functions_and_options_is_read_once_and_is_bea
         assert core.get_function_args_defaults(f) == expected
     assert expected == (["a", "b"], [2])
     reads.clear()
+    new = lambda x: x  # noqa: E731  (a function not read before: read once, then known)
+    assert core.get_function_args_defaults(new) == core.get_function_args_defaults(new) == (["x"], [])
+    assert reads == [new]
     bound = _Stateful().process  # another object's method: its function's arguments are known already
     assert core.get_function_args_defaults(bound) == (["element", "count", "limit"], [bound.__defaults__[0], 3])
-    assert reads == []
+    assert reads == [new]
 
     options = PipelineOptions(["--runner=FnApiRunner", "--direct_num_workers=3"])
     view = options.view_as(DirectOptions)
