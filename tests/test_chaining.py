@@ -11,9 +11,11 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from tests.helpers import MULTI_PROCESSING, RUNNER_ARGS, peak_bytes
 from transforms.chaining import (
+    CUT_LIST_PAIRS,
     ChainingSettings,
     SplitChains,
     _choose_piece,
+    _cut_columns,
     _finish_cut,
     _piece_end_a,
     _piece_end_b,
@@ -335,12 +337,62 @@ def test_pieces_on_one_worker_equal_the_distributed_cut(steps, max_gather, as_te
         assert asked_b < len(scores)
 
 
+def _one_worker_cut(lists: list, thresholds: list, max_gather: int, max_pairs: int) -> tuple[dict, list]:
+    """`_finish_cut` over lists of pairs as `CutColumns` -> ({node: piece}, [(piece, pair) inside a piece])."""
+    gathered = (None, [columns for pairs in lists for columns in _cut_columns(pairs)])
+    pickle.loads(pickle.dumps(gathered))  # as it travels
+    placed, inside = {}, []
+    for found in _finish_cut(gathered, thresholds, max_gather, max_pairs):
+        if getattr(found, "tag", None) == "inside":
+            assert 0 < len(found.value) <= CUT_LIST_PAIRS
+            inside += found.value
+        else:
+            piece, node = found
+            assert node not in placed
+            placed[node] = piece
+    return placed, inside
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+@pytest.mark.parametrize("max_gather", [4, 25, 10**6])
+@pytest.mark.parametrize("as_text", [False, True])
+def test_the_one_worker_cut_places_every_node_and_hands_on_the_pairs_inside_each_piece(steps, max_gather, as_text):
+    """Random graphs with tied scores, some below the first cut level, in several lists, with sources, None
+    similarities and reused pairs: every end of a pair gets the piece the distributed cut gives it (a piece of
+    its own where it has no pair at the first level), and exactly the pairs whose ends share a piece come back,
+    each the record it was, in lists of at most `CUT_LIST_PAIRS`."""
+    thresholds = cut_thresholds(ChainingSettings(threshold=0.5, cut_steps=steps))
+    name = (lambda n: f"q{n}") if as_text else (lambda n: n)
+    for seed in range(2):
+        scores = {(name(a), name(b)): score for (a, b), score in _random_scores(1500, 2 + seed, seed).items()}
+        rng = random.Random(seed)
+        pairs = [ScoredPair(a, b, score, rng.choice([None, round(rng.random(), 3)]),
+                            rng.choice(["lexical", "lexical,static", "resplit"]), rng.random() < 0.2)
+                 for (a, b), score in scores.items()]
+        routes = _pieces_as_the_search_chooses(scores, thresholds, max_gather)
+        expected = {node: piece for node, (piece, _) in routes.items()}
+        expected.update({n: n for pair in scores for n in pair if n not in expected})
+        alone = {n for n in expected if routes.get(n, (n, None))[1] is None}
+        placed, inside = _one_worker_cut([pairs[at:at + 700] for at in range(0, len(pairs), 700)], thresholds,
+                                         max_gather, len(pairs))
+        assert placed == expected
+        assert all(type(node) is type(name(0)) for item in placed.items() for node in item)
+        assert sorted(inside, key=lambda found: found[1][:2]) == sorted(
+            ((placed[p.id_a], p) for p in pairs if placed[p.id_a] == placed[p.id_b] and p.id_a not in alone),
+            key=lambda found: found[1][:2])
+        assert len(inside) > (CUT_LIST_PAIRS if max_gather == 10**6 else 0)  # several lists where all fit
+        assert all(type(pair) is ScoredPair for _, pair in inside)
+        assert all(type(pair.similarity) in (float, type(None)) and type(pair.reused) is bool for _, pair in inside)
+
+
 def test_the_one_worker_cut_holds_at_most_its_bound():
-    arrays = (np.array([1, 2, 3]), np.array([2, 3, 4]), np.array([0.9, 0.95, 0.99]))
+    pairs = [ScoredPair(a, a + 1, score, 0.5, "lexical") for a, score in ((1, 0.9), (2, 0.95), (3, 0.4))]
     thresholds = [0.75, 0.875]
-    assert dict(_finish_cut((None, [arrays, arrays]), thresholds, 10, max_edges=6)) == {n: (1, 1) for n in (1, 2, 3, 4)}
-    with pytest.raises(QdedupError, match="--component-rounds"):
-        list(_finish_cut((None, [arrays, arrays]), thresholds, 10, max_edges=5))
+    placed, inside = _one_worker_cut([pairs, pairs[:1]], thresholds, 10, max_pairs=4)
+    assert placed == {1: 1, 2: 1, 3: 1, 4: 4}  # 4 has no pair at the first level: a piece of its own
+    assert inside == [(1, pairs[0]), (1, pairs[1]), (1, pairs[0])]
+    with pytest.raises(QdedupError, match="more than 3 pairs.*--component-rounds"):
+        _one_worker_cut([pairs, pairs[:1]], thresholds, 10, max_pairs=3)
 
 
 @pytest.mark.parametrize("budget", [1, 50, 5000])

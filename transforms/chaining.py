@@ -17,8 +17,9 @@ its connected components recomputed over its edges at rising thresholds
 (`cut_thresholds`) until the pieces fit; a piece still too large after the last
 step keeps its components at that step, is not re-split, and is counted. Where
 the whole graph fits one worker (a run with no component rounds), the pieces of
-every level are found there at once instead (`cut_pieces`), from the pairs
-scoring at least the first cut threshold.
+every level are found there at once instead (`cut_pieces`, from the pairs
+scoring at least the first cut threshold), and the pairs inside each piece
+with them (`_finish_cut`).
 
 Only this run's blocking pairs decide which components are re-split and which
 pairs their re-split asks for; a pair an earlier run scored is reused only when
@@ -43,7 +44,7 @@ from scipy.sparse.csgraph import connected_components
 from transforms.errors import QdedupError
 from transforms.joins import JoinByKey, LookUp, only
 from transforms.metrics import largest
-from transforms.records import CandidatePair, Edge, pairs_in
+from transforms.records import CandidatePair, Edge, ScoredPair, pairs_in
 
 _LOG = logging.getLogger(__name__)
 RESPLIT = "resplit"  # the `source` of pairs that chaining control scored
@@ -61,7 +62,7 @@ class ChainingSettings:
     max_gather: int = 5000       # representatives a re-split may gather on one worker; larger components are cut
     cut_steps: int = 6           # rising edge thresholds a too-large component is cut at
     join_shard_keys: int = 50_000  # nodes whose label one shard of a look-up join holds (`joins.LookUp`)
-    cut_on_one_worker: int = 0   # > 0: cut pieces found on one worker from at most this many pairs (`cut_pieces`)
+    cut_on_one_worker: int = 0   # > 0: components too large are cut on one worker holding at most this many pairs
 
 
 def cut_thresholds(settings: ChainingSettings) -> list[float]:
@@ -349,44 +350,97 @@ def _id_array(ids: Sequence) -> np.ndarray:
     return found if found.dtype.kind in "iu" else np.asarray(ids, dtype=object)
 
 
-def _cut_arrays(pairs: list, first: float) -> Iterator[tuple]:
-    """A list of pairs of components being cut -> (ends a, ends b, scores) of those scoring at least the first
-    cut threshold, as arrays: a list stays one element all the way to the one worker that cuts."""
-    kept = [(p.id_a, p.id_b, p.score) for p in pairs if p.score >= first]
-    if kept:
-        ends_a, ends_b, scores = zip(*kept)
-        yield _id_array(ends_a), _id_array(ends_b), np.asarray(scores, dtype=np.float64)
+class CutColumns(NamedTuple):
+    """A list of pairs of components being cut as columns: a list stays one element all the way to the one
+    worker that cuts, and holds ~35 bytes a pair there (integer ids) instead of a `ScoredPair` object's ~200.
+    `similarity` is NaN where `known` is False (None); `source` indexes `sources`."""
+
+    ends_a: np.ndarray
+    ends_b: np.ndarray
+    scores: np.ndarray
+    similarity: np.ndarray
+    known: np.ndarray
+    source: np.ndarray
+    sources: tuple
+    reused: np.ndarray
+
+    def pairs(self, at: np.ndarray) -> list:
+        """The `ScoredPair`s at positions `at`, each as it was listed (Python ids, floats, None, text)."""
+        sim = np.where(self.known[at], self.similarity[at], np.nan).tolist()
+        return [ScoredPair(a, b, score, s if known else None, self.sources[source], reused)
+                for a, b, score, s, known, source, reused in zip(
+                    self.ends_a[at].tolist(), self.ends_b[at].tolist(), self.scores[at].tolist(), sim,
+                    self.known[at].tolist(), self.source[at].tolist(), self.reused[at].tolist())]
 
 
-def _finish_cut(element, thresholds: list, max_gather: int, max_edges: int) -> Iterator[tuple]:
-    """(None, every list's arrays) -> (node, (its piece, the piece's level)) by `cut_pieces`, on one worker: it
-    holds at most `max_edges` pairs, and fails beyond, saying what to do."""
+def _cut_columns(pairs: list) -> Iterator[CutColumns]:
+    """A list of pairs of components being cut -> the same pairs as `CutColumns`."""
+    if not pairs:
+        return
+    ends_a, ends_b, scores, similarity, sources, reused = zip(*(
+        (p.id_a, p.id_b, p.score, p.similarity, p.source, p.reused) for p in pairs))
+    names, source = np.unique(np.asarray(sources, dtype=object), return_inverse=True)
+    known = np.array([s is not None for s in similarity], dtype=bool)
+    yield CutColumns(_id_array(ends_a), _id_array(ends_b), np.asarray(scores, dtype=np.float64),
+                     np.array([s if s is not None else np.nan for s in similarity], dtype=np.float64), known,
+                     source.astype(np.int32), tuple(names.tolist()), np.asarray(reused, dtype=bool))
+
+
+def _joined_columns(held: list) -> CutColumns:
+    """Several lists' `CutColumns` as one, their sources named in one table."""
+    sources = tuple(sorted({name for columns in held for name in columns.sources}))
+    code = {name: at for at, name in enumerate(sources)}
+    joined = {field: np.concatenate([getattr(columns, field) for columns in held])
+              for field in ("ends_a", "ends_b", "scores", "similarity", "known", "reused")}
+    source = np.concatenate([np.array([code[name] for name in columns.sources], dtype=np.int32)[columns.source]
+                             for columns in held])
+    return CutColumns(source=source, sources=sources, **joined)
+
+
+# Pairs inside pieces the one worker that cuts hands on in one list, as the look-ups of the distributed cut do.
+CUT_LIST_PAIRS = 1000
+
+
+def _finish_cut(element, thresholds: list, max_gather: int, max_pairs: int) -> Iterator:
+    """(None, every list's `CutColumns`) -> each node of the components being cut in its piece, as (piece, node),
+    and to "inside" lists of (piece, pair) for the pairs whose two ends share a piece, on one worker.
+
+    The pieces are `cut_pieces`' (from the pairs reaching the first cut threshold); a node with no pair there
+    is a piece of its own, so a pair with such an end lies in no piece, as in the distributed cut. Every node
+    of a component is an end of one of its pairs, so the pairs alone name the nodes: no join finds them, nor
+    the pieces of a pair's ends. The worker holds at most `max_pairs` pairs, and fails beyond, saying what to
+    do."""
     _, lists = element
     held, count = [], 0
-    for arrays in lists:
-        count += len(arrays[0])
-        if count > max_edges:
+    for columns in lists:
+        count += len(columns.ends_a)
+        if count > max_pairs:
             raise QdedupError(
-                f"chaining control: the components to cut have more than {max_edges:,} pairs scoring at least "
-                f"{thresholds[0]}, more than the one worker that cuts them may hold; set --component-rounds above 0 "
-                f"(the cut then runs as a distributed component search) or raise --max-unsettled-edges")
-        held.append(arrays)
+                f"chaining control: the components to cut have more than {max_pairs:,} pairs, more than the one "
+                f"worker that cuts them may hold; set --component-rounds above 0 (the cut then runs as a "
+                f"distributed component search) or raise --max-unsettled-edges")
+        held.append(columns)
     if not held:
         return
-    ends_a, ends_b, scores = (np.concatenate(column) for column in zip(*held))
+    columns = _joined_columns(held)
     largest("cut_finish_edges").update(count)
-    nodes, pieces, levels = cut_pieces(ends_a, ends_b, scores, thresholds, max_gather)
+    nodes, index = np.unique(np.concatenate([columns.ends_a, columns.ends_b]), return_inverse=True)
+    first = columns.scores >= thresholds[0]
+    placed, pieces, _ = cut_pieces(columns.ends_a[first], columns.ends_b[first], columns.scores[first], thresholds,
+                                   max_gather)
+    piece = np.arange(len(nodes))  # a node without a pair at the first level: a piece of its own
+    if placed:
+        piece[np.searchsorted(nodes, _id_array(placed))] = np.searchsorted(nodes, _id_array(pieces))
     _LOG.info("chaining control: %d pairs of the components to cut placed %d nodes in %d pieces on one worker",
-              count, len(nodes), len(set(pieces)))
-    yield from zip(nodes, zip(pieces, levels))
-
-
-def _take_piece(element, thresholds: list) -> Iterator:
-    """(node, {label, piece: (piece, level)}) -> the node `_placed` in its piece, for a node of a component being
-    cut: a piece of its own where it has no edge at the first cut level."""
-    node, joined = element
-    if only(joined["label"]) is not None:
-        yield from _placed(node, *only(joined["piece"], (node, 0)), thresholds)
+              count, len(nodes), len(np.unique(piece)))
+    names = nodes.tolist()
+    yield from zip((names[p] for p in piece.tolist()), names)
+    ends_a, ends_b = index[:count], index[count:]
+    inside = np.flatnonzero(piece[ends_a] == piece[ends_b])  # a node alone shares its piece with none
+    for start in range(0, len(inside), CUT_LIST_PAIRS):
+        at = inside[start:start + CUT_LIST_PAIRS]
+        yield beam.pvalue.TaggedOutput("inside", list(zip((names[p] for p in piece[ends_a[at]].tolist()),
+                                                          columns.pairs(at))))
 
 
 def _piece_end_a(pair, route: Optional[tuple]) -> Iterator:
@@ -548,20 +602,20 @@ class SplitChains(beam.PTransform):
                 routed.cut, (by_a.cut, by_b.cut) | "WholeCutPairs" >> beam.Flatten())
 
     def _pieces(self, cut_nodes, cut_pairs, thresholds: list):
-        """Components too large to gather, as (node, label) and lists of their pairs -> (piece, node) and each
-        node's route (`_placed`): their components at every cut level at once, each node in its piece at the
-        lowest level where it fits. On one worker where the whole graph fits one (`ChainingSettings.
-        cut_on_one_worker`), else by the component search over (level, node) graphs."""
+        """Components too large to gather, as (node, label) and lists of their pairs -> (piece, node) for each node,
+        and lists of (piece, pair) for the pairs inside a piece: their components at every cut level at once,
+        each node in its piece at the lowest level where it fits. On one worker where the whole graph fits one
+        (`ChainingSettings.cut_on_one_worker`, `_finish_cut`), else by the component search over (level, node)
+        graphs, each node's route (`_placed`) then finding its pairs' pieces."""
         settings = self._settings
         if settings.cut_on_one_worker:
-            pieces = (cut_pairs
-                      | "CutArrays" >> beam.FlatMap(_cut_arrays, thresholds[0])
-                      | "OneKey" >> beam.Map(lambda arrays: (None, arrays))
+            placed = (cut_pairs
+                      | "CutColumns" >> beam.FlatMap(_cut_columns)
+                      | "OneKey" >> beam.Map(lambda columns: (None, columns))
                       | "GatherCut" >> beam.GroupByKey()
                       | "CutPieces" >> beam.FlatMap(_finish_cut, thresholds, settings.max_gather,
-                                                    settings.cut_on_one_worker))
-            return {"label": cut_nodes, "piece": pieces} | "ChoosePiece" >> JoinByKey(
-                _take_piece, thresholds, outputs=("route",), main="chosen")
+                                                    settings.cut_on_one_worker).with_outputs("inside", main="chosen"))
+            return placed.chosen, placed.inside
         levels = (cut_pairs | "LevelEdges" >> beam.Map(_level_edges, thresholds)
                   | "CutComponents" >> self._components)
         pieces = levels.labels | "ByPiece" >> beam.MapTuple(lambda level_node, piece: (piece, level_node[1]))
@@ -569,9 +623,16 @@ class SplitChains(beam.PTransform):
             {"node": pieces, "size": pieces | "PieceSizes" >> beam.combiners.Count.PerKey()}
             | "SizedPieces" >> JoinByKey(_sized)
         )
-        return ({"label": cut_nodes, "piece": sized}
-                | "ChoosePiece" >> JoinByKey(_choose_piece, settings.max_gather, thresholds, outputs=("route",),
-                                             main="chosen"))
+        placed = ({"label": cut_nodes, "piece": sized}
+                  | "ChoosePiece" >> JoinByKey(_choose_piece, settings.max_gather, thresholds, outputs=("route",),
+                                               main="chosen"))
+        shard_keys = settings.join_shard_keys
+        by_a = (cut_pairs, placed.route) | "PiecePairsJoinA" >> LookUp(
+            _piece_end_a, attrgetter("id_a"), shard_keys=shard_keys, outputs=("end_b",), main="inside",
+            items=iter, lists=("inside", "end_b"))
+        by_b = (by_a.end_b, placed.route) | "PiecePairsJoinB" >> LookUp(
+            _piece_end_b, lambda element: element[1].id_b, shard_keys=shard_keys, items=iter, lists=("main",))
+        return placed.chosen, (by_a.inside, by_b) | "PiecePairs" >> beam.Flatten()
 
     def expand(self, inputs):
         labels, edge_counts, scored = inputs
@@ -581,15 +642,9 @@ class SplitChains(beam.PTransform):
             labels, edge_counts, scored, last=not thresholds)
         kept, edges, to_resplit = [kept], [kept_edges], [(resplit_nodes, resplit_pairs)]
         if thresholds:
-            placed = self._pieces(cut_nodes, cut_pairs, thresholds)
-            shard_keys = settings.join_shard_keys
-            by_a = (cut_pairs, placed.route) | "PiecePairsJoinA" >> LookUp(
-                _piece_end_a, attrgetter("id_a"), shard_keys=shard_keys, outputs=("end_b",), main="inside",
-                items=iter, lists=("inside", "end_b"))
-            by_b = (by_a.end_b, placed.route) | "PiecePairsJoinB" >> LookUp(
-                _piece_end_b, lambda element: element[1].id_b, shard_keys=shard_keys, items=iter, lists=("main",))
+            placed_nodes, pairs_inside = self._pieces(cut_nodes, cut_pairs, thresholds)
             piece_kept, piece_edges, piece_nodes, piece_pairs, _, _ = self._judge(
-                "Piece", placed.chosen, (by_a.inside, by_b) | "PiecePairs" >> beam.Flatten(), last=True)
+                "Piece", placed_nodes, pairs_inside, last=True)
             kept.append(piece_kept)
             edges.append(piece_edges)
             to_resplit.append((piece_nodes, piece_pairs))
