@@ -205,7 +205,7 @@ def run_size(n: int, repo: str, work: str, model: str, extra: list[str], max_rss
             peak[0] = max(peak[0], sum(resident for resident, _ in tree.values()))
             for pid, (resident, cpu_so_far) in tree.items():
                 peaks[pid] = max(peaks.get(pid, 0), resident)
-                cpus[pid] = cpu_so_far
+                cpus[pid] = max(cpus.get(pid, 0.0), cpu_so_far)  # a process gone by this sample reads 0
             if peak[0] > max_rss_gib * 2**30 and not stopped:
                 stopped.append(time.perf_counter() - started)
                 _kill_tree(process.pid)
