@@ -366,11 +366,11 @@ class CutColumns(NamedTuple):
 
     def pairs(self, at: np.ndarray) -> list:
         """The `ScoredPair`s at positions `at`, each as it was listed (Python ids, floats, None, text)."""
-        sim = np.where(self.known[at], self.similarity[at], np.nan).tolist()
         return [ScoredPair(a, b, score, s if known else None, self.sources[source], reused)
                 for a, b, score, s, known, source, reused in zip(
-                    self.ends_a[at].tolist(), self.ends_b[at].tolist(), self.scores[at].tolist(), sim,
-                    self.known[at].tolist(), self.source[at].tolist(), self.reused[at].tolist())]
+                    self.ends_a[at].tolist(), self.ends_b[at].tolist(), self.scores[at].tolist(),
+                    self.similarity[at].tolist(), self.known[at].tolist(), self.source[at].tolist(),
+                    self.reused[at].tolist())]
 
 
 def _cut_columns(pairs: list) -> Iterator[CutColumns]:
