@@ -241,13 +241,14 @@ def test_what_beam_reads_off_dofns_functions_and_options_is_read_once_and_is_bea
 _READ_ONCE_HERE = """
 import sys
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.transforms import userstate
+from apache_beam.transforms import core, userstate
 from pipelines import local_runner
 if sys.argv[1] == "worker":
     import pipelines.local_worker  # what Beam's worker process imports as a plugin before it makes its worker
 else:
     local_runner.prepare(PipelineOptions(sys.argv[2:]))
 print(userstate.get_dofn_specs is not local_runner._BEAM_DOFN_SPECS,
+      core.get_function_args_defaults is not local_runner._BEAM_FUNCTION_ARGS,
       PipelineOptions.view_as is not local_runner._BEAM_VIEW_AS)
 """
 
@@ -258,7 +259,7 @@ print(userstate.get_dofn_specs is not local_runner._BEAM_DOFN_SPECS,
 def test_a_local_runs_launcher_and_worker_processes_read_beams_introspection_once(process, args, read_once):
     done = subprocess.run([sys.executable, "-c", _READ_ONCE_HERE, process, *args], capture_output=True, text=True,
                           timeout=120, check=True, env={**os.environ, "PIPELINE_OPTIONS_FILE": ""})
-    assert done.stdout.split() == [str(read_once)] * 2, done.stderr
+    assert done.stdout.split() == [str(read_once)] * 3, done.stderr
 
 
 _PRE_GROUPED = coders.WindowedValueCoder(coders.TupleCoder([coders.StrUtf8Coder(), coders.VarIntCoder()]),
