@@ -187,7 +187,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
     chaining = chaining_settings(options)
     components = ConnectedComponents(options.component_rounds, options.max_unsettled_edges)
     clustered = (representatives, members, scoring.scored, previous) | "ClusterGroups" >> ClusterGroups(
-        chaining.threshold, components, SplitChains(chaining, ScoreCandidates(scorer, known_scores), components, texts),
+        SplitChains(chaining, ScoreCandidates(scorer, known_scores), components, texts),
         AssignGroupIds(first_run=not previous_groups), Explainer(chaining.threshold, options.explain_max_edges),
         options.canonical)
     groups = clustered.groups

@@ -11,12 +11,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from tests.helpers import MULTI_PROCESSING, RUNNER_ARGS, peak_bytes
 from transforms.chaining import (
-    CUT_LIST_PAIRS,
     ChainingSettings,
     SplitChains,
     _choose_piece,
-    _cut_columns,
-    _finish_cut,
+    _judge_on_one_worker,
     _piece_end_a,
     _piece_end_b,
     average_linkage,
@@ -24,12 +22,13 @@ from transforms.chaining import (
     cut_thresholds,
     missing_pairs,
     needs_resplit,
+    pair_columns,
     verdict,
 )
 from transforms.cluster import ConnectedComponents, EdgeScores
 from transforms.errors import QdedupError
 from transforms.graphs import connected_components
-from transforms.records import CandidatePair, ScoredPair, pairs_in
+from transforms.records import CandidatePair, Edge, ScoredPair, pairs_in
 from transforms.score import Scored
 
 A, B, CHAIN = [1, 2, 3, 4], [5, 6, 7, 8], [9, 10]
@@ -151,25 +150,15 @@ def _edge_scores_of_groups(labels: dict, scores: dict, threshold: float) -> dict
     return {label: (min(found), sum(found) / len(found)) for label, found in inside.items()}
 
 
-def _edge_counts_at(scores: dict, threshold: float, nodes) -> list[tuple]:
-    """The edge counts `ConnectedComponents` gives with its labels, for one component of these nodes: here
-    spread over several nodes, as bundles give them."""
-    edges = [pair for pair, score in scores.items() if score >= threshold]
-    return [(pair[0], 1) for pair in edges[1:]] + ([(min(nodes), 1)] if edges else [])
-
-
 def _split_chains(scores: dict, nodes: int, settings: ChainingSettings, scorer, tmp_path, runner_args=()):
-    """SplitChains over one component of nodes 0..nodes-1 with these scored pairs: (labels, qdedup counters).
+    """SplitChains over these scored pairs of nodes 0..nodes-1: (labels, qdedup counters).
 
     Also checks the edge scores it gives per group against those of its labels over every scored pair."""
     out = tmp_path / "labels.pickle"
     pipeline = beam.Pipeline(options=PipelineOptions([*RUNNER_ARGS, *runner_args]))
-    components = pipeline | "C" >> beam.Create([(n, 0) for n in range(nodes)])
-    edges = pipeline | "EdgeCounts" >> beam.Create(_edge_counts_at(scores, settings.threshold, range(nodes)))
     scored = pipeline | "S" >> beam.Create(_in_batches([ScoredPair(a, b, s, 0.5, "lexical")
                                                         for (a, b), s in scores.items()]))
-    chained = (components, edges, scored) | SplitChains(settings, scorer, ConnectedComponents(2, 10**6),
-                                                 _texts(pipeline, range(nodes)))
+    chained = scored | SplitChains(settings, scorer, ConnectedComponents(2, 10**6), _texts(pipeline, range(nodes)))
     found = {
         "labels": chained.labels | "L" >> beam.combiners.ToList(),
         "edges": chained.edges | beam.CombinePerKey(EdgeScores()) | "E" >> beam.combiners.ToList(),
@@ -198,13 +187,10 @@ def test_split_chains_in_beam_scores_missing_pairs_and_splits(tmp_path, density)
     nodes = A + B + CHAIN
     out = tmp_path / "labels.txt"
     with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as p:
-        components = p | "C" >> beam.Create([(n, 1) for n in nodes])
-        edges = p | "EdgeCounts" >> beam.Create(_edge_counts_at(scores, 0.5, nodes))
         scored = p | "S" >> beam.Create(_in_batches([ScoredPair(a, b, s, 0.5, "lexical")
                                                      for (a, b), s in scores.items()]))
-        result = ((components, edges, scored)
-                  | SplitChains(ChainingSettings(min_density=density, max_size=100), _DictScorer(),
-                                ConnectedComponents(3, 10**6), _texts(p, nodes)))
+        result = scored | SplitChains(ChainingSettings(min_density=density, max_size=100), _DictScorer(),
+                                      ConnectedComponents(3, 10**6), _texts(p, nodes))
         ((result.labels | beam.Map(repr)), (result.scored | beam.FlatMap(pairs_in)
                                                     | beam.Map(lambda x: "extra " + repr(tuple(x[:3])))))\
             | beam.Flatten() | beam.combiners.ToList() | beam.Map(lambda lines: out.write_text("\n".join(lines)))
@@ -337,62 +323,113 @@ def test_pieces_on_one_worker_equal_the_distributed_cut(steps, max_gather, as_te
         assert asked_b < len(scores)
 
 
-def _one_worker_cut(lists: list, thresholds: list, max_gather: int, max_pairs: int) -> tuple[dict, list]:
-    """`_finish_cut` over lists of pairs as `CutColumns` -> ({node: piece}, [(piece, pair) inside a piece])."""
-    gathered = (None, [columns for pairs in lists for columns in _cut_columns(pairs)])
-    pickle.loads(pickle.dumps(gathered))  # as it travels
-    placed, inside = {}, []
-    for found in _finish_cut(gathered, thresholds, max_gather, max_pairs):
-        if getattr(found, "tag", None) == "inside":
-            assert 0 < len(found.value) <= CUT_LIST_PAIRS
-            inside += found.value
+def _judged_as_the_search_does(pairs: list, settings: ChainingSettings) -> tuple:
+    """What the distributed judging and cut make of these pairs, by their rules one element at a time: the
+    components of the edges (`connected_components`) judged by `verdict`; those to cut in the pieces
+    `_choose_piece` gives (a node with no pair at the first level alone), judged at the last level. -> ({node:
+    label} of the groups kept, {(label, Edge)} inside them, {(label, node)} and {(label, pair)} of the
+    components and pieces to re-split, Counter of verdicts)."""
+    threshold, thresholds = settings.threshold, cut_thresholds(settings)
+    kept, edges, nodes, inside, counts = {}, set(), set(), set(), collections.Counter()
+
+    def judge(group: dict, pairs: list, last: bool) -> list:
+        members, within = collections.defaultdict(list), collections.defaultdict(list)
+        for node, label in group.items():
+            members[label].append(node)
+        for p in pairs:
+            if p.id_a in group and group[p.id_a] == group.get(p.id_b):
+                within[group[p.id_a]].append(p)
+        cut = []
+        for label, its in members.items():
+            found = verdict(len(its), sum(p.score >= threshold for p in within[label]), settings, last)
+            counts[found] += found is not None
+            if found in (None, "too_large"):
+                kept.update((n, label) for n in its)
+                edges.update((label, Edge(p.id_a, p.id_b, p.score, p.source)) for p in within[label]
+                             if p.score >= threshold)
+            elif found == "resplit":
+                nodes.update((label, n) for n in its)
+                inside.update((label, p) for p in within[label])
+            else:
+                cut += within[label]
+        return cut
+
+    cut = judge(connected_components((p.id_a, p.id_b) for p in pairs if p.score >= threshold), pairs,
+                not thresholds)
+    if cut:
+        routes = _pieces_as_the_search_chooses({(p.id_a, p.id_b): p.score for p in cut}, thresholds,
+                                               settings.max_gather)
+        judge({n: routes.get(n, (n, None))[0] for p in cut for n in (p.id_a, p.id_b)}, cut, True)
+    return kept, edges, nodes, inside, +counts
+
+
+class _Counter:
+    def __init__(self):
+        self.count = 0
+
+    def inc(self, n: int = 1):
+        self.count += n
+
+
+def _one_worker(lists: list, settings: ChainingSettings) -> tuple:
+    """`_judge_on_one_worker` over scored batches as `PairColumns` -> as `_judged_as_the_search_does`; no node
+    is labelled twice, no edge or pair given twice."""
+    gathered = pickle.loads(pickle.dumps((None, [pair_columns(pairs) for pairs in lists])))
+    counters = {name: _Counter() for name in ("resplit", "cut", "too_large")}
+    kept, given = {}, collections.defaultdict(list)
+    for found in _judge_on_one_worker(gathered, settings, cut_thresholds(settings), counters):
+        if getattr(found, "tag", None) is None:
+            assert found[0] not in kept
+            kept[found[0]] = found[1]
         else:
-            piece, node = found
-            assert node not in placed
-            placed[node] = piece
-    return placed, inside
+            given[found.tag].append(found.value)
+    assert all(len(set(values)) == len(values) for values in given.values())
+    return (kept, *(set(given[tag]) for tag in ("edges", "resplit_nodes", "resplit_pairs")),
+            +collections.Counter({name: counter.count for name, counter in counters.items()}))
 
 
 @pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize("max_gather", [4, 25, 10**6])
 @pytest.mark.parametrize("as_text", [False, True])
-def test_the_one_worker_cut_places_every_node_and_hands_on_the_pairs_inside_each_piece(steps, max_gather, as_text):
-    """Random graphs with tied scores, some below the first cut level, in several lists, with sources, None
-    similarities and reused pairs: every end of a pair gets the piece the distributed cut gives it (a piece of
-    its own where it has no pair at the first level), and exactly the pairs whose ends share a piece come back,
-    each the record it was, in lists of at most `CUT_LIST_PAIRS`."""
-    thresholds = cut_thresholds(ChainingSettings(threshold=0.5, cut_steps=steps))
+def test_one_worker_judges_and_cuts_the_components_as_the_distributed_search(steps, max_gather, as_text):
+    """Random graphs with tied scores, some below the threshold and the cut levels, in several batches, with
+    sources, None similarities and reused pairs: one worker keeps, re-splits and cuts exactly the groups,
+    nodes and pairs that the distributed judging and cut do, each pair the record it was, and counts the
+    same verdicts."""
+    settings = ChainingSettings(threshold=0.5, max_size=6, min_density=0.7, max_gather=max_gather, cut_steps=steps,
+                                cut_on_one_worker=10**6)
     name = (lambda n: f"q{n}") if as_text else (lambda n: n)
+    seen = collections.Counter()
     for seed in range(2):
-        scores = {(name(a), name(b)): score for (a, b), score in _random_scores(1500, 2 + seed, seed).items()}
         rng = random.Random(seed)
-        pairs = [ScoredPair(a, b, score, rng.choice([None, round(rng.random(), 3)]),
+        scores = _random_scores(1500, 1 + seed, seed)
+        cliques = (itertools.combinations(range(start, start + 6), 2) for start in range(2000, 2600, 6))
+        scores.update({pair: round(rng.uniform(0.3, 1.0), 2)  # cliques of 6 with non-edges: density decides
+                       for pairs in cliques for pair in pairs})
+        pairs = [ScoredPair(name(a), name(b), score, rng.choice([None, round(rng.random(), 3)]),
                             rng.choice(["lexical", "lexical,static", "resplit"]), rng.random() < 0.2)
                  for (a, b), score in scores.items()]
-        routes = _pieces_as_the_search_chooses(scores, thresholds, max_gather)
-        expected = {node: piece for node, (piece, _) in routes.items()}
-        expected.update({n: n for pair in scores for n in pair if n not in expected})
-        alone = {n for n in expected if routes.get(n, (n, None))[1] is None}
-        placed, inside = _one_worker_cut([pairs[at:at + 700] for at in range(0, len(pairs), 700)], thresholds,
-                                         max_gather, len(pairs))
-        assert placed == expected
-        assert all(type(node) is type(name(0)) for item in placed.items() for node in item)
-        assert sorted(inside, key=lambda found: found[1][:2]) == sorted(
-            ((placed[p.id_a], p) for p in pairs if placed[p.id_a] == placed[p.id_b] and p.id_a not in alone),
-            key=lambda found: found[1][:2])
-        assert len(inside) > (CUT_LIST_PAIRS if max_gather == 10**6 else 0)  # several lists where all fit
-        assert all(type(pair) is ScoredPair for _, pair in inside)
-        assert all(type(pair.similarity) in (float, type(None)) and type(pair.reused) is bool for _, pair in inside)
+        expected = _judged_as_the_search_does(pairs, settings)
+        found = _one_worker([pairs[at:at + 700] for at in range(0, len(pairs), 700)], settings)
+        assert found[0] == expected[0]
+        assert found[1:] == expected[1:]
+        assert all(type(node) is type(name(0)) for item in found[0].items() for node in item)
+        assert all(type(p.similarity) in (float, type(None)) and type(p.reused) is bool for _, p in found[3])
+        seen.update(found[4])
+        seen.update(kept=len(found[0]) > len(set(found[0].values())), edges=len(found[1]) > 0)
+    assert seen["kept"] and seen["edges"] and seen["resplit"]
+    assert (seen["cut"] > 0) == (max_gather < 10**6)
+    assert seen["too_large"] > 0 or max_gather > 4  # pieces still too large after the last cut, kept whole
 
 
-def test_the_one_worker_cut_holds_at_most_its_bound():
+def test_the_one_worker_judge_holds_at_most_its_bound():
     pairs = [ScoredPair(a, a + 1, score, 0.5, "lexical") for a, score in ((1, 0.9), (2, 0.95), (3, 0.4))]
-    thresholds = [0.75, 0.875]
-    placed, inside = _one_worker_cut([pairs, pairs[:1]], thresholds, 10, max_pairs=4)
-    assert placed == {1: 1, 2: 1, 3: 1, 4: 4}  # 4 has no pair at the first level: a piece of its own
-    assert inside == [(1, pairs[0]), (1, pairs[1]), (1, pairs[0])]
-    with pytest.raises(QdedupError, match="more than 3 pairs.*--component-rounds"):
-        _one_worker_cut([pairs, pairs[:1]], thresholds, 10, max_pairs=3)
+    settings = ChainingSettings(threshold=0.5, cut_on_one_worker=3)
+    kept, edges, nodes, inside, counts = _one_worker([pairs], settings)
+    assert kept == {1: 1, 2: 1, 3: 1} and not nodes and not inside and not counts  # 4 has no edge: no group
+    assert edges == {(1, Edge(1, 2, 0.9, "lexical")), (1, Edge(2, 3, 0.95, "lexical"))}
+    with pytest.raises(QdedupError, match="more than 3 scored pairs.*--component-rounds"):
+        _one_worker([pairs, pairs[:1]], settings)
 
 
 @pytest.mark.parametrize("budget", [1, 50, 5000])

@@ -16,10 +16,11 @@ Only components that are re-split meet on one worker, and only up to
 its connected components recomputed over its edges at rising thresholds
 (`cut_thresholds`) until the pieces fit; a piece still too large after the last
 step keeps its components at that step, is not re-split, and is counted. Where
-the whole graph fits one worker (a run with no component rounds), the pieces of
-every level are found there at once instead (`cut_pieces`, from the pairs
-scoring at least the first cut threshold), and the pairs inside each piece
-with them (`_finish_cut`).
+the whole graph fits one worker (a run with no component rounds), that worker
+finds the components, their verdicts and the pieces of every level at once
+instead (`_judge_on_one_worker`; `cut_pieces`, from the pairs scoring at least
+the first cut threshold), and hands on each group kept and each component or
+piece to re-split with its pairs, with no join.
 
 Only this run's blocking pairs decide which components are re-split and which
 pairs their re-split asks for; a pair an earlier run scored is reused only when
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 import logging
 import math
 from dataclasses import dataclass
@@ -43,6 +45,7 @@ from scipy.sparse.csgraph import connected_components
 
 from transforms.errors import QdedupError
 from transforms.joins import JoinByKey, LookUp, only
+from transforms.logs import Progress
 from transforms.metrics import largest
 from transforms.records import CandidatePair, Edge, ScoredPair, pairs_in
 
@@ -62,7 +65,7 @@ class ChainingSettings:
     max_gather: int = 5000       # representatives a re-split may gather on one worker; larger components are cut
     cut_steps: int = 6           # rising edge thresholds a too-large component is cut at
     join_shard_keys: int = 50_000  # nodes whose label one shard of a look-up join holds (`joins.LookUp`)
-    cut_on_one_worker: int = 0   # > 0: components too large are cut on one worker holding at most this many pairs
+    cut_on_one_worker: int = 0   # > 0: components found, judged and cut on one worker holding at most this many pairs
 
 
 def cut_thresholds(settings: ChainingSettings) -> list[float]:
@@ -130,6 +133,58 @@ def cut_pieces(ends_a: np.ndarray, ends_b: np.ndarray, scores: np.ndarray, thres
         unplaced = crowded  # the rest are placed: in a piece that fits, or alone above their highest edge
     piece[unplaced], level[unplaced] = last[unplaced], len(thresholds)  # too large at the last level: kept whole
     return nodes.tolist(), nodes[piece].tolist(), level.tolist()
+
+
+def component_roots(ends_a: np.ndarray, ends_b: np.ndarray, count: int) -> np.ndarray:
+    """Edges between nodes 0..count-1 -> each node's component, named by its smallest node; -1 for a node
+    with no edge (in no component)."""
+    graph = coo_matrix((np.ones(len(ends_a), dtype=np.int32), (ends_a, ends_b)), shape=(count, count))
+    _, labels = connected_components(graph, directed=False)
+    _, smallest = np.unique(labels, return_index=True)
+    roots = smallest[labels]
+    edged = np.zeros(count, dtype=bool)
+    edged[ends_a] = edged[ends_b] = True
+    return np.where(edged, roots, -1)
+
+
+class GroupVerdicts(NamedTuple):
+    """What becomes of groups of nodes (components, or the pieces of those cut): `verdict`'s, as codes, for
+    each group by its root node (`_KEPT` for a node no group is named by), each pair's group where its two
+    ends share one (else -1), and how many groups each verdict other than kept has."""
+
+    verdicts: np.ndarray
+    inside: np.ndarray
+    counts: dict
+
+
+_KEPT, _RESPLIT, _CUT, _TOO_LARGE = 0, 1, 2, 3  # `verdict`'s None, "resplit", "cut", "too_large" as codes
+
+
+def group_verdicts(group: np.ndarray, ends_a: np.ndarray, ends_b: np.ndarray, edge: np.ndarray,
+                   settings: ChainingSettings, last: bool) -> GroupVerdicts:
+    """`verdict` for every group at once.
+
+    Args:
+        group: each node's group, named by a node (its root); -1 for a node in none.
+        ends_a, ends_b: the pairs' ends, as nodes.
+        edge: whether each pair is an edge (score >= `settings.threshold`).
+        settings, last: as `verdict`'s.
+
+    Returns:
+        `GroupVerdicts`: a group's edges are the edges whose two ends are in it.
+    """
+    count = len(group)
+    inside = np.where((group[ends_a] == group[ends_b]) & (group[ends_a] >= 0), group[ends_a], -1)
+    nodes = np.bincount(group[group >= 0], minlength=count)
+    edges = np.bincount(inside[(inside >= 0) & edge], minlength=count)
+    needs = (nodes >= 3) & ((nodes > settings.max_size) | (edges < settings.min_density * nodes * (nodes - 1) / 2))
+    fits = nodes <= settings.max_gather
+    verdicts = np.full(count, _KEPT, dtype=np.int8)
+    verdicts[needs & fits] = _RESPLIT
+    verdicts[needs & ~fits] = _TOO_LARGE if last else _CUT
+    found = np.bincount(verdicts[nodes > 0], minlength=4)
+    return GroupVerdicts(verdicts, inside, {name: int(found[code]) for code, name in
+                                            ((_RESPLIT, "resplit"), (_CUT, "cut"), (_TOO_LARGE, "too_large"))})
 
 
 def missing_pairs(scores: Mapping[tuple, float], threshold: float, budget: int, fanout: int) -> list[tuple]:
@@ -217,6 +272,11 @@ def average_linkage(nodes: Sequence, scores: Mapping[tuple, float], threshold: f
 
 
 # ---- Beam glue ----
+
+def edge_ends(batch: list, threshold: float) -> list[tuple]:
+    """A scored batch -> (a, b) for each of its pairs that is an edge (score >= threshold)."""
+    return [(pair.id_a, pair.id_b) for pair in batch if pair.score >= threshold]
+
 
 def _verdicts(element, settings: ChainingSettings, last: bool) -> Iterator[tuple]:
     label, joined = element
@@ -350,9 +410,9 @@ def _id_array(ids: Sequence) -> np.ndarray:
     return found if found.dtype.kind in "iu" else np.asarray(ids, dtype=object)
 
 
-class CutColumns(NamedTuple):
-    """A list of pairs of components being cut as columns: a list stays one element all the way to the one
-    worker that cuts, and holds 38 bytes a pair there (integer ids), not a `ScoredPair` object a pair.
+class PairColumns(NamedTuple):
+    """A scored batch as columns: a batch stays one element all the way to the one worker that judges the
+    components, and holds 38 bytes a pair there (integer ids), not a `ScoredPair` object a pair.
     `similarity` is NaN where `known` is False (None); `source` indexes `sources`."""
 
     ends_a: np.ndarray
@@ -372,75 +432,131 @@ class CutColumns(NamedTuple):
                     self.similarity[at].tolist(), self.known[at].tolist(), self.source[at].tolist(),
                     self.reused[at].tolist())]
 
+    def edges(self, at: np.ndarray) -> list:
+        """The pairs at positions `at` as `Edge`s."""
+        return [Edge(a, b, score, self.sources[source]) for a, b, score, source in zip(
+            self.ends_a[at].tolist(), self.ends_b[at].tolist(), self.scores[at].tolist(), self.source[at].tolist())]
 
-def _cut_columns(pairs: list) -> Iterator[CutColumns]:
-    """A list of pairs of components being cut -> the same pairs as `CutColumns`."""
+
+def pair_columns(pairs: list) -> Optional[PairColumns]:
+    """A scored batch -> the same pairs as `PairColumns` (None for an empty batch)."""
     if not pairs:
-        return
+        return None
     ends_a, ends_b, scores, similarity, sources, reused = zip(*(
         (p.id_a, p.id_b, p.score, p.similarity, p.source, p.reused) for p in pairs))
     names, source = np.unique(np.asarray(sources, dtype=object), return_inverse=True)
     known = np.array([s is not None for s in similarity], dtype=bool)
-    yield CutColumns(_id_array(ends_a), _id_array(ends_b), np.asarray(scores, dtype=np.float64),
-                     np.array([s if s is not None else np.nan for s in similarity], dtype=np.float64), known,
-                     source.astype(np.int32), tuple(names.tolist()), np.asarray(reused, dtype=bool))
+    return PairColumns(_id_array(ends_a), _id_array(ends_b), np.asarray(scores, dtype=np.float64),
+                       np.array([s if s is not None else np.nan for s in similarity], dtype=np.float64), known,
+                       source.astype(np.int32), tuple(names.tolist()), np.asarray(reused, dtype=bool))
 
 
-def _joined_columns(held: list) -> CutColumns:
-    """Several lists' `CutColumns` as one, their sources named in one table."""
+class _ToColumns(beam.DoFn):
+    """Scored batches -> their `PairColumns`, each keyed for the one worker that judges them; logs progress."""
+
+    def setup(self):
+        self._progress = Progress(_LOG, "components", "pairs")
+
+    def process(self, pairs: list):
+        self._progress.add(len(pairs))
+        columns = pair_columns(pairs)
+        if columns is not None:
+            yield None, columns
+
+
+def _joined_columns(held: list) -> PairColumns:
+    """Several batches' `PairColumns` as one, their sources named in one table."""
     sources = tuple(sorted({name for columns in held for name in columns.sources}))
     code = {name: at for at, name in enumerate(sources)}
     joined = {field: np.concatenate([getattr(columns, field) for columns in held])
               for field in ("ends_a", "ends_b", "scores", "similarity", "known", "reused")}
     source = np.concatenate([np.array([code[name] for name in columns.sources], dtype=np.int32)[columns.source]
                              for columns in held])
-    return CutColumns(source=source, sources=sources, **joined)
+    return PairColumns(source=source, sources=sources, **joined)
 
 
-# Pairs inside pieces the one worker that cuts hands on in one list, as the look-ups of the distributed cut do.
-CUT_LIST_PAIRS = 1000
-
-
-def _finish_cut(element, thresholds: list, max_gather: int, max_pairs: int) -> Iterator:
-    """(None, every list's `CutColumns`) -> each node of the components being cut in its piece, as (piece, node),
-    and to "inside" lists of (piece, pair) for the pairs whose two ends share a piece, on one worker.
-
-    The pieces are `cut_pieces`' (from the pairs reaching the first cut threshold); a node with no pair there
-    is a piece of its own, so a pair with such an end lies in no piece, as in the distributed cut. Every node
-    of a component is an end of one of its pairs, so the pairs alone name the nodes: no join finds them, nor
-    the pieces of a pair's ends. The worker holds at most `max_pairs` pairs, and fails beyond, saying what to
-    do."""
-    _, lists = element
+def _held_columns(lists: Iterable[PairColumns], max_pairs: int) -> Optional[PairColumns]:
+    """Every batch's columns as one, at most `max_pairs` pairs; beyond, fails saying what to do."""
     held, count = [], 0
     for columns in lists:
         count += len(columns.ends_a)
         if count > max_pairs:
             raise QdedupError(
-                f"chaining control: the components to cut have more than {max_pairs:,} pairs, more than the one "
-                f"worker that cuts them may hold; set --component-rounds above 0 (the cut then runs as a "
-                f"distributed component search) or raise --max-unsettled-edges")
+                f"chaining control: more than {max_pairs:,} scored pairs, more than the one worker that judges "
+                f"the components may hold; set --component-rounds above 0 (components, and the cut of those too "
+                f"large, are then distributed searches) or raise --max-unsettled-edges")
         held.append(columns)
-    if not held:
+    return _joined_columns(held) if held else None
+
+
+def _judged(group: np.ndarray, pairs: np.ndarray, ends_a: np.ndarray, ends_b: np.ndarray, edge: np.ndarray,
+            columns: PairColumns, names: list, settings: ChainingSettings, last: bool, counters: dict):
+    """Groups of nodes and the pairs among them (positions `pairs` of `columns`) -> (the outputs of
+    `_judge_on_one_worker` for groups kept or re-split, the positions of the pairs inside groups to cut)."""
+    found = group_verdicts(group, ends_a[pairs], ends_b[pairs], edge[pairs], settings, last)
+    for name, count in found.counts.items():
+        if count:
+            counters[name].inc(count)
+    verdicts = found.verdicts
+    nodes = np.flatnonzero(group >= 0)
+    of_node = verdicts[group[nodes]]
+    inside = found.inside >= 0
+    of_pair = np.where(inside, verdicts[np.maximum(found.inside, 0)], _KEPT)
+    outputs = []
+    kept = nodes[(of_node == _KEPT) | (of_node == _TOO_LARGE)]
+    outputs.append(zip((names[n] for n in kept.tolist()), (names[g] for g in group[kept].tolist())))
+    at = pairs[inside & edge[pairs] & ((of_pair == _KEPT) | (of_pair == _TOO_LARGE))]
+    outputs.append(beam.pvalue.TaggedOutput("edges", (names[g], e))
+                   for g, e in zip(group[ends_a[at]].tolist(), columns.edges(at)))
+    resplit = nodes[of_node == _RESPLIT]
+    outputs.append(beam.pvalue.TaggedOutput("resplit_nodes", (names[g], names[n]))
+                   for g, n in zip(group[resplit].tolist(), resplit.tolist()))
+    at = pairs[inside & (of_pair == _RESPLIT)]
+    outputs.append(beam.pvalue.TaggedOutput("resplit_pairs", (names[g], p))
+                   for g, p in zip(group[ends_a[at]].tolist(), columns.pairs(at)))
+    return itertools.chain.from_iterable(outputs), pairs[inside & (of_pair == _CUT)]
+
+
+def _judge_on_one_worker(element, settings: ChainingSettings, thresholds: list, counters: dict) -> Iterator:
+    """(None, every scored batch's `PairColumns`) -> what `SplitChains` makes of its components before their
+    re-splits, on one worker, where the whole graph fits one (a run with no component rounds).
+
+    The components are those of the edges; each is kept, re-split or cut by `verdict`. A component to cut is
+    cut into the pieces `cut_pieces` gives (from its pairs reaching the first cut threshold; a node with no
+    pair there is a piece of its own), each then kept or re-split. Yields (node, label) for every node of a
+    group kept, to "edges" (label, `Edge`) for each edge inside one, to "resplit_nodes" (label, node) and to
+    "resplit_pairs" (label, `ScoredPair`) for each node and pair of a component or piece to re-split: what the
+    distributed judging and cut give, with no join. Holds at most `settings.cut_on_one_worker` pairs."""
+    _, lists = element
+    columns = _held_columns(lists, settings.cut_on_one_worker)
+    if columns is None:
         return
-    columns = _joined_columns(held)
-    largest("cut_finish_edges").update(count)
+    count = len(columns.ends_a)
     nodes, index = np.unique(np.concatenate([columns.ends_a, columns.ends_b]), return_inverse=True)
-    first = columns.scores >= thresholds[0]
-    placed, pieces, _ = cut_pieces(columns.ends_a[first], columns.ends_b[first], columns.scores[first], thresholds,
-                                   max_gather)
-    piece = np.arange(len(nodes))  # a node without a pair at the first level: a piece of its own
-    if placed:
-        piece[np.searchsorted(nodes, _id_array(placed))] = np.searchsorted(nodes, _id_array(pieces))
-    _LOG.info("chaining control: %d pairs of the components to cut placed %d nodes in %d pieces on one worker",
-              count, len(nodes), len(np.unique(piece)))
-    names = nodes.tolist()
-    yield from zip((names[p] for p in piece.tolist()), names)
     ends_a, ends_b = index[:count], index[count:]
-    inside = np.flatnonzero(piece[ends_a] == piece[ends_b])  # a node alone shares its piece with none
-    for start in range(0, len(inside), CUT_LIST_PAIRS):
-        at = inside[start:start + CUT_LIST_PAIRS]
-        yield beam.pvalue.TaggedOutput("inside", list(zip((names[p] for p in piece[ends_a[at]].tolist()),
-                                                          columns.pairs(at))))
+    edge = columns.scores >= settings.threshold
+    component = component_roots(ends_a[edge], ends_b[edge], len(nodes))
+    largest("component_finish_nodes").update(int((component >= 0).sum()))
+    names = nodes.tolist()
+    outputs, cut = _judged(component, np.arange(count), ends_a, ends_b, edge, columns, names, settings,
+                           not thresholds, counters)
+    yield from outputs
+    _LOG.info("chaining control: %d scored pairs and %d nodes in components judged on one worker",
+              count, int((component >= 0).sum()))
+    if not len(cut):
+        return
+    largest("cut_finish_edges").update(len(cut))
+    first = cut[columns.scores[cut] >= thresholds[0]]
+    placed, pieces, _ = cut_pieces(ends_a[first], ends_b[first], columns.scores[first], thresholds,
+                                   settings.max_gather)
+    piece = np.full(len(nodes), -1)
+    cut_nodes = np.unique(np.concatenate([ends_a[cut], ends_b[cut]]))
+    piece[cut_nodes] = cut_nodes  # a node with no pair at the first level: a piece of its own
+    piece[np.asarray(placed, dtype=np.int64)] = pieces
+    _LOG.info("chaining control: %d pairs of the components to cut placed %d nodes in %d pieces on one worker",
+              len(cut), len(cut_nodes), len(np.unique(piece[cut_nodes])))
+    outputs, _ = _judged(piece, cut, ends_a, ends_b, edge, columns, names, settings, True, counters)
+    yield from outputs
 
 
 def _piece_end_a(pair, route: Optional[tuple]) -> Iterator:
@@ -533,15 +649,19 @@ class Chained(NamedTuple):
 
 
 class SplitChains(beam.PTransform):
-    """(components as (node, label), their edge counts as `cluster.Components.edges` gives them, every scored pair
-    in scored batches) -> `Chained` (its `scored` and `new` as scored batches too).
+    """Every scored pair in scored batches -> `Chained` (its `scored` and `new` as scored batches too).
+
+    The components of the edges, and which to keep, re-split or cut, are found on one worker where the whole
+    graph fits one (`settings.cut_on_one_worker`: a run with no component rounds; `_judge_on_one_worker`),
+    else by the component search (`components`) and joins.
 
     Args:
         settings: when to re-split, and how much one re-split may gather and score.
         score: `CandidatePair`s with texts -> `Scored` (`ScoreCandidates` in a run, which reuses
             scores an earlier run made).
-        components: lists of edges (a, b) -> `cluster.Components` (`ConnectedComponents` in a run), for
-            cutting components larger than `settings.max_gather` (unless `settings.cut_on_one_worker`).
+        components: lists of edges (a, b) -> `cluster.Components` (`ConnectedComponents` in a run): the
+            components, and the pieces of those larger than `settings.max_gather`, unless
+            `settings.cut_on_one_worker`.
         texts: (node, its text as `score` takes it) for every node (`TokenizeAhead` in a run).
     """
 
@@ -603,19 +723,10 @@ class SplitChains(beam.PTransform):
 
     def _pieces(self, cut_nodes, cut_pairs, thresholds: list):
         """Components too large to gather, as (node, label) and lists of their pairs -> (piece, node) for each node,
-        and lists of (piece, pair) for the pairs inside a piece: their components at every cut level at once,
-        each node in its piece at the lowest level where it fits. On one worker where the whole graph fits one
-        (`ChainingSettings.cut_on_one_worker`, `_finish_cut`), else by the component search over (level, node)
-        graphs, each node's route (`_placed`) then finding its pairs' pieces."""
+        and lists of (piece, pair) for the pairs inside a piece: their components at every cut level at once
+        (the component search over (level, node) graphs), each node in its piece at the lowest level where it
+        fits (`_choose_piece`), its route then finding its pairs' pieces."""
         settings = self._settings
-        if settings.cut_on_one_worker:
-            placed = (cut_pairs
-                      | "CutColumns" >> beam.FlatMap(_cut_columns)
-                      | "OneKey" >> beam.Map(lambda columns: (None, columns))
-                      | "GatherCut" >> beam.GroupByKey()
-                      | "CutPieces" >> beam.FlatMap(_finish_cut, thresholds, settings.max_gather,
-                                                    settings.cut_on_one_worker).with_outputs("inside", main="chosen"))
-            return placed.chosen, placed.inside
         levels = (cut_pairs | "LevelEdges" >> beam.Map(_level_edges, thresholds)
                   | "CutComponents" >> self._components)
         pieces = levels.labels | "ByPiece" >> beam.MapTuple(lambda level_node, piece: (piece, level_node[1]))
@@ -634,12 +745,14 @@ class SplitChains(beam.PTransform):
             _piece_end_b, lambda element: element[1].id_b, shard_keys=shard_keys, items=iter, lists=("main",))
         return placed.chosen, (by_a.inside, by_b) | "PiecePairs" >> beam.Flatten()
 
-    def expand(self, inputs):
-        labels, edge_counts, scored = inputs
-        settings = self._settings
-        thresholds = cut_thresholds(settings)
+    def _distributed(self, scored, thresholds: list):
+        """Scored batches -> (kept (node, label), their edges, then (nodes, pairs) of each component or piece
+        to re-split), by the component search and joins: `_judge_components`, then `_pieces` and `_judge`
+        for the components too large to gather."""
+        components = (scored | "EdgeEnds" >> beam.Map(edge_ends, self._settings.threshold)
+                      | "ConnectedComponents" >> self._components)
         kept, kept_edges, resplit_nodes, resplit_pairs, cut_nodes, cut_pairs = self._judge_components(
-            labels, edge_counts, scored, last=not thresholds)
+            components.labels, components.edges, scored, last=not thresholds)
         kept, edges, to_resplit = [kept], [kept_edges], [(resplit_nodes, resplit_pairs)]
         if thresholds:
             placed_nodes, pairs_inside = self._pieces(cut_nodes, cut_pairs, thresholds)
@@ -648,6 +761,23 @@ class SplitChains(beam.PTransform):
             kept.append(piece_kept)
             edges.append(piece_edges)
             to_resplit.append((piece_nodes, piece_pairs))
+        return kept, edges, to_resplit
+
+    def _on_one_worker(self, scored, thresholds: list):
+        """As `_distributed`, on one worker holding every scored pair (`_judge_on_one_worker`)."""
+        judged = (scored
+                  | "PairColumns" >> beam.ParDo(_ToColumns())
+                  | "GatherPairs" >> beam.GroupByKey()
+                  | "JudgeOnOneWorker" >> beam.FlatMap(_judge_on_one_worker, self._settings, thresholds,
+                                                       self._counters).with_outputs(
+                      "edges", "resplit_nodes", "resplit_pairs", main="kept"))
+        return [judged.kept], [judged.edges], [(judged.resplit_nodes, judged.resplit_pairs)]
+
+    def expand(self, scored):
+        settings = self._settings
+        thresholds = cut_thresholds(settings)
+        judge = self._on_one_worker if settings.cut_on_one_worker else self._distributed
+        kept, edges, to_resplit = judge(scored, thresholds)
         nodes = (
             {"label": tuple(n for n, _ in to_resplit) | "ResplitNodes" >> beam.Flatten(), "text": self._texts}
             | "ResplitTexts" >> JoinByKey(_node_text, keys={"label": itemgetter(1)})

@@ -139,11 +139,6 @@ def _group_rows(element, explain: Callable) -> Iterator:
         yield beam.pvalue.TaggedOutput("explained", row)
 
 
-def edge_ends(batch: list, threshold: float) -> list[tuple]:
-    """A scored batch -> (a, b) for each of its pairs that is an edge (score >= threshold)."""
-    return [(pair.id_a, pair.id_b) for pair in batch if pair.score >= threshold]
-
-
 def _both_ways(edge: tuple, _=None) -> list[tuple]:
     return [(edge[0], edge[1]), (edge[1], edge[0])]
 
@@ -392,10 +387,9 @@ class ClusterGroups(beam.PTransform):
     """(representatives, memberships, scored batches, a previous run's group rows) -> `Clustered`.
 
     Args:
-        threshold: a pair scoring at least this joins its two questions.
-        components: lists of edges -> `Components` (`ConnectedComponents` in a run).
-        split_chains: chaining control, (component labels, their edge counts, scored batches) -> `Chained`-like:
-            group labels and the edge scores inside each group (`SplitChains` in a run).
+        split_chains: the components of the edges (pairs scoring at least the threshold) with chaining control,
+            scored batches -> `Chained`-like: group labels and the edge scores inside each group (`SplitChains`
+            in a run, given `ConnectedComponents`).
         assign_ids: (row labels, group canonical ids, previous rows) -> ids and lineage
             (`AssignGroupIds` in a run).
         explain: (a group's GroupInfo, its AssignedId, its edges, its rows as (row id, key, count, rep id))
@@ -403,11 +397,9 @@ class ClusterGroups(beam.PTransform):
         canonical: `frequent` or `earliest` (see `summarize_group`).
     """
 
-    def __init__(self, threshold: float, components: beam.PTransform, split_chains: beam.PTransform,
-                 assign_ids: beam.PTransform, explain: beam.PTransform, canonical: str = "frequent"):
+    def __init__(self, split_chains: beam.PTransform, assign_ids: beam.PTransform, explain: beam.PTransform,
+                 canonical: str = "frequent"):
         super().__init__()
-        self._threshold = threshold
-        self._components = components
         self._split_chains = split_chains
         self._assign_ids = assign_ids
         self._explain = explain
@@ -415,10 +407,7 @@ class ClusterGroups(beam.PTransform):
 
     def expand(self, inputs):
         representatives, members, scored, previous = inputs
-        threshold = self._threshold
-        components = (
-            scored | "EdgeEnds" >> beam.Map(edge_ends, threshold) | "ConnectedComponents" >> self._components)
-        chained = (components.labels, components.edges, scored) | "SplitChains" >> self._split_chains
+        chained = scored | "SplitChains" >> self._split_chains
         labels = chained.labels
         edge_scores = chained.edges | "EdgeScores" >> beam.CombinePerKey(EdgeScores())
         by_group = (
