@@ -248,8 +248,8 @@ def chaining_settings(options: QdedupOptions) -> ChainingSettings:
                             min_density=options.resplit_density, pair_budget=options.resplit_pairs,
                             max_gather=options.resplit_gather, cut_steps=options.resplit_cut_steps,
                             join_shard_keys=options.join_shard_keys,
-                            # no component rounds: the whole graph fits one worker, and so does the cut
-                            cut_on_one_worker=options.max_unsettled_edges if options.component_rounds == 0 else 0)
+                            # no component rounds: the whole graph fits one worker, which finds, judges and cuts
+                            one_worker_pairs=options.max_unsettled_edges if options.component_rounds == 0 else 0)
 
 
 def encoder_settings(options: QdedupOptions, model: str, int8_models: dict | None = None) -> ModelSettings:

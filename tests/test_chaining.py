@@ -391,13 +391,15 @@ def _one_worker(lists: list, settings: ChainingSettings) -> tuple:
 @pytest.mark.parametrize("steps", [1, 3])
 @pytest.mark.parametrize("max_gather", [4, 25, 10**6])
 @pytest.mark.parametrize("as_text", [False, True])
-def test_one_worker_judges_and_cuts_the_components_as_the_distributed_search(steps, max_gather, as_text):
+def test_one_worker_judges_and_cuts_the_components_as_the_distributed_search(steps, max_gather, as_text,
+                                                                           monkeypatch):
     """Random graphs with tied scores, some below the threshold and the cut levels, in several batches, with
     sources, None similarities and reused pairs: one worker keeps, re-splits and cuts exactly the groups,
-    nodes and pairs that the distributed judging and cut do, each pair the record it was, and counts the
-    same verdicts."""
+    nodes and pairs that the distributed judging and cut do, each pair the record it was (made 7 at a time
+    here), and counts the same verdicts."""
+    monkeypatch.setattr("transforms.chaining.OUTPUT_CHUNK", 7)
     settings = ChainingSettings(threshold=0.5, max_size=6, min_density=0.7, max_gather=max_gather, cut_steps=steps,
-                                cut_on_one_worker=10**6)
+                                one_worker_pairs=10**6)
     name = (lambda n: f"q{n}") if as_text else (lambda n: n)
     seen = collections.Counter()
     for seed in range(2):
@@ -424,7 +426,7 @@ def test_one_worker_judges_and_cuts_the_components_as_the_distributed_search(ste
 
 def test_the_one_worker_judge_holds_at_most_its_bound():
     pairs = [ScoredPair(a, a + 1, score, 0.5, "lexical") for a, score in ((1, 0.9), (2, 0.95), (3, 0.4))]
-    settings = ChainingSettings(threshold=0.5, cut_on_one_worker=3)
+    settings = ChainingSettings(threshold=0.5, one_worker_pairs=3)
     kept, edges, nodes, inside, counts = _one_worker([pairs], settings)
     assert kept == {1: 1, 2: 1, 3: 1} and not nodes and not inside and not counts  # 4 has no edge: no group
     assert edges == {(1, Edge(1, 2, 0.9, "lexical")), (1, Edge(2, 3, 0.95, "lexical"))}
@@ -505,7 +507,7 @@ def _reference_labels(scores: dict, settings: ChainingSettings, model) -> dict:
 def test_a_10k_node_component_is_cut_then_re_split_as_on_one_machine(tmp_path, one_worker):
     size = 10
     scores = _chained_groups(1000, size)
-    settings = ChainingSettings(threshold=0.5, max_gather=1000, pair_budget=20, cut_on_one_worker=one_worker)
+    settings = ChainingSettings(threshold=0.5, max_gather=1000, pair_budget=20, one_worker_pairs=one_worker)
     model = _model_by_group(size)
     expected = _reference_labels(scores, settings, model)
     # The reference itself: the 0.6 links are cut, no group spans two true groups, dense groups stay whole
@@ -526,7 +528,7 @@ def test_a_piece_still_too_large_after_the_last_cut_is_kept_whole_and_counted(tm
     core = {pair: 0.999 for pair in itertools.combinations(range(30), 2)}
     tail = {(i, i + 1): 0.6 for i in range(29, 39)}
     scores = {**core, **tail}
-    settings = ChainingSettings(threshold=0.5, max_size=20, max_gather=10, cut_steps=2, cut_on_one_worker=one_worker)
+    settings = ChainingSettings(threshold=0.5, max_size=20, max_gather=10, cut_steps=2, one_worker_pairs=one_worker)
     labels, counters = _split_chains(scores, 40, settings, _DictScorer(), tmp_path)
     assert labels == {**{n: 0 for n in range(30)}, **{n: n for n in range(30, 40)}}  # the tail falls off alone
     assert counters["components_cut"] == 1 and counters["components_too_large"] == 1
@@ -542,7 +544,7 @@ def test_a_node_too_crowded_at_its_highest_edge_level_stands_alone_above_it(tmp_
     loose = {pair: 0.8 for pair in itertools.combinations(range(12), 2)}
     tight = {pair: 0.9 for pair in itertools.combinations(range(12, 22), 2)}
     scores = {**loose, **tight, (11, 12): 0.6}
-    settings = ChainingSettings(threshold=0.5, max_size=5, max_gather=10, cut_steps=2, cut_on_one_worker=one_worker)
+    settings = ChainingSettings(threshold=0.5, max_size=5, max_gather=10, cut_steps=2, one_worker_pairs=one_worker)
     expected = _reference_labels(scores, settings, _model_by_group(100))
     assert expected == {**{n: n for n in range(12)}, **{n: 12 for n in range(12, 22)}}
     labels, counters = _split_chains(scores, 22, settings, _DictScorer(), tmp_path, runner_args)  # pickled too

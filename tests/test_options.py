@@ -127,7 +127,7 @@ def test_the_cut_runs_on_one_worker_exactly_when_the_components_do():
                                     (1_000_000, ["--max-unsettled-edges=50000000"], 50_000_000)):
         options = _parsed(flags)
         fit_sizes_to_input(options, rows)
-        assert chaining_settings(options).cut_on_one_worker == one_worker, (rows, flags)
+        assert chaining_settings(options).one_worker_pairs == one_worker, (rows, flags)
 
 
 def test_local_worker_processes_divide_the_cores_between_their_models(monkeypatch):

@@ -35,7 +35,7 @@ import logging
 import math
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
-from typing import Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -65,7 +65,7 @@ class ChainingSettings:
     max_gather: int = 5000       # representatives a re-split may gather on one worker; larger components are cut
     cut_steps: int = 6           # rising edge thresholds a too-large component is cut at
     join_shard_keys: int = 50_000  # nodes whose label one shard of a look-up join holds (`joins.LookUp`)
-    cut_on_one_worker: int = 0   # > 0: components found, judged and cut on one worker holding at most this many pairs
+    one_worker_pairs: int = 0    # > 0: components found, judged and cut on one worker holding at most this many pairs
 
 
 def cut_thresholds(settings: ChainingSettings) -> list[float]:
@@ -489,10 +489,22 @@ def _held_columns(lists: Iterable[PairColumns], max_pairs: int) -> Optional[Pair
     return _joined_columns(held) if held else None
 
 
+# Nodes or pairs the one worker that judges the components turns into records at a time, as it hands them on:
+# what it holds beyond its columns stays this small.
+OUTPUT_CHUNK = 10_000
+
+
+def _chunked(at: np.ndarray, make: Callable[[np.ndarray], Iterable]) -> Iterator:
+    """What `make` gives for each chunk of `at`, chunk by chunk."""
+    for start in range(0, len(at), OUTPUT_CHUNK):
+        yield from make(at[start:start + OUTPUT_CHUNK])
+
+
 def _judged(group: np.ndarray, pairs: np.ndarray, ends_a: np.ndarray, ends_b: np.ndarray, edge: np.ndarray,
             columns: PairColumns, names: list, settings: ChainingSettings, last: bool, counters: dict):
     """Groups of nodes and the pairs among them (positions `pairs` of `columns`) -> (the outputs of
-    `_judge_on_one_worker` for groups kept or re-split, the positions of the pairs inside groups to cut)."""
+    `_judge_on_one_worker` for groups kept or re-split, made as they are taken; the positions of the pairs
+    inside groups to cut)."""
     found = group_verdicts(group, ends_a[pairs], ends_b[pairs], edge[pairs], settings, last)
     for name, count in found.counts.items():
         if count:
@@ -502,18 +514,19 @@ def _judged(group: np.ndarray, pairs: np.ndarray, ends_a: np.ndarray, ends_b: np
     of_node = verdicts[group[nodes]]
     inside = found.inside >= 0
     of_pair = np.where(inside, verdicts[np.maximum(found.inside, 0)], _KEPT)
-    outputs = []
     kept = nodes[(of_node == _KEPT) | (of_node == _TOO_LARGE)]
-    outputs.append(zip((names[n] for n in kept.tolist()), (names[g] for g in group[kept].tolist())))
-    at = pairs[inside & edge[pairs] & ((of_pair == _KEPT) | (of_pair == _TOO_LARGE))]
-    outputs.append(beam.pvalue.TaggedOutput("edges", (names[g], e))
-                   for g, e in zip(group[ends_a[at]].tolist(), columns.edges(at)))
+    edges_at = pairs[inside & edge[pairs] & ((of_pair == _KEPT) | (of_pair == _TOO_LARGE))]
     resplit = nodes[of_node == _RESPLIT]
-    outputs.append(beam.pvalue.TaggedOutput("resplit_nodes", (names[g], names[n]))
-                   for g, n in zip(group[resplit].tolist(), resplit.tolist()))
-    at = pairs[inside & (of_pair == _RESPLIT)]
-    outputs.append(beam.pvalue.TaggedOutput("resplit_pairs", (names[g], p))
-                   for g, p in zip(group[ends_a[at]].tolist(), columns.pairs(at)))
+    resplit_at = pairs[inside & (of_pair == _RESPLIT)]
+    outputs = (
+        _chunked(kept, lambda at: zip((names[n] for n in at.tolist()), (names[g] for g in group[at].tolist()))),
+        _chunked(edges_at, lambda at: (beam.pvalue.TaggedOutput("edges", (names[g], e))
+                                       for g, e in zip(group[ends_a[at]].tolist(), columns.edges(at)))),
+        _chunked(resplit, lambda at: (beam.pvalue.TaggedOutput("resplit_nodes", (names[g], names[n]))
+                                      for g, n in zip(group[at].tolist(), at.tolist()))),
+        _chunked(resplit_at, lambda at: (beam.pvalue.TaggedOutput("resplit_pairs", (names[g], p))
+                                         for g, p in zip(group[ends_a[at]].tolist(), columns.pairs(at)))),
+    )
     return itertools.chain.from_iterable(outputs), pairs[inside & (of_pair == _CUT)]
 
 
@@ -526,9 +539,9 @@ def _judge_on_one_worker(element, settings: ChainingSettings, thresholds: list, 
     pair there is a piece of its own), each then kept or re-split. Yields (node, label) for every node of a
     group kept, to "edges" (label, `Edge`) for each edge inside one, to "resplit_nodes" (label, node) and to
     "resplit_pairs" (label, `ScoredPair`) for each node and pair of a component or piece to re-split: what the
-    distributed judging and cut give, with no join. Holds at most `settings.cut_on_one_worker` pairs."""
+    distributed judging and cut give, with no join. Holds at most `settings.one_worker_pairs` pairs."""
     _, lists = element
-    columns = _held_columns(lists, settings.cut_on_one_worker)
+    columns = _held_columns(lists, settings.one_worker_pairs)
     if columns is None:
         return
     count = len(columns.ends_a)
@@ -652,7 +665,7 @@ class SplitChains(beam.PTransform):
     """Every scored pair in scored batches -> `Chained` (its `scored` and `new` as scored batches too).
 
     The components of the edges, and which to keep, re-split or cut, are found on one worker where the whole
-    graph fits one (`settings.cut_on_one_worker`: a run with no component rounds; `_judge_on_one_worker`),
+    graph fits one (`settings.one_worker_pairs`: a run with no component rounds; `_judge_on_one_worker`),
     else by the component search (`components`) and joins.
 
     Args:
@@ -661,7 +674,7 @@ class SplitChains(beam.PTransform):
             scores an earlier run made).
         components: lists of edges (a, b) -> `cluster.Components` (`ConnectedComponents` in a run): the
             components, and the pieces of those larger than `settings.max_gather`, unless
-            `settings.cut_on_one_worker`.
+            `settings.one_worker_pairs`.
         texts: (node, its text as `score` takes it) for every node (`TokenizeAhead` in a run).
     """
 
@@ -776,7 +789,7 @@ class SplitChains(beam.PTransform):
     def expand(self, scored):
         settings = self._settings
         thresholds = cut_thresholds(settings)
-        judge = self._on_one_worker if settings.cut_on_one_worker else self._distributed
+        judge = self._on_one_worker if settings.one_worker_pairs else self._distributed
         kept, edges, to_resplit = judge(scored, thresholds)
         nodes = (
             {"label": tuple(n for n, _ in to_resplit) | "ResplitNodes" >> beam.Flatten(), "text": self._texts}
