@@ -549,13 +549,14 @@ def _judge_on_one_worker(element, settings: ChainingSettings, thresholds: list, 
     ends_a, ends_b = index[:count], index[count:]
     edge = columns.scores >= settings.threshold
     component = component_roots(ends_a[edge], ends_b[edge], len(nodes))
-    largest("component_finish_nodes").update(int((component >= 0).sum()))
+    in_components = int((component >= 0).sum())
+    largest("component_finish_nodes").update(in_components)
+    _LOG.info("chaining control: judging %d nodes in components from %d scored pairs on one worker",
+              in_components, count)
     names = nodes.tolist()
     outputs, cut = _judged(component, np.arange(count), ends_a, ends_b, edge, columns, names, settings,
                            not thresholds, counters)
     yield from outputs
-    _LOG.info("chaining control: %d scored pairs and %d nodes in components judged on one worker",
-              count, int((component >= 0).sum()))
     if not len(cut):
         return
     largest("cut_finish_edges").update(len(cut))
