@@ -8,6 +8,8 @@ number of rounds. A component that has become a star around its smallest node
 is done; the few nodes of components that have not (checked locally: a node
 with a smaller neighbour and more than one neighbour) are finished exactly by a
 union-find over their edges alone: only that remainder meets on one worker.
+Chaining control runs this search (`chaining.SplitChains`), except where the
+whole graph fits one worker: that worker then finds the components itself.
 """
 from __future__ import annotations
 
