@@ -54,6 +54,8 @@ def test_trigger_on_size_and_density():
     assert needs_resplit(5, 4, settings)          # a 5-path does not
     assert needs_resplit(6, 15, settings)         # complete, but larger than max_size
     assert not needs_resplit(5, 10, settings)
+    assert needs_resplit(np.array([2, 4, 5, 6, 5]), np.array([1, 3, 4, 15, 10]), settings).tolist() == [
+        False, False, True, True, False]  # every component at once, as `group_verdicts` asks
 
 
 def test_missing_pairs_are_friends_of_friends_strongest_first_and_bounded():

@@ -11,9 +11,9 @@ is re-split:
    threshold. Pairs never compared count as non-duplicates (score 0), so a
    group only survives where its members were actually found similar.
 
-Only components that are re-split meet on one worker, and only up to
-`max_gather` representatives: a larger one is first cut in a distributed way,
-its connected components recomputed over its edges at rising thresholds
+With component rounds, only components that are re-split meet on one worker,
+and only up to `max_gather` representatives: a larger one is first cut in a
+distributed way, its connected components recomputed over its edges at rising thresholds
 (`cut_thresholds`) until the pieces fit; a piece still too large after the last
 step keeps its components at that step, is not re-split, and is counted. Where
 the whole graph fits one worker (a run with no component rounds), that worker
@@ -75,10 +75,10 @@ def cut_thresholds(settings: ChainingSettings) -> list[float]:
     return [round(1.0 - gap / 2 ** i, 6) for i in range(1, settings.cut_steps + 1)]
 
 
-def needs_resplit(nodes: int, edges: int, settings: ChainingSettings) -> bool:
-    if nodes < 3:
-        return False
-    return nodes > settings.max_size or edges < settings.min_density * nodes * (nodes - 1) / 2
+def needs_resplit(nodes, edges, settings: ChainingSettings):
+    """Whether a component of `nodes` nodes and `edges` edges is re-split; numbers, or arrays of them
+    (`group_verdicts`)."""
+    return (nodes >= 3) & ((nodes > settings.max_size) | (edges < settings.min_density * nodes * (nodes - 1) / 2))
 
 
 def verdict(nodes: int, edges: int, settings: ChainingSettings, last: bool) -> Optional[str]:
@@ -89,6 +89,18 @@ def verdict(nodes: int, edges: int, settings: ChainingSettings, last: bool) -> O
     if nodes <= settings.max_gather:
         return "resplit"
     return "too_large" if last else "cut"
+
+
+def component_roots(ends_a: np.ndarray, ends_b: np.ndarray, count: int) -> np.ndarray:
+    """Edges between nodes 0..count-1 -> each node's component, named by its smallest node; -1 for a node
+    with no edge (in no component)."""
+    graph = coo_matrix((np.ones(len(ends_a), dtype=np.int32), (ends_a, ends_b)), shape=(count, count))
+    _, labels = connected_components(graph, directed=False)
+    _, smallest = np.unique(labels, return_index=True)
+    roots = smallest[labels]
+    edged = np.zeros(count, dtype=bool)
+    edged[ends_a] = edged[ends_b] = True
+    return np.where(edged, roots, -1)
 
 
 def cut_pieces(ends_a: np.ndarray, ends_b: np.ndarray, scores: np.ndarray, thresholds: Sequence[float],
@@ -120,31 +132,15 @@ def cut_pieces(ends_a: np.ndarray, ends_b: np.ndarray, scores: np.ndarray, thres
     unplaced = np.ones(count, dtype=bool)
     for at_level, threshold in enumerate(thresholds, 1):
         at = (scores >= threshold) & unplaced[ends_a]
-        a, b = ends_a[at], ends_b[at]
-        edged = np.zeros(count, dtype=bool)
-        edged[a] = edged[b] = True
-        graph = coo_matrix((np.ones(len(a), dtype=np.int32), (a, b)), shape=(count, count))
-        _, labels = connected_components(graph, directed=False)
-        _, smallest = np.unique(labels, return_index=True)  # nodes sorted: a component's first is its smallest
-        root, size = smallest[labels], np.bincount(labels)[labels]
+        root = component_roots(ends_a[at], ends_b[at], count)  # nodes sorted: a piece named by its smallest
+        edged = root >= 0
+        size = np.bincount(root[edged], minlength=count)[np.maximum(root, 0)]
         fits = unplaced & edged & (size <= max_gather)
         crowded = unplaced & edged & ~fits
         piece[fits], last[crowded], level[fits] = root[fits], root[crowded], at_level
         unplaced = crowded  # the rest are placed: in a piece that fits, or alone above their highest edge
     piece[unplaced], level[unplaced] = last[unplaced], len(thresholds)  # too large at the last level: kept whole
     return nodes.tolist(), nodes[piece].tolist(), level.tolist()
-
-
-def component_roots(ends_a: np.ndarray, ends_b: np.ndarray, count: int) -> np.ndarray:
-    """Edges between nodes 0..count-1 -> each node's component, named by its smallest node; -1 for a node
-    with no edge (in no component)."""
-    graph = coo_matrix((np.ones(len(ends_a), dtype=np.int32), (ends_a, ends_b)), shape=(count, count))
-    _, labels = connected_components(graph, directed=False)
-    _, smallest = np.unique(labels, return_index=True)
-    roots = smallest[labels]
-    edged = np.zeros(count, dtype=bool)
-    edged[ends_a] = edged[ends_b] = True
-    return np.where(edged, roots, -1)
 
 
 class GroupVerdicts(NamedTuple):
@@ -177,7 +173,7 @@ def group_verdicts(group: np.ndarray, ends_a: np.ndarray, ends_b: np.ndarray, ed
     inside = np.where((group[ends_a] == group[ends_b]) & (group[ends_a] >= 0), group[ends_a], -1)
     nodes = np.bincount(group[group >= 0], minlength=count)
     edges = np.bincount(inside[(inside >= 0) & edge], minlength=count)
-    needs = (nodes >= 3) & ((nodes > settings.max_size) | (edges < settings.min_density * nodes * (nodes - 1) / 2))
+    needs = needs_resplit(nodes, edges, settings)
     fits = nodes <= settings.max_gather
     verdicts = np.full(count, _KEPT, dtype=np.int8)
     verdicts[needs & fits] = _RESPLIT
