@@ -20,6 +20,11 @@ reads the runner's monitoring data:
   it; faiss's and torch's helper threads work only inside those two stages,
   yet the first way counts their CPU as outside them).
 
+With `--coding`, it also times the coding of every element that crosses a stage boundary (encoded
+by the stage that makes it, decoded by each stage that reads it: a shuffle's input and output, a
+collection two stages read), the per-element cost that fusing steps and carrying lists save, and
+lists the boundaries that cost most, each under the step that made the collection (`BoundaryCoding`).
+
 With `--stage-memory LOG`, it also writes a line per stage the runner executes
 (seconds since the start, the stage's seconds, the process's RSS before it, its
 peak during it, sampled every 0.2 s, and after it, the stage's name) and prints
@@ -27,7 +32,7 @@ the stages where memory peaked: the in-process runner holds each shuffle's
 values in memory, so the peak names the shuffle that sets it.
 
     python -m benchmarks.bench_steps [--rows 30000] [--work DIR] [--top 20] [--split STEP,...]
-        [--stage-memory LOG] [-- EXTRA qdedup FLAGS]
+        [--coding] [--stage-memory LOG] [-- EXTRA qdedup FLAGS]
 
 One run: the figures are shares, not A/B ratios.
 """
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import resource
@@ -47,6 +53,7 @@ from typing import Collection, Optional
 
 from apache_beam.metrics import monitoring_infos
 from apache_beam.runners.portability.fn_api_runner import fn_runner
+from apache_beam.runners.worker import bundle_processor
 
 import pipelines.cli as cli
 from benchmarks.bench_scale import write_corpus
@@ -137,6 +144,83 @@ def memory_peaks(lines, top: int) -> list[tuple[float, float, str]]:
     return sorted(stages, key=lambda stage: -stage[0])[:top]
 
 
+class _TimedCoder:
+    """A stage boundary's coder, timing each element it encodes or decodes into `BoundaryCoding`'s tallies."""
+
+    def __init__(self, impl, name: str, tallies: dict):
+        self._impl = impl
+        self._tally = tallies.setdefault(name, [0, 0.0])
+
+    def encode_to_stream(self, value, stream, nested) -> None:
+        started = time.perf_counter()
+        self._impl.encode_to_stream(value, stream, nested)
+        self._tally[0] += 1
+        self._tally[1] += time.perf_counter() - started
+
+    def decode_from_stream(self, stream, nested):
+        started = time.perf_counter()
+        value = self._impl.decode_from_stream(stream, nested)
+        self._tally[0] += 1
+        self._tally[1] += time.perf_counter() - started
+        return value
+
+    def __getattr__(self, name: str):
+        return getattr(self._impl, name)
+
+
+class BoundaryCoding:
+    """While active, counts and times every element the in-process runner's stages encode for the next stage
+    (`DataOutputOperation`) or decode from the one before (`DataInputOperation`): `tallies` is
+    {boundary operation's name: [elements, seconds]}, e.g. "ClusterGroups/GroupRows/Group/Write". The runner's
+    own work between them (grouping a shuffle's encoded elements by key) is not a stage's and is not counted.
+
+    It wraps Beam's private operations (a benchmark's tool, as `StageMemory` is: Beam may rename them).
+    """
+
+    def __init__(self):
+        self.tallies: dict = {}
+
+    def __enter__(self) -> "BoundaryCoding":
+        self._decode = decode = bundle_processor.DataInputOperation.process_encoded
+        self._encode = encode = bundle_processor.DataOutputOperation.process
+        tallies = self.tallies
+
+        def timed(operation) -> None:
+            if not isinstance(operation.windowed_coder_impl, _TimedCoder):
+                operation.windowed_coder_impl = _TimedCoder(operation.windowed_coder_impl,
+                                                            operation.name_context.step_name, tallies)
+
+        def decoded(operation, encoded) -> None:
+            timed(operation)
+            decode(operation, encoded)
+
+        def encoded(operation, value) -> None:
+            timed(operation)
+            encode(operation, value)
+
+        bundle_processor.DataInputOperation.process_encoded = decoded
+        bundle_processor.DataOutputOperation.process = encoded
+        return self
+
+    def __exit__(self, *exc) -> None:
+        bundle_processor.DataInputOperation.process_encoded = self._decode
+        bundle_processor.DataOutputOperation.process = self._encode
+
+
+def boundary_steps(tallies: dict, producers: dict, split: Collection[str] = ()) -> dict:
+    """{step: [elements coded, seconds]} from `BoundaryCoding` tallies, each boundary counted under the step that
+    made its collection: the transform it names, or, for a runner's read or write of a collection
+    ("<collection id>/Read"), the producer of that collection (`producers`, as `run_once` gives)."""
+    steps: dict = {}
+    for name, (count, seconds) in tallies.items():
+        producer = producers.get(name.split("/")[0])  # a collection's id names the runner's read or write of it
+        step = step_of(producer or name.rsplit("/", 1)[0], split)
+        held = steps.setdefault(step, [0, 0.0])
+        held[0] += count
+        held[1] += seconds
+    return steps
+
+
 def run_once(argv: list[str]) -> tuple[int, object, dict]:
     """Runs `qdedup run` here; (exit code, the runner's result, {PCollection id: producing transform})."""
     seen: dict = {}
@@ -170,6 +254,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--split", default="", metavar="STEP,...",
                         help="steps to list by their parts, one name deeper (e.g. "
                              "ClusterGroups/SplitChains,BlockLexical; a part named here too is split again)")
+    parser.add_argument("--coding", action="store_true",
+                        help="time the coding of elements crossing stage boundaries; list the costliest")
     parser.add_argument("--stage-memory", metavar="LOG", help="log each stage's RSS to LOG; print where it peaked")
     parser.add_argument("extra", nargs="*", help="more `qdedup run` flags, after --")
     args = parser.parse_args(argv)
@@ -185,10 +271,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     main_before, started = time.thread_time(), time.perf_counter()
     run_args = ["--config", "configs/local-one-process.yaml", "--input", os.path.join(data, "*.parquet"),
                 "--output", out, "--scorer-model", model, *args.extra]
-    if args.stage_memory:
-        with StageMemory(args.stage_memory):
-            code, result, producers = run_once(run_args)
-    else:
+    with contextlib.ExitStack() as watching:
+        if args.stage_memory:
+            watching.enter_context(StageMemory(args.stage_memory))
+        coding = watching.enter_context(BoundaryCoding()) if args.coding else None
         code, result, producers = run_once(run_args)
     main_cpu, wall = time.thread_time() - main_before, time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_SELF)
@@ -216,6 +302,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     for step in sorted(msecs, key=msecs.get, reverse=True)[:args.top]:
         print(f"{step:48} {msecs[step] / 1000:8.1f} {msecs[step] / pairs * 1000:8.0f} "
               f"{elements.get(step, 0) / pairs:9.2f}")
+    if coding is not None:
+        coded = boundary_steps(coding.tallies, producers, set(filter(None, args.split.split(","))))
+        count, seconds = sum(c for c, _ in coded.values()), sum(s for _, s in coded.values())
+        print(f"stage boundaries: {count / pairs:.2f} elements coded a pair (encoded or decoded), {seconds:.1f} s, "
+              f"{seconds / pairs * 1e6:.0f} µs a pair; by the step that made them:")
+        print(f"{'step':48} {'s':>8} {'µs/pair':>8} {'coded/pair':>10}")
+        for step in sorted(coded, key=lambda name: -coded[name][1])[:args.top]:
+            print(f"{step:48} {coded[step][1]:8.1f} {coded[step][1] / pairs * 1e6:8.0f} {coded[step][0] / pairs:10.2f}")
     if args.stage_memory:
         with open(args.stage_memory) as log:
             peaks = memory_peaks(log, 5)

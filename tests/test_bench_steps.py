@@ -4,7 +4,7 @@ from apache_beam.metrics import monitoring_infos as mi
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 
-from benchmarks.bench_steps import StageMemory, memory_peaks, step_costs, step_of
+from benchmarks.bench_steps import BoundaryCoding, StageMemory, boundary_steps, memory_peaks, step_costs, step_of
 from tests.helpers import RUNNER_ARGS
 
 
@@ -61,3 +61,28 @@ def test_memory_peaks_orders_stages_by_their_peak():
     lines = ["0.0\t1.0\t1.00\t2.50\t1.20\tRead\n", "1.0\t3.0\t1.20\t4.75\t1.10\tGroupPairs/Read\n",
              "4.0\t0.5\t1.10\t1.30\t1.10\tWrite\n"]
     assert memory_peaks(lines, 2) == [(4.75, 1.2, "GroupPairs/Read"), (2.5, 1.0, "Read")]
+
+
+def test_boundary_coding_counts_what_stages_pass_each_other_and_puts_beam_back():
+    """1,000 elements into a grouping by 7 keys: encoded by the stage that makes them, grouped by the runner (its
+    own decoding is not a stage's), and the 7 groups decoded by the stage that reads them."""
+    from apache_beam.runners.worker import bundle_processor
+    decode, encode = bundle_processor.DataInputOperation.process_encoded, bundle_processor.DataOutputOperation.process
+    with BoundaryCoding() as coding:
+        with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
+            _ = (pipeline | beam.Create(range(1000)) | "KeyBy" >> beam.Map(lambda x: (x % 7, x))
+                 | "Together" >> beam.GroupByKey() | "Sizes" >> beam.MapTuple(lambda key, values: len(values)))
+    assert (bundle_processor.DataInputOperation.process_encoded, bundle_processor.DataOutputOperation.process) == \
+        (decode, encode)
+    assert coding.tallies["Together/Write"][0] == 1000 and coding.tallies["Together/Read"][0] == 7
+    assert coding.tallies["Together/Write"][1] > 0 and coding.tallies["Together/Read"][1] > 0
+    assert boundary_steps(coding.tallies, {})["Together"][0] == 1007
+
+
+def test_boundary_steps_count_a_collection_read_by_the_runner_under_its_producer():
+    tallies = {"ref_PCollection_PCollection_5/Read": [10, 0.5], "ref_PCollection_PCollection_5/Write": [5, 0.25],
+               "ClusterGroups/GroupRows/Group/Write": [3, 0.1], "ClusterGroups/GroupRows/Flatten/Read": [3, 0.25]}
+    producers = {"ref_PCollection_PCollection_5": "BlockLexical/AssignPartitions/ParDo(_AssignPartitions)"}
+    assert boundary_steps(tallies, producers) == {"BlockLexical": [15, 0.75], "ClusterGroups/GroupRows": [6, 0.35]}
+    assert boundary_steps(tallies, producers, {"BlockLexical"}) == {
+        "BlockLexical/AssignPartitions": [15, 0.75], "ClusterGroups/GroupRows": [6, 0.35]}
