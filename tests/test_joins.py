@@ -17,6 +17,7 @@ from transforms.joins import (
     JoinByKey,
     Joined,
     LookUp,
+    TagView,
     _LookUpShard,
     dealt,
     only,
@@ -59,6 +60,34 @@ def test_a_one_value_side_with_two_values_is_an_error_not_a_choice():
     assert list(joined["right"]) == ["x"] and list(joined) == ["left", "right"]
     with pytest.raises(ValueError, match="at most one"):
         only(joined["left"])
+
+
+class _Walked:
+    """Grouped values that count how often they are walked."""
+
+    def __init__(self, values):
+        self._values = values
+        self.walks = 0
+
+    def __iter__(self):
+        self.walks += 1
+        return iter(self._values)
+
+
+def test_a_short_list_of_values_is_sorted_by_tag_once_and_anything_else_is_walked_per_read(monkeypatch):
+    values = [(1, "x"), (0, 1), (0, 2), (1, "y")]
+    tags = {"left": 0, "right": 1, "none": 2}
+    held = Joined(values, tags)
+    assert (list(held["left"]), list(held["right"]), list(held["none"])) == ([1, 2], ["x", "y"], [])
+    assert list(held["right"]) == ["x", "y"]  # read again: the same
+    assert not isinstance(held["left"], TagView)  # sorted out of the list once, not a view walking it
+    walked = _Walked(values)  # not a list (a large key paged in as it is read): views, walked at every read
+    joined = Joined(walked, tags)
+    assert (list(joined["left"]), list(joined["right"]), list(joined["none"])) == ([1, 2], ["x", "y"], [])
+    assert walked.walks == 3
+    monkeypatch.setattr("transforms.joins.SORTED_VALUES", 3)  # a list longer than that is not sorted out either
+    long = Joined(values, tags)
+    assert isinstance(long["left"], TagView) and list(long["left"]) == [1, 2]
 
 
 def _routed(element, value, offset):

@@ -5,7 +5,8 @@ one hot key (a text with a million copies, a giant group, a question in a millio
 element as large as all its values. `JoinByKey` groups the same way, but the function it calls gets a
 view per tag that walks the grouped values each time it is iterated and holds none of them; on
 Dataflow the values of a large key are paged in as they are read. Functions iterate a view once or
-twice (e.g. the single value of one side first, then the many of the other), never list it.
+twice (e.g. the single value of one side first, then the many of the other), never list it. Only
+where the runner already gave a key's values as a short list are they sorted by tag, once (`Joined`).
 """
 from __future__ import annotations
 
@@ -34,14 +35,34 @@ class TagView:
         return (value for t, value in self._grouped if t == tag)
 
 
+# Most values of one key sorted by tag in one pass where the runner gave them as a list (`Joined`).
+SORTED_VALUES = 10_000
+
+
 class Joined(Mapping):
-    """tag -> `TagView`, like the dict `CoGroupByKey` gives but with views in place of lists."""
+    """tag -> its values, like the dict `CoGroupByKey` gives but never a list the key did not already make: where
+    the runner handed the key's values over as a list of at most `SORTED_VALUES` (a key held whole, as the
+    local runner decodes every group), each tag's are sorted out of it once, so that a function reading
+    several tags walks the values once, not once a tag and a read; otherwise (a large key's values paged in
+    as they are read, on Dataflow) a `TagView` a tag, holding none of them."""
 
     def __init__(self, grouped: Iterable[tuple[int, Any]], tags: Mapping[str, int]):
         self._grouped = grouped
         self._tags = tags
+        self._by_tag: Optional[dict] = None
+        if type(grouped) is list and len(grouped) <= SORTED_VALUES:
+            by_tag: dict = {}
+            for tag, value in grouped:
+                held = by_tag.get(tag)
+                if held is None:
+                    by_tag[tag] = [value]
+                else:
+                    held.append(value)
+            self._by_tag = by_tag
 
-    def __getitem__(self, tag: str) -> TagView:
+    def __getitem__(self, tag: str) -> Iterable:
+        if self._by_tag is not None:
+            return self._by_tag.get(self._tags[tag], ())
         return TagView(self._grouped, self._tags[tag])
 
     def __iter__(self):
