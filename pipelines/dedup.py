@@ -92,9 +92,9 @@ def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns
     extend = bool(prior and prior.extend)
     read = pipeline | "ReadQuestions" >> ReadQuestions(
         options.input, columns, options.max_text_chars,
-        stored.members | "ExistingIds" >> beam.Map(lambda m: m.id) if extend else None)
+        stored.members | "ExistingIds" >> beam.Map(lambda m: m.id) if extend else None, options.join_shard_keys)
     collapsed = ((read.questions, stored.representatives) if prior else read.questions) \
-        | "NormalizeAndCollapse" >> NormalizeAndCollapse(columns, extend)
+        | "NormalizeAndCollapse" >> NormalizeAndCollapse(columns, extend, options.join_shard_keys)
     representatives = collapsed.representatives
     settings = blocking_settings(options)
     found, embedders, failed, embedded_reps, tokenized = {}, {}, [], [], None
@@ -242,5 +242,5 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
     in_batches = {"pairs_scored", "pairs_reused", "resplit_pairs", "resplit_pairs_scored", "pairs_total"}
     for name, pcoll in counted.items():
         size = (lambda row: row.group_size) if name == "rows_out" else None
-        items = len if name in in_batches else None
+        items = len if name in in_batches else (int if name == "rows_in" else None)  # read's rows: a count a batch
         pcoll | f"Count{name.title().replace('_', '')}" >> count_elements(name, size, items)

@@ -11,6 +11,7 @@ import pytest
 
 from pipelines.cli import main
 from pipelines.recall import read_labelled_pairs
+from transforms.coders import pickled_list
 
 # The repository checkout (presets, samples, the package).
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,6 +123,23 @@ class Lazy:
 
     def __iter__(self):
         return iter(self._make())
+
+
+def dealt_shard(*sides, size: int = 1000) -> tuple:
+    """A shard (0, its grouped values) as `joins.DealIntoShards` makes it: side i's items under tag i, in pickled
+    lists of up to `size`, made anew at each walk (`Lazy`) and never all held. A side is an iterable, or a
+    function making one (to give many items without holding them)."""
+    def lists():
+        for tag, items in enumerate(sides):
+            chunk = []
+            for item in (items() if callable(items) else items):
+                chunk.append(item)
+                if len(chunk) == size:
+                    yield tag, pickled_list(chunk)
+                    chunk = []
+            if chunk:
+                yield tag, pickled_list(chunk)
+    return 0, Lazy(lists)
 
 
 def peak_bytes(fn):

@@ -94,13 +94,13 @@ def test_bundles_retried_after_a_worker_failure_lose_and_duplicate_nothing(refer
     out, report = reference_run
     directory, _ = corpus
     failures: list = []
-    _fail_first_call(transforms.normalize, "choose_representative", monkeypatch, failures)
+    _fail_first_call(transforms.normalize, "collapse_shard", monkeypatch, failures)
     _fail_first_call(transforms.block, "knn_lists", monkeypatch, failures)
     _fail_first_call(transforms.cluster, "summarize_group", monkeypatch, failures)
     _fail_first_call(transforms.inference.PackedBatchHandler, "run_inference", monkeypatch, failures)
     retried = _pipeline_alone(directory / "*.parquet", tmp_path / "retried", tiny_model,
                               "--runner=BundleBasedDirectRunner")
-    assert sorted(failures) == ["choose_representative", "knn_lists", "run_inference", "summarize_group"]
+    assert sorted(failures) == ["collapse_shard", "knn_lists", "run_inference", "summarize_group"]
     assert_same(outputs(out), outputs(retried))
 
 

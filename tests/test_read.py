@@ -1,3 +1,6 @@
+import collections
+import itertools
+
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -6,9 +9,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.preflight import inspect_input
-from tests.helpers import RUNNER_ARGS
+from tests.helpers import RUNNER_ARGS, dealt_shard, peak_bytes
 from transforms.errors import QdedupError, RejectedRow, row_as_json
-from transforms.read import ReadQuestions, row_groups, validate_row
+from transforms.read import ReadQuestions, first_occurrences, row_groups, validate_row
 from transforms.records import Columns
 
 COLUMNS = Columns("id", "question")
@@ -104,8 +107,9 @@ def test_a_file_is_read_row_group_by_row_group_with_its_row_numbers(tmp_path):
     expected.append((200, "另一个问题", f"{tmp_path}/r.parquet#0"))
     with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
         read = pipeline | ReadQuestions(str(tmp_path / "*.parquet"), COLUMNS, 1000)
-        assert_that(read.questions | beam.Map(lambda q: (q.id, q.text, q.source)), equal_to(expected))
-        assert_that(read.rows | beam.combiners.Count.Globally(), equal_to([11]), label="RowsIn")
+        assert_that(read.questions | beam.FlatMap(iter) | beam.Map(lambda q: (q.id, q.text, q.source)),
+                    equal_to(expected))
+        assert_that(read.rows | beam.CombineGlobally(sum), equal_to([11]), label="RowsIn")
 
 
 def test_a_damaged_row_group_sets_aside_its_rows_and_the_others_are_read(tmp_path):
@@ -118,6 +122,54 @@ def test_a_damaged_row_group_sets_aside_its_rows_and_the_others_are_read(tmp_pat
     path.write_bytes(bytes(data))
     with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
         read = pipeline | ReadQuestions(str(path), COLUMNS, 1000)
-        assert_that(read.questions | beam.Map(lambda q: q.source), equal_to([f"{path}#{i}" for i in range(5, 10)]))
+        assert_that(read.questions | beam.FlatMap(iter) | beam.Map(lambda q: q.source),
+                    equal_to([f"{path}#{i}" for i in range(5, 10)]))
         assert_that(read.rejected | beam.Map(lambda r: (r.source, r.reason)),
                     equal_to([(f"{path}#{i}", "unreadable_row") for i in range(5)]), label="Rejected")
+
+
+def test_an_id_repeated_100k_times_keeps_its_first_row_without_listing_them():
+    """One id's rows arrive in one shard's grouped lists: walked twice, never listed; the first by file path, then
+    row, wins, and every other is rejected naming it. An id an extended run holds rejects all of its rows."""
+    copies = 100_000
+    rows = lambda: ((7, f"问题{i}", None, f"f{i % 3}", copies - i) for i in range(copies))  # noqa: E731
+    element = dealt_shard(lambda: itertools.chain(rows(), [(8, "别的问题", None, "f9", 0)]), [8])
+
+    def walk():
+        kept, rejected = [], collections.Counter()
+        for out in first_occurrences(element, COLUMNS, 1000):
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                rejected[(out.value.reason, out.value.detail)] += 1
+            else:
+                assert len(out) <= 1000
+                kept.extend(out)
+        return kept, rejected
+
+    (kept, rejected), peak = peak_bytes(walk)
+    assert peak < 1_000_000, peak
+    first = min(range(copies), key=lambda i: (f"f{i % 3}", copies - i))  # f0, the highest i: the lowest row
+    assert [(q.id, q.text, q.source) for q in kept] == [(7, f"问题{first}", f"f0#{copies - first}")]
+    assert rejected == {("duplicate_id", f"id already used by f0#{copies - first}"): copies - 1,
+                        ("duplicate_id", "id already used by a row of the run this one extends"): 1}
+
+
+def test_ids_dealt_over_many_shards_keep_the_same_first_rows(tmp_path):
+    """With shards of 2 ids, ids repeated across files and row groups meet in their shard: the same questions
+    and rejections as one shard."""
+    for name, ids in (("a", [1, 2, 3, 4, 2, 5, 6]), ("b", [6, 7, 1, 8, 9, 10])):
+        pq.write_table(pa.table({"id": ids, "question": [f"{name}问题{i}" for i in range(len(ids))]}),
+                       tmp_path / f"{name}.parquet", row_group_size=2)
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    expected = ([(1, f"{a}#0"), (2, f"{a}#1"), (3, f"{a}#2"), (4, f"{a}#3"), (5, f"{a}#5"), (6, f"{a}#6"),
+                 (7, f"{b}#1"), (8, f"{b}#3"), (9, f"{b}#4"), (10, f"{b}#5")])
+    duplicates = [(f"{a}#4", f"id already used by {a}#1"), (f"{b}#0", f"id already used by {a}#6"),
+                  (f"{b}#2", f"id already used by {a}#0")]
+    for shard_keys in (2, 1000):
+        with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as pipeline:
+            read = pipeline | ReadQuestions(str(tmp_path / "*.parquet"), COLUMNS, 1000, shard_keys=shard_keys)
+            lists = read.questions | beam.combiners.Count.Globally() | beam.Map(lambda n: n > 1)
+            assert_that(lists, equal_to([shard_keys == 2]), label="Lists")  # 13 ids in 7 shards, or in one
+            assert_that(read.questions | beam.FlatMap(iter) | beam.Map(lambda q: (q.id, q.source)),
+                        equal_to(expected))
+            assert_that(read.rejected | beam.Map(lambda r: (r.source, r.detail)), equal_to(duplicates),
+                        label="Rejected")

@@ -44,7 +44,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from transforms.errors import QdedupError
-from transforms.joins import JoinByKey, LookUp, only
+from transforms.joins import SHARD_KEYS, JoinByKey, LookUp, only
 from transforms.logs import Progress
 from transforms.metrics import largest
 from transforms.records import CandidatePair, Edge, ScoredPair, pairs_in
@@ -64,7 +64,7 @@ class ChainingSettings:
     fanout: int = 32             # strongest edges per node whose friend-of-friend pairs are considered
     max_gather: int = 5000       # representatives a re-split may gather on one worker; larger components are cut
     cut_steps: int = 6           # rising edge thresholds a too-large component is cut at
-    join_shard_keys: int = 50_000  # nodes whose label one shard of a look-up join holds (`joins.LookUp`)
+    join_shard_keys: int = SHARD_KEYS  # nodes whose label one shard of a look-up join holds (`joins.LookUp`)
     one_worker_pairs: int = 0    # > 0: components found, judged and cut on one worker holding at most this many pairs
 
 

@@ -127,6 +127,12 @@ class HeldInBatches(beam.DoFn):
             yield from self.outputs_of(held)
 
 
+# Keys one shard of a sharded join holds by default (`--join-shard-keys`), and the most elements of a list dealt
+# into a shard or given out of one: a step a list passes costs what a step an element passes would.
+SHARD_KEYS = 50_000
+LIST_ITEMS = 1000
+
+
 def shard_count(count: int, shard_size: int) -> int:
     """How many shards `count` keys take at about `shard_size` a shard."""
     return max(1, math.ceil(count / shard_size))
@@ -239,7 +245,8 @@ def dealt(grouped: Iterable[tuple[int, bytes]], tag: int) -> Iterator:
 
 
 class _LookUpShard(beam.DoFn):
-    def __init__(self, fn: Callable, key: Callable, args: tuple, lists: frozenset = frozenset(), batch: int = 1000):
+    def __init__(self, fn: Callable, key: Callable, args: tuple, lists: frozenset = frozenset(),
+                 batch: int = LIST_ITEMS):
         self._fn = fn
         self._key = key
         self._args = args
@@ -293,7 +300,7 @@ class LookUp(beam.PTransform):
     steps that take a list as one element (a step a list passes costs what a step an element passes would).
     """
 
-    def __init__(self, fn: Callable, key: Callable, *args, shard_keys: int, batch: int = 1000,
+    def __init__(self, fn: Callable, key: Callable, *args, shard_keys: int, batch: int = LIST_ITEMS,
                  outputs: tuple[str, ...] = (), main: Optional[str] = None,
                  items: Optional[Callable[[Any], Iterable]] = None, lists: tuple[str, ...] = ()):
         super().__init__()

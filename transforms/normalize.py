@@ -11,12 +11,13 @@ import hashlib
 import logging
 import re
 import unicodedata
-from typing import Iterable, Iterator, NamedTuple
+from operator import attrgetter, itemgetter
+from typing import Iterable, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
 
 from transforms.errors import RejectedRow, failure
-from transforms.joins import JoinByKey, only
+from transforms.joins import LIST_ITEMS, SHARD_KEYS, DealIntoShards, dealt
 from transforms.logs import Progress
 from transforms.metrics import StageTimer, largest
 from transforms.records import (
@@ -55,24 +56,50 @@ def text_key(normalized: str) -> str:
     return hashlib.blake2b(normalized.encode("utf-8"), digest_size=16).hexdigest()
 
 
+class TextTally:
+    """What one pass over the rows of a normalized text keeps of them: their count, and the rows that choose its
+    `Representative` (the lowest id, the `preferred` id, the earliest row). Never the rows themselves: a text
+    may have millions of copies.
+
+    `earlier`: the representative an extended run holds for the text, which keeps standing for it; the rows
+    then only add to its count and may be earlier.
+    """
+
+    __slots__ = ("key", "preferred", "earlier", "count", "lowest", "chosen", "first")
+
+    def __init__(self, key: str, preferred: object = None, earlier: Optional[Representative] = None):
+        self.key, self.preferred, self.earlier = key, preferred, earlier
+        self.count = earlier.count if earlier is not None else 0
+        self.lowest = self.chosen = None
+        self.first = (earliest_key(earlier.first_time, earlier.first_id), earlier.first_time, earlier.first_id) \
+            if earlier is not None else None
+
+    def add(self, q: Question) -> None:
+        self.count += 1
+        if self.lowest is None or q.id < self.lowest.id:
+            self.lowest = q
+        if self.preferred is not None and q.id == self.preferred:
+            self.chosen = q
+        first = earliest_key(q.timestamp, q.id)
+        if self.first is None or first < self.first[0]:
+            self.first = (first, q.timestamp, q.id)
+
+    def representative(self) -> Representative:
+        """The representative: the earlier one, else the preferred row when it came, else the lowest id."""
+        _, first_time, first_id = self.first
+        if self.earlier is not None:
+            return self.earlier._replace(count=self.count, first_time=first_time, first_id=first_id)
+        rep = self.chosen or self.lowest
+        return Representative(rep.id, rep.text, rep.normalized, self.key, self.count, first_time, first_id)
+
+
 def choose_representative(key: str, questions: Iterable[Question], preferred: object = None) -> Representative:
     """The first seen stands for the cluster: `preferred` (the representative an earlier run chose
-    for this text, `--params-from`) when it is among the rows, else the lowest id.
-
-    One pass over `questions`, holding none of them: a text may have millions of copies.
-    """
-    lowest = chosen = first = None
-    count = 0
+    for this text, `--params-from`) when it is among the rows, else the lowest id (`TextTally`)."""
+    tally = TextTally(key, preferred)
     for q in questions:
-        count += 1
-        if lowest is None or q.id < lowest.id:
-            lowest = q
-        if preferred is not None and q.id == preferred:
-            chosen = q
-        if first is None or earliest_key(q.timestamp, q.id) < earliest_key(first.timestamp, first.id):
-            first = q
-    rep = chosen or lowest
-    return Representative(rep.id, rep.text, rep.normalized, key, count, first.timestamp, first.id)
+        tally.add(q)
+    return tally.representative()
 
 
 def memberships(rep: Representative, questions: Iterable[Question]) -> Iterator[Membership]:
@@ -80,7 +107,45 @@ def memberships(rep: Representative, questions: Iterable[Question]) -> Iterator[
     return (Membership(q.id, rep.id, rep.key) for q in questions)
 
 
+def collapse_shard(element, extend: bool) -> Iterator:
+    """One shard of texts (`DealIntoShards`: tag 0 the rows as (text key, `Question`), tag 1 an earlier run's
+    `Representative`s) -> a `Representative` per text, to "members" a `Membership` per row, to "new" the
+    representatives of texts the earlier run did not hold.
+
+    `extend`: the earlier run's representatives are this run's too, and new rows with their text join them
+    (`TextTally`'s `earlier`). Otherwise they only say which row stood for a text before (`preferred`).
+    The shard's rows are walked twice, never listed: it holds a `TextTally` per text (about
+    `--join-shard-keys`), however many copies a text has.
+    """
+    _, grouped = element
+    earlier = {rep.key: rep for rep in dealt(grouped, 1)}
+    tallies: dict = {}
+    for key, q in dealt(grouped, 0):
+        tally = tallies.get(key)
+        if tally is None:
+            before = earlier.get(key)
+            tally = tallies[key] = (TextTally(key, earlier=before) if extend and before is not None
+                                    else TextTally(key, before.id if before is not None else None))
+        tally.add(q)
+    reps = {key: tally.representative() for key, tally in tallies.items()}
+    for key, q in dealt(grouped, 0):
+        yield beam.pvalue.TaggedOutput("members", Membership(q.id, reps[key].id, key))
+    rows_per_text = largest("rows_per_text")
+    for key, rep in reps.items():
+        rows_per_text.update(rep.count)
+        if key not in earlier:
+            yield beam.pvalue.TaggedOutput("new", rep)
+        yield rep
+    if extend:
+        for key, rep in earlier.items():
+            if key not in reps:
+                yield rep
+
+
 class _Normalize(beam.DoFn):
+    """A list of questions -> the list of those with a normalized text as (its key, the question), and to
+    "rejected" the others."""
+
     def __init__(self, columns: Columns):
         self._columns = columns
         self._timer = StageTimer("normalize", helpers=False)
@@ -88,62 +153,36 @@ class _Normalize(beam.DoFn):
     def setup(self):
         self._progress = Progress(_LOG, "normalizing", "rows")
 
-    def process(self, question: Question):
-        self._progress.add()
-        try:
-            with self._timer:
-                normalized = normalize_text(question.text)
-        except Exception as exc:
-            yield beam.pvalue.TaggedOutput("rejected", RejectedRow.of(
-                question.row(self._columns), question.source, "normalize_error", failure(exc), "normalize"))
-            return
-        if not normalized:
-            yield beam.pvalue.TaggedOutput(
-                "rejected",
-                RejectedRow.of(question.row(self._columns), question.source, "empty_after_normalization",
-                               "the text has no characters left after removing punctuation and spaces", "normalize"),
-            )
-            return
-        yield question._replace(normalized=normalized)
+    def process(self, questions: list):
+        self._progress.add(0)  # its clock starts with the first list, and a list's rows are counted once done
+        keyed = []
+        with self._timer:
+            for question in questions:
+                try:
+                    normalized = normalize_text(question.text)
+                except Exception as exc:
+                    yield self._rejected(question, "normalize_error", failure(exc))
+                    continue
+                if not normalized:
+                    yield self._rejected(question, "empty_after_normalization",
+                                         "the text has no characters left after removing punctuation and spaces")
+                    continue
+                keyed.append((text_key(normalized), question._replace(normalized=normalized)))
+        self._progress.add(len(questions))
+        if keyed:
+            yield keyed
+
+    def _rejected(self, question: Question, reason: str, detail: str) -> beam.pvalue.TaggedOutput:
+        return beam.pvalue.TaggedOutput("rejected", RejectedRow.of(
+            question.row(self._columns), question.source, reason, detail, "normalize"))
 
 
-def join_representative(rep: Representative, questions: Iterable[Question]) -> Representative:
-    """New rows whose text an existing representative already stands for: it keeps standing for them,
-    its count and earliest row updated (one pass, holding none of the rows)."""
-    first = (earliest_key(rep.first_time, rep.first_id), rep.first_time, rep.first_id)
-    count = rep.count
-    for q in questions:
-        count += 1
-        first = min(first, (earliest_key(q.timestamp, q.id), q.timestamp, q.id))
-    return rep._replace(count=count, first_time=first[1], first_id=first[2])
-
-
-class _Collapse:
-    """One representative per normalized text; "new" ones are those an earlier run did not hold.
-
-    `extend`: the earlier run's representatives are this run's too, and new rows with their text
-    join them. Otherwise they only say which row was seen first (`--params-from`).
-    """
-
+class _CollapseTexts(beam.DoFn):
     def __init__(self, extend: bool):
         self._extend = extend
-        self._largest = largest("rows_per_text")
 
-    def __call__(self, element):
-        key, joined = element
-        questions, earlier = joined["new"], only(joined["earlier"])
-        if earlier is not None and self._extend:
-            rep = join_representative(earlier, questions)
-        elif next(iter(questions), None) is not None:
-            rep = choose_representative(key, questions, earlier.id if earlier is not None else None)
-            if earlier is None:
-                yield beam.pvalue.TaggedOutput("new", rep)
-        else:
-            return
-        self._largest.update(rep.count)
-        yield rep
-        for member in memberships(rep, questions):
-            yield beam.pvalue.TaggedOutput("members", member)
+    def process(self, element):
+        return collapse_shard(element, self._extend)
 
 
 class Collapsed(NamedTuple):
@@ -157,31 +196,40 @@ class Collapsed(NamedTuple):
 
 
 class NormalizeAndCollapse(beam.PTransform):
-    """Accepted questions -> representatives (one per normalized text), memberships, rejected rows.
+    """Accepted questions, in lists (`read.Read.questions`) -> representatives (one per normalized text),
+    memberships, rejected rows.
 
     Applied to (questions, an earlier run's representatives): extending that run (`extend`), new
     rows with a known text join its representative and its representatives are all kept; otherwise
     a known text keeps the row that stood for it, if that row is here (first seen, not lowest id).
     "new_representatives" are texts the earlier run did not hold. Memberships are this input's rows'.
+    Rows and earlier representatives are dealt by text into shards of about `shard_keys` texts, in lists
+    (`collapse_shard`).
     """
 
-    def __init__(self, columns: Columns, extend: bool = False):
+    def __init__(self, columns: Columns, extend: bool = False, shard_keys: int = SHARD_KEYS):
         super().__init__()
         self._columns = columns
         self._extend = extend
+        self._shard_keys = shard_keys
 
     def expand(self, inputs):
         questions, earlier = inputs if isinstance(inputs, tuple) else (inputs, None)
+        if earlier is None:
+            earlier = questions.pipeline | "NoEarlier" >> beam.Create([])
         normalized = questions | "Normalize" >> beam.ParDo(_Normalize(self._columns)).with_outputs(
-            "rejected", main="ok")
-        keyed = {"new": normalized.ok | "KeyByNormalizedText" >> beam.Map(lambda q: (text_key(q.normalized), q))}
-        if earlier is not None:
-            keyed["earlier"] = earlier | "KeyEarlier" >> beam.Map(lambda rep: (rep.key, rep))
-        else:
-            keyed["earlier"] = questions.pipeline | "NoEarlier" >> beam.Create([])
+            "rejected", main="keyed")
+        counts = (normalized.keyed | "RowsInList" >> beam.Map(len),
+                  earlier | "CountEarlier" >> beam.combiners.Count.Globally())
+        keys = beam.pvalue.AsSingleton(counts | "AllCounts" >> beam.Flatten() | "Texts" >> beam.CombineGlobally(sum))
         collapsed = (
-            keyed
-            | "GroupExactDuplicates" >> JoinByKey(_Collapse(self._extend), outputs=("members", "new"),
-                                                  main="representatives")
+            (normalized.keyed | "DealRowsByText" >> beam.ParDo(
+                DealIntoShards(0, itemgetter(0), self._shard_keys, LIST_ITEMS, items=iter), keys=keys),
+             earlier | "DealEarlier" >> beam.ParDo(
+                 DealIntoShards(1, attrgetter("key"), self._shard_keys, LIST_ITEMS), keys=keys))
+            | "FlattenTexts" >> beam.Flatten()
+            | "GroupTexts" >> beam.GroupByKey()
+            | "CollapseTexts" >> beam.ParDo(_CollapseTexts(self._extend)).with_outputs(
+                "members", "new", main="representatives")
         )
         return Collapsed(collapsed.representatives, collapsed.new, collapsed.members, normalized.rejected)

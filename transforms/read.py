@@ -8,7 +8,8 @@ the pipeline starts, so they cost seconds, not a worker start-up.
 from __future__ import annotations
 
 import logging
-from typing import Iterable, NamedTuple, Optional
+from operator import attrgetter, itemgetter
+from typing import Iterable, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
 import pyarrow as pa
@@ -17,8 +18,9 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.coders import Records
 from transforms.errors import RejectedRow, failure
-from transforms.joins import JoinByKey
+from transforms.joins import LIST_ITEMS, SHARD_KEYS, DealIntoShards, dealt
 from transforms.metrics import StageTimer
 from transforms.records import Columns, Question
 
@@ -56,16 +58,8 @@ def text_values(column: pa.Array) -> list:
         return values
 
 
-class Unreadable(NamedTuple):
-    """Stands for the id of a row that could not be decoded from its file."""
-
-    detail: str
-
-
 def validate_row(row_id: object, text: object, max_text_chars: int) -> Optional[tuple[str, str]]:
     """(reason, detail) when a row cannot be deduplicated, None when it can."""
-    if isinstance(row_id, Unreadable):
-        return "unreadable_row", row_id.detail
     if row_id is None:
         return "null_id", "the id is null"
     if isinstance(row_id, str) and not row_id.strip():
@@ -109,15 +103,20 @@ def row_groups(path: str) -> list[RowGroup]:
 
 
 class _ReadRowGroup(beam.DoFn):
-    """`RowGroup` -> (id, text, timestamp, path, row) per row; a damaged page sets aside the rows of its row
-    group from there on (as `Unreadable`), and the other row groups are read."""
+    """`RowGroup` -> per batch of rows read, a list of the rows that pass `validate_row` as (id, text, timestamp,
+    path, row), to "rejected" a `RejectedRow` for each one that does not, and to "rows" how many were read.
+    A damaged page sets aside the rows of its row group from there on, and the other row groups are read.
 
-    def __init__(self, columns: Columns):
+    Rows travel on in lists, not one by one: a step an element passes costs what it costs whatever the
+    element holds (benchmarks/README.md, "fortieth session")."""
+
+    def __init__(self, columns: Columns, max_text_chars: int):
         self._columns = columns
+        self._max_text_chars = max_text_chars
         self._rows = beam.metrics.Metrics.counter("qdedup", "rows_read")
         self._timer = StageTimer("read")
 
-    def process(self, group: RowGroup) -> Iterable[tuple]:
+    def process(self, group: RowGroup) -> Iterable:
         index, end = group.first_row, group.first_row + group.rows
         with FileSystems.open(group.path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             names = [name for name in self._columns if name]
@@ -130,8 +129,9 @@ class _ReadRowGroup(beam.DoFn):
                     except Exception as exc:  # a damaged page: the rest of its row group is set aside
                         detail = f"the file could not be decoded from this row on ({failure(exc)})"
                         for row in range(index, end):
-                            yield Unreadable(detail), None, None, group.path, row
-                        self._rows.inc(end - index)
+                            yield beam.pvalue.TaggedOutput("rejected", RejectedRow.of(
+                                {}, f"{group.path}#{row}", "unreadable_row", detail))
+                        yield from self._read(end - index)
                         _LOG.warning("%s: rows %d to %d cannot be decoded; they go to rejected/",
                                      group.path, index, end - 1)
                         return
@@ -141,65 +141,67 @@ class _ReadRowGroup(beam.DoFn):
                     texts = text_values(batch.column(self._columns.text))
                     times = (time_values(batch.column(self._columns.timestamp)) if self._columns.timestamp
                              else [None] * len(ids))
+                accepted = []
                 for row_id, text, when in zip(ids, texts, times):
-                    yield row_id, text, when, group.path, index
+                    problem = self._problem(row_id, text)
+                    if problem is None:
+                        accepted.append((row_id, text, when, group.path, index))
+                    else:
+                        yield beam.pvalue.TaggedOutput("rejected", RejectedRow.of(
+                            {self._columns.id: row_id, self._columns.text: text}, f"{group.path}#{index}", *problem))
                     index += 1
-                self._rows.inc(len(ids))
+                if accepted:
+                    yield accepted
+                yield from self._read(len(ids))
         _LOG.info("read rows %d to %d of %s", group.first_row, index - 1, group.path)
 
-
-class _Validate(beam.DoFn):
-    def __init__(self, columns: Columns, max_text_chars: int):
-        self._columns = columns
-        self._max_text_chars = max_text_chars
-
-    def process(self, raw: tuple):
-        row_id, text, when, path, index = raw
-        source = f"{path}#{index}"
+    def _problem(self, row_id, text) -> Optional[tuple[str, str]]:
         try:
-            problem = validate_row(row_id, text, self._max_text_chars)
+            return validate_row(row_id, text, self._max_text_chars)
         except Exception as exc:  # a value no check foresaw: set the row aside, keep the run going
-            problem = "validation_error", failure(exc)
-        if problem is not None:
-            yield beam.pvalue.TaggedOutput(
-                "rejected", RejectedRow.of(
-                    {} if isinstance(row_id, Unreadable) else {self._columns.id: row_id, self._columns.text: text},
-                    source, *problem))
-            return
-        yield row_id, (path, index, text, when)
+            return "validation_error", failure(exc)
+
+    def _read(self, rows: int):
+        self._rows.inc(rows)
+        yield beam.pvalue.TaggedOutput("rows", rows)
 
 
-class _KeepFirstOccurrence:
-    """The first occurrence of an id (by file path, then row) wins; the later ones are rejected.
+def first_occurrences(element, columns: Columns, batch: int) -> Iterator:
+    """One shard of rows dealt by id (`DealIntoShards`: tag 0 the rows as (id, text, timestamp, path, row), tag 1
+    the ids an extended run holds) -> `Question`s in `Records` of up to `batch`, and to "rejected" the rows whose
+    id is taken: the first occurrence of an id (by file path, then row) wins; with an extended run's id, none.
 
-    The rows of one id are walked twice, never listed or sorted: bad input may repeat an id a million times.
+    The shard's rows are walked twice, never listed: it holds each of its ids' first place (about
+    `--join-shard-keys` of them), however often bad input repeats one id.
     """
-
-    def __init__(self, columns: Columns):
-        self._columns = columns
-
-    def __call__(self, element):
-        row_id, joined = element
-        rows = joined["new"]
-        earliest = min(rows, default=None)
-        if earliest is None:
-            return
-        if any(True for _ in joined["existing"]):  # an extension: the id is taken by an earlier run's row
-            first, kept = "a row of the run this one extends", None
+    _, grouped = element
+    existing = set(dealt(grouped, 1))
+    first: dict = {}
+    for row_id, _, _, path, index in dealt(grouped, 0):
+        place = first.get(row_id)
+        if place is None or (path, index) < place:
+            first[row_id] = (path, index)
+    questions = Records()
+    for row_id, text, when, path, index in dealt(grouped, 0):
+        if row_id in existing:
+            taken = "a row of the run this one extends"
+        elif (path, index) != first[row_id]:
+            taken = "{}#{}".format(*first[row_id])
         else:
-            path, index, text, when = kept = earliest
-            first = f"{path}#{index}"
-            yield Question(row_id, text, first, timestamp=when)
-        for path, index, text, when in rows:
-            if (path, index, text, when) == kept:
-                continue
-            yield beam.pvalue.TaggedOutput("rejected", RejectedRow.of(
-                {self._columns.id: row_id, self._columns.text: text}, f"{path}#{index}",
-                "duplicate_id", f"id already used by {first}"))
+            questions.append(Question(row_id, text, f"{path}#{index}", timestamp=when))
+            if len(questions) >= batch:
+                yield questions
+                questions = Records()
+            continue
+        yield beam.pvalue.TaggedOutput("rejected", RejectedRow.of(
+            {columns.id: row_id, columns.text: text}, f"{path}#{index}", "duplicate_id", f"id already used by {taken}"))
+    if questions:
+        yield questions
 
 
 class Read(NamedTuple):
-    """What `ReadQuestions` gives: accepted `Question`s, `RejectedRow`s, and every row read (to count)."""
+    """What `ReadQuestions` gives: accepted `Question`s in `Records` lists, `RejectedRow`s, and how many rows each
+    batch read held (to count)."""
 
     questions: beam.PCollection
     rejected: beam.PCollection
@@ -207,39 +209,60 @@ class Read(NamedTuple):
 
 
 class ReadQuestions(beam.PTransform):
-    """Parquet files -> accepted `Question`s, `RejectedRow`s, and every row read.
+    """Parquet files -> accepted `Question`s (in lists), `RejectedRow`s, and the rows read.
 
     Each (file, row group) is a work item of its own, spread over workers by a shuffle; a row's
     provenance (`file#row`, rows counted from 0 within the file) does not depend on how it was read.
+    Rows that pass validation are dealt by id into shards of about `shard_keys` ids (their count from the
+    files' footers), in lists, where each id's first occurrence is kept (`first_occurrences`).
 
     `existing_ids` (an extended run's row ids) makes a new row reusing one a duplicate_id.
     """
 
-    def __init__(self, pattern: str, columns: Columns, max_text_chars: int, existing_ids=None):
+    def __init__(self, pattern: str, columns: Columns, max_text_chars: int, existing_ids=None,
+                 shard_keys: int = SHARD_KEYS):
         super().__init__()
         self._pattern = pattern
         self._columns = columns
         self._max_text_chars = max_text_chars
         self._existing_ids = existing_ids
+        self._shard_keys = shard_keys
 
     def expand(self, pbegin):
-        rows = (
+        groups = (
             pbegin
             | "MatchFiles" >> fileio.MatchFiles(self._pattern)
             | "RowGroups" >> beam.FlatMap(  # a path ending in "/" is an object store's folder marker
                 lambda metadata: [] if metadata.path.endswith("/") else row_groups(metadata.path))
-            | "SpreadRowGroups" >> beam.Reshuffle()  # else every file is read behind the one pattern element
-            | "ReadRowGroup" >> beam.ParDo(_ReadRowGroup(self._columns))
         )
-        checked = rows | "ValidateRows" >> beam.ParDo(
-            _Validate(self._columns, self._max_text_chars)).with_outputs("rejected", main="ok")
+        read = (
+            groups
+            | "SpreadRowGroups" >> beam.Reshuffle()  # else every file is read behind the one pattern element
+            | "ReadRowGroup" >> beam.ParDo(_ReadRowGroup(self._columns, self._max_text_chars)).with_outputs(
+                "rejected", "rows", main="accepted")
+        )
         existing = self._existing_ids
         if existing is None:
             existing = pbegin | "NoExistingIds" >> beam.Create([])
-        unique = (
-            {"new": checked.ok, "existing": existing | "ExistingId" >> beam.Map(lambda row_id: (row_id, None))}
-            | "RejectDuplicateIds" >> JoinByKey(_KeepFirstOccurrence(self._columns), outputs=("rejected",),
-                                                main="questions")
+        counts = (groups | "RowsInGroup" >> beam.Map(attrgetter("rows")),
+                  existing | "CountExisting" >> beam.combiners.Count.Globally())
+        keys = beam.pvalue.AsSingleton(counts | "AllCounts" >> beam.Flatten() | "Ids" >> beam.CombineGlobally(sum))
+        dealt_ids = (
+            read.accepted | "DealRowsById" >> beam.ParDo(
+                DealIntoShards(0, itemgetter(0), self._shard_keys, LIST_ITEMS, items=iter), keys=keys),
+            existing | "DealExistingIds" >> beam.ParDo(
+                DealIntoShards(1, _itself, self._shard_keys, LIST_ITEMS), keys=keys),
         )
-        rejected = (checked.rejected, unique.rejected) | "MergeRejected" >> beam.Flatten()
-        return Read(unique.questions, rejected, rows)
+        unique = (
+            dealt_ids
+            | "FlattenIds" >> beam.Flatten()
+            | "GroupIds" >> beam.GroupByKey()
+            | "FirstOccurrences" >> beam.FlatMap(first_occurrences, self._columns, LIST_ITEMS).with_outputs(
+                "rejected", main="questions")
+        )
+        rejected = (read.rejected, unique.rejected) | "MergeRejected" >> beam.Flatten()
+        return Read(unique.questions, rejected, read.rows)
+
+
+def _itself(value):
+    return value
