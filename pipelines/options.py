@@ -77,8 +77,8 @@ class QdedupOptions(PipelineOptions):
             default=_CHAINING.cut_steps, help="chaining control: rising thresholds a too-large component is cut at")
         add("--join-shard-keys", "--join_shard_keys", dest="join_shard_keys", type=int,
             default=_CHAINING.join_shard_keys,
-            help="chaining control: node labels one shard of a look-up join holds on a worker (its pairs "
-                 "stream past them in lists)")
+            help="keys one shard of a sharded join holds on a worker: row ids (reading), normalized texts "
+                 "(collapsing exact copies), node labels (chaining control; its pairs stream past them in lists)")
         add("--top-k", "--top_k", dest="top_k", type=int, default=_BLOCKING.top_k,
             help="candidate neighbours per question")
         add("--min-similarity", "--min_similarity", dest="min_similarity", type=float,

@@ -5,14 +5,7 @@ import apache_beam as beam
 import pytest
 
 from tests.helpers import dealt_shard, peak_bytes
-from transforms.normalize import (
-    TextTally,
-    choose_representative,
-    collapse_shard,
-    memberships,
-    normalize_text,
-    text_key,
-)
+from transforms.normalize import TextTally, collapse_shard, normalize_text, text_key
 from transforms.records import Question, Representative
 
 
@@ -39,12 +32,21 @@ def test_variants_share_a_key_and_different_texts_do_not():
 
 
 def test_representative_is_lowest_id_and_lists_every_member():
-    questions = [Question(7, "问题？", "f#0"), Question(3, "问题", "f#1"), Question(5, "问题!", "f#2")]
-    rep = choose_representative("k", questions)
-    members = list(memberships(rep, questions))
-    assert (rep.id, rep.text, rep.count) == (3, "问题", 3)
-    assert sorted(m.id for m in members) == [3, 5, 7]
-    assert {m.rep_id for m in members} == {3}
+    questions = [Question(7, "问题？", "f#0", "问题"), Question(3, "问题", "f#1", "问题"),
+                 Question(5, "问题!", "f#2", "问题")]
+    found = _outputs(dealt_shard([("k", q) for q in questions]))
+    [rep] = found[None]
+    assert (rep.id, rep.text, rep.count, rep.key) == (3, "问题", 3, "k")
+    assert sorted(m.id for m in found["members"]) == [3, 5, 7]
+    assert {m.rep_id for m in found["members"]} == {3}
+
+
+def choose_representative(key, questions, preferred=None):
+    """A text's representative from its rows alone (`TextTally`), to check a shard's against."""
+    tally = TextTally(key, preferred)
+    for q in questions:
+        tally.add(q)
+    return tally.representative()
 
 
 def _outputs(element, extend=False):

@@ -12,7 +12,7 @@ import logging
 import re
 import unicodedata
 from operator import attrgetter, itemgetter
-from typing import Iterable, Iterator, NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import apache_beam as beam
 
@@ -91,20 +91,6 @@ class TextTally:
             return self.earlier._replace(count=self.count, first_time=first_time, first_id=first_id)
         rep = self.chosen or self.lowest
         return Representative(rep.id, rep.text, rep.normalized, self.key, self.count, first_time, first_id)
-
-
-def choose_representative(key: str, questions: Iterable[Question], preferred: object = None) -> Representative:
-    """The first seen stands for the cluster: `preferred` (the representative an earlier run chose
-    for this text, `--params-from`) when it is among the rows, else the lowest id (`TextTally`)."""
-    tally = TextTally(key, preferred)
-    for q in questions:
-        tally.add(q)
-    return tally.representative()
-
-
-def memberships(rep: Representative, questions: Iterable[Question]) -> Iterator[Membership]:
-    """Each row's tie to the representative of its text (the representative's own row included)."""
-    return (Membership(q.id, rep.id, rep.key) for q in questions)
 
 
 def collapse_shard(element, extend: bool) -> Iterator:
