@@ -127,19 +127,20 @@ class Lazy:
 
 def dealt_shard(*sides, size: int = 1000) -> tuple:
     """A shard (0, its grouped values) as `joins.DealIntoShards` makes it: side i's items under tag i, in pickled
-    lists of up to `size`, made anew at each walk (`Lazy`) and never all held. A side is an iterable, or a
-    function making one (to give many items without holding them)."""
-    def lists():
-        for tag, items in enumerate(sides):
-            chunk = []
-            for item in (items() if callable(items) else items):
-                chunk.append(item)
-                if len(chunk) == size:
-                    yield tag, pickled_list(chunk)
-                    chunk = []
-            if chunk:
-                yield tag, pickled_list(chunk)
-    return 0, Lazy(lists)
+    lists of up to `size`. The lists are pickled here, once, as the runner holds a shard's values (bytes, not
+    records), so that a test measuring what a function holds while it walks them counts none of it. A side is
+    an iterable, or a function making one (to give many items without holding them as records)."""
+    lists = []
+    for tag, items in enumerate(sides):
+        chunk = []
+        for item in (items() if callable(items) else items):
+            chunk.append(item)
+            if len(chunk) == size:
+                lists.append((tag, pickled_list(chunk)))
+                chunk = []
+        if chunk:
+            lists.append((tag, pickled_list(chunk)))
+    return 0, lists
 
 
 def peak_bytes(fn):
