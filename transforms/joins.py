@@ -237,6 +237,21 @@ class DealIntoShards(beam.DoFn):
             yield shard, (self._tag, pickled_list(held))
 
 
+def total_keys(counts: Iterable) -> beam.pvalue.AsSingleton:
+    """The side input that sizes shards (`shard_count`): the sum of PCollections of counts (counts of a side's keys,
+    or of what holds them), with labels relative to the calling transform."""
+    return beam.pvalue.AsSingleton(tuple(counts) | "AllCounts" >> beam.Flatten() | "Keys" >> beam.CombineGlobally(sum))
+
+
+def dealt_shards(sides: Iterable[tuple], keys, shard_keys: int, batch: int = LIST_ITEMS) -> beam.PCollection:
+    """(label, PCollection, key, items) for each side, in tag order -> (shard, its grouped values): every side's
+    elements dealt under its tag by `DealIntoShards` (`keys`: the side input that sizes the shards), then grouped
+    by shard. Read a side of a shard back with `dealt`; labels are relative to the calling transform."""
+    dealt_lists = [pcoll | label >> beam.ParDo(DealIntoShards(tag, key, shard_keys, batch, items), keys=keys)
+                   for tag, (label, pcoll, key, items) in enumerate(sides)]
+    return dealt_lists | "Flatten" >> beam.Flatten() | "Group" >> beam.GroupByKey()
+
+
 def dealt(grouped: Iterable[tuple[int, bytes]], tag: int) -> Iterator:
     """The elements `DealIntoShards` dealt under `tag` into one shard's grouped values, list by list."""
     for t, elements in grouped:
@@ -321,13 +336,9 @@ class LookUp(beam.PTransform):
     def expand(self, inputs):
         elements, lookup = inputs
         keys = beam.pvalue.AsSingleton(lookup | "CountKeys" >> beam.combiners.Count.Globally())
-        dealt = [
-            lookup | "DealValues" >> beam.ParDo(DealIntoShards(0, itemgetter(0), self._shard_keys, self._batch),
-                                                keys=keys),
-            elements | "DealElements" >> beam.ParDo(
-                DealIntoShards(1, self._key, self._shard_keys, self._batch, self._items), keys=keys),
-        ]
+        shards = dealt_shards((("DealValues", lookup, itemgetter(0), None),
+                               ("DealElements", elements, self._key, self._items)), keys, self._shard_keys, self._batch)
         call = beam.ParDo(_LookUpShard(self._fn, self._key, self._args, self._lists, self._batch))
         if self._outputs:
             call = call.with_outputs(*self._outputs, main=self._main)
-        return dealt | "Flatten" >> beam.Flatten() | "Group" >> beam.GroupByKey() | "LookUp" >> call
+        return shards | "LookUp" >> call

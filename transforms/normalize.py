@@ -17,7 +17,7 @@ from typing import Iterator, NamedTuple, Optional
 import apache_beam as beam
 
 from transforms.errors import RejectedRow, failure
-from transforms.joins import LIST_ITEMS, SHARD_KEYS, DealIntoShards, dealt
+from transforms.joins import SHARD_KEYS, dealt, dealt_shards, total_keys
 from transforms.logs import Progress
 from transforms.metrics import StageTimer, largest
 from transforms.records import (
@@ -110,8 +110,7 @@ def collapse_shard(element, extend: bool) -> Iterator:
         tally = tallies.get(key)
         if tally is None:
             before = earlier.get(key)
-            tally = tallies[key] = (TextTally(key, earlier=before) if extend and before is not None
-                                    else TextTally(key, before.id if before is not None else None))
+            tally = tallies[key] = TextTally(key, before.id if before else None, before if extend else None)
         tally.add(q)
     reps = {key: tally.representative() for key, tally in tallies.items()}
     for key, q in dealt(grouped, 0):
@@ -141,20 +140,22 @@ class _Normalize(beam.DoFn):
 
     def process(self, questions: list):
         self._progress.add(0)  # its clock starts with the first list, and a list's rows are counted once done
-        keyed = []
+        keyed, rejected = [], []
         with self._timer:
             for question in questions:
                 try:
                     normalized = normalize_text(question.text)
                 except Exception as exc:
-                    yield self._rejected(question, "normalize_error", failure(exc))
+                    rejected.append(self._rejected(question, "normalize_error", failure(exc)))
                     continue
                 if not normalized:
-                    yield self._rejected(question, "empty_after_normalization",
-                                         "the text has no characters left after removing punctuation and spaces")
+                    rejected.append(self._rejected(
+                        question, "empty_after_normalization",
+                        "the text has no characters left after removing punctuation and spaces"))
                     continue
                 keyed.append((text_key(normalized), question._replace(normalized=normalized)))
         self._progress.add(len(questions))
+        yield from rejected
         if keyed:
             yield keyed
 
@@ -205,16 +206,11 @@ class NormalizeAndCollapse(beam.PTransform):
             earlier = questions.pipeline | "NoEarlier" >> beam.Create([])
         normalized = questions | "Normalize" >> beam.ParDo(_Normalize(self._columns)).with_outputs(
             "rejected", main="keyed")
-        counts = (normalized.keyed | "RowsInList" >> beam.Map(len),
-                  earlier | "CountEarlier" >> beam.combiners.Count.Globally())
-        keys = beam.pvalue.AsSingleton(counts | "AllCounts" >> beam.Flatten() | "Texts" >> beam.CombineGlobally(sum))
+        keys = total_keys((normalized.keyed | "RowsInList" >> beam.Map(len),
+                           earlier | "CountEarlier" >> beam.combiners.Count.Globally()))
         collapsed = (
-            (normalized.keyed | "DealRowsByText" >> beam.ParDo(
-                DealIntoShards(0, itemgetter(0), self._shard_keys, LIST_ITEMS, items=iter), keys=keys),
-             earlier | "DealEarlier" >> beam.ParDo(
-                 DealIntoShards(1, attrgetter("key"), self._shard_keys, LIST_ITEMS), keys=keys))
-            | "FlattenTexts" >> beam.Flatten()
-            | "GroupTexts" >> beam.GroupByKey()
+            dealt_shards((("DealRowsByText", normalized.keyed, itemgetter(0), iter),
+                          ("DealEarlier", earlier, attrgetter("key"), None)), keys, self._shard_keys)
             | "CollapseTexts" >> beam.ParDo(_CollapseTexts(self._extend)).with_outputs(
                 "members", "new", main="representatives")
         )

@@ -20,7 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.coders import Records
 from transforms.errors import RejectedRow, failure
-from transforms.joins import LIST_ITEMS, SHARD_KEYS, DealIntoShards, dealt
+from transforms.joins import LIST_ITEMS, SHARD_KEYS, dealt, dealt_shards, total_keys
 from transforms.metrics import StageTimer
 from transforms.records import Columns, Question
 
@@ -244,19 +244,11 @@ class ReadQuestions(beam.PTransform):
         existing = self._existing_ids
         if existing is None:
             existing = pbegin | "NoExistingIds" >> beam.Create([])
-        counts = (groups | "RowsInGroup" >> beam.Map(attrgetter("rows")),
-                  existing | "CountExisting" >> beam.combiners.Count.Globally())
-        keys = beam.pvalue.AsSingleton(counts | "AllCounts" >> beam.Flatten() | "Ids" >> beam.CombineGlobally(sum))
-        dealt_ids = (
-            read.accepted | "DealRowsById" >> beam.ParDo(
-                DealIntoShards(0, itemgetter(0), self._shard_keys, LIST_ITEMS, items=iter), keys=keys),
-            existing | "DealExistingIds" >> beam.ParDo(
-                DealIntoShards(1, _itself, self._shard_keys, LIST_ITEMS), keys=keys),
-        )
+        keys = total_keys((groups | "RowsInGroup" >> beam.Map(attrgetter("rows")),
+                           existing | "CountExisting" >> beam.combiners.Count.Globally()))
         unique = (
-            dealt_ids
-            | "FlattenIds" >> beam.Flatten()
-            | "GroupIds" >> beam.GroupByKey()
+            dealt_shards((("DealRowsById", read.accepted, itemgetter(0), iter),
+                          ("DealExistingIds", existing, _itself, None)), keys, self._shard_keys)
             | "FirstOccurrences" >> beam.FlatMap(first_occurrences, self._columns, LIST_ITEMS).with_outputs(
                 "rejected", main="questions")
         )
