@@ -54,6 +54,16 @@ def test_two_runs_give_identical_outputs(reference_run, corpus, tiny_model, tmp_
     assert {k: again[k] for k in COUNTS} == {k: report[k] for k in COUNTS}
 
 
+def test_shards_of_a_few_keys_give_identical_outputs(reference_run, corpus, tiny_model, tmp_path):
+    """Reading (each id's first row) and collapsing exact copies, dealt into shards of 7 keys (the sample's
+    ~400 rows: dozens of shards) instead of one: the same outputs and counts."""
+    out, report = reference_run
+    directory, _ = corpus
+    again = run_qdedup(directory / "*.parquet", tmp_path / "sharded", tiny_model, "--join-shard-keys", "7")
+    assert_same(outputs(out), outputs(tmp_path / "sharded"))
+    assert {k: again[k] for k in COUNTS} == {k: report[k] for k in COUNTS}
+
+
 def test_two_worker_processes_give_the_same_outputs_and_keep_library_noise_quiet(reference_run, corpus, tiny_model,
                                                                                  tmp_path, capfd, monkeypatch):
     out, report = reference_run
