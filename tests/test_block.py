@@ -445,9 +445,11 @@ def test_a_hot_partition_of_12k_near_copies_is_split_with_a_linear_shuffle(tmp_p
 
 
 def test_one_pass_splits_the_entries_and_samples_the_hot_ones_as_a_filter_over_all_would():
-    """An entry of a partition that is not split goes on whole, as ((partition, 0), entry); one of a split (hot)
-    partition to "hot"; and the hot entries that fall in their partition's second-level sample to "sample" as
-    (partition, (id, vector)): exactly the entries a separate pass over every entry with `_in_sub_sample` picked."""
+    """An entry of a partition that is not split goes to its one work item, as `_ToWorkItems` deals it (given
+    sizes: a first run's partitions, whose sizes are known) or on whole as ((partition, 0), entry) for it (an
+    earlier run's partitions); one of a split (hot) partition to "hot"; and the hot entries that fall in their
+    partition's second-level sample to "sample" as (partition, (id, vector)): exactly the entries a separate pass
+    over every entry with `_in_sub_sample` picked."""
     settings = BlockingSettings(max_block=50, sample_per_partition=8)
     rng = np.random.default_rng(5)
     vectors = _unit(rng, 400, 8)
@@ -458,7 +460,9 @@ def test_one_pass_splits_the_entries_and_samples_the_hot_ones_as_a_filter_over_a
     tagged = {}
     for out in outputs:
         tagged.setdefault(getattr(out, "tag", None), []).append(getattr(out, "value", out))
-    assert tagged[None] == [((p, 0), entry) for p, entry in entries if p == 1]
+    to_work_items = block._ToWorkItems(settings.max_block, settings.max_fanout)
+    dealt = [out for p, entry in entries if p == 1 for out in to_work_items.process(((p, 0), entry), {(p, 0): 40})]
+    assert tagged[None] == dealt and [key for key, _ in dealt] == [(1, 0, 0, 0)] * len(dealt)
     assert tagged["hot"] == [(p, entry) for p, entry in entries if p in split]
     expected = [(p, entry[1]) for p, entry in entries if block._in_sub_sample((p, entry), sizes, settings)]
     assert 0 < len(expected) < 200 and {p for p, _ in expected} == {0, 2}
@@ -466,6 +470,7 @@ def test_one_pass_splits_the_entries_and_samples_the_hot_ones_as_a_filter_over_a
     assert all(np.array_equal(vector, vectors[rep_id]) for _, (rep_id, vector) in tagged["sample"])
     given = [out for entry in entries for out in block._SplitHot(settings).process(entry, split)]
     assert not [out for out in given if getattr(out, "tag", None) == "sample"]  # sizes not given: no sample
+    assert [out for out in given if not hasattr(out, "tag")] == [((p, 0), entry) for p, entry in entries if p == 1]
 
 
 def test_a_pair_found_from_both_ends_is_one_with_every_text_either_end_knew():

@@ -498,9 +498,12 @@ class _SampleForCentroids(beam.DoFn):
 
 class _SplitHot(beam.DoFn):
     """(partition, entry) -> ((partition, 0), entry), or to "hot" as it is when the partition is split. With
-    `sizes` (every partition's size, where the second level is trained here), a hot entry that falls in the
-    sample its partition's second level trains on (`_in_sub_sample`) goes to "sample" too, as (partition, (id,
-    vector)): one pass over the entries splits and samples them (only a split partition is sampled)."""
+    `sizes` (every partition's size, where the second level is trained here), a partition not split holds at
+    most `max_block` entries, so its one work item is known: its entries go there at once, as `_ToWorkItems`
+    would deal them ((partition, 0, 0, 0), (role, packed item)), not through a count and a step of their own;
+    and a hot entry that falls in the sample its partition's second level trains on (`_in_sub_sample`) goes
+    to "sample" too, as (partition, (id, vector)): one pass over the entries splits and samples them (only a
+    split partition is sampled)."""
 
     def __init__(self, settings: BlockingSettings):
         self._settings = settings
@@ -508,7 +511,10 @@ class _SplitHot(beam.DoFn):
     def process(self, element, split: dict, sizes: Optional[dict] = None):
         partition, entry = element
         if partition not in split:
-            yield (partition, 0), entry
+            if sizes is None:
+                yield (partition, 0), entry
+            else:
+                yield (partition, 0, 0, 0), (entry[0], entry[2])
             return
         yield beam.pvalue.TaggedOutput("hot", element)
         if sizes is not None and _in_sub_sample(element, sizes, self._settings):
@@ -790,12 +796,16 @@ class BlockCandidates(beam.PTransform):
         else:
             sub_centroids = hot
         routed = {"entry": split.hot, "sub": sub_centroids} | "RouteHot" >> JoinByKey(_route, settings.probes)
-        part_sizes = beam.pvalue.AsDict(
-            (split.whole | "WholeSizes" >> beam.combiners.Count.PerKey(),
-             routed | "SubSizes" >> beam.combiners.Count.PerKey()) | "PartSizes" >> beam.Flatten())
         to_work_items = _ToWorkItems(settings.max_block, settings.max_fanout)
-        work = (split.whole | "WholeWorkItems" >> beam.ParDo(to_work_items, sizes=part_sizes),
-                routed | "SubWorkItems" >> beam.ParDo(to_work_items, sizes=part_sizes))
+        if self._centroids is None:  # the partitions not split are work items already (`_SplitHot`)
+            part_sizes = beam.pvalue.AsDict(routed | "SubSizes" >> beam.combiners.Count.PerKey())
+            whole_items = split.whole
+        else:  # an earlier run's partitions, which this run's rows may have grown past `max_block`
+            part_sizes = beam.pvalue.AsDict(
+                (split.whole | "WholeSizes" >> beam.combiners.Count.PerKey(),
+                 routed | "SubSizes" >> beam.combiners.Count.PerKey()) | "PartSizes" >> beam.Flatten())
+            whole_items = split.whole | "WholeWorkItems" >> beam.ParDo(to_work_items, sizes=part_sizes)
+        work = (whole_items, routed | "SubWorkItems" >> beam.ParDo(to_work_items, sizes=part_sizes))
         found = (
             work
             | "AllWorkItems" >> beam.Flatten()
