@@ -49,7 +49,7 @@ def test_rules_as_functions():
 def _assign(previous, groups, tmp_path, name="assigned", first_run=False):
     """groups: {label: (canonical id, member ids)} -> ({label: (id, since run, inherited)}, lineage)."""
     out = tmp_path / f"{name}.json"
-    rows = [(member, label) for label, (_, members) in groups.items() for member in members]
+    rows = [(label, (member, f"k{member}", 1, member)) for label, (_, members) in groups.items() for member in members]
     with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as p:
         result = (
             p | "Rows" >> beam.Create(rows),
@@ -225,6 +225,8 @@ def test_only_a_run_with_no_earlier_groups_skips_the_previous_group_joins(corpus
     later = steps("later", f"--previous-groups={earlier / 'groups'}")
     assert "ClusterGroups/AssignGroupIds/FirstRunIds" in first
     assert not any(label.startswith("ClusterGroups/AssignGroupIds/Overlaps") for label in first)
+    assert "ClusterGroups/AssignGroupIds/RowLabel" not in first  # no step a row passes for nothing
+    assert "ClusterGroups/AssignGroupIds/RowLabel" in later
     assert "ClusterGroups/AssignGroupIds/FirstRunIds" not in later
     assert any(label.startswith("ClusterGroups/AssignGroupIds/Overlaps") for label in later)
 

@@ -392,8 +392,8 @@ class ClusterGroups(beam.PTransform):
         split_chains: the components of the edges (pairs scoring at least the threshold) with chaining control,
             scored batches -> `Chained`-like: group labels and the edge scores inside each group (`SplitChains`
             in a run, given `ConnectedComponents`).
-        assign_ids: (row labels, group canonical ids, previous rows) -> ids and lineage
-            (`AssignGroupIds` in a run).
+        assign_ids: (rows as (group label, (row id, ...)), group canonical ids, previous rows) -> ids and
+            lineage (`AssignGroupIds` in a run).
         explain: (a group's GroupInfo, its AssignedId, its edges, its rows as (row id, key, count, rep id))
             -> its explanation rows (`explain.Explainer` in a run), called where the group's rows are made.
         canonical: `frequent` or `earliest` (see `summarize_group`).
@@ -423,7 +423,7 @@ class ClusterGroups(beam.PTransform):
             | "SummarizeGroup" >> JoinByKey(_summarize, self._canonical)
         )
         assigned = (
-            rows | "RowLabel" >> beam.MapTuple(lambda label, row: (row[0], label)),
+            rows,
             summaries | "Canonical" >> beam.MapTuple(lambda label, group: (label, group[0].canonical_id)),
             previous,
         ) | "AssignGroupIds" >> self._assign_ids

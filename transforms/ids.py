@@ -275,7 +275,7 @@ class AssignedIds(NamedTuple):
 
 
 class AssignGroupIds(beam.PTransform):
-    """(rows as (row id, label), canonical ids as (label, id), `PreviousRow`s) -> ids and lineage.
+    """(rows as (label, (row id, ...)), canonical ids as (label, id), `PreviousRow`s) -> ids and lineage.
 
     Returns {"ids": (label, AssignedId), "lineage": LineageRow}, by the rules of `assign_ids`.
     With no previous rows every group is new, its id its canonical member's, in run 1.
@@ -283,7 +283,8 @@ class AssignGroupIds(beam.PTransform):
     Args:
         first_run: there are no previous rows (a run with no earlier groups files, known at launch): each group
             takes its canonical id in run 1 straight away, without the joins on every row that look for
-            previous groups (~2.8 elements a candidate pair fewer; benchmarks/README.md, "twenty-third session").
+            previous groups (~2.8 elements a candidate pair fewer; benchmarks/README.md, "twenty-third session"),
+            nor a row's label taken from its row.
     """
 
     def __init__(self, first_run: bool = False):
@@ -291,11 +292,12 @@ class AssignGroupIds(beam.PTransform):
         self._first_run = first_run
 
     def expand(self, inputs):
-        row_labels, canonical, previous = inputs
+        rows, canonical, previous = inputs
         if self._first_run:
             ids = canonical | "FirstRunIds" >> beam.MapTuple(
                 lambda label, canonical_id: (label, AssignedId(canonical_id, 1, False)))
             return AssignedIds(ids, canonical.pipeline | "NoLineage" >> beam.Create([]))
+        row_labels = rows | "RowLabel" >> beam.MapTuple(lambda label, row: (row[0], label))
         this_run = beam.pvalue.AsSingleton(
             previous
             | "SinceRuns" >> beam.Map(lambda row: row.group_since_run)
