@@ -137,6 +137,8 @@ def test_the_worker_image_matches_the_launcher_and_copies_what_exists():
     assert base, "the image must start from an Apache Beam Python SDK image (it provides the harness boot)"
     assert base.group(1) == f"{sys.version_info.major}.{sys.version_info.minor}"
     assert base.group(2) == apache_beam.__version__
+    setup_py = (ROOT / "setup.py").read_text()  # installs pin that release: a new one cannot slip in under a launcher
+    assert f'"apache-beam=={base.group(2)}"' in setup_py and f'"apache-beam[gcp]=={base.group(2)}"' in setup_py
     for line in re.findall(r"^COPY (.+) \S+$", dockerfile, re.M):
         for source in line.split():
             assert (ROOT / source).exists(), source
