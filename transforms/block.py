@@ -51,7 +51,7 @@ import numpy as np
 import scipy.sparse
 from apache_beam.metrics import Metrics
 
-from transforms.joins import JoinByKey, only
+from transforms.joins import JoinByKey, KeyValue, only
 from transforms.logs import Progress
 from transforms.metrics import BundleCount, StageTimer, count_elements, largest, read_count
 from transforms.records import GivenCentroids, Neighbours, StoredItem, candidate_pair, merge_sources, one_pair, pairs_of
@@ -728,7 +728,7 @@ class DistinctCandidates(beam.PTransform):
         return sets[0] if len(sets) == 1 else sets | "UnionCandidates" >> UnionCandidates()
 
 
-def _neighbour_list(element) -> tuple:
+def _neighbour_list(element) -> KeyValue:
     query_id, (_, best) = element
     return query_id, sorted(((sim, nid) for nid, (sim, _) in best.items()), key=rank)
 

@@ -44,7 +44,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from transforms.errors import QdedupError
-from transforms.joins import SHARD_KEYS, JoinByKey, LookUp, only
+from transforms.joins import SHARD_KEYS, JoinByKey, KeyValue, LookUp, only
 from transforms.logs import Progress
 from transforms.metrics import largest
 from transforms.records import CandidatePair, Edge, ScoredPair, pairs_in
@@ -316,7 +316,7 @@ def _route_labelled(element: tuple, found: Optional[str], threshold: float) -> I
     yield from _routed(label, found, pair, threshold)
 
 
-def _edge_counts(labelled: list, threshold: float) -> Iterator[tuple]:
+def _edge_counts(labelled: list, threshold: float) -> Iterator[KeyValue]:
     """A list of (label, pair) -> (label, its edges in the list) for every label with an edge (score >= threshold)."""
     counts: dict = {}
     for label, pair in labelled:
@@ -325,7 +325,7 @@ def _edge_counts(labelled: list, threshold: float) -> Iterator[tuple]:
     return iter(counts.items())
 
 
-def _component_edges(counted: tuple, label) -> Iterator[tuple]:
+def _component_edges(counted: tuple, label) -> Iterator[KeyValue]:
     """(a node, edges counted under it) and the node's component label -> (label, edges)."""
     yield label, counted[1]
 

@@ -23,7 +23,7 @@ import apache_beam as beam
 
 from transforms.errors import QdedupError
 from transforms.graphs import UnionFind, connected_components
-from transforms.joins import JoinByKey, at_bundle_end, only
+from transforms.joins import JoinByKey, KeyValue, at_bundle_end, only
 from transforms.logs import Progress
 from transforms.metrics import largest
 from transforms.records import Representative, earliest_key
@@ -48,7 +48,7 @@ class GroupInfo(NamedTuple):
     size: int
 
 
-def large_star(node, neighbours: Iterable) -> Iterator[tuple]:
+def large_star(node, neighbours: Iterable) -> Iterator[KeyValue]:
     """Links every larger neighbour to the smallest node of the neighbourhood.
 
     Like `small_star` and `star_label`, it iterates `neighbours` (a grouped, re-iterable value) and
@@ -58,7 +58,7 @@ def large_star(node, neighbours: Iterable) -> Iterator[tuple]:
     return ((v, smallest) for v in neighbours if v > node)
 
 
-def small_star(node, neighbours: Iterable) -> Iterator[tuple]:
+def small_star(node, neighbours: Iterable) -> Iterator[KeyValue]:
     """Links the node and its smaller neighbours to the smallest of them."""
     smallest = min((v for v in neighbours if v < node), default=None)
     if smallest is None:
@@ -141,7 +141,7 @@ def _group_rows(element, explain: Callable) -> Iterator:
         yield beam.pvalue.TaggedOutput("explained", row)
 
 
-def _both_ways(edge: tuple, _=None) -> list[tuple]:
+def _both_ways(edge: tuple, _=None) -> list[KeyValue]:
     return [(edge[0], edge[1]), (edge[1], edge[0])]
 
 
@@ -151,8 +151,8 @@ def _neighbourhoods(edges, label: str, keyed: bool = False):
     return edges | f"{label}BothWays" >> both_ways | f"{label}Neighbours" >> beam.GroupByKey()
 
 
-def _keyed_star(node, neighbours: Iterable, star: Callable[[object, Iterable], Iterator[tuple]] = large_star
-                ) -> Iterator[tuple]:
+def _keyed_star(node, neighbours: Iterable, star: Callable[[object, Iterable], Iterator[KeyValue]] = large_star
+                ) -> Iterator[KeyValue]:
     """A star step's edges keyed for `_distinct`: ((a, b), None)."""
     return ((edge, None) for edge in star(node, neighbours))
 

@@ -22,6 +22,10 @@ from apache_beam.transforms.window import GlobalWindows
 
 from transforms.coders import Records, pickled_list, unpickled_list
 
+# An element a grouping takes: (key, value). A function feeding one says so in its hint, for Beam's checks of a
+# grouping's input type (2.78 refuses a plain `tuple`).
+KeyValue = tuple[Any, Any]
+
 
 class TagView:
     """The values of one tag among a key's grouped (tag, value) pairs, re-iterable, never held."""
