@@ -500,7 +500,7 @@ class _SplitHot(beam.DoFn):
     """(partition, entry) -> ((partition, 0), entry), or to "hot" as it is when the partition is split. With
     `sizes` (every partition's size, where the second level is trained here), a partition not split holds at
     most `max_block` entries, so its one work item is known: its entries go there at once, as `_ToWorkItems`
-    would deal them ((partition, 0, 0, 0), (role, packed item)), not through a count and a step of their own;
+    deals them (`_in_one_work_item`), not through a count and a step of their own;
     and a hot entry that falls in the sample its partition's second level trains on (`_in_sub_sample`) goes
     to "sample" too, as (partition, (id, vector)): one pass over the entries splits and samples them (only a
     split partition is sampled)."""
@@ -514,7 +514,7 @@ class _SplitHot(beam.DoFn):
             if sizes is None:
                 yield (partition, 0), entry
             else:
-                yield (partition, 0, 0, 0), (entry[0], entry[2])
+                yield _in_one_work_item((partition, 0), entry)
             return
         yield beam.pvalue.TaggedOutput("hot", element)
         if sizes is not None and _in_sub_sample(element, sizes, self._settings):
@@ -528,6 +528,12 @@ def _route(element, probes: int) -> Iterator[tuple]:
     for entry in joined["entry"]:
         for part in nearest_partitions(unpack_entry(entry[2]).vector, sub, probes):
             yield (partition, part), entry
+
+
+def _in_one_work_item(key: tuple, entry: tuple) -> tuple:
+    """An entry of a (sub-)partition of at most `max_block` entries, keyed by its one work item."""
+    role, _, item = entry
+    return (*key, 0, 0), (role, item)
 
 
 class _ToWorkItems(beam.DoFn):
@@ -548,15 +554,19 @@ class _ToWorkItems(beam.DoFn):
         self._approximate = Metrics.counter("qdedup", "blocking_items_hash_blocked")
 
     def process(self, element, sizes: dict):
-        key, (role, rep_id, item) = element
+        key, entry = element
         blocks = block_count(sizes[key], self._max_block)
+        if blocks == 1:
+            yield _in_one_work_item(key, entry)
+            return
+        role, rep_id, item = entry
         mine = stable_hash(rep_id) % blocks
         entry = role, item
         if blocks > self._fanout:
             self._approximate.inc()
             yield (*key, mine, mine), entry
             return
-        if role == "stored" or blocks == 1:
+        if role == "stored":
             for other in range(blocks):
                 yield (*key, other, mine), entry
             return
