@@ -2,6 +2,7 @@ import collections
 import functools
 import json
 import os
+import pickle
 import random
 from operator import attrgetter
 from types import SimpleNamespace
@@ -36,7 +37,7 @@ from transforms.feeding import (
     token_dtype,
     tokenize,
 )
-from transforms.inference import TokenizeAndPack
+from transforms.inference import PackedBatch, TokenizeAndPack
 from transforms.records import CandidatePair, ScoredPair, pairs_in
 from transforms.score import (
     AHEAD_BATCH,
@@ -45,6 +46,7 @@ from transforms.score import (
     ScorePairs,
     TokenizeAhead,
     _TokenizeAhead,
+    _ToScoredPairs,
     pair_scorer,
 )
 from transforms.sources import load_tokenizer, load_tokenizer_and_width, model_width
@@ -110,6 +112,10 @@ def test_tokenize_equals_encoding_each_input_whole(tiny_model, thirty_pairs):
     texts = [(a,) for a, _ in pairs]
     for (a,), ((ids, types), _) in zip(texts, _as_lists(tokenize(tokenizer, texts, 512))):
         assert (ids, types) == (tokenizer(a)["input_ids"], tokenizer(a)["token_type_ids"])
+    mixed = [inputs for pair in zip(pairs, texts) for inputs in pair]  # single texts and pairs in one window
+    assert _as_lists(tokenize(tokenizer, mixed, 512)) == [
+        encoded for pair in zip(_as_lists(tokenize(tokenizer, pairs, 512)), _as_lists(tokenize(tokenizer, texts, 512)))
+        for encoded in pair]
 
 
 @pytest.mark.parametrize("processor", ["roberta", "no_template"])
@@ -238,6 +244,26 @@ def test_pack_batches_respects_the_budget_and_keeps_every_element():
     assert padded < 1.2 * sum(costs)
 
 
+def _packed_one_by_one(costs: list, budget: int) -> list:
+    """The greedy packing `pack_batches` makes, an element at a time."""
+    batches, current, largest = [], [], 0
+    for i in sorted(range(len(costs)), key=lambda i: costs[i]):
+        if current and max(largest, costs[i]) * (len(current) + 1) > budget:
+            batches.append(current)
+            current, largest = [], 0
+        current.append(i)
+        largest = max(largest, costs[i])
+    return batches + [current] if current else batches
+
+
+@pytest.mark.parametrize("seed, budget", [(0, 256), (1, 8192), (2, 40), (3, 1), (4, 512)])
+def test_pack_batches_equals_packing_one_element_at_a_time(seed, budget):
+    rng = random.Random(seed)
+    costs = [rng.choice([rng.randint(1, 60), rng.randint(1, 600)]) for _ in range(rng.randint(0, 3000))]
+    assert pack_batches(costs, budget) == _packed_one_by_one(costs, budget)
+    assert pack_batches([7] * 10, 21) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]  # ties in index order
+
+
 def test_automatic_token_budget_follows_the_model_width_on_the_cpu(monkeypatch):
     cpu = ModelSettings("m", device="cpu")
     assert [token_budget(cpu, width) for width in (0, 768, 1024, 384, 256, 32)] == [2048, 2048, 2048, 4096, 6144, 8192]
@@ -246,16 +272,21 @@ def test_automatic_token_budget_follows_the_model_width_on_the_cpu(monkeypatch):
     assert token_budget(ModelSettings("m", device="cuda"), 32) == 32768  # the GPU's budget was not measured by width
 
 
-@pytest.mark.parametrize("asked, largest", [(0, 8192), (2048, 2048)])
-def test_packing_takes_the_automatic_budget_of_the_models_width(tiny_model, asked, largest):
+@pytest.mark.parametrize("asked, largest, orders", [(0, 8192, 1), (2048, 2048, 1), (2048, 2048, 2)])
+def test_packing_takes_the_automatic_budget_of_the_models_width(tiny_model, asked, largest, orders):
+    """Full batches under the budget, each with the count of its token ids that Beam's metrics take (an
+    input in both orders, --symmetric, counts both encodings)."""
     assert model_width(tiny_model) == 32
-    pairs = [((i, j), ((a, b),)) for i, (a, b, _) in enumerate(lcqmc_pairs(600)) for j in range(2)]
+    pairs = [((i, j), ((a, b), (b, a))[:orders]) for i, (a, b, _) in enumerate(lcqmc_pairs(600)) for j in range(2)]
     settings = ModelSettings(tiny_model, device="cpu", token_budget=asked)
 
     def check(batches):
         padded = [len(batch) * max(item.cost for item in batch) for (batch,) in batches]
         assert sum(len(batch) for (batch,) in batches) == len(pairs)
         assert max(padded) <= largest and max(padded) > largest // 2  # full batches, under the budget
+        assert all(len(item.encodings) == orders for (batch,) in batches for item in batch)
+        assert [batch.tokens for (batch,) in batches] == [
+            sum(len(ids) for item in batch for ids, _ in item.encodings) for (batch,) in batches]
 
     pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
     packed = pipeline | beam.Create(pairs) | TokenizeAndPack(settings, "score", load_tokenizer_and_width)
@@ -585,7 +616,19 @@ def test_sharing_a_model_goes_through_beams_public_constructor(tiny_model):
     assert shared.share_model_across_processes() and shared.model_copies() == 2
 
 
-def test_a_batchs_size_for_beams_metrics_is_its_ids_counted_not_pickled():
-    batch = [TokenizedItem("k", (([101, 7, 102], [0, 0, 0]),), False),
-             TokenizedItem("j", (([101, 8, 102, 9, 102], [0, 0, 0, 1, 1]), ([101, 9, 102], [0, 0, 0])), False)]
-    assert pair_scorer(ModelSettings("unused")).get_num_bytes([batch]) == 16 * (3 + 5 + 3)
+def test_a_batchs_size_for_beams_metrics_is_its_ids_counted_where_packed_not_pickled():
+    batch = PackedBatch([TokenizedItem("k", (([101, 7, 102], [0, 0, 0]),), False)], tokens=11)
+    assert pair_scorer(ModelSettings("unused")).get_num_bytes([batch]) == 16 * 11
+    assert pickle.loads(pickle.dumps(batch)) == batch and pickle.loads(pickle.dumps(batch)).tokens == 11
+
+
+def test_a_scored_batch_becomes_the_records_of_its_pairs_with_each_score_a_python_float():
+    """Records made field by field in columns equal `ScoredPair`s made one by one, as pairs/ writes them."""
+    to_pairs = _ToScoredPairs(None)
+    to_pairs.setup()
+    keys = [(1, 2, 0.9, "lexical"), ("a", "b", None, "lexical,static")]
+    (batch,) = to_pairs.process((keys, np.array([0.25, 0.7], dtype=np.float32)), total=2)
+    assert type(batch) is Records and batch == [ScoredPair(1, 2, float(np.float32(0.25)), 0.9, "lexical"),
+                                                 ScoredPair("a", "b", float(np.float32(0.7)), None, "lexical,static")]
+    assert [type(pair.score) for pair in batch] == [float, float] and batch[1].reused is False
+    assert all(type(pair) is ScoredPair for pair in batch)

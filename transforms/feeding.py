@@ -9,8 +9,9 @@ torch and transformers but no Beam.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
@@ -120,77 +121,65 @@ def _encode_whole(tokenizer, inputs: Sequence[tuple[Text, ...]], max_length: int
     ahead = len(strings) < len(distinct)
     packed = {text: np.asarray(pieces[text].ids, dtype).tobytes() if isinstance(text, str) else text
               for text in distinct}  # every text's ids as bytes of `dtype`
-    templates: dict = {}  # text count -> (template, its special tokens' count)
     encoded: list = [None] * len(inputs)
-    assembled = _Assembled(dtype)
-    for i, texts in enumerate(inputs):
-        count = len(texts)
-        if count not in templates:
-            found = _template(backend, count)
-            templates[count] = found, found and _length(found, [])
-        template, special = templates[count]
+    counts = list(map(len, inputs))
+    for count in set(counts):  # one text count in a window as a rule: single texts, or pairs
+        indices = range(len(inputs)) if len(set(counts)) == 1 else [i for i, c in enumerate(counts) if c == count]
+        template = _template(backend, count)
         if template is None:
             if ahead:
                 raise ValueError("texts tokenized ahead need a tokenizer whose inputs follow one template")
-            whole = backend.post_process(*(pieces[text] for text in texts), add_special_tokens=True)
-            encoded[i] = (_arrays(whole.ids, whole.type_ids, dtype), False)
+            for i in indices:
+                whole = backend.post_process(*(pieces[text] for text in inputs[i]), add_special_tokens=True)
+                encoded[i] = (_arrays(whole.ids, whole.type_ids, dtype), False)
             continue
-        text_bytes = [packed[text] for text in texts]
-        if ahead and special + sum(map(len, text_bytes)) // dtype.itemsize > max_length and any(
-                isinstance(t, bytes) for t in texts):
-            text_ids = [np.frombuffer(b, dtype).tolist() for b in text_bytes]
-            cut = _cut_beside(template, texts, text_ids, max_length)
-            text_bytes = [np.asarray(ids, dtype).tobytes() for ids in cut]
-            encoded[i] = (None, True)
-        else:
-            encoded[i] = (None, False)
-        assembled.add(i, template, text_bytes)
-    for i, encoding in assembled.encodings():
-        encoded[i] = (encoding, encoded[i][1])
+        group = [inputs[i] for i in indices]
+        columns = [list(map(packed.__getitem__, texts)) for texts in zip(*group)]
+        truncated = [False] * len(group)
+        if ahead:
+            _cut_tokenized_ahead(template, group, columns, truncated, dtype, max_length)
+        for i, encoding, cut in zip(indices, _assembled(template, columns, dtype), truncated):
+            encoded[i] = (encoding, cut)
     return encoded
 
 
-class _Assembled:
-    """Inputs assembled in their templates a window at a time: each input's ids and type ids are written as
-    bytes and read back as one array each, of which every input's encoding is a view. Assembling and
-    collating took 5.3 µs a pair with a Python list an input, 3.7 so (`bench_tokenize.py`;
-    `benchmarks/README.md`, twenty-first session)."""
+def _cut_tokenized_ahead(template: tuple, group: Sequence[tuple[Text, ...]], columns: list[list[bytes]],
+                         truncated: list[bool], dtype: np.dtype, max_length: int) -> None:
+    """Cuts in place, as the tokenizer cuts them (`_cut_beside`), the inputs of `group` (their texts' ids as
+    bytes in `columns`, a list a text position) too long for `max_length` that hold a text tokenized ahead;
+    marks them in `truncated`."""
+    text_ids = sum(np.fromiter(map(len, column), np.int64, len(column)) for column in columns) // dtype.itemsize
+    lengths = _length(template, []) + text_ids
+    for j in np.flatnonzero(lengths > max_length).tolist():
+        texts = group[j]
+        if not any(isinstance(text, bytes) for text in texts):
+            continue  # texts only: the caller cuts it
+        text_ids = [np.frombuffer(column[j], dtype).tolist() for column in columns]
+        for column, ids in zip(columns, _cut_beside(template, texts, text_ids, max_length)):
+            column[j] = np.asarray(ids, dtype).tobytes()
+        truncated[j] = True
 
-    def __init__(self, dtype: np.dtype):
-        self._dtype = dtype
-        self._ids: list[bytes] = []
-        self._types: list[bytes] = []
-        self._where: list[tuple[int, int]] = []  # (input, length)
-        self._specials: dict = {}
 
-    def add(self, index: int, template: tuple, text_bytes: Sequence[bytes]) -> None:
-        specials = self._specials.get(template)
-        if specials is None:
-            special_ids, text_types = template
-            specials = self._specials[template] = (
-                [np.asarray(ids, self._dtype).tobytes() for ids, _ in special_ids],
-                [bytes(types) for _, types in special_ids], [bytes([t]) for t in text_types])
-        ids_bytes, types_bytes, text_type_bytes = specials
-        ids, types, size = self._ids, self._types, self._dtype.itemsize
-        ids.append(ids_bytes[0])
-        types.append(types_bytes[0])
-        length = len(ids_bytes[0])
-        for text, text_type, after_ids, after_types in zip(text_bytes, text_type_bytes, ids_bytes[1:],
-                                                           types_bytes[1:]):
-            ids += (text, after_ids)
-            types += (text_type * (len(text) // size), after_types)
-            length += len(text) + len(after_ids)
-        self._where.append((index, length // size))
-
-    def encodings(self) -> Iterator[tuple[int, Encoding]]:
-        """(input index, its encoding) for every input added."""
-        ids = np.frombuffer(b"".join(self._ids), self._dtype)
-        types = np.frombuffer(b"".join(self._types), np.uint8)
-        start = 0
-        for index, length in self._where:
-            end = start + length
-            yield index, (ids[start:end], types[start:end])
-            start = end
+def _assembled(template: tuple, columns: list[list[bytes]], dtype: np.dtype) -> list[Encoding]:
+    """Inputs assembled in `template` from their texts' ids as bytes (`columns`: a list a text position, an
+    entry an input): every input's ids and type ids joined into one array each in one pass, of which each
+    input's encoding is a view. Assembling took 5.3 µs a pair with a Python list an input, 3.7 with each
+    input's pieces appended as bytes (`bench_tokenize.py`; benchmarks/README.md, twenty-first session); here
+    the pieces of all inputs are interleaved and joined without a Python step an input."""
+    (special_ids, text_types), size, n = template, dtype.itemsize, len(columns[0])
+    ids_parts = [itertools.repeat(np.asarray(special_ids[0][0], dtype).tobytes(), n)]
+    types_parts = [itertools.repeat(bytes(special_ids[0][1]), n)]
+    lengths = np.full(n, _length(template, []), np.int64)
+    for column, text_type, (after_ids, after_types) in zip(columns, text_types, special_ids[1:]):
+        text_lengths = np.fromiter(map(len, column), np.int64, n) // size
+        lengths += text_lengths
+        ids_parts += (column, itertools.repeat(np.asarray(after_ids, dtype).tobytes(), n))
+        types_parts += (map(bytes.__mul__, itertools.repeat(bytes([text_type]), n), text_lengths.tolist()),
+                        itertools.repeat(bytes(after_types), n))
+    ids = np.frombuffer(b"".join(itertools.chain.from_iterable(zip(*ids_parts))), dtype)
+    types = np.frombuffer(b"".join(itertools.chain.from_iterable(zip(*types_parts))), np.uint8)
+    ends = np.cumsum(lengths).tolist()
+    return [(ids[start:end], types[start:end]) for start, end in zip([0] + ends[:-1], ends)]
 
 
 def token_dtype(tokenizer) -> np.dtype:
@@ -306,21 +295,24 @@ def _template(backend, count: int) -> Optional[tuple]:
 
 
 def pack_batches(costs: Sequence[int], budget: int) -> list[list[int]]:
-    """Indices sorted by cost, cut into batches whose padded size (count x largest) fits the budget.
+    """Indices sorted by cost (ties in index order), cut into batches whose padded size (count x largest) fits
+    the budget: each batch as long as it fits, in order. A single element larger than the budget gets a
+    batch of its own.
 
-    A single element larger than the budget gets a batch of its own.
+    Sorted, a batch's largest cost is its last: a batch from `start` takes the leading positions k where
+    cost[start + k - 1] x k <= budget, an increasing run found with one search (at most budget / cost[start]
+    + 1 of them), not with a Python step an element.
     """
+    order = np.argsort(np.asarray(costs, dtype=np.int64), kind="stable")
+    ordered = np.asarray(costs, dtype=np.int64)[order]
     batches: list[list[int]] = []
-    current: list[int] = []
-    largest = 0
-    for i in sorted(range(len(costs)), key=lambda i: costs[i]):
-        if current and max(largest, costs[i]) * (len(current) + 1) > budget:
-            batches.append(current)
-            current, largest = [], 0
-        current.append(i)
-        largest = max(largest, costs[i])
-    if current:
-        batches.append(current)
+    start = 0
+    while start < len(ordered):
+        reach = min(len(ordered), start + budget // max(int(ordered[start]), 1) + 1)
+        padded = ordered[start:reach] * np.arange(1, reach - start + 1)
+        end = start + max(1, int(np.searchsorted(padded, budget, side="right")))
+        batches.append(order[start:end].tolist())
+        start = end
     return batches
 
 
@@ -331,12 +323,13 @@ def collate(encodings: Sequence[Encoding], pad_id: int) -> dict[str, Any]:
     building a tensor per row cost more CPU than the tiny scorer's forward pass.
     """
     import torch
-    lengths = np.fromiter((len(ids) for ids, _ in encodings), dtype=np.int64, count=len(encodings))
+    all_ids, all_types = zip(*encodings)  # no Python step an encoding: every one is a pair the batch scores
+    lengths = np.fromiter(map(len, all_ids), dtype=np.int64, count=len(encodings))
     real = np.arange(lengths.max()) < lengths[:, None]
     input_ids = np.full(real.shape, pad_id, dtype=np.int64)
-    input_ids[real] = np.concatenate([ids for ids, _ in encodings])
+    input_ids[real] = np.concatenate(all_ids)
     token_type_ids = np.zeros(real.shape, dtype=np.int64)
-    token_type_ids[real] = np.concatenate([types for _, types in encodings])
+    token_type_ids[real] = np.concatenate(all_types)
     return {"input_ids": torch.from_numpy(input_ids), "token_type_ids": torch.from_numpy(token_type_ids),
             "attention_mask": torch.from_numpy(real.astype(np.int64))}
 

@@ -53,9 +53,9 @@ class ModelFailure(NamedTuple):
 
 
 class _PackShard(beam.DoFn):
-    """(shard, [(key, inputs in one or more orders)]) -> packed batches under the budget, each a list of
-    `TokenizedItem`s in a 1-tuple (RunInference without batching takes an element as a sequence of examples,
-    and a packed batch is one example of `PackedBatchHandler`).
+    """(shard, [(key, inputs in one or more orders)]) -> packed batches under the budget, each a `PackedBatch` in
+    a 1-tuple (RunInference without batching takes an element as a sequence of examples, and a packed batch is
+    one example of `PackedBatchHandler`).
 
     The shard is sorted by key, tokenized in one call per order, sorted by length and packed: the
     batches follow from the shard's contents alone. `prepare`: the shard's grouped values -> its
@@ -88,30 +88,38 @@ class _PackShard(beam.DoFn):
         for start in range(0, len(elements), window):
             yield from self._pack(elements[start:start + window])
 
-    def _tokenize(self, window: list) -> list[TokenizedItem]:
+    def _tokenize(self, window: list) -> tuple[list[TokenizedItem], list[int]]:
+        """The window's items, and each one's cost (`TokenizedItem.cost`), worked out together."""
         orders = len(window[0][1])
         tokenized = [tokenize(self._tokenizer, [inputs[order] for _, inputs in window], self._settings.max_length)
                      for order in range(orders)]
-        return [TokenizedItem(key, tuple(enc for enc, _ in encoded), any(cut for _, cut in encoded))
-                for (key, _), *encoded in zip(window, *tokenized)]
+        if orders == 1:  # one encoding an item: no per-item generators (~1 µs a pair at 1M pairs)
+            items = [TokenizedItem(key, (encoding,), cut) for (key, _), (encoding, cut) in zip(window, tokenized[0])]
+            return items, [len(ids) for (ids, _), _ in tokenized[0]]
+        items = [TokenizedItem(key, tuple(enc for enc, _ in encoded), any(cut for _, cut in encoded))
+                 for (key, _), *encoded in zip(window, *tokenized)]
+        return items, [item.cost for item in items]
 
     def _pack(self, window: list) -> Iterable:
         with self._timer:
             try:
-                items = self._tokenize(window)
+                items, costs = self._tokenize(window)
             except Exception:  # find the inputs the tokenizer fails on; the others go on
-                items = []
+                items, costs = [], []  # each cost worked out once: 1.1 µs an item (twenty-ninth session)
                 for element in window:
                     try:
-                        items += self._tokenize([element])
+                        item, cost = self._tokenize([element])
                     except Exception as exc:
                         yield beam.pvalue.TaggedOutput("failed", (element[0], failure(exc)))
-            costs = [item.cost for item in items]  # each worked out once: 1.1 µs an item (twenty-ninth session)
+                        continue
+                    items += item
+                    costs += cost
             batches = pack_batches(costs, self._budget)
         self._truncated.inc(sum(item.truncated for item in items))
         for indices in batches:
-            self._batch_tokens.update(len(indices) * max(costs[i] for i in indices))
-            yield ([items[i] for i in indices],)
+            batch_costs = list(map(costs.__getitem__, indices))
+            self._batch_tokens.update(len(indices) * max(batch_costs))
+            yield (PackedBatch(map(items.__getitem__, indices), sum(batch_costs)),)
 
 
 DEAL_BATCH = 1000  # inputs a dealt list holds at most
@@ -121,9 +129,19 @@ def _dealt_inputs(grouped: Iterable) -> list:
     return list(dealt(grouped, 0))
 
 
+class PackedBatch(list):
+    """A packed batch: its `TokenizedItem`s, and `tokens`, the count of their token ids (every encoding's,
+    unpadded: their costs' sum, an item in both orders having two encodings of one length), which Beam's
+    metrics ask of each batch (`PackedBatchHandler.get_num_bytes`) and which packing knows already."""
+
+    def __init__(self, items: Iterable[TokenizedItem], tokens: int):
+        super().__init__(items)
+        self.tokens = tokens
+
+
 class TokenizeAndPack(beam.PTransform):
-    """(key, inputs in one or more orders) -> `.batches`: packed batches (lists of `TokenizedItem`, each in a
-    1-tuple); `.failed`: (key, detail).
+    """(key, inputs in one or more orders) -> `.batches`: packed batches (`PackedBatch`es of `TokenizedItem`, each
+    in a 1-tuple); `.failed`: (key, detail).
 
     Inputs are dealt into shards of about `sort_window` by a hash of their key (a key must be
     unique, sortable, and have a stable repr), in lists of up to `DEAL_BATCH` (`joins.DealIntoShards`),
@@ -165,8 +183,8 @@ class TokenizeAndPack(beam.PTransform):
 
 
 class PackedBatchHandler(ModelHandler[list, list, LoadedModel]):
-    """RunInference handler: an example is a packed batch (a list of `TokenizedItem`s), its inference the list
-    of the items' outputs (a `ModelFailure` for an item the model failed on). Used without batching
+    """RunInference handler: an example is a packed batch (a `PackedBatch` of `TokenizedItem`s), its inference the
+    list of the items' outputs (a `ModelFailure` for an item the model failed on). Used without batching
     (`with_no_batching`): the batches are packed already (`TokenizeAndPack`).
 
     Args:
@@ -196,7 +214,7 @@ class PackedBatchHandler(ModelHandler[list, list, LoadedModel]):
         model, device, pad_id = self._load(self._settings)
         return LoadedModel(model, device, pad_id, self._forward)
 
-    def run_inference(self, batch: Sequence[list[TokenizedItem]], model: LoadedModel,
+    def run_inference(self, batch: Sequence[PackedBatch], model: LoadedModel,
                       inference_args: Optional[dict] = None) -> Iterable[PredictionResult]:
         return [PredictionResult(packed, self._outputs(packed, model)) for packed in batch]
 
@@ -226,9 +244,10 @@ class PackedBatchHandler(ModelHandler[list, list, LoadedModel]):
             start = end
         return outputs
 
-    def get_num_bytes(self, batch: Sequence[list[TokenizedItem]]) -> int:
-        """The batches' token and segment ids as int64, unpadded (Beam's default pickles the batch to count)."""
-        return 16 * sum(len(ids) for packed in batch for item in packed for ids, _ in item.encodings)
+    def get_num_bytes(self, batch: Sequence["PackedBatch"]) -> int:
+        """The batches' token and segment ids as int64, unpadded (Beam's default pickles the batch to count): their
+        count was worked out where each batch was packed."""
+        return 16 * sum(packed.tokens for packed in batch)
 
     def get_metrics_namespace(self) -> str:
         return f"qdedup.{self._stage}"
@@ -245,6 +264,9 @@ class ModelOutputs(NamedTuple):
 def _outcome(result: PredictionResult, stage: str, batched: bool) -> Iterable:
     """A packed batch's result -> its inputs' outputs, as (key, output) each or as one ([keys], [outputs]);
     an input the model failed on to "failed"."""
+    if batched and isinstance(result.inference, np.ndarray):  # none failed: the model's outputs as they came
+        yield list(map(itemgetter(0), result.example)), result.inference  # each item's key
+        return
     keys, outputs = [], []
     for item, output in zip(result.example, result.inference):
         if isinstance(output, ModelFailure):
