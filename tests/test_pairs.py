@@ -7,7 +7,7 @@ from apache_beam.testing.util import assert_that
 
 from tests.helpers import RUNNER_ARGS
 from transforms.block import DistinctCandidates
-from transforms.records import found_pairs, unite_pairs
+from transforms.records import CandidatePair, found_pairs, unite_pairs
 
 
 def _found(rng: random.Random) -> list:
@@ -23,8 +23,8 @@ def _found(rng: random.Random) -> list:
 def test_a_shard_makes_the_pairs_distinct_candidates_makes():
     rng = random.Random(3)
     found = {"lexical": _found(rng), "encoder": _found(rng)}
-    united = unite_pairs(item for kind, lists in found.items() for element in lists
-                         for item in found_pairs(element, kind))
+    united = [CandidatePair(*fields) for fields in unite_pairs(
+        item for kind, lists in found.items() for element in lists for item in found_pairs(element, kind))]
     assert len(united) == len({(p.id_a, p.id_b) for p in united}) and all(p.id_a < p.id_b for p in united)
     assert {p.source for p in united} == {"lexical", "encoder", "encoder,lexical"}
     assert any(p.text_a is None for p in united) and any(p.text_a is not None for p in united)

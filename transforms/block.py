@@ -615,8 +615,9 @@ class _SearchWorkItem(beam.DoFn):
                   "in %.1f s", partition, sub, query_block, index_block, len(queries), len(index),
                   time.perf_counter() - started)
         query_text = {item.id: item.text for item in queries}
-        for query_id, neighbours in lists.items():
-            yield query_id, (query_text[query_id], [(sim, nid, texts[nid]) for sim, nid in neighbours])
+        for query_id, neighbours in lists.items():  # each (sim, id) with the id's text, by C calls alone
+            sims, ids = zip(*neighbours)
+            yield query_id, (query_text[query_id], list(zip(sims, ids, map(texts.__getitem__, ids))))
         k = settings.top_k
         for item in stored:
             entering = [(sim, nid, query_text[nid]) for sim, nid in reverse.get(item.id, [])

@@ -438,13 +438,16 @@ def pair_columns(pairs: list) -> Optional[PairColumns]:
     """A scored batch -> the same pairs as `PairColumns` (None for an empty batch)."""
     if not pairs:
         return None
-    ends_a, ends_b, scores, similarity, sources, reused = zip(*(
-        (p.id_a, p.id_b, p.score, p.similarity, p.source, p.reused) for p in pairs))
-    names, source = np.unique(np.asarray(sources, dtype=object), return_inverse=True)
-    known = np.array([s is not None for s in similarity], dtype=bool)
+    # A `ScoredPair` is its fields: the columns come from one `zip`, each made by C calls alone (a step every pair
+    # takes on its way to the components).
+    ends_a, ends_b, scores, similarity, sources, reused = zip(*pairs)
+    names = tuple(sorted(set(sources)))
+    source = np.fromiter(map({name: at for at, name in enumerate(names)}.__getitem__, sources), np.int32, len(pairs))
+    similarity = np.asarray(similarity, dtype=object)
+    known = np.not_equal(similarity, None).astype(bool)
     return PairColumns(_id_array(ends_a), _id_array(ends_b), np.asarray(scores, dtype=np.float64),
-                       np.array([s if s is not None else np.nan for s in similarity], dtype=np.float64), known,
-                       source.astype(np.int32), tuple(names.tolist()), np.asarray(reused, dtype=bool))
+                       np.where(known, similarity, np.nan).astype(np.float64), known, source, names,
+                       np.asarray(reused, dtype=bool))
 
 
 class _ToColumns(beam.DoFn):

@@ -219,10 +219,15 @@ class DealIntoShards(beam.DoFn):
         self._lists, self._held = {}, 0
 
     def process(self, element, keys: int):
-        shards, key, batch, crc32 = shard_count(keys, self._shard_keys), self._key, self._batch, zlib.crc32
-        for item in (element,) if self._items is None else self._items(element):
-            shard = crc32(repr(key(item)).encode("utf-8")) % shards  # `shard_of`, its count worked out once
-            held = self._lists.setdefault(shard, [])
+        shards, batch = shard_count(keys, self._shard_keys), self._batch
+        items = (element,) if self._items is None else list(self._items(element))
+        # `shard_of` each item, its count worked out once and the hashes by C calls alone (a step every pair takes)
+        hashes = map(zlib.crc32, map(str.encode, map(repr, map(self._key, items))))
+        for item, crc in zip(items, hashes):
+            shard = crc % shards
+            held = self._lists.get(shard)
+            if held is None:
+                held = self._lists[shard] = []
             held.append(item)
             self._held += 1
             if len(held) >= batch:

@@ -155,21 +155,27 @@ def candidate_pair(element: tuple, source: str) -> CandidatePair:
     return CandidatePair(id_a, id_b, text_a, text_b, sim, source)
 
 
-def found_pairs(element, source: str) -> Iterable[tuple]:
+def found_pairs(element, source: str) -> list[tuple]:
     """A question's neighbours -> (pair, (similarity, text_a, text_b), `source`), as `unite_pairs` takes them."""
-    for pair, value in pairs_of(element):
-        yield pair, value, source
+    return [(pair, value, source) for pair, value in pairs_of(element)]
 
 
-def unite_pairs(found: Iterable[tuple]) -> list[CandidatePair]:
-    """(pair, (similarity, text_a, text_b), source) as each end and each embedder found it -> one
-    `CandidatePair` a pair, as `DistinctCandidates` makes it: the best similarity, every known text, every
-    source. For the pairs of one scoring shard (`score.ScoreNeighbours`): `found` is bounded."""
+def unite_pairs(found: Iterable[tuple]) -> list[tuple]:
+    """(pair, (similarity, text_a, text_b), source) as each end and each embedder found it -> each pair once, as
+    a `CandidatePair`'s fields (the record `DistinctCandidates` makes): the best similarity, every known text,
+    every source. For the pairs of one scoring shard (`score.ScoreNeighbours`), which makes its model's inputs
+    of the fields, no record a pair: `found` is bounded. A pair found twice by one embedder (from both its
+    ends, as most are) keeps its one source as it came."""
     values, sources = {}, {}
     for pair, value, source in found:
-        values[pair] = one_pair(values.get(pair), value)
-        sources.setdefault(pair, set()).add(source)
-    return [candidate_pair((pair, value), ",".join(sorted(sources[pair]))) for pair, value in values.items()]
+        held = values.get(pair)
+        if held is None:
+            values[pair], sources[pair] = value, source
+            continue
+        values[pair] = one_pair(held, value)
+        if source != sources[pair]:
+            sources[pair] = ",".join(sorted({*sources[pair].split(","), source}))
+    return [(*pair, text_a, text_b, sim, sources[pair]) for pair, (sim, text_a, text_b) in values.items()]
 
 
 def merge_sources(pairs: Iterable[CandidatePair]) -> CandidatePair:

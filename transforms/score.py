@@ -24,12 +24,12 @@ from apache_beam.metrics import Metrics
 from transforms import sources
 from transforms.coders import Records
 from transforms.errors import RejectedRow
-from transforms.feeding import ModelSettings, ahead_of_scoring, positive_probability
+from transforms.feeding import ModelSettings, Text, ahead_of_scoring, positive_probability
 from transforms.inference import ModelOutputs, PackedBatchHandler, RunModel
 from transforms.joins import DealIntoShards, HeldInBatches, JoinByKey, dealt
 from transforms.logs import Progress
 from transforms.metrics import COUNT_NAMESPACE
-from transforms.records import CandidatePair, ScoredPair, found_pairs, unite_pairs
+from transforms.records import ScoredPair, found_pairs, unite_pairs
 
 _LOG = logging.getLogger(__name__)
 
@@ -116,10 +116,11 @@ def _failed_pair(key: tuple, reason: str, detail: str, stage: str) -> RejectedRo
     return RejectedRow.of({"id_a": id_a, "id_b": id_b}, source, reason, detail, stage, "pair")
 
 
-def _model_inputs(candidate: CandidatePair, symmetric: bool):
-    key = (candidate.id_a, candidate.id_b, candidate.similarity, candidate.source)
-    forward = (candidate.text_a, candidate.text_b)
-    return key, (forward, forward[::-1]) if symmetric else (forward,)
+def _model_inputs(id_a, id_b, text_a: Text, text_b: Text, similarity: Optional[float], source: str,
+                  symmetric: bool = False) -> tuple:
+    """A `CandidatePair`'s fields -> (its key, its texts in one order or both): what the cross-encoder takes."""
+    forward = (text_a, text_b)
+    return (id_a, id_b, similarity, source), ((forward, forward[::-1]) if symmetric else (forward,))
 
 
 class PairScores(NamedTuple):
@@ -153,7 +154,7 @@ class ScorePairs(beam.PTransform):
         total = candidates | "CountCandidates" >> beam.combiners.Count.Globally()
         ran = (
             candidates
-            | "ModelInputs" >> beam.Map(_model_inputs, self._settings.symmetric)
+            | "ModelInputs" >> beam.MapTuple(_model_inputs, symmetric=self._settings.symmetric)
             | "CrossEncoder" >> RunModel(
                 self._settings, pair_scorer(self._settings), sources.load_tokenizer_and_width, "score", "score", total,
                 batched=True)
@@ -183,7 +184,8 @@ PAIR_OF_FOUND = itemgetter(0)  # what a found pair is dealt by: the pair itself,
 
 
 class _ShardCandidates:
-    """A scoring shard's dealt lists -> its candidate pairs, each once (`records.unite_pairs`), as model inputs;
+    """A scoring shard's dealt lists -> its candidate pairs, each once (`records.unite_pairs`), as model inputs
+    made of their fields (no record a pair);
     counted as report.json's `candidate_pairs` here, where a pair is one once both its ends and every
     embedder have been heard."""
 
@@ -194,7 +196,8 @@ class _ShardCandidates:
     def __call__(self, grouped) -> list:
         candidates = unite_pairs(dealt(grouped, 0))
         self._counter.inc(len(candidates))
-        return [_model_inputs(candidate, self._symmetric) for candidate in candidates]
+        symmetric = self._symmetric
+        return [_model_inputs(*fields, symmetric) for fields in candidates]
 
 
 class ScoreNeighbours(beam.PTransform):
