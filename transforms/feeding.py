@@ -123,8 +123,9 @@ def _encode_whole(tokenizer, inputs: Sequence[tuple[Text, ...]], max_length: int
               for text in distinct}  # every text's ids as bytes of `dtype`
     encoded: list = [None] * len(inputs)
     counts = list(map(len, inputs))
-    for count in set(counts):  # one text count in a window as a rule: single texts, or pairs
-        indices = range(len(inputs)) if len(set(counts)) == 1 else [i for i, c in enumerate(counts) if c == count]
+    kinds = set(counts)  # one text count in a window as a rule: single texts, or pairs
+    for count in kinds:
+        indices = range(len(inputs)) if len(kinds) == 1 else [i for i, c in enumerate(counts) if c == count]
         template = _template(backend, count)
         if template is None:
             if ahead:
