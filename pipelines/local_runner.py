@@ -15,6 +15,8 @@ its workers itself, gets none of them.
   `ended_workers_hint`).
 - What Beam reads off a DoFn, a function or the options, read once, not at every ask
   (`read_beam_introspection_once`).
+- A Flatten whose only reader is a GroupByKey written straight into the grouping
+  (`group_flattens_directly`).
 """
 from __future__ import annotations
 
@@ -34,8 +36,8 @@ from apache_beam.coders.coder_impl import create_OutputStream
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.portability.api import beam_fn_api_pb2
 from apache_beam.runners.portability import local_job_service
-from apache_beam.runners.portability.fn_api_runner import execution, fn_runner, worker_handlers
-from apache_beam.runners.worker import sdk_worker
+from apache_beam.runners.portability.fn_api_runner import execution, fn_runner, translations, worker_handlers
+from apache_beam.runners.worker import bundle_processor, sdk_worker
 from apache_beam.transforms import core, userstate
 from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 from apache_beam.utils import windowed_value
@@ -77,6 +79,7 @@ _BEAM_PROCESS_BUNDLE = fn_runner.BundleManager.process_bundle
 _BEAM_DOFN_SPECS = userstate.get_dofn_specs
 _BEAM_FUNCTION_ARGS = core.get_function_args_defaults
 _BEAM_VIEW_AS = PipelineOptions.view_as
+_BEAM_SINK_FLATTENS = translations.sink_flattens
 
 
 def _partition_in_pieces(self: execution.GroupingBuffer, n: int) -> list[list[bytes]]:
@@ -166,6 +169,67 @@ def stream_local_inputs(pipeline_options: PipelineOptions) -> None:
     execution.GroupingBuffer.partition = _partition_in_pieces
     fn_runner.BundleManager._send_input_to_worker = _send_input_to_worker
     fn_runner.BundleManager.process_bundle = _process_bundle
+
+
+def _flattens_into_groupings(stages: Iterable[translations.Stage], context: translations.TransformContext
+                             ) -> list[translations.Stage]:
+    """Beam's `sink_flattens` phase (2.77), then each Flatten whose output only a GroupByKey reads writes its
+    inputs straight into that grouping. Beam's phase makes every Flatten of several inputs a stage of its
+    own: each input written to a buffer, read back by the Flatten's stage, written again to the grouping
+    (every `JoinByKey` is a Flatten into a GroupByKey). Here the inputs' writes go to the grouping's buffer
+    instead, and the Flatten's read and the grouping's write are dropped: an element is coded twice fewer
+    and, in a multi-process run, makes no round trip through a worker. Beam's phase has made every input
+    of a Flatten the Flatten's coder (`fix_flatten_coders`), and a grouping's buffer takes writes of
+    several stages as a Flatten's does; a Flatten of inputs in other windowings than its output's, or
+    read by another transform too, or as a side input, keeps Beam's stages."""
+    stages = list(_BEAM_SINK_FLATTENS(stages, context))
+    pcollections = context.components.pcollections
+    writers: dict = {}  # buffer id -> the stages writing it
+    readers: dict = {}  # PCollection id -> the stages reading it, as a main or a side input
+    for stage in stages:
+        for transform in stage.transforms:
+            if transform.spec.urn == bundle_processor.DATA_OUTPUT_URN:
+                writers.setdefault(transform.spec.payload, []).append(stage)
+            for pcoll in transform.inputs.values():
+                readers.setdefault(pcoll, []).append(stage)
+    dropped: dict = {}  # a dropped stage -> the stages that take its place in what must follow it
+    for stage in stages:
+        read = stage.transforms[0]
+        if len(stage.transforms) != 1 or read.spec.urn != bundle_processor.DATA_INPUT_URN:
+            continue
+        if translations.split_buffer_id(read.spec.payload)[0] != "materialize" or len(read.outputs) != 1:
+            continue
+        flattened = next(iter(read.outputs.values()))
+        grouping = readers.get(flattened, [])
+        inputs = writers.get(read.spec.payload, [])
+        if len(grouping) != 1 or not inputs or len(grouping[0].transforms) != 1:
+            continue
+        write = grouping[0].transforms[0]
+        if write.spec.urn != bundle_processor.DATA_OUTPUT_URN or \
+                translations.split_buffer_id(write.spec.payload)[0] != "group":
+            continue
+        windowing = pcollections[flattened].windowing_strategy_id
+        if any(pcollections[pcoll].windowing_strategy_id != windowing
+               for writer in inputs for pcoll in writer.transforms[0].inputs.values()):
+            continue
+        context.add_data_channel_coder(flattened)  # the grouping decodes by its input's coder, as the write did
+        for writer in inputs:
+            writer.transforms[0].spec.payload = write.spec.payload
+            writer.must_follow = writer.must_follow | grouping[0].must_follow
+        dropped[stage] = dropped[grouping[0]] = frozenset(inputs)
+    for stage in stages:
+        if stage.must_follow & dropped.keys():
+            stage.must_follow = frozenset().union(
+                *(dropped.get(before, {before}) for before in stage.must_follow))
+    return [stage for stage in stages if stage not in dropped]
+
+
+def group_flattens_directly(pipeline_options: PipelineOptions) -> None:
+    """`_flattens_into_groupings` in place of Beam's `sink_flattens` phase, in the launcher, where the runner
+    plans its stages; a runner that is not local plans its own."""
+    if on_dataflow(pipeline_options):
+        return
+    translations.sink_flattens = _flattens_into_groupings
 
 
 # Seconds a local run's workers keep a finished stage's bundle processor before shutting it down.
@@ -464,5 +528,6 @@ def prepare(pipeline_options: PipelineOptions) -> None:
     watch_local_workers(pipeline_options)
     cap_malloc_arenas(pipeline_options)
     stream_local_inputs(pipeline_options)
+    group_flattens_directly(pipeline_options)
     release_finished_local_stages(pipeline_options)
     pass_settings_to_local_processes(pipeline_options)
