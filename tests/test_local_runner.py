@@ -27,8 +27,8 @@ from apache_beam.coders.coders import GlobalWindowCoder
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
 from apache_beam.portability.api import beam_fn_api_pb2
 from apache_beam.runners.portability import local_job_service
-from apache_beam.runners.portability.fn_api_runner import execution, fn_runner, worker_handlers
-from apache_beam.runners.worker import data_plane, sdk_worker
+from apache_beam.runners.portability.fn_api_runner import execution, fn_runner, translations, worker_handlers
+from apache_beam.runners.worker import bundle_processor, data_plane, sdk_worker
 from apache_beam.runners.worker.data_plane import ClosableOutputStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import core, window
@@ -38,6 +38,7 @@ from benchmarks.bench_scale import _tree_usage
 from pipelines import local_runner
 from pipelines.local_runner import (
     LOCAL_STAGE_IDLE_S,
+    group_flattens_directly,
     pass_settings_to_local_processes,
     release_finished_local_stages,
     stream_local_inputs,
@@ -369,6 +370,61 @@ def test_a_dataflow_run_keeps_beams_runner_methods(monkeypatch):
     assert all(getattr(owner, name) is method for (owner, name), method in _BEAMS_RUNNER.items())
     stream_local_inputs(PipelineOptions(RUNNER_ARGS))
     assert not any(getattr(owner, name) is method for (owner, name), method in _BEAMS_RUNNER.items())
+
+
+_GROUPED = [(1, ["a", "c", "d"]), (2, ["b"]), (3, ["e"])]
+
+
+def _flattened_and_grouped(pipeline) -> tuple:
+    """Two Flattens of the same two inputs: "Joined" read only by a GroupByKey (as `JoinByKey`'s), "Both" by a
+    GroupByKey and a count too. Returns both groupings (each `_GROUPED`) and the count (5)."""
+    first = pipeline | "First" >> beam.Create([(1, "a"), (2, "b"), (1, "c")])
+    second = pipeline | "Second" >> beam.Create([(1, "d"), (3, "e")]) | "Keep" >> beam.Map(lambda kv: kv)
+    joined = ((first, second) | "Joined" >> beam.Flatten() | "Group" >> beam.GroupByKey()
+              | "Sorted" >> beam.MapTuple(lambda key, values: (key, sorted(values))))
+    both = (first, second) | "Both" >> beam.Flatten()
+    regrouped = (both | "GroupBoth" >> beam.GroupByKey()
+                 | "SortedBoth" >> beam.MapTuple(lambda key, values: (key, sorted(values))))
+    return joined, regrouped, both | "Count" >> beam.combiners.Count.Globally()
+
+
+def _planned_transforms(monkeypatch, phase) -> dict:
+    """{transform name: its spec's payload} of every runner read and write of `_flattened_and_grouped`'s stages,
+    as the local runner plans them with `phase` in place of Beam's `sink_flattens`."""
+    monkeypatch.setattr(translations, "sink_flattens", phase)
+    pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
+    _flattened_and_grouped(pipeline)
+    _, stages = fn_runner.FnApiRunner().create_stages(pipeline.to_runner_api())
+    return {transform.unique_name: transform.spec.payload for stage in stages for transform in stage.transforms
+            if transform.spec.urn in (bundle_processor.DATA_INPUT_URN, bundle_processor.DATA_OUTPUT_URN)}
+
+
+def test_a_flatten_only_a_grouping_reads_is_written_into_the_grouping_and_another_keeps_its_stage(monkeypatch):
+    beams = _planned_transforms(monkeypatch, local_runner._BEAM_SINK_FLATTENS)
+    planned = _planned_transforms(monkeypatch, local_runner._flattens_into_groupings)
+    assert {"Joined/Read", "Group/Write", "Both/Read"} <= beams.keys()
+    assert "Joined/Read" not in planned and "Group/Write" not in planned  # no stage of its own
+    assert planned["Joined/Write/0"] == planned["Joined/Write/1"] == beams["Group/Write"]  # into the grouping
+    assert beams["Group/Write"].startswith(b"group:") and beams["Joined/Write/0"].startswith(b"materialize:")
+    assert planned["Both/Read"] == beams["Both/Read"]  # read by a count too: Beam's stages
+    assert {name: payload for name, payload in planned.items() if not name.startswith("Joined/Write")} == {
+        name: payload for name, payload in beams.items() if name not in ("Joined/Read", "Group/Write")
+        and not name.startswith("Joined/Write")}
+
+
+@pytest.mark.parametrize("args", [RUNNER_ARGS, pytest.param([*RUNNER_ARGS, *MULTI_PROCESSING], marks=pytest.mark.e2e)],
+                         ids=["one-process", "two-processes"])
+def test_flattens_written_into_their_groupings_give_beams_results(monkeypatch, args):
+    monkeypatch.setattr(translations, "sink_flattens", local_runner._BEAM_SINK_FLATTENS)  # Beam's, till the end
+    group_flattens_directly(PipelineOptions(["--runner=DataflowRunner"]))
+    assert translations.sink_flattens is local_runner._BEAM_SINK_FLATTENS  # Dataflow plans its own
+    group_flattens_directly(PipelineOptions(args))
+    assert translations.sink_flattens is local_runner._flattens_into_groupings
+    with beam.Pipeline(options=PipelineOptions(args)) as pipeline:
+        joined, regrouped, counted = _flattened_and_grouped(pipeline)
+        assert_that(joined, equal_to(_GROUPED), label="CheckJoined")
+        assert_that(regrouped, equal_to(_GROUPED), label="CheckRegrouped")
+        assert_that(counted, equal_to([5]), label="CheckCount")
 
 
 _ARENAS_AFTER_THREADS = """
