@@ -194,9 +194,9 @@ def _flattens_into_groupings(stages: Iterable[translations.Stage], context: tran
                 readers.setdefault(pcoll, []).append(stage)
     dropped: dict = {}  # a dropped stage -> the stages that take its place in what must follow it
     for stage in stages:
-        read = stage.transforms[0]
-        if len(stage.transforms) != 1 or read.spec.urn != bundle_processor.DATA_INPUT_URN:
+        if len(stage.transforms) != 1 or stage.transforms[0].spec.urn != bundle_processor.DATA_INPUT_URN:
             continue
+        read = stage.transforms[0]
         if translations.split_buffer_id(read.spec.payload)[0] != "materialize" or len(read.outputs) != 1:
             continue
         flattened = next(iter(read.outputs.values()))
@@ -215,12 +215,12 @@ def _flattens_into_groupings(stages: Iterable[translations.Stage], context: tran
         context.add_data_channel_coder(flattened)  # the grouping decodes by its input's coder, as the write did
         for writer in inputs:
             writer.transforms[0].spec.payload = write.spec.payload
-            writer.must_follow = writer.must_follow | grouping[0].must_follow
+            writer.must_follow = writer.must_follow | (grouping[0].must_follow - {stage})
         dropped[stage] = dropped[grouping[0]] = frozenset(inputs)
     for stage in stages:
         if stage.must_follow & dropped.keys():
             stage.must_follow = frozenset().union(
-                *(dropped.get(before, {before}) for before in stage.must_follow))
+                *(dropped.get(before, {before}) for before in stage.must_follow)) - {stage}
     return [stage for stage in stages if stage not in dropped]
 
 
