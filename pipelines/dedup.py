@@ -23,7 +23,7 @@ from transforms.commit import OutputRun
 from transforms.embed import EmbedEncoder, EmbedLexical, EmbedStatic
 from transforms.explain import Explainer
 from transforms.feeding import ModelSettings
-from transforms.ids import AssignGroupIds, ReadPreviousGroups
+from transforms.ids import AssignGroupIds, ReadPreviousGroups, first_run_id
 from transforms.metrics import count_elements
 from transforms.normalize import Collapsed, NormalizeAndCollapse
 from transforms.read import Read, ReadQuestions
@@ -189,7 +189,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
     clustered = (representatives, members, scoring.scored, previous) | "ClusterGroups" >> ClusterGroups(
         SplitChains(chaining, ScoreCandidates(scorer, known_scores), components, texts),
         AssignGroupIds(first_run=not previous_groups), Explainer(chaining.threshold, options.explain_max_edges),
-        options.canonical)
+        options.canonical, None if previous_groups else first_run_id)
     groups = clustered.groups
     all_pairs = (scoring.scored, clustered.scored) | "AllPairs" >> beam.Flatten()  # scored batches
     rejected = (
@@ -230,7 +230,8 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
         "resplit_pairs_scored": clustered.new,
         "pairs_total": all_pairs,
         "groups": clustered.ids,
-        "groups_inherited": clustered.ids | "Inherited" >> beam.Filter(lambda kv: kv[1].inherited),
+        "groups_inherited": tuple(part | f"Inherited{i}" >> beam.Filter(lambda kv: kv[1].inherited)
+                                  for i, part in enumerate(clustered.ids)),
         "lineage_merged": clustered.lineage | "Merged" >> beam.Filter(lambda r: r.event == "merged"),
         "lineage_split": clustered.lineage | "Split" >> beam.Filter(lambda r: r.event == "split"),
     }
@@ -240,7 +241,10 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
         counted["candidate_pairs"] = candidates
     assert set(counted) <= set(COUNTED), set(counted) - set(COUNTED)
     in_batches = {"pairs_scored", "pairs_reused", "resplit_pairs", "resplit_pairs_scored", "pairs_total"}
-    for name, pcoll in counted.items():
+    for name, counted_pcolls in counted.items():
         size = (lambda row: row.group_size) if name == "rows_out" else None
         items = len if name in in_batches else (int if name == "rows_in" else None)  # read's rows: a count a batch
-        pcoll | f"Count{name.title().replace('_', '')}" >> count_elements(name, size, items)
+        step = f"Count{name.title().replace('_', '')}"
+        parts = counted_pcolls if isinstance(counted_pcolls, tuple) else (counted_pcolls,)
+        for i, part in enumerate(parts):  # a count in parts: each part counted under the one name
+            part | (f"{step}{i}" if i else step) >> count_elements(name, size, items)

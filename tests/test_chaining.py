@@ -175,10 +175,18 @@ def _split_chains(scores: dict, nodes: int, settings: ChainingSettings, scorer, 
     counters = {c.key.metric.name: c.committed for c in result.metrics().query(
         MetricsFilter().with_namespace("qdedup"))["counters"]}
     found = pickle.loads(out.read_bytes())
-    expected = _edge_scores_of_groups(found["labels"], {**scores, **found["extra"]}, settings.threshold)
+    labels = _with_nodes_alone(found["labels"], scores, settings.threshold)
+    expected = _edge_scores_of_groups(labels, {**scores, **found["extra"]}, settings.threshold)
     assert found["edges"].keys() == expected.keys()
     assert all(found["edges"][label] == pytest.approx(expected[label]) for label in expected)
-    return found["labels"], counters
+    return labels, counters
+
+
+def _with_nodes_alone(labels: dict, scores: dict, threshold: float) -> dict:
+    """SplitChains' labels, which name only groups of two or more nodes (checked), with every other node of a
+    component labelled by itself, as the clustering that reads them takes it."""
+    assert all(size > 1 for size in collections.Counter(labels.values()).values())
+    return {**{n: n for pair, score in scores.items() if score >= threshold for n in pair}, **labels}
 
 
 @pytest.mark.parametrize("density", [0.5, 0.0])
@@ -197,7 +205,8 @@ def test_split_chains_in_beam_scores_missing_pairs_and_splits(tmp_path, density)
                                                     | beam.Map(lambda x: "extra " + repr(tuple(x[:3])))))\
             | beam.Flatten() | beam.combiners.ToList() | beam.Map(lambda lines: out.write_text("\n".join(lines)))
     lines = out.read_text().splitlines()
-    labels = dict(eval(line) for line in lines if not line.startswith("extra"))
+    labels = _with_nodes_alone(dict(eval(line) for line in lines if not line.startswith("extra")), scores,
+                              ChainingSettings().threshold)
     extra = [eval(line[6:]) for line in lines if line.startswith("extra")]
     if density == 0.0:  # nothing is sparse enough: the component stays whole
         assert set(labels.values()) == {1} and extra == []
@@ -329,7 +338,7 @@ def _judged_as_the_search_does(pairs: list, settings: ChainingSettings) -> tuple
     """What the distributed judging and cut make of these pairs, by their rules one element at a time: the
     components of the edges (`connected_components`) judged by `verdict`; those to cut in the pieces
     `_choose_piece` gives (a node with no pair at the first level alone), judged at the last level. -> ({node:
-    label} of the groups kept, {(label, Edge)} inside them, {(label, node)} and {(label, pair)} of the
+    label} of the groups kept with two or more nodes, {(label, Edge)} inside them, {(label, node)} and {(label, pair)} of the
     components and pieces to re-split, Counter of verdicts)."""
     threshold, thresholds = settings.threshold, cut_thresholds(settings)
     kept, edges, nodes, inside, counts = {}, set(), set(), set(), collections.Counter()
@@ -346,7 +355,8 @@ def _judged_as_the_search_does(pairs: list, settings: ChainingSettings) -> tuple
             found = verdict(len(its), sum(p.score >= threshold for p in within[label]), settings, last)
             counts[found] += found is not None
             if found in (None, "too_large"):
-                kept.update((n, label) for n in its)
+                if len(its) > 1:  # a node alone in its group has no label
+                    kept.update((n, label) for n in its)
                 edges.update((label, Edge(p.id_a, p.id_b, p.score, p.source)) for p in within[label]
                              if p.score >= threshold)
             elif found == "resplit":

@@ -9,8 +9,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.portability.api import beam_runner_api_pb2
 
 from tests.helpers import RUNNER_ARGS
+from transforms.chaining import Chained
 from transforms.cluster import (
     BUNDLE_NODES,
+    ClusterGroups,
     ConnectedComponents,
     GroupInfo,
     GroupRow,
@@ -26,8 +28,8 @@ from transforms.cluster import (
 )
 from transforms.errors import QdedupError
 from transforms.explain import Explainer
-from transforms.ids import AssignedId
-from transforms.records import Edge, Representative
+from transforms.ids import AssignedId, AssignGroupIds, first_run_id
+from transforms.records import Edge, Membership, Representative
 
 
 def _components_by_search(edges):
@@ -112,6 +114,64 @@ def test_a_groups_rows_and_their_explanations_come_from_one_join():
     with pytest.raises(ValueError, match="'lost' has edges or rows but no group"):
         list(_group_rows(("lost", {"group": [], "id": [], "rows": [(5, "k5", 1, 5)], "edges": []}),
                          Explainer(0.5, 10)))
+
+
+class _GivenChains(beam.PTransform):
+    """Scored batches -> `Chained` with these labels and edges (what SplitChains would give)."""
+
+    def __init__(self, labels: list, edges: list):
+        super().__init__()
+        self._labels = labels
+        self._edges = edges
+
+    def expand(self, scored):
+        p = scored.pipeline
+        return Chained(p | "Labels" >> beam.Create(self._labels), p | "Edges" >> beam.Create(self._edges),
+                       scored, scored, p | "Failed" >> beam.Create([]))
+
+
+def _clustered(tmp_path, canonical: str, alone_id) -> dict:
+    """ClusterGroups over four representatives, two of them a group (labels and an edge given) and two alone
+    (no label: one with three exact copies, one with one row) -> {output: [each part's elements, sorted]}."""
+    reps = [Representative(1, "t1", "t1", "k1", 2, 5, 11), Representative(2, "t2", "t2", "k2", 1, 7, 2),
+            Representative(3, "t3", "t3", "k3", 3, 1, 31), Representative(4, "t4", "t4", "k4", 1, 9, 4)]
+    members = [Membership(row, rep, f"k{rep}") for row, rep in ((1, 1), (11, 1), (2, 2), (3, 3), (31, 3), (32, 3),
+                                                               (4, 4))]
+    out = tmp_path / f"clustered-{canonical}-{alone_id is not None}.pickle"
+    with beam.Pipeline(options=PipelineOptions(RUNNER_ARGS)) as p:
+        clustered = (
+            (p | "Reps" >> beam.Create(reps), p | "Members" >> beam.Create(members), p | "Scored" >> beam.Create([]),
+             p | "Previous" >> beam.Create([]))
+            | ClusterGroups(_GivenChains([(1, 1), (2, 1)], [(1, Edge(1, 2, 0.9, "lexical"))]),
+                            AssignGroupIds(first_run=True), Explainer(0.5, 10), canonical, alone_id))
+        named = [part | f"Name{name}{i}" >> beam.Map(lambda x, name=name, i=i: (name, i, x))
+                 for name in ("groups", "ids", "explained") for i, part in enumerate(getattr(clustered, name))]
+        _ = named | beam.Flatten() | beam.combiners.ToList() | beam.Map(
+            lambda made: out.write_bytes(pickle.dumps(made)))
+    found: dict = {name: [[], []] for name in ("groups", "ids", "explained")}
+    for name, i, made in pickle.loads(out.read_bytes()):
+        found[name][i].append(made)
+    return {name: [sorted(part, key=repr) for part in parts] for name, parts in found.items()}
+
+
+@pytest.mark.parametrize("canonical", ["frequent", "earliest"])
+def test_a_group_of_one_representative_is_finished_where_it_meets_its_rows(tmp_path, canonical):
+    """On a first run, a representative with no label (a group of its own) gets its rows, explanation and id in
+    the join that gives it its rows, equal to what the summary and rows joins give it otherwise."""
+    fast, joined = _clustered(tmp_path, canonical, first_run_id), _clustered(tmp_path, canonical, None)
+    assert all(not part for parts in (joined["groups"][1:], joined["ids"][1:], joined["explained"][1:])
+               for part in parts)  # without `alone_id`: every group through the joins
+    for name in ("groups", "ids", "explained"):
+        assert sorted(fast[name][0] + fast[name][1], key=repr) == joined[name][0]
+    assert sorted(row.id for row in fast["groups"][1]) == [3, 4, 31, 32]  # the two alone, finished at once
+    assert sorted(row.id for row in fast["groups"][0]) == [1, 2, 11]
+    by_row = {row.id: row for row in joined["groups"][0]}
+    canonical_3 = 3 if canonical == "frequent" else 31
+    assert {by_row[row].group_id for row in (3, 31, 32)} == {canonical_3} and by_row[31].match_kind == "exact"
+    assert by_row[4] == GroupRow(4, 4, 4, 1, "single", None, None, 1)
+    assert sorted((e.id, e.kind) for e in fast["explained"][1]) == sorted(
+        [(canonical_3, "canonical"), *((row, "exact") for row in (3, 31, 32) if row != canonical_3)])
+    assert [kv for kv in fast["ids"][1]] == [(3, AssignedId(canonical_3, 1, False)), (4, AssignedId(4, 1, False))]
 
 
 def _run_components(edges, rounds, tmp_path, max_unsettled=10**9, bundle_nodes=BUNDLE_NODES, counts=False):

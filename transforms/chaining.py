@@ -29,6 +29,7 @@ that plan asks for it (through the scorer given, `ScoreCandidates`).
 from __future__ import annotations
 
 import bisect
+import collections
 import heapq
 import itertools
 import logging
@@ -146,11 +147,13 @@ def cut_pieces(ends_a: np.ndarray, ends_b: np.ndarray, scores: np.ndarray, thres
 class GroupVerdicts(NamedTuple):
     """What becomes of groups of nodes (components, or the pieces of those cut): `verdict`'s, as codes, for
     each group by its root node (`_KEPT` for a node no group is named by), each pair's group where its two
-    ends share one (else -1), and how many groups each verdict other than kept has."""
+    ends share one (else -1), how many groups each verdict other than kept has, and each group's nodes by
+    its root (0 for a node no group is named by)."""
 
     verdicts: np.ndarray
     inside: np.ndarray
     counts: dict
+    sizes: np.ndarray
 
 
 _KEPT, _RESPLIT, _CUT, _TOO_LARGE = 0, 1, 2, 3  # `verdict`'s None, "resplit", "cut", "too_large" as codes
@@ -180,7 +183,8 @@ def group_verdicts(group: np.ndarray, ends_a: np.ndarray, ends_b: np.ndarray, ed
     verdicts[needs & ~fits] = _TOO_LARGE if last else _CUT
     found = np.bincount(verdicts[nodes > 0], minlength=4)
     return GroupVerdicts(verdicts, inside, {name: int(found[code]) for code, name in
-                                            ((_RESPLIT, "resplit"), (_CUT, "cut"), (_TOO_LARGE, "too_large"))})
+                                            ((_RESPLIT, "resplit"), (_CUT, "cut"), (_TOO_LARGE, "too_large"))},
+                         nodes)
 
 
 def missing_pairs(scores: Mapping[tuple, float], threshold: float, budget: int, fanout: int) -> list[tuple]:
@@ -275,15 +279,21 @@ def edge_ends(batch: list, threshold: float) -> list[tuple]:
 
 
 def _verdicts(element, settings: ChainingSettings, last: bool) -> Iterator[tuple]:
+    """(label, {nodes, edges}: their counts) -> (label, `verdict`) for a group not kept as it is, or (label,
+    "alone") for a node alone in its piece (kept, with no label)."""
     label, joined = element
-    found = verdict(only(joined["nodes"], 0), only(joined["edges"], 0), settings, last)
+    nodes = only(joined["nodes"], 0)
+    found = verdict(nodes, only(joined["edges"], 0), settings, last)
     if found:
         yield label, found
+    elif nodes == 1:
+        yield label, "alone"
 
 
 def _route_nodes(element, counters: dict, routes: bool = False) -> Iterator:
-    """(label, {node, verdict}) -> (node, label) kept, or to "resplit" as (label, node), or to "cut"; with
-    `routes`, also (node, (label, verdict)) to "routes" for every node (for its pairs to follow)."""
+    """(label, {node, verdict}) -> (node, label) kept (nothing for a node alone), or to "resplit" as (label,
+    node), or to "cut"; with `routes`, also (node, (label, verdict)) to "routes" for every node (for its pairs
+    to follow)."""
     label, joined = element
     found = only(joined["verdict"])
     if found in counters:
@@ -293,7 +303,7 @@ def _route_nodes(element, counters: dict, routes: bool = False) -> Iterator:
             yield node, label
         elif found == "resplit":
             yield beam.pvalue.TaggedOutput("resplit", (label, node))
-        else:
+        elif found == "cut":
             yield beam.pvalue.TaggedOutput("cut", (node, label))
         if routes:
             yield beam.pvalue.TaggedOutput("routes", (node, (label, found)))
@@ -513,7 +523,7 @@ def _judged(group: np.ndarray, pairs: np.ndarray, ends_a: np.ndarray, ends_b: np
     of_node = verdicts[group[nodes]]
     inside = found.inside >= 0
     of_pair = np.where(inside, verdicts[np.maximum(found.inside, 0)], _KEPT)
-    kept = nodes[(of_node == _KEPT) | (of_node == _TOO_LARGE)]
+    kept = nodes[((of_node == _KEPT) | (of_node == _TOO_LARGE)) & (found.sizes[group[nodes]] > 1)]  # alone: no label
     edges_at = pairs[inside & edge[pairs] & ((of_pair == _KEPT) | (of_pair == _TOO_LARGE))]
     resplit = nodes[of_node == _RESPLIT]
     resplit_at = pairs[inside & (of_pair == _RESPLIT)]
@@ -536,9 +546,10 @@ def _judge_on_one_worker(element, settings: ChainingSettings, thresholds: list, 
     The components are those of the edges; each is kept, re-split or cut by `verdict`. A component to cut is
     cut into the pieces `cut_pieces` gives (from its pairs reaching the first cut threshold; a node with no
     pair there is a piece of its own), each then kept or re-split. Yields (node, label) for every node of a
-    group kept, to "edges" (label, `Edge`) for each edge inside one, to "resplit_nodes" (label, node) and to
-    "resplit_pairs" (label, `ScoredPair`) for each node and pair of a component or piece to re-split: what the
-    distributed judging and cut give, with no join. Holds at most `settings.one_worker_pairs` pairs."""
+    group kept with two or more nodes (a node alone has no label), to "edges" (label, `Edge`) for each edge
+    inside one, to "resplit_nodes" (label, node) and to "resplit_pairs" (label, `ScoredPair`) for each node
+    and pair of a component or piece to re-split: what the distributed judging and cut give, with no join.
+    Holds at most `settings.one_worker_pairs` pairs."""
     _, lists = element
     columns = _held_columns(lists, settings.one_worker_pairs)
     if columns is None:
@@ -629,15 +640,17 @@ class _Plan:
 
 
 def _resplit(element, threshold: float) -> Iterable[tuple]:
-    """A component's plan and the pairs it asked for -> (node, group label), and to "edges" (group label,
-    `Edge`) for each edge inside a group: its scored pairs are all here, so no join finds them again."""
+    """A component's plan and the pairs it asked for -> (node, group label) for each node of a group of two or
+    more (a node alone has no label), and to "edges" (group label, `Edge`) for each edge inside a group: its
+    scored pairs are all here, so no join finds them again."""
     _, joined = element
     nodes, scores, sources = only(joined["plan"])
     scores, sources = dict(scores), dict(sources)
     for p in joined["extra"]:
         scores[(p.id_a, p.id_b)], sources[(p.id_a, p.id_b)] = p.score, p.source
     labels = average_linkage(nodes, scores, threshold)
-    yield from labels.items()
+    sizes = collections.Counter(labels.values())
+    yield from ((node, label) for node, label in labels.items() if sizes[label] > 1)
     for (a, b), score in scores.items():
         if score >= threshold and labels[a] == labels[b]:
             yield beam.pvalue.TaggedOutput("edges", (labels[a], Edge(a, b, score, sources[(a, b)])))
@@ -650,9 +663,10 @@ def _by_root(pair, root) -> Iterator[tuple]:
 
 
 class Chained(NamedTuple):
-    """What `SplitChains` gives: (node, group label) for every node of a component; (group label, `Edge`)
-    for every scored pair of score >= threshold inside a group; the pairs re-splits asked for, scored
-    (reused or new), and the new ones alone; and the pairs that could not be scored."""
+    """What `SplitChains` gives: (node, group label) for every node of a group of two or more nodes (a node of
+    a component left alone in its group has none: a group of its own, as a node in no component); (group
+    label, `Edge`) for every scored pair of score >= threshold inside a group; the pairs re-splits asked for,
+    scored (reused or new), and the new ones alone; and the pairs that could not be scored."""
 
     labels: beam.PCollection
     edges: beam.PCollection

@@ -267,6 +267,11 @@ def _lineage(element) -> Iterable[LineageRow]:
             yield LineageRow(assigned.group_id, previous_id, event, overlap)
 
 
+def first_run_id(canonical_id) -> AssignedId:
+    """A group's id in a run with no previous groups: its canonical member's, founded in run 1."""
+    return AssignedId(canonical_id, 1, False)
+
+
 class AssignedIds(NamedTuple):
     """What `AssignGroupIds` gives: (group label, `AssignedId`) per group, and `LineageRow`s."""
 
@@ -295,7 +300,7 @@ class AssignGroupIds(beam.PTransform):
         rows, canonical, previous = inputs
         if self._first_run:
             ids = canonical | "FirstRunIds" >> beam.MapTuple(
-                lambda label, canonical_id: (label, AssignedId(canonical_id, 1, False)))
+                lambda label, canonical_id: (label, first_run_id(canonical_id)))
             return AssignedIds(ids, canonical.pipeline | "NoLineage" >> beam.Create([]))
         row_labels = rows | "RowLabel" >> beam.MapTuple(lambda label, row: (row[0], label))
         this_run = beam.pvalue.AsSingleton(

@@ -117,7 +117,9 @@ class _RecordsToTables(beam.DoFn):
 
 class WriteRecords(beam.PTransform):
     """NamedTuples (fields named as the schema's columns), or lists of them (`batched`: scored batches), ->
-    Parquet files `<prefix>-00000-of-000NN.parquet` with a fixed schema."""
+    Parquet files `<prefix>-00000-of-000NN.parquet` with a fixed schema. Given a tuple of PCollections
+    (records made in parts), each part is made into tables on its own and only the tables are flattened:
+    a Flatten of the records would copy each once more (the local runner gives a Flatten a stage)."""
 
     def __init__(self, prefix: str, schema: pa.Schema, batched: bool = False):
         super().__init__()
@@ -127,9 +129,10 @@ class WriteRecords(beam.PTransform):
 
     def expand(self, records):
         prefix = self._prefix
-        return (
-            records
-            | "ToTables" >> beam.ParDo(_RecordsToTables(self._schema, posixpath.basename(posixpath.dirname(prefix)),
-                                                      self._batched))
-            | "WriteParquet" >> WriteToParquetBatched(prefix, self._schema, file_name_suffix=".parquet")
-        )
+        to_tables = _RecordsToTables(self._schema, posixpath.basename(posixpath.dirname(prefix)), self._batched)
+        if isinstance(records, tuple):
+            tables = (tuple(part | f"ToTables{i}" >> beam.ParDo(to_tables) for i, part in enumerate(records))
+                      | "AllTables" >> beam.Flatten())
+        else:
+            tables = records | "ToTables" >> beam.ParDo(to_tables)
+        return tables | "WriteParquet" >> WriteToParquetBatched(prefix, self._schema, file_name_suffix=".parquet")
