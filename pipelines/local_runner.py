@@ -215,12 +215,12 @@ def _flattens_into_groupings(stages: Iterable[translations.Stage], context: tran
         context.add_data_channel_coder(flattened)  # the grouping decodes by its input's coder, as the write did
         for writer in inputs:
             writer.transforms[0].spec.payload = write.spec.payload
-            writer.must_follow = writer.must_follow | (grouping[0].must_follow - {stage})
+            writer.must_follow = writer.must_follow | grouping[0].must_follow
         dropped[stage] = dropped[grouping[0]] = frozenset(inputs)
     for stage in stages:
         if stage.must_follow & dropped.keys():
             stage.must_follow = frozenset().union(
-                *(dropped.get(before, {before}) for before in stage.must_follow)) - {stage}
+                *(dropped.get(before, {before}) for before in stage.must_follow))
     return [stage for stage in stages if stage not in dropped]
 
 

@@ -338,8 +338,8 @@ def _judged_as_the_search_does(pairs: list, settings: ChainingSettings) -> tuple
     """What the distributed judging and cut make of these pairs, by their rules one element at a time: the
     components of the edges (`connected_components`) judged by `verdict`; those to cut in the pieces
     `_choose_piece` gives (a node with no pair at the first level alone), judged at the last level. -> ({node:
-    label} of the groups kept with two or more nodes, {(label, Edge)} inside them, {(label, node)} and {(label, pair)} of the
-    components and pieces to re-split, Counter of verdicts)."""
+    label} of the groups kept with two or more nodes, {(label, Edge)} inside them, {(label, node)} and {(label,
+    pair)} of the components and pieces to re-split, Counter of verdicts)."""
     threshold, thresholds = settings.threshold, cut_thresholds(settings)
     kept, edges, nodes, inside, counts = {}, set(), set(), set(), collections.Counter()
 
