@@ -1,15 +1,21 @@
 """What several test modules share: the shared labelled data, running qdedup, reading its outputs."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 
+import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.cli import main
+from pipelines.dedup import build_pipeline
+from pipelines.options import QdedupOptions
+from pipelines.preflight import check_run, output_run
 from pipelines.recall import read_labelled_pairs
 from transforms.coders import pickled_list
 
@@ -66,6 +72,28 @@ def run_qdedup(input_pattern, out, model, *extra):
             *RUNNER_ARGS, *extra]
     assert main(argv) == 0
     return json.loads((out / "report.json").read_text())
+
+
+@contextlib.contextmanager
+def qdedup_pipeline(input_pattern, out, model, *extra):
+    """`qdedup run`'s pipeline for these flags, built inside its output run, without the launcher's report:
+    run it inside the block to write, or only look at it. Yields (pipeline, output run)."""
+    pipeline_options = PipelineOptions(["--input", str(input_pattern), "--output", str(out), "--scorer-model",
+                                        str(model), *extra])
+    options = pipeline_options.view_as(QdedupOptions)
+    with output_run(options) as run:
+        launch = check_run(options, pipeline_options)
+        pipeline = beam.Pipeline(options=pipeline_options)
+        build_pipeline(pipeline, options, launch.info.id_type, launch.configuration, run, launch.prior,
+                       launch.previous_groups)
+        yield pipeline, run
+
+
+def built_pipeline(input_pattern, out, model, *extra):
+    """The `qdedup run` pipeline for these flags on the in-process runner, built and never run (nothing is
+    committed)."""
+    with qdedup_pipeline(input_pattern, out, model, *RUNNER_ARGS, *extra) as (pipeline, _):
+        return pipeline
 
 
 def snapshot(root) -> dict:

@@ -3,16 +3,11 @@ runner retries (batches are packed from shards of the inputs, never from bundles
 import re
 from pathlib import Path
 
-import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import worker_handlers
 
-from pipelines.dedup import build_pipeline
-from pipelines.options import QdedupOptions
-from pipelines.preflight import check_run, output_run
-from tests.helpers import MULTI_PROCESSING, run_qdedup
+from tests.helpers import MULTI_PROCESSING, qdedup_pipeline, run_qdedup
 
 pytestmark = pytest.mark.e2e  # every test here runs qdedup end to end
 
@@ -117,13 +112,6 @@ def test_bundles_retried_after_a_worker_failure_lose_and_duplicate_nothing(refer
 def _pipeline_alone(input_pattern, output, model, *extra) -> Path:
     """`qdedup run`'s pipeline without the launcher's report and its checks (`qdedup run` refuses the
     bundle-based runner, which drops some metrics); returns the folder it wrote."""
-    argv = ["--input", str(input_pattern), "--output", str(output), "--scorer-model", model, *extra]
-    pipeline_options = PipelineOptions(argv)
-    options = pipeline_options.view_as(QdedupOptions)
-    with output_run(options) as out:
-        launch = check_run(options, pipeline_options)
-        pipeline = beam.Pipeline(options=pipeline_options)
-        build_pipeline(pipeline, options, launch.info.id_type, launch.configuration, out, launch.prior,
-                       launch.previous_groups)
+    with qdedup_pipeline(input_pattern, output, model, *extra) as (pipeline, out):
         pipeline.run().wait_until_finish()
     return Path(out.write_root)

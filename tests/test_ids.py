@@ -5,11 +5,9 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.dedup import build_pipeline
-from pipelines.options import QdedupOptions
-from pipelines.preflight import check_run, output_run
 from tests.helpers import (
     RUNNER_ARGS,
+    built_pipeline,
     group_members,
     read_part,
     run_qdedup,
@@ -210,15 +208,7 @@ def test_only_a_run_with_no_earlier_groups_skips_the_previous_group_joins(corpus
     earlier, _ = reference_run
 
     def steps(name: str, *extra: str) -> set:
-        argv = ["--input", str(directory / "*.parquet"), "--output", str(tmp_path / name),
-                "--scorer-model", tiny_model, *RUNNER_ARGS, *extra]
-        pipeline_options = PipelineOptions(argv)
-        options = pipeline_options.view_as(QdedupOptions)
-        with output_run(options) as out:  # built, never run: nothing is committed
-            launch = check_run(options, pipeline_options)
-            pipeline = beam.Pipeline(options=pipeline_options)
-            build_pipeline(pipeline, options, launch.info.id_type, launch.configuration, out, launch.prior,
-                           launch.previous_groups)
+        pipeline = built_pipeline(directory / "*.parquet", tmp_path / name, tiny_model, *extra)
         return {label for label in pipeline.applied_labels if label.startswith("ClusterGroups/AssignGroupIds/")}
 
     first = steps("first")

@@ -36,7 +36,6 @@ from apache_beam.transforms import core, window
 from benchmarks.bench_runner_loss import RUNNER, made_and_read, main
 from benchmarks.bench_scale import _tree_usage
 from pipelines import local_runner
-from pipelines.dedup import build_pipeline
 from pipelines.local_runner import (
     LOCAL_STAGE_IDLE_S,
     group_flattens_directly,
@@ -45,9 +44,7 @@ from pipelines.local_runner import (
     stream_local_inputs,
     turn_off_timed_flush,
 )
-from pipelines.options import QdedupOptions
-from pipelines.preflight import check_run, output_run
-from tests.helpers import MULTI_PROCESSING, RUNNER_ARGS, snapshot
+from tests.helpers import MULTI_PROCESSING, RUNNER_ARGS, built_pipeline, snapshot
 
 # Beam's own runner methods, which `local_runner.stream_local_inputs` replaces in a process that ran a
 # pipeline through `qdedup run`; taken when pytest imports this module, before any test runs one.
@@ -422,15 +419,7 @@ def test_a_runs_flattens_planned_into_their_groupings_leave_an_order_to_run_in(c
     follows stages of the plan, never itself (Beam 2.77 makes no grouping follow its Flatten's stage; one that
     did would leave each writer following itself)."""
     directory, _ = corpus
-    argv = ["--input", str(directory / "*.parquet"), "--output", str(tmp_path / "out"), "--scorer-model", tiny_model,
-            *RUNNER_ARGS]
-    pipeline_options = PipelineOptions(argv)
-    options = pipeline_options.view_as(QdedupOptions)
-    with output_run(options) as out:  # built, never run: nothing is committed
-        launch = check_run(options, pipeline_options)
-        pipeline = beam.Pipeline(options=pipeline_options)
-        build_pipeline(pipeline, options, launch.info.id_type, launch.configuration, out, launch.prior,
-                       launch.previous_groups)
+    pipeline = built_pipeline(directory / "*.parquet", tmp_path / "out", tiny_model)
     planned: dict = {}  # the phase's stages -> what each must follow, as the phase left them (fusion comes after)
 
     def phase(stages, context):
