@@ -131,7 +131,9 @@ def cpu_of_scoring(tokens: list, pairs: int, settings: ModelSettings, path: str 
             scored = chunks | beam.ParDo(_MakePairs(tokens)) | transforms.score.ScorePairs(settings)
         else:
             found = {"lexical": chunks | beam.ParDo(_MakeLists(tokens))}
-            scored = (found | transforms.score.ScoreNeighbours(settings) if path == "lists"
+            most_found = (chunks | beam.combiners.Count.Globally()
+                          | beam.Map(lambda n: n * QUESTIONS * len(BOTH_ENDS + ONE_END)),)  # the lists' entries
+            scored = (found | transforms.score.ScoreNeighbours(settings, most_found) if path == "lists"
                       else found | DistinctCandidates() | transforms.score.ScorePairs(settings))
         _ = (scored.scored | beam.Map(len) | beam.CombineGlobally(sum)  # scored batches: lists of pairs
              | beam.Map(_check_count, _made(pairs, path)))

@@ -71,6 +71,7 @@ class Candidates(NamedTuple):
     failed: list               # RejectedRow PCollections of questions no vector was made for
     embedded: list             # PCollections of the representatives each embedder embedded
     tokenized: Optional[beam.PCollection] = None  # (id, text as the scorer takes it): `tokenized_texts`
+    most_found: tuple = ()     # each embedder's `Blocked.most_found`: what sizes `ScoreNeighbours`' shards
 
 
 def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns: Columns,
@@ -97,7 +98,7 @@ def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns
         | "NormalizeAndCollapse" >> NormalizeAndCollapse(columns, extend, options.join_shard_keys)
     representatives = collapsed.representatives
     settings = blocking_settings(options)
-    found, embedders, failed, embedded_reps, tokenized = {}, {}, [], [], None
+    found, most_found, embedders, failed, embedded_reps, tokenized = {}, [], {}, [], [], None
     for kind, model in parse_embedders(options.embedders):
         label = kind.title()
         to_embed, known = representatives, None
@@ -134,10 +135,11 @@ def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns
         if scorer is not None and not prior and len(kinds) == 1:
             tokenized = carried | f"{label}TokenizedTexts" >> beam.Map(lambda item: (item.rep.id, item.rep.text))
         found[kind] = blocked.found
+        most_found.append(blocked.most_found)
         embedders[kind] = EmbedderOutputs(
             all_vectors | f"{label}ById" >> beam.MapTuple(lambda rep, vector: (rep.id, (rep.key, vector))),
             blocked.neighbours, embedded.params, blocked.centroids, blocked.sub_centroids)
-    return Candidates(read, collapsed, found, embedders, stored, failed, embedded_reps, tokenized)
+    return Candidates(read, collapsed, found, embedders, stored, failed, embedded_reps, tokenized, tuple(most_found))
 
 
 def tokenized_texts(generated: Candidates, scorer: ModelSettings) -> beam.PCollection:
@@ -179,7 +181,7 @@ def build_pipeline(pipeline: beam.Pipeline, options: QdedupOptions, id_type: str
         candidates = generated.found | "DistinctCandidates" >> DistinctCandidates()
         scoring = candidates | "ScoreCandidates" >> ScoreCandidates(scorer, known_scores, texts)
     else:  # nothing to reuse or fetch: pairs go from the neighbour lists into scoring shards (counted there)
-        candidates, scoring = None, generated.found | "ScoreNeighbours" >> ScoreNeighbours(scorer)
+        candidates, scoring = None, generated.found | "ScoreNeighbours" >> ScoreNeighbours(scorer, generated.most_found)
     if prior and prior.extend:
         members = (generated.stored.members, members) | "AllMembers" >> beam.Flatten()
         previous_groups = prior.committed.paths("groups", ".parquet")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.testing.util import assert_that
+from apache_beam.testing.util import assert_that, equal_to
 
 from tests.helpers import RUNNER_ARGS
 from transforms import block
@@ -365,6 +365,11 @@ def _block(items, settings, tmp_path, centroids=None, stored=None, lists=False, 
     blocked = inputs | BlockCandidates(settings, centroids=centroids, sub_centroids=given_sub)
     candidates = {"lexical": blocked.found} | DistinctCandidates()
     assert_that(candidates, check)
+    most = (len(items) + len(stored or [])) * settings.top_k  # a list a question searched or stored, top_k each
+    assert_that(blocked.most_found, equal_to([most]), label="MostFound")
+    entries = blocked.found | "Entries" >> beam.Map(lambda element: len(element[1][1])) | beam.CombineGlobally(sum)
+    assert_that(entries, lambda sums: sums[0] <= most or pytest.fail(f"{sums} entries, most {most}"),
+                label="WithinMostFound")
     pairs = candidates | beam.Map(lambda p: ((p.id_a, p.id_b), p.similarity)) | "Pairs" >> beam.combiners.ToDict()
     neighbours = blocked.neighbours | "Lists" >> beam.combiners.ToDict()
     (pipeline | "Once" >> beam.Create([None])

@@ -364,13 +364,17 @@ class Blocked(NamedTuple):
     """What blocking gives: every question's neighbours with their texts, as (id, (text, {neighbour id:
     (similarity, text)})), from which `DistinctCandidates` makes the candidate pairs (and `ScoreNeighbours`
     scores them without making them one by one); every question's k nearest as (id, `Neighbours`), which
-    an extension keeps; the centroids the partitions came from (None: one partition); and the
-    second-level centroids of the partitions split again, as (partition, array)."""
+    an extension keeps; the centroids the partitions came from (None: one partition); the
+    second-level centroids of the partitions split again, as (partition, array); and `most_found`, one
+    int: the most neighbour entries `found` can hold (a list a question it searched for, at most `top_k`
+    each), known before the search runs, so that a step sized by it (`ScoreNeighbours`' shards) takes the
+    lists as they are made instead of after a count of them all."""
 
     found: beam.PCollection
     neighbours: beam.PCollection
     centroids: beam.PCollection
     sub_centroids: beam.PCollection
+    most_found: beam.PCollection
 
 
 def _by_sample_rank(entry: tuple) -> tuple:
@@ -767,8 +771,14 @@ class BlockCandidates(beam.PTransform):
         embedded, stored = inputs if isinstance(inputs, tuple) else (inputs, None)
         pipeline = embedded.pipeline
         embedded | "CountQuestions" >> count_elements(BLOCKING_QUESTIONS)  # where made: checked where read
+        counted = embedded | "CountVectors" >> beam.combiners.Count.Globally()
+        listed = counted
+        if stored is not None:  # a stored question's k nearest are updated: a list of its own
+            listed = ((counted, stored | "CountStored" >> beam.combiners.Count.Globally())
+                      | "AllListed" >> beam.Flatten() | "Listed" >> beam.CombineGlobally(sum))
+        most_found = listed | "MostFound" >> beam.Map(lambda lists, k: lists * k, settings.top_k)
         if self._centroids is None:
-            count = beam.pvalue.AsSingleton(embedded | "CountVectors" >> beam.combiners.Count.Globally())
+            count = beam.pvalue.AsSingleton(counted)
             trained = (
                 embedded
                 | "SampleForCentroids" >> beam.ParDo(_SampleForCentroids(settings), n=count)
@@ -830,7 +840,7 @@ class BlockCandidates(beam.PTransform):
                 | "UpdateStored" >> JoinByKey(_update_stored, settings.top_k, keys={"item": attrgetter("rep.id")})
             )
             best = (best, updated) | "AllNeighbours" >> beam.Flatten()
-        return Blocked(best, best | "NeighbourLists" >> beam.Map(_neighbour_list), trained, sub_centroids)
+        return Blocked(best, best | "NeighbourLists" >> beam.Map(_neighbour_list), trained, sub_centroids, most_found)
 
 
 def _in_sub_sample(element, sizes: dict, settings: BlockingSettings) -> bool:

@@ -207,26 +207,24 @@ class ScoreNeighbours(beam.PTransform):
     Each question's neighbours are dealt straight into scoring shards by a hash of the pair, in lists
     (`joins.DealIntoShards`), from both ends and from every embedder; a shard makes each pair once and
     packs it (`inference.TokenizeAndPack` with `_ShardCandidates`): no pair travels on its own between
-    blocking and the model. The shards are sized by the neighbours found, a bound on the pairs (a pair
-    is found from one end or both, by one embedder or several), so a shard holds at most about
-    `sort_window` pairs and a batch's make-up depends only on the run's neighbour lists.
+    blocking and the model. The shards are sized by `most_found`, the embedders' `Blocked.most_found`
+    (the most neighbour entries their lists can hold, a bound on the pairs: a pair is found from one end
+    or both, by one embedder or several), so a shard holds at most about `sort_window` pairs and a
+    batch's make-up depends only on the run's neighbour lists. The bound is known before the search
+    runs, so the lists are dealt as they are made, not held until a count of them is done.
     `ScoreCandidates` scores pairs made already, and reuses known scores.
     """
 
-    def __init__(self, settings: ModelSettings, batch: int = 1000):
+    def __init__(self, settings: ModelSettings, most_found: Iterable[beam.PCollection], batch: int = 1000):
         super().__init__()
         self._settings = settings
+        self._most_found = tuple(most_found)
         self._batch = batch
 
     def expand(self, found):
         settings = self._settings
-        found_entries = (
-            tuple(lists | f"Entries[{kind}]" >> beam.Map(lambda element: len(element[1][1]))
-                  for kind, lists in found.items())
-            | "AllEntries" >> beam.Flatten()
-            | "SumEntries" >> beam.CombineGlobally(sum)
-        )
-        entries = beam.pvalue.AsSingleton(found_entries)
+        bound = self._most_found | "AllBounds" >> beam.Flatten() | "MostEntries" >> beam.CombineGlobally(sum)
+        entries = beam.pvalue.AsSingleton(bound)
         dealt_pairs = tuple(
             lists | f"DealPairs[{kind}]" >> beam.ParDo(
                 DealIntoShards(0, PAIR_OF_FOUND, settings.sort_window, self._batch,
@@ -236,7 +234,7 @@ class ScoreNeighbours(beam.PTransform):
         ran = dealt_pairs | "CrossEncoder" >> RunModel(
             settings, pair_scorer(settings), sources.load_tokenizer_and_width, "score", "score",
             prepare=_ShardCandidates(settings.symmetric), batched=True)
-        return _nothing_reused(_pair_scores(ran, settings, found_entries, at_most=True))
+        return _nothing_reused(_pair_scores(ran, settings, bound, at_most=True))
 
 
 def _reuse(element) -> Iterable:
