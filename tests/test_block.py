@@ -450,32 +450,70 @@ def test_a_hot_partition_of_12k_near_copies_is_split_with_a_linear_shuffle(tmp_p
 
 
 def test_one_pass_splits_the_entries_and_samples_the_hot_ones_as_a_filter_over_all_would():
-    """An entry of a partition that is not split goes to its one work item, as `_ToWorkItems` deals it (given
-    sizes: a first run's partitions, whose sizes are known) or on whole as ((partition, 0), entry) for it (an
-    earlier run's partitions); one of a split (hot) partition to "hot"; and the hot entries that fall in their
-    partition's second-level sample to "sample" as (partition, (id, vector)): exactly the entries a separate pass
-    over every entry with `_in_sub_sample` picked."""
+    """A list of entries of a partition that is not split goes to its one work item as it came, as
+    `_ToWorkItems` deals it (given sizes: a first run's partitions, whose sizes are known) or on whole as
+    ((partition, 0), list) for it (an earlier run's partitions); the entries of a split (hot) partition to "hot"
+    one by one; and the hot entries that fall in their partition's second-level sample to "sample" as
+    (partition, (id, vector)): exactly the entries a separate pass over every entry with `_in_sub_sample` picked."""
     settings = BlockingSettings(max_block=50, sample_per_partition=8)
     rng = np.random.default_rng(5)
     vectors = _unit(rng, 400, 8)
     sizes = {0: 300, 1: 40, 2: 60}  # 0 and 2 above max_block: split
     entries = [(i % 3, ("both", item.rep.id, pack_entry(item))) for i, item in enumerate(_items(vectors))]
+    by_partition = {p: [entry for q, entry in entries if q == p] for p in range(3)}
+    lists = [(p, block._listed(by_partition[p][start:start + 60])) for p in range(3) for start in (0, 60, 120)]
+    whole = [listed for p, listed in lists if p == 1]
     split = {0: True, 2: True}
-    outputs = [out for entry in entries for out in block._SplitHot(settings).process(entry, split, sizes)]
+    outputs = [out for element in lists for out in block._SplitHot(settings).process(element, split, sizes)]
     tagged = {}
     for out in outputs:
         tagged.setdefault(getattr(out, "tag", None), []).append(getattr(out, "value", out))
     to_work_items = block._ToWorkItems(settings.max_block, settings.max_fanout)
-    dealt = [out for p, entry in entries if p == 1 for out in to_work_items.process(((p, 0), entry), {(p, 0): 40})]
-    assert tagged[None] == dealt and [key for key, _ in dealt] == [(1, 0, 0, 0)] * len(dealt)
-    assert tagged["hot"] == [(p, entry) for p, entry in entries if p in split]
-    expected = [(p, entry[1]) for p, entry in entries if block._in_sub_sample((p, entry), sizes, settings)]
+    dealt = [out for listed in whole for out in to_work_items.process(((1, 0), listed), {(1, 0): 40})]
+    assert tagged[None] == dealt == [((1, 0, 0, 0), listed) for listed in whole]
+    assert [entry for _, listed in dealt for entry in block._entries(listed)] == by_partition[1]
+    hot = [(p, entry) for p in (0, 2) for entry in by_partition[p]]
+    assert tagged["hot"] == hot
+    expected = [(p, entry[1]) for p, entry in hot if block._in_sub_sample((p, entry), sizes, settings)]
     assert 0 < len(expected) < 200 and {p for p, _ in expected} == {0, 2}
     assert [(p, rep_id) for p, (rep_id, _) in tagged["sample"]] == expected
     assert all(np.array_equal(vector, vectors[rep_id]) for _, (rep_id, vector) in tagged["sample"])
-    given = [out for entry in entries for out in block._SplitHot(settings).process(entry, split)]
+    given = [out for element in lists for out in block._SplitHot(settings).process(element, split)]
     assert not [out for out in given if getattr(out, "tag", None) == "sample"]  # sizes not given: no sample
-    assert [out for out in given if not hasattr(out, "tag")] == [((p, 0), entry) for p, entry in entries if p == 1]
+    assert [out for out in given if not hasattr(out, "tag")] == [((1, 0), listed) for listed in whole]
+
+
+def test_entries_of_a_partition_cut_in_blocks_go_to_their_work_items_in_lists_of_bounded_length():
+    """`_ToWorkItems` on a partition cut into b blocks: each entry reaches the 2b - 1 work items of its block
+    (query block x index block), as query, index or both, in lists of at most `LIST_ITEMS` entries, and the
+    lists it holds over a bundle never exceed 8 x `LIST_ITEMS` entries; past `fanout` blocks, each block alone."""
+    from transforms.joins import LIST_ITEMS
+    n, max_block = 5_000, 2_000  # 3 blocks
+    entries = [("both", i, b"x%d" % i) for i in range(n)]
+    lists = [((7, 0), block._listed(entries[start:start + 700])) for start in range(0, n, 700)]
+    for fanout, copies in ((4, 5), (2, 1)):  # 2b - 1 work items an entry, or its block's alone
+        deal = block._ToWorkItems(max_block, fanout)
+        deal.start_bundle()
+        given, most_held = [], 0
+        for element in lists:
+            given += list(deal.process(element, {(7, 0): n}))
+            most_held = max(most_held, deal._lists._held)
+        given += [out.value for out in deal.finish_bundle()]
+        assert most_held < 8 * LIST_ITEMS
+        assert all(0 < count <= LIST_ITEMS for _, (count, _) in given)
+        items = {}
+        for key, listed in given:
+            assert key[:2] == (7, 0)
+            for role, rep_id, _ in block._entries(listed):
+                items.setdefault(rep_id, []).append((key[2:], role))
+        assert sorted(items) == list(range(n))
+        for rep_id, places in items.items():
+            mine = block.stable_hash(rep_id) % 3
+            assert len(places) == copies and ((mine, mine), "both") in places
+            if copies == 5:
+                assert sorted(places) == sorted([((mine, mine), "both")] + [((mine, o), "query") for o in range(3)
+                                                                               if o != mine]
+                                                + [((o, mine), "index") for o in range(3) if o != mine])
 
 
 def test_a_pair_found_from_both_ends_is_one_with_every_text_either_end_knew():

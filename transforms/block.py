@@ -51,7 +51,8 @@ import numpy as np
 import scipy.sparse
 from apache_beam.metrics import Metrics
 
-from transforms.joins import JoinByKey, KeyValue, only
+from transforms.coders import pickled_list, unpickled_list
+from transforms.joins import LIST_ITEMS, JoinByKey, KeyValue, ListsByKey, at_bundle_end, only
 from transforms.logs import Progress
 from transforms.metrics import BundleCount, StageTimer, count_elements, largest, read_count
 from transforms.records import GivenCentroids, Neighbours, StoredItem, candidate_pair, merge_sources, one_pair, pairs_of
@@ -442,9 +443,44 @@ def unpack_entry(data: bytes) -> SearchEntry:
     return SearchEntry(rep_id, text, vector, neighbours)
 
 
-class _AssignPartitions(beam.DoFn):
-    """item -> (partition, (role, id, the item packed by `pack_entry`)) for its nearest partitions; with `only`,
-    for those among them.
+# An entry: (role, id, the item packed by `pack_entry`). Entries travel from the partitions to the work items
+# in lists of one key, each list as (its count, its pickled list) (`_listed`): a list passes a step and a shuffle
+# where each entry did (2.2 entries a question, with the default two probes), and what sizes a partition is
+# the sum of the counts.
+Listed = tuple[int, bytes]
+
+
+def _listed(entries: list) -> Listed:
+    return len(entries), pickled_list(entries)
+
+
+def _entries(listed: Listed) -> list:
+    """The entries of a list `_listed` made."""
+    return unpickled_list(listed[1])
+
+
+def _listed_count(key, listed: Listed) -> tuple:
+    """(key, a list of entries) -> (key, its count): summed, a partition's size."""
+    return key, listed[0]
+
+
+class _ListingDoFn(beam.DoFn):
+    """A DoFn that gives entries in lists of one key (`ListsByKey`, `LIST_ITEMS` a list), as (key, `Listed`)."""
+
+    def start_bundle(self):
+        self._lists = ListsByKey(LIST_ITEMS)
+
+    def _add(self, key, entry) -> Iterator[tuple]:
+        for listed_key, entries in self._lists.add(key, entry) or ():
+            yield listed_key, _listed(entries)
+
+    def _give(self) -> Iterator:
+        return at_bundle_end((key, _listed(entries)) for key, entries in self._lists.give())
+
+
+class _AssignPartitions(_ListingDoFn):
+    """item -> (partition, `Listed` entries (role, id, the item packed by `pack_entry`)) for its nearest
+    partitions; with `only`, for those among them.
 
     role "both": searched and searchable; "stored": a stored question of an extended run, searchable
     only (and searched against the queries for the newcomers that enter its k nearest). `read`: counts
@@ -462,12 +498,14 @@ class _AssignPartitions(beam.DoFn):
         self._progress = Progress(_LOG, "partitioning", "questions")
 
     def start_bundle(self):
+        super().start_bundle()
         if self._read:
             self._read.start()
 
     def finish_bundle(self):
         if self._read:
             self._read.finish()
+        return self._give()
 
     def process(self, item, centroids, only=None):
         self._progress.add()
@@ -477,7 +515,7 @@ class _AssignPartitions(beam.DoFn):
         for partition in nearest_partitions(item.vector, centroids, self._probes):
             if only is None or partition in only:
                 entry = entry or (self._role, item.rep.id, pack_entry(item))
-                yield partition, entry
+                yield from self._add(partition, entry)
 
 
 class _SampleForCentroids(beam.DoFn):
@@ -501,10 +539,10 @@ class _SampleForCentroids(beam.DoFn):
 
 
 class _SplitHot(beam.DoFn):
-    """(partition, entry) -> ((partition, 0), entry), or to "hot" as it is when the partition is split. With
-    `sizes` (every partition's size, where the second level is trained here), a partition not split holds at
-    most `max_block` entries, so its one work item is known: its entries go there at once, as `_ToWorkItems`
-    deals them (`_in_one_work_item`), not through a count and a step of their own;
+    """(partition, `Listed` entries) -> ((partition, 0), the list), or to "hot" entry by entry, as (partition,
+    entry), when the partition is split. With `sizes` (every partition's size, where the second level is
+    trained here), a partition not split holds at most `max_block` entries, so its one work item is known:
+    its lists go there at once (`_one_work_item`), as they came, not through a count and a step of their own;
     and a hot entry that falls in the sample its partition's second level trains on (`_in_sub_sample`) goes
     to "sample" too, as (partition, (id, vector)): one pass over the entries splits and samples them (only a
     split partition is sampled)."""
@@ -513,43 +551,45 @@ class _SplitHot(beam.DoFn):
         self._settings = settings
 
     def process(self, element, split: dict, sizes: Optional[dict] = None):
-        partition, entry = element
+        partition, listed = element
         if partition not in split:
-            if sizes is None:
-                yield (partition, 0), entry
-            else:
-                yield _in_one_work_item((partition, 0), entry)
+            yield ((partition, 0) if sizes is None else _one_work_item((partition, 0))), listed
             return
-        yield beam.pvalue.TaggedOutput("hot", element)
-        if sizes is not None and _in_sub_sample(element, sizes, self._settings):
-            yield beam.pvalue.TaggedOutput("sample", (partition, (entry[1], unpack_entry(entry[2]).vector)))
+        for entry in _entries(listed):
+            yield beam.pvalue.TaggedOutput("hot", (partition, entry))
+            if sizes is not None and _in_sub_sample((partition, entry), sizes, self._settings):
+                yield beam.pvalue.TaggedOutput("sample", (partition, (entry[1], unpack_entry(entry[2]).vector)))
 
 
 def _route(element, probes: int) -> Iterator[tuple]:
-    """(partition, {entry, sub}) -> ((partition, sub-partition), entry) for the entry's nearest sub-partitions."""
+    """(partition, {entry, sub}) -> ((partition, sub-partition), `Listed` entries): each entry to its nearest
+    sub-partitions, in lists."""
     partition, joined = element
     sub = by_dimension(only(joined["sub"]))
+    lists = ListsByKey(LIST_ITEMS)
     for entry in joined["entry"]:
         for part in nearest_partitions(unpack_entry(entry[2]).vector, sub, probes):
-            yield (partition, part), entry
+            for key, entries in lists.add((partition, part), entry) or ():
+                yield key, _listed(entries)
+    for key, entries in lists.give():
+        yield key, _listed(entries)
 
 
-def _in_one_work_item(key: tuple, entry: tuple) -> tuple:
-    """An entry of a (sub-)partition of at most `max_block` entries, keyed by its one work item."""
-    role, _, item = entry
-    return (*key, 0, 0), (role, item)
+def _one_work_item(key: tuple) -> tuple:
+    """The key of the one work item of a (sub-)partition of at most `max_block` entries."""
+    return (*key, 0, 0)
 
 
-class _ToWorkItems(beam.DoFn):
-    """((partition, sub-partition), (role, id, packed item)) -> (work item key, (role, packed item)): the
-    shuffle into work items holds every question's vector probes times over, packed (the in-process runner
-    would hold it decoded otherwise).
+class _ToWorkItems(_ListingDoFn):
+    """((partition, sub-partition), `Listed` entries) -> (work item key, `Listed` entries): the shuffle into
+    work items holds every question's vector probes times over, packed (the in-process runner would hold it
+    decoded otherwise).
 
-    A (sub-)partition of at most `max_block` is one work item. A larger one is cut into b blocks by a
-    hash of the id: while b <= `fanout` it is searched exactly as b x b (query block, index block) work
-    items, each question copied into 2b - 1 of them (a partition an extension has grown, say); past
-    that (near-identical questions k-means could not split) each block is searched on its own, the one
-    approximate search, so what is shuffled stays within (2 x fanout - 1) x the partition's size.
+    A (sub-)partition of at most `max_block` is one work item: its lists go there as they came. A larger
+    one is cut into b blocks by a hash of the id: while b <= `fanout` it is searched exactly as b x b (query
+    block, index block) work items, each question copied into 2b - 1 of them (a partition an extension has
+    grown, say); past that (near-identical questions k-means could not split) each block is searched on its
+    own, the one approximate search, so what is shuffled stays within (2 x fanout - 1) x the partition's size.
     """
 
     def __init__(self, max_block: int, fanout: int):
@@ -557,24 +597,34 @@ class _ToWorkItems(beam.DoFn):
         self._fanout = fanout
         self._approximate = Metrics.counter("qdedup", "blocking_items_hash_blocked")
 
+    def finish_bundle(self):
+        return self._give()
+
     def process(self, element, sizes: dict):
-        key, entry = element
+        key, listed = element
         blocks = block_count(sizes[key], self._max_block)
         if blocks == 1:
-            yield _in_one_work_item(key, entry)
+            yield _one_work_item(key), listed
             return
+        entries = _entries(listed)
+        if blocks > self._fanout:
+            self._approximate.inc(len(entries))
+        for entry in entries:
+            for item_key, as_role in self._work_items(key, entry, blocks):
+                yield from self._add(item_key, as_role)
+
+    def _work_items(self, key: tuple, entry: tuple, blocks: int) -> Iterator[tuple]:
+        """(work item key, the entry in its role there) for each work item of a partition cut into `blocks`."""
         role, rep_id, item = entry
         mine = stable_hash(rep_id) % blocks
-        entry = role, item
         if blocks > self._fanout:
-            self._approximate.inc()
             yield (*key, mine, mine), entry
             return
         if role == "stored":
             for other in range(blocks):
                 yield (*key, other, mine), entry
             return
-        as_query, as_index = ("query", item), ("index", item)
+        as_query, as_index = ("query", rep_id, item), ("index", rep_id, item)
         for other in range(blocks):
             if other == mine:
                 yield (*key, mine, mine), entry
@@ -592,9 +642,9 @@ class _SearchWorkItem(beam.DoFn):
         self._sizes = largest("blocking_work_item")  # report.json: work items, and the largest
 
     def process(self, element):
-        _, members = element
+        _, lists = element
         queries, index, stored, entries = [], [], [], 0
-        for role, packed_item in members:
+        for role, _, packed_item in (entry for listed in lists for entry in _entries(listed)):
             item = unpack_entry(packed_item)
             entries += 1
             if role in ("both", "query"):
@@ -799,7 +849,8 @@ class BlockCandidates(beam.PTransform):
                 _AssignPartitions(settings.probes, "stored"), centroids=centroids, only=searched)
             assigned = (assigned, stored_assigned) | "AllAssigned" >> beam.Flatten()
         if self._centroids is None:
-            counts = assigned | "PartitionSizes" >> beam.combiners.Count.PerKey()
+            counts = (assigned | "EntryCounts" >> beam.MapTuple(_listed_count)
+                      | "PartitionSizes" >> beam.CombinePerKey(sum))
             sizes = beam.pvalue.AsDict(counts)
             hot = counts | "HotPartitions" >> beam.Filter(lambda kv: kv[1] > settings.max_block)
         else:
@@ -819,12 +870,13 @@ class BlockCandidates(beam.PTransform):
         routed = {"entry": split.hot, "sub": sub_centroids} | "RouteHot" >> JoinByKey(_route, settings.probes)
         to_work_items = _ToWorkItems(settings.max_block, settings.max_fanout)
         if self._centroids is None:  # the partitions not split are work items already (`_SplitHot`)
-            part_sizes = beam.pvalue.AsDict(routed | "SubSizes" >> beam.combiners.Count.PerKey())
+            part_sizes = beam.pvalue.AsDict(routed | "SubCounts" >> beam.MapTuple(_listed_count)
+                                            | "SubSizes" >> beam.CombinePerKey(sum))
             whole_items = split.whole
         else:  # an earlier run's partitions, which this run's rows may have grown past `max_block`
             part_sizes = beam.pvalue.AsDict(
-                (split.whole | "WholeSizes" >> beam.combiners.Count.PerKey(),
-                 routed | "SubSizes" >> beam.combiners.Count.PerKey()) | "PartSizes" >> beam.Flatten())
+                (split.whole, routed) | "AllParts" >> beam.Flatten() | "PartCounts" >> beam.MapTuple(_listed_count)
+                | "PartSizes" >> beam.CombinePerKey(sum))
             whole_items = split.whole | "WholeWorkItems" >> beam.ParDo(to_work_items, sizes=part_sizes)
         work = (whole_items, routed | "SubWorkItems" >> beam.ParDo(to_work_items, sizes=part_sizes))
         found = (

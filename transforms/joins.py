@@ -197,13 +197,44 @@ class JoinByKey(beam.PTransform):
         return tagged | "Flatten" >> beam.Flatten() | "Group" >> beam.GroupByKey() | "Call" >> call
 
 
+class ListsByKey:
+    """A bundle's items held in lists by key, so that a shuffle moves a list where it would move each item: a list
+    is given once it holds `batch` items, and every list once `8 x batch` are held in all (what is held at the
+    bundle's end is given then, by `give`)."""
+
+    def __init__(self, batch: int):
+        self._batch = batch
+        self._lists: dict = {}
+        self._held = 0
+
+    def add(self, key, item) -> Optional[list[tuple]]:
+        """Holds `item` under `key`; the (key, list)s this gives, or None (most calls: no generator an item)."""
+        held = self._lists.get(key)
+        if held is None:
+            held = self._lists[key] = []
+        held.append(item)
+        self._held += 1
+        if len(held) >= self._batch:
+            del self._lists[key]
+            self._held -= len(held)
+            return [(key, held)]
+        if self._held >= 8 * self._batch:
+            return self.give()
+        return None
+
+    def give(self) -> list[tuple]:
+        """(key, list) for every list held, which are then let go."""
+        lists, self._lists, self._held = self._lists, {}, 0
+        return list(lists.items())
+
+
 class DealIntoShards(beam.DoFn):
     """Elements -> (shard, (tag, pickled list)): lists of up to `batch` elements of one shard, so that a
     shuffle moves a list where it would move each element, pickled once (`pickled_list`; the runner then copies
     bytes where it would encode and decode each record three times: 0.9 µs a `ScoredPair` pickled and
     unpickled this way, 2.0 µs a record each time `RecordCoder` codes it on its own). A bundle holds at
-    most 8 x `batch` elements before it gives them all; what it holds at its end is given then. `items`:
-    element -> the items to deal (the element itself when None), so that what one element makes never
+    most 8 x `batch` elements before it gives them all (`ListsByKey`); what it holds at its end is given then.
+    `items`: element -> the items to deal (the element itself when None), so that what one element makes never
     travels item by item. The side input `keys` is the count that sizes the shards (`shard_of`). Read a
     shard back with `dealt`."""
 
@@ -216,34 +247,22 @@ class DealIntoShards(beam.DoFn):
         self._items = items
 
     def start_bundle(self):
-        self._lists, self._held = {}, 0
+        self._lists = ListsByKey(self._batch)
 
     def process(self, element, keys: int):
-        shards, batch = shard_count(keys, self._shard_keys), self._batch
+        shards = shard_count(keys, self._shard_keys)
         items = (element,) if self._items is None else list(self._items(element))
         # `shard_of` each item, its count worked out once and the hashes by C calls alone (a step every pair takes)
         hashes = map(zlib.crc32, map(str.encode, map(repr, map(self._key, items))))
+        tag, add = self._tag, self._lists.add
         for item, crc in zip(items, hashes):
-            shard = crc % shards
-            held = self._lists.get(shard)
-            if held is None:
-                held = self._lists[shard] = []
-            held.append(item)
-            self._held += 1
-            if len(held) >= batch:
-                del self._lists[shard]
-                self._held -= len(held)
-                yield shard, (self._tag, pickled_list(held))
-            elif self._held >= 8 * batch:
-                yield from self._give()
+            given = add(crc % shards, item)
+            if given:
+                for shard, held in given:
+                    yield shard, (tag, pickled_list(held))
 
     def finish_bundle(self):
-        return at_bundle_end(self._give())
-
-    def _give(self) -> Iterator[tuple]:
-        lists, self._lists, self._held = self._lists, {}, 0
-        for shard, held in lists.items():
-            yield shard, (self._tag, pickled_list(held))
+        return at_bundle_end((shard, (self._tag, pickled_list(held))) for shard, held in self._lists.give())
 
 
 def total_keys(counts: Iterable) -> beam.pvalue.AsSingleton:
