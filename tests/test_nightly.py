@@ -113,20 +113,20 @@ def test_an_extension_in_place_replaces_the_output_it_extends(yesterday, tiny_mo
 
 
 def _lose_first_assigned(process, lost):
-    def lose(self, item, centroids, only=None):
+    def lose(self, element, centroids, only=None):
         if not lost:  # the first question this step would read never arrives
-            lost.append(item.rep.id)
+            lost.append(element[0])
             return iter(())
-        return process(self, item, centroids, only)
+        return process(self, element, centroids, only)
     return lose
 
 
 def _lose_first_sampled(process, lost):
-    def lose(self, item, n):
+    def lose(self, element, n):
         if not lost:
-            lost.append(item.rep.id)
+            lost.append(element[0])
             return iter(())
-        return process(self, item, n)
+        return process(self, element, n)
     return lose
 
 
