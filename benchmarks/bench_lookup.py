@@ -62,7 +62,8 @@ def by_records(pairs: list, routes: list) -> dict:
         for element in elements:
             for shard, listed in dealer.process(element, keys=len(routes)):
                 dealt.setdefault(shard, []).append(listed)
-        for shard, listed in dealer._give():
+        for given in dealer.finish_bundle():  # what the bundle held at its end, in the global window
+            shard, listed = given.value
             dealt.setdefault(shard, []).append(listed)
 
     deal(DealIntoShards(0, lambda route: route[0], SHARD_KEYS, LIST), routes)
