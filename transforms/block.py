@@ -482,7 +482,7 @@ class _ListingDoFn(beam.DoFn):
         for listed_key, entries in self._lists.add(key, entry) or ():
             yield listed_key, _listed(entries)
 
-    def _give(self) -> Iterator:
+    def finish_bundle(self):
         return at_bundle_end((key, _listed(entries)) for key, entries in self._lists.give())
 
 
@@ -513,7 +513,7 @@ class _AssignPartitions(_ListingDoFn):
     def finish_bundle(self):
         if self._read:
             self._read.finish()
-        return self._give()
+        return super().finish_bundle()
 
     def process(self, element, centroids, only=None):
         self._progress.add()
@@ -606,9 +606,6 @@ class _ToWorkItems(_ListingDoFn):
         self._max_block = max_block
         self._fanout = fanout
         self._approximate = Metrics.counter("qdedup", "blocking_items_hash_blocked")
-
-    def finish_bundle(self):
-        return self._give()
 
     def process(self, element, sizes: dict):
         key, listed = element

@@ -210,8 +210,8 @@ class ScoreNeighbours(beam.PTransform):
     blocking and the model. The shards are sized by `most_found`, the embedders' `Blocked.most_found`
     (the most neighbour entries their lists can hold, a bound on the pairs: a pair is found from one end
     or both, by one embedder or several), so a shard holds at most about `sort_window` pairs and a
-    batch's make-up depends only on the run's neighbour lists. The bound is known before the search
-    runs, so the lists are dealt as they are made, not held until a count of them is done.
+    batch's make-up depends only on the run's questions and their neighbour lists. The bound is known
+    before the search runs, so the lists are dealt as they are made, not held until a count of them is done.
     `ScoreCandidates` scores pairs made already, and reuses known scores.
     """
 
