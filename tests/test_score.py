@@ -522,8 +522,8 @@ def test_neighbour_lists_are_scored_once_a_pair_from_both_ends_and_every_embedde
     pipeline = beam.Pipeline(options=PipelineOptions(RUNNER_ARGS))
     found = {"lexical": pipeline | "Lexical" >> beam.Create(lexical),
              "encoder": pipeline | "Encoder" >> beam.Create(encoder)}
-    most_found = (pipeline | "MostLexical" >> beam.Create([45 * 1]),  # 45 lists, at most 1 entry each
-                  pipeline | "MostEncoder" >> beam.Create([5 * 2]))
+    most_found = (pipeline | "MostLexical" >> beam.Create([45 * 2]),  # 45 lists of 1 entry, at most 2 each
+                  pipeline | "MostEncoder" >> beam.Create([5 * 2]))         # 5 lists of 2 entries
     scoring = found | ScoreNeighbours(settings, most_found, batch=4)
     assert_that(scoring.scored | beam.FlatMap(pairs_in), check)
     assert_that(scoring.reused, lambda reused: reused == [] or pytest.fail(reused), label="NoneReused")
@@ -532,7 +532,7 @@ def test_neighbour_lists_are_scored_once_a_pair_from_both_ends_and_every_embedde
         result.wait_until_finish()
     assert run_counts(result)["candidate_pairs"] == 35
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("scoring:")]
-    assert progress and "of at most 55 pairs" in progress[-1]  # the bound on the lists' entries
+    assert progress and "of at most 100 pairs" in progress[-1]  # the bound given, not the 55 entries counted
 
 
 def test_a_question_in_every_list_spreads_over_the_scoring_shards():

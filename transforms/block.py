@@ -467,6 +467,12 @@ def _entries(listed: Listed) -> list:
     return unpickled_list(listed[1])
 
 
+def _as_listed(given: Optional[list]) -> Iterator[tuple]:
+    """The (key, entries) lists a `ListsByKey` gave (None: none) as (key, `Listed`)."""
+    for key, entries in given or ():
+        yield key, _listed(entries)
+
+
 def _listed_count(key, listed: Listed) -> tuple:
     """(key, a list of entries) -> (key, its count): summed, a partition's size."""
     return key, listed[0]
@@ -479,11 +485,10 @@ class _ListingDoFn(beam.DoFn):
         self._lists = ListsByKey(LIST_ITEMS)
 
     def _add(self, key, entry) -> Iterator[tuple]:
-        for listed_key, entries in self._lists.add(key, entry) or ():
-            yield listed_key, _listed(entries)
+        return _as_listed(self._lists.add(key, entry))
 
     def finish_bundle(self):
-        return at_bundle_end((key, _listed(entries)) for key, entries in self._lists.give())
+        return at_bundle_end(_as_listed(self._lists.give()))
 
 
 class _AssignPartitions(_ListingDoFn):
@@ -579,10 +584,8 @@ def _route(element, probes: int) -> Iterator[tuple]:
     lists = ListsByKey(LIST_ITEMS)
     for entry in joined["entry"]:
         for part in nearest_partitions(unpack_entry(entry[2]).vector, sub, probes):
-            for key, entries in lists.add((partition, part), entry) or ():
-                yield key, _listed(entries)
-    for key, entries in lists.give():
-        yield key, _listed(entries)
+            yield from _as_listed(lists.add((partition, part), entry))
+    yield from _as_listed(lists.give())
 
 
 def _one_work_item(key: tuple) -> tuple:
