@@ -48,11 +48,10 @@ from transforms.write import (
 
 
 class EmbedderOutputs(NamedTuple):
-    """What a run keeps of one embedder: vectors as (id, (text key, vector)), each question's k nearest,
-    the parameters and the centroids (first level, and second level as (partition, array))."""
+    """What a run keeps of one embedder: each question's `VectorRecord` (its vector and k nearest, from
+    blocking), the parameters and the centroids (first level, and second level as (partition, array))."""
 
-    vectors: beam.PCollection
-    neighbours: beam.PCollection
+    records: beam.PCollection
     params: beam.PCollection
     centroids: beam.PCollection
     sub_centroids: beam.PCollection
@@ -122,23 +121,17 @@ def generate_candidates(pipeline: beam.Pipeline, options: QdedupOptions, columns
         sub_centroids = stored.sub_centroids[kind] if prior else None
         if extend:
             blocked = (carried, known) | f"Block{label}" >> BlockCandidates(settings, centroids, sub_centroids)
-            known_vectors = known | f"{label}StoredVector" >> beam.Map(lambda item: Embedded(item.rep, item.vector))
-            all_vectors = (vectors, known_vectors) | f"{label}AllVectors" >> beam.Flatten()
         elif prior:
-            all_vectors = (vectors, known) | f"{label}AllVectors" >> beam.Flatten()
             searched = (carried, known if scorer is None else _tokenized_ahead(known, scorer, f"{label}Stored")) \
                 | f"{label}Searched" >> beam.Flatten()
             blocked = searched | f"Block{label}" >> BlockCandidates(settings, centroids, sub_centroids)
         else:
-            all_vectors = vectors
             blocked = carried | f"Block{label}" >> BlockCandidates(settings)
         if scorer is not None and not prior and len(kinds) == 1:
             tokenized = carried | f"{label}TokenizedTexts" >> beam.Map(lambda item: (item.rep.id, item.rep.text))
         found[kind] = blocked.found
         most_found.append(blocked.most_found)
-        embedders[kind] = EmbedderOutputs(
-            all_vectors | f"{label}ById" >> beam.MapTuple(lambda rep, vector: (rep.id, (rep.key, vector))),
-            blocked.neighbours, embedded.params, blocked.centroids, blocked.sub_centroids)
+        embedders[kind] = EmbedderOutputs(blocked.records, embedded.params, blocked.centroids, blocked.sub_centroids)
     return Candidates(read, collapsed, found, embedders, stored, failed, embedded_reps, tokenized, tuple(most_found))
 
 

@@ -16,8 +16,10 @@ from transforms.block import (
     BlockingSettings,
     DistinctCandidates,
     OnePair,
+    QuestionVector,
     SearchEntry,
     UnionCandidates,
+    _found_and_record,
     _TopNeighbours,
     best_neighbours,
     block_count,
@@ -39,6 +41,7 @@ from transforms.records import (
     GivenCentroids,
     Representative,
     StoredItem,
+    VectorRecord,
 )
 from transforms.vectors import SparseVector, dense_rows, sparse_rows, to_dense
 
@@ -129,7 +132,8 @@ def test_a_packed_entry_gives_the_search_what_it_reads_and_is_held_in_a_fraction
     items.append(StoredItem(Representative(3, "存着的问题", "n", "k", 1), vectors[0], [(0.9, 5), (0.7, 8)]))
     for item in items:
         entry = unpack_entry(pack_entry(item))
-        assert isinstance(entry, SearchEntry) and (entry.id, entry.text) == (item.rep.id, item.rep.text)
+        assert isinstance(entry, SearchEntry) and (entry.id, entry.text, entry.key) == (item.rep.id, item.rep.text,
+                                                                                        item.rep.key)
         assert entry.neighbours == (item.neighbours if isinstance(item, StoredItem) else None)
         assert type(entry.vector) is type(item.vector)
         if isinstance(item.vector, SparseVector):
@@ -345,6 +349,22 @@ def _save(pairs, path):
         pickle.dump(pairs, handle)
 
 
+def _lists_of_records(records, items) -> dict:
+    """The k nearest of blocking's vector records, {id: [(similarity, id)]}, after checking there is a record
+    for each item (new and stored), with its key and its vector as it came."""
+    by_id = {record.id: record for record in records}
+    assert len(by_id) == len(records) == len(items)
+    for item in items:
+        record = by_id[item.rep.id]
+        assert record.key == item.rep.key
+        if isinstance(item.vector, SparseVector):
+            assert (record.indices == item.vector.indices).all() and record.dim == item.vector.dim
+            assert (record.values == item.vector.values).all()
+        else:
+            assert record.indices is None and record.dim == len(item.vector) and (record.values == item.vector).all()
+    return {record.id: list(zip(record.top_sims, record.top_ids)) for record in records}
+
+
 def _block(items, settings, tmp_path, centroids=None, stored=None, lists=False, sub_centroids=None):
     """Runs BlockCandidates and DistinctCandidates; returns ({(a, b): similarity}, largest work item), and the
     neighbour lists (or, with lists="metrics", the work item size distribution and the count of hash-blocked
@@ -371,15 +391,16 @@ def _block(items, settings, tmp_path, centroids=None, stored=None, lists=False, 
     assert_that(entries, lambda sums: sums[0] <= most or pytest.fail(f"{sums} entries, most {most}"),
                 label="WithinMostFound")
     pairs = candidates | beam.Map(lambda p: ((p.id_a, p.id_b), p.similarity)) | "Pairs" >> beam.combiners.ToDict()
-    neighbours = blocked.neighbours | "Lists" >> beam.combiners.ToDict()
+    records = blocked.records | "Records" >> beam.combiners.ToList()
     (pipeline | "Once" >> beam.Create([None])
-     | beam.Map(lambda _, p, n: _save((p, n), path), p=beam.pvalue.AsSingleton(pairs),
-                n=beam.pvalue.AsSingleton(neighbours)))
+     | beam.Map(lambda _, p, r: _save((p, r), path), p=beam.pvalue.AsSingleton(pairs),
+                r=beam.pvalue.AsSingleton(records)))
     result = pipeline.run()
     result.wait_until_finish()
     sizes = result.metrics().query(MetricsFilter().with_name("blocking_work_item"))["distributions"]
     with open(path, "rb") as handle:
-        found_pairs, found_lists = pickle.load(handle)
+        found_pairs, records = pickle.load(handle)
+    found_lists = _lists_of_records(records, list(items) + list(stored or []))
     largest = max(d.committed.max for d in sizes)
     if lists == "metrics":
         hashed = result.metrics().query(MetricsFilter().with_name("blocking_items_hash_blocked"))["counters"]
@@ -485,11 +506,13 @@ def test_one_pass_splits_the_entries_and_samples_the_hot_ones_as_a_filter_over_a
 
 def test_entries_of_a_partition_cut_in_blocks_go_to_their_work_items_in_lists_of_bounded_length():
     """`_ToWorkItems` on a partition cut into b blocks: each entry reaches the 2b - 1 work items of its block
-    (query block x index block), as query, index or both, in lists of at most `LIST_ITEMS` entries, and the
-    lists it holds over a bundle never exceed 8 x `LIST_ITEMS` entries; past `fanout` blocks, each block alone."""
+    (query block x index block), as query, index or both (a home entry home in its own block's), in lists of at
+    most `LIST_ITEMS` entries, and the lists it holds over a bundle never exceed 8 x `LIST_ITEMS` entries; past
+    `fanout` blocks, each block alone."""
     from transforms.joins import LIST_ITEMS
     n, max_block = 5_000, 2_000  # 3 blocks
-    entries = [("both", i, b"x%d" % i) for i in range(n)]
+    roles = ["home" if i % 3 else "both" for i in range(n)]
+    entries = [(roles[i], i, b"x%d" % i) for i in range(n)]
     lists = [((7, 0), block._listed(entries[start:start + 700])) for start in range(0, n, 700)]
     for fanout, copies in ((4, 5), (2, 1)):  # 2b - 1 work items an entry, or its block's alone
         deal = block._ToWorkItems(max_block, fanout)
@@ -509,11 +532,40 @@ def test_entries_of_a_partition_cut_in_blocks_go_to_their_work_items_in_lists_of
         assert sorted(items) == list(range(n))
         for rep_id, places in items.items():
             mine = block.stable_hash(rep_id) % 3
-            assert len(places) == copies and ((mine, mine), "both") in places
+            assert len(places) == copies and ((mine, mine), roles[rep_id]) in places
             if copies == 5:
-                assert sorted(places) == sorted([((mine, mine), "both")] + [((mine, o), "query") for o in range(3)
+                assert sorted(places) == sorted([((mine, mine), roles[rep_id])] + [((mine, o), "query") for o in range(3)
                                                                                if o != mine]
                                                 + [((o, mine), "index") for o in range(3) if o != mine])
+
+
+def test_a_searched_question_is_home_in_one_partition_and_one_sub_partition_of_those_it_is_placed_in():
+    """Each searched question's vector record comes from one work item: `_AssignPartitions` makes its entry "home"
+    in one of its nearest partitions ("both" in the others), `_route` keeps it home in one sub-partition of a
+    split one; a stored question is never home."""
+    rng = np.random.default_rng(12)
+    vectors = _unit(rng, 200, 8)
+    items = _items(vectors)
+    centroids, sub = by_dimension(train_centroids(vectors, 4, 0)), train_centroids(vectors, 3, 1)
+    for role, probes in (("both", 2), ("both", 3), ("stored", 2)):
+        assign = block._AssignPartitions(probes, role)
+        assign.setup()
+        assign.start_bundle()
+        given = [out for item in items for out in assign.process(block.packed_item(item), centroids)]
+        given += [out.value for out in assign.finish_bundle()]
+        placed = [(partition, entry) for partition, listed in given for entry in block._entries(listed)]
+        homes = [entry[1] for _, entry in placed if entry[0] == "home"]
+        assert len(placed) == probes * len(items)
+        if role == "stored":
+            assert not homes and {entry[0] for _, entry in placed} == {"stored"}
+            continue
+        assert sorted(homes) == list(range(len(items))) and {entry[0] for _, entry in placed} == {"home", "both"}
+        routed = [entry for partition in range(4)
+                  for _, listed in block._route((partition, {"entry": [e for p, e in placed if p == partition],
+                                                             "sub": [sub]}), 2)
+                  for entry in block._entries(listed)]
+        assert len(routed) == 2 * len(placed)
+        assert sorted(entry[1] for entry in routed if entry[0] == "home") == list(range(len(items)))
 
 
 def test_a_pair_found_from_both_ends_is_one_with_every_text_either_end_knew():
@@ -589,8 +641,10 @@ def test_an_extension_updates_stored_neighbours_to_exactly_what_a_full_search_fi
 
 @pytest.mark.parametrize("as_text", [False, True])
 def test_a_questions_k_nearest_over_its_work_items_are_the_k_best_best_first(as_text):
-    """Found lists from several work items (a neighbour found in more than one, its text in some): the combiner
-    keeps the k best by (similarity, then the lower id), best first, each with a text wherever one came."""
+    """Found lists from several work items (a neighbour found in more than one, its text in some), one of them
+    with the question's vector (its home work item's), in any order: the combiner keeps the k best by
+    (similarity, then the lower id), best first, each with a text wherever one came, and the question's text
+    and vector."""
     import random
     rng = random.Random(5)
     name = (lambda n: f"q{n:03d}") if as_text else (lambda n: n)
@@ -599,13 +653,36 @@ def test_a_questions_k_nearest_over_its_work_items_are_the_k_best_best_first(as_
         sims = {name(n): rng.choice([0.3, 0.5, 0.7, 0.9]) for n in range(12)}  # a pair's similarity is exact
         lists = [[(sims[n], n, rng.choice([None, f"t{n}"])) for n in rng.sample(sorted(sims), rng.randint(0, 12))]
                  for _ in range(rng.randint(1, 6))]  # at times more than 8 x k entries: cut on the way
-        accumulators = [combine.add_input(combine.create_accumulator(), ("text", found)) for found in lists[:2]]
-        for found in lists[2:]:
-            accumulators[0] = combine.add_input(accumulators[0], ("text", found))
-        _, best = combine.extract_output(combine.merge_accumulators(accumulators))
+        vector = QuestionVector("key", np.arange(3, dtype=np.float32))
+        values = [("text", found, None) for found in lists]
+        home = rng.randrange(len(values))
+        values[home] = ("text", lists[home], vector)
+        accumulators = [combine.add_input(combine.create_accumulator(), value) for value in values[:2]]
+        for value in values[2:]:
+            accumulators[0] = combine.add_input(accumulators[0], value)
+        text, best, got = combine.extract_output(combine.merge_accumulators([combine.create_accumulator(),
+                                                                              *accumulators]))
+        assert text == "text" and got is vector
         seen = {n for found in lists for _, n, _ in found}
         expected = sorted(seen, key=lambda n: (-sims[n], n))[:4]
         assert list(best) == expected
         for n in expected:
             texts = {t for found in lists for _, m, t in found if m == n and t is not None}
             assert best[n][0] == sims[n] and (best[n][1] in texts if texts else best[n][1] is None)
+
+
+def test_a_question_found_nowhere_keeps_its_vector_record_with_no_neighbours_and_gives_no_found_list():
+    """A question no work item found a neighbour for has its vector alone (from its home work item): its record
+    says so, and scoring gets no list of it; a found one gets both, the record's neighbours best first."""
+    combine = _TopNeighbours(3)
+    vector = QuestionVector("k7", SparseVector(np.array([2], np.int32), np.array([1.0], np.float32), 8))
+    alone = combine.extract_output(combine.add_input(combine.create_accumulator(), ("t7", [], vector)))
+    assert alone == ("t7", {}, vector)
+    (record,) = [out.value for out in _found_and_record((7, alone))]
+    assert record._replace(indices=None, values=None) == VectorRecord(7, "k7", None, None, 8, [], [])
+    assert record.indices is vector.vector.indices and record.values is vector.vector.values
+    found = combine.add_input(combine.create_accumulator(), ("t7", [(0.5, 9, "t9")], None))
+    found = combine.add_input(found, ("t7", [(0.75, 8, None)], vector))
+    found_list, tagged = _found_and_record((7, combine.extract_output(found)))
+    assert found_list == (7, ("t7", {8: (0.75, None), 9: (0.5, "t9")}))
+    assert tagged.tag == "records" and (tagged.value.top_ids, tagged.value.top_sims) == ([8, 9], [0.75, 0.5])

@@ -52,10 +52,19 @@ import scipy.sparse
 from apache_beam.metrics import Metrics
 
 from transforms.coders import pickled_list, unpickled_list
-from transforms.joins import LIST_ITEMS, JoinByKey, KeyValue, ListsByKey, at_bundle_end, only
+from transforms.joins import LIST_ITEMS, JoinByKey, ListsByKey, at_bundle_end, only
 from transforms.logs import Progress
 from transforms.metrics import BundleCount, StageTimer, count_elements, largest, read_count
-from transforms.records import GivenCentroids, Neighbours, StoredItem, candidate_pair, merge_sources, one_pair, pairs_of
+from transforms.records import (
+    GivenCentroids,
+    Neighbours,
+    StoredItem,
+    candidate_pair,
+    merge_sources,
+    one_pair,
+    pairs_of,
+    vector_record,
+)
 from transforms.vectors import SparseVector, dense_rows
 
 _LOG = logging.getLogger(__name__)
@@ -364,15 +373,16 @@ def knn_pairs(ids: Sequence, vectors: np.ndarray, k: int, min_similarity: float)
 class Blocked(NamedTuple):
     """What blocking gives: every question's neighbours with their texts, as (id, (text, {neighbour id:
     (similarity, text)})), from which `DistinctCandidates` makes the candidate pairs (and `ScoreNeighbours`
-    scores them without making them one by one); every question's k nearest as (id, `Neighbours`), which
-    an extension keeps; the centroids the partitions came from (None: one partition); the
+    scores them without making them one by one); every question's `VectorRecord` (its key, its vector and
+    its k nearest: what state/<kind>/vectors/ keeps, for an extension), stored questions' included when
+    extending; the centroids the partitions came from (None: one partition); the
     second-level centroids of the partitions split again, as (partition, array); and `most_found`, one
     int: the most neighbour entries `found` can hold (a list a question it searched for, at most `top_k`
     each), known before the search runs, so that a step sized by it (`ScoreNeighbours`' shards) takes the
     lists as they are made instead of after a count of them all."""
 
     found: beam.PCollection
-    neighbours: beam.PCollection
+    records: beam.PCollection
     centroids: beam.PCollection
     sub_centroids: beam.PCollection
     most_found: beam.PCollection
@@ -411,12 +421,23 @@ def _train_sub(element, sizes: dict, settings: BlockingSettings) -> Iterator[tup
 
 class SearchEntry(NamedTuple):
     """What a work item needs of a question: its id, its text (as scoring takes it) and its unit vector; a stored
-    question of an extended run, its k nearest too (`Neighbours`)."""
+    question of an extended run, its k nearest too (`Neighbours`); and its text key, which the question's home
+    work item puts in its `QuestionVector`."""
 
     id: object
     text: object
     vector: object
     neighbours: Optional[Neighbours] = None
+    key: Optional[str] = None
+
+
+class QuestionVector(NamedTuple):
+    """A searched question's text key and vector, given by its home work item with its found list (see
+    `_AssignPartitions`), so that its vector record is made in `BestNeighbours` with its k nearest: no join of
+    every vector with every list."""
+
+    key: str
+    vector: object
 
 
 def pack_entry(item) -> bytes:
@@ -431,7 +452,7 @@ def pack_entry(item) -> bytes:
         vector = (vector.indices.dtype.str, vector.indices.tobytes(), vector.values.dtype.str, vector.values.tobytes(),
                   vector.dim)
     neighbours = item.neighbours if isinstance(item, StoredItem) else None
-    return pickle.dumps((item.rep.id, item.rep.text, vector, neighbours), pickle.HIGHEST_PROTOCOL)
+    return pickle.dumps((item.rep.id, item.rep.text, vector, neighbours, item.rep.key), pickle.HIGHEST_PROTOCOL)
 
 
 def packed_item(item) -> tuple:
@@ -444,11 +465,11 @@ def packed_item(item) -> tuple:
 
 def unpack_entry(data: bytes) -> SearchEntry:
     """The `SearchEntry` `pack_entry` packed; a sparse vector's arrays are read-only views of its bytes."""
-    rep_id, text, vector, neighbours = pickle.loads(data)
+    rep_id, text, vector, neighbours, key = pickle.loads(data)
     if isinstance(vector, tuple):
         index_type, indices, value_type, values, dim = vector
         vector = SparseVector(np.frombuffer(indices, index_type), np.frombuffer(values, value_type), dim)
-    return SearchEntry(rep_id, text, vector, neighbours)
+    return SearchEntry(rep_id, text, vector, neighbours, key)
 
 
 # An entry: (role, id, the item packed by `pack_entry`). Entries travel from the partitions to the work items
@@ -495,8 +516,10 @@ class _AssignPartitions(_ListingDoFn):
     """(id, packed item) (`packed_item`) -> (partition, `Listed` entries (role, id, packed item)) for its
     nearest partitions; with `only`, for those among them.
 
-    role "both": searched and searchable; "stored": a stored question of an extended run, searchable
-    only (and searched against the queries for the newcomers that enter its k nearest). `read`: counts
+    role "both": searched and searchable; "home" (in the first of a searched question's partitions, "both"
+    in the others): the same, and the one work item it reaches this way gives its `QuestionVector`, so that
+    its vector record is made with its k nearest, no join; "stored": a stored question of an extended run,
+    searchable only (and searched against the queries for the newcomers that enter its k nearest). `read`: counts
     the items read (`read_count`). The item stays packed: the steps that count, sample, split and
     deal the entries into work items read them (each once per probe) and need only the id, and the
     in-process runner holds a packed entry at about its encoded size.
@@ -525,10 +548,11 @@ class _AssignPartitions(_ListingDoFn):
         if self._read:
             self._read.add()
         rep_id, packed = element
-        entry = self._role, rep_id, packed
+        role = "home" if self._role == "both" else self._role
         for partition in nearest_partitions(unpack_entry(packed).vector, centroids, self._probes):
             if only is None or partition in only:
-                yield from self._add(partition, entry)
+                yield from self._add(partition, (role, rep_id, packed))
+                role = self._role
 
 
 class _SampleForCentroids(beam.DoFn):
@@ -585,6 +609,8 @@ def _route(element, probes: int) -> Iterator[tuple]:
     for entry in joined["entry"]:
         for part in nearest_partitions(unpack_entry(entry[2]).vector, sub, probes):
             yield from _as_listed(lists.add((partition, part), entry))
+            if entry[0] == "home":  # home in one sub-partition: in the others, searched as "both"
+                entry = ("both", *entry[1:])
     yield from _as_listed(lists.give())
 
 
@@ -644,7 +670,8 @@ class _ToWorkItems(_ListingDoFn):
 
 
 class _SearchWorkItem(beam.DoFn):
-    """Main output: (query id, (text, [(sim, id, text)])); "entering": (stored id, [(sim, id, text)])."""
+    """Main output: (query id, (text, [(sim, id, text)], its `QuestionVector` in its home work item, else
+    None)), for every query found a neighbour, and every home query; "entering": (stored id, [(sim, id, text)])."""
 
     def __init__(self, settings: BlockingSettings):
         self._settings = settings
@@ -653,11 +680,13 @@ class _SearchWorkItem(beam.DoFn):
 
     def process(self, element):
         _, lists = element
-        queries, index, stored, entries = [], [], [], 0
+        queries, index, stored, homes, entries = [], [], [], {}, 0
         for role, _, packed_item in (entry for listed in lists for entry in _entries(listed)):
             item = unpack_entry(packed_item)
             entries += 1
-            if role in ("both", "query"):
+            if role == "home":
+                homes[item.id] = item
+            if role in ("home", "both", "query"):
                 queries.append(item)
             if role != "query":
                 index.append(item)
@@ -680,8 +709,13 @@ class _SearchWorkItem(beam.DoFn):
                   time.perf_counter() - started)
         query_text = {item.id: item.text for item in queries}
         for query_id, neighbours in lists.items():  # each (sim, id) with the id's text, by C calls alone
-            sims, ids = zip(*neighbours)
-            yield query_id, (query_text[query_id], list(zip(sims, ids, map(texts.__getitem__, ids))))
+            if query_id not in homes:
+                sims, ids = zip(*neighbours)
+                yield query_id, (query_text[query_id], list(zip(sims, ids, map(texts.__getitem__, ids))), None)
+        for item in homes.values():
+            neighbours = lists.get(item.id, ())
+            yield item.id, (item.text, [(sim, nid, texts[nid]) for sim, nid in neighbours],
+                            QuestionVector(item.key, item.vector))
         k = settings.top_k
         for item in stored:
             entering = [(sim, nid, query_text[nid]) for sim, nid in reverse.get(item.id, [])
@@ -713,15 +747,17 @@ def _keep_best(best: dict, found: Iterable[tuple], k: int) -> dict:
 
 
 class _TopNeighbours(beam.CombineFn):
-    """Per question: its text and its best k neighbours over all work items. The found lists are gathered,
-    and cut to the k best (`_keep_best`) once, at the end, or whenever more than `8 x k` entries are held:
-    a question is found in a few work items (one a probe), so most are cut once instead of at each step."""
+    """Per question: its text, its best k neighbours over all work items, and its `QuestionVector`. The found
+    lists are gathered, and cut to the k best (`_keep_best`) once, at the end, or whenever more than `8 x k`
+    entries are held: a question is found in a few work items (one a probe), so most are cut once instead of
+    at each step. Each value is (text, found list, its `QuestionVector` or None): one of a question's values,
+    from its home work item, has the vector."""
 
     def __init__(self, k: int):
         self._k = k
 
     def create_accumulator(self):
-        return None, []
+        return None, [], None
 
     def _held(self, entries: list, more: Iterable[tuple]) -> list:
         entries.extend(more)
@@ -730,29 +766,41 @@ class _TopNeighbours(beam.CombineFn):
         return entries
 
     def add_input(self, accumulator, found):
-        _, entries = accumulator
-        query_text, neighbours = found
-        return query_text, self._held(entries, neighbours)
+        _, entries, vector = accumulator
+        query_text, neighbours, home_vector = found
+        return query_text, self._held(entries, neighbours), home_vector or vector
 
     def merge_accumulators(self, accumulators):
-        text, entries = None, []
-        for other_text, other in accumulators:
-            text = text or other_text
+        text, entries, vector = None, [], None
+        for other_text, other, other_vector in accumulators:
+            text = other_text if text is None else text
+            vector = other_vector or vector
             entries = self._held(entries, other)
-        return text, entries
+        return text, entries, vector
 
     def extract_output(self, accumulator):
-        text, entries = accumulator
-        return text, _keep_best({}, entries, self._k)
+        text, entries, vector = accumulator
+        return text, _keep_best({}, entries, self._k), vector
 
 
 def _update_stored(element, k: int) -> Iterable[tuple]:
-    """A stored question's k nearest with the newcomers that entered them: (id, (text, best))."""
+    """A stored question's k nearest with the newcomers that entered them: (id, (text, best, `QuestionVector`)),
+    as `BestNeighbours` gives a searched question's."""
     rep_id, joined = element
-    for rep, _, kept in joined["item"]:
-        best = _keep_best({nid: (sim, None) for sim, nid in kept},
+    for item in joined["item"]:
+        best = _keep_best({nid: (sim, None) for sim, nid in item.neighbours},
                           (entry for found in joined["entering"] for entry in found), k)
-        yield rep_id, (rep.text, best)
+        yield rep_id, (item.rep.text, best, QuestionVector(item.rep.key, item.vector))
+
+
+def _found_and_record(element) -> Iterator:
+    """(id, (text, best, `QuestionVector`)) -> its found list (id, (text, best)) where it has neighbours, and
+    to "records" its `VectorRecord` (k nearest best first; none where it was found nowhere)."""
+    rep_id, (text, best, vector) = element
+    if best:
+        yield rep_id, (text, best)
+    neighbours = sorted(((sim, nid) for nid, (sim, _) in best.items()), key=rank)
+    yield beam.pvalue.TaggedOutput("records", vector_record(rep_id, vector.key, vector.vector, neighbours))
 
 
 class OnePair(beam.CombineFn):
@@ -801,11 +849,6 @@ class DistinctCandidates(beam.PTransform):
             | f"ToCandidates[{kind}]" >> beam.Map(candidate_pair, kind)
             for kind, lists in found.items())
         return sets[0] if len(sets) == 1 else sets | "UnionCandidates" >> UnionCandidates()
-
-
-def _neighbour_list(element) -> KeyValue:
-    query_id, (_, best) = element
-    return query_id, sorted(((sim, nid) for nid, (sim, _) in best.items()), key=rank)
 
 
 class BlockCandidates(beam.PTransform):
@@ -902,7 +945,8 @@ class BlockCandidates(beam.PTransform):
                 | "UpdateStored" >> JoinByKey(_update_stored, settings.top_k, keys={"item": attrgetter("rep.id")})
             )
             best = (best, updated) | "AllNeighbours" >> beam.Flatten()
-        return Blocked(best, best | "NeighbourLists" >> beam.Map(_neighbour_list), trained, sub_centroids, most_found)
+        lists = best | "FoundAndRecords" >> beam.FlatMap(_found_and_record).with_outputs("records", main="found")
+        return Blocked(lists.found, lists.records, trained, sub_centroids, most_found)
 
 
 def _in_sub_sample(element, sizes: dict, settings: BlockingSettings) -> bool:

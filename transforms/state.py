@@ -30,7 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquet
 
 from transforms.commit import Committed
-from transforms.joins import JoinByKey, only
+from transforms.joins import JoinByKey
 from transforms.records import (
     Embedded,
     Membership,
@@ -65,28 +65,6 @@ def vectors_schema(id_type: str) -> pa.Schema:
     return pa.schema([("id", ids), ("key", pa.string()), ("indices", pa.list_(pa.int32())),
                       ("values", pa.list_(pa.float32())), ("dim", pa.int64()),
                       ("top_ids", pa.list_(ids)), ("top_sims", pa.list_(pa.float64()))])
-
-
-class VectorRecord(NamedTuple):
-    """A row of state/<kind>/vectors/, its fields the schema's columns: arrays stay arrays until the writer
-    makes Arrow columns of a batch of them (a list of floats a row took 16-24 µs a vector to write, an
-    array 3)."""
-
-    id: object
-    key: str
-    indices: Optional[np.ndarray]  # None for a dense vector
-    values: np.ndarray
-    dim: int
-    top_ids: list
-    top_sims: list
-
-
-def vector_record(rep_id, key: str, vector, neighbours: Iterable[tuple]) -> VectorRecord:
-    neighbours = list(neighbours)
-    top_ids, top_sims = [nid for _, nid in neighbours], [sim for sim, _ in neighbours]
-    if isinstance(vector, SparseVector):
-        return VectorRecord(rep_id, key, vector.indices, vector.values, vector.dim, top_ids, top_sims)
-    return VectorRecord(rep_id, key, None, vector, len(vector), top_ids, top_sims)
 
 
 def vector_of(record: dict):
@@ -136,13 +114,6 @@ class Prior:
 
 # ---- Beam glue ----
 
-def _vector_records(element) -> Iterable[VectorRecord]:
-    rep_id, joined = element
-    neighbours = only(joined["neighbours"], [])
-    for key, vector in joined["vector"]:
-        yield vector_record(rep_id, key, vector, neighbours)
-
-
 def _sub_centroids_of(element) -> tuple:
     partition, rows = element
     rows = sorted(rows, key=lambda row: row["index"])
@@ -167,8 +138,7 @@ def read_sub_centroids(pbegin, label: str, paths: list[str]):
 
 
 class WriteEmbedderState(beam.PTransform):
-    """(vectors as (id, (key, vector)), neighbours as (id, `Neighbours`), params, centroids, second-level
-    centroids as (partition, array)) -> state/<kind>/.
+    """(`VectorRecord`s, params, centroids, second-level centroids as (partition, array)) -> state/<kind>/.
 
     `prefix`: the run's file prefix in state/<kind>/ (`OutputRun.file_prefix`); the vectors and the
     second-level centroids go to the folders of `vectors_prefix` and `sub_prefix`.
@@ -182,18 +152,14 @@ class WriteEmbedderState(beam.PTransform):
         self._id_type = id_type
 
     def expand(self, inputs):
-        vectors, neighbours, params, centroids, sub_centroids = inputs
+        records, params, centroids, sub_centroids = inputs
         sub_centroids | "SubCentroidRows" >> beam.FlatMap(_sub_centroid_rows) | "WriteSubCentroids" >> \
             beam.io.WriteToParquet(self._sub_prefix, SUB_CENTROIDS_SCHEMA, file_name_suffix=".parquet")
         params | "WriteParams" >> beam.Map(lambda p, path: _save_arrays(path, **p), f"{self._prefix}-params.npz")
         centroids | "WriteCentroids" >> beam.Map(
             lambda c, path: _save_arrays(path, centroids=np.zeros((0,), np.float32) if c is None else c),
             f"{self._prefix}-centroids.npz")
-        return (
-            {"vector": vectors, "neighbours": neighbours}
-            | "VectorRecords" >> JoinByKey(_vector_records)
-            | "WriteVectors" >> WriteRecords(self._vectors_prefix, vectors_schema(self._id_type))
-        )
+        return records | "WriteVectors" >> WriteRecords(self._vectors_prefix, vectors_schema(self._id_type))
 
 
 class WriteRunState(beam.PTransform):
