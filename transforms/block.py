@@ -629,6 +629,7 @@ class _ToWorkItems(_ListingDoFn):
     block, index block) work items, each question copied into 2b - 1 of them (a partition an extension has
     grown, say); past that (near-identical questions k-means could not split) each block is searched on its
     own, the one approximate search, so what is shuffled stays within (2 x fanout - 1) x the partition's size.
+    A question's entry keeps its role ("home" too) in its own block's work item (query block = index block).
     """
 
     def __init__(self, max_block: int, fanout: int):
