@@ -534,9 +534,9 @@ def test_entries_of_a_partition_cut_in_blocks_go_to_their_work_items_in_lists_of
             mine = block.stable_hash(rep_id) % 3
             assert len(places) == copies and ((mine, mine), roles[rep_id]) in places
             if copies == 5:
-                assert sorted(places) == sorted([((mine, mine), roles[rep_id])] + [((mine, o), "query") for o in range(3)
-                                                                               if o != mine]
-                                                + [((o, mine), "index") for o in range(3) if o != mine])
+                others = [o for o in range(3) if o != mine]
+                assert sorted(places) == sorted([((mine, mine), roles[rep_id])] + [((mine, o), "query") for o in others]
+                                                + [((o, mine), "index") for o in others])
 
 
 def test_a_searched_question_is_home_in_one_partition_and_one_sub_partition_of_those_it_is_placed_in():
@@ -686,3 +686,6 @@ def test_a_question_found_nowhere_keeps_its_vector_record_with_no_neighbours_and
     found_list, tagged = _found_and_record((7, combine.extract_output(found)))
     assert found_list == (7, ("t7", {8: (0.75, None), 9: (0.5, "t9")}))
     assert tagged.tag == "records" and (tagged.value.top_ids, tagged.value.top_sims) == ([8, 9], [0.75, 0.5])
+    no_home = combine.extract_output(combine.add_input(combine.create_accumulator(), ("t7", [(0.5, 9, "t9")], None)))
+    with pytest.raises(RuntimeError, match="question 7 was searched but no work item was its home"):
+        list(_found_and_record((7, no_home)))

@@ -798,6 +798,9 @@ def _found_and_record(element) -> Iterator:
     """(id, (text, best, `QuestionVector`)) -> its found list (id, (text, best)) where it has neighbours, and
     to "records" its `VectorRecord` (k nearest best first; none where it was found nowhere)."""
     rep_id, (text, best, vector) = element
+    if vector is None:  # every searched question has one home work item (`_AssignPartitions`, `_route`)
+        raise RuntimeError(f"blocking: question {rep_id!r} was searched but no work item was its home, so its "
+                           "vector record cannot be made; this is a bug in qdedup's blocking, please report it")
     if best:
         yield rep_id, (text, best)
     neighbours = sorted(((sim, nid) for nid, (sim, _) in best.items()), key=rank)
