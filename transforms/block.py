@@ -434,7 +434,7 @@ class SearchEntry(NamedTuple):
 class QuestionVector(NamedTuple):
     """A searched question's text key and vector, given by its home work item with its found list (see
     `_AssignPartitions`), so that its vector record is made in `BestNeighbours` with its k nearest: no join of
-    every vector with every list."""
+    every vector with every list (an extension's stored question's, by `UpdateStored` with its updated list)."""
 
     key: str
     vector: object
@@ -710,13 +710,12 @@ class _SearchWorkItem(beam.DoFn):
                   time.perf_counter() - started)
         query_text = {item.id: item.text for item in queries}
         for query_id, neighbours in lists.items():  # each (sim, id) with the id's text, by C calls alone
-            if query_id not in homes:
-                sims, ids = zip(*neighbours)
-                yield query_id, (query_text[query_id], list(zip(sims, ids, map(texts.__getitem__, ids))), None)
-        for item in homes.values():
-            neighbours = lists.get(item.id, ())
-            yield item.id, (item.text, [(sim, nid, texts[nid]) for sim, nid in neighbours],
-                            QuestionVector(item.key, item.vector))
+            sims, ids = zip(*neighbours)
+            home = homes.pop(query_id, None)
+            yield query_id, (query_text[query_id], list(zip(sims, ids, map(texts.__getitem__, ids))),
+                             None if home is None else QuestionVector(home.key, home.vector))
+        for home in homes.values():  # found no neighbour here: its vector still goes to its record
+            yield home.id, (home.text, [], QuestionVector(home.key, home.vector))
         k = settings.top_k
         for item in stored:
             entering = [(sim, nid, query_text[nid]) for sim, nid in reverse.get(item.id, [])
