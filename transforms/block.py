@@ -170,7 +170,7 @@ def block_count(size: int, max_block: int) -> int:
     return max(1, math.ceil(size / max_block))
 
 
-_EXACT_CHUNK = 1 << 22  # float64 products held at once while recomputing similarities
+_EXACT_CHUNK = 1 << 21  # float64 products held at once while recomputing similarities (16 MiB: see `_PROPOSE_CHUNK`)
 _UNIT_ROUNDOFF = 2.0 ** -53  # of a float64 addition, relative
 
 
@@ -211,7 +211,7 @@ def exact_similarities(queries: np.ndarray, index: np.ndarray, found: np.ndarray
         some = terms > 0
         starts = indptr[start:stop][some] - first
         sums[some] = np.add.reduceat(products, starts, axis=0)
-        magnitudes[some] = np.add.reduceat(np.abs(products), starts, axis=0)
+        magnitudes[some] = np.add.reduceat(np.abs(products, out=products), starts, axis=0)
         # Either sum is within (terms - 1) x roundoff x sum of magnitudes of the exact one; 4x margin.
         slack = 4 * (index.shape[1] + terms[:, None]) * _UNIT_ROUNDOFF * magnitudes
         rounded = sums.astype(np.float32)
@@ -240,13 +240,17 @@ def _dense_similarities(queries: np.ndarray, index: np.ndarray, found: np.ndarra
     return sims
 
 
-_PROPOSE_CHUNK = 1 << 24  # float32 products of sparse queries with the index held at once (64 MiB)
+# float32 products of sparse queries with the index held at once (16 MiB): under glibc's largest mmap
+# threshold (32 MiB), so each block of products reuses memory the process keeps instead of new pages, which the
+# kernel clears (benchmarks/README.md, "forty-seventh session")
+_PROPOSE_CHUNK = 1 << 22
 _PRODUCT_SLACK = 1e-4     # more than a float32 product of unit vectors strays from their exact similarity
 _SORTED_AT_MOST = 256     # values at or above the floor a row of products may have to be sorted without partitioning
 
 
 def propose(queries: np.ndarray, index: np.ndarray, count: int, floor: float = -np.inf,
-            sparse_queries: Optional[scipy.sparse.csr_matrix] = None) -> np.ndarray:
+            sparse_queries: Optional[scipy.sparse.csr_matrix] = None,
+            by_dimension: Optional[np.ndarray] = None) -> np.ndarray:
     """Per query, the index rows of its `count` highest inner products, in no order, -1 where fewer
     reach `floor`: `exact_similarities` ranks them.
 
@@ -255,13 +259,16 @@ def propose(queries: np.ndarray, index: np.ndarray, count: int, floor: float = -
     multiplied as they are by the dense index, a fortieth of the multiplications (12,000 questions
     searched against 12,000 with the re-ranking, when it was still dense: 5.7 s on one core against
     9.8 s with faiss on two, `benchmarks/bench_search.py`), and `top_columns` picks the highest, ties
-    to the lower row of the index. A block of products and its partitioned copy are held at once: 2 x 64 MiB.
+    to the lower row of the index. A block of products and its partitioned copy are held at once: 2 x 16 MiB.
+    `by_dimension`: the index transposed and made contiguous, from a caller that searches several parts of
+    its queries against one index (made here if not given).
     """
     if sparse_queries is None:
         search = faiss.IndexFlatIP(index.shape[1])
         search.add(index)
         return search.search(queries, count)[1]
-    by_dimension = np.ascontiguousarray(index.T)
+    if by_dimension is None:
+        by_dimension = np.ascontiguousarray(index.T)
     rows = max(1, _PROPOSE_CHUNK // len(index))
     found = np.empty((sparse_queries.shape[0], count), dtype=np.int64)
     for start in range(0, sparse_queries.shape[0], rows):
@@ -320,10 +327,11 @@ def knn_lists(query_ids: Sequence, queries: np.ndarray, index_ids: Sequence, ind
     index = np.ascontiguousarray(index, dtype=np.float32)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     count = min(k + 1 + margin, len(index_ids))
+    by_dimension = None if sparse_queries is None else np.ascontiguousarray(index.T)  # once for every part
 
     def search(part: slice) -> dict:
         sparse = sparse_queries[part] if sparse_queries is not None else None
-        found = propose(queries[part], index, count, min_similarity, sparse)
+        found = propose(queries[part], index, count, min_similarity, sparse, by_dimension)
         sims = exact_similarities(queries[part], index, found, sparse)
         lists: dict[object, Neighbours] = {}
         for query_id, row_sims, row_found in zip(query_ids[part], sims, found):
