@@ -188,22 +188,32 @@ def test_sparse_queries_find_the_lists_faiss_finds(k, floor):
 
 def test_a_sparse_search_split_over_threads_gives_the_same_lists(monkeypatch):
     """--search-threads: a work item's sparse queries are split into parts of at least MIN_THREAD_QUERIES,
-    searched in threads; every query's list is the one a single search gives."""
+    searched in threads against one transposed index, their products in blocks of at most `_PROPOSE_CHUNK`;
+    every query's list is the one a single search gives."""
     rng = np.random.default_rng(5)
     vectors = _sparse_unit(rng, 2500, 256, 12)
     dense = np.stack([to_dense(v) for v in vectors])
     ids = [int(i) for i in rng.permutation(2500)]
     alone = knn_lists(ids, dense, ids, dense, 10, 0.1, sparse_queries=sparse_rows(vectors))
-    proposed = []
-    propose = block.propose
+    proposed, transposed, blocks = [], [], []
+    propose, top_columns = block.propose, block.top_columns
 
     def counted(queries, *args):
         proposed.append(len(queries))
+        transposed.append(args[-1])
         return propose(queries, *args)
 
+    def sized(values, *args):
+        blocks.append(values.size)
+        return top_columns(values, *args)
+
     monkeypatch.setattr(block, "propose", counted)
+    monkeypatch.setattr(block, "top_columns", sized)
+    monkeypatch.setattr(block, "_PROPOSE_CHUNK", 300_000)
     assert knn_lists(ids, dense, ids, dense, 10, 0.1, sparse_queries=sparse_rows(vectors), threads=4) == alone
     assert sorted(proposed) == [1250, 1250]  # 4 asked, 2 parts of >= 1,000 queries
+    assert transposed[0] is transposed[1] and np.array_equal(transposed[0], dense.T)
+    assert len(blocks) == 2 * 11 and max(blocks) <= 300_000 and sum(blocks) == 2500 * 2500  # 120 rows a block
     proposed.clear()
     assert knn_lists(ids, dense, ids, dense, 10, 0.1, threads=4) == alone and proposed == [2500]  # faiss: one
     assert len(alone) > 2000
