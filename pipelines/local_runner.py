@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -40,8 +41,6 @@ from apache_beam.runners.worker import bundle_processor, sdk_worker
 from apache_beam.transforms import core, userstate
 from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 from apache_beam.utils import windowed_value
-
-from transforms import allocator
 
 
 def on_dataflow(pipeline_options: PipelineOptions) -> bool:
@@ -374,8 +373,9 @@ def _remove_quietly(path: str) -> None:
         os.remove(path)
 
 
-# glibc's malloc arenas in each process of a local multi-process run.
+# glibc's malloc arenas in each process of a local multi-process run, and mallopt's code for that limit.
 MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8
 
 
 def cap_malloc_arenas(pipeline_options: PipelineOptions) -> None:
@@ -389,7 +389,9 @@ def cap_malloc_arenas(pipeline_options: PipelineOptions) -> None:
     if not local_processes(pipeline_options) or "MALLOC_ARENA_MAX" in os.environ:
         return
     os.environ["MALLOC_ARENA_MAX"] = str(MALLOC_ARENAS)
-    allocator.mallopt(allocator.M_ARENA_MAX, MALLOC_ARENAS)
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None:
+        mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
 
 
 # Beam's own, which `watch_local_workers` wraps.

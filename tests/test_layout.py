@@ -5,7 +5,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = {"read", "normalize", "embed", "block", "score", "chaining", "cluster", "ids", "explain", "state"}
 SHARED = {"records", "vectors", "errors", "metrics", "logs", "devices", "paths", "write", "commit", "sources",
-          "feeding", "inference", "joins", "coders", "int8", "graphs", "garbage", "openmp", "allocator"}
+          "feeding", "inference", "joins", "coders", "int8", "graphs", "garbage", "openmp"}
 
 
 def project_imports(path: Path) -> set[str]:

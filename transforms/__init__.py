@@ -1,6 +1,5 @@
 """Pipeline stages of qdedup: one module per stage, pure logic beside its Beam glue."""
-from transforms import allocator, garbage, openmp
+from transforms import garbage, openmp
 
-allocator.tune()
 garbage.tune()
 openmp.tune()  # before any module loads torch or faiss, whose OpenMP reads it once
