@@ -214,6 +214,11 @@ def test_a_sparse_search_split_over_threads_gives_the_same_lists(monkeypatch):
     assert sorted(proposed) == [1250, 1250]  # 4 asked, 2 parts of >= 1,000 queries
     assert transposed[0] is transposed[1] and np.array_equal(transposed[0], dense.T)
     assert len(blocks) == 2 * 11 and max(blocks) <= 300_000 and sum(blocks) == 2500 * 2500  # 120 rows a block
+    transposed.clear()  # made from the index's non-zeros where the index is given sparse too: the same array
+    assert knn_lists(ids, dense, ids, dense, 10, 0.1, sparse_queries=sparse_rows(vectors), threads=4,
+                     sparse_index=sparse_rows(vectors)) == alone
+    assert transposed[0] is transposed[1] and transposed[0].flags.c_contiguous
+    assert transposed[0].dtype == np.float32 and np.array_equal(transposed[0], dense.T)
     proposed.clear()
     assert knn_lists(ids, dense, ids, dense, 10, 0.1, threads=4) == alone and proposed == [2500]  # faiss: one
     assert len(alone) > 2000
@@ -229,12 +234,14 @@ def test_a_work_item_searches_on_the_threads_its_setting_gives(monkeypatch, sett
     search = block.knn_lists
 
     def counted(*args, **kwargs):
-        asked.append(args[-1])
+        asked.append(args[-2:])
         return search(*args, **kwargs)
 
     monkeypatch.setattr(block, "knn_lists", counted)
     lists = block._search(items, items, BlockingSettings(search_threads=setting))
-    assert lists and asked == [setting or len(os.sched_getaffinity(0))]
+    (threads, sparse_index), = asked
+    assert lists and threads == (setting or len(os.sched_getaffinity(0)))
+    assert (sparse_index != sparse_rows([item.vector for item in items])).nnz == 0  # the index given sparse too
 
 
 def test_sparse_similarities_are_the_dense_ones_to_the_bit():
