@@ -2,7 +2,7 @@ import os
 import subprocess
 import sys
 
-from benchmarks.bench_scale import _tree_usage
+from benchmarks.bench_scale import _tree_usage, default_max_rss_gib
 
 
 def test_resident_memory_and_cpu_are_given_for_each_process_of_the_tree():
@@ -39,3 +39,12 @@ def test_a_larger_corpus_gets_more_base_questions_not_more_copies_of_each():
         assert bases[:len(shared)] == shared and rest / len(bases) <= ROWS_PER_BASE
         assert rest / (len(bases) - 1) > ROWS_PER_BASE  # no more than that takes
         assert len(set(bases)) > 0.99 * len(bases) and bases == base_families(shared, n)
+
+
+def test_the_default_memory_limit_is_two_thirds_of_the_machine(monkeypatch):
+    """A run is stopped above two thirds of the machine's memory: 16 GiB on a 24 GiB machine, 80 on 120."""
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 24 * 2**30 // 4096}
+    monkeypatch.setattr(os, "sysconf", pages.__getitem__)
+    assert default_max_rss_gib() == 16.0
+    pages["SC_PHYS_PAGES"] = 120 * 2**30 // 4096
+    assert default_max_rss_gib() == 80.0
