@@ -329,6 +329,27 @@ def _fake_scorer(model) -> LoadedModel:
     return LoadedModel(model, "cpu", 0, functools.partial(positive_probability, label=1))
 
 
+def test_the_hardware_is_named_where_the_model_is_loaded_and_asked_of_the_model(tiny_model, monkeypatch):
+    """With --model-copies the workers reach the model through Beam's proxy: the GPU's name comes from the process
+    that loaded it (`LoadedModel.hardware`), not from torch in each worker, where asking made a CUDA context."""
+    import transforms.inference as inference
+    handler = pair_scorer(ModelSettings(tiny_model, device="cpu"))
+    loaded = handler.load_model()
+    assert loaded.hardware() == hardware("cpu", "auto", cpu_threads(0))
+
+    def no_asking_here(*args):
+        raise AssertionError("the worker asked torch what the model runs on")
+
+    named = []
+    monkeypatch.setattr(inference, "hardware", no_asking_here)
+    monkeypatch.setattr(inference, "hardware_rows", lambda stage, label: named.append((stage, label)) or
+                        SimpleNamespace(inc=lambda n: named.append(n)))
+    elsewhere = LoadedModel(loaded.model, "cpu", loaded.pad_id, loaded.forward, "cuda NVIDIA H100 80GB HBM3")
+    packed = PackedBatch([TokenizedItem(i, (([2, 7 + i, 3], [0, 0, 0]),), False) for i in range(3)], 9)
+    [result] = handler.run_inference([packed], elsewhere)
+    assert len(result.inference) == 3 and named == [("score", "cuda NVIDIA H100 80GB HBM3"), 3]
+
+
 def test_out_of_memory_splits_the_batch_and_loses_no_pair():
     model = _FakeModel(limit=3)
     encodings = [([i, 1], [0, 0]) for i in range(10)]

@@ -397,13 +397,22 @@ class LoadedModel:
     """A model on its device with its forward pass: encodings in, one output per encoding.
 
     `forward(model, padded batch)` -> one row per encoding (a probability, a pooled vector, ...).
+    `hardware`: what the forward pass runs on, as report.json's `forward_hardware` names it (`devices.hardware`),
+    worked out where the model was loaded.
     """
 
-    def __init__(self, model, device: str, pad_id: int, forward: Callable[[Any, dict], np.ndarray]):
+    def __init__(self, model, device: str, pad_id: int, forward: Callable[[Any, dict], np.ndarray],
+                 hardware: str = ""):
         self.model = model
         self.device = device
         self.pad_id = pad_id
         self.forward = forward
+        self._hardware = hardware
+
+    def hardware(self) -> str:
+        """`hardware`, asked of the process that holds the model: a method, so that a process reaching a
+        shared model through Beam's proxy (`--model-copies`) gets it from there."""
+        return self._hardware
 
     def run(self, encodings: Sequence[Encoding]) -> Forwarded:
         """Outputs per encoding (None where the model failed on it), and the out-of-memory splits."""

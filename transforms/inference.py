@@ -211,9 +211,16 @@ class PackedBatchHandler(ModelHandler[list, list, LoadedModel]):
         self._hardware_rows = None  # made where the model runs: the launcher's hardware is not the workers'
 
     def load_model(self) -> LoadedModel:
+        """The model, and what it runs on, named in the process that loads it: with `--model-copies` the
+        worker processes reach it through Beam's proxy, and asking torch for the GPU's name in each of them
+        made a CUDA context there (16 processes on an H100: 7.9 GiB of GPU memory in use, for one model;
+        benchmarks/README.md, "The second session lent a GPU")."""
         quiet_libraries()  # in a worker process: before transformers speaks
-        model, device, pad_id = self._load(self._settings)
-        return LoadedModel(model, device, pad_id, self._forward)
+        settings = self._settings
+        model, device, pad_id = self._load(settings)
+        return LoadedModel(model, device, pad_id, self._forward, hardware(
+            model_device(settings.device, settings.precision), settings.precision,
+            cpu_threads(settings.torch_threads)))
 
     def run_inference(self, batch: Sequence[PackedBatch], model: LoadedModel,
                       inference_args: Optional[dict] = None) -> Iterable[PredictionResult]:
@@ -225,10 +232,7 @@ class PackedBatchHandler(ModelHandler[list, list, LoadedModel]):
             forwarded = model.run(flat)
         self._oom_splits.inc(forwarded.oom_splits)
         if self._hardware_rows is None:
-            settings = self._settings
-            device = model_device(settings.device, settings.precision)
-            self._hardware_rows = hardware_rows(
-                self._stage, hardware(device, settings.precision, cpu_threads(settings.torch_threads)))
+            self._hardware_rows = hardware_rows(self._stage, model.hardware())
         self._hardware_rows.inc(len(flat))
         if not forwarded.errors and len(flat) == len(packed):  # one encoding an item, none failed: the outputs
             return forwarded.outputs
