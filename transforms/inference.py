@@ -213,8 +213,9 @@ class PackedBatchHandler(ModelHandler[list, list, LoadedModel]):
     def load_model(self) -> LoadedModel:
         """The model, and what it runs on, named in the process that loads it: with `--model-copies` the
         worker processes reach it through Beam's proxy, and asking torch for the GPU's name in each of them
-        made a CUDA context there (16 processes on an H100: 7.9 GiB of GPU memory in use, for one model;
-        benchmarks/README.md, "The second session lent a GPU")."""
+        (`torch.cuda.get_device_name` initializes CUDA) made a CUDA context there: 16 processes sharing one
+        model on an H100 held 7.9 GiB of GPU memory (benchmarks/README.md, "The second session lent a GPU";
+        not measured again since)."""
         quiet_libraries()  # in a worker process: before transformers speaks
         settings = self._settings
         model, device, pad_id = self._load(settings)
