@@ -195,7 +195,8 @@ def run_size(n: int, repo: str, work: str, model: str, extra: list[str], max_rss
     started = time.perf_counter()
     log = open(os.path.join(work, f"run-{n}.log"), "w")
     process = subprocess.Popen(command, cwd=repo, stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, "PYTHONPATH": repo})
+                               env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                   filter(None, (repo, os.environ.get("PYTHONPATH"))))})
     peak = [0]
     peaks: dict = {}  # pid -> its own peak: where the memory is when the run has worker processes
     cpus: dict = {}  # pid -> its CPU seconds when last sampled (up to 0.5 s short of its total)

@@ -36,17 +36,27 @@ Steps, each written to the JSON of --out:
   --oom-rows rows instead);
 - copies (Beam only): the stage in two worker processes with --model-copies 1
   (one model shared through Beam's `large_model`) and with one model per
-  process: GPU memory in use at its highest, and the scores of both.
+  process: GPU memory in use at its highest, and the scores of both;
+- run (Beam, faiss and pyarrow): a whole `qdedup run` (`bench_scale.py`'s
+  `run_size`: `configs/local.yaml`, a worker process per core) of
+  `bench_scale.py`'s synthetic corpus (--run-rows rows, or the Parquet files
+  of --run-corpus) with the model on the device, `--model-copies` 1 and 0
+  interleaved --run-repeat times each: wall, CPU, memory, and on CUDA the
+  device memory in use at its highest and the seconds the GPU was busy
+  (sampled every 0.5 s): whether the CPU stages around scoring keep the GPU
+  waiting, and what sharing one model costs.
 
     python -m benchmarks.gpu_check [--out gpu_check.json] [--data ../shared/data/lcqmc/dev.tsv]
     python -m benchmarks.gpu_check --dry-run     # tiny model, few pairs, CPU: keeps the script working in CI
     python -m benchmarks.gpu_check --steps sweep  # one step again
     python -m benchmarks.gpu_check --model DIR    # the real model's agreement and speed instead of a random one's
+    python -m benchmarks.gpu_check --steps run --run-corpus DIR  # whole runs of a corpus bench_scale.py wrote
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import glob
 import json
 import os
 import platform
@@ -86,7 +96,9 @@ def _importable(module: str) -> bool:
 
 
 HAS_BEAM = _importable("apache_beam")
-STEPS = ("agreement", "precision", "sweep", "oom", "copies")
+HAS_PIPELINE = HAS_BEAM and _importable("faiss") and _importable("pyarrow")  # what a whole run needs
+STEPS = ("agreement", "precision", "sweep", "oom", "copies", "run")
+REPO = os.path.dirname(HERE)
 
 
 def read_pairs(path: str, count: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -348,6 +360,77 @@ def copies(model_dir: str, pairs: list, device: str) -> dict:
     return found
 
 
+DEVICE_SAMPLE_S = 0.5  # how often the run step reads the GPU's memory and utilization
+
+
+def _device_watch(stop: threading.Event, samples: list) -> None:
+    """(device memory in use, utilization % or None where NVML is missing) every `DEVICE_SAMPLE_S` until `stop`."""
+    import torch
+    while not stop.is_set():
+        free, total = torch.cuda.mem_get_info()
+        try:
+            busy = torch.cuda.utilization()
+        except Exception:  # noqa: BLE001 - no NVML here: the memory alone
+            busy = None
+        samples.append((total - free, busy))
+        time.sleep(DEVICE_SAMPLE_S)
+
+
+def _placed_corpus(corpus: str, work: str) -> int:
+    """A folder of Parquet files placed as `run_size` looks for an N-row corpus (`work`/corpus-N); returns N."""
+    import pyarrow.parquet as pq
+    rows = sum(pq.ParquetFile(path).metadata.num_rows for path in glob.glob(os.path.join(corpus, "*.parquet")))
+    if not rows:
+        raise SystemExit(f"--run-corpus {corpus}: no Parquet rows there")
+    placed = os.path.join(work, f"corpus-{rows}")
+    if not os.path.exists(placed):
+        os.symlink(os.path.abspath(corpus), placed)
+    return rows
+
+
+def whole_run(model_dir: str, device: str, rows: int, corpus: Optional[str], repeat: int, work: str) -> dict:
+    """Whole runs with the model on `device`, --model-copies 1 and 0 interleaved `repeat` times each (`run_size`
+    of `bench_scale.py`, which writes its corpus of `rows` rows into `work` unless `corpus` is given)."""
+    from benchmarks import bench_scale
+    os.makedirs(work, exist_ok=True)
+    if corpus:
+        rows = _placed_corpus(corpus, work)
+    runs: dict = {1: [], 0: []}
+    for copies_ in _interleaved([1, 0], repeat):
+        samples, stop, before = [], threading.Event(), None
+        if device == "cuda":
+            import torch
+            torch.cuda.empty_cache()
+            before = torch.cuda.mem_get_info()
+            watcher = threading.Thread(target=_device_watch, args=(stop, samples), daemon=True)
+            watcher.start()
+        try:
+            flags = ["--device", device, "--model-copies", str(copies_)]
+            result = bench_scale.run_size(rows, REPO, work, model_dir, flags, bench_scale.default_max_rss_gib())
+        except SystemExit as failed:  # the run failed: said, and the other runs go on
+            result = {"failed": str(failed)}
+        stop.set()
+        kept = ("wall_s", "cpu_s", "peak_rss_gib", "candidate_pairs", "resplit_pairs_scored", "groups",
+                "forward_hardware", "stopped", "failed")
+        entry = {key: result[key] for key in kept if key in result}
+        entry["score_stage_cpu_s"] = result.get("stage_cpu_seconds", {}).get("score")
+        if before is not None:
+            watcher.join()
+            in_use = [used for used, _ in samples] or [before[1] - before[0]]
+            entry["gpu_gib_in_use_at_most"] = round((max(in_use) - (before[1] - before[0])) / 2**30, 2)
+            busy = [percent for _, percent in samples if percent is not None]
+            if busy:
+                entry["gpu_busy_seconds"] = round(sum(percent > 0 for percent in busy) * DEVICE_SAMPLE_S, 1)
+        runs[copies_].append(entry)
+        print(f"  --model-copies {copies_}: {json.dumps(entry)}", flush=True)
+    found = {"rows": rows, "model_copies_1": runs[1], "one_model_per_process": runs[0]}
+    for name in ("model_copies_1", "one_model_per_process"):
+        walls = [entry["wall_s"] for entry in found[name] if "wall_s" in entry]
+        if walls:
+            found[f"{name}_wall_s"] = _summary(walls)
+    return found
+
+
 def main(argv: Optional[list[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="tiny model, few pairs, CPU: checks the script")
@@ -363,13 +446,17 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--oom-rows", type=int, default=4, help="CPU only: rows above which OOM is injected")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--copies-pairs", type=int, default=10_000)
+    parser.add_argument("--run-rows", type=int, default=100_000, help="rows of the run step's corpus")
+    parser.add_argument("--run-corpus", default=None, help="a folder of Parquet files (id, question) for the run "
+                                                          "step, bench_scale.py's corpus written elsewhere, say")
+    parser.add_argument("--run-repeat", type=int, default=1, help="runs of each --model-copies setting")
     parser.add_argument("--model", default=None, help="a model folder to measure (the real scorer, say) instead "
                                                         "of random models of Erlangshen's shape")
     parser.add_argument("--steps", default=",".join(STEPS), help="which steps to run (to rerun one, say)")
     args = parser.parse_args(argv)
     device = "cpu" if args.dry_run else resolve_device("auto")
     if args.dry_run:
-        args.pairs, args.agreement_pairs, args.oom_pairs, args.copies_pairs = 64, 32, 12, 32
+        args.pairs, args.agreement_pairs, args.oom_pairs, args.copies_pairs, args.run_rows = 64, 32, 12, 32, 1_500
         args.repeat, args.max_length = 1, 64
     budgets = [int(b) for b in (args.budgets or ("512,2048" if args.dry_run else
                                                  "8192,16384,32768,65536,131072")).split(",")]
@@ -405,12 +492,16 @@ def main(argv: Optional[list[str]] = None) -> dict:
         "sweep": lambda: sweep(full, read_pairs(args.data, args.pairs), device, budgets, args.repeat),
         "oom": lambda: oom(full, read_pairs(args.data, args.oom_pairs), device, args.max_length, args.oom_rows),
         "copies": lambda: copies(full, read_pairs(args.data, args.copies_pairs), device),
+        "run": lambda: whole_run(full, device, args.run_rows, args.run_corpus, args.run_repeat,
+                                 os.path.join(work, "runs")),
     }
     for name in STEPS:
         if name not in steps:
             continue
         if name == "copies" and not HAS_BEAM:
             results[name] = {"skipped": "apache_beam is not installed here"}
+        elif name == "run" and not HAS_PIPELINE:
+            results[name] = {"skipped": "apache_beam, faiss or pyarrow is not installed here"}
         else:
             step(name, runs[name])
     results["seconds"] = round(time.time() - results.pop("started"), 1)

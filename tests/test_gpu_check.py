@@ -47,14 +47,16 @@ def _check_core_steps(results: dict) -> None:
 def test_the_gpu_check_runs_without_beam(tmp_path):
     results = _dry_run(tmp_path, [sys.executable, "-c", WITHOUT_BEAM])
     _check_core_steps(results)
-    assert results["machine"]["beam"] is False and "skipped" in results["copies"]
+    assert results["machine"]["beam"] is False and "skipped" in results["copies"] and "skipped" in results["run"]
     assert all("stage_pairs_per_s" not in entry for entry in results["sweep"]["by_budget"].values())
 
 
 @pytest.mark.slow
 def test_the_gpu_check_runs_the_stage_and_shared_model_with_beam(tmp_path):
-    """With Beam the sweep runs the RunInference stage too, and copies runs; the other steps are as without."""
-    results = _dry_run(tmp_path, [sys.executable, "-m", "benchmarks.gpu_check", "--steps=sweep,copies",
+    """With Beam the sweep runs the RunInference stage too, and copies and whole runs run; the other steps are as
+    without. A whole run in worker processes with one shared model names what the model ran on from the process
+    that holds it (`LoadedModel.hardware`, asked through Beam's proxy)."""
+    results = _dry_run(tmp_path, [sys.executable, "-m", "benchmarks.gpu_check", "--steps=sweep,copies,run",
                                   "--budgets=2048"])
     assert "agreement" not in results and "oom" not in results and results["machine"]["beam"] is True
     for entry in results["sweep"]["by_budget"].values():
@@ -64,6 +66,12 @@ def test_the_gpu_check_runs_the_stage_and_shared_model_with_beam(tmp_path):
     assert results["sweep"]["around_pairs_per_s"]["runs"] == 1
     assert results["copies"]["largest_score_diff"] < 1e-6
     assert set(results["copies"]) >= {"model_copies_1", "one_model_per_process"}
+    run = results["run"]
+    [shared], [own] = run["model_copies_1"], run["one_model_per_process"]
+    assert run["rows"] == 1_500 and shared["wall_s"] > 0 and shared["groups"] == own["groups"] > 0
+    for entry in (shared, own):
+        [(label, rows)] = entry["forward_hardware"]["score"].items()
+        assert label.startswith("cpu ") and rows == entry["candidate_pairs"] + entry["resplit_pairs_scored"]
 
 
 def test_methods_are_interleaved_as_often_early_as_late():
