@@ -456,7 +456,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
     args = parser.parse_args(argv)
     device = "cpu" if args.dry_run else resolve_device("auto")
     if args.dry_run:
-        args.pairs, args.agreement_pairs, args.oom_pairs, args.copies_pairs, args.run_rows = 64, 32, 12, 32, 1_500
+        args.pairs, args.agreement_pairs, args.oom_pairs, args.copies_pairs, args.run_rows = 64, 32, 12, 32, 600
         args.repeat, args.max_length = 1, 64
     budgets = [int(b) for b in (args.budgets or ("512,2048" if args.dry_run else
                                                  "8192,16384,32768,65536,131072")).split(",")]

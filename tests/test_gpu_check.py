@@ -68,7 +68,7 @@ def test_the_gpu_check_runs_the_stage_and_shared_model_with_beam(tmp_path):
     assert set(results["copies"]) >= {"model_copies_1", "one_model_per_process"}
     run = results["run"]
     [shared], [own] = run["model_copies_1"], run["one_model_per_process"]
-    assert run["rows"] == 1_500 and shared["wall_s"] > 0 and shared["groups"] == own["groups"] > 0
+    assert run["rows"] == 600 and shared["wall_s"] > 0 and shared["groups"] == own["groups"] > 0
     for entry in (shared, own):
         [(label, rows)] = entry["forward_hardware"]["score"].items()
         assert label.startswith("cpu ") and rows == entry["candidate_pairs"] + entry["resplit_pairs_scored"]
