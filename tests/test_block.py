@@ -19,8 +19,8 @@ from transforms.block import (
     QuestionVector,
     SearchEntry,
     UnionCandidates,
+    _best_over_work_items,
     _found_and_record,
-    _TopNeighbours,
     best_neighbours,
     block_count,
     by_dimension,
@@ -659,13 +659,12 @@ def test_an_extension_updates_stored_neighbours_to_exactly_what_a_full_search_fi
 @pytest.mark.parametrize("as_text", [False, True])
 def test_a_questions_k_nearest_over_its_work_items_are_the_k_best_best_first(as_text):
     """Found lists from several work items (a neighbour found in more than one, its text in some), one of them
-    with the question's vector (its home work item's), in any order: the combiner keeps the k best by
+    with the question's vector (its home work item's), in any order: the k best are kept by
     (similarity, then the lower id), best first, each with a text wherever one came, and the question's text
     and vector."""
     import random
     rng = random.Random(5)
     name = (lambda n: f"q{n:03d}") if as_text else (lambda n: n)
-    combine = _TopNeighbours(4)
     for _ in range(300):
         sims = {name(n): rng.choice([0.3, 0.5, 0.7, 0.9]) for n in range(12)}  # a pair's similarity is exact
         lists = [[(sims[n], n, rng.choice([None, f"t{n}"])) for n in rng.sample(sorted(sims), rng.randint(0, 12))]
@@ -674,12 +673,8 @@ def test_a_questions_k_nearest_over_its_work_items_are_the_k_best_best_first(as_
         values = [("text", found, None) for found in lists]
         home = rng.randrange(len(values))
         values[home] = ("text", lists[home], vector)
-        accumulators = [combine.add_input(combine.create_accumulator(), value) for value in values[:2]]
-        for value in values[2:]:
-            accumulators[0] = combine.add_input(accumulators[0], value)
-        text, best, got = combine.extract_output(combine.merge_accumulators([combine.create_accumulator(),
-                                                                              *accumulators]))
-        assert text == "text" and got is vector
+        rep_id, (text, best, got) = _best_over_work_items((name(99), values), 4)
+        assert rep_id == name(99) and text == "text" and got is vector
         seen = {n for found in lists for _, n, _ in found}
         expected = sorted(seen, key=lambda n: (-sims[n], n))[:4]
         assert list(best) == expected
@@ -691,18 +686,16 @@ def test_a_questions_k_nearest_over_its_work_items_are_the_k_best_best_first(as_
 def test_a_question_found_nowhere_keeps_its_vector_record_with_no_neighbours_and_gives_no_found_list():
     """A question no work item found a neighbour for has its vector alone (from its home work item): its record
     says so, and scoring gets no list of it; a found one gets both, the record's neighbours best first."""
-    combine = _TopNeighbours(3)
     vector = QuestionVector("k7", SparseVector(np.array([2], np.int32), np.array([1.0], np.float32), 8))
-    alone = combine.extract_output(combine.add_input(combine.create_accumulator(), ("t7", [], vector)))
+    _, alone = _best_over_work_items((7, [("t7", [], vector)]), 3)
     assert alone == ("t7", {}, vector)
     (record,) = [out.value for out in _found_and_record((7, alone))]
     assert record._replace(indices=None, values=None) == VectorRecord(7, "k7", None, None, 8, [], [])
     assert record.indices is vector.vector.indices and record.values is vector.vector.values
-    found = combine.add_input(combine.create_accumulator(), ("t7", [(0.5, 9, "t9")], None))
-    found = combine.add_input(found, ("t7", [(0.75, 8, None)], vector))
-    found_list, tagged = _found_and_record((7, combine.extract_output(found)))
+    found_list, tagged = _found_and_record(
+        _best_over_work_items((7, [("t7", [(0.5, 9, "t9")], None), ("t7", [(0.75, 8, None)], vector)]), 3))
     assert found_list == (7, ("t7", {8: (0.75, None), 9: (0.5, "t9")}))
     assert tagged.tag == "records" and (tagged.value.top_ids, tagged.value.top_sims) == ([8, 9], [0.75, 0.5])
-    no_home = combine.extract_output(combine.add_input(combine.create_accumulator(), ("t7", [(0.5, 9, "t9")], None)))
+    no_home = _best_over_work_items((7, [("t7", [(0.5, 9, "t9")], None)]), 3)
     with pytest.raises(RuntimeError, match="question 7 was searched but no work item was its home"):
-        list(_found_and_record((7, no_home)))
+        list(_found_and_record(no_home))

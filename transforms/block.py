@@ -760,41 +760,25 @@ def _keep_best(best: dict, found: Iterable[tuple], k: int) -> dict:
     return {nid: best[nid] for _, nid in keep}
 
 
-class _TopNeighbours(beam.CombineFn):
-    """Per question: its text, its best k neighbours over all work items, and its `QuestionVector`. The found
-    lists are gathered, and cut to the k best (`_keep_best`) once, at the end, or whenever more than `8 x k`
-    entries are held: a question is found in a few work items (one a probe), so most are cut once instead of
-    at each step. Each value is (text, found list, its `QuestionVector` or None): one of a question's values,
-    from its home work item, has the vector."""
+def _best_over_work_items(element, k: int) -> tuple:
+    """(question id, its values from the work items it was searched in) -> (id, (text, its k best neighbours,
+    its `QuestionVector`)). Each value is (text, found list, its `QuestionVector` or None): one of a question's
+    values, from its home work item, has the vector. The found lists are gathered and cut to the k best
+    (`_keep_best`) once, or whenever more than `8 x k` entries are held (a question searched in many blocks);
+    a question has a value a work item it is in, which `--block-fanout` and `--probes` bound.
 
-    def __init__(self, k: int):
-        self._k = k
-
-    def create_accumulator(self):
-        return None, [], None
-
-    def _held(self, entries: list, more: Iterable[tuple]) -> list:
-        entries.extend(more)
-        if len(entries) > 8 * self._k:
-            return [(sim, nid, ntext) for nid, (sim, ntext) in _keep_best({}, entries, self._k).items()]
-        return entries
-
-    def add_input(self, accumulator, found):
-        _, entries, vector = accumulator
-        query_text, neighbours, home_vector = found
-        return query_text, self._held(entries, neighbours), home_vector or vector
-
-    def merge_accumulators(self, accumulators):
-        text, entries, vector = None, [], None
-        for other_text, other, other_vector in accumulators:
-            text = other_text if text is None else text
-            vector = other_vector or vector
-            entries = self._held(entries, other)
-        return text, entries, vector
-
-    def extract_output(self, accumulator):
-        text, entries, vector = accumulator
-        return text, _keep_best({}, entries, self._k), vector
+    After a plain grouping, not a CombinePerKey: Beam's precombine keeps at most 100,000 keys a bundle, which a
+    1M-row run's questions pass, so a question's lists seldom met before the shuffle, and the combine's three
+    steps cost 6.1 µs a pair at 1M (2.8 at 100k; benchmarks/README.md, "forty-eighth session")."""
+    rep_id, values = element
+    text, entries, vector = None, [], None
+    for query_text, found, home_vector in values:
+        text = query_text
+        vector = home_vector or vector
+        entries.extend(found)
+        if len(entries) > 8 * k:
+            entries = [(sim, nid, ntext) for nid, (sim, ntext) in _keep_best({}, entries, k).items()]
+    return rep_id, (text, _keep_best({}, entries, k), vector)
 
 
 def _update_stored(element, k: int) -> Iterable[tuple]:
@@ -955,7 +939,8 @@ class BlockCandidates(beam.PTransform):
             | "GroupWorkItem" >> beam.GroupByKey()
             | "SearchWorkItem" >> beam.ParDo(_SearchWorkItem(settings)).with_outputs("entering", main="found")
         )
-        best = found.found | "BestNeighbours" >> beam.CombinePerKey(_TopNeighbours(settings.top_k))
+        best = (found.found | "GroupFound" >> beam.GroupByKey()
+                | "BestNeighbours" >> beam.Map(_best_over_work_items, settings.top_k))
         if stored is not None:
             updated = (
                 {"item": stored, "entering": found.entering}
