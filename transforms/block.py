@@ -765,7 +765,8 @@ def _best_over_work_items(element, k: int) -> tuple:
     its `QuestionVector`)). Each value is (text, found list, its `QuestionVector` or None): one of a question's
     values, from its home work item, has the vector. The found lists are gathered and cut to the k best
     (`_keep_best`) once, or whenever more than `8 x k` entries are held (a question searched in many blocks);
-    a question has a value a work item it is in, which `--block-fanout` and `--probes` bound.
+    a question has a value a work item it was searched in: at most `probes` partitions x `probes` sub-partitions
+    of a split one x `max_fanout` blocks of a cut one (16 at the defaults), as the combiner's merge met.
 
     After a plain grouping, not a CombinePerKey: Beam's precombine keeps at most 100,000 keys a bundle, which a
     1M-row run's questions pass, so a question's lists seldom met before the shuffle, and the combine's three
