@@ -18,6 +18,7 @@ from transforms.chaining import (
     _piece_end_a,
     _piece_end_b,
     average_linkage,
+    compact_ids,
     cut_pieces,
     cut_thresholds,
     missing_pairs,
@@ -32,6 +33,25 @@ from transforms.records import CandidatePair, Edge, ScoredPair, pairs_in
 from transforms.score import Scored
 
 A, B, CHAIN = [1, 2, 3, 4], [5, 6, 7, 8], [9, 10]
+
+
+@pytest.mark.parametrize("make", [
+    lambda rng, n: rng.integers(0, 3 * n, n),                         # row ids: through the table
+    lambda rng, n: rng.integers(0, 3 * n, n).astype(np.int32),        # its type kept
+    lambda rng, n: rng.integers(-5, 5, n),                            # negative: sorted
+    lambda rng, n: rng.integers(0, 2**62, n),                         # spread far apart: sorted
+    lambda rng, n: np.array([f"q{i}" for i in rng.integers(0, n, n)], dtype=object),  # text ids: sorted
+])
+def test_compacted_ids_are_numpys_unique_with_the_inverse_split_by_array(make):
+    """Whichever way the ids are compacted (a table for row ids, else a sort), the distinct ids, their type and
+    every array's positions among them are np.unique's of the arrays together, arrays empty or not."""
+    rng = np.random.default_rng(3)
+    for sizes in ([50, 70], [1, 0], [0, 40], [200], [30, 30, 30]):
+        arrays = [make(rng, size) if size else make(rng, 1)[:0] for size in sizes]
+        nodes, positions = compact_ids(*arrays)
+        expected, inverse = np.unique(np.concatenate(arrays), return_inverse=True)
+        assert nodes.dtype == expected.dtype and nodes.tolist() == expected.tolist()
+        assert [p.tolist() for p in positions] == [p.tolist() for p in np.split(inverse, np.cumsum(sizes[:-1]))]
 
 
 def _two_groups_and_a_weak_chain() -> dict:

@@ -95,13 +95,38 @@ def verdict(nodes: int, edges: int, settings: ChainingSettings, last: bool) -> O
 def component_roots(ends_a: np.ndarray, ends_b: np.ndarray, count: int) -> np.ndarray:
     """Edges between nodes 0..count-1 -> each node's component, named by its smallest node; -1 for a node
     with no edge (in no component)."""
-    graph = coo_matrix((np.ones(len(ends_a), dtype=np.int32), (ends_a, ends_b)), shape=(count, count))
+    # float64 data, as `connected_components` takes it: not copied again (int32 positions neither, below 2^31)
+    graph = coo_matrix((np.ones(len(ends_a)), (ends_a, ends_b)), shape=(count, count))
     _, labels = connected_components(graph, directed=False)
     _, smallest = np.unique(labels, return_index=True)
     roots = smallest[labels]
     edged = np.zeros(count, dtype=bool)
     edged[ends_a] = edged[ends_b] = True
     return np.where(edged, roots, -1)
+
+
+DENSE_SPAN = 4  # integer ids within 0 .. this many times their count are compacted through a table
+
+
+def compact_ids(*ids: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The distinct ids of these arrays, sorted, and each array's ids as positions among them: `np.unique` of
+    their concatenation with `return_inverse`, split again.
+
+    Non-negative integer ids below `DENSE_SPAN` x their count (a run's row ids, or positions) take a table of
+    that size instead of a sort, and no concatenation: the ends of a 1M-row run's 6M pairs in 0.2 s against 1.4
+    to 8.8 s, large new arrays being slow to touch on a VM (benchmarks/README.md, "forty-ninth session")."""
+    count = sum(len(array) for array in ids)
+    if count and all(array.dtype.kind in "iu" for array in ids):
+        low = min(int(array.min()) for array in ids if len(array))
+        high = max(int(array.max()) for array in ids if len(array))
+        if low >= 0 and high < DENSE_SPAN * count:
+            present = np.zeros(high + 1, dtype=bool)
+            for array in ids:
+                present[array] = True
+            position = np.cumsum(present, dtype=np.int32 if high < 2**31 else np.int64) - 1
+            return np.flatnonzero(present).astype(ids[0].dtype, copy=False), [position[array] for array in ids]
+    nodes, index = np.unique(np.concatenate(ids), return_inverse=True)
+    return nodes, np.split(index, np.cumsum([len(array) for array in ids[:-1]]))
 
 
 def cut_pieces(ends_a: np.ndarray, ends_b: np.ndarray, scores: np.ndarray, thresholds: Sequence[float],
@@ -123,11 +148,10 @@ def cut_pieces(ends_a: np.ndarray, ends_b: np.ndarray, scores: np.ndarray, thres
         piece's level (1 for the first threshold; 0 for a node alone).
     """
     first = scores >= thresholds[0]
-    nodes, index = np.unique(np.concatenate([ends_a[first], ends_b[first]]), return_inverse=True)
-    count, found = len(nodes), int(first.sum())
+    nodes, (ends_a, ends_b) = compact_ids(ends_a[first], ends_b[first])
+    count, scores = len(nodes), scores[first]
     if not count:
         return [], [], []
-    ends_a, ends_b, scores = index[:found], index[found:], scores[first]
     piece, last = np.arange(count), np.arange(count)  # a node is a piece of its own until placed
     level = np.zeros(count, dtype=np.int64)
     unplaced = np.ones(count, dtype=bool)
@@ -555,8 +579,7 @@ def _judge_on_one_worker(element, settings: ChainingSettings, thresholds: list, 
     if columns is None:
         return
     count = len(columns.ends_a)
-    nodes, index = np.unique(np.concatenate([columns.ends_a, columns.ends_b]), return_inverse=True)
-    ends_a, ends_b = index[:count], index[count:]
+    nodes, (ends_a, ends_b) = compact_ids(columns.ends_a, columns.ends_b)
     edge = columns.scores >= settings.threshold
     component = component_roots(ends_a[edge], ends_b[edge], len(nodes))
     in_components = int((component >= 0).sum())
@@ -574,11 +597,13 @@ def _judge_on_one_worker(element, settings: ChainingSettings, thresholds: list, 
     placed, pieces, _ = cut_pieces(ends_a[first], ends_b[first], columns.scores[first], thresholds,
                                    settings.max_gather)
     piece = np.full(len(nodes), -1)
-    cut_nodes = np.unique(np.concatenate([ends_a[cut], ends_b[cut]]))
+    in_cut = np.zeros(len(nodes), dtype=bool)
+    in_cut[ends_a[cut]] = in_cut[ends_b[cut]] = True
+    cut_nodes = np.flatnonzero(in_cut)
     piece[cut_nodes] = cut_nodes  # a node with no pair at the first level: a piece of its own
     piece[np.asarray(placed, dtype=np.int64)] = pieces
     _LOG.info("chaining control: %d pairs of the components to cut placed %d nodes in %d pieces on one worker",
-              len(cut), len(cut_nodes), len(np.unique(piece[cut_nodes])))
+              len(cut), len(cut_nodes), len(compact_ids(piece[cut_nodes])[0]))
     outputs, _ = _judged(piece, cut, ends_a, ends_b, edge, columns, names, settings, True, counters)
     yield from outputs
 
