@@ -16,7 +16,6 @@ from transforms.block import (
     BlockingSettings,
     DistinctCandidates,
     OnePair,
-    QuestionVector,
     SearchEntry,
     UnionCandidates,
     _best_over_work_items,
@@ -669,12 +668,12 @@ def test_a_questions_k_nearest_over_its_work_items_are_the_k_best_best_first(as_
         sims = {name(n): rng.choice([0.3, 0.5, 0.7, 0.9]) for n in range(12)}  # a pair's similarity is exact
         lists = [[(sims[n], n, rng.choice([None, f"t{n}"])) for n in rng.sample(sorted(sims), rng.randint(0, 12))]
                  for _ in range(rng.randint(1, 6))]  # at times more than 8 x k entries: cut on the way
-        vector = QuestionVector("key", np.arange(3, dtype=np.float32))
+        packed = pack_entry(Embedded(Representative(name(99), "text", "n", "key", 1), np.arange(3, dtype=np.float32)))
         values = [("text", found, None) for found in lists]
         home = rng.randrange(len(values))
-        values[home] = ("text", lists[home], vector)
+        values[home] = ("text", lists[home], packed)
         rep_id, (text, best, got) = _best_over_work_items((name(99), values), 4)
-        assert rep_id == name(99) and text == "text" and got is vector
+        assert rep_id == name(99) and text == "text" and got is packed
         seen = {n for found in lists for _, n, _ in found}
         expected = sorted(seen, key=lambda n: (-sims[n], n))[:4]
         assert list(best) == expected
@@ -686,14 +685,16 @@ def test_a_questions_k_nearest_over_its_work_items_are_the_k_best_best_first(as_
 def test_a_question_found_nowhere_keeps_its_vector_record_with_no_neighbours_and_gives_no_found_list():
     """A question no work item found a neighbour for has its vector alone (from its home work item): its record
     says so, and scoring gets no list of it; a found one gets both, the record's neighbours best first."""
-    vector = QuestionVector("k7", SparseVector(np.array([2], np.int32), np.array([1.0], np.float32), 8))
-    _, alone = _best_over_work_items((7, [("t7", [], vector)]), 3)
-    assert alone == ("t7", {}, vector)
+    vector = SparseVector(np.array([2, 5], np.int32), np.array([0.6, 0.8], np.float32), 8)
+    home = pack_entry(Embedded(Representative(7, "t7", "n7", "k7", 1), vector))
+    _, alone = _best_over_work_items((7, [("t7", [], home)]), 3)
+    assert alone == ("t7", {}, home)
     (record,) = [out.value for out in _found_and_record((7, alone))]
     assert record._replace(indices=None, values=None) == VectorRecord(7, "k7", None, None, 8, [], [])
-    assert record.indices is vector.vector.indices and record.values is vector.vector.values
+    assert record.indices.tolist() == [2, 5] and record.values.tolist() == vector.values.tolist()
+    assert record.indices.dtype == np.int32 and record.values.dtype == np.float32
     found_list, tagged = _found_and_record(
-        _best_over_work_items((7, [("t7", [(0.5, 9, "t9")], None), ("t7", [(0.75, 8, None)], vector)]), 3))
+        _best_over_work_items((7, [("t7", [(0.5, 9, "t9")], None), ("t7", [(0.75, 8, None)], home)]), 3))
     assert found_list == (7, ("t7", {8: (0.75, None), 9: (0.5, "t9")}))
     assert tagged.tag == "records" and (tagged.value.top_ids, tagged.value.top_sims) == ([8, 9], [0.75, 0.5])
     no_home = _best_over_work_items((7, [("t7", [(0.5, 9, "t9")], None)]), 3)

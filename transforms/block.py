@@ -434,23 +434,13 @@ def _train_sub(element, sizes: dict, settings: BlockingSettings) -> Iterator[tup
 
 class SearchEntry(NamedTuple):
     """What a work item needs of a question: its id, its text (as scoring takes it) and its unit vector; a stored
-    question of an extended run, its k nearest too (`Neighbours`); and its text key, which the question's home
-    work item puts in its `QuestionVector`."""
+    question of an extended run, its k nearest too (`Neighbours`); and its text key, for its vector record."""
 
     id: object
     text: object
     vector: object
     neighbours: Optional[Neighbours] = None
     key: Optional[str] = None
-
-
-class QuestionVector(NamedTuple):
-    """A searched question's text key and vector, given by its home work item with its found list (see
-    `_AssignPartitions`), so that its vector record is made in `BestNeighbours` with its k nearest: no join of
-    every vector with every list (an extension's stored question's, by `UpdateStored` with its updated list)."""
-
-    key: str
-    vector: object
 
 
 def pack_entry(item) -> bytes:
@@ -530,8 +520,8 @@ class _AssignPartitions(_ListingDoFn):
     nearest partitions; with `only`, for those among them.
 
     role "both": searched and searchable; "home" (in the first of a searched question's partitions, "both"
-    in the others): the same, and the one work item it reaches this way gives its `QuestionVector`, so that
-    its vector record is made with its k nearest, no join; "stored": a stored question of an extended run,
+    in the others): the same, and the one work item it reaches this way gives its entry, packed, with its found
+    list, so that its vector record is made with its k nearest, no join; "stored": a stored question of an extended run,
     searchable only (and searched against the queries for the newcomers that enter its k nearest). `read`: counts
     the items read (`read_count`). The item stays packed: the steps that count, sample, split and
     deal the entries into work items read them (each once per probe) and need only the id, and the
@@ -684,8 +674,10 @@ class _ToWorkItems(_ListingDoFn):
 
 
 class _SearchWorkItem(beam.DoFn):
-    """Main output: (query id, (text, [(sim, id, text)], its `QuestionVector` in its home work item, else
-    None)), for every query found a neighbour, and every home query; "entering": (stored id, [(sim, id, text)])."""
+    """Main output: (query id, (text, [(sim, id, text)], in its home work item its entry as it came, packed by
+    `pack_entry`, else None)), for every query found a neighbour, and every home query; "entering": (stored id,
+    [(sim, id, text)]). The packed entry travels as bytes: its key and vector as a record cost 4 µs more a
+    question to code and decode (benchmarks/README.md, "forty-ninth session")."""
 
     def __init__(self, settings: BlockingSettings):
         self._settings = settings
@@ -699,7 +691,7 @@ class _SearchWorkItem(beam.DoFn):
             item = unpack_entry(packed_item)
             entries += 1
             if role == "home":
-                homes[item.id] = item
+                homes[item.id] = packed_item
             if role in ("home", "both", "query"):
                 queries.append(item)
             if role != "query":
@@ -724,11 +716,10 @@ class _SearchWorkItem(beam.DoFn):
         query_text = {item.id: item.text for item in queries}
         for query_id, neighbours in lists.items():  # each (sim, id) with the id's text, by C calls alone
             sims, ids = zip(*neighbours)
-            home = homes.pop(query_id, None)
             yield query_id, (query_text[query_id], list(zip(sims, ids, map(texts.__getitem__, ids))),
-                             None if home is None else QuestionVector(home.key, home.vector))
-        for home in homes.values():  # found no neighbour here: its vector still goes to its record
-            yield home.id, (home.text, [], QuestionVector(home.key, home.vector))
+                             homes.pop(query_id, None))
+        for home_id, home in homes.items():  # found no neighbour here: its vector still goes to its record
+            yield home_id, (query_text[home_id], [], home)
         k = settings.top_k
         for item in stored:
             entering = [(sim, nid, query_text[nid]) for sim, nid in reverse.get(item.id, [])
@@ -762,47 +753,49 @@ def _keep_best(best: dict, found: Iterable[tuple], k: int) -> dict:
 
 def _best_over_work_items(element, k: int) -> tuple:
     """(question id, its values from the work items it was searched in) -> (id, (text, its k best neighbours,
-    its `QuestionVector`)). Each value is (text, found list, its `QuestionVector` or None): one of a question's
-    values, from its home work item, has the vector. The found lists are gathered and cut to the k best
-    (`_keep_best`) once, or whenever more than `8 x k` entries are held (a question searched in many blocks);
-    a question has a value a work item it was searched in: at most `probes` partitions x `probes` sub-partitions
-    of a split one x `max_fanout` blocks of a cut one (16 at the defaults), as the combiner's merge met.
+    its entry packed)). Each value is (text, found list, its entry packed by `pack_entry`, or None): one of a
+    question's values, from its home work item, has the entry (its key and vector). The found lists are gathered
+    and cut to the k best (`_keep_best`) once, or whenever more than `8 x k` entries are held (a question searched
+    in many blocks); a question has a value a work item it was searched in: at most `probes` partitions x
+    `probes` sub-partitions of a split one x `max_fanout` blocks of a cut one (16 at the defaults), as the
+    combiner's merge met.
 
     After a plain grouping, not a CombinePerKey: Beam's precombine keeps at most 100,000 keys a bundle, which a
     1M-row run's questions pass, so a question's lists seldom met before the shuffle, and the combine's three
     steps cost 6.1 µs a pair at 1M (2.8 at 100k; benchmarks/README.md, "forty-eighth session")."""
     rep_id, values = element
-    text, entries, vector = None, [], None
-    for query_text, found, home_vector in values:
+    text, entries, home = None, [], None
+    for query_text, found, home_entry in values:
         text = query_text
-        vector = home_vector or vector
+        home = home_entry or home
         entries.extend(found)
         if len(entries) > 8 * k:
             entries = [(sim, nid, ntext) for nid, (sim, ntext) in _keep_best({}, entries, k).items()]
-    return rep_id, (text, _keep_best({}, entries, k), vector)
+    return rep_id, (text, _keep_best({}, entries, k), home)
 
 
 def _update_stored(element, k: int) -> Iterable[tuple]:
-    """A stored question's k nearest with the newcomers that entered them: (id, (text, best, `QuestionVector`)),
+    """A stored question's k nearest with the newcomers that entered them: (id, (text, best, its entry packed)),
     as `BestNeighbours` gives a searched question's."""
     rep_id, joined = element
     for item in joined["item"]:
         best = _keep_best({nid: (sim, None) for sim, nid in item.neighbours},
                           (entry for found in joined["entering"] for entry in found), k)
-        yield rep_id, (item.rep.text, best, QuestionVector(item.rep.key, item.vector))
+        yield rep_id, (item.rep.text, best, pack_entry(item))
 
 
 def _found_and_record(element) -> Iterator:
-    """(id, (text, best, `QuestionVector`)) -> its found list (id, (text, best)) where it has neighbours, and
-    to "records" its `VectorRecord` (k nearest best first; none where it was found nowhere)."""
-    rep_id, (text, best, vector) = element
-    if vector is None:  # every searched question has one home work item (`_AssignPartitions`, `_route`)
+    """(id, (text, best, its entry packed by `pack_entry`)) -> its found list (id, (text, best)) where it has
+    neighbours, and to "records" its `VectorRecord` (k nearest best first; none where it was found nowhere)."""
+    rep_id, (text, best, home) = element
+    if home is None:  # every searched question has one home work item (`_AssignPartitions`, `_route`)
         raise RuntimeError(f"blocking: question {rep_id!r} was searched but no work item was its home, so its "
                            "vector record cannot be made; this is a bug in qdedup's blocking, please report it")
     if best:
         yield rep_id, (text, best)
     neighbours = sorted(((sim, nid) for nid, (sim, _) in best.items()), key=rank)
-    yield beam.pvalue.TaggedOutput("records", vector_record(rep_id, vector.key, vector.vector, neighbours))
+    entry = unpack_entry(home)
+    yield beam.pvalue.TaggedOutput("records", vector_record(rep_id, entry.key, entry.vector, neighbours))
 
 
 class OnePair(beam.CombineFn):
