@@ -1,10 +1,13 @@
 """benchmarks/bench_judge.py judges the same pairs both ways, in processes of their own, and refuses a difference."""
 import json
 
+import pytest
+
 from benchmarks import bench_judge
 from transforms import chaining
 
 
+@pytest.mark.slow  # four processes of their own
 def test_both_ways_judge_the_pairs_alike_and_are_timed_interleaved(capsys):
     result = bench_judge.main(["--synthetic", "4000", "--repeat", "2"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result

@@ -38,6 +38,7 @@ A, B, CHAIN = [1, 2, 3, 4], [5, 6, 7, 8], [9, 10]
 @pytest.mark.parametrize("make", [
     lambda rng, n: rng.integers(0, 3 * n, n),                         # row ids: through the table
     lambda rng, n: rng.integers(0, 3 * n, n).astype(np.int32),        # its type kept
+    lambda rng, n: rng.integers(0, 3 * n, n).astype(rng.choice([np.int32, np.int64])),  # types mixed: promoted
     lambda rng, n: rng.integers(-5, 5, n),                            # negative: sorted
     lambda rng, n: rng.integers(0, 2**62, n),                         # spread far apart: sorted
     lambda rng, n: np.array([f"q{i}" for i in rng.integers(0, n, n)], dtype=object),  # text ids: sorted

@@ -124,7 +124,7 @@ def compact_ids(*ids: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
             for array in ids:
                 present[array] = True
             position = np.cumsum(present, dtype=np.int32 if high < 2**31 else np.int64) - 1
-            return np.flatnonzero(present).astype(ids[0].dtype, copy=False), [position[array] for array in ids]
+            return np.flatnonzero(present).astype(np.result_type(*ids), copy=False), [position[array] for array in ids]
     nodes, index = np.unique(np.concatenate(ids), return_inverse=True)
     return nodes, np.split(index, np.cumsum([len(array) for array in ids[:-1]]))
 
